@@ -1,0 +1,29 @@
+//! Ingot's domain vocabulary, free of I/O: no tokio, no network, no storage.
+//!
+//! Everything here is shared by the region (which stores and applies it), the CLI and tests:
+//! - [`mac`]: MAC addresses, parsed from every notation operators paste and printed one way.
+//! - [`model`]: machines, zones, regions — the replicated records.
+//! - [`validate`]: the field rules every write must pass, each failure naming its field.
+//! - [`error`]: [`error::DomainError`], the error a command's apply returns, mapped to a gRPC status.
+//! - [`pki`]: the cluster CA: create it, sign CSRs, read identities back from certificates.
+//! - [`secret`]: bearer and join tokens: generated at random, stored only as hashes.
+
+pub mod error;
+pub mod mac;
+pub mod model;
+pub mod pki;
+pub mod secret;
+pub mod validate;
+
+pub use error::{DomainError, ErrorCode};
+pub use mac::Mac;
+pub use model::{Machine, MachineStatus, NodeId, PowerParams, RegionInfo, Zone};
+
+/// Milliseconds since the Unix epoch: the one time unit of replicated records (chosen by the proposing
+/// region and carried inside commands, so that applying a command never reads the clock).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,122 @@
+//! Field rules shared by the API edge (fail fast, before Raft) and the apply step (the authority). Each
+//! failure is a [`DomainError`] naming the field and saying what a valid value looks like.
+
+use crate::{DomainError, Mac, PowerParams};
+
+/// Power drivers Ingot knows.
+pub const POWER_DRIVERS: &[&str] = &["ipmi", "redfish", "webhook", "manual", "sim"];
+
+/// A DNS label: 1–63 of `[a-z0-9-]`, not starting or ending with `-`. Used for hostnames and zone names.
+pub fn dns_label(field: &str, s: &str) -> Result<(), DomainError> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(
+            field,
+            format!("'{s}' is not a valid name: use 1-63 lowercase letters, digits or '-', not starting or ending with '-'"),
+        ))
+    }
+}
+
+/// An architecture such as `amd64/generic` or `arm64`.
+pub fn arch(field: &str, s: &str) -> Result<(), DomainError> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.split('/').count() <= 2
+        && s.split('/').all(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(field, format!("'{s}' is not an architecture: expected e.g. amd64/generic or arm64")))
+    }
+}
+
+/// Free text up to 1 KiB.
+pub fn description(field: &str, s: &str) -> Result<(), DomainError> {
+    if s.len() > 1024 {
+        return Err(DomainError::invalid(field, format!("is {} bytes long; at most 1024 are allowed", s.len())));
+    }
+    Ok(())
+}
+
+/// Parses a list of MACs, naming the index of the first bad or repeated one.
+pub fn macs(field: &str, list: &[String], required: bool) -> Result<Vec<Mac>, DomainError> {
+    if required && list.is_empty() {
+        return Err(DomainError::invalid(field, "at least one MAC address is required"));
+    }
+    if list.len() > 64 {
+        return Err(DomainError::invalid(field, "at most 64 MAC addresses per machine"));
+    }
+    let mut out: Vec<Mac> = Vec::with_capacity(list.len());
+    for (i, s) in list.iter().enumerate() {
+        let mac: Mac = s.parse().map_err(|e| DomainError::invalid(format!("{field}[{i}]"), format!("{e}")))?;
+        if out.contains(&mac) {
+            return Err(DomainError::invalid(format!("{field}[{i}]"), format!("{mac} is listed twice")));
+        }
+        out.push(mac);
+    }
+    Ok(out)
+}
+
+/// A known driver (or empty) and sane parameter names and sizes.
+pub fn power(field: &str, p: &PowerParams) -> Result<(), DomainError> {
+    if !p.driver.is_empty() && !POWER_DRIVERS.contains(&p.driver.as_str()) {
+        return Err(DomainError::invalid(
+            format!("{field}.driver"),
+            format!("unknown power driver '{}'; known drivers: {}", p.driver, POWER_DRIVERS.join(", ")),
+        ));
+    }
+    if p.params.len() > 64 {
+        return Err(DomainError::invalid(format!("{field}.params"), "at most 64 parameters"));
+    }
+    for (k, v) in &p.params {
+        if k.is_empty() || k.len() > 64 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+            return Err(DomainError::invalid(
+                format!("{field}.params"),
+                format!("parameter name '{k}' must be 1-64 letters, digits, '_', '-' or '.'"),
+            ));
+        }
+        if v.len() > 4096 {
+            return Err(DomainError::invalid(format!("{field}.params.{k}"), "value longer than 4096 bytes"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert!(dns_label("hostname", "node-01").is_ok());
+        for bad in ["", "-a", "a-", "Upper", "a_b", &"x".repeat(64)] {
+            let e = dns_label("hostname", bad).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("hostname"));
+        }
+    }
+
+    #[test]
+    fn mac_list_names_index() {
+        let e = macs("macs", &["52:54:00:00:00:01".into(), "nope".into()], true).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("macs[1]"));
+        let e = macs("macs", &["52:54:00:00:00:01".into(), "525400000001".into()], true).unwrap_err();
+        assert!(e.message.contains("twice"));
+        assert!(macs("macs", &[], true).is_err());
+    }
+
+    #[test]
+    fn archs() {
+        assert!(arch("arch", "amd64/generic").is_ok());
+        assert!(arch("arch", "arm64").is_ok());
+        assert!(arch("arch", "a/b/c").is_err());
+        assert!(arch("arch", "").is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! Compiles the .proto files with protox (pure Rust: no protoc to install) and generates tonic code.
+//! Two descriptor sets are written for gRPC reflection: the public one (ingot.v1 only, served to clients)
+//! and the full one (for tools and tests).
+use prost::Message;
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let public = [
+        "ingot/v1/common.proto",
+        "ingot/v1/machine.proto",
+        "ingot/v1/zone.proto",
+        "ingot/v1/cluster.proto",
+    ];
+    let internal = ["ingot/raft/v1/raft.proto"];
+    println!("cargo:rerun-if-changed=ingot");
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+
+    let public_fds = protox::compile(public, ["."])?;
+    std::fs::write(out.join("ingot_v1_descriptor.bin"), public_fds.encode_to_vec())?;
+
+    let all: Vec<&str> = public.iter().chain(internal.iter()).copied().collect();
+    let fds = protox::compile(&all, ["."])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

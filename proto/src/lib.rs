@@ -1,0 +1,27 @@
+//! Ingot's wire contract, generated from `proto/` at build time (protox + tonic-prost-build).
+//!
+//! Packages are split by audience:
+//! - [`v1`] (`ingot.v1`): the public client API — machines, zones, cluster membership.
+//! - [`raft::v1`] (`ingot.raft.v1`): region <-> region; only on the mutual-TLS Raft listener.
+//!
+//! [`convert`] holds every conversion between these generated types and `ingot-common`'s domain types, so
+//! transport types never leak into the region's application logic.
+#![allow(missing_docs)] // generated code; the .proto files carry the documentation
+
+/// The public client API (`ingot.v1`).
+pub mod v1 {
+    tonic::include_proto!("ingot.v1");
+}
+
+/// Region <-> region protocols.
+pub mod raft {
+    /// `ingot.raft.v1`: Raft transport, write forwarding, read index, join.
+    pub mod v1 {
+        tonic::include_proto!("ingot.raft.v1");
+    }
+}
+
+pub mod convert;
+
+/// Encoded `FileDescriptorSet` of the public `ingot.v1` package, for gRPC server reflection.
+pub const V1_FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ingot_v1_descriptor");
