@@ -16,7 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
 
     let public_fds = protox::compile(public, ["."])?;
-    std::fs::write(out.join("ingot_v1_descriptor.bin"), public_fds.encode_to_vec())?;
+    std::fs::write(
+        out.join("ingot_v1_descriptor.bin"),
+        public_fds.encode_to_vec(),
+    )?;
 
     let all: Vec<&str> = public.iter().chain(internal.iter()).copied().collect();
     let fds = protox::compile(&all, ["."])?;

@@ -40,34 +40,66 @@ impl DomainError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         let field = field.into();
         let message = format!("{field}: {}", message.into());
-        Self { code: ErrorCode::InvalidArgument, field: Some(field), message }
+        Self {
+            code: ErrorCode::InvalidArgument,
+            field: Some(field),
+            message,
+        }
     }
     /// A missing object.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self { code: ErrorCode::NotFound, field: None, message: message.into() }
+        Self {
+            code: ErrorCode::NotFound,
+            field: None,
+            message: message.into(),
+        }
     }
     /// A uniqueness violation on `field`.
     pub fn exists(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code: ErrorCode::AlreadyExists, field: Some(field.into()), message: message.into() }
+        Self {
+            code: ErrorCode::AlreadyExists,
+            field: Some(field.into()),
+            message: message.into(),
+        }
     }
     /// An operation the object's current state does not allow.
     pub fn precondition(message: impl Into<String>) -> Self {
-        Self { code: ErrorCode::FailedPrecondition, field: None, message: message.into() }
+        Self {
+            code: ErrorCode::FailedPrecondition,
+            field: None,
+            message: message.into(),
+        }
     }
     /// A forbidden operation.
     pub fn denied(message: impl Into<String>) -> Self {
-        Self { code: ErrorCode::PermissionDenied, field: None, message: message.into() }
+        Self {
+            code: ErrorCode::PermissionDenied,
+            field: None,
+            message: message.into(),
+        }
     }
     /// Missing or wrong credentials.
     pub fn unauthenticated(message: impl Into<String>) -> Self {
-        Self { code: ErrorCode::Unauthenticated, field: None, message: message.into() }
+        Self {
+            code: ErrorCode::Unauthenticated,
+            field: None,
+            message: message.into(),
+        }
     }
     /// A transient failure: retry later.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self { code: ErrorCode::Unavailable, field: None, message: message.into() }
+        Self {
+            code: ErrorCode::Unavailable,
+            field: None,
+            message: message.into(),
+        }
     }
     /// An internal failure.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self { code: ErrorCode::Internal, field: None, message: message.into() }
+        Self {
+            code: ErrorCode::Internal,
+            field: None,
+            message: message.into(),
+        }
     }
 }

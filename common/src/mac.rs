@@ -20,10 +20,23 @@ pub struct MacParseError {
 impl FromStr for Mac {
     type Err = MacParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || MacParseError { input: s.to_string() };
-        let hex: String = s.trim().chars().filter(|c| !matches!(c, ':' | '-' | '.')).collect();
-        let seps = s.trim().chars().filter(|c| matches!(c, ':' | '-' | '.')).count();
-        if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) || !matches!(seps, 0 | 2 | 5) {
+        let err = || MacParseError {
+            input: s.to_string(),
+        };
+        let hex: String = s
+            .trim()
+            .chars()
+            .filter(|c| !matches!(c, ':' | '-' | '.'))
+            .collect();
+        let seps = s
+            .trim()
+            .chars()
+            .filter(|c| matches!(c, ':' | '-' | '.'))
+            .count();
+        if hex.len() != 12
+            || !hex.chars().all(|c| c.is_ascii_hexdigit())
+            || !matches!(seps, 0 | 2 | 5)
+        {
             return Err(err());
         }
         let mut out = [0u8; 6];
@@ -37,7 +50,11 @@ impl FromStr for Mac {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -67,14 +84,29 @@ mod tests {
 
     #[test]
     fn accepts_common_notations() {
-        for s in ["52:54:00:AB:cd:01", "52-54-00-ab-cd-01", "5254.00ab.cd01", "525400abcd01"] {
-            assert_eq!(s.parse::<Mac>().unwrap().to_string(), "52:54:00:ab:cd:01", "{s}");
+        for s in [
+            "52:54:00:AB:cd:01",
+            "52-54-00-ab-cd-01",
+            "5254.00ab.cd01",
+            "525400abcd01",
+        ] {
+            assert_eq!(
+                s.parse::<Mac>().unwrap().to_string(),
+                "52:54:00:ab:cd:01",
+                "{s}"
+            );
         }
     }
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:0g", "52:54:00:ab:cd:01:02", "5:2:5:4:0:0:a:b:c:d:0:1"] {
+        for s in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0g",
+            "52:54:00:ab:cd:01:02",
+            "5:2:5:4:0:0:a:b:c:d:0:1",
+        ] {
             assert!(s.parse::<Mac>().is_err(), "{s}");
         }
     }

@@ -120,11 +120,18 @@ impl PowerParams {
             .params
             .iter()
             .map(|(k, v)| {
-                let v = if Self::is_secret_key(k) { "********".to_string() } else { v.clone() };
+                let v = if Self::is_secret_key(k) {
+                    "********".to_string()
+                } else {
+                    v.clone()
+                };
                 (k.clone(), v)
             })
             .collect();
-        PowerParams { driver: self.driver.clone(), params }
+        PowerParams {
+            driver: self.driver.clone(),
+            params,
+        }
     }
 }
 

@@ -7,8 +7,8 @@
 //! instead of an IP address that may change.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -49,7 +49,9 @@ pub struct ClusterCa {
 
 impl std::fmt::Debug for ClusterCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterCa").field("key_pem", &"<redacted>").finish()
+        f.debug_struct("ClusterCa")
+            .field("key_pem", &"<redacted>")
+            .finish()
     }
 }
 
@@ -72,7 +74,10 @@ impl Identity {
                 sans.push(host.to_string());
             }
         }
-        Identity { common_name: format!("region-{node_id}"), sans }
+        Identity {
+            common_name: format!("region-{node_id}"),
+            sans,
+        }
     }
 }
 
@@ -108,13 +113,23 @@ fn leaf_params(id: &Identity) -> Result<CertificateParams, PkiError> {
     for s in &id.sans {
         let san = match s.parse::<std::net::IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(s.clone().try_into().map_err(|_| PkiError::BadSan(s.clone()))?),
+            Err(_) => SanType::DnsName(
+                s.clone()
+                    .try_into()
+                    .map_err(|_| PkiError::BadSan(s.clone()))?,
+            ),
         };
         p.subject_alt_names.push(san);
     }
     p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let (nb, na) = validity(5 * 365);
     p.not_before = nb;
     p.not_after = na;
@@ -133,13 +148,22 @@ impl ClusterCa {
         dn.push(DnType::OrganizationName, "Ingot");
         p.distinguished_name = dn;
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let (nb, na) = validity(20 * 365);
         p.not_before = nb;
         p.not_after = na;
         p.serial_number = Some(random_serial());
-        let cert = p.self_signed(&key).map_err(rc("self-signing the CA certificate"))?;
-        Ok(ClusterCa { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        let cert = p
+            .self_signed(&key)
+            .map_err(rc("self-signing the CA certificate"))?;
+        Ok(ClusterCa {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
@@ -150,17 +174,29 @@ impl ClusterCa {
     /// Signs a CSR for `id`. Only the CSR's public key is used (after its self-signature is verified); the
     /// names in the certificate are the ones the cluster chose, never the ones the requester asked for.
     pub fn sign_csr(&self, csr_pem: &str, id: &Identity) -> Result<String, PkiError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(rc("parsing the CSR"))?;
-        let cert = leaf_params(id)?.signed_by(&csr.public_key, &self.issuer()?).map_err(rc("signing the CSR"))?;
+        let csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(rc("parsing the CSR"))?;
+        let cert = leaf_params(id)?
+            .signed_by(&csr.public_key, &self.issuer()?)
+            .map_err(rc("signing the CSR"))?;
         Ok(cert.pem())
     }
 
     /// Issues a key and certificate for `id` in one step (for the first region, created by `init`).
     pub fn issue(&self, id: &Identity) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate().map_err(rc("generating a key"))?;
-        let cert = leaf_params(id)?.signed_by(&key, &self.issuer()?).map_err(rc("signing a certificate"))?;
+        let cert = leaf_params(id)?
+            .signed_by(&key, &self.issuer()?)
+            .map_err(rc("signing a certificate"))?;
         Ok((cert.pem(), key.serialize_pem()))
     }
+}
+
+/// Checks that `csr_pem` is a well-formed CSR with a valid self-signature, before anything is spent on it.
+pub fn check_csr(csr_pem: &str) -> Result<(), PkiError> {
+    CertificateSigningRequestParams::from_pem(csr_pem)
+        .map(|_| ())
+        .map_err(rc("parsing the CSR"))
 }
 
 /// A new private key and a CSR for it: what a joining party creates locally. Returns `(key_pem, csr_pem)`.
@@ -178,7 +214,13 @@ pub fn new_csr(common_name: &str) -> Result<(String, String), PkiError> {
 /// The common name of a DER certificate (how the Raft and rack listeners learn who called).
 pub fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     Some(cn)
 }
 
@@ -196,12 +238,22 @@ mod tests {
     fn csr_is_signed_with_cluster_chosen_identity() {
         let ca = ClusterCa::generate("c1").unwrap();
         let (_key, csr) = new_csr("whatever-the-requester-asks").unwrap();
-        let cert = ca.sign_csr(&csr, &Identity::region(7, &["127.0.0.1:7000", "[::1]:7001", "r7.example:1"])).unwrap();
+        let cert = ca
+            .sign_csr(
+                &csr,
+                &Identity::region(7, &["127.0.0.1:7000", "[::1]:7001", "r7.example:1"]),
+            )
+            .unwrap();
         let der = first_cert_der(&cert).unwrap();
         assert_eq!(common_name(&der).as_deref(), Some("region-7"));
         let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
         let sans = format!("{:?}", c.subject_alternative_name().unwrap().unwrap().value);
-        assert!(sans.contains("ingot-region") && sans.contains("r7.example") && sans.contains("[127, 0, 0, 1]"), "{sans}");
+        assert!(
+            sans.contains("ingot-region")
+                && sans.contains("r7.example")
+                && sans.contains("[127, 0, 0, 1]"),
+            "{sans}"
+        );
         assert!(ca.sign_csr("not a csr", &Identity::region(1, &[])).is_err());
     }
 

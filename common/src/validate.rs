@@ -10,7 +10,8 @@ pub const POWER_DRIVERS: &[&str] = &["ipmi", "redfish", "webhook", "manual", "si
 pub fn dns_label(field: &str, s: &str) -> Result<(), DomainError> {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-');
     if ok {
@@ -29,19 +30,27 @@ pub fn arch(field: &str, s: &str) -> Result<(), DomainError> {
         && s.len() <= 64
         && s.split('/').count() <= 2
         && s.split('/').all(|p| {
-            !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
         });
     if ok {
         Ok(())
     } else {
-        Err(DomainError::invalid(field, format!("'{s}' is not an architecture: expected e.g. amd64/generic or arm64")))
+        Err(DomainError::invalid(
+            field,
+            format!("'{s}' is not an architecture: expected e.g. amd64/generic or arm64"),
+        ))
     }
 }
 
 /// Free text up to 1 KiB.
 pub fn description(field: &str, s: &str) -> Result<(), DomainError> {
     if s.len() > 1024 {
-        return Err(DomainError::invalid(field, format!("is {} bytes long; at most 1024 are allowed", s.len())));
+        return Err(DomainError::invalid(
+            field,
+            format!("is {} bytes long; at most 1024 are allowed", s.len()),
+        ));
     }
     Ok(())
 }
@@ -49,16 +58,27 @@ pub fn description(field: &str, s: &str) -> Result<(), DomainError> {
 /// Parses a list of MACs, naming the index of the first bad or repeated one.
 pub fn macs(field: &str, list: &[String], required: bool) -> Result<Vec<Mac>, DomainError> {
     if required && list.is_empty() {
-        return Err(DomainError::invalid(field, "at least one MAC address is required"));
+        return Err(DomainError::invalid(
+            field,
+            "at least one MAC address is required",
+        ));
     }
     if list.len() > 64 {
-        return Err(DomainError::invalid(field, "at most 64 MAC addresses per machine"));
+        return Err(DomainError::invalid(
+            field,
+            "at most 64 MAC addresses per machine",
+        ));
     }
     let mut out: Vec<Mac> = Vec::with_capacity(list.len());
     for (i, s) in list.iter().enumerate() {
-        let mac: Mac = s.parse().map_err(|e| DomainError::invalid(format!("{field}[{i}]"), format!("{e}")))?;
+        let mac: Mac = s
+            .parse()
+            .map_err(|e| DomainError::invalid(format!("{field}[{i}]"), format!("{e}")))?;
         if out.contains(&mac) {
-            return Err(DomainError::invalid(format!("{field}[{i}]"), format!("{mac} is listed twice")));
+            return Err(DomainError::invalid(
+                format!("{field}[{i}]"),
+                format!("{mac} is listed twice"),
+            ));
         }
         out.push(mac);
     }
@@ -70,21 +90,36 @@ pub fn power(field: &str, p: &PowerParams) -> Result<(), DomainError> {
     if !p.driver.is_empty() && !POWER_DRIVERS.contains(&p.driver.as_str()) {
         return Err(DomainError::invalid(
             format!("{field}.driver"),
-            format!("unknown power driver '{}'; known drivers: {}", p.driver, POWER_DRIVERS.join(", ")),
+            format!(
+                "unknown power driver '{}'; known drivers: {}",
+                p.driver,
+                POWER_DRIVERS.join(", ")
+            ),
         ));
     }
     if p.params.len() > 64 {
-        return Err(DomainError::invalid(format!("{field}.params"), "at most 64 parameters"));
+        return Err(DomainError::invalid(
+            format!("{field}.params"),
+            "at most 64 parameters",
+        ));
     }
     for (k, v) in &p.params {
-        if k.is_empty() || k.len() > 64 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+        if k.is_empty()
+            || k.len() > 64
+            || !k
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
             return Err(DomainError::invalid(
                 format!("{field}.params"),
                 format!("parameter name '{k}' must be 1-64 letters, digits, '_', '-' or '.'"),
             ));
         }
         if v.len() > 4096 {
-            return Err(DomainError::invalid(format!("{field}.params.{k}"), "value longer than 4096 bytes"));
+            return Err(DomainError::invalid(
+                format!("{field}.params.{k}"),
+                "value longer than 4096 bytes",
+            ));
         }
     }
     Ok(())
@@ -107,7 +142,12 @@ mod tests {
     fn mac_list_names_index() {
         let e = macs("macs", &["52:54:00:00:00:01".into(), "nope".into()], true).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("macs[1]"));
-        let e = macs("macs", &["52:54:00:00:00:01".into(), "525400000001".into()], true).unwrap_err();
+        let e = macs(
+            "macs",
+            &["52:54:00:00:00:01".into(), "525400000001".into()],
+            true,
+        )
+        .unwrap_err();
         assert!(e.message.contains("twice"));
         assert!(macs("macs", &[], true).is_err());
     }

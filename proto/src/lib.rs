@@ -24,4 +24,5 @@ pub mod raft {
 pub mod convert;
 
 /// Encoded `FileDescriptorSet` of the public `ingot.v1` package, for gRPC server reflection.
-pub const V1_FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ingot_v1_descriptor");
+pub const V1_FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("ingot_v1_descriptor");

@@ -1,1 +1,23 @@
-//! x
+//! `ingot-region`: a region controller. Regions keep all of Ingot's state in a Raft-replicated store and
+//! serve the whole client API; any region answers any call.
+//!
+//! Layout (a request flows top to bottom):
+//! - [`api`]: tonic services, one per file, thin: authenticate, convert proto ↔ domain, call [`app`].
+//! - [`app`]: the logic of each service: validate, build [`command::Command`]s, read [`state`].
+//! - [`node`]: [`node::Region`] — `write` (propose on the leader, forwarding from followers, retrying
+//!   safely) and `read_barrier` (linearizable reads via read index).
+//! - [`raft`]: openraft types, the sled store, the mutual-TLS network and the RaftService server.
+//! - [`apply`]: the deterministic state transition, the only code that mutates [`state::State`].
+//! - [`command`]: the command envelope, the one payload of every log entry.
+//! - [`state`]: replicated data and its indexes.
+//! - [`datadir`]: the files of a data directory; [`server`]: the wiring function that starts it all.
+
+pub mod api;
+pub mod app;
+pub mod apply;
+pub mod command;
+pub mod datadir;
+pub mod node;
+pub mod raft;
+pub mod server;
+pub mod state;

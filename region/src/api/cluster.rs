@@ -1,0 +1,118 @@
+//! `ingot.v1.ClusterService`.
+
+use super::{actor, status};
+use crate::app::App;
+use ingot_proto::convert::timestamp;
+use ingot_proto::v1::cluster_service_server::ClusterService;
+use ingot_proto::v1::*;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// ClusterService over [`App`].
+pub struct ClusterApi {
+    /// The application.
+    pub app: App,
+}
+
+fn role(s: &str) -> RegionRole {
+    match s {
+        "leader" => RegionRole::Leader,
+        "follower" => RegionRole::Follower,
+        "candidate" => RegionRole::Candidate,
+        "learner" => RegionRole::Learner,
+        _ => RegionRole::Unknown,
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterApi {
+    async fn list_regions(
+        &self,
+        req: Request<ListRegionsRequest>,
+    ) -> Result<Response<ListRegionsResponse>, Status> {
+        actor(&self.app, &req)?;
+        let (cluster_id, leader_id, views) = self.app.list_regions().await.map_err(status)?;
+        let regions = views
+            .into_iter()
+            .map(|v| {
+                let s = v.status.clone().unwrap_or_default();
+                Region {
+                    node_id: v.node_id,
+                    name: v.name,
+                    raft_addr: v.raft_addr,
+                    api_addr: v.api_addr,
+                    role: if v.status.is_some() {
+                        role(&s.role)
+                    } else {
+                        RegionRole::Unknown
+                    } as i32,
+                    voter: v.voter,
+                    term: s.term,
+                    last_applied_index: s.last_applied_index,
+                    last_log_index: s.last_log_index,
+                    healthy: v.status.is_some(),
+                    error: v.error,
+                    snapshot_index: s.snapshot_index,
+                    leader_id: s.leader_id,
+                }
+            })
+            .collect();
+        Ok(Response::new(ListRegionsResponse {
+            cluster_id,
+            leader_id,
+            regions,
+        }))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
+        let who = actor(&self.app, &req)?;
+        let ttl = match req.into_inner().ttl_seconds {
+            0 => 3600,
+            n => n,
+        };
+        let (token, expires_ms) = self
+            .app
+            .create_join_token(&who, Duration::from_secs(ttl as u64))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(CreateJoinTokenResponse {
+            token,
+            expires_at: Some(timestamp(expires_ms)),
+        }))
+    }
+
+    async fn join_region(
+        &self,
+        req: Request<JoinRegionRequest>,
+    ) -> Result<Response<JoinRegionResponse>, Status> {
+        // Authenticated by the join token in the body, not by a bearer token.
+        let r = req.into_inner();
+        let a = self
+            .app
+            .join_region(&r.token, &r.name, &r.csr_pem, &r.raft_addr, &r.api_addr)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(JoinRegionResponse {
+            node_id: a.node_id,
+            cluster_id: a.cluster_id,
+            cert_pem: a.cert_pem,
+            ca_pem: a.ca_pem,
+            raft_addrs: a.raft_addrs,
+        }))
+    }
+
+    async fn remove_region(
+        &self,
+        req: Request<RemoveRegionRequest>,
+    ) -> Result<Response<RemoveRegionResponse>, Status> {
+        let who = actor(&self.app, &req)?;
+        self.app
+            .remove_region(&who, req.into_inner().node_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(RemoveRegionResponse {}))
+    }
+}

@@ -1,0 +1,40 @@
+//! The client API: one tonic service per file, thin — authenticate, convert, call [`crate::app`], convert
+//! back. Errors become gRPC statuses here and only here.
+
+pub mod cluster;
+pub mod machines;
+pub mod zones;
+
+use crate::app::{Actor, App};
+use ingot_common::{DomainError, ErrorCode};
+use ingot_proto::v1::ReadConsistency;
+use tonic::{Code, Request, Status};
+
+/// Maps a domain error to the gRPC status a client sees.
+pub fn status(e: DomainError) -> Status {
+    let code = match e.code {
+        ErrorCode::InvalidArgument => Code::InvalidArgument,
+        ErrorCode::NotFound => Code::NotFound,
+        ErrorCode::AlreadyExists => Code::AlreadyExists,
+        ErrorCode::FailedPrecondition => Code::FailedPrecondition,
+        ErrorCode::PermissionDenied => Code::PermissionDenied,
+        ErrorCode::Unauthenticated => Code::Unauthenticated,
+        ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::Internal => Code::Internal,
+    };
+    Status::new(code, e.message)
+}
+
+/// Authenticates the caller of `req` by its bearer token.
+pub fn actor<T>(app: &App, req: &Request<T>) -> Result<Actor, Status> {
+    let h = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    app.authenticate(h).map_err(status)
+}
+
+/// True unless the request asked for a stale read.
+pub fn linearizable(consistency: i32) -> bool {
+    consistency != ReadConsistency::Stale as i32
+}

@@ -1,0 +1,223 @@
+//! Cluster membership: list regions with their live Raft status, join tokens, admission, removal.
+
+use super::{Actor, App};
+use crate::command::{Op, Reply};
+use crate::node::Forwarded;
+use ingot_common::pki::{self, Identity};
+use ingot_common::{secret, validate, DomainError, NodeId};
+use ingot_proto::raft::v1::{StatusReply, StatusRequest};
+use std::time::Duration;
+
+/// One region as reported by ListRegions.
+#[derive(Debug, Clone, Default)]
+pub struct RegionView {
+    /// Raft node id.
+    pub node_id: NodeId,
+    /// Name.
+    pub name: String,
+    /// Raft listener.
+    pub raft_addr: String,
+    /// API listener.
+    pub api_addr: String,
+    /// Counts towards quorum.
+    pub voter: bool,
+    /// Live status, if the region answered.
+    pub status: Option<StatusReply>,
+    /// Why it did not answer.
+    pub error: String,
+}
+
+/// What an admitted region receives.
+#[derive(Debug)]
+pub struct Admission {
+    /// Its node id.
+    pub node_id: NodeId,
+    /// The cluster it joined.
+    pub cluster_id: String,
+    /// Its certificate.
+    pub cert_pem: String,
+    /// The cluster CA certificate.
+    pub ca_pem: String,
+    /// Raft addresses of the current members.
+    pub raft_addrs: Vec<String>,
+}
+
+impl App {
+    /// Every member (and admitted-but-not-yet-member region) with a live status probe of each.
+    pub async fn list_regions(&self) -> Result<(String, NodeId, Vec<RegionView>), DomainError> {
+        let region = &self.region;
+        let metrics = region.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let (cluster_id, known) = {
+            let st = region.state.read().unwrap_or_else(|p| p.into_inner());
+            (
+                st.data
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.cluster_id.clone())
+                    .unwrap_or_default(),
+                st.data.regions.clone(),
+            )
+        };
+        let mut views: Vec<RegionView> = membership
+            .nodes()
+            .map(|(id, node)| {
+                let info = known.get(id);
+                RegionView {
+                    node_id: *id,
+                    name: info.map(|r| r.name.clone()).unwrap_or_default(),
+                    raft_addr: node.addr.clone(),
+                    api_addr: info.map(|r| r.api_addr.clone()).unwrap_or_default(),
+                    voter: voters.contains(id),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        for (id, r) in &known {
+            if !views.iter().any(|v| v.node_id == *id) {
+                views.push(RegionView {
+                    node_id: *id,
+                    name: r.name.clone(),
+                    raft_addr: r.raft_addr.clone(),
+                    api_addr: r.api_addr.clone(),
+                    error: "admitted, not yet a member (joining, or its join failed)".into(),
+                    ..Default::default()
+                });
+            }
+        }
+        let probes = views.iter().map(|v| {
+            let (id, addr) = (v.node_id, v.raft_addr.clone());
+            async move {
+                if id == region.id {
+                    return Ok(crate::raft::service::local_status(region));
+                }
+                let mut c = region.peers.client(id, &addr).map_err(|e| e.to_string())?;
+                match tokio::time::timeout(Duration::from_millis(1500), c.status(StatusRequest {}))
+                    .await
+                {
+                    Ok(Ok(r)) => Ok(r.into_inner()),
+                    Ok(Err(s)) => Err(s.message().to_string()),
+                    Err(_) => Err("no answer within 1.5 s".to_string()),
+                }
+            }
+        });
+        let results = futures::future::join_all(probes).await;
+        for (v, r) in views.iter_mut().zip(results) {
+            match r {
+                Ok(s) => v.status = Some(s),
+                Err(e) if v.error.is_empty() => v.error = e,
+                Err(_) => {}
+            }
+        }
+        views.sort_by_key(|v| v.node_id);
+        Ok((cluster_id, metrics.current_leader.unwrap_or(0), views))
+    }
+
+    /// A single-use join token valid for `ttl`.
+    pub async fn create_join_token(
+        &self,
+        actor: &Actor,
+        ttl: Duration,
+    ) -> Result<(String, u64), DomainError> {
+        actor.require_admin("create join tokens")?;
+        if ttl > Duration::from_secs(7 * 24 * 3600) {
+            return Err(DomainError::invalid("ttl_seconds", "at most 7 days"));
+        }
+        let token = secret::generate("ingotjoin_");
+        let expires_ms = ingot_common::now_ms() + ttl.as_millis() as u64;
+        let op = Op::CreateJoinToken {
+            token_hash: secret::hash(&token),
+            expires_ms,
+        };
+        self.region.write(self.command(actor, op)).await?;
+        Ok((token, expires_ms))
+    }
+
+    /// Admits a region holding a valid join token and signs its CSR with the cluster CA.
+    pub async fn join_region(
+        &self,
+        token: &str,
+        name: &str,
+        csr_pem: &str,
+        raft_addr: &str,
+        api_addr: &str,
+    ) -> Result<Admission, DomainError> {
+        if token.is_empty() {
+            return Err(DomainError::invalid(
+                "token",
+                "required: create one with `ingot cluster join-token`",
+            ));
+        }
+        validate::dns_label("name", name)?;
+        for (field, a) in [("raft_addr", raft_addr), ("api_addr", api_addr)] {
+            if a.parse::<std::net::SocketAddr>().is_err() && !a.contains(':') {
+                return Err(DomainError::invalid(
+                    field,
+                    format!("'{a}' is not host:port"),
+                ));
+            }
+        }
+        pki::check_csr(csr_pem).map_err(|e| DomainError::invalid("csr_pem", e.to_string()))?;
+        let actor = super::Actor {
+            name: format!("join:{name}"),
+            role: "region".into(),
+        };
+        let op = Op::AdmitRegion {
+            token_hash: secret::hash(token),
+            name: name.to_string(),
+            raft_addr: raft_addr.to_string(),
+            api_addr: api_addr.to_string(),
+        };
+        let info = match self.region.write(self.command(&actor, op)).await? {
+            Reply::Region(r) => r,
+            other => return Err(DomainError::internal(format!("unexpected reply {other:?}"))),
+        };
+        let ca = {
+            let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
+            st.data
+                .cluster
+                .clone()
+                .ok_or_else(|| DomainError::unavailable("cluster not bootstrapped yet"))?
+        };
+        let cert_pem = ca
+            .ca
+            .sign_csr(
+                csr_pem,
+                &Identity::region(info.node_id, &[raft_addr, api_addr]),
+            )
+            .map_err(|e| DomainError::internal(format!("signing the certificate failed: {e}")))?;
+        let raft_addrs = self
+            .region
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(_, n)| n.addr.clone())
+            .collect();
+        Ok(Admission {
+            node_id: info.node_id,
+            cluster_id: ca.cluster_id,
+            cert_pem,
+            ca_pem: ca.ca.cert_pem,
+            raft_addrs,
+        })
+    }
+
+    /// Removes a region from the membership.
+    pub async fn remove_region(&self, actor: &Actor, node_id: NodeId) -> Result<(), DomainError> {
+        actor.require_admin("remove regions")?;
+        if node_id == 0 {
+            return Err(DomainError::invalid("node_id", "required"));
+        }
+        self.region
+            .leader_op(Forwarded::RemoveRegion {
+                node_id,
+                actor: actor.name.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+}

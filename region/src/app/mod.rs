@@ -1,0 +1,95 @@
+//! The logic behind each service, free of transport types: authenticate, build commands, run them through
+//! [`Region::write`], and read state behind [`Region::read_barrier`]. One module per service.
+
+pub mod cluster;
+pub mod machines;
+pub mod zones;
+
+use crate::command::{Command, Op};
+use crate::node::Region;
+use ingot_common::{secret, DomainError};
+use std::sync::Arc;
+
+/// The application: what every API handler calls.
+#[derive(Clone)]
+pub struct App {
+    /// The local region.
+    pub region: Arc<Region>,
+}
+
+/// Who is calling, resolved from a bearer token.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    /// Token name (`admin` for the token made at init).
+    pub name: String,
+    /// `admin` or `user`.
+    pub role: String,
+}
+
+impl Actor {
+    /// Fails unless the caller is an admin.
+    pub fn require_admin(&self, what: &str) -> Result<(), DomainError> {
+        if self.role == "admin" {
+            Ok(())
+        } else {
+            Err(DomainError::denied(format!("only admins may {what}")))
+        }
+    }
+}
+
+impl App {
+    /// Resolves an `authorization: Bearer <token>` header value to an actor. Token lookups read local
+    /// state: tokens change rarely, and a stale read only delays a brand-new token by milliseconds.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Actor, DomainError> {
+        let Some(h) = authorization else {
+            return Err(DomainError::unauthenticated(
+                "missing credentials: send the header 'authorization: Bearer <token>' (the admin token is in the first region's data directory, admin.token)",
+            ));
+        };
+        let token = h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+            .unwrap_or("")
+            .trim();
+        if token.is_empty() {
+            return Err(DomainError::unauthenticated(
+                "malformed authorization header: expected 'Bearer <token>'",
+            ));
+        }
+        let hash = secret::hash(token);
+        let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
+        match st
+            .data
+            .tokens
+            .iter()
+            .find(|(h, _)| secret::hashes_equal(h, &hash))
+        {
+            Some((_, t)) => Ok(Actor {
+                name: t.name.clone(),
+                role: t.role.clone(),
+            }),
+            None => Err(DomainError::unauthenticated("invalid or revoked token")),
+        }
+    }
+
+    /// Wraps `op` in a command with a fresh request id and the current time.
+    pub fn command(&self, actor: &Actor, op: Op) -> Command {
+        Command {
+            request_id: secret::generate(""),
+            ts_ms: ingot_common::now_ms(),
+            actor: actor.name.clone(),
+            op,
+        }
+    }
+
+    /// Runs `f` on the state after a read barrier of the requested consistency.
+    pub async fn read<T>(
+        &self,
+        linearizable: bool,
+        f: impl FnOnce(&crate::state::State) -> T,
+    ) -> Result<T, DomainError> {
+        self.region.read_barrier(linearizable).await?;
+        let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
+        Ok(f(&st))
+    }
+}

@@ -1,0 +1,655 @@
+//! The one place replicated state changes: `apply(state, command, log_index)`.
+//!
+//! Deterministic by construction: it reads nothing but its arguments (time comes in `Command::ts_ms`, ids in
+//! the ops), so every region that applies the same log reaches the same state. Every validation that
+//! depends on state (uniqueness, existence, revisions) happens here — the API edge only checks syntax — so
+//! two concurrent writers can never both succeed on a conflict.
+
+use crate::command::{Command, Op, Reply, Response};
+use crate::state::{ApiToken, ClusterMeta, State};
+use ingot_common::model::DEFAULT_ZONE;
+use ingot_common::{secret, validate, DomainError, Machine, MachineStatus, RegionInfo, Zone};
+
+/// How long (ms) the answer to a command is remembered for retries of the same request id.
+pub const DEDUP_WINDOW_MS: u64 = 5 * 60 * 1000;
+/// At most this many remembered answers.
+pub const DEDUP_MAX: usize = 200_000;
+
+/// Applies a log entry's command exactly once per request id: a repeated request id returns the answer
+/// recorded the first time, without applying again.
+pub fn apply_once(state: &mut State, cmd: &Command, index: u64) -> Response {
+    if let Some(r) = state.data.recent.get(&cmd.request_id) {
+        return r.clone();
+    }
+    let r = apply(state, cmd, index);
+    if !cmd.request_id.is_empty() {
+        let d = &mut state.data;
+        d.recent.insert(cmd.request_id.clone(), r.clone());
+        d.recent_order
+            .push_back((cmd.ts_ms, cmd.request_id.clone()));
+        while let Some((ts, id)) = d.recent_order.front() {
+            if d.recent_order.len() > DEDUP_MAX || ts.saturating_add(DEDUP_WINDOW_MS) < cmd.ts_ms {
+                d.recent.remove(id);
+                d.recent_order.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+    r
+}
+
+/// Applies `cmd`, committed at `index`, to `state`. A returned error leaves `state` unchanged.
+pub fn apply(state: &mut State, cmd: &Command, index: u64) -> Response {
+    let now = cmd.ts_ms;
+    match &cmd.op {
+        Op::Bootstrap {
+            cluster_id,
+            ca,
+            admin_token_hash,
+            first_region,
+        } => {
+            if state.data.cluster.is_some() {
+                return Err(DomainError::precondition(
+                    "the cluster is already bootstrapped",
+                ));
+            }
+            state.data.cluster = Some(ClusterMeta {
+                cluster_id: cluster_id.clone(),
+                ca: ca.clone(),
+                created_ms: now,
+            });
+            state.data.tokens.insert(
+                admin_token_hash.clone(),
+                ApiToken {
+                    name: "admin".into(),
+                    role: "admin".into(),
+                    created_ms: now,
+                },
+            );
+            state.data.zones.insert(
+                DEFAULT_ZONE.into(),
+                Zone {
+                    name: DEFAULT_ZONE.into(),
+                    description: "Default zone".into(),
+                    created_ms: now,
+                },
+            );
+            state
+                .data
+                .regions
+                .insert(first_region.node_id, first_region.clone());
+            state.data.next_node_id = first_region.node_id + 1;
+            Ok(Reply::Done)
+        }
+        Op::CreateMachine {
+            system_id,
+            hostname,
+            arch,
+            zone,
+            macs,
+            power,
+            description,
+        } => {
+            validate::dns_label("hostname", hostname)?;
+            validate::arch("arch", arch)?;
+            validate::power("power", power)?;
+            validate::description("description", description)?;
+            if macs.is_empty() {
+                return Err(DomainError::invalid(
+                    "macs",
+                    "at least one MAC address is required",
+                ));
+            }
+            if state.data.machines.contains_key(system_id) {
+                // The proposer picked an id that exists; it retries with another.
+                return Err(DomainError::exists(
+                    "system_id",
+                    format!("system id {system_id} is taken"),
+                ));
+            }
+            if !state.data.zones.contains_key(zone) {
+                return Err(DomainError::not_found(format!(
+                    "zone '{zone}' does not exist; create it first (ingot zones create {zone})"
+                )));
+            }
+            check_hostname_free(state, hostname, None)?;
+            for (i, mac) in macs.iter().enumerate() {
+                check_mac_free(state, i, mac, None)?;
+            }
+            let m = Machine {
+                system_id: system_id.clone(),
+                hostname: hostname.clone(),
+                arch: arch.clone(),
+                zone: zone.clone(),
+                status: MachineStatus::New,
+                macs: macs.clone(),
+                power: power.clone(),
+                description: description.clone(),
+                created_ms: now,
+                updated_ms: now,
+                revision: index,
+            };
+            state.index(&m);
+            state.data.machines.insert(system_id.clone(), m.clone());
+            Ok(Reply::Machine(Box::new(m)))
+        }
+        Op::UpdateMachine {
+            system_id,
+            hostname,
+            arch,
+            zone,
+            description,
+            power,
+            macs,
+            expected_revision,
+        } => {
+            let old = existing(state, system_id, *expected_revision)?.clone();
+            let mut m = old.clone();
+            if let Some(h) = hostname {
+                validate::dns_label("hostname", h)?;
+                check_hostname_free(state, h, Some(system_id))?;
+                m.hostname = h.clone();
+            }
+            if let Some(a) = arch {
+                validate::arch("arch", a)?;
+                m.arch = a.clone();
+            }
+            if let Some(z) = zone {
+                if !state.data.zones.contains_key(z) {
+                    return Err(DomainError::not_found(format!("zone '{z}' does not exist")));
+                }
+                m.zone = z.clone();
+            }
+            if let Some(d) = description {
+                validate::description("description", d)?;
+                m.description = d.clone();
+            }
+            if let Some(p) = power {
+                validate::power("power", p)?;
+                m.power = p.clone();
+            }
+            if let Some(list) = macs {
+                if list.is_empty() {
+                    return Err(DomainError::invalid(
+                        "macs",
+                        "at least one MAC address is required",
+                    ));
+                }
+                for (i, mac) in list.iter().enumerate() {
+                    check_mac_free(state, i, mac, Some(system_id))?;
+                }
+                m.macs = list.clone();
+            }
+            m.updated_ms = now;
+            m.revision = index;
+            state.unindex(&old);
+            state.index(&m);
+            state.data.machines.insert(system_id.clone(), m.clone());
+            Ok(Reply::Machine(Box::new(m)))
+        }
+        Op::DeleteMachine {
+            system_id,
+            expected_revision,
+        } => {
+            let old = existing(state, system_id, *expected_revision)?.clone();
+            state.unindex(&old);
+            state.data.machines.remove(system_id);
+            Ok(Reply::Done)
+        }
+        Op::CreateZone { name, description } => {
+            validate::dns_label("name", name)?;
+            validate::description("description", description)?;
+            if state.data.zones.contains_key(name) {
+                return Err(DomainError::exists(
+                    "name",
+                    format!("zone '{name}' already exists"),
+                ));
+            }
+            let z = Zone {
+                name: name.clone(),
+                description: description.clone(),
+                created_ms: now,
+            };
+            state.data.zones.insert(name.clone(), z.clone());
+            Ok(Reply::Zone(z))
+        }
+        Op::UpdateZone {
+            name,
+            description,
+            new_name,
+        } => {
+            let Some(mut z) = state.data.zones.get(name).cloned() else {
+                return Err(DomainError::not_found(format!(
+                    "zone '{name}' does not exist"
+                )));
+            };
+            if let Some(d) = description {
+                validate::description("description", d)?;
+                z.description = d.clone();
+            }
+            if let Some(n) = new_name.as_ref().filter(|n| *n != name) {
+                validate::dns_label("new_name", n)?;
+                if name == DEFAULT_ZONE {
+                    return Err(DomainError::precondition(
+                        "the zone 'default' cannot be renamed",
+                    ));
+                }
+                if state.data.zones.contains_key(n) {
+                    return Err(DomainError::exists(
+                        "new_name",
+                        format!("zone '{n}' already exists"),
+                    ));
+                }
+                let ids: Vec<String> = state
+                    .by_zone
+                    .get(name)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default();
+                for id in ids {
+                    if let Some(mut m) = state.data.machines.get(&id).cloned() {
+                        state.unindex(&m);
+                        m.zone = n.clone();
+                        m.updated_ms = now;
+                        m.revision = index;
+                        state.index(&m);
+                        state.data.machines.insert(id, m);
+                    }
+                }
+                state.by_zone.remove(name);
+                state.data.zones.remove(name);
+                z.name = n.clone();
+            }
+            state.data.zones.insert(z.name.clone(), z.clone());
+            Ok(Reply::Zone(z))
+        }
+        Op::DeleteZone { name } => {
+            if !state.data.zones.contains_key(name) {
+                return Err(DomainError::not_found(format!(
+                    "zone '{name}' does not exist"
+                )));
+            }
+            if name == DEFAULT_ZONE {
+                return Err(DomainError::precondition(
+                    "the zone 'default' cannot be deleted",
+                ));
+            }
+            let n = state.zone_count(name);
+            if n > 0 {
+                return Err(DomainError::precondition(format!(
+                    "zone '{name}' still holds {n} machine(s); move them to another zone first"
+                )));
+            }
+            state.data.zones.remove(name);
+            state.by_zone.remove(name);
+            Ok(Reply::Done)
+        }
+        Op::CreateJoinToken {
+            token_hash,
+            expires_ms,
+        } => {
+            // Forget expired tokens while we are here, so the map cannot grow without bound.
+            state.data.join_tokens.retain(|_, exp| *exp > now);
+            state
+                .data
+                .join_tokens
+                .insert(token_hash.clone(), *expires_ms);
+            Ok(Reply::Done)
+        }
+        Op::AdmitRegion {
+            token_hash,
+            name,
+            raft_addr,
+            api_addr,
+        } => {
+            let Some((stored, exp)) = state
+                .data
+                .join_tokens
+                .iter()
+                .find(|(h, _)| secret::hashes_equal(h, token_hash))
+            else {
+                return Err(DomainError::unauthenticated(
+                    "join token unknown or already used: create a new one with `ingot cluster join-token`",
+                ));
+            };
+            let (stored, exp) = (stored.clone(), *exp);
+            if exp <= now {
+                state.data.join_tokens.remove(&stored);
+                return Err(DomainError::unauthenticated(
+                    "join token expired: create a new one with `ingot cluster join-token`",
+                ));
+            }
+            validate::dns_label("name", name)?;
+            if state.data.regions.values().any(|r| &r.name == name) {
+                return Err(DomainError::exists(
+                    "name",
+                    format!("a region named '{name}' is already a member"),
+                ));
+            }
+            state.data.join_tokens.remove(&stored);
+            let node_id = state.data.next_node_id.max(2);
+            state.data.next_node_id = node_id + 1;
+            let r = RegionInfo {
+                node_id,
+                name: name.clone(),
+                raft_addr: raft_addr.clone(),
+                api_addr: api_addr.clone(),
+                joined_ms: now,
+            };
+            state.data.regions.insert(node_id, r.clone());
+            Ok(Reply::Region(r))
+        }
+        Op::ForgetRegion { node_id } => {
+            state.data.regions.remove(node_id);
+            Ok(Reply::Done)
+        }
+    }
+}
+
+fn existing<'a>(
+    state: &'a State,
+    id: &str,
+    expected_revision: u64,
+) -> Result<&'a Machine, DomainError> {
+    let m = state
+        .data
+        .machines
+        .get(id)
+        .ok_or_else(|| DomainError::not_found(format!("machine {id} does not exist")))?;
+    if expected_revision != 0 && m.revision != expected_revision {
+        return Err(DomainError::precondition(format!(
+            "machine {id} changed: its revision is {} but the request expected {expected_revision}; read it again and retry",
+            m.revision
+        )));
+    }
+    Ok(m)
+}
+
+fn check_hostname_free(
+    state: &State,
+    hostname: &str,
+    except: Option<&String>,
+) -> Result<(), DomainError> {
+    match state.by_hostname.get(hostname) {
+        Some(owner) if Some(owner) != except => Err(DomainError::exists(
+            "hostname",
+            format!("hostname: '{hostname}' is already used by machine {owner}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_mac_free(
+    state: &State,
+    i: usize,
+    mac: &ingot_common::Mac,
+    except: Option<&String>,
+) -> Result<(), DomainError> {
+    match state.by_mac.get(mac) {
+        Some(owner) if Some(owner) != except => Err(DomainError::exists(
+            format!("macs[{i}]"),
+            format!("macs[{i}]: {mac} already belongs to machine {owner}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ingot_common::pki::ClusterCa;
+    use ingot_common::PowerParams;
+
+    fn boot() -> State {
+        let mut s = State::default();
+        let ca = ClusterCa {
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        };
+        let r = RegionInfo {
+            node_id: 1,
+            name: "r1".into(),
+            raft_addr: "a".into(),
+            api_addr: "b".into(),
+            joined_ms: 0,
+        };
+        let cmd = Command {
+            request_id: String::new(),
+            ts_ms: 1,
+            actor: "t".into(),
+            op: Op::Bootstrap {
+                cluster_id: "c".into(),
+                ca,
+                admin_token_hash: "h".into(),
+                first_region: r,
+            },
+        };
+        apply(&mut s, &cmd, 1).unwrap();
+        assert!(apply(&mut s, &cmd, 2).is_err());
+        s
+    }
+
+    fn create(s: &mut State, id: &str, host: &str, mac: &str, idx: u64) -> Response {
+        let op = Op::CreateMachine {
+            system_id: id.into(),
+            hostname: host.into(),
+            arch: "amd64/generic".into(),
+            zone: "default".into(),
+            macs: vec![mac.parse().unwrap()],
+            power: PowerParams::default(),
+            description: String::new(),
+        };
+        apply(
+            s,
+            &Command {
+                request_id: String::new(),
+                ts_ms: idx,
+                actor: "t".into(),
+                op,
+            },
+            idx,
+        )
+    }
+
+    #[test]
+    fn uniqueness_is_enforced_at_apply() {
+        let mut s = boot();
+        create(&mut s, "aaaaaa", "n1", "52:54:00:00:00:01", 2).unwrap();
+        let e = create(&mut s, "bbbbbb", "n2", "52:54:00:00:00:01", 3).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("macs[0]"));
+        let e = create(&mut s, "bbbbbb", "n1", "52:54:00:00:00:02", 4).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("hostname"));
+        assert_eq!(s.data.machines.len(), 1);
+        assert_eq!(s.zone_count("default"), 1);
+    }
+
+    #[test]
+    fn revision_guards_updates_and_rename_moves_machines() {
+        let mut s = boot();
+        create(&mut s, "aaaaaa", "n1", "52:54:00:00:00:01", 2).unwrap();
+        let upd = |rev| Op::UpdateMachine {
+            system_id: "aaaaaa".into(),
+            hostname: Some("n9".into()),
+            arch: None,
+            zone: None,
+            description: None,
+            power: None,
+            macs: None,
+            expected_revision: rev,
+        };
+        assert!(apply(
+            &mut s,
+            &Command {
+                request_id: String::new(),
+                ts_ms: 3,
+                actor: "t".into(),
+                op: upd(99)
+            },
+            3
+        )
+        .is_err());
+        apply(
+            &mut s,
+            &Command {
+                request_id: String::new(),
+                ts_ms: 3,
+                actor: "t".into(),
+                op: upd(2),
+            },
+            3,
+        )
+        .unwrap();
+        assert!(s.machine_by_hostname("n9").is_some() && s.machine_by_hostname("n1").is_none());
+        let op = Op::CreateZone {
+            name: "z1".into(),
+            description: String::new(),
+        };
+        apply(
+            &mut s,
+            &Command {
+                request_id: String::new(),
+                ts_ms: 4,
+                actor: "t".into(),
+                op,
+            },
+            4,
+        )
+        .unwrap();
+        let op = Op::UpdateZone {
+            name: "default".into(),
+            description: None,
+            new_name: Some("z2".into()),
+        };
+        assert!(apply(
+            &mut s,
+            &Command {
+                request_id: String::new(),
+                ts_ms: 5,
+                actor: "t".into(),
+                op
+            },
+            5
+        )
+        .is_err());
+        let op = Op::DeleteZone {
+            name: "default".into(),
+        };
+        assert!(apply(
+            &mut s,
+            &Command {
+                request_id: String::new(),
+                ts_ms: 5,
+                actor: "t".into(),
+                op
+            },
+            5
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn join_tokens_are_single_use_and_expire() {
+        let mut s = boot();
+        let op = Op::CreateJoinToken {
+            token_hash: "t1".into(),
+            expires_ms: 100,
+        };
+        apply(
+            &mut s,
+            &Command {
+                request_id: String::new(),
+                ts_ms: 2,
+                actor: "t".into(),
+                op,
+            },
+            2,
+        )
+        .unwrap();
+        let admit = |name: &str| Op::AdmitRegion {
+            token_hash: "t1".into(),
+            name: name.into(),
+            raft_addr: "x".into(),
+            api_addr: "y".into(),
+        };
+        let r = apply(
+            &mut s,
+            &Command {
+                request_id: String::new(),
+                ts_ms: 3,
+                actor: "t".into(),
+                op: admit("r2"),
+            },
+            3,
+        )
+        .unwrap();
+        assert!(matches!(r, Reply::Region(RegionInfo { node_id: 2, .. })));
+        assert!(apply(
+            &mut s,
+            &Command {
+                request_id: String::new(),
+                ts_ms: 4,
+                actor: "t".into(),
+                op: admit("r3")
+            },
+            4
+        )
+        .is_err());
+        let op = Op::CreateJoinToken {
+            token_hash: "t2".into(),
+            expires_ms: 10,
+        };
+        apply(
+            &mut s,
+            &Command {
+                request_id: String::new(),
+                ts_ms: 5,
+                actor: "t".into(),
+                op,
+            },
+            5,
+        )
+        .unwrap();
+        let op = Op::AdmitRegion {
+            token_hash: "t2".into(),
+            name: "r4".into(),
+            raft_addr: "x".into(),
+            api_addr: "y".into(),
+        };
+        let e = apply(
+            &mut s,
+            &Command {
+                request_id: String::new(),
+                ts_ms: 11,
+                actor: "t".into(),
+                op,
+            },
+            6,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("expired"));
+    }
+}
+
+#[cfg(test)]
+mod dedup_tests {
+    use super::*;
+    use crate::command::Op;
+
+    #[test]
+    fn a_retried_request_is_applied_once() {
+        let mut s = State::default();
+        let cmd = |id: &str, name: &str| Command {
+            request_id: id.into(),
+            ts_ms: 1,
+            actor: "t".into(),
+            op: Op::CreateZone {
+                name: name.into(),
+                description: String::new(),
+            },
+        };
+        assert!(apply_once(&mut s, &cmd("r1", "z1"), 1).is_ok());
+        // Same request again: same (successful) answer, not AlreadyExists.
+        assert!(apply_once(&mut s, &cmd("r1", "z1"), 2).is_ok());
+        assert!(apply_once(&mut s, &cmd("r2", "z1"), 3).is_err());
+    }
+}

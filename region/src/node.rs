@@ -1,0 +1,343 @@
+//! One region's Raft node and the two primitives every API call is built on:
+//! [`Region::write`] (propose a command wherever the leader is) and [`Region::read_barrier`] (make a local
+//! read linearizable). Membership changes ([`Region::leader_op`]) run on the leader, forwarded if needed.
+
+use crate::command::{Command, Op, Reply, Response};
+use crate::raft::network::Peers;
+use crate::raft::store::SharedState;
+use crate::raft::Raft;
+use ingot_common::{DomainError, NodeId};
+use ingot_proto::raft::v1::{RaftPayload, ReadIndexRequest};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a write or a linearizable read waits for a leader before answering `Unavailable`.
+pub const LEADER_WAIT: Duration = Duration::from_secs(8);
+
+/// Work only the leader can do, sent by followers over `RaftService.Forward`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum Forwarded {
+    /// Propose a command.
+    Write(Command),
+    /// Add an admitted region as learner, wait for it to catch up, then make it a voter.
+    AddVoter {
+        /// The admitted region.
+        node_id: NodeId,
+    },
+    /// Remove a region from the membership and forget it.
+    RemoveRegion {
+        /// The region to remove.
+        node_id: NodeId,
+        /// Who asked.
+        actor: String,
+    },
+}
+
+/// The leader's answer to a [`Forwarded`] request.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum ForwardReply {
+    /// The request was handled; the result.
+    Done(Response),
+    /// The receiver is not the leader (any more); try the one it names.
+    NotLeader(Option<NodeId>, Option<String>),
+}
+
+/// A running region: its Raft handle, its in-memory state, and connections to its peers.
+pub struct Region {
+    /// Raft node id.
+    pub id: NodeId,
+    /// Name given at init/join.
+    pub name: String,
+    /// Cluster this region belongs to.
+    pub cluster_id: String,
+    /// openraft handle.
+    pub raft: Raft,
+    /// The state machine's in-memory state (read with a shared lock).
+    pub state: SharedState,
+    /// Connections to the other regions.
+    pub peers: Arc<Peers>,
+}
+
+fn leader_hint(f: &ForwardToLeader<NodeId, BasicNode>) -> (Option<NodeId>, Option<String>) {
+    (f.leader_id, f.leader_node.as_ref().map(|n| n.addr.clone()))
+}
+
+impl Region {
+    /// Proposes `cmd` and returns its apply result. Works on any region: a follower forwards to the leader.
+    /// Retries across leader changes until [`LEADER_WAIT`]; retrying is safe because a command's
+    /// request id makes the state machine apply it at most once.
+    pub async fn write(&self, cmd: Command) -> Result<Reply, DomainError> {
+        self.leader_op(Forwarded::Write(cmd)).await
+    }
+
+    /// Runs `op` on the leader (here, or forwarded), retrying across elections until [`LEADER_WAIT`].
+    pub async fn leader_op(&self, op: Forwarded) -> Result<Reply, DomainError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        let mut last_err = String::from("no leader elected yet");
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let hint = match self.local_leader_op(&op).await {
+                ForwardReply::Done(r) => return r,
+                ForwardReply::NotLeader(id, addr) => (id, addr),
+            };
+            match hint {
+                (Some(id), Some(addr)) if id != self.id => match self.forward(id, &addr, &op).await
+                {
+                    Ok(ForwardReply::Done(r)) => return r,
+                    Ok(ForwardReply::NotLeader(..)) => {
+                        last_err = format!("region {id} is no longer the leader")
+                    }
+                    Err(e) => {
+                        last_err = format!("leader region {id} at {addr} did not answer: {e}")
+                    }
+                },
+                _ => {}
+            }
+            if Instant::now() + delay > deadline {
+                return Err(DomainError::unavailable(format!(
+                    "the cluster could not complete the write within {LEADER_WAIT:?} ({last_err}); a majority of regions must be up. Retry when `ingot cluster list` shows a leader"
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Handles `op` if this region is the leader; otherwise says who is.
+    pub async fn local_leader_op(&self, op: &Forwarded) -> ForwardReply {
+        match op {
+            Forwarded::Write(cmd) => match self.raft.client_write(cmd.clone()).await {
+                Ok(resp) => ForwardReply::Done(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    let (a, b) = leader_hint(&f);
+                    ForwardReply::NotLeader(a, b)
+                }
+                Err(e) => ForwardReply::Done(Err(DomainError::unavailable(format!(
+                    "raft write failed: {e}"
+                )))),
+            },
+            Forwarded::AddVoter { node_id } => self.add_voter(*node_id).await,
+            Forwarded::RemoveRegion { node_id, actor } => self.remove_region(*node_id, actor).await,
+        }
+    }
+
+    async fn forward(
+        &self,
+        id: NodeId,
+        addr: &str,
+        op: &Forwarded,
+    ) -> Result<ForwardReply, String> {
+        let mut c = self.peers.client(id, addr).map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec(op).map_err(|e| e.to_string())?;
+        let timeout = match op {
+            Forwarded::AddVoter { .. } => Duration::from_secs(300),
+            _ => LEADER_WAIT,
+        };
+        let r = tokio::time::timeout(timeout, c.forward(RaftPayload { json }))
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|s| s.message().to_string())?;
+        serde_json::from_slice(&r.into_inner().json).map_err(|e| e.to_string())
+    }
+
+    fn not_leader(&self, f: Option<ForwardToLeader<NodeId, BasicNode>>) -> ForwardReply {
+        match f {
+            Some(f) => {
+                let (a, b) = leader_hint(&f);
+                ForwardReply::NotLeader(a, b)
+            }
+            None => ForwardReply::NotLeader(None, None),
+        }
+    }
+
+    async fn add_voter(&self, node_id: NodeId) -> ForwardReply {
+        let addr = {
+            let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+            match st.data.regions.get(&node_id) {
+                Some(r) => r.raft_addr.clone(),
+                None => {
+                    return ForwardReply::Done(Err(DomainError::not_found(format!(
+                        "region {node_id} was not admitted with a join token"
+                    ))))
+                }
+            }
+        };
+        let voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.contains(&node_id) {
+            return ForwardReply::Done(Ok(Reply::Done));
+        }
+        match self
+            .raft
+            .add_learner(node_id, BasicNode::new(addr), true)
+            .await
+        {
+            Ok(_) => {}
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                return self.not_leader(Some(f))
+            }
+            Err(e) => {
+                return ForwardReply::Done(Err(DomainError::unavailable(format!(
+                    "adding region {node_id} as learner failed: {e}"
+                ))))
+            }
+        }
+        match self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+            .await
+        {
+            Ok(_) => ForwardReply::Done(Ok(Reply::Done)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                self.not_leader(Some(f))
+            }
+            Err(e) => ForwardReply::Done(Err(DomainError::unavailable(format!(
+                "promoting region {node_id} to voter failed: {e}"
+            )))),
+        }
+    }
+
+    async fn remove_region(&self, node_id: NodeId, actor: &str) -> ForwardReply {
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let known = membership.nodes().any(|(id, _)| *id == node_id);
+        if voters.contains(&node_id) {
+            if voters.len() == 1 {
+                return ForwardReply::Done(Err(DomainError::precondition(
+                    "refusing to remove the last voting region: the cluster would have no members",
+                )));
+            }
+            match self
+                .raft
+                .change_membership(
+                    ChangeMembers::RemoveVoters(BTreeSet::from([node_id])),
+                    false,
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    return self.not_leader(Some(f))
+                }
+                Err(e) => {
+                    return ForwardReply::Done(Err(DomainError::unavailable(format!(
+                        "removing region {node_id} failed: {e}"
+                    ))))
+                }
+            }
+        } else if known {
+            match self
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false)
+                .await
+            {
+                Ok(_) => {}
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    return self.not_leader(Some(f))
+                }
+                Err(e) => {
+                    return ForwardReply::Done(Err(DomainError::unavailable(format!(
+                        "removing learner {node_id} failed: {e}"
+                    ))))
+                }
+            }
+        } else {
+            let admitted = self
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .data
+                .regions
+                .contains_key(&node_id);
+            if !admitted {
+                return ForwardReply::Done(Err(DomainError::not_found(format!(
+                    "region {node_id} is not a member"
+                ))));
+            }
+        }
+        let cmd = Command {
+            request_id: ingot_common::secret::generate("rm_"),
+            ts_ms: ingot_common::now_ms(),
+            actor: actor.to_string(),
+            op: Op::ForgetRegion { node_id },
+        };
+        match self.raft.client_write(cmd).await {
+            Ok(r) => ForwardReply::Done(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                self.not_leader(Some(f))
+            }
+            Err(e) => ForwardReply::Done(Err(DomainError::unavailable(format!(
+                "recording the removal failed: {e}"
+            )))),
+        }
+    }
+
+    /// Makes the next local read linearizable: on the leader, confirms leadership with a quorum (read
+    /// index); on a follower, asks the leader for its read index and waits until it has applied that far.
+    /// `linearizable = false` reads local state as is (stale reads).
+    pub async fn read_barrier(&self, linearizable: bool) -> Result<(), DomainError> {
+        if !linearizable {
+            return Ok(());
+        }
+        let deadline = Instant::now() + LEADER_WAIT;
+        let mut last_err = String::from("no leader elected yet");
+        loop {
+            match self.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    if let (Some(id), Some(node)) = (f.leader_id, f.leader_node.as_ref()) {
+                        match self.remote_read_index(id, &node.addr).await {
+                            Ok(index) => {
+                                let left = deadline
+                                    .saturating_duration_since(Instant::now())
+                                    .max(Duration::from_millis(100));
+                                return self
+                                    .raft
+                                    .wait(Some(left))
+                                    .applied_index_at_least(Some(index), "read index")
+                                    .await
+                                    .map(|_| ())
+                                    .map_err(|e| DomainError::unavailable(format!("this region could not catch up with the leader for a linearizable read: {e}; retry, or ask for a stale read")));
+                            }
+                            Err(e) => {
+                                last_err = format!("leader {id} did not give a read index: {e}")
+                            }
+                        }
+                    }
+                }
+                Err(e) => last_err = e.to_string(),
+            }
+            if Instant::now() > deadline {
+                return Err(DomainError::unavailable(format!(
+                    "no linearizable read possible within {LEADER_WAIT:?} ({last_err}); a majority of regions must be up, or ask for a stale read"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn remote_read_index(&self, id: NodeId, addr: &str) -> Result<u64, String> {
+        let mut c = self.peers.client(id, addr).map_err(|e| e.to_string())?;
+        let r = tokio::time::timeout(Duration::from_secs(3), c.read_index(ReadIndexRequest {}))
+            .await
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|s| s.message().to_string())?;
+        Ok(r.into_inner().index)
+    }
+}

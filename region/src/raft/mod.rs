@@ -1,0 +1,72 @@
+//! Raft: openraft's type configuration, the sled-backed store, the tonic network and the RaftService server.
+//!
+//! - [`store`]: log and state machine on one `sled::Db` per process (log entries fsynced before they are
+//!   acknowledged; the state machine in memory, persisted by snapshots, replayed from the log on restart).
+//! - [`network`]: openraft's `RaftNetwork` over `ingot.raft.v1.RaftService` with mutual TLS.
+//! - [`service`]: the server side of that service, plus write forwarding, read index, status and join.
+
+use crate::command::{Command, Response};
+use std::io::Cursor;
+
+pub mod network;
+pub mod service;
+pub mod store;
+
+openraft::declare_raft_types!(
+    /// Ingot's openraft types: log entries carry a [`Command`], the state machine answers a [`Response`].
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The openraft handle for this process.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Timing and snapshot knobs, from the command line.
+#[derive(Clone, Debug)]
+pub struct RaftTuning {
+    /// Leader heartbeat period.
+    pub heartbeat_ms: u64,
+    /// Minimum election timeout; the maximum is twice this.
+    pub election_timeout_ms: u64,
+    /// Build a snapshot after this many applied entries.
+    pub snapshot_logs: u64,
+    /// Log entries kept behind the last snapshot (so slightly lagging followers catch up without one).
+    pub keep_logs: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_ms: 600,
+            snapshot_logs: 10_000,
+            keep_logs: 1_000,
+        }
+    }
+}
+
+impl RaftTuning {
+    /// The openraft configuration for these knobs (validated by openraft).
+    pub fn config(&self, cluster_id: &str) -> Result<openraft::Config, openraft::ConfigError> {
+        let c = openraft::Config {
+            cluster_name: cluster_id.to_string(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_ms,
+            election_timeout_max: self.election_timeout_ms * 2,
+            // Snapshots are shipped in 1 MiB chunks; a chunk gets 10 s on a busy 2-core box.
+            snapshot_max_chunk_size: 1024 * 1024,
+            install_snapshot_timeout: 10_000,
+            max_payload_entries: 512,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            max_in_snapshot_log_to_keep: self.keep_logs,
+            ..Default::default()
+        };
+        c.validate()
+    }
+}

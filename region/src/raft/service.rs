@@ -1,0 +1,152 @@
+//! The server side of `ingot.raft.v1.RaftService`, on the Raft listener. The listener already requires a
+//! client certificate signed by the cluster CA; every handler additionally requires that certificate to
+//! name a region (`region-<id>`), so a rack's certificate from the same CA can never speak Raft.
+
+use crate::node::{ForwardReply, Forwarded, Region};
+use ingot_common::pki;
+use ingot_proto::raft::v1::raft_service_server::RaftService;
+use ingot_proto::raft::v1::*;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::ServerState;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// RaftService bound to this region.
+pub struct RaftServer {
+    /// The local region.
+    pub region: Arc<Region>,
+}
+
+/// The node id in the caller's certificate, if the caller is a region.
+fn caller_region<T>(req: &Request<T>) -> Result<u64, Status> {
+    let certs = req.peer_certs().ok_or_else(|| {
+        Status::unauthenticated(
+            "the Raft listener requires a region certificate from the cluster CA",
+        )
+    })?;
+    let cn = certs
+        .first()
+        .and_then(|c| pki::common_name(c.as_ref()))
+        .ok_or_else(|| Status::unauthenticated("client certificate has no common name"))?;
+    cn.strip_prefix("region-")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            Status::permission_denied(format!(
+                "'{cn}' is not a region: only regions may use the Raft listener"
+            ))
+        })
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
+    serde_json::to_vec(v)
+        .map(|json| Response::new(RaftPayload { json }))
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(b)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftServer {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        caller_region(&req)?;
+        let rpc: AppendEntriesRequest<crate::raft::TypeConfig> = decode(&req.into_inner().json)?;
+        json(&self.region.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        caller_region(&req)?;
+        let rpc: VoteRequest<u64> = decode(&req.into_inner().json)?;
+        json(&self.region.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<SnapshotChunk>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        caller_region(&req)?;
+        let c = req.into_inner();
+        let rpc = InstallSnapshotRequest {
+            vote: decode(&c.vote_json)?,
+            meta: decode(&c.meta_json)?,
+            offset: c.offset,
+            data: c.data,
+            done: c.done,
+        };
+        json(&self.region.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        caller_region(&req)?;
+        let op: Forwarded = decode(&req.into_inner().json)?;
+        let reply: ForwardReply = self.region.local_leader_op(&op).await;
+        json(&reply)
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        caller_region(&req)?;
+        match self.region.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(Response::new(ReadIndexReply {
+                index: log_id.map(|l| l.index).unwrap_or(0),
+                leader_id: self.region.id,
+            })),
+            Err(e) => Err(Status::unavailable(format!(
+                "not able to serve a read index: {e}"
+            ))),
+        }
+    }
+
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        caller_region(&req)?;
+        Ok(Response::new(local_status(&self.region)))
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let caller = caller_region(&req)?;
+        let node_id = req.into_inner().node_id;
+        if caller != node_id {
+            return Err(Status::permission_denied(format!(
+                "region-{caller} may not ask for region {node_id} to be added"
+            )));
+        }
+        match self.region.leader_op(Forwarded::AddVoter { node_id }).await {
+            Ok(_) => Ok(Response::new(JoinReply {})),
+            Err(e) => Err(crate::api::status(e)),
+        }
+    }
+}
+
+/// This region's Raft status, from openraft's metrics.
+pub fn local_status(region: &Region) -> StatusReply {
+    let m = region.raft.metrics().borrow().clone();
+    let role = match m.state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    };
+    let voter = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == region.id);
+    StatusReply {
+        node_id: region.id,
+        role: role.to_string(),
+        term: m.current_term,
+        last_applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        leader_id: m.current_leader.unwrap_or(0),
+        snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+        voter,
+    }
+}

@@ -1,0 +1,213 @@
+//! The one wiring function: [`start`] opens the store, builds the Raft node and serves both listeners —
+//! the Raft listener (mutual TLS, cluster-CA client certificates only) and the client API listener (TLS,
+//! bearer tokens, health, reflection).
+
+use crate::api::{cluster::ClusterApi, machines::MachineApi, zones::ZoneApi};
+use crate::app::App;
+use crate::datadir::{DataDir, RegionIdentity};
+use crate::node::Region;
+use crate::raft::network::{NetworkFactory, Peers, MAX_MESSAGE};
+use crate::raft::service::RaftServer;
+use crate::raft::store::{open_db, LogStore, OpenError, StateMachineStore};
+use crate::raft::{Raft, RaftTuning};
+use ingot_proto::raft::v1::raft_service_server::RaftServiceServer;
+use ingot_proto::v1::cluster_service_server::ClusterServiceServer;
+use ingot_proto::v1::machine_service_server::MachineServiceServer;
+use ingot_proto::v1::zone_service_server::ZoneServiceServer;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+
+/// Why a region could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    /// sled failed while opening a tree.
+    #[error("opening the Raft log failed: {0}")]
+    Sled(#[from] sled::Error),
+    /// The Raft configuration is invalid.
+    #[error("invalid Raft settings: {0}")]
+    Config(#[from] openraft::ConfigError),
+    /// openraft refused to start.
+    #[error("Raft failed to start: {0}")]
+    Raft(String),
+    /// TLS material is unusable.
+    #[error("TLS setup failed: {0}; check the files in the data directory's tls/ folder")]
+    Tls(#[from] tonic::transport::Error),
+    /// A data directory file could not be read.
+    #[error(transparent)]
+    DataDir(#[from] crate::datadir::DataDirError),
+    /// The gRPC reflection descriptors are broken (a build problem).
+    #[error("gRPC reflection setup failed: {0}")]
+    Reflection(String),
+}
+
+/// The TLS material of a region.
+pub struct TlsFiles {
+    /// Cluster CA certificate (PEM).
+    pub ca_pem: String,
+    /// This region's certificate (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM).
+    pub key_pem: String,
+}
+
+impl TlsFiles {
+    /// Reads tls/ from the data directory.
+    pub fn load(dd: &DataDir) -> Result<TlsFiles, crate::datadir::DataDirError> {
+        Ok(TlsFiles {
+            ca_pem: dd.read(&dd.ca_path())?,
+            cert_pem: dd.read(&dd.cert_path())?,
+            key_pem: dd.read(&dd.key_path())?,
+        })
+    }
+
+    /// Client TLS towards other regions: verify them against the CA, present our certificate.
+    pub fn peer_client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(ingot_common::pki::REGION_SERVER_NAME)
+    }
+}
+
+/// A started region: its node and a way to stop it.
+pub struct Running {
+    /// The Raft node and state.
+    pub region: Arc<Region>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops serving, shuts Raft down and flushes the store.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        let _ = self.region.raft.shutdown().await;
+    }
+}
+
+/// Opens the store in `dd`, creates the Raft node `identity.node_id`, and serves the Raft listener and
+/// the API listener on the given (already bound) sockets.
+pub async fn start(
+    dd: &DataDir,
+    identity: &RegionIdentity,
+    tls: &TlsFiles,
+    api: TcpListener,
+    raft_listener: TcpListener,
+    tuning: &RaftTuning,
+) -> Result<Running, StartError> {
+    let db = open_db(&dd.db_path(), &identity.cluster_id)?;
+    let log = LogStore::new(&db)?;
+    let sm = StateMachineStore::open(&db)?;
+    let state = sm.state.clone();
+    let peers = Arc::new(Peers::new(tls.peer_client()));
+    let config = Arc::new(tuning.config(&identity.cluster_id)?);
+    let raft = Raft::new(
+        identity.node_id,
+        config,
+        NetworkFactory {
+            peers: peers.clone(),
+        },
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+    let region = Arc::new(Region {
+        id: identity.node_id,
+        name: identity.name.clone(),
+        cluster_id: identity.cluster_id.clone(),
+        raft,
+        state,
+        peers,
+    });
+    let (shutdown, rx) = watch::channel(false);
+    let stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let server_identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+
+    // Raft listener: mutual TLS; only certificates from the cluster CA get past the handshake.
+    let raft_tls = ServerTlsConfig::new()
+        .identity(server_identity.clone())
+        .client_ca_root(Certificate::from_pem(&tls.ca_pem));
+    let raft_svc = RaftServiceServer::new(RaftServer {
+        region: region.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
+    let raft_server = Server::builder()
+        .tls_config(raft_tls)?
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        .add_service(raft_svc);
+    let raft_rx = rx.clone();
+    let t1 = tokio::spawn(async move {
+        if let Err(e) = raft_server
+            .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), stop(raft_rx))
+            .await
+        {
+            tracing::error!("raft listener stopped: {e}");
+        }
+    });
+
+    // API listener: TLS with the region certificate; callers authenticate with bearer tokens.
+    let app = App {
+        region: region.clone(),
+    };
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<MachineServiceServer<MachineApi>>()
+        .await;
+    health.set_serving::<ZoneServiceServer<ZoneApi>>().await;
+    health
+        .set_serving::<ClusterServiceServer<ClusterApi>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ingot_proto::V1_FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ingot_proto::V1_FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let api_server = Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(server_identity))?
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            MachineServiceServer::new(MachineApi { app: app.clone() })
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(ZoneServiceServer::new(ZoneApi { app: app.clone() }))
+        .add_service(ClusterServiceServer::new(ClusterApi { app }));
+    let t2 = tokio::spawn(async move {
+        if let Err(e) = api_server
+            .serve_with_incoming_shutdown(TcpListenerStream::new(api), stop(rx))
+            .await
+        {
+            tracing::error!("api listener stopped: {e}");
+        }
+    });
+    Ok(Running {
+        region,
+        shutdown,
+        tasks: vec![t1, t2],
+    })
+}
