@@ -1,1 +1,278 @@
-fn main(){}
+//! `ingot`: the command-line client of an Ingot region cluster, and the launcher of local development
+//! clusters (`ingot dev up`).
+//!
+//! Layout: this file holds the global flags, the command tree's root and error reporting; each command
+//! group lives in its own module ([`machines`], [`zones`], [`cluster`], [`dev`]); [`output`] renders
+//! tables, JSON and timestamps. Every API command is one RPC, retried while the cluster is unavailable
+//! (a region is down, an election is running) for at most `--timeout`.
+
+/// `println!` that ends the program quietly when stdout is a closed pipe (`ingot ... | head`) instead of
+/// panicking.
+macro_rules! outln {
+    () => {
+        $crate::output::emit_line("")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::emit_line(&format!($($arg)*))
+    };
+}
+
+mod cluster;
+mod dev;
+mod machines;
+mod output;
+mod zones;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use ingot_client::{retry_unavailable, ClientConfig, Clients};
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Manage an Ingot bare-metal provisioning cluster.
+#[derive(Parser, Debug)]
+#[command(name = "ingot", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every command accepts: where the cluster is, how to authenticate, how to print.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Region API endpoint, https://host:port (repeatable, or comma-separated) [env: INGOT_ENDPOINTS]
+    #[arg(
+        long = "endpoint",
+        value_name = "URL",
+        global = true,
+        value_delimiter = ','
+    )]
+    endpoints: Vec<String>,
+    /// Cluster CA certificate (PEM) [env: INGOT_CA]
+    #[arg(long, value_name = "FILE", global = true)]
+    ca: Option<PathBuf>,
+    /// Bearer token [env: INGOT_TOKEN]
+    #[arg(long, value_name = "TOKEN", global = true)]
+    token: Option<String>,
+    /// Env file with INGOT_ENDPOINTS, INGOT_CA and INGOT_TOKEN, as written by `ingot dev up` (DIR/env).
+    /// Explicit flags win over it; it wins over the environment.
+    #[arg(long, value_name = "FILE", global = true)]
+    profile: Option<PathBuf>,
+    /// Machine-readable JSON output
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How long to keep retrying while no region answers (e.g. 10s, 1m)
+    #[arg(long, value_name = "DURATION", global = true, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Machines: enlist, list, show, change, remove
+    #[command(subcommand)]
+    Machines(machines::MachinesCmd),
+    /// Availability zones
+    #[command(subcommand)]
+    Zones(zones::ZonesCmd),
+    /// Region controllers: membership, health, join tokens
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
+    /// A local development cluster of real ingot-region processes
+    #[command(subcommand)]
+    Dev(dev::DevCmd),
+}
+
+/// What a command needs: the global flags and, lazily, the connection.
+pub struct Ctx {
+    /// The global flags.
+    pub global: Global,
+}
+
+impl Ctx {
+    /// Connects to the cluster described by the flags, the profile or the environment.
+    pub fn clients(&self) -> Result<Clients> {
+        let g = &self.global;
+        let endpoints = (!g.endpoints.is_empty()).then(|| g.endpoints.clone());
+        let config =
+            ClientConfig::resolve(endpoints, g.ca.clone(), g.token.clone(), g.profile.clone())?;
+        Ok(config.connect()?)
+    }
+
+    /// Runs one RPC, retrying while the cluster is unavailable for at most `--timeout`.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        Ok(retry_unavailable(f, self.global.timeout)
+            .await?
+            .into_inner())
+    }
+
+    /// True when `--json` was given.
+    pub fn json(&self) -> bool {
+        self.global.json
+    }
+}
+
+/// Parses `90`, `90s`, `30m`, `1h`, `2d` or `1h30m` into a duration.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    let mut saw_unit = false;
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(format!("'{s}': unknown unit '{c}' (use s, m, h or d)")),
+        };
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("'{s}': expected a number before '{c}'"))?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        num.clear();
+        saw_unit = true;
+    }
+    if !num.is_empty() {
+        if saw_unit {
+            return Err(format!("'{s}': missing unit after {num}"));
+        }
+        total = num
+            .parse()
+            .map_err(|_| format!("'{s}' is not a duration"))?;
+    }
+    Ok(Duration::from_secs(total))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let ctx = Ctx { global: cli.global };
+    match cli.command {
+        Command::Machines(c) => machines::run(&ctx, c).await,
+        Command::Zones(c) => zones::run(&ctx, c).await,
+        Command::Cluster(c) => cluster::run(&ctx, c).await,
+        Command::Dev(c) => dev::run(&ctx, c).await,
+    }
+}
+
+/// `NotFound` -> `NOT_FOUND`, the gRPC spelling operators search for.
+fn code_name(code: tonic::Code) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+fn report(err: &anyhow::Error, json: bool) {
+    let (code, message) = match err.downcast_ref::<tonic::Status>() {
+        Some(st) => {
+            let msg = if st.message().is_empty() {
+                st.code().description().to_string()
+            } else {
+                st.message().to_string()
+            };
+            (Some(code_name(st.code())), msg)
+        }
+        None => (None, format!("{err:#}")),
+    };
+    if json {
+        let v = serde_json::json!({"error": {"code": code, "message": message}});
+        eprintln!("{v}");
+    } else {
+        match code {
+            Some(code) if code == "UNAVAILABLE" => eprintln!(
+                "error: {message} ({code})\nhint: no region answered within --timeout; are the endpoints \
+                 right and the regions running? (`ingot dev up` restarts a local cluster)"
+            ),
+            Some(code) => eprintln!("error: {message} ({code})"),
+            None => eprintln!("error: {message}"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // tonic's TLS uses rustls; make ring the process-wide provider (already installed is fine).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let json = cli.global.json;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e, json);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3600").unwrap().as_secs(), 3600);
+        assert_eq!(parse_duration("3600s").unwrap().as_secs(), 3600);
+        assert_eq!(parse_duration("30m").unwrap().as_secs(), 1800);
+        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
+        assert!(parse_duration("1x").is_err());
+        assert!(parse_duration("1h30").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn code_names() {
+        assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(code_name(tonic::Code::InvalidArgument), "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn global_flags_anywhere() {
+        let cli = Cli::try_parse_from([
+            "ingot",
+            "machines",
+            "list",
+            "--json",
+            "--endpoint",
+            "https://a:1,https://b:2",
+            "--endpoint=https://c:3",
+        ])
+        .unwrap();
+        assert!(cli.global.json);
+        assert_eq!(cli.global.endpoints.len(), 3);
+    }
+}

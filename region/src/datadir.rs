@@ -64,6 +64,10 @@ pub struct RegionIdentity {
     pub listen_raft: String,
     /// True once the region has been added to the membership (false between admission and promotion).
     pub joined: bool,
+    /// Raft addresses of the members at admission: whom to ask for promotion if `run` finds `joined`
+    /// still false (the process stopped between admission and promotion).
+    #[serde(default)]
+    pub join_via: Vec<String>,
 }
 
 /// What a running region publishes about itself in run.json.
@@ -120,6 +124,10 @@ impl DataDir {
     /// db/
     pub fn db_path(&self) -> PathBuf {
         self.root.join("db")
+    }
+    /// removed: present once the cluster removed this region (its content says why).
+    pub fn removed_path(&self) -> PathBuf {
+        self.root.join("removed")
     }
     /// run.json
     pub fn run_path(&self) -> PathBuf {

@@ -251,6 +251,7 @@ async fn init(c: Common) -> Result<()> {
         listen_api: api.local_addr()?.to_string(),
         listen_raft: raft.local_addr()?.to_string(),
         joined: true,
+        join_via: vec![],
     };
     dd.write_identity(&identity)?;
     let tls = TlsFiles::load(&dd)?;
@@ -258,7 +259,7 @@ async fn init(c: Common) -> Result<()> {
     finish_bootstrap(&dd, &running, &identity).await?;
     tracing::info!(cluster_id, api = %api_addr, raft = %raft_addr, "cluster created; admin token in {}", dd.admin_token_path().display());
     publish_addrs(&dd, 1, &identity.listen_api, &identity.listen_raft, true)?;
-    serve_until_signal(running).await
+    serve_until_signal(&dd, running).await
 }
 
 /// Initializes the one-node Raft cluster (if not yet) and applies the pending bootstrap command. Runs at
@@ -354,13 +355,14 @@ async fn join(c: Common, regions: Vec<String>, token: String, ca_file: PathBuf) 
         listen_api: api.local_addr()?.to_string(),
         listen_raft: raft.local_addr()?.to_string(),
         joined: false,
+        join_via: a.raft_addrs.clone(),
     };
     dd.write_identity(&identity)?;
     publish(&dd, a.node_id, &api, &raft, false)?;
     let tlsf = TlsFiles::load(&dd)?;
     let running = start(&dd, &identity, &tlsf, api, raft, &c.tuning.raft()).await?;
     tracing::info!(node_id = a.node_id, cluster_id = %a.cluster_id, "admitted; asking to become a voter");
-    become_member(&running, &tlsf, &a.raft_addrs, a.node_id).await?;
+    become_member(&tlsf, &a.raft_addrs, a.node_id).await?;
     identity.joined = true;
     dd.write_identity(&identity)?;
     publish_addrs(
@@ -371,13 +373,12 @@ async fn join(c: Common, regions: Vec<String>, token: String, ca_file: PathBuf) 
         true,
     )?;
     tracing::info!(node_id = a.node_id, "joined the cluster as a voter");
-    serve_until_signal(running).await
+    serve_until_signal(&dd, running).await
 }
 
 /// Asks the cluster (through any member's Raft listener, with this region's certificate) to add this
 /// region as learner and promote it to voter once caught up. Retries for up to 10 minutes.
 async fn become_member(
-    running: &Running,
     tls: &TlsFiles,
     raft_addrs: &[String],
     node_id: u64,
@@ -396,7 +397,6 @@ async fn become_member(
                 Err(_) => last = format!("{addr}: no answer"),
             }
         }
-        let _ = running;
         if Instant::now() > deadline {
             bail!("could not become a member within 10 minutes: {last}");
         }
@@ -413,6 +413,13 @@ async fn run(
 ) -> Result<()> {
     let dd = DataDir::new(&data_dir);
     let mut identity = dd.read_identity()?;
+    if let Ok(why) = std::fs::read_to_string(dd.removed_path()) {
+        bail!(
+            "this region was removed from the cluster ({}); its state is stale. Delete {} and join again with a new token (`ingot cluster join-token`, `ingot-region join`)",
+            why.trim(),
+            data_dir.display()
+        );
+    }
     let api = bind(listen_api.as_deref().unwrap_or(&identity.listen_api), "api").await?;
     let raft = bind(
         listen_raft.as_deref().unwrap_or(&identity.listen_raft),
@@ -441,20 +448,28 @@ async fn run(
                 .map(|r| r.raft_addr.clone())
                 .collect()
         };
-        become_member(&running, &tls, &addrs, identity.node_id).await?;
+        become_member(&tls, &addrs, identity.node_id).await?;
         identity.joined = true;
         dd.write_identity(&identity)?;
     }
     publish_addrs(&dd, identity.node_id, &api_local, &raft_local, true)?;
     tracing::info!(node_id = identity.node_id, api = %api_local, raft = %raft_local, "region running");
-    serve_until_signal(running).await
+    serve_until_signal(&dd, running).await
 }
 
-async fn serve_until_signal(running: Running) -> Result<()> {
+async fn serve_until_signal(dd: &DataDir, running: Running) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut removed = running.region.removed.subscribe();
+    let removed_reason = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+        r = removed.wait_for(|r| r.is_some()) => r.ok().and_then(|v| v.clone()),
+    };
+    if let Some(why) = removed_reason {
+        dd.write(&dd.removed_path(), why.as_bytes(), false)?;
+        running.stop().await;
+        tracing::warn!("stopped: this region was removed from the cluster ({why})");
+        return Ok(());
     }
     tracing::info!("shutting down");
     running.stop().await;

@@ -60,6 +60,8 @@ pub struct Region {
     pub state: SharedState,
     /// Connections to the other regions.
     pub peers: Arc<Peers>,
+    /// Signalled when the leader reports that this region was removed from the cluster.
+    pub removed: tokio::sync::watch::Sender<Option<String>>,
 }
 
 fn leader_hint(f: &ForwardToLeader<NodeId, BasicNode>) -> (Option<NodeId>, Option<String>) {
@@ -269,6 +271,14 @@ impl Region {
                 return ForwardReply::Done(Err(DomainError::not_found(format!(
                     "region {node_id} is not a member"
                 ))));
+            }
+        }
+        // Tell the removed region, so it stops serving stale data (best effort: it may be down).
+        let addr = membership.nodes().find(|(id, _)| **id == node_id).map(|(_, n)| n.addr.clone());
+        if let Some(addr) = addr {
+            if let Ok(mut c) = self.peers.client(node_id, &addr) {
+                let req = ingot_proto::raft::v1::LeaveRequest { node_id, reason: format!("removed by {actor}") };
+                let _ = tokio::time::timeout(Duration::from_secs(2), c.leave(req)).await;
             }
         }
         let cmd = Command {

