@@ -1,1 +1,330 @@
-fn main(){}
+//! `ingot-bench`: figures for a real local Ingot cluster, printed, never asserted (performance is measured
+//! here, not in timed tests). It starts N `ingot-region` processes on loopback (release binaries when run
+//! with `cargo run --release -p ingot-bench`), then:
+//! 1. write throughput: C concurrent clients over K connections doing machine create + update, with
+//!    writes/s and latency percentiles;
+//! 2. leader failover: SIGKILL the leader F times, time from the kill to the first acknowledged write that
+//!    was sent after the kill, restarting the killed region between rounds;
+//! 3. with `--etcd`, runs `bench/etcd/run_etcd_bench.sh` (etcd 3.4, 3 members, mutual TLS, etcd's own
+//!    benchmark tool) in the same run and prints both side by side.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use ingot_client::local::{LocalCluster, LocalClusterOptions};
+use ingot_client::Clients;
+use ingot_proto::v1::{CreateMachineRequest, UpdateMachineRequest};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "ingot-bench",
+    about = "Throughput, latency and failover figures of a local Ingot cluster (and etcd side by side)"
+)]
+struct Args {
+    /// Regions in the cluster.
+    #[arg(long, default_value_t = 3)]
+    regions: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Separate HTTP/2 connections (sets of channels) the clients share, like etcd benchmark's --conns.
+    #[arg(long, default_value_t = 16)]
+    conns: usize,
+    /// Total writes (create + update each count as one).
+    #[arg(long, default_value_t = 20_000)]
+    writes: u64,
+    /// Stop the throughput phase after this many seconds even if `--writes` are not done.
+    #[arg(long, default_value_t = 60)]
+    max_seconds: u64,
+    /// Leader kills for the failover phase (0 skips it).
+    #[arg(long, default_value_t = 5)]
+    failovers: usize,
+    /// Also run the etcd comparison (bench/etcd/run_etcd_bench.sh) and print both.
+    #[arg(long)]
+    etcd: bool,
+    /// Working directory (default: a fresh directory under the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Extra flags for every ingot-region (e.g. --region-arg=--election-timeout-ms=400).
+    #[arg(long = "region-arg", allow_hyphen_values = true)]
+    region_args: Vec<String>,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mac(n: u64) -> String {
+    let b = n.to_be_bytes();
+    format!(
+        "06:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[3], b[4], b[5], b[6], b[7]
+    )
+}
+
+struct Throughput {
+    writes: u64,
+    errors: u64,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+    p999: Duration,
+    max: Duration,
+}
+
+async fn throughput(cluster: &LocalCluster, a: &Args) -> Result<Throughput> {
+    let conns: Vec<Clients> = (0..a.conns.max(1))
+        .map(|_| cluster.connect())
+        .collect::<Result<_>>()?;
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(a.writes as usize)));
+    let deadline = Instant::now() + Duration::from_secs(a.max_seconds);
+    let total = a.writes;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..a.clients {
+        let cl = conns[c % conns.len()].clone();
+        let (next, errors, lat) = (next.clone(), errors.clone(), lat.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut last: Option<String> = None;
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total || Instant::now() > deadline {
+                    break;
+                }
+                let s = Instant::now();
+                // Alternate: enlist a machine, then change it (a realistic create/update mix).
+                let ok = match last.take() {
+                    Some(id) => cl
+                        .machines()
+                        .update_machine(UpdateMachineRequest {
+                            system_id: id,
+                            description: Some(format!("rev {n}")),
+                            ..Default::default()
+                        })
+                        .await
+                        .is_ok(),
+                    None => match cl
+                        .machines()
+                        .create_machine(CreateMachineRequest {
+                            macs: vec![mac(n)],
+                            description: "x".repeat(200),
+                            ..Default::default()
+                        })
+                        .await
+                    {
+                        Ok(m) => {
+                            last = Some(m.into_inner().system_id);
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                };
+                if ok {
+                    mine.push(s.elapsed());
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            lat.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = t0.elapsed();
+    let mut l = lat.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    l.sort();
+    Ok(Throughput {
+        writes: l.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        p50: pct(&l, 0.50),
+        p99: pct(&l, 0.99),
+        p999: pct(&l, 0.999),
+        max: l.last().copied().unwrap_or_default(),
+    })
+}
+
+/// SIGKILLs the leader and measures the time until a write *sent after the kill* is acknowledged. A
+/// long-lived client keeps writing every 10 ms with a 500 ms per-call deadline, like etcd's probe.
+async fn failover(cluster: &LocalCluster, round: usize) -> Result<Duration> {
+    let leader = wait_leader(cluster).await?;
+    let c = cluster.connect()?;
+    // Warm the connections.
+    for i in 0..20 {
+        let _ = c
+            .machines()
+            .create_machine(CreateMachineRequest {
+                macs: vec![mac(0xF0_0000_0000 + (round as u64) * 1000 + i)],
+                ..Default::default()
+            })
+            .await;
+    }
+    cluster.kill(leader, libc::SIGKILL)?;
+    let killed = Instant::now();
+    let mut n = 0u64;
+    let found = loop {
+        n += 1;
+        let sent = Instant::now();
+        let req = CreateMachineRequest {
+            macs: vec![mac(0xF1_0000_0000 + (round as u64) * 100_000 + n)],
+            ..Default::default()
+        };
+        let mut m = c.machines();
+        let ok = matches!(
+            tokio::time::timeout(Duration::from_millis(500), m.create_machine(req)).await,
+            Ok(Ok(_))
+        );
+        if ok && sent >= killed {
+            break killed.elapsed();
+        }
+        if killed.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("no write succeeded within 30 s after killing the leader");
+        }
+        tokio::time::sleep(Duration::from_millis(10).saturating_sub(sent.elapsed())).await;
+    };
+    cluster.wait_exit(leader).await?;
+    cluster
+        .restart(leader)
+        .await
+        .context("restarting the killed leader")?;
+    Ok(found)
+}
+
+async fn wait_leader(cluster: &LocalCluster) -> Result<usize> {
+    for _ in 0..200 {
+        if let Some(i) = cluster.leader().await {
+            return Ok(i);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("no leader elected within 10 s")
+}
+
+fn etcd_figures() -> Result<Vec<(String, String)>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("etcd/run_etcd_bench.sh");
+    eprintln!(
+        "== etcd: running {} (installs etcd and builds its benchmark tool on first use)",
+        root.display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg(&root)
+        .output()
+        .context("running the etcd benchmark script")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        anyhow::bail!(
+            "etcd benchmark failed:\n{}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("ETCD_")
+                .and_then(|r| r.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let a = Args::parse();
+    let dir = a.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("ingot-bench-{}", std::process::id()))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut opts = LocalClusterOptions::new(&dir, a.regions);
+    opts.region_args = a.region_args.clone();
+    eprintln!("== starting {} regions in {}", a.regions, dir.display());
+    let cluster = LocalCluster::start(opts).await?;
+    let bin = ingot_client::local::resolve_bin_dir(None)?;
+    let profile = if bin.ends_with("release") {
+        "release"
+    } else {
+        "debug (use --release for real figures)"
+    };
+
+    eprintln!(
+        "== throughput: {} clients over {} connections, {} writes",
+        a.clients, a.conns, a.writes
+    );
+    let t = throughput(&cluster, &a).await?;
+    let wps = t.writes as f64 / t.elapsed.as_secs_f64();
+
+    let mut fo = Vec::new();
+    for round in 0..a.failovers {
+        let d = failover(&cluster, round).await?;
+        eprintln!("   failover {}: {:.0} ms", round + 1, ms(d));
+        fo.push(d);
+    }
+    fo.sort();
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let etcd = if a.etcd { Some(etcd_figures()?) } else { None };
+    println!();
+    println!("ingot-bench: {} regions on loopback, mutual TLS between regions, TLS + token to clients, fsync on ({profile})", a.regions);
+    println!("  writes (create+update, ~256 B):  {:>8.0} /s   ({} ok, {} errors in {:.1} s, {} clients, {} conns)", wps, t.writes, t.errors, t.elapsed.as_secs_f64(), a.clients, a.conns);
+    println!(
+        "  latency:  p50 {:.1} ms   p99 {:.1} ms   p99.9 {:.1} ms   max {:.1} ms",
+        ms(t.p50),
+        ms(t.p99),
+        ms(t.p999),
+        ms(t.max)
+    );
+    if !fo.is_empty() {
+        let list: Vec<String> = fo.iter().map(|d| format!("{:.0}", ms(*d))).collect();
+        println!("  leader SIGKILL -> first acknowledged write:  median {:.0} ms  max {:.0} ms  (all: {})", ms(pct(&fo, 0.5)), ms(*fo.last().unwrap_or(&Duration::ZERO)), list.join(", "));
+    }
+    println!("INGOT_WRITES_PER_S={wps:.0}");
+    println!("INGOT_P99_MS={:.1}", ms(t.p99));
+    if !fo.is_empty() {
+        println!("INGOT_FAILOVER_MS={:.0}", ms(pct(&fo, 0.5)));
+    }
+    if let Some(e) = etcd {
+        let get = |k: &str| {
+            e.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| "?".into())
+        };
+        println!();
+        println!(
+            "side by side (same machine, same run)      ingot        etcd 3.4 (mTLS, 3 members)"
+        );
+        println!(
+            "  writes/s                                {:>8.0}     {:>8}",
+            wps,
+            get("TLS_PUTS_PER_S")
+        );
+        println!(
+            "  p99 ms                                  {:>8.1}     {:>8}",
+            ms(t.p99),
+            get("TLS_P99_MS")
+        );
+        println!(
+            "  failover ms (median)                    {:>8.0}     {:>8}",
+            ms(pct(&fo, 0.5)),
+            get("FAILOVER_MS")
+        );
+    }
+    Ok(())
+}

@@ -378,11 +378,7 @@ async fn join(c: Common, regions: Vec<String>, token: String, ca_file: PathBuf) 
 
 /// Asks the cluster (through any member's Raft listener, with this region's certificate) to add this
 /// region as learner and promote it to voter once caught up. Retries for up to 10 minutes.
-async fn become_member(
-    tls: &TlsFiles,
-    raft_addrs: &[String],
-    node_id: u64,
-) -> Result<()> {
+async fn become_member(tls: &TlsFiles, raft_addrs: &[String], node_id: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut last = String::from("no member address known");
     loop {

@@ -22,7 +22,7 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(8);
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum Forwarded {
     /// Propose a command.
-    Write(Command),
+    Write(Box<Command>),
     /// Add an admitted region as learner, wait for it to catch up, then make it a voter.
     AddVoter {
         /// The admitted region.
@@ -73,7 +73,7 @@ impl Region {
     /// Retries across leader changes until [`LEADER_WAIT`]; retrying is safe because a command's
     /// request id makes the state machine apply it at most once.
     pub async fn write(&self, cmd: Command) -> Result<Reply, DomainError> {
-        self.leader_op(Forwarded::Write(cmd)).await
+        self.leader_op(Forwarded::Write(Box::new(cmd))).await
     }
 
     /// Runs `op` on the leader (here, or forwarded), retrying across elections until [`LEADER_WAIT`].
@@ -112,7 +112,7 @@ impl Region {
     /// Handles `op` if this region is the leader; otherwise says who is.
     pub async fn local_leader_op(&self, op: &Forwarded) -> ForwardReply {
         match op {
-            Forwarded::Write(cmd) => match self.raft.client_write(cmd.clone()).await {
+            Forwarded::Write(cmd) => match self.raft.client_write((**cmd).clone()).await {
                 Ok(resp) => ForwardReply::Done(resp.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     let (a, b) = leader_hint(&f);
@@ -274,10 +274,16 @@ impl Region {
             }
         }
         // Tell the removed region, so it stops serving stale data (best effort: it may be down).
-        let addr = membership.nodes().find(|(id, _)| **id == node_id).map(|(_, n)| n.addr.clone());
+        let addr = membership
+            .nodes()
+            .find(|(id, _)| **id == node_id)
+            .map(|(_, n)| n.addr.clone());
         if let Some(addr) = addr {
             if let Ok(mut c) = self.peers.client(node_id, &addr) {
-                let req = ingot_proto::raft::v1::LeaveRequest { node_id, reason: format!("removed by {actor}") };
+                let req = ingot_proto::raft::v1::LeaveRequest {
+                    node_id,
+                    reason: format!("removed by {actor}"),
+                };
                 let _ = tokio::time::timeout(Duration::from_secs(2), c.leave(req)).await;
             }
         }

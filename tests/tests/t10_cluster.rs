@@ -1,7 +1,10 @@
 //! Replication, failover, catch-up by snapshot, and whole-cluster restarts, on real processes.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_client::retry_unavailable;
-use ingot_proto::v1::{get_machine_request::Key, GetMachineRequest, ListRegionsRequest, ReadConsistency};
+use ingot_proto::v1::{
+    get_machine_request::Key, GetMachineRequest, ListRegionsRequest, ReadConsistency,
+};
 use ingot_tests::{all_hostnames, machine, TestCluster};
 use std::time::{Duration, Instant};
 
@@ -13,13 +16,21 @@ async fn writes_through_a_follower_survive_leader_kill_and_restart() {
 
     // A write sent to a follower is forwarded to the leader and acknowledged.
     let via_follower = tc.clients_to(follower);
-    let m = via_follower.machines().create_machine(machine(10, 0)).await.unwrap().into_inner();
+    let m = via_follower
+        .machines()
+        .create_machine(machine(10, 0))
+        .await
+        .unwrap()
+        .into_inner();
     // Linearizable read on another follower sees it at once.
     let other = (1..=3).find(|i| *i != leader && *i != follower).unwrap();
     let got = tc
         .clients_to(other)
         .machines()
-        .get_machine(GetMachineRequest { key: Some(Key::SystemId(m.system_id.clone())), ..Default::default() })
+        .get_machine(GetMachineRequest {
+            key: Some(Key::SystemId(m.system_id.clone())),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -49,7 +60,9 @@ async fn writes_through_a_follower_survive_leader_kill_and_restart() {
 
     // The killed region restarts and catches up.
     tc.cluster.restart(leader).await.unwrap();
-    let expected = all_hostnames(&tc.clients_to(follower), false).await.unwrap();
+    let expected = all_hostnames(&tc.clients_to(follower), false)
+        .await
+        .unwrap();
     let back = tc.clients_to(leader);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -57,7 +70,12 @@ async fn writes_through_a_follower_survive_leader_kill_and_restart() {
         if seen == expected {
             break;
         }
-        assert!(Instant::now() < deadline, "restarted region has {} of {} machines", seen.len(), expected.len());
+        assert!(
+            Instant::now() < deadline,
+            "restarted region has {} of {} machines",
+            seen.len(),
+            expected.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -66,7 +84,13 @@ async fn writes_through_a_follower_survive_leader_kill_and_restart() {
 async fn a_region_down_past_several_snapshots_catches_up_by_snapshot() {
     // Snapshot every 20 entries, keep only 5 behind: a region that misses 300 entries cannot be served from
     // the log and must receive a snapshot.
-    let tc = TestCluster::start("snapshot-catchup", 3, &["--snapshot-logs=20", "--keep-logs=5"]).await.unwrap();
+    let tc = TestCluster::start(
+        "snapshot-catchup",
+        3,
+        &["--snapshot-logs=20", "--keep-logs=5"],
+    )
+    .await
+    .unwrap();
     let leader = tc.leader().await;
     let down = (1..=3).find(|i| *i != leader).unwrap();
     tc.cluster.kill(down, libc::SIGKILL).unwrap();
@@ -92,10 +116,18 @@ async fn a_region_down_past_several_snapshots_catches_up_by_snapshot() {
         if s.healthy && s.last_applied_index >= leader_status.last_applied_index {
             // The entries it missed were purged on the leader (kept: 5 behind its snapshot), so it can only
             // have caught up through an installed snapshot, which it now holds.
-            assert!(s.snapshot_index > before.last_applied_index, "no snapshot installed: {s:?}");
+            assert!(
+                s.snapshot_index > before.last_applied_index,
+                "no snapshot installed: {s:?}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "restarted region stuck at {} < {}", s.last_applied_index, leader_status.last_applied_index);
+        assert!(
+            Instant::now() < deadline,
+            "restarted region stuck at {} < {}",
+            s.last_applied_index,
+            leader_status.last_applied_index
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let seen = all_hostnames(&tc.clients_to(down), true).await.unwrap();
@@ -108,7 +140,12 @@ async fn stopping_and_restarting_all_regions_keeps_every_acknowledged_write() {
     let c = tc.clients();
     let mut acked = std::collections::BTreeSet::new();
     for i in 0..60 {
-        let m = c.machines().create_machine(machine(12, i)).await.unwrap().into_inner();
+        let m = c
+            .machines()
+            .create_machine(machine(12, i))
+            .await
+            .unwrap()
+            .into_inner();
         acked.insert(m.hostname);
     }
     // Crash every region at once (SIGKILL: no clean shutdown, no final flush).
@@ -123,7 +160,11 @@ async fn stopping_and_restarting_all_regions_keeps_every_acknowledged_write() {
     let seen = retry_unavailable(
         || {
             let c = c.clone();
-            async move { all_hostnames(&c, false).await.map_err(|e| tonic::Status::unavailable(e.to_string())) }
+            async move {
+                all_hostnames(&c, false)
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))
+            }
         },
         Duration::from_secs(20),
     )
@@ -137,33 +178,83 @@ async fn stopping_and_restarting_all_regions_keeps_every_acknowledged_write() {
 async fn removing_and_listing_regions() {
     let tc = TestCluster::start("membership", 3, &[]).await.unwrap();
     let c = tc.clients();
-    let regions = c.cluster().list_regions(ListRegionsRequest {}).await.unwrap().into_inner();
+    let regions = c
+        .cluster()
+        .list_regions(ListRegionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(regions.regions.len(), 3);
-    assert!(regions.regions.iter().all(|r| r.healthy && r.voter), "{regions:?}");
-    assert_eq!(regions.regions.iter().filter(|r| r.role == ingot_proto::v1::RegionRole::Leader as i32).count(), 1);
+    assert!(
+        regions.regions.iter().all(|r| r.healthy && r.voter),
+        "{regions:?}"
+    );
+    assert_eq!(
+        regions
+            .regions
+            .iter()
+            .filter(|r| r.role == ingot_proto::v1::RegionRole::Leader as i32)
+            .count(),
+        1
+    );
 
     let leader = tc.leader().await;
     let victim = (1..=3).find(|i| *i != leader).unwrap();
     let victim_id = tc.cluster.region(victim).node_id;
-    c.cluster().remove_region(ingot_proto::v1::RemoveRegionRequest { node_id: victim_id }).await.unwrap();
-    let regions = tc.clients_to(leader).cluster().list_regions(ListRegionsRequest {}).await.unwrap().into_inner();
+    c.cluster()
+        .remove_region(ingot_proto::v1::RemoveRegionRequest { node_id: victim_id })
+        .await
+        .unwrap();
+    let regions = tc
+        .clients_to(leader)
+        .cluster()
+        .list_regions(ListRegionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(regions.regions.len(), 2, "{regions:?}");
     // The removed region was told, stopped, and refuses to come back with its stale state.
     tc.cluster.wait_exit(victim).await.unwrap();
-    let bin = ingot_client::local::resolve_bin_dir(None).unwrap().join("ingot-region");
-    let out = std::process::Command::new(bin).args(["run", "--data-dir"]).arg(&tc.cluster.region(victim).data_dir).output().unwrap();
+    let bin = ingot_client::local::resolve_bin_dir(None)
+        .unwrap()
+        .join("ingot-region");
+    let out = std::process::Command::new(bin)
+        .args(["run", "--data-dir"])
+        .arg(&tc.cluster.region(victim).data_dir)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("removed from the cluster"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("removed from the cluster"),
+        "{err}"
+    );
     // The two remaining regions still form a working cluster.
-    tc.clients_to(leader).machines().create_machine(machine(13, 1)).await.unwrap();
+    tc.clients_to(leader)
+        .machines()
+        .create_machine(machine(13, 1))
+        .await
+        .unwrap();
     // Removing an unknown region is NotFound.
-    let e = c.cluster().remove_region(ingot_proto::v1::RemoveRegionRequest { node_id: 99 }).await.unwrap_err();
+    let e = c
+        .cluster()
+        .remove_region(ingot_proto::v1::RemoveRegionRequest { node_id: 99 })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
 }
 
 async fn region_status(tc: &TestCluster, via: usize, of: usize) -> ingot_proto::v1::Region {
     let id = tc.cluster.region(of).node_id;
-    let r = tc.clients_to(via).cluster().list_regions(ListRegionsRequest {}).await.unwrap().into_inner();
+    let r = tc
+        .clients_to(via)
+        .cluster()
+        .list_regions(ListRegionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let _ = ReadConsistency::Stale;
-    r.regions.into_iter().find(|r| r.node_id == id).expect("region listed")
+    r.regions
+        .into_iter()
+        .find(|r| r.node_id == id)
+        .expect("region listed")
 }

@@ -1,4 +1,5 @@
 //! SIGKILL during concurrent writes, repeated: every write acknowledged to a client must survive.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_tests::{all_hostnames, machine, TestCluster};
 use rand::Rng;
@@ -23,7 +24,12 @@ async fn crash_loop(name: &str, regions: usize, kills: usize, seed: u16) {
                 i += 1;
                 let req = machine(seed, w * 1_000_000 + i);
                 let host = req.hostname.clone();
-                match tokio::time::timeout(Duration::from_secs(10), c.machines().create_machine(req)).await {
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    c.machines().create_machine(req),
+                )
+                .await
+                {
                     Ok(Ok(_)) => {
                         acked.lock().unwrap().insert(host);
                     }
@@ -35,10 +41,17 @@ async fn crash_loop(name: &str, regions: usize, kills: usize, seed: u16) {
     let mut rng = rand::thread_rng();
     for k in 0..kills {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(150..600))).await;
-        let victim = if regions == 1 { 1 } else { rng.gen_range(1..=regions) };
+        let victim = if regions == 1 {
+            1
+        } else {
+            rng.gen_range(1..=regions)
+        };
         tc.cluster.kill(victim, libc::SIGKILL).unwrap();
         tc.cluster.wait_exit(victim).await.unwrap();
-        tc.cluster.restart(victim).await.unwrap_or_else(|e| panic!("restart {k} of region {victim}: {e:#}"));
+        tc.cluster
+            .restart(victim)
+            .await
+            .unwrap_or_else(|e| panic!("restart {k} of region {victim}: {e:#}"));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -46,7 +59,11 @@ async fn crash_loop(name: &str, regions: usize, kills: usize, seed: u16) {
         t.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > kills * 5, "too few writes acknowledged to be meaningful: {}", acked.len());
+    assert!(
+        acked.len() > kills * 5,
+        "too few writes acknowledged to be meaningful: {}",
+        acked.len()
+    );
     let c = tc.clients();
     let deadline = Instant::now() + Duration::from_secs(20);
     let seen = loop {
@@ -60,8 +77,16 @@ async fn crash_loop(name: &str, regions: usize, kills: usize, seed: u16) {
         }
     };
     let lost: Vec<_> = acked.difference(&seen).take(10).collect();
-    eprintln!("{name}: {} acknowledged writes across {kills} SIGKILLs, {} present, lost: {}", acked.len(), seen.len(), lost.len());
-    assert!(lost.is_empty(), "acknowledged writes lost after SIGKILL: {lost:?}");
+    eprintln!(
+        "{name}: {} acknowledged writes across {kills} SIGKILLs, {} present, lost: {}",
+        acked.len(),
+        seen.len(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost after SIGKILL: {lost:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! Who may talk to a region, and what a region refuses: TLS on both listeners, bearer tokens, join tokens,
 //! bad input, and data directories that are corrupt or belong to another cluster.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_common::pki::{self, ClusterCa, Identity};
 use ingot_proto::raft::v1::raft_service_client::RaftServiceClient;
@@ -18,7 +19,10 @@ async fn raft_status(addr: &str, tls: ClientTlsConfig) -> Result<(), tonic::Stat
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    RaftServiceClient::new(ch).status(StatusRequest {}).await.map(|_| ())
+    RaftServiceClient::new(ch)
+        .status(StatusRequest {})
+        .await
+        .map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,38 +31,79 @@ async fn listeners_refuse_the_unauthenticated() {
     let tc = TestCluster::start("security", 1, &[]).await.unwrap();
     let r = tc.cluster.region(1);
     let ca_pem = std::fs::read_to_string(r.data_dir.join("tls/ca.crt")).unwrap();
-    let server_ca = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)).domain_name(pki::REGION_SERVER_NAME);
+    let server_ca = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca_pem))
+        .domain_name(pki::REGION_SERVER_NAME);
 
     // Raft listener, no client certificate: refused.
-    let e = raft_status(&r.raft_addr, server_ca.clone()).await.unwrap_err();
+    let e = raft_status(&r.raft_addr, server_ca.clone())
+        .await
+        .unwrap_err();
     eprintln!("no client cert on the raft listener: {e}");
     // Raft listener, a certificate from another CA (even named like a region): refused.
     let foreign = ClusterCa::generate("foreign").unwrap();
-    let (cert, key) = foreign.issue(&Identity::region(1, &["127.0.0.1:1"])).unwrap();
-    let e = raft_status(&r.raft_addr, server_ca.clone().identity(TlsIdentity::from_pem(&cert, &key))).await.unwrap_err();
+    let (cert, key) = foreign
+        .issue(&Identity::region(1, &["127.0.0.1:1"]))
+        .unwrap();
+    let e = raft_status(
+        &r.raft_addr,
+        server_ca
+            .clone()
+            .identity(TlsIdentity::from_pem(&cert, &key)),
+    )
+    .await
+    .unwrap_err();
     eprintln!("foreign CA on the raft listener: {e}");
     // The region's own certificate works (the control experiment).
     let own = server_ca.clone().identity(TlsIdentity::from_pem(
         std::fs::read_to_string(r.data_dir.join("tls/region.crt")).unwrap(),
         std::fs::read_to_string(r.data_dir.join("tls/region.key")).unwrap(),
     ));
-    raft_status(&r.raft_addr, own).await.expect("a region certificate is accepted");
+    raft_status(&r.raft_addr, own)
+        .await
+        .expect("a region certificate is accepted");
 
     // API listener: the Raft service is not exposed there.
-    let api = Endpoint::from_shared(format!("https://{}", r.api_addr)).unwrap().tls_config(server_ca.clone()).unwrap().connect().await.unwrap();
-    let e = RaftServiceClient::new(api.clone()).status(StatusRequest {}).await.unwrap_err();
+    let api = Endpoint::from_shared(format!("https://{}", r.api_addr))
+        .unwrap()
+        .tls_config(server_ca.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let e = RaftServiceClient::new(api.clone())
+        .status(StatusRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     // API without a token, and with a wrong one: Unauthenticated.
-    let e = MachineServiceClient::new(api.clone()).list_machines(ListMachinesRequest::default()).await.unwrap_err();
+    let e = MachineServiceClient::new(api.clone())
+        .list_machines(ListMachinesRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
     let mut req = tonic::Request::new(ListMachinesRequest::default());
-    req.metadata_mut().insert("authorization", "Bearer ingot_wrong".parse().unwrap());
-    let e = MachineServiceClient::new(api.clone()).list_machines(req).await.unwrap_err();
+    req.metadata_mut()
+        .insert("authorization", "Bearer ingot_wrong".parse().unwrap());
+    let e = MachineServiceClient::new(api.clone())
+        .list_machines(req)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
     // A client that does not trust the cluster CA cannot even complete the handshake.
-    let other = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&foreign.cert_pem)).domain_name(pki::REGION_SERVER_NAME);
-    let bad = Endpoint::from_shared(format!("https://{}", r.api_addr)).unwrap().tls_config(other).unwrap().connect().await;
-    assert!(bad.is_err(), "a server certificate from the cluster CA must not verify against another CA");
+    let other = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&foreign.cert_pem))
+        .domain_name(pki::REGION_SERVER_NAME);
+    let bad = Endpoint::from_shared(format!("https://{}", r.api_addr))
+        .unwrap()
+        .tls_config(other)
+        .unwrap()
+        .connect()
+        .await;
+    assert!(
+        bad.is_err(),
+        "a server certificate from the cluster CA must not verify against another CA"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,35 +115,110 @@ async fn bad_input_gets_a_status_naming_the_field() {
         let e = r.unwrap_err();
         (e.code(), e.message().to_string())
     };
-    let (code, msg) = code_field(m.create_machine(CreateMachineRequest { macs: vec!["zz:00".into()], ..Default::default() }).await);
+    let (code, msg) = code_field(
+        m.create_machine(CreateMachineRequest {
+            macs: vec!["zz:00".into()],
+            ..Default::default()
+        })
+        .await,
+    );
     assert_eq!(code, Code::InvalidArgument);
     assert!(msg.contains("macs[0]"), "{msg}");
     let (code, msg) = code_field(m.create_machine(CreateMachineRequest::default()).await);
-    assert!(code == Code::InvalidArgument && msg.contains("macs"), "{msg}");
-    let (code, msg) = code_field(m.create_machine(CreateMachineRequest { hostname: "Bad_Name".into(), ..machine(30, 0) }).await);
-    assert!(code == Code::InvalidArgument && msg.contains("hostname"), "{msg}");
-    let (code, msg) = code_field(m.create_machine(CreateMachineRequest { zone: "nowhere".into(), ..machine(30, 0) }).await);
+    assert!(
+        code == Code::InvalidArgument && msg.contains("macs"),
+        "{msg}"
+    );
+    let (code, msg) = code_field(
+        m.create_machine(CreateMachineRequest {
+            hostname: "Bad_Name".into(),
+            ..machine(30, 0)
+        })
+        .await,
+    );
+    assert!(
+        code == Code::InvalidArgument && msg.contains("hostname"),
+        "{msg}"
+    );
+    let (code, msg) = code_field(
+        m.create_machine(CreateMachineRequest {
+            zone: "nowhere".into(),
+            ..machine(30, 0)
+        })
+        .await,
+    );
     assert!(code == Code::NotFound && msg.contains("nowhere"), "{msg}");
     let (code, msg) = code_field(
-        m.create_machine(CreateMachineRequest { power: Some(PowerParameters { driver: "telepathy".into(), ..Default::default() }), ..machine(30, 0) }).await,
+        m.create_machine(CreateMachineRequest {
+            power: Some(PowerParameters {
+                driver: "telepathy".into(),
+                ..Default::default()
+            }),
+            ..machine(30, 0)
+        })
+        .await,
     );
-    assert!(code == Code::InvalidArgument && msg.contains("power.driver"), "{msg}");
+    assert!(
+        code == Code::InvalidArgument && msg.contains("power.driver"),
+        "{msg}"
+    );
 
     let first = m.create_machine(machine(30, 1)).await.unwrap().into_inner();
-    let (code, msg) = code_field(m.create_machine(CreateMachineRequest { hostname: "other".into(), ..machine(30, 1) }).await);
-    assert!(code == Code::AlreadyExists && msg.contains("macs[0]"), "{msg}");
-    let (code, msg) = code_field(m.create_machine(CreateMachineRequest { hostname: first.hostname.clone(), ..machine(30, 2) }).await);
-    assert!(code == Code::AlreadyExists && msg.contains("hostname"), "{msg}");
-    let (code, _) = code_field(m.get_machine(GetMachineRequest { key: Some(get_machine_request::Key::SystemId("nope00".into())), ..Default::default() }).await);
+    let (code, msg) = code_field(
+        m.create_machine(CreateMachineRequest {
+            hostname: "other".into(),
+            ..machine(30, 1)
+        })
+        .await,
+    );
+    assert!(
+        code == Code::AlreadyExists && msg.contains("macs[0]"),
+        "{msg}"
+    );
+    let (code, msg) = code_field(
+        m.create_machine(CreateMachineRequest {
+            hostname: first.hostname.clone(),
+            ..machine(30, 2)
+        })
+        .await,
+    );
+    assert!(
+        code == Code::AlreadyExists && msg.contains("hostname"),
+        "{msg}"
+    );
+    let (code, _) = code_field(
+        m.get_machine(GetMachineRequest {
+            key: Some(get_machine_request::Key::SystemId("nope00".into())),
+            ..Default::default()
+        })
+        .await,
+    );
     assert_eq!(code, Code::NotFound);
-    let (code, msg) = code_field(m.get_machine(GetMachineRequest { key: Some(get_machine_request::Key::Mac("not-a-mac".into())), ..Default::default() }).await);
-    assert!(code == Code::InvalidArgument && msg.contains("mac"), "{msg}");
+    let (code, msg) = code_field(
+        m.get_machine(GetMachineRequest {
+            key: Some(get_machine_request::Key::Mac("not-a-mac".into())),
+            ..Default::default()
+        })
+        .await,
+    );
+    assert!(
+        code == Code::InvalidArgument && msg.contains("mac"),
+        "{msg}"
+    );
     // Compare-and-set: a stale revision is refused.
     let (code, msg) = code_field(
-        m.update_machine(UpdateMachineRequest { system_id: first.system_id.clone(), description: Some("x".into()), expected_revision: 1, ..Default::default() })
-            .await,
+        m.update_machine(UpdateMachineRequest {
+            system_id: first.system_id.clone(),
+            description: Some("x".into()),
+            expected_revision: 1,
+            ..Default::default()
+        })
+        .await,
     );
-    assert!(code == Code::FailedPrecondition && msg.contains("revision"), "{msg}");
+    assert!(
+        code == Code::FailedPrecondition && msg.contains("revision"),
+        "{msg}"
+    );
     let updated = m
         .update_machine(UpdateMachineRequest {
             system_id: first.system_id.clone(),
@@ -114,7 +234,10 @@ async fn bad_input_gets_a_status_naming_the_field() {
     let with_secret = m
         .update_machine(UpdateMachineRequest {
             system_id: first.system_id.clone(),
-            power: Some(PowerParameters { driver: "ipmi".into(), params: [("password".to_string(), "hunter2".to_string())].into() }),
+            power: Some(PowerParameters {
+                driver: "ipmi".into(),
+                params: [("password".to_string(), "hunter2".to_string())].into(),
+            }),
             ..Default::default()
         })
         .await
@@ -122,7 +245,11 @@ async fn bad_input_gets_a_status_naming_the_field() {
         .into_inner();
     assert_eq!(with_secret.power.unwrap().params["password"], "********");
     let shown = m
-        .get_machine(GetMachineRequest { key: Some(get_machine_request::Key::SystemId(first.system_id.clone())), include_secrets: true, ..Default::default() })
+        .get_machine(GetMachineRequest {
+            key: Some(get_machine_request::Key::SystemId(first.system_id.clone())),
+            include_secrets: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -130,21 +257,70 @@ async fn bad_input_gets_a_status_naming_the_field() {
 
     // Zones: a zone with machines cannot be deleted; "default" cannot be deleted.
     let mut z = c.zones();
-    z.create_zone(CreateZoneRequest { name: "room-a".into(), description: String::new() }).await.unwrap();
-    let e = z.create_zone(CreateZoneRequest { name: "room-a".into(), description: String::new() }).await.unwrap_err();
+    z.create_zone(CreateZoneRequest {
+        name: "room-a".into(),
+        description: String::new(),
+    })
+    .await
+    .unwrap();
+    let e = z
+        .create_zone(CreateZoneRequest {
+            name: "room-a".into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
-    m.create_machine(CreateMachineRequest { zone: "room-a".into(), ..machine(30, 3) }).await.unwrap();
-    let e = z.delete_zone(DeleteZoneRequest { name: "room-a".into() }).await.unwrap_err();
-    assert!(e.code() == Code::FailedPrecondition && e.message().contains("1 machine"), "{e}");
-    let e = z.delete_zone(DeleteZoneRequest { name: "default".into() }).await.unwrap_err();
+    m.create_machine(CreateMachineRequest {
+        zone: "room-a".into(),
+        ..machine(30, 3)
+    })
+    .await
+    .unwrap();
+    let e = z
+        .delete_zone(DeleteZoneRequest {
+            name: "room-a".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.code() == Code::FailedPrecondition && e.message().contains("1 machine"),
+        "{e}"
+    );
+    let e = z
+        .delete_zone(DeleteZoneRequest {
+            name: "default".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    let zones = z.list_zones(ListZonesRequest::default()).await.unwrap().into_inner().zones;
-    assert_eq!(zones.iter().find(|z| z.name == "room-a").unwrap().machine_count, 1);
+    let zones = z
+        .list_zones(ListZonesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .zones;
+    assert_eq!(
+        zones
+            .iter()
+            .find(|z| z.name == "room-a")
+            .unwrap()
+            .machine_count,
+        1
+    );
     // Paging returns every machine exactly once.
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
-        let r = m.list_machines(ListMachinesRequest { page_size: 1, page_token: token.clone(), ..Default::default() }).await.unwrap().into_inner();
+        let r = m
+            .list_machines(ListMachinesRequest {
+                page_size: 1,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(r.total_size, 2);
         seen.extend(r.machines.into_iter().map(|m| m.system_id));
         if r.next_page_token.is_empty() {
@@ -153,7 +329,13 @@ async fn bad_input_gets_a_status_naming_the_field() {
         token = r.next_page_token;
     }
     assert_eq!(seen.len(), 2);
-    let e = m.list_machines(ListMachinesRequest { page_token: "!!".into(), ..Default::default() }).await.unwrap_err();
+    let e = m
+        .list_machines(ListMachinesRequest {
+            page_token: "!!".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert!(e.code() == Code::InvalidArgument && e.message().contains("page_token"));
 }
 
@@ -161,12 +343,23 @@ async fn bad_input_gets_a_status_naming_the_field() {
 async fn join_tokens_are_single_use_and_data_dirs_are_checked() {
     let tc = TestCluster::start("join-dirs", 2, &[]).await.unwrap();
     let c = tc.clients();
-    let bin = ingot_client::local::resolve_bin_dir(None).unwrap().join("ingot-region");
+    let bin = ingot_client::local::resolve_bin_dir(None)
+        .unwrap()
+        .join("ingot-region");
     let r1 = tc.cluster.region(1);
     let ca = r1.data_dir.join("tls/ca.crt");
     let join = |dir: &std::path::Path, token: &str| {
         std::process::Command::new(&bin)
-            .args(["join", "--name", "extra", "--listen-api", "127.0.0.1:0", "--listen-raft", "127.0.0.1:0", "--region"])
+            .args([
+                "join",
+                "--name",
+                "extra",
+                "--listen-api",
+                "127.0.0.1:0",
+                "--listen-raft",
+                "127.0.0.1:0",
+                "--region",
+            ])
             .arg(r1.endpoint())
             .arg("--token")
             .arg(token)
@@ -182,7 +375,13 @@ async fn join_tokens_are_single_use_and_data_dirs_are_checked() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("join token unknown or already used"), "{err}");
-    let t = c.cluster().create_join_token(CreateJoinTokenRequest { ttl_seconds: 1 }).await.unwrap().into_inner().token;
+    let t = c
+        .cluster()
+        .create_join_token(CreateJoinTokenRequest { ttl_seconds: 1 })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let out = join(&tc.dir.join("extra-2"), &t);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -197,19 +396,37 @@ async fn join_tokens_are_single_use_and_data_dirs_are_checked() {
     let mut v: serde_json::Value = serde_json::from_str(&original).unwrap();
     v["cluster_id"] = "0000000000000000".into();
     std::fs::write(&idp, v.to_string()).unwrap();
-    let out = std::process::Command::new(&bin).args(["run", "--data-dir"]).arg(&r2.data_dir).output().unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["run", "--data-dir"])
+        .arg(&r2.data_dir)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("belongs to cluster"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("belongs to cluster"),
+        "{err}"
+    );
     // A corrupt identity file is refused too.
     std::fs::write(&idp, "{not json").unwrap();
-    let out = std::process::Command::new(&bin).args(["run", "--data-dir"]).arg(&r2.data_dir).output().unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["run", "--data-dir"])
+        .arg(&r2.data_dir)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("corrupt"), "{err}");
     // Restored, it starts again with its data intact.
     std::fs::write(&idp, original).unwrap();
     tc.cluster.restart(2).await.unwrap();
     // init on a directory that holds a region is refused.
-    let out = std::process::Command::new(&bin).args(["init", "--name", "x", "--data-dir"]).arg(&r2.data_dir).output().unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["init", "--name", "x", "--data-dir"])
+        .arg(&r2.data_dir)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("already holds a region"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("already holds a region"),
+        "{err}"
+    );
 }

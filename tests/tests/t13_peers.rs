@@ -1,12 +1,16 @@
 //! Clients written by others: grpcurl (Go, reflection v1alpha) and Python grpcio (stubs generated from our
 //! .proto files, health checking, reflection v1) against a real 3-region cluster.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_tests::{peer, TestCluster};
 use std::path::PathBuf;
 use std::process::Command;
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,9 +33,17 @@ async fn grpcurl_and_python_grpcio_talk_to_every_region() {
                 .env("INGOT_PEER_GRPCURL", g)
                 .output()
                 .unwrap();
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             eprintln!("{text}");
-            assert!(out.status.success(), "grpcurl checks failed against {}:\n{text}", r.name);
+            assert!(
+                out.status.success(),
+                "grpcurl checks failed against {}:\n{text}",
+                r.name
+            );
         }
         if let Some(py) = &python {
             let out = Command::new(py)
@@ -41,9 +53,17 @@ async fn grpcurl_and_python_grpcio_talk_to_every_region() {
                 .args(["--token", &token])
                 .output()
                 .unwrap();
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             eprintln!("{text}");
-            assert!(out.status.success(), "python grpcio checks failed against {}:\n{text}", r.name);
+            assert!(
+                out.status.success(),
+                "python grpcio checks failed against {}:\n{text}",
+                r.name
+            );
         }
     }
 }

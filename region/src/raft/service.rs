@@ -131,10 +131,16 @@ impl RaftService for RaftServer {
 
 impl RaftServer {
     /// Handles `Leave`: only the current leader may retire this region.
-    async fn handle_leave(&self, caller: u64, req: LeaveRequest) -> Result<Response<LeaveReply>, Status> {
+    async fn handle_leave(
+        &self,
+        caller: u64,
+        req: LeaveRequest,
+    ) -> Result<Response<LeaveReply>, Status> {
         let leader = self.region.raft.metrics().borrow().current_leader;
         if req.node_id != self.region.id || leader != Some(caller) {
-            return Err(Status::permission_denied("only the leader may tell this region it was removed"));
+            return Err(Status::permission_denied(
+                "only the leader may tell this region it was removed",
+            ));
         }
         tracing::warn!(reason = %req.reason, "this region was removed from the cluster; stopping");
         let _ = self.region.removed.send(Some(req.reason));
