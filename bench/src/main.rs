@@ -48,6 +48,10 @@ struct Args {
     /// Working directory (default: a fresh directory under the system temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Instead of writes, measure stale reads (GetZone) through the same clients: separates transport cost
+    /// from consensus cost.
+    #[arg(long)]
+    reads: bool,
     /// Extra flags for every ingot-region (e.g. --region-arg=--election-timeout-ms=400).
     #[arg(long = "region-arg", allow_hyphen_values = true)]
     region_args: Vec<String>,
@@ -92,6 +96,7 @@ async fn throughput(cluster: &LocalCluster, a: &Args) -> Result<Throughput> {
     let lat = Arc::new(Mutex::new(Vec::with_capacity(a.writes as usize)));
     let deadline = Instant::now() + Duration::from_secs(a.max_seconds);
     let total = a.writes;
+    let read_mode = a.reads;
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..a.clients {
@@ -106,6 +111,21 @@ async fn throughput(cluster: &LocalCluster, a: &Args) -> Result<Throughput> {
                     break;
                 }
                 let s = Instant::now();
+                if read_mode {
+                    let r = cl
+                        .zones()
+                        .get_zone(ingot_proto::v1::GetZoneRequest {
+                            name: "default".into(),
+                            consistency: ingot_proto::v1::ReadConsistency::Stale as i32,
+                        })
+                        .await;
+                    if r.is_ok() {
+                        mine.push(s.elapsed());
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
                 // Alternate: enlist a machine, then change it (a realistic create/update mix).
                 let ok = match last.take() {
                     Some(id) => cl
@@ -277,7 +297,10 @@ async fn main() -> Result<()> {
     }
     fo.sort();
     drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
+    if a.dir.is_none() {
+        // A --dir given by the user is kept (region logs, data) for inspection.
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     let etcd = if a.etcd { Some(etcd_figures()?) } else { None };
     println!();

@@ -10,18 +10,19 @@ use crate::state::{ApiToken, ClusterMeta, State};
 use ingot_common::model::DEFAULT_ZONE;
 use ingot_common::{secret, validate, DomainError, Machine, MachineStatus, RegionInfo, Zone};
 
-/// How long (ms) the answer to a command is remembered for retries of the same request id.
-pub const DEDUP_WINDOW_MS: u64 = 5 * 60 * 1000;
-/// At most this many remembered answers.
-pub const DEDUP_MAX: usize = 200_000;
+/// How long (ms) the answer to a command is remembered for retries of the same request id. Retries happen
+/// within `node::LEADER_WAIT` (8 s), so a minute is ample.
+pub const DEDUP_WINDOW_MS: u64 = 60 * 1000;
+/// At most this many remembered answers (they are part of every snapshot, so keep them bounded).
+pub const DEDUP_MAX: usize = 20_000;
 
 /// Applies a log entry's command exactly once per request id: a repeated request id returns the answer
 /// recorded the first time, without applying again.
-pub fn apply_once(state: &mut State, cmd: &Command, index: u64) -> Response {
+pub fn apply_once(state: &mut State, cmd: &Command, rev: u64) -> Response {
     if let Some(r) = state.data.recent.get(&cmd.request_id) {
         return r.clone();
     }
-    let r = apply(state, cmd, index);
+    let r = apply(state, cmd, rev);
     if !cmd.request_id.is_empty() {
         let d = &mut state.data;
         d.recent.insert(cmd.request_id.clone(), r.clone());
@@ -39,8 +40,9 @@ pub fn apply_once(state: &mut State, cmd: &Command, index: u64) -> Response {
     r
 }
 
-/// Applies `cmd`, committed at `index`, to `state`. A returned error leaves `state` unchanged.
-pub fn apply(state: &mut State, cmd: &Command, index: u64) -> Response {
+/// Applies `cmd` to `state`; `rev` is this change's revision (see [`crate::command::revision`]). A
+/// returned error leaves `state` unchanged.
+pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
     let now = cmd.ts_ms;
     match &cmd.op {
         Op::Bootstrap {
@@ -128,7 +130,7 @@ pub fn apply(state: &mut State, cmd: &Command, index: u64) -> Response {
                 description: description.clone(),
                 created_ms: now,
                 updated_ms: now,
-                revision: index,
+                revision: rev,
             };
             state.index(&m);
             state.data.machines.insert(system_id.clone(), m.clone());
@@ -182,7 +184,7 @@ pub fn apply(state: &mut State, cmd: &Command, index: u64) -> Response {
                 m.macs = list.clone();
             }
             m.updated_ms = now;
-            m.revision = index;
+            m.revision = rev;
             state.unindex(&old);
             state.index(&m);
             state.data.machines.insert(system_id.clone(), m.clone());
@@ -251,7 +253,7 @@ pub fn apply(state: &mut State, cmd: &Command, index: u64) -> Response {
                         state.unindex(&m);
                         m.zone = n.clone();
                         m.updated_ms = now;
-                        m.revision = index;
+                        m.revision = rev;
                         state.index(&m);
                         state.data.machines.insert(id, m);
                     }

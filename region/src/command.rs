@@ -95,6 +95,25 @@ pub enum Reply {
     Region(RegionInfo),
 }
 
-/// The state machine's answer to one log entry (openraft's `R`). Blank and membership entries answer
-/// `Ok(Reply::Done)`.
+/// The answer to one command.
 pub type Response = Result<Reply, DomainError>;
+
+/// The payload of one Raft log entry (openraft's `D`): commands proposed together and applied in order.
+/// Group commit: under load the proposer packs every command that arrived while the previous entry was
+/// being committed into the next one, so one fsync and one replication round serve many writes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+#[serde(transparent)]
+pub struct Batch(pub Vec<Command>);
+
+/// The state machine's answer to one log entry (openraft's `R`): one [`Response`] per command of the
+/// batch; blank and membership entries answer an empty list.
+pub type Responses = Vec<Response>;
+
+/// Most commands in one log entry.
+pub const MAX_BATCH: usize = 1024;
+
+/// The revision of a change: log index and position in the entry's batch, so every change has its own,
+/// increasing with the log (`index * 10_000 + position`).
+pub fn revision(index: u64, position: usize) -> u64 {
+    index * 10_000 + position as u64
+}

@@ -2,7 +2,7 @@
 //! [`Region::write`] (propose a command wherever the leader is) and [`Region::read_barrier`] (make a local
 //! read linearizable). Membership changes ([`Region::leader_op`]) run on the leader, forwarded if needed.
 
-use crate::command::{Command, Op, Reply, Response};
+use crate::command::{Batch, Command, Op, Reply, Response, MAX_BATCH};
 use crate::raft::network::Peers;
 use crate::raft::store::SharedState;
 use crate::raft::Raft;
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// How long a write or a linearizable read waits for a leader before answering `Unavailable`.
 pub const LEADER_WAIT: Duration = Duration::from_secs(8);
@@ -60,8 +61,73 @@ pub struct Region {
     pub state: SharedState,
     /// Connections to the other regions.
     pub peers: Arc<Peers>,
+    /// Commands waiting to be proposed; see [`run_proposer`].
+    pub proposals: mpsc::Sender<Proposal>,
     /// Signalled when the leader reports that this region was removed from the cluster.
     pub removed: tokio::sync::watch::Sender<Option<String>>,
+}
+
+/// A command and where its result goes.
+pub type Proposal = (Command, oneshot::Sender<ForwardReply>);
+
+/// Proposals in flight at once: while up to this many log entries are being committed, new commands
+/// queue up and are packed into the next entry.
+const PROPOSALS_IN_FLIGHT: usize = 4;
+
+/// The proposer: takes queued commands, packs all that are waiting (up to [`MAX_BATCH`]) into one log
+/// entry, and proposes it, with at most [`PROPOSALS_IN_FLIGHT`] entries in flight. openraft 0.9 appends and
+/// fsyncs once per proposal, so this is what lets one fsync and one replication round serve many writes.
+pub async fn run_proposer(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
+    let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else { return };
+        let mut items = vec![first];
+        while items.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => items.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let batch = Batch(items.iter().map(|(c, _)| c.clone()).collect());
+            let t0 = Instant::now();
+            let res = raft.client_write(batch).await;
+            tracing::debug!(
+                commands = items.len(),
+                commit_us = t0.elapsed().as_micros() as u64,
+                "proposal"
+            );
+            match res {
+                Ok(resp) => {
+                    let mut answers = resp.data.into_iter();
+                    for (_, tx) in items {
+                        let r = answers.next().unwrap_or_else(|| {
+                            Err(DomainError::internal("missing answer in batch"))
+                        });
+                        let _ = tx.send(ForwardReply::Done(r));
+                    }
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    let (a, b) = leader_hint(&f);
+                    for (_, tx) in items {
+                        let _ = tx.send(ForwardReply::NotLeader(a, b.clone()));
+                    }
+                }
+                Err(e) => {
+                    for (_, tx) in items {
+                        let _ = tx.send(ForwardReply::Done(Err(DomainError::unavailable(
+                            format!("raft write failed: {e}"),
+                        ))));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
 }
 
 fn leader_hint(f: &ForwardToLeader<NodeId, BasicNode>) -> (Option<NodeId>, Option<String>) {
@@ -105,23 +171,14 @@ impl Region {
                 )));
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(200));
+            delay = (delay * 2).min(Duration::from_millis(50));
         }
     }
 
     /// Handles `op` if this region is the leader; otherwise says who is.
     pub async fn local_leader_op(&self, op: &Forwarded) -> ForwardReply {
         match op {
-            Forwarded::Write(cmd) => match self.raft.client_write((**cmd).clone()).await {
-                Ok(resp) => ForwardReply::Done(resp.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    let (a, b) = leader_hint(&f);
-                    ForwardReply::NotLeader(a, b)
-                }
-                Err(e) => ForwardReply::Done(Err(DomainError::unavailable(format!(
-                    "raft write failed: {e}"
-                )))),
-            },
+            Forwarded::Write(cmd) => self.propose((**cmd).clone()).await,
             Forwarded::AddVoter { node_id } => self.add_voter(*node_id).await,
             Forwarded::RemoveRegion { node_id, actor } => self.remove_region(*node_id, actor).await,
         }
@@ -293,15 +350,22 @@ impl Region {
             actor: actor.to_string(),
             op: Op::ForgetRegion { node_id },
         };
-        match self.raft.client_write(cmd).await {
-            Ok(r) => ForwardReply::Done(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                self.not_leader(Some(f))
-            }
-            Err(e) => ForwardReply::Done(Err(DomainError::unavailable(format!(
-                "recording the removal failed: {e}"
-            )))),
+        self.propose(cmd).await
+    }
+
+    /// Hands `cmd` to the proposer (group commit) and waits for its result on this region's Raft node.
+    async fn propose(&self, cmd: Command) -> ForwardReply {
+        let (tx, rx) = oneshot::channel();
+        if self.proposals.send((cmd, tx)).await.is_err() {
+            return ForwardReply::Done(Err(DomainError::unavailable(
+                "this region is shutting down",
+            )));
         }
+        rx.await.unwrap_or_else(|_| {
+            ForwardReply::Done(Err(DomainError::unavailable(
+                "this region is shutting down",
+            )))
+        })
     }
 
     /// Makes the next local read linearizable: on the leader, confirms leadership with a quorum (read

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 /// Why a region could not start.
@@ -123,6 +123,8 @@ pub async fn start(
     )
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
+    let (proposals, proposal_rx) = tokio::sync::mpsc::channel(8 * crate::command::MAX_BATCH);
+    tokio::spawn(crate::node::run_proposer(raft.clone(), proposal_rx));
     let region = Arc::new(Region {
         id: identity.node_id,
         name: identity.name.clone(),
@@ -130,6 +132,7 @@ pub async fn start(
         raft,
         state,
         peers,
+        proposals,
         removed: watch::channel(None).0,
     });
     let (shutdown, rx) = watch::channel(false);
@@ -149,14 +152,13 @@ pub async fn start(
     .max_encoding_message_size(MAX_MESSAGE);
     let raft_server = Server::builder()
         .tls_config(raft_tls)?
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .add_service(raft_svc);
     let raft_rx = rx.clone();
     let t1 = tokio::spawn(async move {
         if let Err(e) = raft_server
-            .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), stop(raft_rx))
+            .serve_with_incoming_shutdown(incoming(raft_listener), stop(raft_rx))
             .await
         {
             tracing::error!("raft listener stopped: {e}");
@@ -187,7 +189,6 @@ pub async fn start(
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let api_server = Server::builder()
         .tls_config(ServerTlsConfig::new().identity(server_identity))?
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .add_service(health_svc)
         .add_service(reflection_v1)
@@ -200,7 +201,7 @@ pub async fn start(
         .add_service(ClusterServiceServer::new(ClusterApi { app }));
     let t2 = tokio::spawn(async move {
         if let Err(e) = api_server
-            .serve_with_incoming_shutdown(TcpListenerStream::new(api), stop(rx))
+            .serve_with_incoming_shutdown(incoming(api), stop(rx))
             .await
         {
             tracing::error!("api listener stopped: {e}");
@@ -211,4 +212,10 @@ pub async fn start(
         shutdown,
         tasks: vec![t1, t2],
     })
+}
+
+/// Accepted connections of a pre-bound listener, with TCP_NODELAY. (`Server::tcp_nodelay` applies only to
+/// listeners tonic binds itself; without it every small response waits for Nagle + delayed ACK, ~40 ms.)
+fn incoming(l: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(l).with_nodelay(Some(true))
 }

@@ -9,7 +9,7 @@
 // require us to return; boxing them would only add conversions at every call.
 #![allow(clippy::result_large_err)]
 
-use crate::command::{Command, Response};
+use crate::command::{Batch, Responses};
 use std::io::Cursor;
 
 pub mod network;
@@ -17,10 +17,11 @@ pub mod service;
 pub mod store;
 
 openraft::declare_raft_types!(
-    /// Ingot's openraft types: log entries carry a [`Command`], the state machine answers a [`Response`].
+    /// Ingot's openraft types: log entries carry a [`Batch`] of commands, the state machine answers one
+    /// response per command.
     pub TypeConfig:
-        D = Command,
-        R = Response,
+        D = Batch,
+        R = Responses,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

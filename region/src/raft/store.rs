@@ -13,7 +13,7 @@
 
 use super::TypeConfig;
 use crate::apply::apply_once;
-use crate::command::{Reply, Response};
+use crate::command::{revision, Responses};
 use crate::state::{Data, State};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -222,18 +222,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let t0 = std::time::Instant::now();
         let mut batch = sled::Batch::default();
+        let mut n = 0usize;
         for e in entries {
             let v = serde_json::to_vec(&e).map_err(io_write)?;
             batch.insert(&e.log_id.index.to_be_bytes(), v);
+            n += 1;
         }
         self.log.apply_batch(batch).map_err(io_write)?;
+        let t1 = std::time::Instant::now();
         let res = self
             .db
             .flush_async()
             .await
             .map(|_| ())
             .map_err(|e| std::io::Error::other(e.to_string()));
+        tracing::debug!(
+            entries = n,
+            insert_us = (t1 - t0).as_micros() as u64,
+            flush_us = t1.elapsed().as_micros() as u64,
+            "log append"
+        );
         let failed = res.as_ref().err().map(|e| e.to_string());
         callback.log_io_completed(res);
         match failed {
@@ -426,7 +436,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((inner.last_applied, inner.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, SErr>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Responses>, SErr>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -437,11 +447,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for e in entries {
             inner.last_applied = Some(e.log_id);
             match e.payload {
-                EntryPayload::Blank => out.push(Ok(Reply::Done)),
-                EntryPayload::Normal(cmd) => out.push(apply_once(&mut st, &cmd, e.log_id.index)),
+                EntryPayload::Blank => out.push(Vec::new()),
+                EntryPayload::Normal(batch) => out.push(
+                    batch
+                        .0
+                        .iter()
+                        .enumerate()
+                        .map(|(pos, cmd)| apply_once(&mut st, cmd, revision(e.log_id.index, pos)))
+                        .collect(),
+                ),
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(e.log_id), m);
-                    out.push(Ok(Reply::Done));
+                    out.push(Vec::new());
                 }
             }
         }
