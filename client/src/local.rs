@@ -578,19 +578,21 @@ impl LocalCluster {
                 continue;
             };
             let resp = resp.into_inner();
-            if resp.leader_id == 0 {
+            // Trust a region's own report of leadership, with the highest term: a region restarted a
+            // moment ago may still believe in a leader (even itself) from an older term.
+            let leader_role = ingot_proto::v1::RegionRole::Leader as i32;
+            let Some(leader) = resp
+                .regions
+                .iter()
+                .filter(|r| r.healthy && r.role == leader_role)
+                .max_by_key(|r| r.term)
+            else {
                 continue;
-            }
-            let regions = self.regions();
-            let by_node = regions.iter().find(|r| r.node_id == resp.leader_id);
-            let by_addr = || {
-                let addr = &resp
-                    .regions
-                    .iter()
-                    .find(|r| r.node_id == resp.leader_id)?
-                    .api_addr;
-                regions.iter().find(|r| &r.api_addr == addr)
             };
+            let (leader_id, leader_api) = (leader.node_id, leader.api_addr.clone());
+            let regions = self.regions();
+            let by_node = regions.iter().find(|r| r.node_id == leader_id);
+            let by_addr = || regions.iter().find(|r| r.api_addr == leader_api);
             if let Some(r) = by_node.or_else(by_addr) {
                 return self.is_running(r.index).then_some(r.index);
             }

@@ -95,10 +95,11 @@ struct Common {
 #[derive(Args, Clone)]
 struct Tuning {
     /// Leader heartbeat period (ms).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
-    /// Minimum election timeout (ms); the maximum is twice this.
-    #[arg(long, default_value_t = 600)]
+    /// Minimum election timeout (ms); the maximum is 1.5 times this. A follower campaigns after the
+    /// maximum (openraft's leader lease) plus a random timeout, so failover takes about 2.5 x this.
+    #[arg(long, default_value_t = 300)]
     election_timeout_ms: u64,
     /// Build a snapshot every N applied log entries.
     #[arg(long, default_value_t = 10_000)]

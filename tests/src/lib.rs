@@ -24,7 +24,7 @@ pub struct TestCluster {
 }
 
 /// Region flags that make tests fast without changing behaviour: shorter election timeouts.
-pub const FAST: &[&str] = &["--heartbeat-ms=50", "--election-timeout-ms=300"];
+pub const FAST: &[&str] = &[];
 
 /// Where test directories go: `target/test-clusters/<name>-<pid>`.
 pub fn test_dir(name: &str) -> PathBuf {

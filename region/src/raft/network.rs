@@ -8,7 +8,7 @@ use ingot_proto::raft::v1::{RaftPayload, SnapshotChunk};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -196,5 +196,11 @@ impl RaftNetwork<TypeConfig> for Network {
             .await
             .map_err(status_err)?;
         self.decode(&bytes)
+    }
+
+    /// Retry an unreachable region every 100 ms (openraft's default is 500 ms): a restarted region must
+    /// hear from the leader well within its election timeout, or it campaigns with a stale log.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(Duration::from_millis(100)))
     }
 }
