@@ -430,3 +430,54 @@ async fn join_tokens_are_single_use_and_data_dirs_are_checked() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1_lists_the_public_services_only() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tc = TestCluster::start("reflection", 1, &[]).await.unwrap();
+    let r = tc.cluster.region(1);
+    let ca_pem = std::fs::read_to_string(r.data_dir.join("tls/ca.crt")).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca_pem))
+        .domain_name(pki::REGION_SERVER_NAME);
+    let ch = Endpoint::from_shared(format!("https://{}", r.api_addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(ch)
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected {resp:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for s in [
+        "ingot.v1.MachineService",
+        "ingot.v1.ZoneService",
+        "ingot.v1.ClusterService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == s),
+            "{s} missing from reflection v1: {names:?}"
+        );
+    }
+    assert!(
+        !names.iter().any(|n| n.contains("raft")),
+        "the Raft service must not be exposed to clients: {names:?}"
+    );
+}
