@@ -152,6 +152,15 @@ impl LogStore {
         Ok(())
     }
 
+    /// Deletes the log entries whose keys fall in `range`, in one batch (not flushed).
+    fn remove_entries(&self, range: impl RangeBounds<[u8; 8]>) -> Result<(), SErr> {
+        let mut batch = sled::Batch::default();
+        for k in self.log.range(range).keys() {
+            batch.remove(k.map_err(io_read)?);
+        }
+        self.log.apply_batch(batch).map_err(io_write)
+    }
+
     async fn flush(&self) -> Result<(), SErr> {
         self.db.flush_async().await.map_err(io_write)?;
         Ok(())
@@ -253,17 +262,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
-        let keys: Vec<_> = self
-            .log
-            .range(log_id.index.to_be_bytes()..)
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(io_read)?;
-        let mut batch = sled::Batch::default();
-        for k in keys {
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(io_write)?;
+        self.remove_entries(log_id.index.to_be_bytes()..)?;
         self.flush().await
     }
 
@@ -271,17 +270,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_meta("last_purged", &log_id)?;
         // Persist the purge point before deleting, so a crash in between never loses track of the log start.
         self.flush().await?;
-        let keys: Vec<_> = self
-            .log
-            .range(..=log_id.index.to_be_bytes())
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(io_read)?;
-        let mut batch = sled::Batch::default();
-        for k in keys {
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(io_write)?;
+        self.remove_entries(..=log_id.index.to_be_bytes())?;
         self.flush().await
     }
 }
