@@ -237,33 +237,39 @@ impl Region {
         if voters.contains(&node_id) {
             return ForwardReply::Done(Ok(Reply::Done));
         }
-        match self
+        let added = self
             .raft
             .add_learner(node_id, BasicNode::new(addr), true)
-            .await
+            .await;
+        if let Err(reply) =
+            self.membership_result(added, || format!("adding region {node_id} as learner"))
         {
-            Ok(_) => {}
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                return self.not_leader(Some(f))
-            }
-            Err(e) => {
-                return ForwardReply::Done(Err(DomainError::unavailable(format!(
-                    "adding region {node_id} as learner failed: {e}"
-                ))))
-            }
+            return reply;
         }
-        match self
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
-            .await
-        {
-            Ok(_) => ForwardReply::Done(Ok(Reply::Done)),
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([node_id]));
+        let promoted = self.raft.change_membership(change, false).await;
+        match self.membership_result(promoted, || format!("promoting region {node_id} to voter")) {
+            Ok(()) => ForwardReply::Done(Ok(Reply::Done)),
+            Err(reply) => reply,
+        }
+    }
+
+    /// Maps the result of a membership change: `Err(reply)` is what to answer (a leader hint, or
+    /// `Unavailable` naming the step that failed).
+    fn membership_result<T>(
+        &self,
+        r: Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), ForwardReply> {
+        match r {
+            Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                self.not_leader(Some(f))
+                Err(self.not_leader(Some(f)))
             }
-            Err(e) => ForwardReply::Done(Err(DomainError::unavailable(format!(
-                "promoting region {node_id} to voter failed: {e}"
-            )))),
+            Err(e) => Err(ForwardReply::Done(Err(DomainError::unavailable(format!(
+                "{} failed: {e}",
+                what()
+            ))))),
         }
     }
 
@@ -283,39 +289,17 @@ impl Region {
                     "refusing to remove the last voting region: the cluster would have no members",
                 )));
             }
-            match self
-                .raft
-                .change_membership(
-                    ChangeMembers::RemoveVoters(BTreeSet::from([node_id])),
-                    false,
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    return self.not_leader(Some(f))
-                }
-                Err(e) => {
-                    return ForwardReply::Done(Err(DomainError::unavailable(format!(
-                        "removing region {node_id} failed: {e}"
-                    ))))
-                }
+            let change = ChangeMembers::RemoveVoters(BTreeSet::from([node_id]));
+            let r = self.raft.change_membership(change, false).await;
+            if let Err(reply) = self.membership_result(r, || format!("removing region {node_id}")) {
+                return reply;
             }
         } else if known {
-            match self
-                .raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false)
-                .await
+            let change = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
+            let r = self.raft.change_membership(change, false).await;
+            if let Err(reply) = self.membership_result(r, || format!("removing learner {node_id}"))
             {
-                Ok(_) => {}
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    return self.not_leader(Some(f))
-                }
-                Err(e) => {
-                    return ForwardReply::Done(Err(DomainError::unavailable(format!(
-                        "removing learner {node_id} failed: {e}"
-                    ))))
-                }
+                return reply;
             }
         } else {
             let admitted = self

@@ -2,9 +2,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_client::retry_unavailable;
-use ingot_proto::v1::{
-    get_machine_request::Key, GetMachineRequest, ListRegionsRequest, ReadConsistency,
-};
+use ingot_proto::v1::{get_machine_request::Key, GetMachineRequest, ListRegionsRequest};
 use ingot_tests::{all_hostnames, machine, TestCluster};
 use std::time::{Duration, Instant};
 
@@ -252,7 +250,6 @@ async fn region_status(tc: &TestCluster, via: usize, of: usize) -> ingot_proto::
         .await
         .unwrap()
         .into_inner();
-    let _ = ReadConsistency::Stale;
     r.regions
         .into_iter()
         .find(|r| r.node_id == id)
