@@ -21,6 +21,10 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or a storage failure; the message says which.
     Internal,
+    /// A position (e.g. a watch revision) outside what is retained.
+    OutOfRange,
+    /// Not enough of a resource (no Ready machine fits an allocation).
+    ResourceExhausted,
 }
 
 /// A failed operation: what failed, which field, and (in `message`) what to do about it.
@@ -90,6 +94,27 @@ impl DomainError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self {
             code: ErrorCode::Unavailable,
+            field: None,
+            message: message.into(),
+        }
+    }
+    /// The same error, marked with the request field (or internal marker) it concerns.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+    /// Not enough capacity.
+    pub fn exhausted(message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::ResourceExhausted,
+            field: None,
+            message: message.into(),
+        }
+    }
+    /// A position outside the retained range.
+    pub fn out_of_range(message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::OutOfRange,
             field: None,
             message: message.into(),
         }

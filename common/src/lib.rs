@@ -3,19 +3,27 @@
 //! Everything here is shared by the region (which stores and applies it), the CLI and tests:
 //! - [`mac`]: MAC addresses, parsed from every notation operators paste and printed one way.
 //! - [`model`]: machines, zones, regions — the replicated records.
+//! - [`lifecycle`]: the machine transition table — the only source of truth for legal actions.
 //! - [`validate`]: the field rules every write must pass, each failure naming its field.
 //! - [`error`]: [`error::DomainError`], the error a command's apply returns, mapped to a gRPC status.
 //! - [`pki`]: the cluster CA: create it, sign CSRs, read identities back from certificates.
 //! - [`secret`]: bearer and join tokens: generated at random, stored only as hashes.
+//! - [`tagexpr`]: tag definitions — expressions over a machine's inventory, compiled once, evaluated fast.
+//! - [`constraints`]: what an allocation asks for (arch, CPU, memory, storage, tags, zones, pools) and
+//!   which machines fit, with the first unmet constraint in words for dry runs.
 
+pub mod constraints;
 pub mod error;
+pub mod lifecycle;
 pub mod mac;
 pub mod model;
 pub mod pki;
 pub mod secret;
+pub mod tagexpr;
 pub mod validate;
 
 pub use error::{DomainError, ErrorCode};
+pub use lifecycle::Action;
 pub use mac::Mac;
 pub use model::{Machine, MachineStatus, NodeId, PowerParams, RegionInfo, Zone};
 

@@ -160,6 +160,342 @@ pub struct Machine {
     pub updated_ms: u64,
     /// Raft log index of the last change: the compare-and-set token for updates.
     pub revision: u64,
+    /// Resource pool name (always an existing pool).
+    #[serde(default = "default_pool")]
+    pub pool: String,
+    /// Tags: manual ones and those whose definition matches this machine's inventory.
+    #[serde(default)]
+    pub tags: std::collections::BTreeSet<String>,
+    /// Who holds the machine (a user name), from allocation until release completes.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// The allocation that gave the machine to its owner (consumer string, request id).
+    #[serde(default)]
+    pub allocation: Option<Allocation>,
+    /// A locked machine refuses every change except unlock (only a Deployed machine can be locked).
+    #[serde(default)]
+    pub locked: bool,
+    /// The hardware the in-band agent reported at commissioning; `None` until then.
+    #[serde(default)]
+    pub inventory: Option<Inventory>,
+    /// The status before the current in-progress one: where `abort` and successful testing return to.
+    #[serde(default)]
+    pub previous_status: Option<MachineStatus>,
+    /// Why the machine is in its status (failure reason, broken reason, abort comment).
+    #[serde(default)]
+    pub status_message: String,
+    /// When the current in-progress status times out into its failed status (ms since epoch).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// The current network boot: who may report results for it. `None` when the machine is not booting
+    /// for Ingot (Ready, Allocated, Deployed...).
+    #[serde(default)]
+    pub boot: Option<BootSession>,
+    /// What the owner asked to deploy.
+    #[serde(default)]
+    pub deploy: Option<DeploySpec>,
+    /// Erase mode of the release in progress.
+    #[serde(default)]
+    pub erase: EraseMode,
+    /// Last deploy/commissioning progress message reported by the agent, with a percentage.
+    #[serde(default)]
+    pub progress: Option<Progress>,
+}
+
+fn default_pool() -> String {
+    DEFAULT_POOL.to_string()
+}
+
+impl Machine {
+    /// `ingot:///<zone>/<system_id>`: the provider id Cluster-API-style consumers record on their objects.
+    pub fn provider_id(&self) -> String {
+        format!("ingot:///{}/{}", self.zone, self.system_id)
+    }
+
+    /// CPU count from the inventory (0 before commissioning).
+    pub fn cpu_count(&self) -> u32 {
+        self.inventory.as_ref().map(|i| i.cpu_count).unwrap_or(0)
+    }
+
+    /// Memory from the inventory (0 before commissioning).
+    pub fn memory_mib(&self) -> u64 {
+        self.inventory.as_ref().map(|i| i.memory_mib).unwrap_or(0)
+    }
+
+    /// Sum of disk sizes from the inventory.
+    pub fn storage_gib(&self) -> u64 {
+        self.inventory
+            .as_ref()
+            .map(|i| i.disks.iter().map(|d| d.size_gib).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// A claim on a machine by a consumer, recorded at allocation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    /// The client's idempotency key: repeating an allocation with it returns the same machine(s).
+    pub request_id: String,
+    /// Free-form identity of the consumer object (e.g. a Cluster API Machine name); unique among owned
+    /// machines when set, so a consumer can always find its machine again.
+    pub consumer: String,
+    /// When the machine was allocated (ms since epoch).
+    pub allocated_ms: u64,
+}
+
+/// One network boot of a machine for a purpose, with the token only that boot knows.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BootSession {
+    /// Random id of this boot.
+    pub boot_id: String,
+    /// The per-boot token, handed to the machine through its boot configuration (by the rack). Results
+    /// reported with any other token are refused.
+    pub token: String,
+    /// What the boot is for: `commissioning`, `testing`, `deploying`, `erasing`, `rescue`.
+    pub purpose: String,
+    /// When it started.
+    pub started_ms: u64,
+}
+
+/// What to install at deployment.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeploySpec {
+    /// Operating system, e.g. `ubuntu`.
+    pub osystem: String,
+    /// Release, e.g. `noble`.
+    pub distro_series: String,
+    /// cloud-init user data (opaque to Ingot).
+    pub user_data: String,
+}
+
+/// How disks are erased when a machine is released.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EraseMode {
+    /// No erase: release goes straight to Ready once powered off.
+    #[default]
+    None,
+    /// Wipe partition tables and the start and end of each disk.
+    Quick,
+    /// The drive's secure erase (or overwrite when it has none).
+    Secure,
+}
+
+/// The last progress report of a running boot.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Human-readable step, e.g. `curtin: partitioning`.
+    pub message: String,
+    /// 0..=100.
+    pub percent: u32,
+    /// When it was reported.
+    pub ts_ms: u64,
+}
+
+/// Hardware reported by the in-band agent during commissioning. Tag definitions and allocation
+/// constraints are evaluated against it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// Logical CPUs.
+    pub cpu_count: u32,
+    /// CPU model string, e.g. `Intel(R) Xeon(R) Gold 6338`.
+    #[serde(default)]
+    pub cpu_model: String,
+    /// Installed memory.
+    pub memory_mib: u64,
+    /// Block devices.
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    /// Network interfaces.
+    #[serde(default)]
+    pub nics: Vec<Nic>,
+    /// Firmware.
+    #[serde(default)]
+    pub firmware: Firmware,
+    /// DMI strings (system_vendor, product_name, serial_number, ...).
+    #[serde(default)]
+    pub dmi: BTreeMap<String, String>,
+}
+
+/// A block device.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Disk {
+    /// Kernel name, e.g. `sda`, `nvme0n1`.
+    pub name: String,
+    /// Size in GiB.
+    pub size_gib: u64,
+    /// Spinning disk (false for SSD/NVMe).
+    #[serde(default)]
+    pub rotational: bool,
+    /// Model string.
+    #[serde(default)]
+    pub model: String,
+    /// Serial number.
+    #[serde(default)]
+    pub serial: String,
+    /// Extra labels usable in storage constraints (`ssd`/`rotary` are implied by `rotational`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// A network interface.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Nic {
+    /// Kernel name, e.g. `eno1`.
+    pub name: String,
+    /// Hardware address.
+    pub mac: String,
+    /// Link speed in Mbit/s (0 if unknown or down).
+    #[serde(default)]
+    pub speed_mbps: u64,
+    /// Carrier detected.
+    #[serde(default)]
+    pub link: bool,
+}
+
+/// Firmware facts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Firmware {
+    /// `uefi` or `bios`.
+    #[serde(default)]
+    pub boot_mode: String,
+    /// Firmware vendor.
+    #[serde(default)]
+    pub vendor: String,
+    /// Firmware version.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// A resource pool: an administrative grouping of machines (who may use them), orthogonal to zones.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Unique DNS label.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Creation time, ms since epoch.
+    pub created_ms: u64,
+}
+
+/// A tag. With an empty definition it is manual (applied by operators); otherwise it applies to exactly
+/// the machines whose inventory satisfies the definition (see [`crate::tagexpr`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Tag {
+    /// Unique name (letters, digits, `-`, `_`).
+    pub name: String,
+    /// Expression over inventory; empty for manual tags.
+    pub definition: String,
+    /// Free text.
+    pub comment: String,
+    /// Creation time, ms since epoch.
+    pub created_ms: u64,
+}
+
+/// A user of the API.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    /// Unique name.
+    pub name: String,
+    /// `admin` or `user`.
+    pub role: Role,
+    /// Creation time, ms since epoch.
+    pub created_ms: u64,
+}
+
+/// What a user may do. Admins manage the cluster (enlist, delete, zones, pools, tags, users, racks);
+/// users see the pool and their own machines, allocate, deploy and release what they own.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Allocate, deploy and release own machines; read the pool.
+    User,
+}
+
+impl Role {
+    /// `admin` or `user`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+
+    /// Parses `admin` / `user`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "admin" => Some(Role::Admin),
+            "user" => Some(Role::User),
+            _ => None,
+        }
+    }
+}
+
+/// How important an event is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum EventLevel {
+    /// Routine (transitions, admin actions).
+    Info,
+    /// Needs attention soon (timeouts, aborted work).
+    Warning,
+    /// Something failed.
+    Error,
+}
+
+impl EventLevel {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventLevel::Info => "info",
+            EventLevel::Warning => "warning",
+            EventLevel::Error => "error",
+        }
+    }
+
+    /// Parses a lowercase name.
+    pub fn parse(s: &str) -> Option<EventLevel> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "info" => Some(EventLevel::Info),
+            "warning" | "warn" => Some(EventLevel::Warning),
+            "error" => Some(EventLevel::Error),
+            _ => None,
+        }
+    }
+}
+
+/// A record of something that happened: every transition and every admin action writes one, in the
+/// replicated log, so every region answers the same history.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Revision of the command that wrote it (unique, increasing); events of one command get consecutive
+    /// sequence numbers in `seq`.
+    pub revision: u64,
+    /// Position among the events of the same command.
+    pub seq: u32,
+    /// When (ms since epoch, the proposer's clock).
+    pub ts_ms: u64,
+    /// Who caused it: a user name, `region` for deadlines, `agent` for in-band reports.
+    pub actor: String,
+    /// What happened, e.g. `commission`, `allocate`, `deadline`, `zone.create`.
+    pub kind: String,
+    /// Importance.
+    pub level: EventLevel,
+    /// The machine concerned, if any.
+    pub system_id: String,
+    /// Its hostname at the time.
+    pub hostname: String,
+    /// Its zone at the time.
+    pub zone: String,
+    /// Its owner at the time (after the change).
+    pub owner: String,
+    /// Status before, when the status changed.
+    pub from: Option<MachineStatus>,
+    /// Status after, when the status changed.
+    pub to: Option<MachineStatus>,
+    /// Why, or details.
+    pub message: String,
 }
 
 /// An availability zone: a failure domain machines are placed in.
@@ -190,5 +526,7 @@ pub struct RegionInfo {
 
 /// The name of the zone that always exists and that machines go to when none is given.
 pub const DEFAULT_ZONE: &str = "default";
+/// The name of the resource pool that always exists and that machines go to when none is given.
+pub const DEFAULT_POOL: &str = "default";
 /// The architecture machines get when none is given.
 pub const DEFAULT_ARCH: &str = "amd64/generic";

@@ -125,6 +125,98 @@ pub fn power(field: &str, p: &PowerParams) -> Result<(), DomainError> {
     Ok(())
 }
 
+/// A tag or user name: 1–64 of letters, digits, `-`, `_` and `.`, starting with a letter or digit.
+pub fn name(field: &str, s: &str) -> Result<(), DomainError> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && s.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(
+            field,
+            format!("'{s}' is not a valid name: use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"),
+        ))
+    }
+}
+
+/// A client request id (idempotency key): 1–128 printable ASCII characters without spaces.
+pub fn request_id(field: &str, s: &str) -> Result<(), DomainError> {
+    let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(
+            field,
+            "must be 1-128 printable ASCII characters without spaces (e.g. a UUID); it makes retries safe",
+        ))
+    }
+}
+
+/// An inventory as the agent reports it: bounded sizes, so a broken agent cannot bloat replicated state.
+pub fn inventory(field: &str, inv: &crate::model::Inventory) -> Result<(), DomainError> {
+    if inv.cpu_count == 0 || inv.cpu_count > 65_536 {
+        return Err(DomainError::invalid(
+            format!("{field}.cpu_count"),
+            format!("{} is out of range 1-65536", inv.cpu_count),
+        ));
+    }
+    if inv.memory_mib == 0 || inv.memory_mib > 1 << 34 {
+        return Err(DomainError::invalid(
+            format!("{field}.memory_mib"),
+            format!("{} is out of range", inv.memory_mib),
+        ));
+    }
+    if inv.disks.len() > 256 {
+        return Err(DomainError::invalid(
+            format!("{field}.disks"),
+            "at most 256 disks",
+        ));
+    }
+    if inv.nics.len() > 256 {
+        return Err(DomainError::invalid(
+            format!("{field}.nics"),
+            "at most 256 NICs",
+        ));
+    }
+    if inv.dmi.len() > 64 {
+        return Err(DomainError::invalid(
+            format!("{field}.dmi"),
+            "at most 64 entries",
+        ));
+    }
+    for (i, d) in inv.disks.iter().enumerate() {
+        if d.name.is_empty() || d.name.len() > 64 || d.tags.len() > 16 {
+            return Err(DomainError::invalid(
+                format!("{field}.disks[{i}]"),
+                "needs a name of 1-64 characters and at most 16 tags",
+            ));
+        }
+    }
+    for (i, n) in inv.nics.iter().enumerate() {
+        if n.name.is_empty() || n.name.len() > 64 {
+            return Err(DomainError::invalid(
+                format!("{field}.nics[{i}].name"),
+                "needs 1-64 characters",
+            ));
+        }
+    }
+    let long = |s: &str| s.len() > 256;
+    if long(&inv.cpu_model)
+        || long(&inv.firmware.vendor)
+        || long(&inv.firmware.version)
+        || inv.dmi.iter().any(|(k, v)| long(k) || long(v))
+    {
+        return Err(DomainError::invalid(
+            field,
+            "strings are limited to 256 bytes",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
