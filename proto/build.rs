@@ -10,6 +10,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ingot/v1/machine.proto",
         "ingot/v1/zone.proto",
         "ingot/v1/cluster.proto",
+        "ingot/v1/pool.proto",
+        "ingot/v1/tag.proto",
+        "ingot/v1/user.proto",
+        "ingot/v1/event.proto",
+        "ingot/v1/agent.proto",
     ];
     let internal = ["ingot/raft/v1/raft.proto"];
     println!("cargo:rerun-if-changed=ingot");

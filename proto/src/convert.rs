@@ -1,7 +1,11 @@
 //! Every conversion between generated protobuf types and `ingot-common` domain types, in one place.
 
 use crate::v1;
+use ingot_common::model::{
+    Disk, EraseMode, Event, EventLevel, Firmware, Inventory, Nic, Pool, Role, Tag,
+};
 use ingot_common::{Machine, MachineStatus, PowerParams, Zone};
+use std::collections::BTreeMap;
 
 /// Milliseconds since the epoch as a protobuf `Timestamp`.
 pub fn timestamp(ms: u64) -> prost_types::Timestamp {
@@ -59,12 +63,17 @@ pub fn power_from_proto(p: Option<v1::PowerParameters>) -> PowerParams {
     }
 }
 
-/// Domain machine → proto. Secret power parameters are redacted unless `include_secrets`.
-pub fn machine_to_proto(m: &Machine, include_secrets: bool) -> v1::Machine {
+/// Domain machine → proto. Secret power parameters are redacted unless `include_secrets`; the inventory's
+/// detail is included only when `full` (lists default to the basic view to stay cheap).
+pub fn machine_to_proto(m: &Machine, include_secrets: bool, full: bool) -> v1::Machine {
     let power = if include_secrets {
         m.power.clone()
     } else {
         m.power.redacted()
+    };
+    let (progress_message, progress_percent) = match &m.progress {
+        Some(p) => (p.message.clone(), p.percent),
+        None => (String::new(), 0),
     };
     v1::Machine {
         system_id: m.system_id.clone(),
@@ -81,17 +90,254 @@ pub fn machine_to_proto(m: &Machine, include_secrets: bool) -> v1::Machine {
         created_at: Some(timestamp(m.created_ms)),
         updated_at: Some(timestamp(m.updated_ms)),
         revision: m.revision,
+        pool: m.pool.clone(),
+        tags: m.tags.iter().cloned().collect(),
+        owner: m.owner.clone().unwrap_or_default(),
+        consumer: m
+            .allocation
+            .as_ref()
+            .map(|a| a.consumer.clone())
+            .unwrap_or_default(),
+        provider_id: if m.owner.is_some() {
+            m.provider_id()
+        } else {
+            String::new()
+        },
+        allocation_request_id: m
+            .allocation
+            .as_ref()
+            .map(|a| a.request_id.clone())
+            .unwrap_or_default(),
+        locked: m.locked,
+        status_message: m.status_message.clone(),
+        previous_status: m
+            .previous_status
+            .map(|s| status_to_proto(s) as i32)
+            .unwrap_or(0),
+        deadline: m.deadline_ms.map(timestamp),
+        cpu_count: m.cpu_count(),
+        memory_mib: m.memory_mib(),
+        storage_gib: m.storage_gib(),
+        inventory: if full {
+            m.inventory.as_ref().map(inventory_to_proto)
+        } else {
+            None
+        },
+        deploy: m.deploy.as_ref().map(|d| v1::DeploySpec {
+            osystem: d.osystem.clone(),
+            distro_series: d.distro_series.clone(),
+            user_data: if full {
+                d.user_data.clone()
+            } else {
+                String::new()
+            },
+        }),
+        progress_message,
+        progress_percent,
+        boot_purpose: m
+            .boot
+            .as_ref()
+            .map(|b| b.purpose.clone())
+            .unwrap_or_default(),
+        erase: erase_to_proto(m.erase) as i32,
     }
 }
 
-/// Domain zone plus its machine count → proto.
-pub fn zone_to_proto(z: &Zone, machine_count: u64) -> v1::Zone {
+/// Domain erase mode → proto.
+pub fn erase_to_proto(e: EraseMode) -> v1::EraseMode {
+    match e {
+        EraseMode::None => v1::EraseMode::None,
+        EraseMode::Quick => v1::EraseMode::Quick,
+        EraseMode::Secure => v1::EraseMode::Secure,
+    }
+}
+
+/// Proto erase mode → domain; `None` for unknown numbers.
+pub fn erase_from_proto(v: i32) -> Option<EraseMode> {
+    Some(match v1::EraseMode::try_from(v).ok()? {
+        v1::EraseMode::None => EraseMode::None,
+        v1::EraseMode::Quick => EraseMode::Quick,
+        v1::EraseMode::Secure => EraseMode::Secure,
+    })
+}
+
+/// Domain inventory → proto.
+pub fn inventory_to_proto(i: &Inventory) -> v1::Inventory {
+    v1::Inventory {
+        cpu_count: i.cpu_count,
+        cpu_model: i.cpu_model.clone(),
+        memory_mib: i.memory_mib,
+        disks: i
+            .disks
+            .iter()
+            .map(|d| v1::Disk {
+                name: d.name.clone(),
+                size_gib: d.size_gib,
+                rotational: d.rotational,
+                model: d.model.clone(),
+                serial: d.serial.clone(),
+                tags: d.tags.clone(),
+            })
+            .collect(),
+        nics: i
+            .nics
+            .iter()
+            .map(|n| v1::Nic {
+                name: n.name.clone(),
+                mac: n.mac.clone(),
+                speed_mbps: n.speed_mbps,
+                link: n.link,
+            })
+            .collect(),
+        firmware: Some(v1::Firmware {
+            boot_mode: i.firmware.boot_mode.clone(),
+            vendor: i.firmware.vendor.clone(),
+            version: i.firmware.version.clone(),
+        }),
+        dmi: i.dmi.clone().into_iter().collect(),
+    }
+}
+
+/// Proto inventory → domain (not validated; see `ingot_common::validate::inventory`).
+pub fn inventory_from_proto(i: v1::Inventory) -> Inventory {
+    let fw = i.firmware.unwrap_or_default();
+    Inventory {
+        cpu_count: i.cpu_count,
+        cpu_model: i.cpu_model,
+        memory_mib: i.memory_mib,
+        disks: i
+            .disks
+            .into_iter()
+            .map(|d| Disk {
+                name: d.name,
+                size_gib: d.size_gib,
+                rotational: d.rotational,
+                model: d.model,
+                serial: d.serial,
+                tags: d.tags,
+            })
+            .collect(),
+        nics: i
+            .nics
+            .into_iter()
+            .map(|n| Nic {
+                name: n.name,
+                mac: n.mac,
+                speed_mbps: n.speed_mbps,
+                link: n.link,
+            })
+            .collect(),
+        firmware: Firmware {
+            boot_mode: fw.boot_mode,
+            vendor: fw.vendor,
+            version: fw.version,
+        },
+        dmi: i.dmi.into_iter().collect(),
+    }
+}
+
+/// Per-status counts as the proto map (kebab-case status names).
+pub fn status_counts_to_proto(
+    counts: &BTreeMap<MachineStatus, u64>,
+) -> std::collections::HashMap<String, u64> {
+    counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(s, n)| (s.as_str().to_string(), *n))
+        .collect()
+}
+
+/// Domain zone plus its machine counts → proto.
+pub fn zone_to_proto(z: &Zone, counts: &BTreeMap<MachineStatus, u64>) -> v1::Zone {
     v1::Zone {
         name: z.name.clone(),
         description: z.description.clone(),
-        machine_count,
+        machine_count: counts.values().sum(),
         created_at: Some(timestamp(z.created_ms)),
+        status_counts: status_counts_to_proto(counts),
     }
+}
+
+/// Domain pool plus its machine counts → proto.
+pub fn pool_to_proto(p: &Pool, counts: &BTreeMap<MachineStatus, u64>) -> v1::Pool {
+    v1::Pool {
+        name: p.name.clone(),
+        description: p.description.clone(),
+        machine_count: counts.values().sum(),
+        created_at: Some(timestamp(p.created_ms)),
+        status_counts: status_counts_to_proto(counts),
+    }
+}
+
+/// Domain tag plus the number of machines carrying it → proto.
+pub fn tag_to_proto(t: &Tag, machine_count: u64) -> v1::Tag {
+    v1::Tag {
+        name: t.name.clone(),
+        definition: t.definition.clone(),
+        comment: t.comment.clone(),
+        machine_count,
+        created_at: Some(timestamp(t.created_ms)),
+    }
+}
+
+/// Domain role → proto.
+pub fn role_to_proto(r: Role) -> v1::Role {
+    match r {
+        Role::Admin => v1::Role::Admin,
+        Role::User => v1::Role::User,
+    }
+}
+
+/// Proto role → domain; UNSPECIFIED gives `default`, unknown numbers `None`.
+pub fn role_from_proto(v: i32, default: Role) -> Option<Role> {
+    match v1::Role::try_from(v).ok()? {
+        v1::Role::Unspecified => Some(default),
+        v1::Role::Admin => Some(Role::Admin),
+        v1::Role::User => Some(Role::User),
+    }
+}
+
+/// Domain event level → proto.
+pub fn level_to_proto(l: EventLevel) -> v1::EventLevel {
+    match l {
+        EventLevel::Info => v1::EventLevel::Info,
+        EventLevel::Warning => v1::EventLevel::Warning,
+        EventLevel::Error => v1::EventLevel::Error,
+    }
+}
+
+/// Proto event level → domain; UNSPECIFIED is `None` (no filter), unknown numbers an error.
+pub fn level_from_proto(v: i32) -> Result<Option<EventLevel>, i32> {
+    match v1::EventLevel::try_from(v).map_err(|_| v)? {
+        v1::EventLevel::Unspecified => Ok(None),
+        v1::EventLevel::Info => Ok(Some(EventLevel::Info)),
+        v1::EventLevel::Warning => Ok(Some(EventLevel::Warning)),
+        v1::EventLevel::Error => Ok(Some(EventLevel::Error)),
+    }
+}
+
+/// Domain event → proto.
+pub fn event_to_proto(e: &Event) -> v1::Event {
+    v1::Event {
+        revision: e.revision,
+        seq: e.seq,
+        time: Some(timestamp(e.ts_ms)),
+        actor: e.actor.clone(),
+        kind: e.kind.clone(),
+        level: level_to_proto(e.level) as i32,
+        system_id: e.system_id.clone(),
+        hostname: e.hostname.clone(),
+        zone: e.zone.clone(),
+        owner: e.owner.clone(),
+        from_status: e.from.map(|s| status_to_proto(s) as i32).unwrap_or(0),
+        to_status: e.to.map(|s| status_to_proto(s) as i32).unwrap_or(0),
+        message: e.message.clone(),
+    }
+}
+
+/// A protobuf `Timestamp` as milliseconds since the epoch (negative times clamp to 0).
+pub fn timestamp_ms(t: &prost_types::Timestamp) -> u64 {
+    (t.seconds.max(0) as u64) * 1000 + (t.nanos.max(0) as u64) / 1_000_000
 }
 
 #[cfg(test)]
