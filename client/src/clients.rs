@@ -5,6 +5,11 @@
 use crate::{ClientConfig, ClientError};
 use ingot_proto::v1::cluster_service_client::ClusterServiceClient;
 use ingot_proto::v1::machine_service_client::MachineServiceClient;
+use ingot_proto::v1::agent_service_client::AgentServiceClient;
+use ingot_proto::v1::event_service_client::EventServiceClient;
+use ingot_proto::v1::pool_service_client::PoolServiceClient;
+use ingot_proto::v1::tag_service_client::TagServiceClient;
+use ingot_proto::v1::user_service_client::UserServiceClient;
 use ingot_proto::v1::zone_service_client::ZoneServiceClient;
 use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -27,6 +32,17 @@ pub type MachineClient = MachineServiceClient<AuthChannel>;
 pub type ZoneClient = ZoneServiceClient<AuthChannel>;
 /// `ingot.v1.ClusterService` client that sends the bearer token.
 pub type ClusterClient = ClusterServiceClient<AuthChannel>;
+/// `ingot.v1.PoolService` client that sends the bearer token.
+pub type PoolClient = PoolServiceClient<AuthChannel>;
+/// `ingot.v1.TagService` client that sends the bearer token.
+pub type TagClient = TagServiceClient<AuthChannel>;
+/// `ingot.v1.UserService` client that sends the bearer token.
+pub type UserClient = UserServiceClient<AuthChannel>;
+/// `ingot.v1.EventService` client that sends the bearer token.
+pub type EventClient = EventServiceClient<AuthChannel>;
+/// `ingot.v1.AgentService` client. Agent calls authenticate with the per-boot token inside each
+/// request; the bearer header is sent too but not needed.
+pub type AgentClient = AgentServiceClient<AuthChannel>;
 
 /// Interceptor adding `authorization: Bearer <token>` to every call, as every Ingot RPC but `JoinRegion`
 /// requires.
@@ -153,6 +169,45 @@ impl Clients {
     pub fn cluster(&self) -> ClusterClient {
         ClusterServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The pool service (resource pools).
+    pub fn pools(&self) -> PoolClient {
+        PoolServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The tag service (manual and defined tags).
+    pub fn tags(&self) -> TagClient {
+        TagServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The user service (users, API tokens, whoami).
+    pub fn users(&self) -> UserClient {
+        UserServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The event service (history).
+    pub fn events(&self) -> EventClient {
+        EventServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The agent service (what booted machines call).
+    pub fn agent(&self) -> AgentClient {
+        AgentServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The same connection with another bearer token (e.g. to act as another user).
+    pub fn with_token(&self, token: &str) -> Result<Clients, ClientError> {
+        ClientConfig {
+            token: token.to_string(),
+            ..self.config.clone()
+        }
+        .connect()
     }
 
     /// The raw channel (no token), for services this crate does not wrap, e.g. `grpc.health.v1`.
