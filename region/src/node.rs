@@ -63,6 +63,8 @@ pub struct Region {
     pub peers: Arc<Peers>,
     /// Commands waiting to be proposed; see [`run_proposer`].
     pub proposals: mpsc::Sender<Proposal>,
+    /// The revision of the last applied command, signalled after every apply (wakes watchers).
+    pub applied: Arc<tokio::sync::watch::Sender<u64>>,
     /// Signalled when the leader reports that this region was removed from the cluster.
     pub removed: tokio::sync::watch::Sender<Option<String>>,
 }

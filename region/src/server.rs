@@ -2,7 +2,10 @@
 //! the Raft listener (mutual TLS, cluster-CA client certificates only) and the client API listener (TLS,
 //! bearer tokens, health, reflection).
 
-use crate::api::{cluster::ClusterApi, machines::MachineApi, zones::ZoneApi};
+use crate::api::{
+    agent::AgentApi, cluster::ClusterApi, events::EventApi, machines::MachineApi, pools::PoolApi,
+    tags::TagApi, users::UserApi, zones::ZoneApi,
+};
 use crate::app::App;
 use crate::datadir::{DataDir, RegionIdentity};
 use crate::node::Region;
@@ -11,8 +14,13 @@ use crate::raft::service::RaftServer;
 use crate::raft::store::{open_db, LogStore, OpenError, StateMachineStore};
 use crate::raft::{Raft, RaftTuning};
 use ingot_proto::raft::v1::raft_service_server::RaftServiceServer;
+use ingot_proto::v1::agent_service_server::AgentServiceServer;
 use ingot_proto::v1::cluster_service_server::ClusterServiceServer;
+use ingot_proto::v1::event_service_server::EventServiceServer;
 use ingot_proto::v1::machine_service_server::MachineServiceServer;
+use ingot_proto::v1::pool_service_server::PoolServiceServer;
+use ingot_proto::v1::tag_service_server::TagServiceServer;
+use ingot_proto::v1::user_service_server::UserServiceServer;
 use ingot_proto::v1::zone_service_server::ZoneServiceServer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,6 +118,7 @@ pub async fn start(
     let log = LogStore::new(&db)?;
     let sm = StateMachineStore::open(&db)?;
     let state = sm.state.clone();
+    let applied = sm.applied.clone();
     let peers = Arc::new(Peers::new(tls.peer_client()));
     let config = Arc::new(tuning.config(&identity.cluster_id)?);
     let raft = Raft::new(
@@ -134,6 +143,7 @@ pub async fn start(
         state,
         peers,
         proposals,
+        applied,
         removed: watch::channel(None).0,
     });
     let (shutdown, rx) = watch::channel(false);
@@ -178,6 +188,11 @@ pub async fn start(
     health
         .set_serving::<ClusterServiceServer<ClusterApi>>()
         .await;
+    health.set_serving::<PoolServiceServer<PoolApi>>().await;
+    health.set_serving::<TagServiceServer<TagApi>>().await;
+    health.set_serving::<UserServiceServer<UserApi>>().await;
+    health.set_serving::<EventServiceServer<EventApi>>().await;
+    health.set_serving::<AgentServiceServer<AgentApi>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ingot_proto::V1_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -199,7 +214,16 @@ pub async fn start(
                 .max_decoding_message_size(MAX_MESSAGE),
         )
         .add_service(ZoneServiceServer::new(ZoneApi { app: app.clone() }))
-        .add_service(ClusterServiceServer::new(ClusterApi { app }));
+        .add_service(PoolServiceServer::new(PoolApi { app: app.clone() }))
+        .add_service(TagServiceServer::new(TagApi { app: app.clone() }))
+        .add_service(UserServiceServer::new(UserApi { app: app.clone() }))
+        .add_service(EventServiceServer::new(EventApi { app: app.clone() }))
+        .add_service(
+            AgentServiceServer::new(AgentApi { app: app.clone() })
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(ClusterServiceServer::new(ClusterApi { app: app.clone() }));
+    let worker = tokio::spawn(crate::app::worker::run(app, shutdown.subscribe()));
     let t2 = tokio::spawn(async move {
         if let Err(e) = api_server
             .serve_with_incoming_shutdown(incoming(api), stop(rx))
@@ -211,7 +235,7 @@ pub async fn start(
     Ok(Running {
         region,
         shutdown,
-        tasks: vec![t1, t2],
+        tasks: vec![t1, t2, worker],
     })
 }
 

@@ -3,10 +3,13 @@
 //! [`Data`] is the durable part (what a snapshot contains); [`State`] adds indexes rebuilt from it. Only
 //! [`crate::apply`] mutates a `State`; API reads take a shared lock on it.
 
+use ingot_common::model::{Event, Pool, Role, Tag, User};
 use ingot_common::pki::ClusterCa;
+use ingot_common::tagexpr::TagExpr;
 use ingot_common::{Mac, Machine, MachineStatus, NodeId, RegionInfo, Zone};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 /// Cluster-wide identity, set by the bootstrap command.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -22,13 +25,70 @@ pub struct ClusterMeta {
 /// An API bearer token, stored by hash.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct ApiToken {
-    /// Operator-facing name.
+    /// The user the token acts as.
     pub name: String,
-    /// `admin` for now; `user` arrives with roles.
+    /// Role of tokens made before users existed; the user's role wins when the user exists.
     pub role: String,
     /// Creation time.
     pub created_ms: u64,
+    /// Short public id, used to list and revoke it.
+    #[serde(default)]
+    pub id: String,
+    /// What the token is for.
+    #[serde(default)]
+    pub description: String,
+    /// Expiry (ms since epoch); `None`: never.
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
 }
+
+/// What an allocation request got, remembered so that repeating its request id returns the same machines.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct AllocationRecord {
+    /// The machines, in the order they were returned.
+    pub system_ids: Vec<String>,
+    /// When it was served.
+    pub ts_ms: u64,
+}
+
+/// Cluster-wide settings, changed through `ClusterService.UpdateSettings`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Settings {
+    /// Deadline (seconds) per in-progress status, overriding `lifecycle::default_deadline_s`.
+    #[serde(default)]
+    pub deadlines: BTreeMap<MachineStatus, u64>,
+}
+
+impl Settings {
+    /// The deadline of `s` in seconds, if it has one.
+    pub fn deadline_s(&self, s: MachineStatus) -> Option<u64> {
+        self.deadlines
+            .get(&s)
+            .copied()
+            .or_else(|| ingot_common::lifecycle::default_deadline_s(s))
+    }
+}
+
+/// One entry of the change history that `Watch` serves.
+#[derive(Clone, Debug)]
+pub struct Change {
+    /// Revision of the change.
+    pub revision: u64,
+    /// True when the machine was deleted (then `machine` is its last state).
+    pub deleted: bool,
+    /// The machine after the change.
+    pub machine: Arc<Machine>,
+}
+
+/// Most events kept; the oldest are dropped first.
+pub const EVENTS_MAX: usize = 200_000;
+/// Most changes kept in memory for `Watch`; a watcher further behind must list again.
+pub const CHANGES_MAX: usize = 50_000;
+/// How long allocation records are kept after the machines left their owner (ms): repeating a request id
+/// within a day is answered from the record.
+pub const ALLOCATION_RECORD_MS: u64 = 24 * 3600 * 1000;
+/// Most allocation records kept.
+pub const ALLOCATION_RECORDS_MAX: usize = 200_000;
 
 /// The durable replicated data: exactly what a snapshot serializes.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
@@ -51,6 +111,30 @@ pub struct Data {
     pub recent: HashMap<String, crate::command::Response>,
     /// (apply time, request id) in apply order, to expire `recent` deterministically.
     pub recent_order: VecDeque<(u64, String)>,
+    /// Resource pools by name.
+    #[serde(default)]
+    pub pools: BTreeMap<String, Pool>,
+    /// Tags by name.
+    #[serde(default)]
+    pub tags: BTreeMap<String, Tag>,
+    /// Users by name.
+    #[serde(default)]
+    pub users: BTreeMap<String, User>,
+    /// The newest events, oldest first (at most [`EVENTS_MAX`]).
+    #[serde(default)]
+    pub events: VecDeque<Event>,
+    /// Served allocations by `owner/request_id`.
+    #[serde(default)]
+    pub allocations: HashMap<String, AllocationRecord>,
+    /// (time, key) of `allocations` in apply order, to expire them deterministically.
+    #[serde(default)]
+    pub allocation_order: VecDeque<(u64, String)>,
+    /// Cluster settings.
+    #[serde(default)]
+    pub settings: Settings,
+    /// Revision of the last applied command.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// [`Data`] plus indexes. Indexes are never serialized; [`State::from_data`] rebuilds them.
@@ -66,6 +150,27 @@ pub struct State {
     pub by_zone: HashMap<String, BTreeSet<String>>,
     /// Status → system ids.
     pub by_status: HashMap<MachineStatus, BTreeSet<String>>,
+    /// Pool → system ids.
+    pub by_pool: HashMap<String, BTreeSet<String>>,
+    /// Owner → system ids.
+    pub by_owner: HashMap<String, BTreeSet<String>>,
+    /// Consumer → system id, for owned machines with a consumer.
+    pub by_consumer: HashMap<String, String>,
+    /// Tag → system ids.
+    pub by_tag: HashMap<String, BTreeSet<String>>,
+    /// `owner/request_id` → the machines that allocation still holds (idempotent replays without a scan).
+    pub by_allocation: HashMap<String, BTreeSet<String>>,
+    /// Ready machines by (cost, system id): allocation walks this from the cheapest.
+    pub ready: BTreeSet<(u64, String)>,
+    /// In-progress machines by (deadline, system id): the deadline sweeper reads the front.
+    pub by_deadline: BTreeSet<(u64, String)>,
+    /// Tag definitions, compiled.
+    pub tag_exprs: BTreeMap<String, TagExpr>,
+    /// Recent machine changes for `Watch`, oldest first.
+    pub changes: VecDeque<Change>,
+    /// Every change after this revision is in `changes` (older ones were dropped, or predate the
+    /// snapshot this state was loaded from).
+    pub changes_floor: u64,
 }
 
 impl State {
@@ -79,7 +184,72 @@ impl State {
         for m in &machines {
             s.index(m);
         }
+        for t in s.data.tags.values() {
+            if !t.definition.is_empty() {
+                if let Ok(e) = TagExpr::parse(&t.definition) {
+                    s.tag_exprs.insert(t.name.clone(), e);
+                }
+            }
+        }
+        s.changes_floor = s.data.revision;
         s
+    }
+
+    /// Stores `m` (new or changed) with every index updated, and records the change for watchers.
+    pub fn put_machine(&mut self, m: Machine) {
+        if let Some(old) = self.data.machines.get(&m.system_id).cloned() {
+            self.unindex(&old);
+        }
+        self.index(&m);
+        self.record_change(false, &m);
+        self.data.machines.insert(m.system_id.clone(), m);
+    }
+
+    /// Removes a machine with its index entries, recording the deletion for watchers.
+    pub fn remove_machine(&mut self, id: &str) -> Option<Machine> {
+        let m = self.data.machines.remove(id)?;
+        self.unindex(&m);
+        self.record_change(true, &m);
+        Some(m)
+    }
+
+    fn record_change(&mut self, deleted: bool, m: &Machine) {
+        self.changes.push_back(Change {
+            revision: m.revision,
+            deleted,
+            machine: Arc::new(m.clone()),
+        });
+        while self.changes.len() > CHANGES_MAX {
+            if let Some(c) = self.changes.pop_front() {
+                self.changes_floor = self.changes_floor.max(c.revision);
+            }
+        }
+    }
+
+    /// Machines per status among `ids`.
+    pub fn status_counts<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a String>,
+    ) -> BTreeMap<MachineStatus, u64> {
+        let mut out = BTreeMap::new();
+        for id in ids {
+            if let Some(m) = self.data.machines.get(id) {
+                *out.entry(m.status).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    /// The role of a user (falling back to the token's stored role for tokens made before users).
+    pub fn is_admin(&self, user: &str) -> bool {
+        match self.data.users.get(user) {
+            Some(u) => u.role == Role::Admin,
+            None => self
+                .data
+                .tokens
+                .values()
+                .any(|t| t.name == user && t.role == "admin"),
+        }
     }
 
     /// Adds `m` to every index.
@@ -97,6 +267,39 @@ impl State {
             .entry(m.status)
             .or_default()
             .insert(m.system_id.clone());
+        self.by_pool
+            .entry(m.pool.clone())
+            .or_default()
+            .insert(m.system_id.clone());
+        if let Some(o) = &m.owner {
+            self.by_owner
+                .entry(o.clone())
+                .or_default()
+                .insert(m.system_id.clone());
+        }
+        if let Some(a) = m.allocation.as_ref().filter(|a| !a.consumer.is_empty()) {
+            self.by_consumer
+                .insert(a.consumer.clone(), m.system_id.clone());
+        }
+        if let (Some(o), Some(a)) = (&m.owner, &m.allocation) {
+            self.by_allocation
+                .entry(format!("{o}/{}", a.request_id))
+                .or_default()
+                .insert(m.system_id.clone());
+        }
+        for t in &m.tags {
+            self.by_tag
+                .entry(t.clone())
+                .or_default()
+                .insert(m.system_id.clone());
+        }
+        if m.status == MachineStatus::Ready && !m.locked && m.owner.is_none() {
+            self.ready
+                .insert((ingot_common::constraints::cost(m), m.system_id.clone()));
+        }
+        if let Some(d) = m.deadline_ms {
+            self.by_deadline.insert((d, m.system_id.clone()));
+        }
     }
 
     /// Removes `m` from every index.
@@ -110,6 +313,41 @@ impl State {
         }
         if let Some(set) = self.by_status.get_mut(&m.status) {
             set.remove(&m.system_id);
+        }
+        if let Some(set) = self.by_pool.get_mut(&m.pool) {
+            set.remove(&m.system_id);
+        }
+        if let Some(o) = &m.owner {
+            if let Some(set) = self.by_owner.get_mut(o) {
+                set.remove(&m.system_id);
+                if set.is_empty() {
+                    self.by_owner.remove(o);
+                }
+            }
+        }
+        if let Some(a) = &m.allocation {
+            if self.by_consumer.get(&a.consumer) == Some(&m.system_id) {
+                self.by_consumer.remove(&a.consumer);
+            }
+            if let Some(o) = &m.owner {
+                let key = format!("{o}/{}", a.request_id);
+                if let Some(set) = self.by_allocation.get_mut(&key) {
+                    set.remove(&m.system_id);
+                    if set.is_empty() {
+                        self.by_allocation.remove(&key);
+                    }
+                }
+            }
+        }
+        for t in &m.tags {
+            if let Some(set) = self.by_tag.get_mut(t) {
+                set.remove(&m.system_id);
+            }
+        }
+        self.ready
+            .remove(&(ingot_common::constraints::cost(m), m.system_id.clone()));
+        if let Some(d) = m.deadline_ms {
+            self.by_deadline.remove(&(d, m.system_id.clone()));
         }
     }
 
@@ -139,25 +377,17 @@ impl State {
 
     /// One page of machines matching `f`, in system-id order, starting after `after`. Uses the narrowest
     /// index the filter allows. Returns the page, whether more remain, and the total number of matches.
-    pub fn list_machines(
-        &self,
+    pub fn list_machines<'a>(
+        &'a self,
         f: &MachineQuery,
         after: Option<&str>,
         limit: usize,
-    ) -> (Vec<Machine>, bool, u64) {
-        let matches = |m: &Machine| {
-            f.zone.as_ref().is_none_or(|z| &m.zone == z)
-                && f.status.is_none_or(|s| m.status == s)
-                && f.arch.as_ref().is_none_or(|a| &m.arch == a)
-                && f.hostname_prefix
-                    .as_ref()
-                    .is_none_or(|p| m.hostname.starts_with(p.as_str()))
-                && f.mac.is_none_or(|mac| m.macs.contains(&mac))
-        };
+    ) -> (Vec<&'a Machine>, bool, u64) {
+        let matches = |m: &Machine| f.matches(m);
         let mut page = Vec::with_capacity(limit.min(1024));
         let mut total = 0u64;
         let mut more = false;
-        let mut visit = |m: &Machine| {
+        let mut visit = |m: &'a Machine| {
             if !matches(m) {
                 return;
             }
@@ -166,13 +396,23 @@ impl State {
                 return;
             }
             if page.len() < limit {
-                page.push(m.clone());
+                page.push(m);
             } else {
                 more = true;
             }
         };
         if let Some(mac) = f.mac {
             if let Some(m) = self.machine_by_mac(&mac) {
+                visit(m);
+            }
+        } else if let Some(owner) = &f.owner {
+            if let Some(ids) = self.by_owner.get(owner) {
+                ids.iter()
+                    .filter_map(|id| self.data.machines.get(id))
+                    .for_each(&mut visit);
+            }
+        } else if let Some(c) = &f.consumer {
+            if let Some(m) = self.by_consumer.get(c).and_then(|id| self.machine(id)) {
                 visit(m);
             }
         } else {
@@ -220,4 +460,41 @@ pub struct MachineQuery {
     pub hostname_prefix: Option<String>,
     /// Owns this MAC.
     pub mac: Option<Mac>,
+    /// Exact pool.
+    pub pool: Option<String>,
+    /// Held by this user.
+    pub owner: Option<String>,
+    /// Allocated to this consumer.
+    pub consumer: Option<String>,
+    /// Has all these tags.
+    pub tags: Vec<String>,
+    /// For non-admin callers: only unowned machines and those this user holds.
+    pub visible_to: Option<String>,
+}
+
+impl MachineQuery {
+    /// True if `m` passes every filter (used by `Watch`, which sees one machine at a time).
+    pub fn matches(&self, m: &Machine) -> bool {
+        self.visible_to
+            .as_ref()
+            .is_none_or(|u| m.owner.as_ref().is_none_or(|o| o == u))
+            && self.pool.as_ref().is_none_or(|p| &m.pool == p)
+            && self
+                .owner
+                .as_ref()
+                .is_none_or(|o| m.owner.as_ref() == Some(o))
+            && self
+                .consumer
+                .as_ref()
+                .is_none_or(|c| m.allocation.as_ref().is_some_and(|a| &a.consumer == c))
+            && self.tags.iter().all(|t| m.tags.contains(t))
+            && self.zone.as_ref().is_none_or(|z| &m.zone == z)
+            && self.status.is_none_or(|s| m.status == s)
+            && self.arch.as_ref().is_none_or(|a| &m.arch == a)
+            && self
+                .hostname_prefix
+                .as_ref()
+                .is_none_or(|p| m.hostname.starts_with(p.as_str()))
+            && self.mac.is_none_or(|mac| m.macs.contains(&mac))
+    }
 }

@@ -1,6 +1,7 @@
 //! `ingot.v1.ClusterService`.
 
 use super::{actor, status};
+use crate::app::cluster::Deadlines;
 use crate::app::App;
 use ingot_proto::convert::timestamp;
 use ingot_proto::v1::cluster_service_server::ClusterService;
@@ -21,6 +22,15 @@ fn role(s: &str) -> RegionRole {
         "candidate" => RegionRole::Candidate,
         "learner" => RegionRole::Learner,
         _ => RegionRole::Unknown,
+    }
+}
+
+fn settings_to_proto(d: &Deadlines) -> Settings {
+    Settings {
+        deadline_seconds: d
+            .iter()
+            .map(|(s, v)| (s.as_str().to_string(), *v))
+            .collect(),
     }
 }
 
@@ -114,5 +124,28 @@ impl ClusterService for ClusterApi {
             .await
             .map_err(status)?;
         Ok(Response::new(RemoveRegionResponse {}))
+    }
+
+    async fn get_settings(
+        &self,
+        req: Request<GetSettingsRequest>,
+    ) -> Result<Response<Settings>, Status> {
+        actor(&self.app, &req)?;
+        let d = self.app.get_settings().await.map_err(status)?;
+        Ok(Response::new(settings_to_proto(&d)))
+    }
+
+    async fn update_settings(
+        &self,
+        req: Request<UpdateSettingsRequest>,
+    ) -> Result<Response<Settings>, Status> {
+        let who = actor(&self.app, &req)?;
+        let input = req.into_inner().deadline_seconds.into_iter().collect();
+        let d = self
+            .app
+            .update_settings(&who, input)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(settings_to_proto(&d)))
     }
 }

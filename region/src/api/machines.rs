@@ -1,13 +1,23 @@
-//! `ingot.v1.MachineService`.
+//! `ingot.v1.MachineService`: enlistment, lookups, lifecycle actions, allocation and watch.
 
 use super::{actor, linearizable, status};
+use crate::app::alloc::{AllocateRequest as AllocReq, Spread};
 use crate::app::machines::{MachineChange, MachineKey, NewMachine};
-use crate::app::App;
+use crate::app::watch::WatchItem;
+use crate::app::{Actor, App};
+use crate::command::ActionArgs;
 use crate::state::MachineQuery;
+use ingot_common::constraints::{parse_storage, Constraints as DomainConstraints};
+use ingot_common::lifecycle::Action;
+use ingot_common::model::DeploySpec;
 use ingot_common::DomainError;
-use ingot_proto::convert::{machine_to_proto, power_from_proto, status_from_proto};
+use ingot_proto::convert::{
+    erase_from_proto, machine_to_proto, power_from_proto, status_from_proto,
+};
 use ingot_proto::v1::machine_service_server::MachineService;
-use ingot_proto::v1::{get_machine_request::Key, *};
+use ingot_proto::v1::{get_machine_request::Key, machine_ref, watch_response, *};
+use std::pin::Pin;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 /// MachineService over [`App`].
@@ -15,6 +25,126 @@ pub struct MachineApi {
     /// The application.
     pub app: App,
 }
+
+fn machine_key(r: Option<MachineRef>) -> Result<MachineKey, Status> {
+    match r.and_then(|r| r.key) {
+        Some(machine_ref::Key::SystemId(s)) => Ok(MachineKey::SystemId(s)),
+        Some(machine_ref::Key::Consumer(s)) => Ok(MachineKey::Consumer(s)),
+        Some(machine_ref::Key::ProviderId(s)) => Ok(MachineKey::ProviderId(s)),
+        Some(machine_ref::Key::Hostname(s)) => Ok(MachineKey::Hostname(s)),
+        None => Err(status(DomainError::invalid(
+            "machine",
+            "set one of system_id, consumer, provider_id or hostname",
+        ))),
+    }
+}
+
+/// True when a view asks for the full machine (`default_full` for UNSPECIFIED).
+fn full_view(v: i32, default_full: bool) -> Result<bool, Status> {
+    match MachineView::try_from(v) {
+        Ok(MachineView::Unspecified) => Ok(default_full),
+        Ok(MachineView::Basic) => Ok(false),
+        Ok(MachineView::Full) => Ok(true),
+        Err(_) => Err(status(DomainError::invalid(
+            "view",
+            format!("unknown view {v}"),
+        ))),
+    }
+}
+
+/// Filters from the proto, parsed; `who` limits what non-admins see.
+fn query(f: Option<MachineFilter>, who: &Actor) -> Result<MachineQuery, Status> {
+    let f = f.unwrap_or_default();
+    let nonempty = |s: String| if s.is_empty() { None } else { Some(s) };
+    Ok(MachineQuery {
+        zone: nonempty(f.zone),
+        status: match f.status {
+            0 => None,
+            v => Some(status_from_proto(v).ok_or_else(|| {
+                status(DomainError::invalid(
+                    "filter.status",
+                    format!("unknown status {v}"),
+                ))
+            })?),
+        },
+        arch: nonempty(f.arch),
+        hostname_prefix: nonempty(f.hostname_prefix),
+        mac: match nonempty(f.mac) {
+            None => None,
+            Some(s) => Some(s.parse().map_err(|e: ingot_common::mac::MacParseError| {
+                status(DomainError::invalid("filter.mac", e.to_string()))
+            })?),
+        },
+        pool: nonempty(f.pool),
+        owner: nonempty(f.owner),
+        consumer: nonempty(f.consumer),
+        tags: f.tags,
+        visible_to: if who.is_admin() {
+            None
+        } else {
+            Some(who.name.clone())
+        },
+    })
+}
+
+fn constraints_from_proto(c: Option<Constraints>) -> Result<DomainConstraints, Status> {
+    let c = c.unwrap_or_default();
+    Ok(DomainConstraints {
+        arch: c.arch,
+        min_cpu_count: c.min_cpu_count,
+        min_memory_mib: c.min_memory_mib,
+        storage: if c.storage.trim().is_empty() {
+            vec![]
+        } else {
+            parse_storage("constraints.storage", &c.storage).map_err(status)?
+        },
+        tags: c.tags,
+        not_tags: c.not_tags,
+        zones: c.zones,
+        not_in_zones: c.not_in_zones,
+        pools: c.pools,
+        not_in_pools: c.not_in_pools,
+        hostname: c.hostname,
+        system_id: c.system_id,
+        min_nic_count: c.min_nic_count,
+        min_nic_speed_mbps: c.min_nic_speed_mbps,
+    })
+}
+
+impl MachineApi {
+    async fn simple(
+        &self,
+        req: Request<MachineActionRequest>,
+        action: Action,
+    ) -> Result<Response<Machine>, Status> {
+        let who = actor(&self.app, &req)?;
+        let r = req.into_inner();
+        let key = machine_key(r.machine)?;
+        let args = ActionArgs {
+            comment: r.comment,
+            ..Default::default()
+        };
+        self.run(&who, key, action, r.expected_revision, args).await
+    }
+
+    async fn run(
+        &self,
+        who: &Actor,
+        key: MachineKey,
+        action: Action,
+        expected_revision: u64,
+        args: ActionArgs,
+    ) -> Result<Response<Machine>, Status> {
+        let m = self
+            .app
+            .act(who, key, action, expected_revision, args)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(machine_to_proto(&m, false, true)))
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl MachineService for MachineApi {
@@ -35,11 +165,12 @@ impl MachineService for MachineApi {
                     macs: r.macs,
                     power: power_from_proto(r.power),
                     description: r.description,
+                    pool: r.pool,
                 },
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(machine_to_proto(&m, false)))
+        Ok(Response::new(machine_to_proto(&m, false, true)))
     }
 
     async fn get_machine(
@@ -51,62 +182,52 @@ impl MachineService for MachineApi {
         if r.include_secrets {
             who.require_admin("see power secrets").map_err(status)?;
         }
+        let full = full_view(r.view, true)?;
         let key = match r.key {
             Some(Key::SystemId(s)) => MachineKey::SystemId(s),
             Some(Key::Mac(s)) => MachineKey::Mac(s),
             Some(Key::Hostname(s)) => MachineKey::Hostname(s),
+            Some(Key::Consumer(s)) => MachineKey::Consumer(s),
+            Some(Key::ProviderId(s)) => MachineKey::ProviderId(s),
             None => {
                 return Err(status(DomainError::invalid(
                     "key",
-                    "set one of system_id, mac or hostname",
+                    "set one of system_id, mac, hostname, consumer or provider_id",
                 )))
             }
         };
         let m = self
             .app
-            .get_machine(key, linearizable(r.consistency))
+            .get_machine(&who, key, linearizable(r.consistency))
             .await
             .map_err(status)?;
-        Ok(Response::new(machine_to_proto(&m, r.include_secrets)))
+        Ok(Response::new(machine_to_proto(&m, r.include_secrets, full)))
     }
 
     async fn list_machines(
         &self,
         req: Request<ListMachinesRequest>,
     ) -> Result<Response<ListMachinesResponse>, Status> {
-        actor(&self.app, &req)?;
+        let who = actor(&self.app, &req)?;
         let r = req.into_inner();
-        let f = r.filter.unwrap_or_default();
-        let nonempty = |s: String| if s.is_empty() { None } else { Some(s) };
-        let q = MachineQuery {
-            zone: nonempty(f.zone),
-            status: match f.status {
-                0 => None,
-                v => Some(status_from_proto(v).ok_or_else(|| {
-                    status(DomainError::invalid(
-                        "filter.status",
-                        format!("unknown status {v}"),
-                    ))
-                })?),
-            },
-            arch: nonempty(f.arch),
-            hostname_prefix: nonempty(f.hostname_prefix),
-            mac: match nonempty(f.mac) {
-                None => None,
-                Some(s) => Some(s.parse().map_err(|e: ingot_common::mac::MacParseError| {
-                    status(DomainError::invalid("filter.mac", e.to_string()))
-                })?),
-            },
-        };
-        let (page, next, total) = self
+        let q = query(r.filter, &who)?;
+        let full = full_view(r.view, false)?;
+        let (machines, next, total, revision) = self
             .app
-            .list_machines(q, r.page_size, &r.page_token, linearizable(r.consistency))
+            .list_machines(
+                q,
+                r.page_size,
+                &r.page_token,
+                linearizable(r.consistency),
+                |m| machine_to_proto(m, false, full),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(ListMachinesResponse {
-            machines: page.iter().map(|m| machine_to_proto(m, false)).collect(),
+            machines,
             next_page_token: next,
             total_size: total,
+            revision,
         }))
     }
 
@@ -133,7 +254,7 @@ impl MachineService for MachineApi {
             .update_machine(&who, r.system_id, change)
             .await
             .map_err(status)?;
-        Ok(Response::new(machine_to_proto(&m, false)))
+        Ok(Response::new(machine_to_proto(&m, false, true)))
     }
 
     async fn delete_machine(
@@ -147,5 +268,263 @@ impl MachineService for MachineApi {
             .await
             .map_err(status)?;
         Ok(Response::new(DeleteMachineResponse {}))
+    }
+
+    async fn commission(
+        &self,
+        req: Request<CommissionRequest>,
+    ) -> Result<Response<Machine>, Status> {
+        let who = actor(&self.app, &req)?;
+        let r = req.into_inner();
+        let key = machine_key(r.machine)?;
+        let args = ActionArgs {
+            comment: r.comment,
+            ..Default::default()
+        };
+        self.run(&who, key, Action::Commission, r.expected_revision, args)
+            .await
+    }
+
+    async fn test(&self, req: Request<MachineActionRequest>) -> Result<Response<Machine>, Status> {
+        self.simple(req, Action::Test).await
+    }
+
+    async fn abort(&self, req: Request<MachineActionRequest>) -> Result<Response<Machine>, Status> {
+        self.simple(req, Action::Abort).await
+    }
+
+    async fn allocate(
+        &self,
+        req: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateResponse>, Status> {
+        let who = actor(&self.app, &req)?;
+        let r = req.into_inner();
+        let spread = match SpreadPolicy::try_from(r.spread) {
+            Ok(SpreadPolicy::Unspecified) => Spread::Any,
+            Ok(SpreadPolicy::Even) => Spread::Even,
+            Ok(SpreadPolicy::MinZones) => Spread::MinZones(r.min_zones),
+            Err(_) => {
+                return Err(status(DomainError::invalid(
+                    "spread",
+                    format!("unknown spread policy {}", r.spread),
+                )))
+            }
+        };
+        let (ms, replayed) = self
+            .app
+            .allocate(
+                &who,
+                AllocReq {
+                    request_id: r.request_id,
+                    constraints: constraints_from_proto(r.constraints)?,
+                    consumer: r.consumer,
+                    count: r.count.max(1),
+                    spread,
+                    dry_run: r.dry_run,
+                },
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(AllocateResponse {
+            machines: ms
+                .iter()
+                .map(|m| machine_to_proto(m, false, false))
+                .collect(),
+            replayed,
+        }))
+    }
+
+    async fn deploy(&self, req: Request<DeployRequest>) -> Result<Response<Machine>, Status> {
+        let who = actor(&self.app, &req)?;
+        let r = req.into_inner();
+        let key = machine_key(r.machine)?;
+        let args = ActionArgs {
+            comment: r.comment,
+            deploy: Some(DeploySpec {
+                osystem: r.osystem,
+                distro_series: r.distro_series,
+                user_data: r.user_data,
+            }),
+            ..Default::default()
+        };
+        self.run(&who, key, Action::Deploy, r.expected_revision, args)
+            .await
+    }
+
+    async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<Machine>, Status> {
+        let who = actor(&self.app, &req)?;
+        let r = req.into_inner();
+        let key = machine_key(r.machine)?;
+        let erase = erase_from_proto(r.erase).ok_or_else(|| {
+            status(DomainError::invalid(
+                "erase",
+                format!("unknown erase mode {}", r.erase),
+            ))
+        })?;
+        // Releasing is safe to retry: a machine already on its way back (or back) is an answer, not an
+        // error, as long as the caller could see it.
+        let current = self
+            .app
+            .get_machine(&who, key.clone(), true)
+            .await
+            .map_err(status)?;
+        use ingot_common::MachineStatus as S;
+        if matches!(current.status, S::Releasing | S::DiskErasing)
+            || (current.status == S::Ready && current.owner.is_none())
+        {
+            return Ok(Response::new(machine_to_proto(&current, false, true)));
+        }
+        let args = ActionArgs {
+            comment: r.comment,
+            erase,
+            ..Default::default()
+        };
+        self.run(&who, key, Action::Release, r.expected_revision, args)
+            .await
+    }
+
+    async fn mark_broken(
+        &self,
+        req: Request<MachineActionRequest>,
+    ) -> Result<Response<Machine>, Status> {
+        self.simple(req, Action::MarkBroken).await
+    }
+
+    async fn mark_fixed(
+        &self,
+        req: Request<MachineActionRequest>,
+    ) -> Result<Response<Machine>, Status> {
+        self.simple(req, Action::MarkFixed).await
+    }
+
+    async fn lock(&self, req: Request<MachineActionRequest>) -> Result<Response<Machine>, Status> {
+        self.simple(req, Action::Lock).await
+    }
+
+    async fn unlock(
+        &self,
+        req: Request<MachineActionRequest>,
+    ) -> Result<Response<Machine>, Status> {
+        self.simple(req, Action::Unlock).await
+    }
+
+    async fn enter_rescue(
+        &self,
+        req: Request<MachineActionRequest>,
+    ) -> Result<Response<Machine>, Status> {
+        self.simple(req, Action::EnterRescue).await
+    }
+
+    async fn exit_rescue(
+        &self,
+        req: Request<MachineActionRequest>,
+    ) -> Result<Response<Machine>, Status> {
+        self.simple(req, Action::ExitRescue).await
+    }
+
+    async fn retire(
+        &self,
+        req: Request<MachineActionRequest>,
+    ) -> Result<Response<Machine>, Status> {
+        self.simple(req, Action::Retire).await
+    }
+
+    async fn set_zone(&self, req: Request<SetZoneRequest>) -> Result<Response<Machine>, Status> {
+        let who = actor(&self.app, &req)?;
+        let r = req.into_inner();
+        let key = machine_key(r.machine)?;
+        let args = ActionArgs {
+            zone: r.zone,
+            ..Default::default()
+        };
+        self.run(&who, key, Action::SetZone, 0, args).await
+    }
+
+    async fn set_pool(&self, req: Request<SetPoolRequest>) -> Result<Response<Machine>, Status> {
+        let who = actor(&self.app, &req)?;
+        let r = req.into_inner();
+        let key = machine_key(r.machine)?;
+        let args = ActionArgs {
+            pool: r.pool,
+            ..Default::default()
+        };
+        self.run(&who, key, Action::SetPool, 0, args).await
+    }
+
+    async fn tag_machine(
+        &self,
+        req: Request<TagMachineRequest>,
+    ) -> Result<Response<Machine>, Status> {
+        let who = actor(&self.app, &req)?;
+        let r = req.into_inner();
+        let key = machine_key(r.machine)?;
+        let args = ActionArgs {
+            tags: r.tags,
+            ..Default::default()
+        };
+        self.run(&who, key, Action::Tag, 0, args).await
+    }
+
+    async fn untag_machine(
+        &self,
+        req: Request<TagMachineRequest>,
+    ) -> Result<Response<Machine>, Status> {
+        let who = actor(&self.app, &req)?;
+        let r = req.into_inner();
+        let key = machine_key(r.machine)?;
+        let args = ActionArgs {
+            tags: r.tags,
+            ..Default::default()
+        };
+        self.run(&who, key, Action::Untag, 0, args).await
+    }
+
+    async fn get_boot_credentials(
+        &self,
+        req: Request<GetBootCredentialsRequest>,
+    ) -> Result<Response<BootCredentials>, Status> {
+        let who = actor(&self.app, &req)?;
+        let r = req.into_inner();
+        let key = machine_key(r.machine)?;
+        let (system_id, b) = self.app.boot_credentials(&who, key).await.map_err(status)?;
+        Ok(Response::new(BootCredentials {
+            system_id,
+            boot_id: b.boot_id,
+            token: b.token,
+            purpose: b.purpose,
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let who = actor(&self.app, &req)?;
+        let r = req.into_inner();
+        let q = query(r.filter, &who)?;
+        let full = full_view(r.view, false)?;
+        let rx = self.app.watch(r.from_revision, q).await.map_err(status)?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let out = tokio_stream::StreamExt::map(stream, move |item| match item {
+            Ok(WatchItem::Put(rev, m)) => Ok(WatchResponse {
+                kind: watch_response::Kind::Put as i32,
+                revision: rev,
+                machine: Some(machine_to_proto(&m, false, full)),
+            }),
+            Ok(WatchItem::Delete(rev, m)) => Ok(WatchResponse {
+                kind: watch_response::Kind::Delete as i32,
+                revision: rev,
+                machine: Some(machine_to_proto(&m, false, full)),
+            }),
+            Ok(WatchItem::Progress(rev)) => Ok(WatchResponse {
+                kind: watch_response::Kind::Progress as i32,
+                revision: rev,
+                machine: None,
+            }),
+            Err(e) => Err(status(e)),
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 }

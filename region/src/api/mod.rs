@@ -1,8 +1,13 @@
 //! The client API: one tonic service per file, thin — authenticate, convert, call [`crate::app`], convert
 //! back. Errors become gRPC statuses here and only here.
 
+pub mod agent;
 pub mod cluster;
+pub mod events;
 pub mod machines;
+pub mod pools;
+pub mod tags;
+pub mod users;
 pub mod zones;
 
 use crate::app::{Actor, App};
@@ -21,6 +26,8 @@ pub fn status(e: DomainError) -> Status {
         ErrorCode::Unauthenticated => Code::Unauthenticated,
         ErrorCode::Unavailable => Code::Unavailable,
         ErrorCode::Internal => Code::Internal,
+        ErrorCode::OutOfRange => Code::OutOfRange,
+        ErrorCode::ResourceExhausted => Code::ResourceExhausted,
     };
     Status::new(code, e.message)
 }

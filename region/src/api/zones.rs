@@ -23,7 +23,7 @@ impl ZoneService for ZoneApi {
             .create_zone(&who, r.name, r.description)
             .await
             .map_err(status)?;
-        Ok(Response::new(zone_to_proto(&z, n)))
+        Ok(Response::new(zone_to_proto(&z, &n)))
     }
 
     async fn get_zone(&self, req: Request<GetZoneRequest>) -> Result<Response<Zone>, Status> {
@@ -34,7 +34,7 @@ impl ZoneService for ZoneApi {
             .get_zone(&r.name, linearizable(r.consistency))
             .await
             .map_err(status)?;
-        Ok(Response::new(zone_to_proto(&z, n)))
+        Ok(Response::new(zone_to_proto(&z, &n)))
     }
 
     async fn list_zones(
@@ -49,7 +49,7 @@ impl ZoneService for ZoneApi {
             .await
             .map_err(status)?;
         Ok(Response::new(ListZonesResponse {
-            zones: zones.iter().map(|(z, n)| zone_to_proto(z, *n)).collect(),
+            zones: zones.iter().map(|(z, n)| zone_to_proto(z, n)).collect(),
         }))
     }
 
@@ -61,7 +61,7 @@ impl ZoneService for ZoneApi {
             .update_zone(&who, r.name, r.description, r.new_name)
             .await
             .map_err(status)?;
-        Ok(Response::new(zone_to_proto(&z, n)))
+        Ok(Response::new(zone_to_proto(&z, &n)))
     }
 
     async fn delete_zone(

@@ -1,12 +1,82 @@
-//! Cluster membership: list regions with their live Raft status, join tokens, admission, removal.
+//! Cluster membership: list regions with their live Raft status, join tokens, admission, removal; and
+//! cluster-wide settings (deadlines of in-progress statuses).
 
 use super::{Actor, App};
 use crate::command::{Op, Reply};
 use crate::node::Forwarded;
+use crate::state::Settings;
+use ingot_common::lifecycle;
 use ingot_common::pki::{self, Identity};
-use ingot_common::{secret, validate, DomainError, NodeId};
+use ingot_common::{secret, validate, DomainError, MachineStatus, NodeId};
 use ingot_proto::raft::v1::{StatusReply, StatusRequest};
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// Seconds a machine may stay in each in-progress status before it fails: what `GetSettings` and
+/// `UpdateSettings` answer.
+pub type Deadlines = BTreeMap<MachineStatus, u64>;
+
+/// Longest deadline accepted (the apply step enforces the same bound).
+pub const MAX_DEADLINE_S: u64 = 7 * 24 * 3600;
+
+/// The statuses that have deadlines, in lifecycle order.
+fn in_progress_statuses() -> impl Iterator<Item = MachineStatus> {
+    MachineStatus::ALL
+        .into_iter()
+        .filter(|s| lifecycle::in_progress(*s))
+}
+
+/// The effective deadline of every in-progress status: its setting, or the default.
+fn effective_deadlines(settings: &Settings) -> Deadlines {
+    in_progress_statuses()
+        .filter_map(|s| settings.deadline_s(s).map(|d| (s, d)))
+        .collect()
+}
+
+/// Parses `UpdateSettings` keys (status names, `_` or `-`, any case) into the replicated change. Every
+/// failure names its key as `deadline_seconds[<key>]`.
+fn parse_deadlines(
+    input: &BTreeMap<String, u64>,
+) -> Result<Vec<(MachineStatus, u64)>, DomainError> {
+    let names = || {
+        in_progress_statuses()
+            .map(MachineStatus::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut seen: BTreeMap<MachineStatus, &str> = BTreeMap::new();
+    let mut out = Vec::with_capacity(input.len());
+    for (key, secs) in input {
+        let field = format!("deadline_seconds[{key}]");
+        let s = MachineStatus::parse(key).ok_or_else(|| {
+            DomainError::invalid(&field, format!("unknown status; use one of: {}", names()))
+        })?;
+        if !lifecycle::in_progress(s) {
+            return Err(DomainError::invalid(
+                &field,
+                format!(
+                    "'{}' is not an in-progress status; only these have deadlines: {}",
+                    s.as_str(),
+                    names()
+                ),
+            ));
+        }
+        if *secs > MAX_DEADLINE_S {
+            return Err(DomainError::invalid(
+                &field,
+                format!("at most 7 days ({MAX_DEADLINE_S} s); 0 restores the default"),
+            ));
+        }
+        if let Some(prev) = seen.insert(s, key) {
+            return Err(DomainError::invalid(
+                &field,
+                format!("names the same status as '{prev}'"),
+            ));
+        }
+        out.push((s, *secs));
+    }
+    Ok(out)
+}
 
 /// One region as reported by ListRegions.
 #[derive(Debug, Clone, Default)]
@@ -219,5 +289,85 @@ impl App {
             })
             .await?;
         Ok(())
+    }
+
+    /// The effective deadline of every in-progress status. Any authenticated caller may read them.
+    pub async fn get_settings(&self) -> Result<Deadlines, DomainError> {
+        self.read(true, |st| effective_deadlines(&st.data.settings))
+            .await
+    }
+
+    /// Changes the deadlines given (admin); 0 restores a status' default. Answers the effective
+    /// deadlines after the change.
+    pub async fn update_settings(
+        &self,
+        actor: &Actor,
+        deadline_seconds: BTreeMap<String, u64>,
+    ) -> Result<Deadlines, DomainError> {
+        actor.require_admin("change settings")?;
+        let deadlines = parse_deadlines(&deadline_seconds)?;
+        if !deadlines.is_empty() {
+            self.region
+                .write(self.command(actor, Op::UpdateSettings { deadlines }))
+                .await?;
+        }
+        Ok(self
+            .read_after_write(|st| effective_deadlines(&st.data.settings))
+            .await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ingot_common::ErrorCode;
+
+    fn input(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn every_in_progress_status_has_an_effective_deadline() {
+        let mut settings = Settings::default();
+        let d = effective_deadlines(&settings);
+        assert_eq!(d.len(), 7);
+        assert!(d.keys().all(|s| lifecycle::in_progress(*s)));
+        assert_eq!(
+            d.get(&MachineStatus::Deploying).copied(),
+            lifecycle::default_deadline_s(MachineStatus::Deploying)
+        );
+        settings.deadlines.insert(MachineStatus::Deploying, 99);
+        assert_eq!(
+            effective_deadlines(&settings).get(&MachineStatus::Deploying),
+            Some(&99)
+        );
+    }
+
+    #[test]
+    fn keys_parse_in_either_spelling() {
+        let got = parse_deadlines(&input(&[("disk_erasing", 60), ("Commissioning", 0)])).unwrap();
+        assert_eq!(
+            got,
+            [
+                (MachineStatus::Commissioning, 0),
+                (MachineStatus::DiskErasing, 60)
+            ]
+        );
+        assert!(parse_deadlines(&BTreeMap::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_keys_name_the_field() {
+        for (k, v) in [
+            ("bogus", 1),
+            ("ready", 1),
+            ("deploying", MAX_DEADLINE_S + 1),
+        ] {
+            let e = parse_deadlines(&input(&[(k, v)])).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidArgument);
+            assert_eq!(e.field, Some(format!("deadline_seconds[{k}]")));
+        }
+        let e = parse_deadlines(&input(&[("disk-erasing", 1), ("disk_erasing", 2)])).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("deadline_seconds[disk_erasing]"));
     }
 }

@@ -1,10 +1,15 @@
 //! Machines: enlist by API, find, list, update, delete.
 
 use super::{Actor, App};
-use crate::command::{Op, Reply};
-use crate::state::MachineQuery;
+use crate::command::{ActionArgs, BootTokens, Op, Reply};
+use crate::state::{MachineQuery, State};
+use ingot_common::lifecycle::Action;
+use ingot_common::model::BootSession;
 use ingot_common::model::{DEFAULT_ARCH, DEFAULT_ZONE};
 use ingot_common::{secret, validate, DomainError, Mac, Machine, PowerParams};
+
+/// Most machines in one list page.
+pub const MAX_PAGE: u32 = 10_000;
 
 /// A new machine as requested (strings not yet validated).
 #[derive(Debug, Default)]
@@ -21,6 +26,8 @@ pub struct NewMachine {
     pub power: PowerParams,
     /// Free text.
     pub description: String,
+    /// Empty: default.
+    pub pool: String,
 }
 
 /// A change to a machine; `None` leaves a field alone.
@@ -43,7 +50,7 @@ pub struct MachineChange {
 }
 
 /// How to find one machine.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum MachineKey {
     /// By system id.
     SystemId(String),
@@ -51,6 +58,45 @@ pub enum MachineKey {
     Mac(String),
     /// By hostname.
     Hostname(String),
+    /// By the consumer recorded at allocation.
+    Consumer(String),
+    /// By provider id `ingot:///<zone>/<system_id>`.
+    ProviderId(String),
+}
+
+impl MachineKey {
+    /// The machine this key names in `st`, if any.
+    pub fn find<'a>(&self, st: &'a State) -> Result<Option<&'a Machine>, DomainError> {
+        Ok(match self {
+            MachineKey::SystemId(id) => st.machine(id),
+            MachineKey::Mac(s) => {
+                let mac = s
+                    .parse::<Mac>()
+                    .map_err(|e| DomainError::invalid("mac", e.to_string()))?;
+                st.machine_by_mac(&mac)
+            }
+            MachineKey::Hostname(h) => st.machine_by_hostname(h),
+            MachineKey::Consumer(c) => st.by_consumer.get(c).and_then(|id| st.machine(id)),
+            MachineKey::ProviderId(p) => {
+                let id = p
+                    .strip_prefix("ingot:///")
+                    .and_then(|rest| rest.rsplit('/').next())
+                    .ok_or_else(|| {
+                        DomainError::invalid(
+                            "provider_id",
+                            format!("'{p}' is not of the form ingot:///<zone>/<system_id>"),
+                        )
+                    })?;
+                st.machine(id)
+                    .filter(|m| m.owner.is_some() && m.provider_id() == *p)
+            }
+        })
+    }
+}
+
+/// Hides other users' machines from non-admins: a user sees the pool and their own machines.
+pub fn visible(actor: &Actor, m: &Machine) -> bool {
+    actor.is_admin() || m.owner.as_ref().is_none_or(|o| *o == actor.name)
 }
 
 fn machine(r: Reply) -> Result<Machine, DomainError> {
@@ -87,6 +133,12 @@ impl App {
         }
         validate::power("power", &req.power)?;
         validate::description("description", &req.description)?;
+        let pool = if req.pool.is_empty() {
+            None
+        } else {
+            validate::dns_label("pool", &req.pool)?;
+            Some(req.pool.clone())
+        };
         for _ in 0..5 {
             let system_id = secret::system_id();
             let hostname = if req.hostname.is_empty() {
@@ -102,6 +154,7 @@ impl App {
                 macs: macs.clone(),
                 power: req.power.clone(),
                 description: req.description.clone(),
+                pool: pool.clone(),
             };
             match self.region.write(self.command(actor, op)).await {
                 Err(e) if e.field.as_deref() == Some("system_id") => continue,
@@ -113,43 +166,139 @@ impl App {
         ))
     }
 
-    /// Finds one machine.
+    /// Finds one machine (non-admins see only unowned machines and their own).
     pub async fn get_machine(
         &self,
+        actor: &Actor,
         key: MachineKey,
         linearizable: bool,
     ) -> Result<Machine, DomainError> {
-        let mac = match &key {
-            MachineKey::Mac(s) => Some(
-                s.parse::<Mac>()
-                    .map_err(|e| DomainError::invalid("mac", e.to_string()))?,
-            ),
-            _ => None,
-        };
         self.read(linearizable, |st| {
-            let found = match &key {
-                MachineKey::SystemId(id) => st.machine(id),
-                MachineKey::Mac(_) => mac.as_ref().and_then(|m| st.machine_by_mac(m)),
-                MachineKey::Hostname(h) => st.machine_by_hostname(h),
-            };
-            found
+            key.find(st)?
+                .filter(|m| visible(actor, m))
                 .cloned()
                 .ok_or_else(|| DomainError::not_found(format!("no machine with {key:?}")))
         })
         .await?
     }
 
-    /// One page of machines. `page_token` is the last system id of the previous page.
-    pub async fn list_machines(
+    /// The system id `key` names, read from local state (the apply step re-checks everything).
+    pub async fn resolve(&self, key: &MachineKey) -> Result<String, DomainError> {
+        if let MachineKey::SystemId(id) = key {
+            if id.is_empty() {
+                return Err(DomainError::invalid("machine.system_id", "required"));
+            }
+            return Ok(id.clone());
+        }
+        for linearizable in [false, true] {
+            let found = self
+                .read(linearizable, |st| {
+                    key.find(st).map(|m| m.map(|m| m.system_id.clone()))
+                })
+                .await??;
+            if let Some(id) = found {
+                return Ok(id);
+            }
+        }
+        Err(DomainError::not_found(format!("no machine with {key:?}")))
+    }
+
+    /// Runs a lifecycle action on the machine `key` names. Actions that start a boot carry fresh
+    /// per-boot credentials.
+    pub async fn act(
+        &self,
+        actor: &Actor,
+        key: MachineKey,
+        action: Action,
+        expected_revision: u64,
+        mut args: ActionArgs,
+    ) -> Result<Machine, DomainError> {
+        validate::description("comment", &args.comment)?;
+        if action.admin_only() {
+            actor.require_admin(&format!("{} machines", action.as_str()))?;
+        }
+        match action {
+            Action::SetZone => validate::dns_label("zone", &args.zone)?,
+            Action::SetPool => validate::dns_label("pool", &args.pool)?,
+            Action::Tag | Action::Untag => {
+                if args.tags.is_empty() {
+                    return Err(DomainError::invalid("tags", "name at least one tag"));
+                }
+                for (i, t) in args.tags.iter().enumerate() {
+                    validate::name(&format!("tags[{i}]"), t)?;
+                }
+            }
+            Action::Deploy => {
+                if let Some(d) = &args.deploy {
+                    if d.user_data.len() > 64 * 1024 {
+                        return Err(DomainError::invalid("user_data", "at most 64 KiB"));
+                    }
+                    for (f, v) in [("osystem", &d.osystem), ("distro_series", &d.distro_series)] {
+                        if !v.is_empty() {
+                            validate::name(f, v)?;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        let system_id = self.resolve(&key).await?;
+        args.boot = BootTokens::generate();
+        let op = Op::MachineAction {
+            system_id,
+            action,
+            expected_revision,
+            args,
+        };
+        match self.region.write(self.command(actor, op)).await? {
+            Reply::Machine(m) => Ok(*m),
+            Reply::Done => Err(DomainError::not_found("the machine was deleted")),
+            other => Err(DomainError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The current per-boot credentials of a machine (admin): what the boot path gives the agent.
+    pub async fn boot_credentials(
+        &self,
+        actor: &Actor,
+        key: MachineKey,
+    ) -> Result<(String, BootSession), DomainError> {
+        actor.require_admin("read boot credentials")?;
+        self.read(true, |st| {
+            let m = key
+                .find(st)?
+                .ok_or_else(|| DomainError::not_found(format!("no machine with {key:?}")))?;
+            let b = m.boot.clone().ok_or_else(|| {
+                DomainError::precondition(format!(
+                    "machine {} is {}: it is not booting for Ingot, so it has no boot credentials",
+                    m.system_id,
+                    m.status.as_str()
+                ))
+            })?;
+            Ok((m.system_id.clone(), b))
+        })
+        .await?
+    }
+
+    /// One page of machines, each turned into `T` by `f` under the read lock (so a large page is never
+    /// cloned twice). `page_token` is the last system id of the previous page. Returns the page, the next
+    /// token, the total matching, and the revision the page was read at.
+    pub async fn list_machines<T: Send>(
         &self,
         q: MachineQuery,
         page_size: u32,
         page_token: &str,
         linearizable: bool,
-    ) -> Result<(Vec<Machine>, String, u64), DomainError> {
+        f: impl Fn(&Machine) -> T,
+    ) -> Result<(Vec<T>, String, u64, u64), DomainError> {
         let limit = match page_size {
             0 => 500,
-            n if n > 5000 => return Err(DomainError::invalid("page_size", "at most 5000")),
+            n if n > MAX_PAGE => {
+                return Err(DomainError::invalid(
+                    "page_size",
+                    format!("at most {MAX_PAGE}"),
+                ))
+            }
             n => n as usize,
         };
         let after = if page_token.is_empty() {
@@ -169,24 +318,22 @@ impl App {
             })?;
             Some(s)
         };
-        let (page, more, total) = self
+        let (page, last, more, total, rev) = self
             .read(linearizable, |st| {
-                st.list_machines(&q, after.as_deref(), limit)
+                let (page, more, total) = st.list_machines(&q, after.as_deref(), limit);
+                let last = page.last().map(|m| m.system_id.clone());
+                let out: Vec<T> = page.into_iter().map(&f).collect();
+                (out, last, more, total, st.data.revision)
             })
             .await?;
-        let next = if more {
-            page.last()
-                .map(|m| {
-                    base64::Engine::encode(
-                        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                        m.system_id.as_bytes(),
-                    )
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
+        let next = match (more, last) {
+            (true, Some(id)) => base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                id.as_bytes(),
+            ),
+            _ => String::new(),
         };
-        Ok((page, next, total))
+        Ok((page, next, total, rev))
     }
 
     /// Changes a machine.
@@ -229,7 +376,7 @@ impl App {
         machine(self.region.write(self.command(actor, op)).await?)
     }
 
-    /// Removes a machine.
+    /// Removes a machine (refused while it is owned or locked).
     pub async fn delete_machine(
         &self,
         actor: &Actor,

@@ -1,8 +1,16 @@
 //! The logic behind each service, free of transport types: authenticate, build commands, run them through
 //! [`Region::write`], and read state behind [`Region::read_barrier`]. One module per service.
 
+pub mod agent;
+pub mod alloc;
 pub mod cluster;
+pub mod events;
 pub mod machines;
+pub mod pools;
+pub mod tags;
+pub mod users;
+pub mod watch;
+pub mod worker;
 pub mod zones;
 
 use crate::command::{Command, Op};
@@ -27,6 +35,11 @@ pub struct Actor {
 }
 
 impl Actor {
+    /// True for admins.
+    pub fn is_admin(&self) -> bool {
+        self.role == "admin"
+    }
+
     /// Fails unless the caller is an admin.
     pub fn require_admin(&self, what: &str) -> Result<(), DomainError> {
         if self.role == "admin" {
@@ -64,9 +77,20 @@ impl App {
             .iter()
             .find(|(h, _)| secret::hashes_equal(h, &hash))
         {
+            Some((_, t)) if t.expires_ms.is_some_and(|e| e <= ingot_common::now_ms()) => {
+                Err(DomainError::unauthenticated(format!(
+                    "token {} expired; create a new one with `ingot tokens create`",
+                    t.id
+                )))
+            }
             Some((_, t)) => Ok(Actor {
                 name: t.name.clone(),
-                role: t.role.clone(),
+                role: st
+                    .data
+                    .users
+                    .get(&t.name)
+                    .map(|u| u.role.as_str().to_string())
+                    .unwrap_or_else(|| t.role.clone()),
             }),
             None => Err(DomainError::unauthenticated("invalid or revoked token")),
         }

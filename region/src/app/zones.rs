@@ -2,7 +2,12 @@
 
 use super::{Actor, App};
 use crate::command::{Op, Reply};
-use ingot_common::{validate, DomainError, Zone};
+use crate::state::State;
+use ingot_common::{validate, DomainError, MachineStatus, Zone};
+use std::collections::BTreeMap;
+
+/// Machines per status, as zones and pools show them (statuses without machines are absent).
+pub type StatusCounts = BTreeMap<MachineStatus, u64>;
 
 fn zone(r: Reply) -> Result<Zone, DomainError> {
     match r {
@@ -11,50 +16,81 @@ fn zone(r: Reply) -> Result<Zone, DomainError> {
     }
 }
 
+/// Machines per status in zone `name`, from the zone index (no scan of all machines).
+fn counts(st: &State, name: &str) -> StatusCounts {
+    st.by_zone
+        .get(name)
+        .map(|ids| st.status_counts(ids))
+        .unwrap_or_default()
+}
+
+/// Fails with InvalidArgument naming `field` when `value` is empty (a name that selects the object).
+pub(crate) fn required(field: &str, value: &str) -> Result<(), DomainError> {
+    if value.is_empty() {
+        Err(DomainError::invalid(field, "required"))
+    } else {
+        Ok(())
+    }
+}
+
 impl App {
+    /// Runs `f` on the state once it includes the caller's last write. A write proposed through a
+    /// follower is applied there a heartbeat after the leader answered, so a reply built from local
+    /// state alone could miss it; this waits for a linearizable barrier first. The barrier is best
+    /// effort: the write already succeeded, so if no leader answers now, `f` sees the local state.
+    pub(crate) async fn read_after_write<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        if let Err(e) = self.region.read_barrier(true).await {
+            tracing::debug!("read barrier after a write failed, answering from local state: {e}");
+        }
+        let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
+        f(&st)
+    }
+
     /// Creates a zone.
     pub async fn create_zone(
         &self,
         actor: &Actor,
         name: String,
         description: String,
-    ) -> Result<(Zone, u64), DomainError> {
+    ) -> Result<(Zone, StatusCounts), DomainError> {
         actor.require_admin("create zones")?;
         validate::dns_label("name", &name)?;
         validate::description("description", &description)?;
-        Ok((
-            zone(
-                self.region
-                    .write(self.command(actor, Op::CreateZone { name, description }))
-                    .await?,
-            )?,
-            0,
-        ))
+        let z = zone(
+            self.region
+                .write(self.command(actor, Op::CreateZone { name, description }))
+                .await?,
+        )?;
+        Ok((z, StatusCounts::new()))
     }
 
-    /// A zone and its machine count.
+    /// A zone and its machines per status.
     pub async fn get_zone(
         &self,
         name: &str,
         linearizable: bool,
-    ) -> Result<(Zone, u64), DomainError> {
+    ) -> Result<(Zone, StatusCounts), DomainError> {
+        required("name", name)?;
         self.read(linearizable, |st| {
             st.data
                 .zones
                 .get(name)
-                .map(|z| (z.clone(), st.zone_count(name)))
+                .map(|z| (z.clone(), counts(st, name)))
                 .ok_or_else(|| DomainError::not_found(format!("zone '{name}' does not exist")))
         })
         .await?
     }
 
-    /// All zones with their machine counts.
-    pub async fn list_zones(&self, linearizable: bool) -> Result<Vec<(Zone, u64)>, DomainError> {
+    /// All zones with their machines per status.
+    pub async fn list_zones(
+        &self,
+        linearizable: bool,
+    ) -> Result<Vec<(Zone, StatusCounts)>, DomainError> {
         self.read(linearizable, |st| {
             st.data
                 .zones
                 .values()
-                .map(|z| (z.clone(), st.zone_count(&z.name)))
+                .map(|z| (z.clone(), counts(st, &z.name)))
                 .collect()
         })
         .await
@@ -67,10 +103,14 @@ impl App {
         name: String,
         description: Option<String>,
         new_name: Option<String>,
-    ) -> Result<(Zone, u64), DomainError> {
+    ) -> Result<(Zone, StatusCounts), DomainError> {
         actor.require_admin("change zones")?;
+        required("name", &name)?;
         if let Some(n) = &new_name {
             validate::dns_label("new_name", n)?;
+        }
+        if let Some(d) = &description {
+            validate::description("description", d)?;
         }
         let z = zone(
             self.region
@@ -84,21 +124,67 @@ impl App {
                 ))
                 .await?,
         )?;
-        let count = self
-            .region
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .zone_count(&z.name);
-        Ok((z, count))
+        let c = self.read_after_write(|st| counts(st, &z.name)).await;
+        Ok((z, c))
     }
 
     /// Deletes an empty zone.
     pub async fn delete_zone(&self, actor: &Actor, name: String) -> Result<(), DomainError> {
         actor.require_admin("delete zones")?;
+        required("name", &name)?;
         self.region
             .write(self.command(actor, Op::DeleteZone { name }))
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use ingot_common::{Machine, PowerParams};
+
+    /// A minimal machine for index and counting tests.
+    pub(crate) fn machine(id: &str, zone: &str, status: MachineStatus) -> Machine {
+        Machine {
+            system_id: id.into(),
+            hostname: format!("h-{id}"),
+            arch: "amd64/generic".into(),
+            zone: zone.into(),
+            status,
+            macs: vec![],
+            power: PowerParams::default(),
+            description: String::new(),
+            created_ms: 0,
+            updated_ms: 0,
+            revision: 1,
+            pool: "default".into(),
+            tags: Default::default(),
+            owner: None,
+            allocation: None,
+            locked: false,
+            inventory: None,
+            previous_status: None,
+            status_message: String::new(),
+            deadline_ms: None,
+            boot: None,
+            deploy: None,
+            erase: Default::default(),
+            progress: None,
+        }
+    }
+
+    #[test]
+    fn counts_group_a_zone_by_status() {
+        let mut st = State::default();
+        st.put_machine(machine("a", "z1", MachineStatus::Ready));
+        st.put_machine(machine("b", "z1", MachineStatus::Ready));
+        st.put_machine(machine("c", "z1", MachineStatus::New));
+        st.put_machine(machine("d", "z2", MachineStatus::Ready));
+        let c = counts(&st, "z1");
+        assert_eq!(c.get(&MachineStatus::Ready), Some(&2));
+        assert_eq!(c.get(&MachineStatus::New), Some(&1));
+        assert_eq!(c.values().sum::<u64>(), 3);
+        assert!(counts(&st, "nowhere").is_empty());
     }
 }

@@ -5,10 +5,53 @@
 //! depends on state (uniqueness, existence, revisions) happens here — the API edge only checks syntax — so
 //! two concurrent writers can never both succeed on a conflict.
 
+mod admin;
+pub mod machine;
+
 use crate::command::{Command, Op, Reply, Response};
-use crate::state::{ApiToken, ClusterMeta, State};
-use ingot_common::model::DEFAULT_ZONE;
+use crate::state::{ApiToken, ClusterMeta, State, EVENTS_MAX};
+use ingot_common::lifecycle::{check_action, Action};
+use ingot_common::model::{Event, EventLevel, Pool, Role, User, DEFAULT_POOL, DEFAULT_ZONE};
 use ingot_common::{secret, validate, DomainError, Machine, MachineStatus, RegionInfo, Zone};
+
+/// Appends an event for the command at `rev` (events of one command get consecutive `seq`s), dropping
+/// the oldest beyond [`EVENTS_MAX`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn emit(
+    state: &mut State,
+    cmd: &Command,
+    rev: u64,
+    kind: &str,
+    level: EventLevel,
+    m: Option<&Machine>,
+    from: Option<MachineStatus>,
+    to: Option<MachineStatus>,
+    message: String,
+) {
+    let events = &mut state.data.events;
+    let seq = match events.back() {
+        Some(e) if e.revision == rev => e.seq + 1,
+        _ => 0,
+    };
+    events.push_back(Event {
+        revision: rev,
+        seq,
+        ts_ms: cmd.ts_ms,
+        actor: cmd.actor.clone(),
+        kind: kind.to_string(),
+        level,
+        system_id: m.map(|m| m.system_id.clone()).unwrap_or_default(),
+        hostname: m.map(|m| m.hostname.clone()).unwrap_or_default(),
+        zone: m.map(|m| m.zone.clone()).unwrap_or_default(),
+        owner: m.and_then(|m| m.owner.clone()).unwrap_or_default(),
+        from,
+        to,
+        message,
+    });
+    while events.len() > EVENTS_MAX {
+        events.pop_front();
+    }
+}
 
 /// How long (ms) the answer to a command is remembered for retries of the same request id. Retries happen
 /// within `node::LEADER_WAIT` (8 s), so a minute is ample.
@@ -23,6 +66,7 @@ pub fn apply_once(state: &mut State, cmd: &Command, rev: u64) -> Response {
         return r.clone();
     }
     let r = apply(state, cmd, rev);
+    state.data.revision = rev;
     if !cmd.request_id.is_empty() {
         let d = &mut state.data;
         d.recent.insert(cmd.request_id.clone(), r.clone());
@@ -67,6 +111,25 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
                     name: "admin".into(),
                     role: "admin".into(),
                     created_ms: now,
+                    id: "admin-init".into(),
+                    description: "made by ingot-region init".into(),
+                    expires_ms: None,
+                },
+            );
+            state.data.users.insert(
+                "admin".into(),
+                User {
+                    name: "admin".into(),
+                    role: Role::Admin,
+                    created_ms: now,
+                },
+            );
+            state.data.pools.insert(
+                DEFAULT_POOL.into(),
+                Pool {
+                    name: DEFAULT_POOL.into(),
+                    description: "Default pool".into(),
+                    created_ms: now,
                 },
             );
             state.data.zones.insert(
@@ -92,8 +155,15 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
             macs,
             power,
             description,
+            pool,
         } => {
             validate::dns_label("hostname", hostname)?;
+            let pool = pool.clone().unwrap_or_else(|| DEFAULT_POOL.to_string());
+            if pool != DEFAULT_POOL && !state.data.pools.contains_key(&pool) {
+                return Err(DomainError::not_found(format!(
+                    "pool '{pool}' does not exist; create it first (ingot pools create {pool})"
+                )));
+            }
             validate::arch("arch", arch)?;
             validate::power("power", power)?;
             validate::description("description", description)?;
@@ -119,7 +189,7 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
             for (i, mac) in macs.iter().enumerate() {
                 check_mac_free(state, i, mac, None)?;
             }
-            let m = Machine {
+            let mut m = Machine {
                 system_id: system_id.clone(),
                 hostname: hostname.clone(),
                 arch: arch.clone(),
@@ -131,9 +201,33 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
                 created_ms: now,
                 updated_ms: now,
                 revision: rev,
+                pool,
+                tags: Default::default(),
+                owner: None,
+                allocation: None,
+                locked: false,
+                inventory: None,
+                previous_status: None,
+                status_message: String::new(),
+                deadline_ms: None,
+                boot: None,
+                deploy: None,
+                erase: Default::default(),
+                progress: None,
             };
-            state.index(&m);
-            state.data.machines.insert(system_id.clone(), m.clone());
+            machine::retag(state, &mut m);
+            emit(
+                state,
+                cmd,
+                rev,
+                "enlist",
+                EventLevel::Info,
+                Some(&m),
+                None,
+                Some(MachineStatus::New),
+                String::new(),
+            );
+            state.put_machine(m.clone());
             Ok(Reply::Machine(Box::new(m)))
         }
         Op::UpdateMachine {
@@ -147,6 +241,8 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
             expected_revision,
         } => {
             let old = existing(state, system_id, *expected_revision)?.clone();
+            check_action(old.status, old.locked, Action::Update)
+                .map_err(DomainError::precondition)?;
             let mut m = old.clone();
             if let Some(h) = hostname {
                 validate::dns_label("hostname", h)?;
@@ -160,6 +256,11 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
             if let Some(z) = zone {
                 if !state.data.zones.contains_key(z) {
                     return Err(DomainError::not_found(format!("zone '{z}' does not exist")));
+                }
+                if m.owner.is_some() && &m.zone != z {
+                    return Err(DomainError::precondition(format!(
+                        "machine {system_id} is allocated (its provider id names its zone); release it before moving it"
+                    )));
                 }
                 m.zone = z.clone();
             }
@@ -185,20 +286,33 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
             }
             m.updated_ms = now;
             m.revision = rev;
-            state.unindex(&old);
-            state.index(&m);
-            state.data.machines.insert(system_id.clone(), m.clone());
+            machine::retag(state, &mut m);
+            emit(
+                state,
+                cmd,
+                rev,
+                "update",
+                EventLevel::Info,
+                Some(&m),
+                None,
+                None,
+                String::new(),
+            );
+            state.put_machine(m.clone());
             Ok(Reply::Machine(Box::new(m)))
         }
         Op::DeleteMachine {
             system_id,
             expected_revision,
-        } => {
-            let old = existing(state, system_id, *expected_revision)?.clone();
-            state.unindex(&old);
-            state.data.machines.remove(system_id);
-            Ok(Reply::Done)
-        }
+        } => machine::action(
+            state,
+            cmd,
+            rev,
+            system_id,
+            Action::Delete,
+            *expected_revision,
+            &Default::default(),
+        ),
         Op::CreateZone { name, description } => {
             validate::dns_label("name", name)?;
             validate::description("description", description)?;
@@ -214,6 +328,17 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
                 created_ms: now,
             };
             state.data.zones.insert(name.clone(), z.clone());
+            emit(
+                state,
+                cmd,
+                rev,
+                "zone.create",
+                EventLevel::Info,
+                None,
+                None,
+                None,
+                name.clone(),
+            );
             Ok(Reply::Zone(z))
         }
         Op::UpdateZone {
@@ -250,12 +375,11 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
                     .unwrap_or_default();
                 for id in ids {
                     if let Some(mut m) = state.data.machines.get(&id).cloned() {
-                        state.unindex(&m);
                         m.zone = n.clone();
                         m.updated_ms = now;
                         m.revision = rev;
-                        state.index(&m);
-                        state.data.machines.insert(id, m);
+                        machine::retag(state, &mut m);
+                        state.put_machine(m);
                     }
                 }
                 state.by_zone.remove(name);
@@ -263,6 +387,17 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
                 z.name = n.clone();
             }
             state.data.zones.insert(z.name.clone(), z.clone());
+            emit(
+                state,
+                cmd,
+                rev,
+                "zone.update",
+                EventLevel::Info,
+                None,
+                None,
+                None,
+                z.name.clone(),
+            );
             Ok(Reply::Zone(z))
         }
         Op::DeleteZone { name } => {
@@ -284,6 +419,17 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
             }
             state.data.zones.remove(name);
             state.by_zone.remove(name);
+            emit(
+                state,
+                cmd,
+                rev,
+                "zone.delete",
+                EventLevel::Info,
+                None,
+                None,
+                None,
+                name.clone(),
+            );
             Ok(Reply::Done)
         }
         Op::CreateJoinToken {
@@ -345,6 +491,106 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
             state.data.regions.remove(node_id);
             Ok(Reply::Done)
         }
+        Op::MachineAction {
+            system_id,
+            action,
+            expected_revision,
+            args,
+        } => machine::action(
+            state,
+            cmd,
+            rev,
+            system_id,
+            *action,
+            *expected_revision,
+            args,
+        ),
+        Op::Allocate {
+            request_id,
+            consumer,
+            constraints,
+            min_zones,
+            candidates,
+            count,
+        } => machine::allocate(
+            state,
+            cmd,
+            rev,
+            request_id,
+            consumer,
+            constraints,
+            *min_zones,
+            candidates,
+            *count,
+        ),
+        Op::Outcome {
+            system_id,
+            status,
+            boot_id,
+            outcome,
+            reason,
+            next_boot,
+        } => machine::outcome(
+            state,
+            cmd,
+            rev,
+            system_id,
+            *status,
+            boot_id.as_deref(),
+            *outcome,
+            reason,
+            next_boot,
+        ),
+        Op::ReportInventory {
+            system_id,
+            boot_id,
+            inventory,
+        } => machine::report_inventory(state, cmd, rev, system_id, boot_id, inventory),
+        Op::ReportProgress {
+            system_id,
+            boot_id,
+            message,
+            percent,
+        } => machine::report_progress(state, cmd, rev, system_id, boot_id, message, *percent),
+        Op::CreatePool { name, description } => {
+            admin::create_pool(state, cmd, rev, name, description)
+        }
+        Op::UpdatePool { name, description } => {
+            admin::update_pool(state, cmd, rev, name, description.as_ref())
+        }
+        Op::DeletePool { name } => admin::delete_pool(state, cmd, rev, name),
+        Op::CreateTag {
+            name,
+            definition,
+            comment,
+        } => admin::create_tag(state, cmd, rev, name, definition, comment),
+        Op::UpdateTag {
+            name,
+            definition,
+            comment,
+        } => admin::update_tag(state, cmd, rev, name, definition.as_ref(), comment.as_ref()),
+        Op::DeleteTag { name } => admin::delete_tag(state, cmd, rev, name),
+        Op::CreateUser { name, role } => admin::create_user(state, cmd, rev, name, *role),
+        Op::UpdateUser { name, role } => admin::update_user(state, cmd, rev, name, *role),
+        Op::DeleteUser { name } => admin::delete_user(state, cmd, rev, name),
+        Op::CreateToken {
+            id,
+            token_hash,
+            user,
+            description,
+            expires_ms,
+        } => admin::create_token(
+            state,
+            cmd,
+            rev,
+            id,
+            token_hash,
+            user,
+            description,
+            *expires_ms,
+        ),
+        Op::RevokeToken { id } => admin::revoke_token(state, cmd, rev, id),
+        Op::UpdateSettings { deadlines } => admin::update_settings(state, cmd, rev, deadlines),
     }
 }
 
@@ -440,6 +686,7 @@ mod tests {
             macs: vec![mac.parse().unwrap()],
             power: PowerParams::default(),
             description: String::new(),
+            pool: None,
         };
         apply(
             s,
@@ -655,3 +902,6 @@ mod dedup_tests {
         assert!(apply_once(&mut s, &cmd("r2", "z1"), 3).is_err());
     }
 }
+
+#[cfg(test)]
+mod invariant_tests;

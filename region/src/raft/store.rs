@@ -295,6 +295,8 @@ struct SnapshotBody {
 pub struct StateMachineStore {
     /// Shared with the API for reads.
     pub state: SharedState,
+    /// Carries the revision of the last applied command; `Watch` streams wake on it.
+    pub applied: Arc<tokio::sync::watch::Sender<u64>>,
     inner: Arc<RwLock<SmInner>>,
     snap_tree: sled::Tree,
     db: sled::Db,
@@ -321,6 +323,7 @@ impl StateMachineStore {
         })?;
         let sm = StateMachineStore {
             state: Arc::new(RwLock::new(State::default())),
+            applied: Arc::new(tokio::sync::watch::channel(0).0),
             inner: Arc::new(RwLock::new(SmInner::default())),
             snap_tree,
             db: db.clone(),
@@ -451,6 +454,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
         }
+        self.applied.send_replace(st.data.revision);
         Ok(out)
     }
 
@@ -487,7 +491,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut body = body;
         body.last_applied = meta.last_log_id;
         body.membership = meta.last_membership.clone();
-        self.load(body)
+        let rev = body.data.revision;
+        self.load(body)?;
+        self.applied.send_replace(rev);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {

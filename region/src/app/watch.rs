@@ -1,0 +1,117 @@
+//! `Watch`: machine changes streamed from a revision. Each region keeps the recent changes it applied
+//! (`State::changes`); a watcher reads those after its revision whenever the state machine signals a new
+//! revision, so reconnecting with the last revision seen (on any region) misses nothing. A revision older
+//! than what the region retains is refused with `OutOfRange`: list again, then watch from the list's
+//! revision.
+
+use super::App;
+use crate::state::MachineQuery;
+use ingot_common::{DomainError, Machine};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// One item of a watch stream.
+#[derive(Debug, Clone)]
+pub enum WatchItem {
+    /// A machine was created or changed (or left the filter: then it is its last matching... its new
+    /// state, which no longer matches).
+    Put(u64, Arc<Machine>),
+    /// A machine was deleted; its last state.
+    Delete(u64, Arc<Machine>),
+    /// Nothing new up to this revision.
+    Progress(u64),
+}
+
+/// Interval of progress notifications on an idle stream.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+impl App {
+    /// Starts a watch after `from` (0: from now). Items arrive on the returned channel; the watch stops
+    /// when the receiver is dropped. Fails at once with `OutOfRange` when `from` is no longer retained.
+    pub async fn watch(
+        &self,
+        from: u64,
+        q: MachineQuery,
+    ) -> Result<mpsc::Receiver<Result<WatchItem, DomainError>>, DomainError> {
+        // Make sure this region has applied everything acknowledged before the call.
+        self.region.read_barrier(true).await?;
+        let mut applied = self.region.applied.subscribe();
+        let start = {
+            let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
+            if from == 0 {
+                st.data.revision
+            } else if from < st.changes_floor {
+                return Err(out_of_range(from, st.changes_floor));
+            } else {
+                from
+            }
+        };
+        let (tx, rx) = mpsc::channel(1024);
+        let state = self.region.state.clone();
+        tokio::spawn(async move {
+            let mut last = start;
+            let mut matching: HashSet<String> = HashSet::new();
+            loop {
+                let batch: Result<(Vec<WatchItem>, u64), DomainError> = {
+                    let st = state.read().unwrap_or_else(|p| p.into_inner());
+                    if last < st.changes_floor {
+                        Err(out_of_range(last, st.changes_floor))
+                    } else {
+                        let i = st.changes.partition_point(|c| c.revision <= last);
+                        let mut items = Vec::new();
+                        for c in st.changes.range(i..) {
+                            let now_matches = q.matches(&c.machine);
+                            let was = matching.contains(&c.machine.system_id);
+                            if c.deleted {
+                                if now_matches || was {
+                                    items.push(WatchItem::Delete(c.revision, c.machine.clone()));
+                                }
+                                matching.remove(&c.machine.system_id);
+                            } else if now_matches || was {
+                                items.push(WatchItem::Put(c.revision, c.machine.clone()));
+                                if now_matches {
+                                    matching.insert(c.machine.system_id.clone());
+                                } else {
+                                    matching.remove(&c.machine.system_id);
+                                }
+                            }
+                        }
+                        Ok((items, st.data.revision.max(last)))
+                    }
+                };
+                match batch {
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    Ok((items, rev)) => {
+                        for it in items {
+                            if tx.send(Ok(it)).await.is_err() {
+                                return;
+                            }
+                        }
+                        last = rev;
+                    }
+                }
+                tokio::select! {
+                    r = applied.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                        if tx.send(Ok(WatchItem::Progress(last))).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+fn out_of_range(from: u64, floor: u64) -> DomainError {
+    DomainError::out_of_range(format!(
+        "revision {from} is older than the oldest change this region retains ({floor}); list the machines again and watch from the revision the list returns"
+    ))
+}

@@ -1,0 +1,113 @@
+//! The leader's lifecycle worker: it moves machines whose in-progress deadline passed to their failed
+//! status, and completes power-only steps (releasing, leaving rescue) for machines whose power driver
+//! needs no rack (`manual`, `sim`, or none yet). Every move is a replicated `Outcome` command guarded by
+//! the status it saw, so a late agent report and the worker can never both win.
+
+use super::App;
+use crate::command::{BootTokens, Command, Op};
+use ingot_common::lifecycle::Outcome;
+use ingot_common::{secret, MachineStatus};
+use std::time::Duration;
+
+/// How often the worker looks.
+pub const TICK: Duration = Duration::from_millis(500);
+/// Most commands per tick (bounded work per round).
+const PER_TICK: usize = 512;
+/// The actor recorded for the worker's commands.
+pub const REGION_ACTOR: &str = "region";
+
+/// Power drivers that need no rack to complete a power step (until racks drive BMCs).
+fn rackless(driver: &str) -> bool {
+    matches!(driver, "" | "manual" | "sim")
+}
+
+/// Runs until `shutdown` flips; does work only while this region is the leader.
+pub async fn run(app: App, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+        let leader = {
+            let m = app.region.raft.metrics();
+            let m = m.borrow();
+            m.current_leader == Some(app.region.id)
+        };
+        if !leader {
+            continue;
+        }
+        // Proposed together: the proposer packs them into few log entries.
+        let writes = due(&app, ingot_common::now_ms()).into_iter().map(|op| {
+            let cmd = Command {
+                request_id: secret::generate(""),
+                ts_ms: ingot_common::now_ms(),
+                actor: REGION_ACTOR.into(),
+                op,
+            };
+            let region = app.region.clone();
+            async move {
+                if let Err(e) = region.write(cmd).await {
+                    tracing::debug!("lifecycle worker: {e}");
+                }
+            }
+        });
+        futures::future::join_all(writes).await;
+    }
+}
+
+/// The outcomes due at `now`: overdue deadlines, then rack-less power steps.
+pub fn due(app: &App, now: u64) -> Vec<Op> {
+    let st = app.region.state.read().unwrap_or_else(|p| p.into_inner());
+    let mut ops = Vec::new();
+    for (deadline, id) in st.by_deadline.iter().take_while(|(d, _)| *d <= now) {
+        let Some(m) = st.machine(id) else { continue };
+        ops.push(Op::Outcome {
+            system_id: id.clone(),
+            status: m.status,
+            boot_id: None,
+            outcome: Outcome::TimedOut,
+            reason: format!(
+                "{} did not finish by its deadline ({} s after it started)",
+                m.status.as_str(),
+                st.data
+                    .settings
+                    .deadline_s(m.status)
+                    .unwrap_or((now.saturating_sub(*deadline)) / 1000)
+            ),
+            next_boot: BootTokens::generate(),
+        });
+        if ops.len() >= PER_TICK {
+            return ops;
+        }
+    }
+    for status in [MachineStatus::Releasing, MachineStatus::ExitingRescueMode] {
+        let Some(ids) = st.by_status.get(&status) else {
+            continue;
+        };
+        for id in ids {
+            let Some(m) = st.machine(id) else { continue };
+            if !rackless(&m.power.driver) {
+                continue;
+            }
+            ops.push(Op::Outcome {
+                system_id: id.clone(),
+                status,
+                boot_id: None,
+                outcome: Outcome::Done,
+                reason: format!(
+                    "power step done (power driver '{}' needs no rack)",
+                    if m.power.driver.is_empty() {
+                        "none"
+                    } else {
+                        &m.power.driver
+                    }
+                ),
+                next_boot: BootTokens::generate(),
+            });
+            if ops.len() >= PER_TICK {
+                return ops;
+            }
+        }
+    }
+    ops
+}
