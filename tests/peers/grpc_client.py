@@ -11,6 +11,11 @@ checks, in order:
   create          MachineService/CreateMachine with a random MAC and hostname
   get_by_mac      MachineService/GetMachine by that MAC returns the same machine
   list            MachineService/ListMachines finds it
+  lifecycle       Commission, GetBootCredentials, AgentService ReportInventory + ReportResult -> READY; the
+                  finished boot's token is then refused (UNAUTHENTICATED)
+  allocate_idempotent  Allocate twice with one request id -> same machine, second replayed; GetMachine by consumer
+  watch           Watch from the creation revision streams the machine's changes up to ALLOCATED
+  release         Release twice -> RELEASING/READY both times
   bad_mac         CreateMachine with a malformed MAC fails with INVALID_ARGUMENT whose details mention macs[0]
   wrong_token     a call with a wrong bearer token fails with UNAUTHENTICATED
   no_token        a call without any token fails with UNAUTHENTICATED
@@ -193,6 +198,78 @@ def main():
                 break
         return found, {"listed": seen, "pages": pages, "total_size": r.total_size}
     check("list", list_machines)
+
+    agent_pb2 = importlib.import_module("ingot.v1.agent_pb2")
+    agent_grpc = importlib.import_module("ingot.v1.agent_pb2_grpc")
+    agent = agent_grpc.AgentServiceStub(channel)
+    S = machine_pb2.MachineStatus
+
+    def ref():
+        return machine_pb2.MachineRef(system_id=created["m"].system_id)
+
+    # 5b. lifecycle as the in-band agent would drive it: commission, boot credentials, inventory, result
+    def lifecycle():
+        m = machines.Commission(machine_pb2.CommissionRequest(machine=ref()), metadata=auth, timeout=a.timeout)
+        if m.status != S.Value("MACHINE_STATUS_COMMISSIONING"):
+            return False, f"after Commission: {S.Name(m.status)}"
+        cred = machines.GetBootCredentials(machine_pb2.GetBootCredentialsRequest(machine=ref()),
+                                           metadata=auth, timeout=a.timeout)
+        inv = machine_pb2.Inventory(cpu_count=16, memory_mib=65536,
+                                    disks=[machine_pb2.Disk(name="nvme0n1", size_gib=960, rotational=False)],
+                                    nics=[machine_pb2.Nic(name="eno1", mac=mac, speed_mbps=25000, link=True)])
+        agent.ReportInventory(agent_pb2.ReportInventoryRequest(system_id=cred.system_id, boot_token=cred.token,
+                                                               inventory=inv), timeout=a.timeout)
+        r = agent.ReportResult(agent_pb2.ReportResultRequest(system_id=cred.system_id, boot_token=cred.token,
+                                                             success=True), timeout=a.timeout)
+        ok = r.status == S.Value("MACHINE_STATUS_READY")
+        # The finished boot's token is dead.
+        stale_ok, stale = expect_code(lambda: agent.ReportProgress(agent_pb2.ReportProgressRequest(
+            system_id=cred.system_id, boot_token=cred.token, message="late", percent=1), timeout=a.timeout),
+            grpc.StatusCode.UNAUTHENTICATED)
+        return ok and stale_ok, {"status": S.Name(r.status), "purpose": cred.purpose, "stale_token": stale}
+    check("lifecycle", lifecycle)
+
+    # 5c. allocate twice with one request id: the same machine, the second marked replayed
+    rid = f"py-{secrets.token_hex(8)}"
+    consumer = f"capi-{secrets.token_hex(4)}"
+
+    def allocate():
+        req = machine_pb2.AllocateRequest(request_id=rid, consumer=consumer,
+                                          constraints=machine_pb2.Constraints(system_id=created["m"].system_id,
+                                                                              min_cpu_count=8))
+        r1 = machines.Allocate(req, metadata=auth, timeout=a.timeout)
+        r2 = machines.Allocate(req, metadata=auth, timeout=a.timeout)
+        by_consumer = machines.GetMachine(machine_pb2.GetMachineRequest(consumer=consumer), metadata=auth,
+                                          timeout=a.timeout)
+        ids = [m.system_id for m in r1.machines] + [m.system_id for m in r2.machines]
+        ok = (ids == [created["m"].system_id] * 2 and not r1.replayed and r2.replayed
+              and by_consumer.provider_id.endswith("/" + created["m"].system_id))
+        return ok, {"ids": ids, "replayed": [r1.replayed, r2.replayed], "provider_id": by_consumer.provider_id}
+    check("allocate_idempotent", allocate)
+
+    # 5d. watch from the creation revision: the stream replays the machine's changes up to Allocated
+    def watch():
+        seen = []
+        stream = machines.Watch(machine_pb2.WatchRequest(from_revision=created["m"].revision), metadata=auth,
+                                timeout=a.timeout)
+        try:
+            for ev in stream:
+                if ev.machine.system_id == created["m"].system_id:
+                    seen.append(S.Name(ev.machine.status))
+                    if ev.machine.status == S.Value("MACHINE_STATUS_ALLOCATED"):
+                        break
+        finally:
+            stream.cancel()
+        return bool(seen) and seen[-1] == "MACHINE_STATUS_ALLOCATED", {"statuses": seen}
+    check("watch", watch)
+
+    # 5e. release (idempotent: a second release succeeds too)
+    def release():
+        r1 = machines.Release(machine_pb2.ReleaseRequest(machine=ref()), metadata=auth, timeout=a.timeout)
+        r2 = machines.Release(machine_pb2.ReleaseRequest(machine=ref()), metadata=auth, timeout=a.timeout)
+        okst = {S.Value("MACHINE_STATUS_RELEASING"), S.Value("MACHINE_STATUS_READY")}
+        return r1.status in okst and r2.status in okst, [S.Name(r1.status), S.Name(r2.status)]
+    check("release", release)
 
     # 6. bad MAC -> INVALID_ARGUMENT naming macs[0]
     def bad_mac():
