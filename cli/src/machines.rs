@@ -1,45 +1,113 @@
-//! `ingot machines ...`: one command per MachineService RPC.
+//! `ingot machines ...`: one command per MachineService RPC, plus the lifecycle table
+//! (`ingot machines actions`). Lifecycle actions and `--wait` live in [`crate::actions`], allocation in
+//! [`crate::allocate`]; this module holds the reads, the edits and how a machine argument is resolved.
 
+use crate::actions::{self, AsyncArgs, DeployArgs, ReleaseArgs, SetArgs, SimpleArgs, TagArgs};
+use crate::allocate::{self, AllocateArgs};
 use crate::output::{self, print_json};
 use crate::Ctx;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use ingot_common::Mac;
+use ingot_common::lifecycle::{self, Action, Next};
+use ingot_common::{Mac, MachineStatus};
 use ingot_proto::v1::get_machine_request::Key;
 use ingot_proto::v1::{
-    CreateMachineRequest, DeleteMachineRequest, GetMachineRequest, ListMachinesRequest, Machine,
-    MachineFilter, PowerParameters, ReadConsistency, UpdateMachineRequest,
+    machine_ref, CreateMachineRequest, DeleteMachineRequest, GetBootCredentialsRequest,
+    GetMachineRequest, ListMachinesRequest, Machine, MachineFilter, MachineRef, MachineView,
+    PowerParameters, ReadConsistency, UpdateMachineRequest,
 };
 use serde_json::json;
+use std::future::Future;
 
 /// The `machines` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum MachinesCmd {
     /// List machines matching all given filters, ordered by system id
     List(ListArgs),
-    /// Show one machine, found by system id, MAC or hostname
-    Show {
-        /// System id (6 characters [a-z0-9]), MAC address or hostname
-        machine: String,
-        /// Show secret power parameters in clear (admins only)
-        #[arg(long)]
-        show_secrets: bool,
-        /// Answer from the serving region's local state (may lag recent writes)
-        #[arg(long)]
-        stale: bool,
-    },
+    /// Show one machine in full (inventory, status, ownership), found by system id, MAC, hostname,
+    /// consumer or provider id
+    Show(ShowArgs),
     /// Enlist a machine
     Create(CreateArgs),
     /// Change the given fields of a machine
     Update(UpdateArgs),
-    /// Remove a machine from Ingot
+    /// Remove a machine from Ingot (refused while it is owned or locked: release first)
     Delete {
-        /// System id (or MAC or hostname)
-        machine: String,
+        #[command(flatten)]
+        target: Target,
         /// Only delete if the machine's revision is still this one
         #[arg(long, value_name = "R")]
         expected_revision: Option<u64>,
     },
+    /// Start commissioning: the machine boots the in-band agent, which reports its inventory (admin)
+    Commission(AsyncArgs),
+    /// Run hardware tests; success returns the machine to its previous status (admin)
+    Test(AsyncArgs),
+    /// Stop the running commissioning, testing, deployment, erase or rescue entry
+    Abort(AsyncArgs),
+    /// Claim Ready machines matching constraints (idempotent by --request-id)
+    Allocate(AllocateArgs),
+    /// Install an operating system on an allocated machine
+    Deploy(DeployArgs),
+    /// Give an owned machine back: power off, optionally erase, return it to Ready
+    Release(ReleaseArgs),
+    /// Mark a machine broken; --comment is the reason
+    MarkBroken(SimpleArgs),
+    /// Return a broken machine to where it was (admin)
+    MarkFixed(SimpleArgs),
+    /// Lock a deployed machine: every change is refused until unlock
+    Lock(SimpleArgs),
+    /// Unlock a locked machine
+    Unlock(SimpleArgs),
+    /// Boot a deployed machine into the rescue environment
+    Rescue(AsyncArgs),
+    /// Leave the rescue environment, back to the status before rescue
+    ExitRescue(AsyncArgs),
+    /// Take a machine out of service for good; commissioning brings it back (admin)
+    Retire(SimpleArgs),
+    /// Move a machine to another zone (admin): set-zone [ID] ZONE
+    SetZone(SetArgs),
+    /// Move a machine to another resource pool (admin): set-pool [ID] POOL
+    SetPool(SetArgs),
+    /// Add manual tags to a machine (admin): tag [ID] TAG...
+    Tag(TagArgs),
+    /// Remove manual tags from a machine (admin): untag [ID] TAG...
+    Untag(TagArgs),
+    /// Print the machine's current per-boot credentials (admin): what the in-band agent presents
+    BootCredentials {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the lifecycle table: which actions are legal from which status, and where they lead
+    Actions {
+        /// Only this status (new, ready, deployed, ...), with where each action leads and who may take it
+        #[arg(value_parser = parse_common_status)]
+        status: Option<MachineStatus>,
+    },
+}
+
+/// The machine an action applies to: a positional id or exactly one of the lookup flags.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Target {
+    /// System id (6 characters [a-z0-9]); a MAC or hostname also works
+    #[arg(value_name = "ID")]
+    pub machine: Option<String>,
+    #[command(flatten)]
+    pub by: RefFlags,
+}
+
+/// Ways to name a machine other than its system id.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RefFlags {
+    /// The machine allocated to this consumer (e.g. a Cluster API Machine name)
+    #[arg(long, value_name = "C")]
+    pub consumer: Option<String>,
+    /// The machine with this provider id (ingot:///<zone>/<system_id>)
+    #[arg(long, value_name = "P")]
+    pub provider_id: Option<String>,
+    /// The machine with this hostname
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
 }
 
 /// Filters and paging of `machines list`.
@@ -51,6 +119,18 @@ pub struct ListArgs {
     /// Only machines with this status (new, ready, deployed, ...)
     #[arg(long, value_parser = output::parse_status)]
     status: Option<i32>,
+    /// Only machines in this resource pool
+    #[arg(long)]
+    pool: Option<String>,
+    /// Only machines held by this user
+    #[arg(long, value_name = "USER")]
+    owner: Option<String>,
+    /// Only the machines allocated to this consumer
+    #[arg(long, value_name = "C")]
+    consumer: Option<String>,
+    /// Only machines having this tag (repeatable: all of them)
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
     /// Only machines of this architecture (e.g. amd64/generic)
     #[arg(long)]
     arch: Option<String>,
@@ -64,11 +144,30 @@ pub struct ListArgs {
     #[arg(long, value_name = "N")]
     page_size: Option<u32>,
     /// Continue from this page token (printed after a partial page)
-    #[arg(long, value_name = "TOKEN", conflicts_with = "all")]
+    #[arg(long, value_name = "TOKEN", conflicts_with = "all_pages")]
     page_token: Option<String>,
     /// Fetch every page
+    #[arg(long, alias = "all")]
+    all_pages: bool,
+    /// Answer from the serving region's local state (may lag recent writes)
     #[arg(long)]
-    all: bool,
+    stale: bool,
+}
+
+/// How `machines show` finds the machine.
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// System id (6 characters [a-z0-9]), MAC address or hostname
+    #[arg(value_name = "ID")]
+    machine: Option<String>,
+    #[command(flatten)]
+    by: RefFlags,
+    /// The machine owning this MAC
+    #[arg(long, value_parser = parse_mac)]
+    mac: Option<String>,
+    /// Show secret power parameters in clear (admins only)
+    #[arg(long)]
+    show_secrets: bool,
     /// Answer from the serving region's local state (may lag recent writes)
     #[arg(long)]
     stale: bool,
@@ -89,6 +188,9 @@ pub struct CreateArgs {
     /// Zone (default "default")
     #[arg(long)]
     zone: Option<String>,
+    /// Resource pool (default "default")
+    #[arg(long)]
+    pool: Option<String>,
     /// Power driver: ipmi, redfish, webhook, manual, sim
     #[arg(long, value_name = "DRIVER")]
     power_driver: Option<String>,
@@ -144,6 +246,12 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Parses an operator status name (clap value parser).
+fn parse_common_status(s: &str) -> Result<MachineStatus, String> {
+    output::parse_status(s)?;
+    MachineStatus::parse(s).ok_or_else(|| format!("unknown status '{s}'"))
+}
+
 /// How a machine argument is looked up: 6 characters of `[a-z0-9]` is a system id, a MAC is a MAC,
 /// anything else a hostname.
 fn machine_key(s: &str) -> Key {
@@ -156,13 +264,15 @@ fn machine_key(s: &str) -> Key {
     }
 }
 
-fn is_system_id(s: &str) -> bool {
+/// True when `s` has the shape of a system id (6 characters of `[a-z0-9]`).
+pub fn is_system_id(s: &str) -> bool {
     s.len() == 6
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
-fn consistency(stale: bool) -> i32 {
+/// The wire read consistency for `--stale`.
+pub fn consistency(stale: bool) -> i32 {
     if stale {
         ReadConsistency::Stale as i32
     } else {
@@ -170,45 +280,159 @@ fn consistency(stale: bool) -> i32 {
     }
 }
 
-/// Finds a machine; a system id or MAC that is not found is retried as a hostname (a hostname may look
-/// like either).
-async fn get(ctx: &Ctx, arg: &str, include_secrets: bool, stale: bool) -> Result<Machine> {
+/// How the user named a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sel {
+    /// A positional argument: a system id, a MAC or a hostname, told apart by shape.
+    Arg(String),
+    /// `--consumer`.
+    Consumer(String),
+    /// `--provider-id`.
+    ProviderId(String),
+    /// `--hostname`.
+    Hostname(String),
+    /// `--mac`.
+    Mac(String),
+}
+
+impl Sel {
+    /// The selection made by a positional id and the lookup flags: exactly one must be given.
+    pub fn new(machine: Option<String>, by: RefFlags, mac: Option<String>) -> Result<Sel> {
+        let mut given: Vec<Sel> = Vec::new();
+        given.extend(machine.map(Sel::Arg));
+        given.extend(by.consumer.map(Sel::Consumer));
+        given.extend(by.provider_id.map(Sel::ProviderId));
+        given.extend(by.hostname.map(Sel::Hostname));
+        given.extend(mac.map(Sel::Mac));
+        match given.len() {
+            0 => bail!(
+                "name the machine: pass its system id, or one of --consumer, --provider-id, --hostname"
+            ),
+            1 => Ok(given.remove(0)),
+            _ => bail!(
+                "name the machine once: pass either its system id or one of --consumer, --provider-id, --hostname"
+            ),
+        }
+    }
+
+    /// The selection of a [`Target`].
+    pub fn of(t: Target) -> Result<Sel> {
+        Sel::new(t.machine, t.by, None)
+    }
+
+    /// Keys to try for a GetMachine, in order (a system id or MAC that is not found is retried as a
+    /// hostname: a hostname may look like either).
+    fn keys(&self) -> Vec<Key> {
+        match self {
+            Sel::Arg(s) => {
+                let k = machine_key(s);
+                if matches!(k, Key::Hostname(_)) {
+                    vec![k]
+                } else {
+                    vec![k, Key::Hostname(s.clone())]
+                }
+            }
+            Sel::Consumer(s) => vec![Key::Consumer(s.clone())],
+            Sel::ProviderId(s) => vec![Key::ProviderId(s.clone())],
+            Sel::Hostname(s) => vec![Key::Hostname(s.clone())],
+            Sel::Mac(s) => vec![Key::Mac(s.clone())],
+        }
+    }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<tonic::Status>()
+        .is_some_and(|s| s.code() == tonic::Code::NotFound)
+}
+
+/// Finds a machine (FULL view unless `basic`).
+pub async fn get_sel(
+    ctx: &Ctx,
+    sel: &Sel,
+    include_secrets: bool,
+    stale: bool,
+    basic: bool,
+) -> Result<Machine> {
     let clients = ctx.clients()?;
-    let lookup = |key: Key| {
-        let clients = clients.clone();
-        async move {
-            ctx.call(|| {
+    let view = if basic {
+        MachineView::Basic
+    } else {
+        MachineView::Full
+    } as i32;
+    let mut first: Option<anyhow::Error> = None;
+    for key in sel.keys() {
+        let r = ctx
+            .call(|| {
                 let mut c = clients.machines();
                 let req = GetMachineRequest {
                     key: Some(key.clone()),
                     consistency: consistency(stale),
                     include_secrets,
+                    view,
                 };
                 async move { c.get_machine(req).await }
             })
-            .await
+            .await;
+        match r {
+            Ok(m) => return Ok(m),
+            Err(e) if is_not_found(&e) => {
+                first.get_or_insert(e);
+            }
+            Err(e) => return Err(first.unwrap_or(e)),
         }
-    };
-    let key = machine_key(arg);
-    let retry_as_hostname = !matches!(key, Key::Hostname(_));
-    match lookup(key).await {
-        Err(e)
-            if retry_as_hostname
-                && e.downcast_ref::<tonic::Status>()
-                    .is_some_and(|s| s.code() == tonic::Code::NotFound) =>
-        {
-            lookup(Key::Hostname(arg.to_string())).await.map_err(|_| e)
-        }
-        r => r,
     }
+    Err(first.unwrap_or_else(|| anyhow::anyhow!("no machine named")))
 }
 
 /// The system id of a machine argument: used as is when it looks like one, else looked up.
-async fn system_id(ctx: &Ctx, arg: &str) -> Result<String> {
+pub async fn system_id(ctx: &Ctx, arg: &str) -> Result<String> {
     if is_system_id(arg) {
         return Ok(arg.to_string());
     }
-    Ok(get(ctx, arg, false, false).await?.system_id)
+    Ok(get_sel(ctx, &Sel::Arg(arg.to_string()), false, false, true)
+        .await?
+        .system_id)
+}
+
+/// The `MachineRef`s to try for an action on `sel`: the primary one, and a hostname to retry with when
+/// the primary (a system id) is not found.
+async fn refs(ctx: &Ctx, sel: &Sel) -> Result<(MachineRef, Option<MachineRef>)> {
+    let r = |k: machine_ref::Key| MachineRef { key: Some(k) };
+    Ok(match sel {
+        Sel::Arg(s) => match machine_key(s) {
+            Key::SystemId(id) => (
+                r(machine_ref::Key::SystemId(id)),
+                Some(r(machine_ref::Key::Hostname(s.clone()))),
+            ),
+            Key::Hostname(h) => (r(machine_ref::Key::Hostname(h)), None),
+            _ => {
+                let m = get_sel(ctx, sel, false, false, true).await?;
+                (r(machine_ref::Key::SystemId(m.system_id)), None)
+            }
+        },
+        Sel::Consumer(c) => (r(machine_ref::Key::Consumer(c.clone())), None),
+        Sel::ProviderId(p) => (r(machine_ref::Key::ProviderId(p.clone())), None),
+        Sel::Hostname(h) => (r(machine_ref::Key::Hostname(h.clone())), None),
+        Sel::Mac(_) => {
+            let m = get_sel(ctx, sel, false, false, true).await?;
+            (r(machine_ref::Key::SystemId(m.system_id)), None)
+        }
+    })
+}
+
+/// Runs one machine RPC addressed by a `MachineRef` (retried while the cluster is unavailable); a
+/// system id that is not found is retried as a hostname, and the first error is the one reported.
+pub async fn call_ref<T, F, Fut>(ctx: &Ctx, sel: &Sel, mut f: F) -> Result<T>
+where
+    F: FnMut(MachineRef) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let (primary, fallback) = refs(ctx, sel).await?;
+    let r = ctx.call(|| f(primary.clone())).await;
+    match (r, fallback) {
+        (Err(e), Some(fb)) if is_not_found(&e) => ctx.call(|| f(fb.clone())).await.map_err(|_| e),
+        (r, _) => r,
+    }
 }
 
 fn power(driver: Option<String>, params: Vec<(String, String)>) -> Option<PowerParameters> {
@@ -233,12 +457,9 @@ fn show_machine(ctx: &Ctx, m: &Machine) {
 pub async fn run(ctx: &Ctx, cmd: MachinesCmd) -> Result<()> {
     match cmd {
         MachinesCmd::List(a) => list(ctx, a).await,
-        MachinesCmd::Show {
-            machine,
-            show_secrets,
-            stale,
-        } => {
-            let m = get(ctx, &machine, show_secrets, stale).await?;
+        MachinesCmd::Show(a) => {
+            let sel = Sel::new(a.machine, a.by, a.mac)?;
+            let m = get_sel(ctx, &sel, a.show_secrets, a.stale, false).await?;
             show_machine(ctx, &m);
             Ok(())
         }
@@ -251,6 +472,7 @@ pub async fn run(ctx: &Ctx, cmd: MachinesCmd) -> Result<()> {
                 macs: a.macs,
                 power: power(a.power_driver, a.power_params),
                 description: a.description.unwrap_or_default(),
+                pool: a.pool.unwrap_or_default(),
             };
             let m = ctx
                 .call(|| {
@@ -263,7 +485,6 @@ pub async fn run(ctx: &Ctx, cmd: MachinesCmd) -> Result<()> {
             Ok(())
         }
         MachinesCmd::Update(a) => {
-            let id = system_id(ctx, &a.machine).await?;
             let nothing = a.hostname.is_none()
                 && a.arch.is_none()
                 && a.zone.is_none()
@@ -273,6 +494,7 @@ pub async fn run(ctx: &Ctx, cmd: MachinesCmd) -> Result<()> {
             if nothing {
                 bail!("nothing to change: pass at least one of --hostname, --arch, --zone, --description, --mac, --power-driver");
             }
+            let id = system_id(ctx, &a.machine).await?;
             let clients = ctx.clients()?;
             let req = UpdateMachineRequest {
                 system_id: id,
@@ -296,10 +518,14 @@ pub async fn run(ctx: &Ctx, cmd: MachinesCmd) -> Result<()> {
             Ok(())
         }
         MachinesCmd::Delete {
-            machine,
+            target,
             expected_revision,
         } => {
-            let id = system_id(ctx, &machine).await?;
+            let sel = Sel::of(target)?;
+            let id = match &sel {
+                Sel::Arg(s) if is_system_id(s) => s.clone(),
+                _ => get_sel(ctx, &sel, false, false, true).await?.system_id,
+            };
             let clients = ctx.clients()?;
             let req = DeleteMachineRequest {
                 system_id: id.clone(),
@@ -318,6 +544,198 @@ pub async fn run(ctx: &Ctx, cmd: MachinesCmd) -> Result<()> {
             }
             Ok(())
         }
+        MachinesCmd::Commission(a) => actions::run_async(ctx, Action::Commission, a).await,
+        MachinesCmd::Test(a) => actions::run_async(ctx, Action::Test, a).await,
+        MachinesCmd::Abort(a) => actions::run_async(ctx, Action::Abort, a).await,
+        MachinesCmd::Rescue(a) => actions::run_async(ctx, Action::EnterRescue, a).await,
+        MachinesCmd::ExitRescue(a) => actions::run_async(ctx, Action::ExitRescue, a).await,
+        MachinesCmd::Deploy(a) => actions::deploy(ctx, a).await,
+        MachinesCmd::Release(a) => actions::release(ctx, a).await,
+        MachinesCmd::MarkBroken(a) => actions::run_simple(ctx, Action::MarkBroken, a).await,
+        MachinesCmd::MarkFixed(a) => actions::run_simple(ctx, Action::MarkFixed, a).await,
+        MachinesCmd::Lock(a) => actions::run_simple(ctx, Action::Lock, a).await,
+        MachinesCmd::Unlock(a) => actions::run_simple(ctx, Action::Unlock, a).await,
+        MachinesCmd::Retire(a) => actions::run_simple(ctx, Action::Retire, a).await,
+        MachinesCmd::SetZone(a) => actions::set(ctx, Action::SetZone, a).await,
+        MachinesCmd::SetPool(a) => actions::set(ctx, Action::SetPool, a).await,
+        MachinesCmd::Tag(a) => actions::tag(ctx, Action::Tag, a).await,
+        MachinesCmd::Untag(a) => actions::tag(ctx, Action::Untag, a).await,
+        MachinesCmd::Allocate(a) => allocate::run(ctx, a).await,
+        MachinesCmd::BootCredentials { target } => boot_credentials(ctx, target).await,
+        MachinesCmd::Actions { status } => {
+            print_actions(ctx, status);
+            Ok(())
+        }
+    }
+}
+
+async fn boot_credentials(ctx: &Ctx, target: Target) -> Result<()> {
+    let sel = Sel::of(target)?;
+    let clients = ctx.clients()?;
+    let b = call_ref(ctx, &sel, |r| {
+        let mut c = clients.machines();
+        let req = GetBootCredentialsRequest { machine: Some(r) };
+        async move { c.get_boot_credentials(req).await }
+    })
+    .await?;
+    if ctx.json() {
+        print_json(&json!({
+            "system_id": b.system_id,
+            "boot_id": b.boot_id,
+            "token": b.token,
+            "purpose": b.purpose,
+        }));
+    } else {
+        outln!(
+            "{}",
+            output::render(&output::record(vec![
+                ("system id", b.system_id.clone()),
+                ("boot id", b.boot_id.clone()),
+                ("token", b.token.clone()),
+                ("purpose", b.purpose.clone()),
+            ]))
+        );
+        eprintln!(
+            "valid for this boot only; e.g. ingot agent progress {} --token TOKEN --message ... --percent ...",
+            b.system_id
+        );
+    }
+    Ok(())
+}
+
+/// The CLI command taking `a` (`enter-rescue` is `rescue`).
+pub fn command_name(a: Action) -> &'static str {
+    match a {
+        Action::EnterRescue => "rescue",
+        a => a.as_str(),
+    }
+}
+
+/// Who may take `a`.
+fn who(a: Action) -> &'static str {
+    match a {
+        Action::Allocate => "any user",
+        a if a.admin_only() => "admin",
+        _ => "owner or admin",
+    }
+}
+
+/// Where `a` (with table entry `n`) leads, in words.
+fn leads_to(a: Action, n: Next) -> String {
+    if a == Action::Delete {
+        return "(removed)".into();
+    }
+    next_name(n)
+}
+
+/// Where `n` leads, in words.
+fn next_name(n: Next) -> String {
+    match n {
+        Next::To(s) => s.as_str().to_string(),
+        Next::Previous => "(previous status)".into(),
+        Next::Stay => "(unchanged)".into(),
+    }
+}
+
+/// The transitions out of `s`: (action, where it leads), table rows first, then the edits.
+fn transitions(s: MachineStatus) -> Vec<(Action, Next)> {
+    let mut out: Vec<(Action, Next)> = lifecycle::TABLE
+        .iter()
+        .filter(|(f, _, _)| *f == s)
+        .map(|(_, a, n)| (*a, *n))
+        .collect();
+    out.sort_by_key(|(a, _)| Action::ALL.iter().position(|x| x == a));
+    out.extend(lifecycle::EDITS.iter().map(|a| (*a, Next::Stay)));
+    out
+}
+
+fn print_actions(ctx: &Ctx, status: Option<MachineStatus>) {
+    let statuses: Vec<MachineStatus> = match status {
+        Some(s) => vec![s],
+        None => MachineStatus::ALL.to_vec(),
+    };
+    if ctx.json() {
+        let list: Vec<_> = statuses
+            .iter()
+            .map(|s| {
+                let actions: Vec<_> = transitions(*s)
+                    .into_iter()
+                    .map(|(a, n)| {
+                        json!({
+                            "action": a.as_str(),
+                            "command": command_name(a),
+                            "next": match n {
+                                Next::To(t) => json!(t.as_str()),
+                                Next::Previous => json!("previous"),
+                                Next::Stay => json!(null),
+                            },
+                            "who": who(a),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "status": s.as_str(),
+                    "in_progress": lifecycle::in_progress(*s),
+                    "on_success": lifecycle::done_status(*s).map(next_name),
+                    "on_failure": lifecycle::failed_status(*s).map(|f| f.as_str()),
+                    "actions": actions,
+                })
+            })
+            .collect();
+        print_json(&json!({ "statuses": list }));
+        return;
+    }
+    match status {
+        None => {
+            let mut t = output::table(["STATUS", "ACTIONS"]);
+            for s in statuses {
+                let names: Vec<&str> = lifecycle::allowed(s)
+                    .into_iter()
+                    .filter(|a| !lifecycle::EDITS.contains(a))
+                    .map(command_name)
+                    .collect();
+                let mut line = names.join(", ");
+                if let (Some(done), Some(failed)) =
+                    (lifecycle::done_status(s), lifecycle::failed_status(s))
+                {
+                    if !line.is_empty() {
+                        line.push_str("; ");
+                    }
+                    line.push_str(&format!(
+                        "in progress: -> {} or {}",
+                        next_name(done),
+                        failed.as_str()
+                    ));
+                }
+                t.add_row(vec![s.as_str().to_string(), output::dash(&line)]);
+            }
+            outln!("{}", output::render(&t));
+            eprintln!(
+                "set-zone, set-pool, tag, untag and update are allowed in every status; a locked machine allows only unlock. \
+                 `ingot machines actions STATUS` shows where each action leads and who may take it."
+            );
+        }
+        Some(s) => {
+            let mut t = output::table(["ACTION", "LEADS TO", "WHO"]);
+            for (a, n) in transitions(s) {
+                t.add_row(vec![
+                    command_name(a).to_string(),
+                    leads_to(a, n),
+                    who(a).to_string(),
+                ]);
+            }
+            outln!("{}", output::render(&t));
+            if let (Some(done), Some(failed)) =
+                (lifecycle::done_status(s), lifecycle::failed_status(s))
+            {
+                outln!(
+                    "{} is in progress: success leads to {}, failure or its deadline to {}",
+                    s.as_str(),
+                    next_name(done),
+                    failed.as_str()
+                );
+            }
+        }
     }
 }
 
@@ -329,16 +747,22 @@ async fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
         arch: a.arch.unwrap_or_default(),
         hostname_prefix: a.hostname_prefix.unwrap_or_default(),
         mac: a.mac.unwrap_or_default(),
+        pool: a.pool.unwrap_or_default(),
+        owner: a.owner.unwrap_or_default(),
+        tags: a.tags,
+        consumer: a.consumer.unwrap_or_default(),
     };
     let mut machines = Vec::new();
     let mut token = a.page_token.unwrap_or_default();
     let mut total;
+    let mut revision;
     loop {
         let req = ListMachinesRequest {
             filter: Some(filter.clone()),
             page_size: a.page_size.unwrap_or(0),
             page_token: token.clone(),
             consistency: consistency(a.stale),
+            view: MachineView::Basic as i32,
         };
         let page = ctx
             .call(|| {
@@ -348,9 +772,10 @@ async fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
             })
             .await?;
         total = page.total_size;
+        revision = page.revision;
         machines.extend(page.machines);
         token = page.next_page_token;
-        if !a.all || token.is_empty() {
+        if !a.all_pages || token.is_empty() {
             break;
         }
     }
@@ -359,6 +784,7 @@ async fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
             "machines": machines.iter().map(output::machine_json).collect::<Vec<_>>(),
             "next_page_token": token,
             "total_size": total,
+            "revision": revision,
         }));
         return Ok(());
     }
@@ -377,7 +803,7 @@ async fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
         );
     } else {
         eprintln!(
-            "{} of {total} machines; more with --page-token {token} (or --all)",
+            "{} of {total} machines; more with --page-token {token} (or --all-pages)",
             machines.len()
         );
     }
@@ -385,6 +811,7 @@ async fn list(ctx: &Ctx, a: ListArgs) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -397,5 +824,37 @@ mod tests {
         );
         assert_eq!(machine_key("node-7"), Key::Hostname("node-7".into()));
         assert_eq!(machine_key("ABC123"), Key::Hostname("ABC123".into()));
+    }
+
+    #[test]
+    fn selections() {
+        let by = |c: Option<&str>, h: Option<&str>| RefFlags {
+            consumer: c.map(String::from),
+            provider_id: None,
+            hostname: h.map(String::from),
+        };
+        assert_eq!(
+            Sel::new(Some("abc123".into()), by(None, None), None).unwrap(),
+            Sel::Arg("abc123".into())
+        );
+        assert_eq!(
+            Sel::new(None, by(Some("cp-0"), None), None).unwrap(),
+            Sel::Consumer("cp-0".into())
+        );
+        assert!(Sel::new(None, by(None, None), None).is_err());
+        assert!(Sel::new(Some("abc123".into()), by(None, Some("n1")), None).is_err());
+        // A system-id-shaped argument falls back to a hostname lookup.
+        assert_eq!(Sel::Arg("node01".into()).keys().len(), 2);
+        assert_eq!(Sel::Arg("node-1".into()).keys().len(), 1);
+    }
+
+    #[test]
+    fn every_status_has_a_row_and_a_way_out() {
+        for s in MachineStatus::ALL {
+            assert!(!transitions(s).is_empty());
+        }
+        assert_eq!(command_name(Action::EnterRescue), "rescue");
+        assert_eq!(who(Action::Commission), "admin");
+        assert_eq!(who(Action::Deploy), "owner or admin");
     }
 }

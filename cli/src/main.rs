@@ -2,9 +2,16 @@
 //! clusters (`ingot dev up`).
 //!
 //! Layout: this file holds the global flags, the command tree's root and error reporting; each command
-//! group lives in its own module ([`machines`], [`zones`], [`cluster`], [`dev`]); [`output`] renders
-//! tables, JSON and timestamps. Every API command is one RPC, retried while the cluster is unavailable
-//! (a region is down, an election is running) for at most `--timeout`.
+//! group lives in its own module ([`machines`] with [`actions`] and [`allocate`], [`zones`], [`pools`],
+//! [`tags`], [`users`], [`events`], [`settings`], [`watch`], [`agent`], [`cluster`], [`dev`]); [`output`]
+//! renders tables, JSON and timestamps; [`parse`] reads sizes, times and settings. Every API command is
+//! one RPC (or one per page), retried while the cluster is unavailable (a region is down, an election is
+//! running) for at most `--timeout`; `--wait` and `ingot watch` follow a watch stream that resumes on
+//! another region when one dies.
+//!
+//! Exit status: 0 on success, 1 on any error (the gRPC message is printed: it names the field and says
+//! what to do), 2 for usage errors, 3 when `ingot watch` asked for a revision the cluster no longer
+//! retains.
 
 /// `println!` that ends the program quietly when stdout is a closed pipe (`ingot ... | head`) instead of
 /// panicking.
@@ -17,10 +24,20 @@ macro_rules! outln {
     };
 }
 
+mod actions;
+mod agent;
+mod allocate;
 mod cluster;
 mod dev;
+mod events;
 mod machines;
 mod output;
+mod parse;
+mod pools;
+mod settings;
+mod tags;
+mod users;
+mod watch;
 mod zones;
 
 use anyhow::Result;
@@ -55,7 +72,7 @@ pub struct Global {
     /// Cluster CA certificate (PEM) [env: INGOT_CA]
     #[arg(long, value_name = "FILE", global = true)]
     ca: Option<PathBuf>,
-    /// Bearer token [env: INGOT_TOKEN]
+    /// Bearer token; for `ingot agent` commands, the machine's boot token [env: INGOT_TOKEN]
     #[arg(long, value_name = "TOKEN", global = true)]
     token: Option<String>,
     /// Env file with INGOT_ENDPOINTS, INGOT_CA and INGOT_TOKEN, as written by `ingot dev up` (DIR/env).
@@ -78,6 +95,29 @@ enum Command {
     /// Availability zones
     #[command(subcommand)]
     Zones(zones::ZonesCmd),
+    /// Resource pools
+    #[command(subcommand)]
+    Pools(pools::PoolsCmd),
+    /// Tags: manual, or defined by an expression over the inventory
+    #[command(subcommand)]
+    Tags(tags::TagsCmd),
+    /// Users and their roles
+    #[command(subcommand)]
+    Users(users::UsersCmd),
+    /// API tokens
+    #[command(subcommand)]
+    Tokens(users::TokensCmd),
+    /// The history: transitions, admin actions, agent reports
+    #[command(subcommand)]
+    Events(events::EventsCmd),
+    /// Cluster-wide settings (deadlines of in-progress statuses)
+    #[command(subcommand)]
+    Settings(settings::SettingsCmd),
+    /// Print machine changes as they happen, until Ctrl-C
+    Watch(watch::WatchArgs),
+    /// Play a machine's in-band agent: report inventory, progress and results with its boot token
+    #[command(subcommand)]
+    Agent(agent::AgentCmd),
     /// Region controllers: membership, health, join tokens
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
@@ -95,10 +135,15 @@ pub struct Ctx {
 impl Ctx {
     /// Connects to the cluster described by the flags, the profile or the environment.
     pub fn clients(&self) -> Result<Clients> {
+        self.clients_with_token(self.global.token.clone())
+    }
+
+    /// Connects like [`Ctx::clients`], but with `token` in place of `--token` (`None`: the profile's or
+    /// the environment's token).
+    pub fn clients_with_token(&self, token: Option<String>) -> Result<Clients> {
         let g = &self.global;
         let endpoints = (!g.endpoints.is_empty()).then(|| g.endpoints.clone());
-        let config =
-            ClientConfig::resolve(endpoints, g.ca.clone(), g.token.clone(), g.profile.clone())?;
+        let config = ClientConfig::resolve(endpoints, g.ca.clone(), token, g.profile.clone())?;
         Ok(config.connect()?)
     }
 
@@ -116,6 +161,17 @@ impl Ctx {
     /// True when `--json` was given.
     pub fn json(&self) -> bool {
         self.global.json
+    }
+}
+
+/// Attached as context to an error, makes the program exit with this status instead of 1 (the error is
+/// reported as usual).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus(pub u8);
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
     }
 }
 
@@ -163,6 +219,14 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Machines(c) => machines::run(&ctx, c).await,
         Command::Zones(c) => zones::run(&ctx, c).await,
+        Command::Pools(c) => pools::run(&ctx, c).await,
+        Command::Tags(c) => tags::run(&ctx, c).await,
+        Command::Users(c) => users::run_users(&ctx, c).await,
+        Command::Tokens(c) => users::run_tokens(&ctx, c).await,
+        Command::Events(c) => events::run(&ctx, c).await,
+        Command::Settings(c) => settings::run(&ctx, c).await,
+        Command::Watch(a) => watch::run(&ctx, a).await,
+        Command::Agent(c) => agent::run(&ctx, c).await,
         Command::Cluster(c) => cluster::run(&ctx, c).await,
         Command::Dev(c) => dev::run(&ctx, c).await,
     }
@@ -201,6 +265,10 @@ fn report(err: &anyhow::Error, json: bool) {
                 "error: {message} ({code})\nhint: no region answered within --timeout; are the endpoints \
                  right and the regions running? (`ingot dev up` restarts a local cluster)"
             ),
+            Some(code) if code == "OUT_OF_RANGE" => eprintln!(
+                "error: {message} ({code})\nhint: `ingot machines list --json` prints the current \"revision\"; \
+                 continue with `ingot watch --from REVISION`"
+            ),
             Some(code) => eprintln!("error: {message} ({code})"),
             None => eprintln!("error: {message}"),
         }
@@ -226,7 +294,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             report(&e, json);
-            ExitCode::FAILURE
+            match e.downcast_ref::<ExitStatus>() {
+                Some(s) => ExitCode::from(s.0),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -258,6 +329,73 @@ mod tests {
         assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
         assert_eq!(code_name(tonic::Code::Ok), "OK");
         assert_eq!(code_name(tonic::Code::InvalidArgument), "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn contract_command_lines_parse() {
+        let ok = [
+            "ingot machines list --pool p --owner u --consumer c --tag a --tag b --status ready --zone z --all-pages",
+            "ingot machines show --consumer cp-0",
+            "ingot machines show --provider-id ingot:///z/abc123",
+            "ingot machines show --mac 52:54:00:00:00:01",
+            "ingot machines show --hostname n1",
+            "ingot machines commission abc123 --comment hi --expected-revision 5 --wait --wait-timeout 10m",
+            "ingot machines deploy --consumer cp-0 --os ubuntu --series noble --user-data-file /dev/null --wait",
+            "ingot machines release abc123 --erase secure --wait",
+            "ingot machines mark-broken abc123 --comment psu",
+            "ingot machines exit-rescue abc123 --wait",
+            "ingot machines rescue --hostname n1",
+            "ingot machines set-zone abc123 z2",
+            "ingot machines set-pool --consumer cp-0 p2",
+            "ingot machines tag abc123 a b c",
+            "ingot machines untag --hostname n1 a",
+            "ingot machines delete --hostname n1",
+            "ingot machines allocate --arch amd64 --cpus 4 --memory 64G --storage root:100(ssd) --tag a --not-tag b --zone z1 --zone z2 --not-zone z3 --pool p --not-pool q --hostname h --system-id abc123 --nics 2 --nic-speed 10000 --count 2 --spread min-zones --min-zones 2 --consumer c --request-id r --dry-run",
+            "ingot machines boot-credentials abc123",
+            "ingot machines actions",
+            "ingot machines actions failed-testing",
+            "ingot agent report-inventory abc123 --token T --file inv.json",
+            "ingot agent progress abc123 --token T --message m --percent 40",
+            "ingot agent result abc123 --token T --success",
+            "ingot agent result abc123 --failure broken",
+            "ingot pools create p --description d",
+            "ingot tags create t --definition cpu_count>=4 --comment c",
+            "ingot users create alice --role admin",
+            "ingot users update alice --role user",
+            "ingot users whoami",
+            "ingot tokens list --all",
+            "ingot tokens create --user alice --description d --ttl 1h",
+            "ingot tokens revoke abc",
+            "ingot events list --machine abc123 --zone z --owner u --level warning --kind deploy --since 10m --until 2024-05-01T00:00:00Z --limit 5 --all-pages",
+            "ingot settings set deadline.commissioning=30m deadline.testing=3600",
+            "ingot settings show",
+            "ingot watch --from 5 --zone z --status ready --owner u --pool p --tag t",
+        ];
+        for line in ok {
+            if let Err(e) = Cli::try_parse_from(line.split_whitespace()) {
+                panic!("{line}: {e}");
+            }
+        }
+        let bad = [
+            "ingot machines commission abc123 --wait-timeout 5m",
+            "ingot agent result abc123 --success --failure x",
+            "ingot agent result abc123",
+            "ingot agent progress abc123 --message m --percent 101",
+            "ingot machines release abc123 --erase bogus",
+            "ingot machines actions bogus",
+            "ingot tokens list --all --user u",
+        ];
+        for line in bad {
+            assert!(
+                Cli::try_parse_from(line.split_whitespace()).is_err(),
+                "{line}"
+            );
+        }
+        // For agent commands the global --token is the boot token.
+        let cli =
+            Cli::try_parse_from("ingot agent progress abc123 --token T --message m".split(' '))
+                .unwrap();
+        assert_eq!(cli.global.token.as_deref(), Some("T"));
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! timestamps), so every command prints the same record the same way.
 
 use comfy_table::{presets, Table};
-use ingot_proto::v1::{Machine, Region, RegionRole, Zone};
+use ingot_proto::v1::{
+    EraseMode, Event, EventLevel, Inventory, Machine, Pool, Region, RegionRole, Role, Tag, Token,
+    User, Zone,
+};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Writes one line to stdout; exits quietly (status 0) if the reader went away.
 pub fn emit_line(line: &str) {
@@ -137,19 +140,197 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// A machine as JSON.
+/// The operator name of a proto enum value: `ERASE_MODE_QUICK` with prefix `ERASE_MODE_` -> `quick`.
+pub fn enum_name(wire_name: &str, prefix: &str) -> String {
+    wire_name
+        .trim_start_matches(prefix)
+        .replace('_', "-")
+        .to_ascii_lowercase()
+}
+
+/// `none`, `quick` or `secure`.
+pub fn erase_name(v: i32) -> String {
+    match EraseMode::try_from(v) {
+        Ok(e) => enum_name(e.as_str_name(), "ERASE_MODE_"),
+        Err(_) => format!("unknown({v})"),
+    }
+}
+
+/// `admin` or `user`.
+pub fn user_role_name(v: i32) -> String {
+    match Role::try_from(v) {
+        Ok(r) => enum_name(r.as_str_name(), "ROLE_"),
+        Err(_) => format!("unknown({v})"),
+    }
+}
+
+/// `info`, `warning` or `error`.
+pub fn level_name(v: i32) -> String {
+    match EventLevel::try_from(v) {
+        Ok(l) => enum_name(l.as_str_name(), "EVENT_LEVEL_"),
+        Err(_) => format!("unknown({v})"),
+    }
+}
+
+/// Memory for people: `64 GiB`, `1.5 GiB`, `512 MiB`; `-` for 0 (not commissioned yet).
+pub fn mib(v: u64) -> String {
+    if v == 0 {
+        "-".into()
+    } else if v >= 1024 && v & 1023 == 0 {
+        format!("{} GiB", v / 1024)
+    } else if v >= 1024 {
+        format!("{:.1} GiB", v as f64 / 1024.0)
+    } else {
+        format!("{v} MiB")
+    }
+}
+
+/// Storage for people: `900 GiB`, `2 TiB`, `1.5 TiB`; `-` for 0.
+pub fn gib(v: u64) -> String {
+    if v == 0 {
+        "-".into()
+    } else if v >= 1024 && v & 1023 == 0 {
+        format!("{} TiB", v / 1024)
+    } else if v >= 1024 {
+        format!("{:.1} TiB", v as f64 / 1024.0)
+    } else {
+        format!("{v} GiB")
+    }
+}
+
+/// A count for people: `-` for 0 (not commissioned yet).
+fn count(v: u32) -> String {
+    if v == 0 {
+        "-".into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// `-` for an empty string.
+pub fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+/// Seconds as the shortest duration the CLI accepts back: `30m`, `1h30m`, `6h`, `45s`, `0s`.
+pub fn duration(secs: u64) -> String {
+    if secs == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    let mut rest = secs;
+    for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if rest >= n {
+            out.push_str(&format!("{}{unit}", rest / n));
+            rest %= n;
+        }
+    }
+    out
+}
+
+/// Per-status counts in status order: `ready=3 deployed=2`; `-` when there are none.
+pub fn status_counts(counts: &HashMap<String, u64>) -> String {
+    let mut parts: Vec<(usize, String)> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(name, n)| {
+            let pos = ingot_common::MachineStatus::parse(name)
+                .and_then(|s| {
+                    ingot_common::MachineStatus::ALL
+                        .iter()
+                        .position(|x| *x == s)
+                })
+                .unwrap_or(usize::MAX);
+            (pos, format!("{name}={n}"))
+        })
+        .collect();
+    parts.sort();
+    if parts.is_empty() {
+        return "-".into();
+    }
+    parts
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Per-status counts as a JSON object (status name -> count), sorted by name.
+pub fn status_counts_json(counts: &HashMap<String, u64>) -> Value {
+    let sorted: BTreeMap<_, _> = counts.iter().collect();
+    json!(sorted)
+}
+
+/// An inventory as JSON (the same shape `ingot agent report-inventory` reads).
+pub fn inventory_json(inv: &Inventory) -> Value {
+    let fw = inv.firmware.clone().unwrap_or_default();
+    let dmi: BTreeMap<_, _> = inv.dmi.iter().collect();
+    json!({
+        "cpu_count": inv.cpu_count,
+        "cpu_model": inv.cpu_model,
+        "memory_mib": inv.memory_mib,
+        "disks": inv.disks.iter().map(|d| json!({
+            "name": d.name,
+            "size_gib": d.size_gib,
+            "rotational": d.rotational,
+            "model": d.model,
+            "serial": d.serial,
+            "tags": d.tags,
+        })).collect::<Vec<_>>(),
+        "nics": inv.nics.iter().map(|n| json!({
+            "name": n.name,
+            "mac": n.mac,
+            "speed_mbps": n.speed_mbps,
+            "link": n.link,
+        })).collect::<Vec<_>>(),
+        "firmware": {"boot_mode": fw.boot_mode, "vendor": fw.vendor, "version": fw.version},
+        "dmi": dmi,
+    })
+}
+
+/// A machine as JSON: every field of the wire record (the inventory only when the read returned it).
 pub fn machine_json(m: &Machine) -> Value {
     let power = m.power.clone().unwrap_or_default();
     let params: BTreeMap<_, _> = power.params.into_iter().collect();
+    let previous = match m.previous_status {
+        0 => Value::Null,
+        s => Value::String(status_name(s)),
+    };
     json!({
         "system_id": m.system_id,
         "hostname": m.hostname,
         "status": status_name(m.status),
+        "status_message": m.status_message,
+        "previous_status": previous,
+        "deadline": ts_json(&m.deadline),
         "zone": m.zone,
+        "pool": m.pool,
         "arch": m.arch,
         "macs": m.macs,
+        "tags": m.tags,
+        "owner": m.owner,
+        "consumer": m.consumer,
+        "provider_id": m.provider_id,
+        "allocation_request_id": m.allocation_request_id,
+        "locked": m.locked,
+        "cpu_count": m.cpu_count,
+        "memory_mib": m.memory_mib,
+        "storage_gib": m.storage_gib,
         "power": {"driver": power.driver, "params": params},
         "description": m.description,
+        "deploy": m.deploy.as_ref().map(|d| json!({
+            "osystem": d.osystem,
+            "distro_series": d.distro_series,
+            "user_data": d.user_data,
+        })),
+        "boot_purpose": m.boot_purpose,
+        "progress": {"message": m.progress_message, "percent": m.progress_percent},
+        "erase": erase_name(m.erase),
+        "inventory": m.inventory.as_ref().map(inventory_json),
         "created_at": ts_json(&m.created_at),
         "updated_at": ts_json(&m.updated_at),
         "revision": m.revision,
@@ -157,36 +338,56 @@ pub fn machine_json(m: &Machine) -> Value {
 }
 
 /// Column headers of [`machine_row`].
-pub const MACHINE_HEADER: [&str; 7] = [
+pub const MACHINE_HEADER: [&str; 11] = [
     "SYSTEM ID",
     "HOSTNAME",
     "STATUS",
+    "OWNER",
+    "POOL",
     "ZONE",
     "ARCH",
-    "MACS",
-    "POWER",
+    "CPUS",
+    "MEMORY",
+    "STORAGE",
+    "TAGS",
 ];
 
 /// One machine as a list row.
 pub fn machine_row(m: &Machine) -> Vec<String> {
-    let driver = m
-        .power
-        .as_ref()
-        .map(|p| p.driver.clone())
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| "-".into());
+    let mut status = status_name(m.status);
+    if m.locked {
+        status.push_str(" (locked)");
+    }
     vec![
         m.system_id.clone(),
         m.hostname.clone(),
-        status_name(m.status),
+        status,
+        dash(&m.owner),
+        m.pool.clone(),
         m.zone.clone(),
         m.arch.clone(),
-        m.macs.join(","),
-        driver,
+        count(m.cpu_count),
+        mib(m.memory_mib),
+        gib(m.storage_gib),
+        if m.tags.is_empty() {
+            "-".into()
+        } else {
+            m.tags.join(",")
+        },
     ]
 }
 
-/// One machine in full, as a field/value table.
+/// The progress of the running boot: `curtin: partitioning (40%)`, or `-`.
+pub fn progress(m: &Machine) -> String {
+    match (m.progress_message.is_empty(), m.progress_percent) {
+        (true, 0) => "-".into(),
+        (true, p) => format!("{p}%"),
+        (false, 0) => m.progress_message.clone(),
+        (false, p) => format!("{} ({p}%)", m.progress_message),
+    }
+}
+
+/// One machine in full, as a field/value table: identity, lifecycle, ownership, hardware and inventory.
 pub fn machine_record(m: &Machine) -> Table {
     let power = m.power.clone().unwrap_or_default();
     let params: BTreeMap<_, _> = power.params.into_iter().collect();
@@ -195,27 +396,113 @@ pub fn machine_record(m: &Machine) -> Table {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("\n");
-    let dash = |s: &str| {
-        if s.is_empty() {
-            "-".to_string()
-        } else {
-            s.to_string()
-        }
+    let previous = match m.previous_status {
+        0 => "-".into(),
+        s => status_name(s),
     };
-    record(vec![
+    let deploy = match &m.deploy {
+        Some(d) if !d.osystem.is_empty() || !d.distro_series.is_empty() => {
+            let ud = if d.user_data.is_empty() {
+                String::new()
+            } else {
+                format!(" (user data: {} bytes)", d.user_data.len())
+            };
+            format!("{}/{}{ud}", d.osystem, d.distro_series)
+        }
+        _ => "-".into(),
+    };
+    let mut rows = vec![
         ("system id", m.system_id.clone()),
         ("hostname", m.hostname.clone()),
         ("status", status_name(m.status)),
+        ("status message", dash(&m.status_message)),
+        ("previous status", previous),
+        ("deadline", ts(&m.deadline)),
+        ("progress", progress(m)),
+        ("boot purpose", dash(&m.boot_purpose)),
+        ("locked", if m.locked { "yes" } else { "no" }.into()),
+        ("owner", dash(&m.owner)),
+        ("consumer", dash(&m.consumer)),
+        ("provider id", dash(&m.provider_id)),
+        ("allocation request", dash(&m.allocation_request_id)),
+        ("deploy", deploy),
+        ("erase", erase_name(m.erase)),
         ("zone", m.zone.clone()),
+        ("pool", dash(&m.pool)),
+        ("tags", dash(&m.tags.join(", "))),
         ("arch", m.arch.clone()),
+        ("cpus", count(m.cpu_count)),
+        ("memory", mib(m.memory_mib)),
+        ("storage", gib(m.storage_gib)),
         ("macs", m.macs.join("\n")),
         ("power driver", dash(&power.driver)),
         ("power params", dash(&params)),
         ("description", dash(&m.description)),
+    ];
+    if let Some(inv) = &m.inventory {
+        rows.push(("cpu model", dash(&inv.cpu_model)));
+        let fw = inv.firmware.clone().unwrap_or_default();
+        let firmware = [fw.boot_mode, fw.vendor, fw.version]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        rows.push(("firmware", dash(&firmware)));
+        let disks = inv
+            .disks
+            .iter()
+            .map(|d| {
+                let mut s = format!(
+                    "{} {} {}",
+                    d.name,
+                    gib(d.size_gib),
+                    if d.rotational { "rotary" } else { "ssd" }
+                );
+                for extra in [&d.model, &d.serial] {
+                    if !extra.is_empty() {
+                        s.push(' ');
+                        s.push_str(extra);
+                    }
+                }
+                if !d.tags.is_empty() {
+                    s.push_str(&format!(" [{}]", d.tags.join(",")));
+                }
+                s
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        rows.push(("disks", dash(&disks)));
+        let nics = inv
+            .nics
+            .iter()
+            .map(|n| {
+                let speed = if n.speed_mbps == 0 {
+                    "speed unknown".to_string()
+                } else {
+                    format!("{} Mb/s", n.speed_mbps)
+                };
+                let link = if n.link { "link up" } else { "link down" };
+                format!("{} {} {speed} {link}", n.name, n.mac)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        rows.push(("nics", dash(&nics)));
+        let dmi: BTreeMap<_, _> = inv.dmi.iter().collect();
+        let dmi = dmi
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        rows.push(("dmi", dash(&dmi)));
+    } else {
+        rows.push(("inventory", "- (not commissioned yet)".into()));
+    }
+    rows.extend([
         ("created", ts(&m.created_at)),
         ("updated", ts(&m.updated_at)),
         ("revision", m.revision.to_string()),
-    ])
+    ]);
+    record(rows)
 }
 
 /// A zone as JSON.
@@ -224,6 +511,7 @@ pub fn zone_json(z: &Zone) -> Value {
         "name": z.name,
         "description": z.description,
         "machine_count": z.machine_count,
+        "status_counts": status_counts_json(&z.status_counts),
         "created_at": ts_json(&z.created_at),
     })
 }
@@ -234,8 +522,118 @@ pub fn zone_record(z: &Zone) -> Table {
         ("name", z.name.clone()),
         ("description", z.description.clone()),
         ("machines", z.machine_count.to_string()),
+        ("statuses", status_counts(&z.status_counts)),
         ("created", ts(&z.created_at)),
     ])
+}
+
+/// A pool as JSON.
+pub fn pool_json(p: &Pool) -> Value {
+    json!({
+        "name": p.name,
+        "description": p.description,
+        "machine_count": p.machine_count,
+        "status_counts": status_counts_json(&p.status_counts),
+        "created_at": ts_json(&p.created_at),
+    })
+}
+
+/// A pool as a field/value table.
+pub fn pool_record(p: &Pool) -> Table {
+    record(vec![
+        ("name", p.name.clone()),
+        ("description", p.description.clone()),
+        ("machines", p.machine_count.to_string()),
+        ("statuses", status_counts(&p.status_counts)),
+        ("created", ts(&p.created_at)),
+    ])
+}
+
+/// A tag as JSON.
+pub fn tag_json(t: &Tag) -> Value {
+    json!({
+        "name": t.name,
+        "definition": t.definition,
+        "comment": t.comment,
+        "machine_count": t.machine_count,
+        "created_at": ts_json(&t.created_at),
+    })
+}
+
+/// A tag as a field/value table.
+pub fn tag_record(t: &Tag) -> Table {
+    record(vec![
+        ("name", t.name.clone()),
+        (
+            "kind",
+            if t.definition.is_empty() {
+                "manual"
+            } else {
+                "defined"
+            }
+            .into(),
+        ),
+        ("definition", dash(&t.definition)),
+        ("comment", dash(&t.comment)),
+        ("machines", t.machine_count.to_string()),
+        ("created", ts(&t.created_at)),
+    ])
+}
+
+/// A user as JSON.
+pub fn user_json(u: &User) -> Value {
+    json!({
+        "name": u.name,
+        "role": user_role_name(u.role),
+        "machine_count": u.machine_count,
+        "token_count": u.token_count,
+        "created_at": ts_json(&u.created_at),
+    })
+}
+
+/// A user as a field/value table.
+pub fn user_record(u: &User) -> Table {
+    record(vec![
+        ("name", u.name.clone()),
+        ("role", user_role_name(u.role)),
+        ("machines", u.machine_count.to_string()),
+        ("tokens", u.token_count.to_string()),
+        ("created", ts(&u.created_at)),
+    ])
+}
+
+/// An API token (never its secret) as JSON.
+pub fn token_json(t: &Token) -> Value {
+    json!({
+        "id": t.id,
+        "user": t.user,
+        "description": t.description,
+        "created_at": ts_json(&t.created_at),
+        "expires_at": ts_json(&t.expires_at),
+    })
+}
+
+/// An event as JSON.
+pub fn event_json(e: &Event) -> Value {
+    let st = |s: i32| match s {
+        0 => Value::Null,
+        s => Value::String(status_name(s)),
+    };
+    json!({
+        "revision": e.revision,
+        "seq": e.seq,
+        "time": ts_json(&e.time),
+        "actor": e.actor,
+        "kind": e.kind,
+        "level": level_name(e.level),
+        "system_id": e.system_id,
+        "hostname": e.hostname,
+        "zone": e.zone,
+        "owner": e.owner,
+        "from_status": st(e.from_status),
+        "to_status": st(e.to_status),
+        "message": e.message,
+    })
 }
 
 /// A region as JSON.
@@ -288,6 +686,36 @@ mod tests {
         }
         assert!(parse_status("bogus").is_err());
         assert_eq!(status_name(0), "unspecified");
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(1800), "30m");
+        assert_eq!(duration(5400), "1h30m");
+        assert_eq!(duration(90_061), "1d1h1m1s");
+        assert_eq!(
+            crate::parse_duration(&duration(5400)).unwrap().as_secs(),
+            5400
+        );
+        assert_eq!(mib(0), "-");
+        assert_eq!(mib(512), "512 MiB");
+        assert_eq!(mib(65536), "64 GiB");
+        assert_eq!(mib(1536), "1.5 GiB");
+        assert_eq!(gib(2048), "2 TiB");
+        assert_eq!(gib(900), "900 GiB");
+        let counts: HashMap<String, u64> = [
+            ("ready".to_string(), 3),
+            ("new".to_string(), 1),
+            ("deployed".to_string(), 0),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(status_counts(&counts), "new=1 ready=3");
+        assert_eq!(status_counts(&HashMap::new()), "-");
+        assert_eq!(erase_name(EraseMode::Secure as i32), "secure");
+        assert_eq!(level_name(EventLevel::Warning as i32), "warning");
+        assert_eq!(user_role_name(Role::Admin as i32), "admin");
     }
 
     #[test]

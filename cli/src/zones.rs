@@ -13,7 +13,7 @@ use serde_json::json;
 /// The `zones` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum ZonesCmd {
-    /// List zones with their machine counts
+    /// List zones with their machine counts per status
     List {
         /// Answer from the serving region's local state (may lag recent writes)
         #[arg(long)]
@@ -89,11 +89,13 @@ pub async fn run(ctx: &Ctx, cmd: ZonesCmd) -> Result<()> {
                 let zones: Vec<_> = resp.zones.iter().map(output::zone_json).collect();
                 print_json(&json!({ "zones": zones }));
             } else {
-                let mut t = output::table(["NAME", "MACHINES", "DESCRIPTION", "CREATED"]);
+                let mut t =
+                    output::table(["NAME", "MACHINES", "STATUSES", "DESCRIPTION", "CREATED"]);
                 for z in &resp.zones {
                     t.add_row(vec![
                         z.name.clone(),
                         z.machine_count.to_string(),
+                        output::status_counts(&z.status_counts),
                         z.description.clone(),
                         output::ts(&z.created_at),
                     ]);
