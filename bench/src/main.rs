@@ -7,6 +7,9 @@
 //!    was sent after the kill, restarting the killed region between rounds;
 //! 3. with `--etcd`, runs `bench/etcd/run_etcd_bench.sh` (etcd 3.4, 3 members, mutual TLS, etcd's own
 //!    benchmark tool) in the same run and prints both side by side.
+//!
+//! With `--alloc` it runs the allocation-scale benchmark instead (see [`alloc`]): a 10,000-machine fleet
+//! commissioned through the API, then allocation throughput, list latencies and watch fan-out.
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -17,6 +20,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod alloc;
 
 #[derive(Parser)]
 #[command(
@@ -55,8 +60,41 @@ struct Args {
     /// Extra flags for every ingot-region (e.g. --region-arg=--election-timeout-ms=400).
     #[arg(long = "region-arg", allow_hyphen_values = true)]
     region_args: Vec<String>,
+    /// Run the allocation benchmark instead: enlist and commission `--machines` through the API, then
+    /// allocation throughput (`--allocations` by `--clients` over `--conns`), list latencies and watch
+    /// fan-out.
+    #[arg(long)]
+    alloc: bool,
+    /// --alloc: machines in the fleet.
+    #[arg(long, default_value_t = 10_000)]
+    machines: u64,
+    /// --alloc: zones the fleet is spread over.
+    #[arg(long, default_value_t = 4)]
+    zones: usize,
+    /// --alloc: concurrent requests while enlisting and commissioning.
+    #[arg(long, default_value_t = 256)]
+    setup_concurrency: usize,
+    /// --alloc: single-machine allocations to measure.
+    #[arg(long, default_value_t = 5_000)]
+    allocations: u64,
+    /// --alloc: runs of the full list.
+    #[arg(long, default_value_t = 50)]
+    list_runs: usize,
+    /// --alloc: runs of the filtered list.
+    #[arg(long, default_value_t = 200)]
+    filtered_runs: usize,
+    /// --alloc: concurrent watchers.
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+    /// --alloc: writes the watchers observe.
+    #[arg(long, default_value_t = 500)]
+    watch_writes: usize,
+    /// --alloc: pace of those writes, per second.
+    #[arg(long, default_value_t = 250)]
+    watch_rate: u64,
 }
 
+/// The `p` quantile (0..=1) of sorted samples; zero when there are none.
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -65,6 +103,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// A duration in milliseconds.
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -281,6 +320,30 @@ async fn main() -> Result<()> {
     } else {
         "debug (use --release for real figures)"
     };
+
+    if a.alloc {
+        let o = alloc::AllocOpts {
+            machines: a.machines,
+            zones: a.zones.max(1),
+            setup_concurrency: a.setup_concurrency.max(1),
+            allocations: a.allocations,
+            clients: a.clients.max(1),
+            conns: a.conns.max(1),
+            list_runs: a.list_runs,
+            filtered_runs: a.filtered_runs,
+            watchers: a.watchers,
+            watch_writes: a.watch_writes,
+            watch_rate: a.watch_rate,
+            max_seconds: a.max_seconds,
+        };
+        let figures = alloc::run(&cluster, &o).await;
+        drop(cluster);
+        if a.dir.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        alloc::report(&o, &figures?, profile, a.regions);
+        return Ok(());
+    }
 
     eprintln!(
         "== throughput: {} clients over {} connections, {} writes",

@@ -174,3 +174,287 @@ pub fn peer(var: &str) -> Option<PathBuf> {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Lifecycle helpers: drive machines through the API the way a booting machine's agent would.
+// ---------------------------------------------------------------------------------------------------------
+
+/// A sample inventory: `cpus` CPUs, `memory_mib` of memory, one disk per `(size_gib, rotational)` pair
+/// (named `sda`, `sdb`, ...) and `nics` NICs of `nic_speed_mbps` each.
+pub fn inventory(
+    cpus: u32,
+    memory_mib: u64,
+    disks: &[(u64, bool)],
+    nics: usize,
+    nic_speed_mbps: u64,
+) -> ingot_proto::v1::Inventory {
+    use ingot_proto::v1::{Disk, Firmware, Inventory, Nic};
+    Inventory {
+        cpu_count: cpus,
+        cpu_model: "Test CPU @ 3.0GHz".into(),
+        memory_mib,
+        disks: disks
+            .iter()
+            .enumerate()
+            .map(|(i, (size, rot))| Disk {
+                name: format!("sd{}", (b'a' + (i % 26) as u8) as char),
+                size_gib: *size,
+                rotational: *rot,
+                model: if *rot { "HDD-X" } else { "SSD-Y" }.into(),
+                serial: format!("SN{i:04}"),
+                tags: vec![],
+            })
+            .collect(),
+        nics: (0..nics)
+            .map(|i| Nic {
+                name: format!("eno{}", i + 1),
+                mac: format!("0a:00:00:00:00:{:02x}", i % 256),
+                speed_mbps: nic_speed_mbps,
+                link: true,
+            })
+            .collect(),
+        firmware: Some(Firmware {
+            boot_mode: "uefi".into(),
+            vendor: "TestBIOS".into(),
+            version: "1.0".into(),
+        }),
+        dmi: [("system_vendor".to_string(), "Test Inc.".to_string())]
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// A small inventory (8 CPUs, 16 GiB, one 500 GiB SSD, one 1 Gbit/s NIC).
+pub fn small_inventory() -> ingot_proto::v1::Inventory {
+    inventory(8, 16_384, &[(500, false)], 1, 1_000)
+}
+
+/// A request naming one machine by system id.
+pub fn by_id(system_id: &str) -> ingot_proto::v1::MachineRef {
+    ingot_proto::v1::MachineRef {
+        key: Some(ingot_proto::v1::machine_ref::Key::SystemId(
+            system_id.to_string(),
+        )),
+    }
+}
+
+/// The machine's current boot token (admin `GetBootCredentials`), checking the boot's purpose.
+pub async fn boot_token(clients: &Clients, system_id: &str, purpose: &str) -> Result<String> {
+    let c = clients
+        .machines()
+        .get_boot_credentials(ingot_proto::v1::GetBootCredentialsRequest {
+            machine: Some(by_id(system_id)),
+        })
+        .await
+        .with_context(|| format!("boot credentials of {system_id}"))?
+        .into_inner();
+    anyhow::ensure!(
+        c.purpose == purpose,
+        "machine {system_id} boots for '{}', expected '{purpose}'",
+        c.purpose
+    );
+    anyhow::ensure!(!c.token.is_empty(), "empty boot token for {system_id}");
+    Ok(c.token)
+}
+
+/// Reports the end of the current boot of `system_id` as its agent would.
+pub async fn agent_result(
+    clients: &Clients,
+    system_id: &str,
+    token: &str,
+    success: bool,
+    reason: &str,
+) -> std::result::Result<ingot_proto::v1::ReportResponse, tonic::Status> {
+    clients
+        .agent()
+        .report_result(ingot_proto::v1::ReportResultRequest {
+            system_id: system_id.to_string(),
+            boot_token: token.to_string(),
+            success,
+            reason: reason.to_string(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Commissions an existing machine to Ready: commission, read the boot token, report `inv`, report
+/// success. Returns the machine as read afterwards (FULL view).
+pub async fn commission_to_ready(
+    clients: &Clients,
+    system_id: &str,
+    inv: ingot_proto::v1::Inventory,
+) -> Result<ingot_proto::v1::Machine> {
+    use ingot_proto::v1::{CommissionRequest, MachineStatus, ReportInventoryRequest};
+    let m = clients
+        .machines()
+        .commission(CommissionRequest {
+            machine: Some(by_id(system_id)),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("commission {system_id}"))?
+        .into_inner();
+    anyhow::ensure!(
+        m.status == MachineStatus::Commissioning as i32,
+        "after commission: {:?}",
+        m.status()
+    );
+    let token = boot_token(clients, system_id, "commissioning").await?;
+    clients
+        .agent()
+        .report_inventory(ReportInventoryRequest {
+            system_id: system_id.to_string(),
+            boot_token: token.clone(),
+            inventory: Some(inv),
+        })
+        .await
+        .with_context(|| format!("report inventory of {system_id}"))?;
+    let r = agent_result(clients, system_id, &token, true, "")
+        .await
+        .with_context(|| format!("report result of {system_id}"))?;
+    anyhow::ensure!(
+        r.status == MachineStatus::Ready as i32,
+        "after commissioning result: {:?}",
+        r.status()
+    );
+    get(clients, system_id).await
+}
+
+/// Creates the machine `req` describes and commissions it to Ready with `inv`.
+pub async fn ready_machine_from(
+    clients: &Clients,
+    req: CreateMachineRequest,
+    inv: ingot_proto::v1::Inventory,
+) -> Result<ingot_proto::v1::Machine> {
+    let m = clients
+        .machines()
+        .create_machine(req)
+        .await
+        .context("create machine")?
+        .into_inner();
+    anyhow::ensure!(
+        m.status == ingot_proto::v1::MachineStatus::New as i32,
+        "a machine created by API starts New, not {:?}",
+        m.status()
+    );
+    commission_to_ready(clients, &m.system_id, inv).await
+}
+
+/// Creates machine [`machine`]`(seed, i)` and commissions it to Ready with `inv`: create → commission →
+/// boot credentials → report inventory → report success.
+pub async fn ready_machine(
+    clients: &Clients,
+    seed: u16,
+    i: u32,
+    inv: ingot_proto::v1::Inventory,
+) -> Result<ingot_proto::v1::Machine> {
+    ready_machine_from(clients, machine(seed, i), inv).await
+}
+
+/// Reads one machine by system id (FULL view, linearizable).
+pub async fn get(clients: &Clients, system_id: &str) -> Result<ingot_proto::v1::Machine> {
+    Ok(clients
+        .machines()
+        .get_machine(ingot_proto::v1::GetMachineRequest {
+            key: Some(ingot_proto::v1::get_machine_request::Key::SystemId(
+                system_id.to_string(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("get machine {system_id}"))?
+        .into_inner())
+}
+
+/// Polls `system_id` every 50 ms until its status is `want`, for at most `within`. Returns the machine
+/// and how long it took.
+pub async fn wait_status(
+    clients: &Clients,
+    system_id: &str,
+    want: ingot_proto::v1::MachineStatus,
+    within: Duration,
+) -> Result<(ingot_proto::v1::Machine, Duration)> {
+    let t0 = std::time::Instant::now();
+    let mut last = None;
+    while t0.elapsed() < within {
+        let m = get(clients, system_id).await?;
+        if m.status == want as i32 {
+            return Ok((m, t0.elapsed()));
+        }
+        last = Some(m.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("machine {system_id} is still {last:?}, not {want:?}, after {within:?}")
+}
+
+/// Creates a user with role USER and an API token for it, and returns clients acting as that user. Waits
+/// (at most 5 s) until every region of `clients` accepts the new token, since tokens are checked against
+/// each region's local state.
+pub async fn user_clients(clients: &Clients, name: &str) -> Result<Clients> {
+    use ingot_proto::v1::{CreateTokenRequest, CreateUserRequest, Role, WhoAmIRequest};
+    clients
+        .users()
+        .create_user(CreateUserRequest {
+            name: name.to_string(),
+            role: Role::User as i32,
+        })
+        .await
+        .with_context(|| format!("create user {name}"))?;
+    let secret = clients
+        .users()
+        .create_token(CreateTokenRequest {
+            user: name.to_string(),
+            description: "test".into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .with_context(|| format!("create token for {name}"))?
+        .into_inner()
+        .secret;
+    let as_user = clients.with_token(&secret)?;
+    for ep in &clients.config().endpoints {
+        let one = as_user.channel_to(ep)?;
+        let t0 = std::time::Instant::now();
+        loop {
+            match one.users().who_am_i(WhoAmIRequest {}).await {
+                Ok(u) => {
+                    let u = u.into_inner();
+                    anyhow::ensure!(u.name == name, "token of {name} acts as {}", u.name);
+                    break;
+                }
+                Err(e) if t0.elapsed() > Duration::from_secs(5) => {
+                    anyhow::bail!("{ep} still refuses the token of {name}: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+    Ok(as_user)
+}
+
+/// Every event matching `req` (its page token and size are managed here), newest first, walking pages of
+/// `page_size`; at most `max_pages` pages.
+pub async fn all_events(
+    clients: &Clients,
+    mut req: ingot_proto::v1::ListEventsRequest,
+    page_size: u32,
+    max_pages: usize,
+) -> Result<Vec<ingot_proto::v1::Event>> {
+    let mut out = Vec::new();
+    req.page_size = page_size;
+    req.page_token = String::new();
+    for _ in 0..max_pages {
+        let r = clients
+            .events()
+            .list_events(req.clone())
+            .await
+            .context("list events")?
+            .into_inner();
+        out.extend(r.events);
+        if r.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        req.page_token = r.next_page_token;
+    }
+    anyhow::bail!("more than {max_pages} pages of events")
+}

@@ -86,8 +86,8 @@ impl App {
             let picked = self
                 .read(attempt > 0, |st| {
                     if !req.request_id.is_empty() {
-                        if let Some(ms) = replay(st, &actor.name, &req.request_id) {
-                            return Ok(Err(ms));
+                        if let Some(r) = replay(st, &actor.name, &req.request_id) {
+                            return r.map(Err);
                         }
                     }
                     let ids = pick(st, &req, &mut rand::thread_rng())?;
@@ -244,7 +244,7 @@ pub fn pick(
         }
         Spread::MinZones(k) => {
             if zones.len() < k as usize {
-                return Err(DomainError::precondition(format!(
+                return Err(DomainError::exhausted(format!(
                     "only {} zone(s) have Ready machines matching the constraints; {k} were asked",
                     zones.len()
                 )));

@@ -15,10 +15,10 @@ use tokio::sync::mpsc;
 /// One item of a watch stream.
 #[derive(Debug, Clone)]
 pub enum WatchItem {
-    /// A machine was created or changed (or left the filter: then it is its last matching... its new
-    /// state, which no longer matches).
+    /// A machine was created or changed (or left the filter: then its new state, which no longer
+    /// matches). The number is the resume point (see [`resume_points`]).
     Put(u64, Arc<Machine>),
-    /// A machine was deleted; its last state.
+    /// A machine was deleted; its last state, with the resume point.
     Delete(u64, Arc<Machine>),
     /// Nothing new up to this revision.
     Progress(u64),
@@ -78,6 +78,7 @@ impl App {
                                 }
                             }
                         }
+                        resume_points(&mut items);
                         Ok((items, st.data.revision.max(last)))
                     }
                 };
@@ -110,8 +111,60 @@ impl App {
     }
 }
 
+/// One command may change several machines under one revision (group allocation, a tag definition,
+/// a zone rename). Every item but the last of such a run carries `revision - 1` as its resume point, so a
+/// client resuming from the last item it received never skips the rest of that revision (it may see some
+/// of them twice — the same state again).
+fn resume_points(items: &mut [WatchItem]) {
+    let rev = |i: &WatchItem| match i {
+        WatchItem::Put(r, _) | WatchItem::Delete(r, _) | WatchItem::Progress(r) => *r,
+    };
+    for i in 0..items.len().saturating_sub(1) {
+        let (a, b) = (rev(&items[i]), rev(&items[i + 1]));
+        if a == b {
+            match &mut items[i] {
+                WatchItem::Put(r, _) | WatchItem::Delete(r, _) | WatchItem::Progress(r) => {
+                    *r = a.saturating_sub(1)
+                }
+            }
+        }
+    }
+}
+
 fn out_of_range(from: u64, floor: u64) -> DomainError {
     DomainError::out_of_range(format!(
         "revision {from} is older than the oldest change this region retains ({floor}); list the machines again and watch from the revision the list returns"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revision_shared_by_several_changes_resumes_before_it() {
+        let m = Arc::new(
+            serde_json::from_value::<Machine>(serde_json::json!({
+                "system_id": "a", "hostname": "a", "arch": "amd64/generic", "zone": "default",
+                "status": "Ready", "macs": [], "power": {"driver": "", "params": {}},
+                "description": "", "created_ms": 0, "updated_ms": 0, "revision": 1
+            }))
+            .expect("machine"),
+        );
+        let mut items = vec![
+            WatchItem::Put(5, m.clone()),
+            WatchItem::Put(7, m.clone()),
+            WatchItem::Put(7, m.clone()),
+            WatchItem::Delete(7, m.clone()),
+            WatchItem::Put(8, m),
+        ];
+        resume_points(&mut items);
+        let revs: Vec<u64> = items
+            .iter()
+            .map(|i| match i {
+                WatchItem::Put(r, _) | WatchItem::Delete(r, _) | WatchItem::Progress(r) => *r,
+            })
+            .collect();
+        assert_eq!(revs, vec![5, 6, 6, 7, 8]);
+    }
 }

@@ -439,25 +439,43 @@ pub fn consumer_for(consumer: &str, count: u32, i: usize) -> String {
     }
 }
 
-/// The machines a served allocation got, if `owner` already used `request_id`: from the record, or
-/// from the machines still carrying the request id (records expire; allocations do not).
-pub fn replay(state: &State, owner: &str, request_id: &str) -> Option<Vec<Machine>> {
+/// The machines a served allocation got, if `owner` already used `request_id`: from the machines still
+/// held under that request id, or from the record (records expire; allocations do not). When the
+/// machines have been released since, the answer is an error rather than their current state — which
+/// may belong to someone else now.
+pub fn replay(
+    state: &State,
+    owner: &str,
+    request_id: &str,
+) -> Option<Result<Vec<Machine>, DomainError>> {
     let key = format!("{owner}/{request_id}");
-    if let Some(rec) = state.data.allocations.get(&key) {
-        return Some(
-            rec.system_ids
-                .iter()
-                .filter_map(|id| state.machine(id).cloned())
-                .collect(),
-        );
-    }
     let held: Vec<Machine> = state
         .by_allocation
-        .get(&key)?
-        .iter()
-        .filter_map(|id| state.machine(id).cloned())
-        .collect();
-    (!held.is_empty()).then_some(held)
+        .get(&key)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|id| state.machine(id).cloned())
+                .collect()
+        })
+        .unwrap_or_default();
+    match state.data.allocations.get(&key) {
+        Some(rec) => {
+            if held.len() == rec.system_ids.len() {
+                // In the order they were first returned.
+                let mut out = held;
+                out.sort_by_key(|m| rec.system_ids.iter().position(|id| *id == m.system_id));
+                Some(Ok(out))
+            } else {
+                Some(Err(DomainError::precondition(format!(
+                    "request id '{request_id}' was served before (machines {}) and {} of them have been released since; use a new request id to allocate again",
+                    rec.system_ids.join(", "),
+                    rec.system_ids.len() - held.len()
+                ))))
+            }
+        }
+        None if !held.is_empty() => Some(Ok(held)),
+        None => None,
+    }
 }
 
 /// True if `m` can be allocated now under `c`.
@@ -479,8 +497,8 @@ pub(super) fn allocate(
     count: u32,
 ) -> Response {
     let owner = cmd.actor.clone();
-    if let Some(ms) = replay(state, &owner, request_id) {
-        return Ok(Reply::Allocated(ms, true));
+    if let Some(r) = replay(state, &owner, request_id) {
+        return r.map(|ms| Reply::Allocated(ms, true));
     }
     let count = count.max(1) as usize;
     for i in 0..count {
