@@ -330,7 +330,7 @@ pub fn machine_json(m: &Machine) -> Value {
         "boot_purpose": m.boot_purpose,
         "progress": {"message": m.progress_message, "percent": m.progress_percent},
         "erase": erase_name(m.erase),
-        "inventory": m.inventory.as_ref().map(inventory_json),
+        "inventory": m.inventory.as_deref().map(inventory_json),
         "created_at": ts_json(&m.created_at),
         "updated_at": ts_json(&m.updated_at),
         "revision": m.revision,

@@ -3,10 +3,10 @@
 //! and the benchmark all use the same TLS, keepalive and failover settings.
 
 use crate::{ClientConfig, ClientError};
-use ingot_proto::v1::cluster_service_client::ClusterServiceClient;
-use ingot_proto::v1::machine_service_client::MachineServiceClient;
 use ingot_proto::v1::agent_service_client::AgentServiceClient;
+use ingot_proto::v1::cluster_service_client::ClusterServiceClient;
 use ingot_proto::v1::event_service_client::EventServiceClient;
+use ingot_proto::v1::machine_service_client::MachineServiceClient;
 use ingot_proto::v1::pool_service_client::PoolServiceClient;
 use ingot_proto::v1::tag_service_client::TagServiceClient;
 use ingot_proto::v1::user_service_client::UserServiceClient;
@@ -148,6 +148,9 @@ fn endpoint(url: &str, tls: &ClientTlsConfig) -> Result<Endpoint, ClientError> {
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
+        // Room for a whole page of machines in flight without waiting for window updates.
+        .initial_stream_window_size(Some(8 * 1024 * 1024))
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
         .keep_alive_timeout(Duration::from_secs(2))
         .keep_alive_while_idle(true))
 }

@@ -68,8 +68,13 @@ pub fn power_from_proto(p: Option<v1::PowerParameters>) -> PowerParams {
 pub fn machine_to_proto(m: &Machine, include_secrets: bool, full: bool) -> v1::Machine {
     let power = if include_secrets {
         m.power.clone()
-    } else {
+    } else if full {
         m.power.redacted()
+    } else {
+        ingot_common::PowerParams {
+            driver: m.power.driver.clone(),
+            params: Default::default(),
+        }
     };
     let (progress_message, progress_percent) = match &m.progress {
         Some(p) => (p.message.clone(), p.percent),
@@ -84,7 +89,12 @@ pub fn machine_to_proto(m: &Machine, include_secrets: bool, full: bool) -> v1::M
         macs: m.macs.iter().map(|m| m.to_string()).collect(),
         power: Some(v1::PowerParameters {
             driver: power.driver,
-            params: power.params.into_iter().collect(),
+            // The basic view (lists) carries the driver only: parameters are per-machine detail.
+            params: if full {
+                power.params.into_iter().collect()
+            } else {
+                Default::default()
+            },
         }),
         description: m.description.clone(),
         created_at: Some(timestamp(m.created_ms)),
@@ -119,18 +129,22 @@ pub fn machine_to_proto(m: &Machine, include_secrets: bool, full: bool) -> v1::M
         memory_mib: m.memory_mib(),
         storage_gib: m.storage_gib(),
         inventory: if full {
-            m.inventory.as_ref().map(inventory_to_proto)
+            m.inventory
+                .as_ref()
+                .map(|i| Box::new(inventory_to_proto(i)))
         } else {
             None
         },
-        deploy: m.deploy.as_ref().map(|d| v1::DeploySpec {
-            osystem: d.osystem.clone(),
-            distro_series: d.distro_series.clone(),
-            user_data: if full {
-                d.user_data.clone()
-            } else {
-                String::new()
-            },
+        deploy: m.deploy.as_ref().filter(|_| full).map(|d| {
+            Box::new(v1::DeploySpec {
+                osystem: d.osystem.clone(),
+                distro_series: d.distro_series.clone(),
+                user_data: if full {
+                    d.user_data.clone()
+                } else {
+                    String::new()
+                },
+            })
         }),
         progress_message,
         progress_percent,

@@ -150,6 +150,8 @@ pub struct State {
     pub by_zone: HashMap<String, BTreeSet<String>>,
     /// Status → system ids.
     pub by_status: HashMap<MachineStatus, BTreeSet<String>>,
+    /// (zone, status) → system ids: the exact answer of the most common filtered list.
+    pub by_zone_status: HashMap<(String, MachineStatus), BTreeSet<String>>,
     /// Pool → system ids.
     pub by_pool: HashMap<String, BTreeSet<String>>,
     /// Owner → system ids.
@@ -267,6 +269,10 @@ impl State {
             .entry(m.status)
             .or_default()
             .insert(m.system_id.clone());
+        self.by_zone_status
+            .entry((m.zone.clone(), m.status))
+            .or_default()
+            .insert(m.system_id.clone());
         self.by_pool
             .entry(m.pool.clone())
             .or_default()
@@ -313,6 +319,13 @@ impl State {
         }
         if let Some(set) = self.by_status.get_mut(&m.status) {
             set.remove(&m.system_id);
+        }
+        let key = (m.zone.clone(), m.status);
+        if let Some(set) = self.by_zone_status.get_mut(&key) {
+            set.remove(&m.system_id);
+            if set.is_empty() {
+                self.by_zone_status.remove(&key);
+            }
         }
         if let Some(set) = self.by_pool.get_mut(&m.pool) {
             set.remove(&m.system_id);
@@ -383,6 +396,9 @@ impl State {
         after: Option<&str>,
         limit: usize,
     ) -> (Vec<&'a Machine>, bool, u64) {
+        if let Some(r) = self.list_exact(f, after, limit) {
+            return r;
+        }
         let matches = |m: &Machine| f.matches(m);
         let mut page = Vec::with_capacity(limit.min(1024));
         let mut total = 0u64;
@@ -444,6 +460,64 @@ impl State {
             }
         }
         (page, more, total)
+    }
+
+    /// The fast path of [`State::list_machines`]: when the query filters by zone and/or status only, an
+    /// index holds exactly the matches, so the total is its size and the page is a range of it — no scan.
+    fn list_exact<'a>(
+        &'a self,
+        f: &MachineQuery,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Option<(Vec<&'a Machine>, bool, u64)> {
+        let only_zone_status = f.arch.is_none()
+            && f.hostname_prefix.is_none()
+            && f.mac.is_none()
+            && f.pool.is_none()
+            && f.owner.is_none()
+            && f.consumer.is_none()
+            && f.tags.is_empty()
+            && f.visible_to.is_none();
+        if !only_zone_status {
+            return None;
+        }
+        let from = match after {
+            Some(a) => std::ops::Bound::Excluded(a.to_string()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let range = (from, std::ops::Bound::Unbounded);
+        let empty = Some((Vec::new(), false, 0));
+        let (ids, total): (Box<dyn Iterator<Item = &'a String> + 'a>, usize) =
+            match (&f.zone, f.status) {
+                (Some(z), Some(st)) => match self.by_zone_status.get(&(z.clone(), st)) {
+                    Some(set) => (Box::new(set.range::<String, _>(range)), set.len()),
+                    None => return empty,
+                },
+                (Some(z), None) => match self.by_zone.get(z) {
+                    Some(set) => (Box::new(set.range::<String, _>(range)), set.len()),
+                    None => return empty,
+                },
+                (None, Some(st)) => match self.by_status.get(&st) {
+                    Some(set) => (Box::new(set.range::<String, _>(range)), set.len()),
+                    None => return empty,
+                },
+                (None, None) => (
+                    Box::new(self.data.machines.range::<String, _>(range).map(|(k, _)| k)),
+                    self.data.machines.len(),
+                ),
+            };
+        let mut page = Vec::with_capacity(limit.min(total));
+        let mut more = false;
+        for id in ids {
+            if page.len() == limit {
+                more = true;
+                break;
+            }
+            if let Some(m) = self.data.machines.get(id) {
+                page.push(m);
+            }
+        }
+        Some((page, more, total as u64))
     }
 }
 

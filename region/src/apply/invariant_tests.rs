@@ -199,6 +199,21 @@ proptest! {
             let _ = apply(&mut s, &c, rev);
             check(&s);
         }
+        // The indexed list path agrees with a plain scan, page by page.
+        for status in [None, Some(MachineStatus::Ready), Some(MachineStatus::Allocated), Some(MachineStatus::New)] {
+            let q = crate::state::MachineQuery { zone: Some("default".into()), status, ..Default::default() };
+            let want: Vec<&String> = s.data.machines.values().filter(|m| q.matches(m)).map(|m| &m.system_id).collect();
+            let mut got: Vec<&String> = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let (page, more, total) = s.list_machines(&q, after.as_deref(), 3);
+                prop_assert_eq!(total as usize, want.len());
+                got.extend(page.iter().map(|m| &m.system_id));
+                after = page.last().map(|m| m.system_id.clone());
+                if !more { break; }
+            }
+            prop_assert_eq!(&got, &want);
+        }
         // Indexes rebuilt from the data equal the incrementally maintained ones.
         let rebuilt = State::from_data(s.data.clone());
         prop_assert_eq!(&rebuilt.ready, &s.ready);
@@ -206,5 +221,6 @@ proptest! {
         prop_assert_eq!(&rebuilt.by_consumer, &s.by_consumer);
         prop_assert_eq!(&rebuilt.by_deadline, &s.by_deadline);
         prop_assert_eq!(&rebuilt.by_allocation, &s.by_allocation);
+        prop_assert_eq!(&rebuilt.by_zone_status, &s.by_zone_status);
     }
 }
