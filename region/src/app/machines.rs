@@ -10,7 +10,7 @@ use ingot_common::{secret, validate, DomainError, Mac, Machine, PowerParams};
 
 /// Pages at least this large are converted on every core: converting a machine to its wire form is the
 /// largest server-side cost of a big list (measured ~1.5 µs per machine on one core).
-const PARALLEL_FROM: usize = 400;
+const PARALLEL_FROM: usize = 2000;
 
 /// Maps `page` with `f`, split across the machine's cores when the page is large.
 fn convert_parallel<T: Send>(page: &[&Machine], f: &(impl Fn(&Machine) -> T + Sync)) -> Vec<T> {
