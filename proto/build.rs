@@ -15,8 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ingot/v1/user.proto",
         "ingot/v1/event.proto",
         "ingot/v1/agent.proto",
+        "ingot/v1/rack.proto",
     ];
-    let internal = ["ingot/raft/v1/raft.proto"];
+    let internal = ["ingot/raft/v1/raft.proto", "ingot/rack/v1/rack.proto"];
     println!("cargo:rerun-if-changed=ingot");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
 

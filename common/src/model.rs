@@ -200,6 +200,12 @@ pub struct Machine {
     /// Last deploy/commissioning progress message reported by the agent, with a percentage.
     #[serde(default)]
     pub progress: Option<Progress>,
+    /// The rack controller that owns this machine's BMC: the only one that runs its power commands.
+    #[serde(default)]
+    pub rack: Option<String>,
+    /// Last power state a rack reported (`on`, `off`, `unknown`; empty before any).
+    #[serde(default)]
+    pub power_state: String,
 }
 
 fn default_pool() -> String {
@@ -530,3 +536,102 @@ pub const DEFAULT_ZONE: &str = "default";
 pub const DEFAULT_POOL: &str = "default";
 /// The architecture machines get when none is given.
 pub const DEFAULT_ARCH: &str = "amd64/generic";
+
+/// A rack controller known to the cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Rack {
+    /// Unique DNS label; its certificate's CN is `rack-<name>`.
+    pub name: String,
+    /// The zone it serves: machines of this zone get their BMCs assigned to it first.
+    pub zone: String,
+    /// When it registered.
+    pub registered_ms: u64,
+    /// A revoked rack's sessions are refused.
+    pub revoked: bool,
+    /// Its current session, as last recorded.
+    pub session: Option<RackSession>,
+}
+
+/// A rack's session with a region, recorded in the replicated log so every region (and the leader's
+/// failover logic) knows which racks are alive.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RackSession {
+    /// Random id per connection; later records for an older session are ignored.
+    pub session_id: String,
+    /// Region serving it.
+    pub region_id: NodeId,
+    /// That region's name.
+    pub region_name: String,
+    /// Rack software version.
+    pub version: String,
+    /// Services it runs (`power`, ...).
+    pub services: Vec<String>,
+    /// Power drivers it can run.
+    pub drivers: Vec<String>,
+    /// When the session started.
+    pub connected_ms: u64,
+    /// Last heartbeat recorded (regions record one every few seconds, not every beat).
+    pub last_heartbeat_ms: u64,
+}
+
+/// Where a power command stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandState {
+    /// Waiting for (or running on) a rack.
+    Pending,
+    /// A rack reported success.
+    Done,
+    /// A rack reported a failure.
+    Failed,
+}
+
+impl CommandState {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandState::Pending => "pending",
+            CommandState::Done => "done",
+            CommandState::Failed => "failed",
+        }
+    }
+}
+
+/// A power command in the per-rack queue: replicated before any rack sees it, delivered at least once,
+/// run once (racks remember the ids they ran), its result recorded once.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PowerCommand {
+    /// Cluster-unique, increasing.
+    pub id: u64,
+    /// The machine.
+    pub system_id: String,
+    /// `on`, `off`, `soft-off`, `cycle`, `query`, `boot-pxe`, `boot-disk`.
+    pub action: String,
+    /// Who asked.
+    pub actor: String,
+    /// Where it stands.
+    pub state: CommandState,
+    /// The rack that reported the result.
+    pub rack: Option<String>,
+    /// Result message.
+    pub message: String,
+    /// Failure class: `unreachable`, `auth`, `unsupported`, `bmc`.
+    pub error_kind: String,
+    /// Power state after the command.
+    pub power_state: String,
+    /// When it was queued.
+    pub created_ms: u64,
+    /// When its result was recorded.
+    pub done_ms: Option<u64>,
+}
+
+/// Power actions a rack runs.
+pub const POWER_ACTIONS: &[&str] = &[
+    "on",
+    "off",
+    "soft-off",
+    "cycle",
+    "query",
+    "boot-pxe",
+    "boot-disk",
+];

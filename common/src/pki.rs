@@ -81,6 +81,16 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// A rack controller's identity: CN `rack-<name>`, client-only (no SANs).
+    pub fn rack(name: &str) -> Identity {
+        Identity {
+            common_name: format!("rack-{name}"),
+            sans: vec![],
+        }
+    }
+}
+
 /// The host part of `host:port` or `[v6]:port`.
 pub fn host_of(addr: &str) -> &str {
     let a = addr.trim();
@@ -197,6 +207,28 @@ pub fn check_csr(csr_pem: &str) -> Result<(), PkiError> {
     CertificateSigningRequestParams::from_pem(csr_pem)
         .map(|_| ())
         .map_err(rc("parsing the CSR"))
+}
+
+/// The common name a CSR asks for, so the cluster can refuse a CSR made for another identity.
+pub fn csr_common_name(csr_pem: &str) -> Result<String, PkiError> {
+    let req = CertificateSigningRequestParams::from_pem(csr_pem).map_err(rc("parsing the CSR"))?;
+    Ok(req
+        .params
+        .distinguished_name
+        .get(&DnType::CommonName)
+        .map(dn_value_string)
+        .unwrap_or_default())
+}
+
+fn dn_value_string(v: &rcgen::DnValue) -> String {
+    match v {
+        rcgen::DnValue::Utf8String(s) => s.clone(),
+        rcgen::DnValue::PrintableString(s) => s.as_str().to_string(),
+        rcgen::DnValue::Ia5String(s) => s.as_str().to_string(),
+        rcgen::DnValue::TeletexString(s) => s.as_str().to_string(),
+        rcgen::DnValue::BmpString(_) | rcgen::DnValue::UniversalString(_) => String::new(),
+        _ => String::new(),
+    }
 }
 
 /// A new private key and a CSR for it: what a joining party creates locally. Returns `(key_pem, csr_pem)`.

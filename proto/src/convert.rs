@@ -2,7 +2,8 @@
 
 use crate::v1;
 use ingot_common::model::{
-    Disk, EraseMode, Event, EventLevel, Firmware, Inventory, Nic, Pool, Role, Tag,
+    Disk, EraseMode, Event, EventLevel, Firmware, Inventory, Nic, Pool, PowerCommand, Rack, Role,
+    Tag,
 };
 use ingot_common::{Machine, MachineStatus, PowerParams, Zone};
 use std::collections::BTreeMap;
@@ -154,6 +155,45 @@ pub fn machine_to_proto(m: &Machine, include_secrets: bool, full: bool) -> v1::M
             .map(|b| b.purpose.clone())
             .unwrap_or_default(),
         erase: erase_to_proto(m.erase) as i32,
+        rack: m.rack.clone().unwrap_or_default(),
+        power_state: m.power_state.clone(),
+    }
+}
+
+/// Domain power command → proto.
+pub fn power_command_to_proto(c: &PowerCommand) -> v1::PowerCommand {
+    v1::PowerCommand {
+        id: c.id,
+        system_id: c.system_id.clone(),
+        action: c.action.clone(),
+        state: c.state.as_str().to_string(),
+        rack: c.rack.clone().unwrap_or_default(),
+        message: c.message.clone(),
+        error_kind: c.error_kind.clone(),
+        power_state: c.power_state.clone(),
+        created_at: Some(timestamp(c.created_ms)),
+        done_at: c.done_ms.map(timestamp),
+    }
+}
+
+/// Domain rack → proto, with what only the caller knows: liveness, BMC and pending command counts, and
+/// the serving region's name.
+pub fn rack_to_proto(r: &Rack, connected: bool, bmc_count: u64, pending_commands: u64) -> v1::Rack {
+    let s = r.session.as_ref();
+    v1::Rack {
+        name: r.name.clone(),
+        zone: r.zone.clone(),
+        registered_at: Some(timestamp(r.registered_ms)),
+        revoked: r.revoked,
+        connected,
+        region_id: s.map(|s| s.region_id).unwrap_or(0),
+        region_name: s.map(|s| s.region_name.clone()).unwrap_or_default(),
+        last_heartbeat: s.map(|s| timestamp(s.last_heartbeat_ms)),
+        version: s.map(|s| s.version.clone()).unwrap_or_default(),
+        services: s.map(|s| s.services.clone()).unwrap_or_default(),
+        drivers: s.map(|s| s.drivers.clone()).unwrap_or_default(),
+        bmc_count,
+        pending_commands,
     }
 }
 

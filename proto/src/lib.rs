@@ -3,6 +3,8 @@
 //! Packages are split by audience:
 //! - [`v1`] (`ingot.v1`): the public client API — machines, zones, cluster membership.
 //! - [`raft::v1`] (`ingot.raft.v1`): region <-> region; only on the mutual-TLS Raft listener.
+//! - [`rack::v1`] (`ingot.rack.v1`): rack controller <-> region; on the same mutual-TLS listener, for rack
+//!   certificates only.
 //!
 //! [`convert`] holds every conversion between these generated types and `ingot-common`'s domain types, so
 //! transport types never leak into the region's application logic.
@@ -11,6 +13,14 @@
 /// The public client API (`ingot.v1`).
 pub mod v1 {
     tonic::include_proto!("ingot.v1");
+}
+
+/// Rack controller <-> region protocols.
+pub mod rack {
+    /// `ingot.rack.v1`: the rack session (hello, heartbeats, commands, results).
+    pub mod v1 {
+        tonic::include_proto!("ingot.rack.v1");
+    }
 }
 
 /// Region <-> region protocols.

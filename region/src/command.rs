@@ -4,7 +4,9 @@
 
 use ingot_common::constraints::Constraints;
 use ingot_common::lifecycle::{Action, Outcome};
-use ingot_common::model::{DeploySpec, EraseMode, Inventory, Pool, Role, Tag, User};
+use ingot_common::model::{
+    DeploySpec, EraseMode, Inventory, Pool, PowerCommand, Rack, RackSession, Role, Tag, User,
+};
 use ingot_common::pki::ClusterCa;
 use ingot_common::{DomainError, Mac, Machine, MachineStatus, PowerParams, RegionInfo, Zone};
 use serde::{Deserialize, Serialize};
@@ -184,6 +186,55 @@ pub enum Op {
     UpdateSettings {
         deadlines: Vec<(MachineStatus, u64)>,
     },
+    /// Records a rack enrollment token (by hash) valid until `expires_ms`.
+    CreateRackToken {
+        token_hash: String,
+        expires_ms: u64,
+    },
+    /// Consumes an enrollment token and records a rack (its certificate is signed outside, by the
+    /// region that served the call, after this succeeded).
+    RegisterRack {
+        token_hash: String,
+        name: String,
+        zone: String,
+    },
+    /// Cuts a rack off: its sessions are refused and its BMCs go to other racks.
+    RevokeRack {
+        name: String,
+    },
+    /// A rack opened a session with a region.
+    RackConnected {
+        name: String,
+        session: RackSession,
+    },
+    /// The serving region saw the session's heartbeats (recorded every few seconds).
+    RackHeartbeat {
+        name: String,
+        session_id: String,
+    },
+    /// The session ended (the rack left or its stream broke).
+    RackDisconnected {
+        name: String,
+        session_id: String,
+    },
+    /// Queues a power action for the machine's rack.
+    QueuePower {
+        system_id: String,
+        action: String,
+    },
+    /// A rack's result for a command; the first result wins.
+    PowerResult {
+        id: u64,
+        rack: String,
+        success: bool,
+        error_kind: String,
+        message: String,
+        power_state: String,
+    },
+    /// Moves BMCs between racks (`None`: no live rack can take it now).
+    AssignBmcs {
+        moves: Vec<(String, Option<String>)>,
+    },
 }
 
 /// The error field that marks an allocation conflict: a candidate was taken between the proposer's
@@ -249,6 +300,8 @@ pub enum Reply {
     Pool(Pool),
     Tag(Tag),
     User(User),
+    Rack(Box<Rack>),
+    Command(Box<PowerCommand>),
 }
 
 /// The answer to one command.

@@ -7,6 +7,7 @@
 //! - [`node`]: [`node::Region`] — `write` (propose on the leader, forwarding from followers, retrying
 //!   safely) and `read_barrier` (linearizable reads via read index).
 //! - [`raft`]: openraft types, the sled store, the mutual-TLS network and the RaftService server.
+//! - [`session`]: the rack controllers' sessions (on the same mutual-TLS listener as Raft).
 //! - [`apply`]: the deterministic state transition, the only code that mutates [`state::State`].
 //! - [`command`]: the command envelope, the one payload of every log entry.
 //! - [`state`]: replicated data and its indexes.
@@ -20,4 +21,5 @@ pub mod datadir;
 pub mod node;
 pub mod raft;
 pub mod server;
+pub mod session;
 pub mod state;

@@ -107,6 +107,10 @@ struct Tuning {
     /// Log entries kept behind a snapshot.
     #[arg(long, default_value_t = 1_000)]
     keep_logs: u64,
+    /// A rack without a session heartbeat for this long (ms) is dead: the leader moves its BMCs to other
+    /// racks (same zone first).
+    #[arg(long, default_value_t = 10_000)]
+    rack_grace_ms: u64,
 }
 
 impl Tuning {
@@ -116,6 +120,7 @@ impl Tuning {
             election_timeout_ms: self.election_timeout_ms,
             snapshot_logs: self.snapshot_logs,
             keep_logs: self.keep_logs,
+            rack_grace_ms: self.rack_grace_ms,
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::api::{
     agent::AgentApi, cluster::ClusterApi, events::EventApi, machines::MachineApi, pools::PoolApi,
-    tags::TagApi, users::UserApi, zones::ZoneApi,
+    racks::RackApi, tags::TagApi, users::UserApi, zones::ZoneApi,
 };
 use crate::app::App;
 use crate::datadir::{DataDir, RegionIdentity};
@@ -13,12 +13,15 @@ use crate::raft::network::{NetworkFactory, Peers, MAX_MESSAGE};
 use crate::raft::service::RaftServer;
 use crate::raft::store::{open_db, LogStore, OpenError, StateMachineStore};
 use crate::raft::{Raft, RaftTuning};
+use crate::session::RackSessionServer;
+use ingot_proto::rack::v1::rack_session_service_server::RackSessionServiceServer;
 use ingot_proto::raft::v1::raft_service_server::RaftServiceServer;
 use ingot_proto::v1::agent_service_server::AgentServiceServer;
 use ingot_proto::v1::cluster_service_server::ClusterServiceServer;
 use ingot_proto::v1::event_service_server::EventServiceServer;
 use ingot_proto::v1::machine_service_server::MachineServiceServer;
 use ingot_proto::v1::pool_service_server::PoolServiceServer;
+use ingot_proto::v1::rack_service_server::RackServiceServer;
 use ingot_proto::v1::tag_service_server::TagServiceServer;
 use ingot_proto::v1::user_service_server::UserServiceServer;
 use ingot_proto::v1::zone_service_server::ZoneServiceServer;
@@ -152,7 +155,13 @@ pub async fn start(
     };
     let server_identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
 
-    // Raft listener: mutual TLS; only certificates from the cluster CA get past the handshake.
+    let app = App {
+        region: region.clone(),
+        rack_grace_ms: tuning.rack_grace_ms,
+    };
+
+    // Cluster listener: mutual TLS; only certificates from the cluster CA get past the handshake. Regions
+    // use RaftService (CN region-<id> required), racks RackSessionService (CN rack-<name> required).
     let raft_tls = ServerTlsConfig::new()
         .identity(server_identity.clone())
         .client_ca_root(Certificate::from_pem(&tls.ca_pem));
@@ -165,7 +174,10 @@ pub async fn start(
         .tls_config(raft_tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-        .add_service(raft_svc);
+        .add_service(raft_svc)
+        .add_service(RackSessionServiceServer::new(RackSessionServer {
+            app: app.clone(),
+        }));
     let raft_rx = rx.clone();
     let t1 = tokio::spawn(async move {
         if let Err(e) = raft_server
@@ -177,9 +189,6 @@ pub async fn start(
     });
 
     // API listener: TLS with the region certificate; callers authenticate with bearer tokens.
-    let app = App {
-        region: region.clone(),
-    };
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
         .set_serving::<MachineServiceServer<MachineApi>>()
@@ -193,6 +202,7 @@ pub async fn start(
     health.set_serving::<UserServiceServer<UserApi>>().await;
     health.set_serving::<EventServiceServer<EventApi>>().await;
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
+    health.set_serving::<RackServiceServer<RackApi>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ingot_proto::V1_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -218,6 +228,7 @@ pub async fn start(
         .add_service(TagServiceServer::new(TagApi { app: app.clone() }))
         .add_service(UserServiceServer::new(UserApi { app: app.clone() }))
         .add_service(EventServiceServer::new(EventApi { app: app.clone() }))
+        .add_service(RackServiceServer::new(RackApi { app: app.clone() }))
         .add_service(
             AgentServiceServer::new(AgentApi { app: app.clone() })
                 .max_decoding_message_size(MAX_MESSAGE),

@@ -3,7 +3,7 @@
 //! [`Data`] is the durable part (what a snapshot contains); [`State`] adds indexes rebuilt from it. Only
 //! [`crate::apply`] mutates a `State`; API reads take a shared lock on it.
 
-use ingot_common::model::{Event, Pool, Role, Tag, User};
+use ingot_common::model::{CommandState, Event, Pool, PowerCommand, Rack, Role, Tag, User};
 use ingot_common::pki::ClusterCa;
 use ingot_common::tagexpr::TagExpr;
 use ingot_common::{Mac, Machine, MachineStatus, NodeId, RegionInfo, Zone};
@@ -135,7 +135,22 @@ pub struct Data {
     /// Revision of the last applied command.
     #[serde(default)]
     pub revision: u64,
+    /// Rack controllers by name.
+    #[serde(default)]
+    pub racks: BTreeMap<String, Rack>,
+    /// Unused rack enrollment tokens by SHA-256 hex, with their expiry (ms).
+    #[serde(default)]
+    pub rack_tokens: BTreeMap<String, u64>,
+    /// Power commands by id (the newest [`COMMANDS_MAX`]).
+    #[serde(default)]
+    pub commands: BTreeMap<u64, PowerCommand>,
+    /// Id of the next command.
+    #[serde(default)]
+    pub next_command_id: u64,
 }
+
+/// Most power commands kept (finished ones are dropped oldest first).
+pub const COMMANDS_MAX: usize = 100_000;
 
 /// [`Data`] plus indexes. Indexes are never serialized; [`State::from_data`] rebuilds them.
 #[derive(Debug, Default)]
@@ -168,6 +183,10 @@ pub struct State {
     pub by_deadline: BTreeSet<(u64, String)>,
     /// Tag definitions, compiled.
     pub tag_exprs: BTreeMap<String, TagExpr>,
+    /// Rack → machines whose BMC it owns.
+    pub by_rack: HashMap<String, BTreeSet<String>>,
+    /// Ids of pending power commands.
+    pub pending_commands: BTreeSet<u64>,
     /// Recent machine changes for `Watch`, oldest first.
     pub changes: VecDeque<Change>,
     /// Every change after this revision is in `changes` (older ones were dropped, or predate the
@@ -194,7 +213,24 @@ impl State {
             }
         }
         s.changes_floor = s.data.revision;
+        s.pending_commands = s
+            .data
+            .commands
+            .values()
+            .filter(|c| c.state == CommandState::Pending)
+            .map(|c| c.id)
+            .collect();
         s
+    }
+
+    /// True if rack `name` is registered, unrevoked, and had a heartbeat within `grace_ms` of `now`.
+    pub fn rack_live(&self, name: &str, now: u64, grace_ms: u64) -> bool {
+        self.data.racks.get(name).is_some_and(|r| {
+            !r.revoked
+                && r.session
+                    .as_ref()
+                    .is_some_and(|s| s.last_heartbeat_ms.saturating_add(grace_ms) > now)
+        })
     }
 
     /// Stores `m` (new or changed) with every index updated, and records the change for watchers.
@@ -306,6 +342,12 @@ impl State {
         if let Some(d) = m.deadline_ms {
             self.by_deadline.insert((d, m.system_id.clone()));
         }
+        if let Some(r) = &m.rack {
+            self.by_rack
+                .entry(r.clone())
+                .or_default()
+                .insert(m.system_id.clone());
+        }
     }
 
     /// Removes `m` from every index.
@@ -361,6 +403,11 @@ impl State {
             .remove(&(ingot_common::constraints::cost(m), m.system_id.clone()));
         if let Some(d) = m.deadline_ms {
             self.by_deadline.remove(&(d, m.system_id.clone()));
+        }
+        if let Some(r) = &m.rack {
+            if let Some(set) = self.by_rack.get_mut(r) {
+                set.remove(&m.system_id);
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use ingot_common::lifecycle::Action;
 use ingot_common::model::DeploySpec;
 use ingot_common::DomainError;
 use ingot_proto::convert::{
-    erase_from_proto, machine_to_proto, power_from_proto, status_from_proto,
+    erase_from_proto, machine_to_proto, power_command_to_proto, power_from_proto, status_from_proto,
 };
 use ingot_proto::v1::machine_service_server::MachineService;
 use ingot_proto::v1::{get_machine_request::Key, machine_ref, watch_response, *};
@@ -493,6 +493,32 @@ impl MachineService for MachineApi {
             token: b.token,
             purpose: b.purpose,
         }))
+    }
+
+    async fn power(&self, req: Request<PowerRequest>) -> Result<Response<PowerCommand>, Status> {
+        let who = actor(&self.app, &req)?;
+        let r = req.into_inner();
+        let key = machine_key(r.machine)?;
+        let c = self
+            .app
+            .power(&who, key, r.action.trim(), r.wait_seconds)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(power_command_to_proto(&c)))
+    }
+
+    async fn get_power_command(
+        &self,
+        req: Request<GetPowerCommandRequest>,
+    ) -> Result<Response<PowerCommand>, Status> {
+        let who = actor(&self.app, &req)?;
+        let r = req.into_inner();
+        let c = self
+            .app
+            .power_command(&who, r.id, r.wait_seconds)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(power_command_to_proto(&c)))
     }
 
     type WatchStream = WatchStream;

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod events;
 pub mod machines;
 pub mod pools;
+pub mod racks;
 pub mod tags;
 pub mod users;
 pub mod zones;

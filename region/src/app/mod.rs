@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod events;
 pub mod machines;
 pub mod pools;
+pub mod racks;
 pub mod tags;
 pub mod users;
 pub mod watch;
@@ -23,6 +24,8 @@ use std::sync::Arc;
 pub struct App {
     /// The local region.
     pub region: Arc<Region>,
+    /// How long a rack may go without a recorded heartbeat before it counts as dead (ms).
+    pub rack_grace_ms: u64,
 }
 
 /// Who is calling, resolved from a bearer token.

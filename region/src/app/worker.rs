@@ -52,6 +52,20 @@ pub async fn run(app: App, mut shutdown: tokio::sync::watch::Receiver<bool>) {
             }
         });
         futures::future::join_all(writes).await;
+        let moves = bmc_moves(&app, ingot_common::now_ms());
+        for chunk in moves.chunks(1000) {
+            let cmd = Command {
+                request_id: secret::generate(""),
+                ts_ms: ingot_common::now_ms(),
+                actor: REGION_ACTOR.into(),
+                op: Op::AssignBmcs {
+                    moves: chunk.to_vec(),
+                },
+            };
+            if let Err(e) = app.region.write(cmd).await {
+                tracing::debug!("BMC assignment: {e}");
+            }
+        }
     }
 }
 
@@ -110,4 +124,48 @@ pub fn due(app: &App, now: u64) -> Vec<Op> {
         }
     }
     ops
+}
+
+/// BMC ownership to change at `now`: every machine with a power driver whose BMC has no live rack goes to
+/// the live rack of its zone that owns the fewest BMCs, or, when its zone has none, to the least loaded
+/// live rack anywhere. A rack that comes back takes only BMCs that are free (no live owner): ownership
+/// never flaps back.
+pub fn bmc_moves(app: &App, now: u64) -> Vec<(String, Option<String>)> {
+    let st = app.region.state.read().unwrap_or_else(|p| p.into_inner());
+    let grace = app.rack_grace_ms;
+    let live: Vec<(&str, &str)> = st
+        .data
+        .racks
+        .values()
+        .filter(|r| st.rack_live(&r.name, now, grace))
+        .map(|r| (r.name.as_str(), r.zone.as_str()))
+        .collect();
+    if live.is_empty() {
+        return Vec::new();
+    }
+    let mut load: std::collections::HashMap<&str, usize> = live
+        .iter()
+        .map(|(n, _)| (*n, st.by_rack.get(*n).map(|s| s.len()).unwrap_or(0)))
+        .collect();
+    let mut moves = Vec::new();
+    for m in st.data.machines.values() {
+        if m.power.driver.is_empty() {
+            continue;
+        }
+        if m.rack.as_deref().is_some_and(|r| load.contains_key(r)) {
+            continue;
+        }
+        let pick = |zone_only: bool, load: &std::collections::HashMap<&str, usize>| {
+            live.iter()
+                .filter(|(_, z)| !zone_only || *z == m.zone)
+                .min_by_key(|(n, _)| (load.get(n).copied().unwrap_or(0), *n))
+                .map(|(n, _)| *n)
+        };
+        let Some(target) = pick(true, &load).or_else(|| pick(false, &load)) else {
+            continue;
+        };
+        *load.entry(target).or_default() += 1;
+        moves.push((m.system_id.clone(), Some(target.to_string())));
+    }
+    moves
 }

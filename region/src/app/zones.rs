@@ -171,6 +171,8 @@ pub(crate) mod tests {
             deploy: None,
             erase: Default::default(),
             progress: None,
+            rack: None,
+            power_state: String::new(),
         }
     }
 

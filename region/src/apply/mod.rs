@@ -7,6 +7,7 @@
 
 mod admin;
 pub mod machine;
+mod rack;
 
 use crate::command::{Command, Op, Reply, Response};
 use crate::state::{ApiToken, ClusterMeta, State, EVENTS_MAX};
@@ -214,6 +215,8 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
                 deploy: None,
                 erase: Default::default(),
                 progress: None,
+                rack: None,
+                power_state: String::new(),
             };
             machine::retag(state, &mut m);
             emit(
@@ -591,6 +594,43 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
         ),
         Op::RevokeToken { id } => admin::revoke_token(state, cmd, rev, id),
         Op::UpdateSettings { deadlines } => admin::update_settings(state, cmd, rev, deadlines),
+        Op::CreateRackToken {
+            token_hash,
+            expires_ms,
+        } => rack::create_token(state, cmd, token_hash, *expires_ms),
+        Op::RegisterRack {
+            token_hash,
+            name,
+            zone,
+        } => rack::register(state, cmd, rev, token_hash, name, zone),
+        Op::RevokeRack { name } => rack::revoke(state, cmd, rev, name),
+        Op::RackConnected { name, session } => rack::connected(state, cmd, rev, name, session),
+        Op::RackHeartbeat { name, session_id } => rack::heartbeat(state, cmd, name, session_id),
+        Op::RackDisconnected { name, session_id } => {
+            rack::disconnected(state, cmd, rev, name, session_id)
+        }
+        Op::QueuePower { system_id, action } => {
+            rack::queue_power(state, cmd, rev, system_id, action)
+        }
+        Op::PowerResult {
+            id,
+            rack: r,
+            success,
+            error_kind,
+            message,
+            power_state,
+        } => rack::power_result(
+            state,
+            cmd,
+            rev,
+            *id,
+            r,
+            *success,
+            error_kind,
+            message,
+            power_state,
+        ),
+        Op::AssignBmcs { moves } => rack::assign(state, cmd, rev, moves),
     }
 }
 

@@ -43,6 +43,9 @@ pub struct RaftTuning {
     pub snapshot_logs: u64,
     /// Log entries kept behind the last snapshot (so slightly lagging followers catch up without one).
     pub keep_logs: u64,
+    /// Not Raft, but timing too: how long a rack may go without a recorded heartbeat before the leader
+    /// moves its BMCs.
+    pub rack_grace_ms: u64,
 }
 
 impl Default for RaftTuning {
@@ -52,6 +55,7 @@ impl Default for RaftTuning {
             election_timeout_ms: 600,
             snapshot_logs: 10_000,
             keep_logs: 1_000,
+            rack_grace_ms: 10_000,
         }
     }
 }
