@@ -1,0 +1,248 @@
+//! Power drivers: how the rack acts on a machine's BMC.
+//!
+//! A region sends `Command{driver, action, params}`; [`Drivers::execute`] picks the driver by name, runs the
+//! action and turns the outcome into the `CommandResult` the region records. Today the rack has the
+//! simulated BMC ([`sim`]) and manual power ([`manual`]); IPMI, Redfish and webhook answer "unsupported"
+//! until they are written.
+
+pub mod manual;
+pub mod sim;
+
+use ingot_proto::rack::v1::{Command, CommandResult};
+use std::collections::HashMap;
+use std::future::Future;
+
+/// Power state after a command, as reported to the region (`power_state` of `CommandResult`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerState {
+    /// The machine is powered on.
+    On,
+    /// The machine is powered off.
+    Off,
+    /// The driver cannot tell (manual power).
+    Unknown,
+}
+
+impl PowerState {
+    /// The wire spelling: `on`, `off`, `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerState::On => "on",
+            PowerState::Off => "off",
+            PowerState::Unknown => "unknown",
+        }
+    }
+}
+
+/// A power action a region can ask for; parsed once so drivers match on a closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    /// Power on.
+    On,
+    /// Hard power off.
+    Off,
+    /// ACPI (graceful) power off.
+    SoftOff,
+    /// Power cycle; the machine ends up on.
+    Cycle,
+    /// Read the power state without changing it.
+    Query,
+    /// Next boot from the network.
+    BootPxe,
+    /// Next boot from the local disk.
+    BootDisk,
+}
+
+impl PowerAction {
+    /// Every action with its wire spelling, for parsing and messages.
+    const ALL: [(PowerAction, &'static str); 7] = [
+        (PowerAction::On, "on"),
+        (PowerAction::Off, "off"),
+        (PowerAction::SoftOff, "soft-off"),
+        (PowerAction::Cycle, "cycle"),
+        (PowerAction::Query, "query"),
+        (PowerAction::BootPxe, "boot-pxe"),
+        (PowerAction::BootDisk, "boot-disk"),
+    ];
+
+    /// Parses the wire spelling; anything else is an `unsupported` error naming the valid actions.
+    pub fn parse(s: &str) -> Result<PowerAction, DriverError> {
+        PowerAction::ALL
+            .iter()
+            .find(|(_, name)| *name == s)
+            .map(|(a, _)| *a)
+            .ok_or_else(|| {
+                let names: Vec<&str> = PowerAction::ALL.iter().map(|(_, n)| *n).collect();
+                DriverError::Unsupported(format!(
+                    "power action '{s}' is not supported; use one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        PowerAction::ALL
+            .iter()
+            .find(|(a, _)| *a == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("?")
+    }
+}
+
+/// What a driver is asked to do: one command, decoded.
+#[derive(Debug, Clone)]
+pub struct PowerRequest {
+    /// The command's id: drivers that keep a log (the simulated BMC) record it, which is how tests count
+    /// exactly-once execution.
+    pub command_id: u64,
+    /// The machine the command is for.
+    pub system_id: String,
+    /// What to do.
+    pub action: PowerAction,
+    /// The driver's parameters from the machine's power settings (may hold secrets: never log them).
+    pub params: HashMap<String, String>,
+}
+
+/// A successful driver run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerOutcome {
+    /// Power state after the action.
+    pub state: PowerState,
+    /// What happened, for the operator (goes into `CommandResult.message`).
+    pub message: String,
+}
+
+/// Why a driver failed, by class: the region reacts to the class (retry, mark the BMC broken, tell the
+/// admin), the message is for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    /// The BMC did not answer (network, wrong address, BMC down).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The BMC refused the credentials.
+    #[error("{0}")]
+    Auth(String),
+    /// The rack cannot run this driver or action.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The BMC answered with an error, or the driver's parameters are wrong.
+    #[error("{0}")]
+    Bmc(String),
+}
+
+impl DriverError {
+    /// The wire class (`error_kind` of `CommandResult`): unreachable, auth, unsupported, bmc.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DriverError::Unreachable(_) => "unreachable",
+            DriverError::Auth(_) => "auth",
+            DriverError::Unsupported(_) => "unsupported",
+            DriverError::Bmc(_) => "bmc",
+        }
+    }
+}
+
+/// One way of acting on a BMC. Implementations must be safe to run concurrently for different machines
+/// (the session runs up to `capacity` commands at once).
+pub trait PowerDriver: Send + Sync {
+    /// Runs `req.action` on `req.system_id`'s BMC.
+    fn run(
+        &self,
+        req: &PowerRequest,
+    ) -> impl Future<Output = Result<PowerOutcome, DriverError>> + Send;
+}
+
+/// The drivers this rack has, by name: what the session announces in `Hello.drivers` and dispatches to.
+#[derive(Debug, Default, Clone)]
+pub struct Drivers {
+    /// The simulated, file-based BMC.
+    sim: sim::SimDriver,
+    /// Manual power: the operator acts.
+    manual: manual::ManualDriver,
+}
+
+impl Drivers {
+    /// Names of the drivers this rack can run (sent in `Hello`).
+    pub const NAMES: [&'static str; 2] = ["sim", "manual"];
+
+    /// Runs `driver` for `req`.
+    pub async fn run(&self, driver: &str, req: &PowerRequest) -> Result<PowerOutcome, DriverError> {
+        match driver {
+            "sim" => self.sim.run(req).await,
+            "manual" => self.manual.run(req).await,
+            other => Err(DriverError::Unsupported(format!(
+                "driver {other} is not available in this rack yet"
+            ))),
+        }
+    }
+
+    /// Runs a region's command and builds its result (never fails: failures are results too).
+    pub async fn execute(&self, cmd: &Command) -> CommandResult {
+        let outcome = match PowerAction::parse(&cmd.action) {
+            Ok(action) => {
+                let req = PowerRequest {
+                    command_id: cmd.id,
+                    system_id: cmd.system_id.clone(),
+                    action,
+                    params: cmd.params.clone(),
+                };
+                self.run(&cmd.driver, &req).await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(o) => CommandResult {
+                id: cmd.id,
+                success: true,
+                error_kind: String::new(),
+                message: o.message,
+                power_state: o.state.as_str().to_string(),
+            },
+            Err(e) => CommandResult {
+                id: cmd.id,
+                success: false,
+                error_kind: e.kind().to_string(),
+                message: e.to_string(),
+                power_state: PowerState::Unknown.as_str().to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(driver: &str, action: &str) -> Command {
+        Command {
+            id: 9,
+            system_id: "m1".into(),
+            action: action.into(),
+            driver: driver.into(),
+            params: HashMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn dispatch_and_error_kinds() {
+        let d = Drivers::default();
+        let r = d.execute(&cmd("manual", "on")).await;
+        assert!(r.success);
+        assert_eq!(r.power_state, "unknown");
+        assert_eq!(r.message, "manual power: the operator acts");
+
+        let r = d.execute(&cmd("ipmi", "on")).await;
+        assert!(!r.success);
+        assert_eq!(r.error_kind, "unsupported");
+        assert_eq!(r.message, "driver ipmi is not available in this rack yet");
+
+        let r = d.execute(&cmd("manual", "explode")).await;
+        assert_eq!(r.error_kind, "unsupported");
+
+        let r = d.execute(&cmd("sim", "on")).await;
+        assert_eq!(r.error_kind, "bmc", "{}", r.message);
+        assert!(r.message.contains("state_dir"), "{}", r.message);
+        assert_eq!(PowerAction::SoftOff.as_str(), "soft-off");
+    }
+}

@@ -1,0 +1,23 @@
+//! `ingot-rack`: the rack controller. It sits next to the servers, enrolls once with a region by token, then
+//! keeps one mutual-TLS gRPC session to some region, fails over to another region within two seconds when
+//! that one dies, and runs the power commands regions send it exactly once.
+//!
+//! Layout:
+//! - `main.rs` — the CLI (`register`, `run`); the only place `anyhow` is used.
+//! - [`config`] — the data directory: `rack.json`, `tls/`, atomic writes.
+//! - [`register`] — enrollment: key pair + CSR here, `RackService/RegisterRack` on a region's API.
+//! - [`session`] — the connect / failover loop over `ingot.rack.v1.RackSessionService/Session`, heartbeats,
+//!   and the command runner (bounded concurrency, results recorded before they are sent).
+//! - [`done`] — the durable done-store (`done.log`) that turns at-least-once delivery into exactly-once
+//!   execution.
+//! - [`drivers`] — power drivers behind the [`drivers::PowerDriver`] trait: `sim` (file-based simulated
+//!   BMC), `manual`; other drivers answer `unsupported`.
+//!
+//! The wire protocol is `proto/ingot/rack/v1/rack.proto` (session) and `proto/ingot/v1/rack.proto`
+//! (enrollment); the CLI contract is in `rack/README.md`.
+
+pub mod config;
+pub mod done;
+pub mod drivers;
+pub mod register;
+pub mod session;

@@ -1,0 +1,161 @@
+//! `ingot-rack`: enroll a rack controller with a cluster (`register`) and run it (`run`).
+//! The contract tools and tests rely on is in rack/README.md.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use ingot_rack::config::DataDir;
+use ingot_rack::register::{register, RegisterArgs};
+use ingot_rack::session::{self, SessionConfig};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "ingot-rack",
+    version,
+    about = "Ingot rack controller: one mutual-TLS session to a region, failover, exactly-once power commands"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enroll this rack with the cluster using an enrollment token; writes the data directory.
+    Register {
+        /// Data directory to create the rack in (must not hold a rack yet).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// API URL(s) of regions, e.g. https://10.0.0.1:5240 (comma-separated or repeated; tried in order).
+        #[arg(long = "region", value_delimiter = ',', required = true)]
+        regions: Vec<String>,
+        /// Single-use enrollment token created by an admin.
+        #[arg(long, env = "INGOT_RACK_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Rack name: a DNS label unique in the cluster.
+        #[arg(long)]
+        name: String,
+        /// Zone the rack serves (must exist).
+        #[arg(long)]
+        zone: String,
+        /// The cluster CA certificate (tls/ca.crt of any region), to verify the region.
+        #[arg(long)]
+        ca: PathBuf,
+    },
+    /// Run the rack from its data directory until SIGINT/SIGTERM.
+    Run {
+        /// Data directory written by `register`.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Heartbeat interval in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        heartbeat_ms: u64,
+        /// Most power commands run at once.
+        #[arg(long, default_value_t = 64)]
+        capacity: u32,
+    },
+}
+
+fn main() {
+    // tonic's TLS uses rustls; with only the ring provider compiled in, install it once for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        // Plain text when stderr is a log file (tools grep it for "session established ...").
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ingot-rack: cannot start the tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(real_main(Cli::parse())) {
+        eprintln!("ingot-rack: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn real_main(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Register {
+            data_dir,
+            regions,
+            token,
+            name,
+            zone,
+            ca,
+        } => {
+            let rack = register(RegisterArgs {
+                data_dir: data_dir.clone(),
+                regions,
+                token,
+                name,
+                zone,
+                ca_file: ca,
+            })
+            .await?;
+            println!(
+                "registered rack {} in zone {} ({} regions); start it with: ingot-rack run --data-dir {}",
+                rack.name,
+                rack.zone,
+                rack.cluster_endpoints.len(),
+                data_dir.display()
+            );
+            Ok(())
+        }
+        Cmd::Run {
+            data_dir,
+            heartbeat_ms,
+            capacity,
+        } => {
+            let cfg = SessionConfig::load(
+                DataDir::new(&data_dir),
+                Duration::from_millis(heartbeat_ms.max(1)),
+                capacity,
+            )?;
+            cfg.validate()?;
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("signal received, stopping");
+                let _ = tx.send(true);
+            });
+            println!(
+                "ingot-rack {} running pid {}",
+                cfg.rack.name,
+                std::process::id()
+            );
+            std::io::stdout().flush().context("writing to stdout")?;
+            session::run(cfg, rx).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (or never, if no handler can be installed).
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); only SIGINT stops the rack cleanly");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

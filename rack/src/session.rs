@@ -1,0 +1,532 @@
+//! The rack's one long-lived session with a region, and failover between regions.
+//!
+//! [`run`] loops: connect to a region's cluster listener (mutual TLS, the rack's certificate as client
+//! identity), open `RackSessionService/Session`, send `Hello`, wait for `Welcome`, then heartbeat, run
+//! commands and send results until the stream breaks — and then immediately try the next region. Regions
+//! are taken from `rack.json`'s `cluster_endpoints`, which every `Welcome`/`Regions` message refreshes (so a
+//! rack registered through one region learns all of them, and a restarted rack still finds the cluster).
+//!
+//! Failover budget (< 2 s): an HTTP/2 keepalive ping after 0.5 s without a frame from the region, which
+//! must be answered within 1 s, notices a dead region within 1.5 s even when no TCP reset arrives; the next region is tried at once, each connect attempt gives up
+//! after one second, and only when every region failed in a row does the loop back off (100 ms doubling to
+//! 1 s).
+//!
+//! Commands run through the [`Runner`], which outlives sessions: results of commands still running when a
+//! session breaks are sent on the next one, and the durable done-store answers re-deliveries.
+
+use crate::config::{ConfigError, DataDir, RackConfig, TlsFiles};
+use crate::done::{DoneError, DoneRecord, DoneStore, KEEP_RESULTS};
+use crate::drivers::Drivers;
+use ingot_proto::rack::v1::rack_message::Msg as RackMsg;
+use ingot_proto::rack::v1::rack_session_service_client::RackSessionServiceClient;
+use ingot_proto::rack::v1::region_message::Msg as RegionMsg;
+use ingot_proto::rack::v1::{Command, CommandResult, Heartbeat, Hello, RackMessage, Welcome};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// The services this rack offers today (sent in `Hello`).
+pub const SERVICES: [&str; 1] = ["power"];
+
+/// Why the session loop could not start. Once started it never fails: it retries until shut down.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// rack.json or tls/ could not be read.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The done-store could not be opened: without it commands could run twice.
+    #[error(transparent)]
+    Done(#[from] DoneError),
+    /// tls/ holds files tonic cannot use (not PEM, key and certificate mismatch, ...).
+    #[error("the TLS files in {dir} cannot be used: {reason} (register the rack again into a new data directory)")]
+    Tls {
+        /// The tls/ directory.
+        dir: String,
+        /// What tonic/rustls said.
+        reason: String,
+    },
+    /// rack.json lists no region to connect to.
+    #[error("{0} lists no cluster endpoints: register the rack again, or add a region's cluster address (host:port) to cluster_endpoints")]
+    NoEndpoints(String),
+}
+
+/// Everything the session loop needs; built by [`SessionConfig::load`] from the data directory and flags.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The data directory: rack.json is rewritten there when the regions change, done.log lives there.
+    pub dir: DataDir,
+    /// rack.json as loaded: the name for messages and the first endpoints to try.
+    pub rack: RackConfig,
+    /// The rack's key and certificate and the cluster CA, for mutual TLS.
+    pub tls: TlsFiles,
+    /// How often to send a heartbeat (`--heartbeat-ms`; a region asking for more often wins).
+    pub heartbeat: Duration,
+    /// How many commands may run at once (`--capacity`), announced in `Hello`.
+    pub capacity: u32,
+    /// How long one connection attempt may take: a black-holed region costs at most this much.
+    pub connect_timeout: Duration,
+    /// HTTP/2 keepalive: a ping after this long without a frame from the region...
+    pub keepalive_interval: Duration,
+    /// ...which must be answered within this long, or the session is declared dead. Interval + timeout
+    /// bound how long a silently dead region (no TCP reset) goes unnoticed: 0.5 s + 1 s keeps the whole
+    /// failover under 2 s.
+    pub keepalive_timeout: Duration,
+    /// How long a region may take from connect to `Welcome` before the next one is tried.
+    pub welcome_timeout: Duration,
+}
+
+impl SessionConfig {
+    /// Loads rack.json and tls/ from `dir`, with the documented timing defaults.
+    pub fn load(dir: DataDir, heartbeat: Duration, capacity: u32) -> Result<Self, ConfigError> {
+        let rack = dir.load_rack()?;
+        let tls = dir.load_tls()?;
+        Ok(SessionConfig {
+            dir,
+            rack,
+            tls,
+            heartbeat,
+            capacity,
+            connect_timeout: Duration::from_secs(1),
+            keepalive_interval: Duration::from_millis(500),
+            keepalive_timeout: Duration::from_secs(1),
+            welcome_timeout: Duration::from_secs(2),
+        })
+    }
+}
+
+impl SessionConfig {
+    /// Mutual TLS towards regions: present the rack's certificate, verify the region against the cluster
+    /// CA under the fixed name `ingot-region` (addresses may change; the name does not).
+    fn client_tls(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.tls.ca_pem))
+            .identity(Identity::from_pem(&self.tls.cert_pem, &self.tls.key_pem))
+            .domain_name(ingot_common::pki::REGION_SERVER_NAME)
+    }
+
+    /// Checks what would make every connection attempt fail forever (no endpoints, unusable TLS files),
+    /// so the rack stops with a clear message instead of retrying. [`run`] calls it; `main` calls it
+    /// before announcing that the rack runs.
+    pub fn validate(&self) -> Result<(), SessionError> {
+        if self.rack.cluster_endpoints.is_empty() {
+            return Err(SessionError::NoEndpoints(
+                self.dir.rack_json().display().to_string(),
+            ));
+        }
+        if let Err(e) = Endpoint::from_static("https://127.0.0.1:1").tls_config(self.client_tls()) {
+            let tls_dir = self.dir.ca_path();
+            let tls_dir = tls_dir.parent().unwrap_or(self.dir.root());
+            return Err(SessionError::Tls {
+                dir: tls_dir.display().to_string(),
+                reason: crate::register::error_chain(&e),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: the protected data (sets and maps) stays consistent even if a holder
+/// panicked, and a rack that stops answering commands would be worse.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs commands exactly once across sessions: the done-store, the ids in flight, the concurrency limit,
+/// and the outbox of results for whichever session is current.
+struct Runner {
+    /// Finished commands (durable). Checked before anything runs.
+    done: Mutex<DoneStore>,
+    /// Ids running now: a re-delivery of one of them is ignored (its result will follow). Locked while the
+    /// done-store is checked, so a command finishing concurrently is seen in one or the other.
+    running: Mutex<HashSet<u64>>,
+    /// At most `capacity` drivers at once.
+    permits: Arc<Semaphore>,
+    /// The power drivers.
+    drivers: Drivers,
+    /// Results, recorded, waiting to be sent by the current (or next) session.
+    outbox: mpsc::UnboundedSender<CommandResult>,
+}
+
+impl Runner {
+    /// Handles a delivered command: `Some(result)` to send now if it was done before; otherwise starts it
+    /// (unless it is already running) and its result arrives through the outbox.
+    fn on_command(self: &Arc<Self>, cmd: Command) -> Option<CommandResult> {
+        let mut running = lock(&self.running);
+        if let Some(rec) = lock(&self.done).get(cmd.id) {
+            tracing::info!(id = cmd.id, "command already done: resending its result");
+            return Some(rec.to_proto());
+        }
+        if !running.insert(cmd.id) {
+            tracing::debug!(
+                id = cmd.id,
+                "command already running: ignoring the re-delivery"
+            );
+            return None;
+        }
+        drop(running);
+        tracing::info!(
+            id = cmd.id,
+            system_id = %cmd.system_id,
+            action = %cmd.action,
+            driver = %cmd.driver,
+            "running command"
+        );
+        let me = self.clone();
+        tokio::spawn(async move {
+            let permit = me.permits.clone().acquire_owned().await;
+            let result = me.drivers.execute(&cmd).await;
+            drop(permit);
+            me.finish(result).await;
+        });
+        None
+    }
+
+    /// Records a result (append + fsync) and only then queues it for sending.
+    async fn finish(self: &Arc<Self>, result: CommandResult) {
+        let rec = DoneRecord::from_proto(&result);
+        let me = self.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut done = lock(&me.done);
+            let r = done.record(rec.clone());
+            if r.is_err() {
+                // Not durable, but at least this process will not run the command again.
+                done.remember(rec);
+            }
+            r
+        })
+        .await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(
+                id = result.id,
+                "{e}; the result is kept in memory only: after a restart this command could run again"
+            ),
+            Err(e) => tracing::error!(id = result.id, "recording the result failed: {e}"),
+        }
+        lock(&self.running).remove(&result.id);
+        tracing::info!(
+            id = result.id,
+            success = result.success,
+            error_kind = %result.error_kind,
+            power_state = %result.power_state,
+            "command finished"
+        );
+        // The receiver lives as long as the session loop; if it is gone the rack is stopping.
+        let _ = self.outbox.send(result);
+    }
+
+    /// Waits (up to `limit`) for running commands to finish and be recorded, so a stopping rack does not
+    /// leave an acted-on but unrecorded command behind.
+    async fn drain(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        loop {
+            let n = lock(&self.running).len();
+            if n == 0 {
+                return;
+            }
+            if Instant::now() >= until {
+                tracing::warn!(
+                    running = n,
+                    "stopping with commands still running; they will be re-delivered"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// How one session attempt ended.
+enum Ended {
+    /// The rack is shutting down.
+    Shutdown,
+    /// A session was established (Welcome received) and then broke.
+    Broke(String),
+    /// No session: connect, TLS, the call or the Welcome failed.
+    Failed(String),
+}
+
+/// The mutable state of the loop that sessions update: the current endpoints (persisted on change).
+struct Cluster {
+    /// Where rack.json lives.
+    dir: DataDir,
+    /// rack.json's contents as last written.
+    rack: RackConfig,
+}
+
+impl Cluster {
+    /// Adopts the regions a region told us about; rewrites rack.json if they changed.
+    fn update_endpoints(&mut self, endpoints: &[String]) {
+        let clean: Vec<String> = endpoints
+            .iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if clean.is_empty() || clean == self.rack.cluster_endpoints {
+            return;
+        }
+        tracing::info!(endpoints = ?clean, "regions changed");
+        self.rack.cluster_endpoints = clean;
+        if let Err(e) = self.dir.save_rack(&self.rack) {
+            tracing::warn!("{e}; the new region list is used but not saved");
+        }
+    }
+}
+
+/// Runs the session loop until `shutdown` becomes true: connects, fails over, reconnects, runs commands.
+/// Returns an error only if it cannot start (no endpoints, unreadable done-store).
+pub async fn run(
+    cfg: SessionConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    cfg.validate()?;
+    let done = DoneStore::open(&cfg.dir.done_log(), KEEP_RESULTS)?;
+    tracing::info!(results = done.len(), "done-store loaded");
+    let (outbox, mut results) = mpsc::unbounded_channel();
+    let runner = Arc::new(Runner {
+        done: Mutex::new(done),
+        running: Mutex::new(HashSet::new()),
+        permits: Arc::new(Semaphore::new(cfg.capacity.max(1) as usize)),
+        drivers: Drivers::default(),
+        outbox,
+    });
+    let tls = cfg.client_tls();
+    let mut cluster = Cluster {
+        dir: cfg.dir.clone(),
+        rack: cfg.rack.clone(),
+    };
+
+    let mut next = 0usize;
+    let mut since = Instant::now();
+    let mut failed_in_row = 0usize;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let eps = cluster.rack.cluster_endpoints.clone();
+        let ep = eps[next % eps.len()].clone();
+        let ended = session_once(
+            &cfg,
+            &tls,
+            &ep,
+            &runner,
+            &mut results,
+            &mut cluster,
+            since,
+            &mut shutdown,
+        )
+        .await;
+        // Continue after the endpoint just used, in the (possibly refreshed) list.
+        let eps = &cluster.rack.cluster_endpoints;
+        next = match eps.iter().position(|e| *e == ep) {
+            Some(i) => i + 1,
+            None => next + 1,
+        } % eps.len().max(1);
+        match ended {
+            Ended::Shutdown => break,
+            Ended::Broke(why) => {
+                tracing::warn!("session with {ep} broke: {why}; failing over");
+                since = Instant::now();
+                failed_in_row = 0;
+                backoff = Duration::from_millis(100);
+            }
+            Ended::Failed(why) => {
+                tracing::warn!("no session with {ep}: {why}");
+                failed_in_row += 1;
+                if failed_in_row >= eps.len() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopped(&mut shutdown) => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+    tracing::info!("rack stopping");
+    runner.drain(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// Resolves once shutdown is requested (or its sender is gone). Returns nothing so no `watch::Ref` (not
+/// `Send`) is held across an await in the session futures.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|v| *v).await.is_ok();
+}
+
+/// What `Hello` says about this rack.
+fn hello(capacity: u32) -> RackMessage {
+    RackMessage {
+        msg: Some(RackMsg::Hello(Hello {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            services: SERVICES.iter().map(|s| s.to_string()).collect(),
+            capacity,
+            drivers: Drivers::NAMES.iter().map(|s| s.to_string()).collect(),
+        })),
+    }
+}
+
+/// Connects to `ep`, opens the stream, sends Hello and waits for Welcome. Returns the outgoing sender and
+/// the incoming stream.
+async fn open(
+    cfg: &SessionConfig,
+    tls: &ClientTlsConfig,
+    ep: &str,
+) -> Result<
+    (
+        mpsc::Sender<RackMessage>,
+        tonic::Streaming<ingot_proto::rack::v1::RegionMessage>,
+        Welcome,
+    ),
+    String,
+> {
+    let endpoint = Endpoint::from_shared(format!("https://{ep}"))
+        .map_err(|e| format!("'{ep}' is not a host:port address: {e}"))?
+        .tls_config(tls.clone())
+        .map_err(|e| format!("TLS settings: {}", crate::register::error_chain(&e)))?
+        .connect_timeout(cfg.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(cfg.keepalive_interval)
+        .keep_alive_timeout(cfg.keepalive_timeout)
+        .keep_alive_while_idle(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("connecting: {}", crate::register::error_chain(&e)))?;
+    let (tx, rx) = mpsc::channel(256);
+    tx.send(hello(cfg.capacity))
+        .await
+        .map_err(|_| "the outgoing stream closed before Hello".to_string())?;
+    let mut client = RackSessionServiceClient::new(channel);
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| status_text(&s))?
+        .into_inner();
+    match inbound.next().await {
+        Some(Ok(m)) => match m.msg {
+            Some(RegionMsg::Welcome(w)) => Ok((tx, inbound, w)),
+            other => Err(format!(
+                "the region answered Hello with {other:?} instead of Welcome"
+            )),
+        },
+        Some(Err(s)) => Err(status_text(&s)),
+        None => Err("the region closed the stream before Welcome".to_string()),
+    }
+}
+
+/// A gRPC status for logs, with a hint when the region refused the rack itself.
+fn status_text(s: &tonic::Status) -> String {
+    match s.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => format!(
+            "the region refused this rack: {} (revoked, or registered with another cluster? register again)",
+            s.message()
+        ),
+        _ => format!("{:?}: {}", s.code(), s.message()),
+    }
+}
+
+/// One session: open it, then serve it until it breaks or the rack shuts down.
+#[allow(clippy::too_many_arguments)]
+async fn session_once(
+    cfg: &SessionConfig,
+    tls: &ClientTlsConfig,
+    ep: &str,
+    runner: &Arc<Runner>,
+    results: &mut mpsc::UnboundedReceiver<CommandResult>,
+    cluster: &mut Cluster,
+    since: Instant,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ended {
+    let opened = tokio::select! {
+        r = tokio::time::timeout(cfg.welcome_timeout, open(cfg, tls, ep)) => r,
+        _ = stopped(shutdown) => return Ended::Shutdown,
+    };
+    let (tx, mut inbound, welcome) = match opened {
+        Ok(Ok(x)) => x,
+        Ok(Err(why)) => return Ended::Failed(why),
+        Err(_) => {
+            return Ended::Failed(format!(
+                "no Welcome within {} ms",
+                cfg.welcome_timeout.as_millis()
+            ))
+        }
+    };
+    tracing::info!(
+        session_id = %welcome.session_id,
+        endpoint = %ep,
+        "session established with region {} ({}) in {} ms",
+        welcome.region_name,
+        welcome.region_id,
+        since.elapsed().as_millis()
+    );
+    if let Some(r) = &welcome.regions {
+        cluster.update_endpoints(&r.endpoints);
+    }
+    let mut period = cfg.heartbeat.max(Duration::from_millis(10));
+    if welcome.heartbeat_ms > 0 {
+        period = period.min(Duration::from_millis(u64::from(welcome.heartbeat_ms)));
+    }
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate; Hello already told the region we are alive
+    let mut seq = 0u64;
+    let send = |m: RackMsg| {
+        let tx = tx.clone();
+        async move {
+            tx.send(RackMessage { msg: Some(m) })
+                .await
+                .map_err(|_| "the outgoing stream closed".to_string())
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(shutdown) => return Ended::Shutdown,
+            m = inbound.next() => {
+                let msg = match m {
+                    Some(Ok(m)) => m,
+                    Some(Err(s)) => return Ended::Broke(status_text(&s)),
+                    None => return Ended::Broke("the region ended the stream".to_string()),
+                };
+                match msg.msg {
+                    Some(RegionMsg::Command(cmd)) => {
+                        if let Some(r) = runner.on_command(cmd) {
+                            if let Err(e) = send(RackMsg::Result(r)).await {
+                                return Ended::Broke(e);
+                            }
+                        }
+                    }
+                    Some(RegionMsg::Ack(a)) => {
+                        // Results stay in the done-store (compacted at start), so nothing to forget here.
+                        tracing::debug!(ids = a.ids.len(), "region recorded results");
+                    }
+                    Some(RegionMsg::Regions(r)) => cluster.update_endpoints(&r.endpoints),
+                    Some(RegionMsg::Welcome(w)) => {
+                        tracing::debug!(region = %w.region_name, "second Welcome on a session");
+                        if let Some(r) = &w.regions {
+                            cluster.update_endpoints(&r.endpoints);
+                        }
+                    }
+                    None => tracing::debug!("empty region message ignored"),
+                }
+            }
+            Some(r) = results.recv() => {
+                if let Err(e) = send(RackMsg::Result(r)).await {
+                    return Ended::Broke(e);
+                }
+            }
+            _ = ticker.tick() => {
+                seq += 1;
+                if let Err(e) = send(RackMsg::Heartbeat(Heartbeat { seq })).await {
+                    return Ended::Broke(e);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! The rack against tiny in-process fake regions (tonic over TLS, certificates from a test cluster CA):
+//! enrollment by token, and the session loop's failover with exactly-once command execution.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
+
+use ingot_common::pki::{self, ClusterCa, Identity as PkiIdentity};
+use ingot_proto::rack::v1::rack_message::Msg as RackMsg;
+use ingot_proto::rack::v1::rack_session_service_server::{
+    RackSessionService, RackSessionServiceServer,
+};
+use ingot_proto::rack::v1::region_message::Msg as RegionMsg;
+use ingot_proto::rack::v1::{
+    Command, CommandResult, Hello, RackMessage, RegionMessage, Regions, Welcome,
+};
+use ingot_proto::v1::rack_service_server::{RackService, RackServiceServer};
+use ingot_proto::v1::{
+    CreateEnrollmentTokenRequest, CreateEnrollmentTokenResponse, GetRackRequest, ListRacksRequest,
+    ListRacksResponse, Rack, RegisterRackRequest, RegisterRackResponse, RevokeRackRequest,
+};
+use ingot_rack::config::{DataDir, RackConfig, TlsFiles};
+use ingot_rack::drivers::sim;
+use ingot_rack::register::{register, RegisterArgs};
+use ingot_rack::session::{self, SessionConfig};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+fn provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A region's server TLS: its certificate from `ca`, client certificates required (like the cluster
+/// listener) when `mutual`.
+fn server_tls(ca: &ClusterCa, id: u64, mutual: bool) -> ServerTlsConfig {
+    let (cert, key) = ca
+        .issue(&PkiIdentity::region(id, &["127.0.0.1:1"]))
+        .unwrap();
+    let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if mutual {
+        tls.client_ca_root(Certificate::from_pem(&ca.cert_pem))
+    } else {
+        tls
+    }
+}
+
+async fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap().to_string();
+    (l, a)
+}
+
+// ---------------------------------------------------------------- enrollment
+
+/// RackService with one single-use token.
+struct FakeEnroll {
+    ca: ClusterCa,
+    used: AtomicBool,
+    cluster_endpoints: Vec<String>,
+}
+
+#[tonic::async_trait]
+impl RackService for FakeEnroll {
+    async fn create_enrollment_token(
+        &self,
+        _: Request<CreateEnrollmentTokenRequest>,
+    ) -> Result<Response<CreateEnrollmentTokenResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn register_rack(
+        &self,
+        req: Request<RegisterRackRequest>,
+    ) -> Result<Response<RegisterRackResponse>, Status> {
+        let r = req.into_inner();
+        if r.token != "good-token" || self.used.swap(true, Ordering::SeqCst) {
+            return Err(Status::permission_denied(
+                "enrollment token is unknown, expired or already used: ask an admin for a new one",
+            ));
+        }
+        let cert_pem = self
+            .ca
+            .sign_csr(
+                &r.csr_pem,
+                &PkiIdentity {
+                    common_name: format!("rack-{}", r.name),
+                    sans: vec![],
+                },
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(RegisterRackResponse {
+            cert_pem,
+            ca_pem: self.ca.cert_pem.clone(),
+            api_endpoints: vec!["127.0.0.1:5240".into()],
+            cluster_endpoints: self.cluster_endpoints.clone(),
+        }))
+    }
+    async fn list_racks(
+        &self,
+        _: Request<ListRacksRequest>,
+    ) -> Result<Response<ListRacksResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn get_rack(&self, _: Request<GetRackRequest>) -> Result<Response<Rack>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn revoke_rack(&self, _: Request<RevokeRackRequest>) -> Result<Response<Rack>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+#[tokio::test]
+async fn register_writes_the_data_dir_and_refuses_a_reused_token() {
+    provider();
+    let ca = ClusterCa::generate("t").unwrap();
+    let (l, addr) = listener().await;
+    let svc = FakeEnroll {
+        ca: ca.clone(),
+        used: AtomicBool::new(false),
+        cluster_endpoints: vec!["127.0.0.1:5241".into()],
+    };
+    tokio::spawn(
+        Server::builder()
+            .tls_config(server_tls(&ca, 1, false))
+            .unwrap()
+            .add_service(RackServiceServer::new(svc))
+            .serve_with_incoming(TcpListenerStream::new(l)),
+    );
+    let d = tempfile::tempdir().unwrap();
+    let ca_file = d.path().join("ca.crt");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    // A port nobody listens on first: register moves on to the next URL.
+    let (dead, dead_addr) = listener().await;
+    drop(dead);
+    let args = RegisterArgs {
+        data_dir: d.path().join("rack"),
+        regions: vec![format!("https://{dead_addr},https://{addr}")],
+        token: "good-token".into(),
+        name: "r1".into(),
+        zone: "z1".into(),
+        ca_file,
+    };
+    let rack = register(args.clone()).await.unwrap();
+    assert_eq!(rack.cluster_endpoints, vec!["127.0.0.1:5241".to_string()]);
+    let dd = DataDir::new(d.path().join("rack"));
+    assert_eq!(dd.load_rack().unwrap(), rack);
+    let tls = dd.load_tls().unwrap();
+    assert_eq!(tls.ca_pem, ca.cert_pem);
+    let der = pki::first_cert_der(&tls.cert_pem).unwrap();
+    assert_eq!(pki::common_name(&der).as_deref(), Some("rack-r1"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dd.key_path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Same directory again: refused locally.
+    let e = register(args.clone()).await.unwrap_err().to_string();
+    assert!(e.contains("already holds a registered rack"), "{e}");
+    // Reused token into a fresh directory: the server's message comes through.
+    let e = register(RegisterArgs {
+        data_dir: d.path().join("rack2"),
+        ..args
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("already used"), "{e}");
+    assert!(!d.path().join("rack2").join("rack.json").exists());
+}
+
+// ---------------------------------------------------------------- session and failover
+
+#[derive(Debug)]
+enum Event {
+    Hello(u64, Hello, Instant),
+    Result(u64, CommandResult),
+}
+
+/// RackSessionService that welcomes, sends one command, and (optionally) kills the stream once the result
+/// arrives — and refuses every later session, like a region that died.
+struct FakeRegion {
+    id: u64,
+    endpoints: Arc<Mutex<Vec<String>>>,
+    command: Command,
+    kill_after_result: bool,
+    dead: Arc<AtomicBool>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+#[tonic::async_trait]
+impl RackSessionService for FakeRegion {
+    type SessionStream = ReceiverStream<Result<RegionMessage, Status>>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<RackMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("this region is gone"));
+        }
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no cert"))?;
+        let cn = pki::common_name(certs[0].as_ref());
+        if cn.as_deref() != Some("rack-r1") {
+            return Err(Status::permission_denied(format!("not a rack: {cn:?}")));
+        }
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let (id, events, cmd, kill, dead) = (
+            self.id,
+            self.events.clone(),
+            self.command.clone(),
+            self.kill_after_result,
+            self.dead.clone(),
+        );
+        let endpoints = self.endpoints.lock().unwrap().clone();
+        tokio::spawn(async move {
+            let Ok(Some(RackMessage {
+                msg: Some(RackMsg::Hello(h)),
+            })) = inbound.message().await
+            else {
+                return;
+            };
+            let _ = events.send(Event::Hello(id, h, Instant::now()));
+            let welcome = Welcome {
+                region_id: id,
+                region_name: format!("fake{id}"),
+                session_id: format!("s{id}"),
+                heartbeat_ms: 0,
+                regions: Some(Regions { endpoints }),
+            };
+            for m in [RegionMsg::Welcome(welcome), RegionMsg::Command(cmd)] {
+                let _ = tx.send(Ok(RegionMessage { msg: Some(m) })).await;
+            }
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(RackMsg::Result(r)) = m.msg {
+                    let _ = events.send(Event::Result(id, r));
+                    if kill {
+                        dead.store(true, Ordering::SeqCst);
+                        let _ = tx.send(Err(Status::unavailable("region dying"))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn next_event(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no event within 10 s")
+        .expect("events closed")
+}
+
+fn ops_with_id(state_dir: &std::path::Path, id: u64) -> usize {
+    sim::read_state(state_dir, "m1")
+        .unwrap()
+        .ops
+        .iter()
+        .filter(|o| o.id == id)
+        .count()
+}
+
+fn sim_command(id: u64, state_dir: &std::path::Path) -> Command {
+    Command {
+        id,
+        system_id: "m1".into(),
+        action: "on".into(),
+        driver: "sim".into(),
+        params: HashMap::from([("state_dir".into(), state_dir.display().to_string())]),
+    }
+}
+
+/// Serves a [`FakeRegion`] on `l`.
+fn serve_fake(ca: &ClusterCa, l: TcpListener, fake: FakeRegion) {
+    let tls = server_tls(ca, fake.id, true);
+    tokio::spawn(
+        Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(RackSessionServiceServer::new(fake))
+            .serve_with_incoming(TcpListenerStream::new(l)),
+    );
+}
+
+/// A registered rack data directory (certificate from `ca`) that knows only `first`.
+fn rack_dir(ca: &ClusterCa, root: &std::path::Path, first: &str) -> DataDir {
+    let dd = DataDir::new(root.join("rack"));
+    let (cert_pem, key_pem) = ca
+        .issue(&PkiIdentity {
+            common_name: "rack-r1".into(),
+            sans: vec![],
+        })
+        .unwrap();
+    dd.save_tls(&TlsFiles {
+        ca_pem: ca.cert_pem.clone(),
+        cert_pem,
+        key_pem,
+    })
+    .unwrap();
+    dd.save_rack(&RackConfig {
+        name: "r1".into(),
+        zone: "z1".into(),
+        api_endpoints: vec![],
+        cluster_endpoints: vec![first.to_string()],
+        registered_ms: 0,
+    })
+    .unwrap();
+    dd
+}
+
+type Running = (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<(), session::SessionError>>,
+);
+
+fn start_rack(dd: DataDir) -> Running {
+    let cfg = SessionConfig::load(dd, Duration::from_millis(100), 4).unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    (stop, tokio::spawn(session::run(cfg, rx)))
+}
+
+async fn stop_rack((stop, task): Running) {
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fails_over_and_answers_redelivered_command_from_the_done_store() {
+    provider();
+    let ca = ClusterCa::generate("t").unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let state_dir = d.path().join("bmc");
+    let command = sim_command(42, &state_dir);
+    let (l1, a1) = listener().await;
+    let (l2, a2) = listener().await;
+    let endpoints = Arc::new(Mutex::new(vec![a1.clone(), a2.clone()]));
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let dead1 = Arc::new(AtomicBool::new(false));
+    for (id, l, kill, dead) in [
+        (1, l1, true, dead1.clone()),
+        (2, l2, false, Arc::new(AtomicBool::new(false))),
+    ] {
+        let fake = FakeRegion {
+            id,
+            endpoints: endpoints.clone(),
+            command: command.clone(),
+            kill_after_result: kill,
+            dead,
+            events: ev_tx.clone(),
+        };
+        serve_fake(&ca, l, fake);
+    }
+    let dd = rack_dir(&ca, d.path(), &a1);
+    let rack = start_rack(dd.clone());
+
+    // Region 1: Hello, the command runs once, its result arrives, then the region dies.
+    let Event::Hello(1, hello, _) = next_event(&mut events).await else {
+        panic!("expected Hello on region 1")
+    };
+    assert_eq!(hello.services, vec!["power".to_string()]);
+    assert_eq!(hello.drivers, vec!["sim".to_string(), "manual".to_string()]);
+    assert_eq!(hello.capacity, 4);
+    assert_eq!(hello.version, env!("CARGO_PKG_VERSION"));
+    let Event::Result(1, r) = next_event(&mut events).await else {
+        panic!("expected the result on region 1")
+    };
+    let killed = Instant::now();
+    assert!(r.success && r.id == 42 && r.power_state == "on", "{r:?}");
+
+    // The rack fails over to region 2 (learned from Welcome), says Hello again, and the re-delivered
+    // command is answered from the done-store.
+    let Event::Hello(2, _, at) = next_event(&mut events).await else {
+        panic!("expected Hello on region 2")
+    };
+    assert!(at.duration_since(killed) < Duration::from_secs(2));
+    let Event::Result(2, r2) = next_event(&mut events).await else {
+        panic!("expected the result on region 2")
+    };
+    assert_eq!(r2, r);
+    assert_eq!(ops_with_id(&state_dir, 42), 1);
+    // Welcome's region list was persisted.
+    assert_eq!(dd.load_rack().unwrap().cluster_endpoints, vec![a1, a2]);
+    stop_rack(rack).await;
+
+    // A restarted rack: region 1 refuses (dead), region 2 re-delivers again; still no second run.
+    let rack = start_rack(dd.clone());
+    let Event::Hello(2, _, _) = next_event(&mut events).await else {
+        panic!("expected Hello on region 2 after restart")
+    };
+    let Event::Result(2, r3) = next_event(&mut events).await else {
+        panic!("expected the result after restart")
+    };
+    assert_eq!(r3, r);
+    assert_eq!(ops_with_id(&state_dir, 42), 1);
+    stop_rack(rack).await;
+    assert!(dead1.load(Ordering::SeqCst));
+}
+
+/// A TCP proxy to `upstream` that, once `frozen` is set, stops forwarding in both directions but keeps the
+/// sockets open: a region that vanished without a TCP reset (power loss, partition).
+async fn black_hole_proxy(upstream: String, frozen: Arc<AtomicBool>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (l, addr) = listener().await;
+    tokio::spawn(async move {
+        while let Ok((client, _)) = l.accept().await {
+            let frozen = frozen.clone();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let pump = |mut r: tokio::net::tcp::OwnedReadHalf,
+                            mut w: tokio::net::tcp::OwnedWriteHalf,
+                            frozen: Arc<AtomicBool>| async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if frozen.load(Ordering::SeqCst) {
+                            // Hold both halves open forever, forwarding nothing.
+                            std::future::pending::<()>().await;
+                        }
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::spawn(pump(cr, sw, frozen.clone()));
+                tokio::spawn(pump(sr, cw, frozen));
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notices_a_silent_region_by_keepalive_and_fails_over() {
+    provider();
+    let ca = ClusterCa::generate("t").unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let state_dir = d.path().join("bmc");
+    let command = sim_command(7, &state_dir);
+    let (l1, a1) = listener().await;
+    let (l2, a2) = listener().await;
+    let frozen = Arc::new(AtomicBool::new(false));
+    let p1 = black_hole_proxy(a1, frozen.clone()).await;
+    let endpoints = Arc::new(Mutex::new(vec![p1.clone(), a2]));
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    for (id, l) in [(1, l1), (2, l2)] {
+        let fake = FakeRegion {
+            id,
+            endpoints: endpoints.clone(),
+            command: command.clone(),
+            kill_after_result: false,
+            dead: Arc::new(AtomicBool::new(false)),
+            events: ev_tx.clone(),
+        };
+        serve_fake(&ca, l, fake);
+    }
+    let rack = start_rack(rack_dir(&ca, d.path(), &p1));
+    let Event::Hello(1, _, _) = next_event(&mut events).await else {
+        panic!("expected Hello on region 1")
+    };
+    let Event::Result(1, r) = next_event(&mut events).await else {
+        panic!("expected the result on region 1")
+    };
+    frozen.store(true, Ordering::SeqCst);
+    let silent = Instant::now();
+    let Event::Hello(2, _, at) = next_event(&mut events).await else {
+        panic!("expected Hello on region 2")
+    };
+    let took = at.duration_since(silent);
+    // Keepalive: a ping after 0.5 s of silence, 1 s to answer, then an immediate reconnect.
+    assert!(took < Duration::from_secs(2), "failover took {took:?}");
+    let Event::Result(2, r2) = next_event(&mut events).await else {
+        panic!("expected the result on region 2")
+    };
+    assert_eq!(r2, r);
+    assert_eq!(ops_with_id(&state_dir, 7), 1);
+    stop_rack(rack).await;
+}
