@@ -10,6 +10,9 @@
 //!
 //! With `--alloc` it runs the allocation-scale benchmark instead (see [`alloc`]): a 10,000-machine fleet
 //! commissioned through the API, then allocation throughput, list latencies and watch fan-out.
+//!
+//! With `--racks` it runs the rack-controller benchmark instead (see [`racks`]): session failover after a
+//! region SIGKILL, BMC ownership moves after a rack SIGKILL, and the regions' cost per connected rack.
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -22,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod alloc;
+mod racks;
 
 #[derive(Parser)]
 #[command(
@@ -92,6 +96,25 @@ struct Args {
     /// --alloc: pace of those writes, per second.
     #[arg(long, default_value_t = 250)]
     watch_rate: u64,
+    /// Run the rack benchmark instead: two `ingot-rack` processes, session re-establishment after SIGKILL
+    /// of the serving region, BMC moves after SIGKILL of a rack, and many in-process rack sessions.
+    #[arg(long)]
+    racks: bool,
+    /// --racks: the regions' --rack-grace-ms.
+    #[arg(long, default_value_t = 3000)]
+    rack_grace_ms: u64,
+    /// --racks: SIGKILLs of the region serving a rack.
+    #[arg(long, default_value_t = 10)]
+    region_kills: usize,
+    /// --racks: SIGKILLs of the rack owning the BMCs.
+    #[arg(long, default_value_t = 5)]
+    rack_kills: usize,
+    /// --racks: rack sessions held from this process for the cost-per-rack figures (0 skips them).
+    #[arg(long, default_value_t = 100)]
+    rack_sessions: usize,
+    /// --racks: length of each CPU measurement window, seconds.
+    #[arg(long, default_value_t = 10)]
+    cpu_seconds: u64,
 }
 
 /// The `p` quantile (0..=1) of sorted samples; zero when there are none.
@@ -312,6 +335,10 @@ async fn main() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let mut opts = LocalClusterOptions::new(&dir, a.regions);
     opts.region_args = a.region_args.clone();
+    if a.racks {
+        opts.region_args
+            .push(format!("--rack-grace-ms={}", a.rack_grace_ms));
+    }
     eprintln!("== starting {} regions in {}", a.regions, dir.display());
     let cluster = LocalCluster::start(opts).await?;
     let bin = ingot_client::local::resolve_bin_dir(None)?;
@@ -320,6 +347,25 @@ async fn main() -> Result<()> {
     } else {
         "debug (use --release for real figures)"
     };
+
+    if a.racks {
+        let o = racks::RackOpts {
+            grace_ms: a.rack_grace_ms,
+            region_kills: a.region_kills,
+            rack_kills: a.rack_kills,
+            sessions: a.rack_sessions,
+            cpu_seconds: a.cpu_seconds,
+        };
+        let figures = racks::run(&cluster, &o).await;
+        drop(cluster);
+        if figures.is_err() {
+            eprintln!("== keeping {} (region and rack logs)", dir.display());
+        } else if a.dir.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        racks::report(&o, &figures?, profile, a.regions);
+        return Ok(());
+    }
 
     if a.alloc {
         let o = alloc::AllocOpts {

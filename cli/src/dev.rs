@@ -1,5 +1,6 @@
-//! `ingot dev up|down`: a local development cluster of real `ingot-region` processes that keeps running
-//! after `ingot` exits, described by `DIR/env` and `DIR/cluster.json`.
+//! `ingot dev up|down`: a local development cluster of real `ingot-region` and `ingot-rack` processes
+//! that keeps running after `ingot` exits, described by `DIR/env` and `DIR/cluster.json`. Racks are
+//! enrolled like real ones (enrollment token, `ingot-rack register`, `ingot-rack run`).
 
 use crate::output::print_json;
 use crate::Ctx;
@@ -7,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use ingot_client::local::{
-    LocalCluster, LocalClusterOptions, LocalRegion, Progress, StopOutcome, CLUSTER_FILE,
+    LocalCluster, LocalClusterOptions, LocalRack, LocalRegion, Progress, StopOutcome, CLUSTER_FILE,
 };
 use serde_json::json;
 use std::io::IsTerminal;
@@ -19,8 +20,8 @@ const DEFAULT_DIR: &str = ".ingot-dev";
 /// The `dev` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum DevCmd {
-    /// Start a local cluster in DIR (or restart its stopped regions); the regions keep running in the
-    /// background
+    /// Start a local cluster in DIR with its rack controllers (or restart its stopped regions and racks);
+    /// everything keeps running in the background
     Up {
         /// Cluster directory (data directories, logs, env file)
         #[arg(long, default_value = DEFAULT_DIR)]
@@ -31,11 +32,20 @@ pub enum DevCmd {
         /// Extra flag for every ingot-region, e.g. --region-arg=--heartbeat-ms=50 (repeatable)
         #[arg(long = "region-arg", value_name = "FLAG", allow_hyphen_values = true)]
         region_args: Vec<String>,
-        /// Directory containing ingot-region (default: next to this ingot executable)
+        /// Directory containing ingot-region and ingot-rack (default: next to this ingot executable)
         #[arg(long, value_name = "DIR")]
         bin_dir: Option<PathBuf>,
+        /// Number of rack controllers, named rack-1..N (0: none)
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
+        racks: u64,
+        /// Number of zones the racks are spread over, round-robin: zone-1..M (created as needed)
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+        zones: u64,
+        /// Extra flag for every `ingot-rack run`, e.g. --rack-arg=--heartbeat-ms=200 (repeatable)
+        #[arg(long = "rack-arg", value_name = "FLAG", allow_hyphen_values = true)]
+        rack_args: Vec<String>,
     },
-    /// Stop the local cluster recorded in DIR (SIGTERM, then SIGKILL after 10 s)
+    /// Stop the local cluster recorded in DIR, racks and regions (SIGTERM, then SIGKILL after 10 s)
     Down {
         /// Cluster directory
         #[arg(long, default_value = DEFAULT_DIR)]
@@ -54,7 +64,20 @@ pub async fn run(ctx: &Ctx, cmd: DevCmd) -> Result<()> {
             regions,
             region_args,
             bin_dir,
-        } => up(ctx, dir, regions as usize, region_args, bin_dir).await,
+            racks,
+            zones,
+            rack_args,
+        } => {
+            let opts = LocalClusterOptions {
+                dir,
+                regions: regions as usize,
+                bin_dir,
+                region_args,
+                rack_args,
+                detach: true,
+            };
+            up(ctx, opts, racks as usize, zones as usize).await
+        }
         DevCmd::Down { dir, purge } => down(ctx, &dir, purge).await,
     }
 }
@@ -90,6 +113,9 @@ impl Reporter {
                 "✓ {} ready (node {}, api {}, raft {}, pid {})",
                 r.name, r.node_id, r.api_addr, r.raft_addr, r.pid
             ),
+            Progress::RackReady(r) => {
+                format!("✓ rack {} running (zone {}, pid {})", r.name, r.zone, r.pid)
+            }
         };
         match &self.bar {
             Some(bar) => bar.println(line),
@@ -104,20 +130,25 @@ impl Reporter {
     }
 }
 
-async fn up(
-    ctx: &Ctx,
-    dir: PathBuf,
-    regions: usize,
-    region_args: Vec<String>,
-    bin_dir: Option<PathBuf>,
-) -> Result<()> {
+/// The zone of rack `i` (1-based) when racks are spread round-robin over `zones` zones.
+fn rack_zone(i: usize, zones: usize) -> String {
+    format!("zone-{}", (i - 1) % zones.max(1) + 1)
+}
+
+async fn up(ctx: &Ctx, opts: LocalClusterOptions, racks: usize, zones: usize) -> Result<()> {
     let reporter = Reporter::new();
-    if dir.join(CLUSTER_FILE).exists() {
-        let cluster = LocalCluster::load(&dir)?;
+    if opts.dir.join(CLUSTER_FILE).exists() {
+        let cluster = LocalCluster::load(&opts.dir)?;
         let stopped: Vec<usize> = (1..=cluster.len())
             .filter(|&i| !cluster.is_running(i))
             .collect();
-        if stopped.is_empty() {
+        let stopped_racks: Vec<String> = cluster
+            .racks()
+            .into_iter()
+            .filter(|r| !cluster.is_rack_running(&r.name))
+            .map(|r| r.name)
+            .collect();
+        if stopped.is_empty() && stopped_racks.is_empty() {
             reporter.done();
             if !ctx.json() {
                 outln!(
@@ -128,31 +159,52 @@ async fn up(
             summary(ctx, &cluster, "already-running");
             return Ok(());
         }
-        if cluster.len() != regions && !ctx.json() {
+        if cluster.len() != opts.regions && !ctx.json() {
             eprintln!(
-                "note: {} holds a {}-region cluster; --regions {regions} is ignored",
+                "note: {} holds a {}-region cluster; --regions {} is ignored",
                 cluster.dir().display(),
-                cluster.len()
+                cluster.len(),
+                opts.regions
+            );
+        }
+        if cluster.racks().len() != racks && !ctx.json() {
+            eprintln!(
+                "note: {} holds {} rack(s); --racks {racks} is ignored (stopped racks are restarted, none added)",
+                cluster.dir().display(),
+                cluster.racks().len()
             );
         }
         let r = cluster
             .restart_stopped_with_progress(|p| reporter.on(p))
             .await;
         reporter.done();
-        r.context("restarting the stopped regions failed")?;
+        r.context("restarting the stopped regions and racks failed")?;
         summary(ctx, &cluster, "restarted");
         return Ok(());
     }
-    let opts = LocalClusterOptions {
-        dir,
-        regions,
-        bin_dir,
-        region_args,
-        detach: true,
-    };
     let r = LocalCluster::start_with_progress(opts, |p| reporter.on(p)).await;
+    let cluster = match r {
+        Ok(c) => c,
+        Err(e) => {
+            reporter.done();
+            return Err(e);
+        }
+    };
+    for i in 1..=racks {
+        let name = format!("rack-{i}");
+        let zone = rack_zone(i, zones);
+        if let Err(e) = cluster
+            .add_rack_with_progress(&name, &zone, |p| reporter.on(p))
+            .await
+        {
+            reporter.done();
+            return Err(e.context(format!(
+                "adding rack {name} failed (the regions keep running: `ingot dev down --dir {}` stops them)",
+                cluster.dir().display()
+            )));
+        }
+    }
     reporter.done();
-    let cluster = r?;
     summary(ctx, &cluster, "started");
     Ok(())
 }
@@ -169,8 +221,19 @@ fn region_json(r: &LocalRegion) -> serde_json::Value {
     })
 }
 
+fn rack_json(r: &LocalRack) -> serde_json::Value {
+    json!({
+        "name": r.name,
+        "zone": r.zone,
+        "pid": r.pid,
+        "data_dir": r.dir,
+        "log": r.log,
+    })
+}
+
 fn summary(ctx: &Ctx, cluster: &LocalCluster, state: &str) {
     let regions = cluster.regions();
+    let racks = cluster.racks();
     if ctx.json() {
         print_json(&json!({
             "state": state,
@@ -178,6 +241,7 @@ fn summary(ctx: &Ctx, cluster: &LocalCluster, state: &str) {
             "env": cluster.env_path(),
             "endpoints": cluster.endpoints(),
             "regions": regions.iter().map(region_json).collect::<Vec<_>>(),
+            "racks": racks.iter().map(rack_json).collect::<Vec<_>>(),
         }));
         return;
     }
@@ -194,12 +258,26 @@ fn summary(ctx: &Ctx, cluster: &LocalCluster, state: &str) {
     }
     let dir = cluster.dir().display();
     outln!("{}", crate::output::render(&t));
+    if !racks.is_empty() {
+        outln!();
+        let mut t = crate::output::table(["RACK", "ZONE", "PID", "LOG"]);
+        for r in &racks {
+            t.add_row(vec![
+                r.name.clone(),
+                r.zone.clone(),
+                r.pid.to_string(),
+                r.log.display().to_string(),
+            ]);
+        }
+        outln!("{}", crate::output::render(&t));
+    }
     outln!();
     outln!("Endpoints: {}", cluster.endpoints().join(","));
     outln!();
     outln!("Use it:");
     outln!("  source {}", cluster.env_path().display());
     outln!("  ingot cluster list");
+    outln!("  ingot racks list");
     outln!("  ingot machines create --mac 52:54:00:00:00:01");
     outln!("  ingot machines list");
     outln!(
@@ -215,27 +293,54 @@ fn is_dev_dir(dir: &Path) -> bool {
     dir.join(CLUSTER_FILE).is_file() || dir.join("region-1").is_dir()
 }
 
+fn outcome_text(o: StopOutcome) -> &'static str {
+    match o {
+        StopOutcome::NotRunning => "was not running",
+        StopOutcome::Terminated => "stopped",
+        StopOutcome::Killed => "killed (did not stop within 10 s)",
+        StopOutcome::StillRunning => "STILL RUNNING",
+    }
+}
+
+fn outcome_json(o: StopOutcome) -> String {
+    format!("{o:?}").to_ascii_lowercase()
+}
+
 async fn down(ctx: &Ctx, dir: &Path, purge: bool) -> Result<()> {
-    let mut stopped = Vec::new();
+    // One JSON line per process, racks and regions apart.
+    let mut regions = Vec::new();
+    let mut racks = Vec::new();
     if dir.join(CLUSTER_FILE).exists() {
         let cluster = LocalCluster::load(dir)?;
-        for s in cluster.stop_all().await {
-            let what = match s.outcome {
-                StopOutcome::NotRunning => "was not running",
-                StopOutcome::Terminated => "stopped",
-                StopOutcome::Killed => "killed (did not stop within 10 s)",
-                StopOutcome::StillRunning => "STILL RUNNING",
-            };
-            if !ctx.json() {
-                outln!("{} (pid {}): {what}", s.region.name, s.region.pid);
-            }
-            stopped.push((s.region, s.outcome));
-        }
-        if let Some((r, _)) = stopped
+        let report = cluster.stop_all_report().await;
+        let mut still_running = None;
+        let processes = report
+            .racks
             .iter()
-            .find(|(_, o)| *o == StopOutcome::StillRunning)
-        {
-            bail!("{} (pid {}) is still running; not purging", r.name, r.pid);
+            .map(|s| (format!("rack {}", s.rack.name), s.rack.pid, s.outcome, true))
+            .chain(
+                report
+                    .regions
+                    .iter()
+                    .map(|s| (s.region.name.clone(), s.region.pid, s.outcome, false)),
+            );
+        for (name, pid, outcome, is_rack) in processes {
+            if !ctx.json() {
+                outln!("{name} (pid {pid}): {}", outcome_text(outcome));
+            }
+            if outcome == StopOutcome::StillRunning {
+                still_running.get_or_insert((name.clone(), pid));
+            }
+            let name = name.trim_start_matches("rack ").to_string();
+            let line = json!({ "name": name, "pid": pid, "outcome": outcome_json(outcome) });
+            if is_rack {
+                racks.push(line);
+            } else {
+                regions.push(line);
+            }
+        }
+        if let Some((name, pid)) = still_running {
+            bail!("{name} (pid {pid}) is still running; not purging");
         }
     } else if !ctx.json() {
         outln!(
@@ -258,17 +363,21 @@ async fn down(ctx: &Ctx, dir: &Path, purge: bool) -> Result<()> {
         }
     }
     if ctx.json() {
-        let regions: Vec<_> = stopped
-            .iter()
-            .map(|(r, o)| {
-                json!({
-                    "name": r.name,
-                    "pid": r.pid,
-                    "outcome": format!("{o:?}").to_ascii_lowercase(),
-                })
-            })
-            .collect();
-        print_json(&json!({ "dir": dir, "regions": regions, "purged": purged }));
+        print_json(&json!({ "dir": dir, "regions": regions, "racks": racks, "purged": purged }));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn racks_spread_round_robin_over_zones() {
+        assert_eq!(rack_zone(1, 2), "zone-1");
+        assert_eq!(rack_zone(2, 2), "zone-2");
+        assert_eq!(rack_zone(3, 2), "zone-1");
+        assert_eq!(rack_zone(3, 5), "zone-3");
+        assert_eq!(rack_zone(2, 0), "zone-1");
+    }
 }

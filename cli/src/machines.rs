@@ -1,10 +1,12 @@
 //! `ingot machines ...`: one command per MachineService RPC, plus the lifecycle table
 //! (`ingot machines actions`). Lifecycle actions and `--wait` live in [`crate::actions`], allocation in
-//! [`crate::allocate`]; this module holds the reads, the edits and how a machine argument is resolved.
+//! [`crate::allocate`], power actions in [`crate::power`]; this module holds the reads, the edits and how
+//! a machine argument is resolved.
 
 use crate::actions::{self, AsyncArgs, DeployArgs, ReleaseArgs, SetArgs, SimpleArgs, TagArgs};
 use crate::allocate::{self, AllocateArgs};
 use crate::output::{self, print_json};
+use crate::power::{PowerArgs, PowerCommandArgs};
 use crate::Ctx;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
@@ -78,6 +80,14 @@ pub enum MachinesCmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Power a machine through the rack that owns its BMC: power on|off|soft-off|cycle|query|boot-pxe|boot-disk
+    /// ID; prints the queued command id, or with --wait the result
+    Power(PowerArgs),
+    /// Show a power command (queued by `machines power`); with --wait, wait for its result
+    PowerCommand(PowerCommandArgs),
+    /// Replace a machine's power settings (driver and parameters), like `update --power-driver
+    /// --power-param`
+    SetPower(SetPowerArgs),
     /// Print the lifecycle table: which actions are legal from which status, and where they lead
     Actions {
         /// Only this status (new, ready, deployed, ...), with where each action leads and who may take it
@@ -228,6 +238,23 @@ pub struct UpdateArgs {
     /// Replace the power settings: parameter KEY=VALUE (repeatable; needs --power-driver)
     #[arg(long = "power-param", value_name = "KEY=VALUE", value_parser = parse_kv, requires = "power_driver")]
     power_params: Vec<(String, String)>,
+    /// Only update if the machine's revision is still this one
+    #[arg(long, value_name = "R")]
+    expected_revision: Option<u64>,
+}
+
+/// Fields of `machines set-power`.
+#[derive(Args, Debug)]
+pub struct SetPowerArgs {
+    /// System id (or MAC or hostname)
+    #[arg(value_name = "ID")]
+    machine: String,
+    /// Power driver: ipmi, redfish, webhook, manual, sim
+    #[arg(long, value_name = "DRIVER")]
+    driver: String,
+    /// Power parameter KEY=VALUE (repeatable), e.g. --param address=10.0.0.5 --param username=admin
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    params: Vec<(String, String)>,
     /// Only update if the machine's revision is still this one
     #[arg(long, value_name = "R")]
     expected_revision: Option<u64>,
@@ -484,39 +511,23 @@ pub async fn run(ctx: &Ctx, cmd: MachinesCmd) -> Result<()> {
             show_machine(ctx, &m);
             Ok(())
         }
-        MachinesCmd::Update(a) => {
-            let nothing = a.hostname.is_none()
-                && a.arch.is_none()
-                && a.zone.is_none()
-                && a.description.is_none()
-                && a.macs.is_empty()
-                && a.power_driver.is_none();
-            if nothing {
-                bail!("nothing to change: pass at least one of --hostname, --arch, --zone, --description, --mac, --power-driver");
-            }
-            let id = system_id(ctx, &a.machine).await?;
-            let clients = ctx.clients()?;
-            let req = UpdateMachineRequest {
-                system_id: id,
-                hostname: a.hostname,
-                arch: a.arch,
-                zone: a.zone,
-                description: a.description,
-                power: power(a.power_driver, a.power_params),
-                replace_macs: !a.macs.is_empty(),
-                macs: a.macs,
-                expected_revision: a.expected_revision.unwrap_or(0),
+        MachinesCmd::Update(a) => update(ctx, a).await,
+        MachinesCmd::SetPower(a) => {
+            let a = UpdateArgs {
+                machine: a.machine,
+                hostname: None,
+                arch: None,
+                zone: None,
+                description: None,
+                macs: Vec::new(),
+                power_driver: Some(a.driver),
+                power_params: a.params,
+                expected_revision: a.expected_revision,
             };
-            let m = ctx
-                .call(|| {
-                    let mut c = clients.machines();
-                    let req = req.clone();
-                    async move { c.update_machine(req).await }
-                })
-                .await?;
-            show_machine(ctx, &m);
-            Ok(())
+            update(ctx, a).await
         }
+        MachinesCmd::Power(a) => crate::power::power(ctx, a).await,
+        MachinesCmd::PowerCommand(a) => crate::power::power_command(ctx, a).await,
         MachinesCmd::Delete {
             target,
             expected_revision,
@@ -567,6 +578,41 @@ pub async fn run(ctx: &Ctx, cmd: MachinesCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `machines update` (and `set-power`): one UpdateMachine with the given fields.
+async fn update(ctx: &Ctx, a: UpdateArgs) -> Result<()> {
+    let nothing = a.hostname.is_none()
+        && a.arch.is_none()
+        && a.zone.is_none()
+        && a.description.is_none()
+        && a.macs.is_empty()
+        && a.power_driver.is_none();
+    if nothing {
+        bail!("nothing to change: pass at least one of --hostname, --arch, --zone, --description, --mac, --power-driver");
+    }
+    let id = system_id(ctx, &a.machine).await?;
+    let clients = ctx.clients()?;
+    let req = UpdateMachineRequest {
+        system_id: id,
+        hostname: a.hostname,
+        arch: a.arch,
+        zone: a.zone,
+        description: a.description,
+        power: power(a.power_driver, a.power_params),
+        replace_macs: !a.macs.is_empty(),
+        macs: a.macs,
+        expected_revision: a.expected_revision.unwrap_or(0),
+    };
+    let m = ctx
+        .call(|| {
+            let mut c = clients.machines();
+            let req = req.clone();
+            async move { c.update_machine(req).await }
+        })
+        .await?;
+    show_machine(ctx, &m);
+    Ok(())
 }
 
 async fn boot_credentials(ctx: &Ctx, target: Target) -> Result<()> {

@@ -2,8 +2,9 @@
 //! clusters (`ingot dev up`).
 //!
 //! Layout: this file holds the global flags, the command tree's root and error reporting; each command
-//! group lives in its own module ([`machines`] with [`actions`] and [`allocate`], [`zones`], [`pools`],
-//! [`tags`], [`users`], [`events`], [`settings`], [`watch`], [`agent`], [`cluster`], [`dev`]); [`output`]
+//! group lives in its own module ([`machines`] with [`actions`], [`allocate`] and [`power`], [`zones`],
+//! [`pools`], [`tags`], [`users`], [`events`], [`settings`], [`watch`], [`agent`], [`racks`], [`cluster`],
+//! [`dev`]); [`output`]
 //! renders tables, JSON and timestamps; [`parse`] reads sizes, times and settings. Every API command is
 //! one RPC (or one per page), retried while the cluster is unavailable (a region is down, an election is
 //! running) for at most `--timeout`; `--wait` and `ingot watch` follow a watch stream that resumes on
@@ -34,6 +35,8 @@ mod machines;
 mod output;
 mod parse;
 mod pools;
+mod power;
+mod racks;
 mod settings;
 mod tags;
 mod users;
@@ -118,10 +121,13 @@ enum Command {
     /// Play a machine's in-band agent: report inventory, progress and results with its boot token
     #[command(subcommand)]
     Agent(agent::AgentCmd),
+    /// Rack controllers: list, show, enrollment tokens, revoke (admin)
+    #[command(subcommand)]
+    Racks(racks::RacksCmd),
     /// Region controllers: membership, health, join tokens
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
-    /// A local development cluster of real ingot-region processes
+    /// A local development cluster of real ingot-region and ingot-rack processes
     #[command(subcommand)]
     Dev(dev::DevCmd),
 }
@@ -227,6 +233,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Settings(c) => settings::run(&ctx, c).await,
         Command::Watch(a) => watch::run(&ctx, a).await,
         Command::Agent(c) => agent::run(&ctx, c).await,
+        Command::Racks(c) => racks::run(&ctx, c).await,
         Command::Cluster(c) => cluster::run(&ctx, c).await,
         Command::Dev(c) => dev::run(&ctx, c).await,
     }
@@ -370,6 +377,22 @@ mod tests {
             "ingot settings set deadline.commissioning=30m deadline.testing=3600",
             "ingot settings show",
             "ingot watch --from 5 --zone z --status ready --owner u --pool p --tag t",
+            "ingot racks list",
+            "ingot racks list --stale",
+            "ingot racks show rack-1",
+            "ingot racks token create",
+            "ingot racks token create --ttl 30m --name rack-9 --zone z --data-dir /srv/rack",
+            "ingot racks revoke rack-1",
+            "ingot machines power on abc123",
+            "ingot machines power soft-off abc123 --wait",
+            "ingot machines power boot-pxe --hostname n1 --wait --wait-timeout 2m",
+            "ingot machines power query abc123 --json",
+            "ingot machines power-command 17",
+            "ingot machines power-command 17 --wait --wait-timeout 30s",
+            "ingot machines set-power abc123 --driver sim --param state_dir=/tmp/bmc --param x=y",
+            "ingot machines set-power abc123 --driver manual",
+            "ingot dev up --dir d --racks 3 --zones 2 --rack-arg=--heartbeat-ms=200",
+            "ingot dev up --racks 0",
         ];
         for line in ok {
             if let Err(e) = Cli::try_parse_from(line.split_whitespace()) {
@@ -384,6 +407,12 @@ mod tests {
             "ingot machines release abc123 --erase bogus",
             "ingot machines actions bogus",
             "ingot tokens list --all --user u",
+            "ingot machines power reboot abc123",
+            "ingot machines power on abc123 --wait-timeout 5s",
+            "ingot machines power-command notanumber",
+            "ingot machines set-power abc123 --param a=b",
+            "ingot racks token create --ttl forever",
+            "ingot racks show",
         ];
         for line in bad {
             assert!(

@@ -3,8 +3,8 @@
 
 use comfy_table::{presets, Table};
 use ingot_proto::v1::{
-    EraseMode, Event, EventLevel, Inventory, Machine, Pool, Region, RegionRole, Role, Tag, Token,
-    User, Zone,
+    EraseMode, Event, EventLevel, Inventory, Machine, Pool, PowerCommand, Rack, Region, RegionRole,
+    Role, Tag, Token, User, Zone,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -330,6 +330,8 @@ pub fn machine_json(m: &Machine) -> Value {
         "boot_purpose": m.boot_purpose,
         "progress": {"message": m.progress_message, "percent": m.progress_percent},
         "erase": erase_name(m.erase),
+        "rack": m.rack,
+        "power_state": m.power_state,
         "inventory": m.inventory.as_deref().map(inventory_json),
         "created_at": ts_json(&m.created_at),
         "updated_at": ts_json(&m.updated_at),
@@ -338,13 +340,15 @@ pub fn machine_json(m: &Machine) -> Value {
 }
 
 /// Column headers of [`machine_row`].
-pub const MACHINE_HEADER: [&str; 11] = [
+pub const MACHINE_HEADER: [&str; 13] = [
     "SYSTEM ID",
     "HOSTNAME",
     "STATUS",
+    "POWER",
     "OWNER",
     "POOL",
     "ZONE",
+    "RACK",
     "ARCH",
     "CPUS",
     "MEMORY",
@@ -362,9 +366,11 @@ pub fn machine_row(m: &Machine) -> Vec<String> {
         m.system_id.clone(),
         m.hostname.clone(),
         status,
+        dash(&m.power_state),
         dash(&m.owner),
         m.pool.clone(),
         m.zone.clone(),
+        dash(&m.rack),
         m.arch.clone(),
         count(m.cpu_count),
         mib(m.memory_mib),
@@ -437,6 +443,8 @@ pub fn machine_record(m: &Machine) -> Table {
         ("macs", m.macs.join("\n")),
         ("power driver", dash(&power.driver)),
         ("power params", dash(&params)),
+        ("power state", dash(&m.power_state)),
+        ("rack", dash(&m.rack)),
         ("description", dash(&m.description)),
     ];
     if let Some(inv) = &m.inventory {
@@ -636,6 +644,153 @@ pub fn event_json(e: &Event) -> Value {
     })
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How long ago `t` was, for people: `0.4s ago`, `12s ago`, `3m20s ago`; `-` when absent.
+pub fn age(t: &Option<prost_types::Timestamp>, now_ms: i64) -> String {
+    let Some(t) = t else {
+        return "-".into();
+    };
+    let then = t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000);
+    let ms = now_ms.saturating_sub(then).max(0);
+    if ms < 10_000 {
+        format!("{:.1}s ago", ms as f64 / 1000.0)
+    } else {
+        format!("{} ago", duration((ms / 1000) as u64))
+    }
+}
+
+/// `yes`, `no`, or `revoked` for a rack's connection.
+pub fn rack_connected(r: &Rack) -> String {
+    if r.revoked {
+        "revoked".into()
+    } else if r.connected {
+        "yes".into()
+    } else {
+        "no".into()
+    }
+}
+
+/// The region serving a rack's session: `region-2 (node 2)`, or `-`.
+fn rack_region(r: &Rack) -> String {
+    match (r.region_name.is_empty(), r.region_id) {
+        (true, 0) => "-".into(),
+        (true, id) => format!("node {id}"),
+        (false, 0) => r.region_name.clone(),
+        (false, id) => format!("{} (node {id})", r.region_name),
+    }
+}
+
+/// A rack as JSON.
+pub fn rack_json(r: &Rack) -> Value {
+    json!({
+        "name": r.name,
+        "zone": r.zone,
+        "registered_at": ts_json(&r.registered_at),
+        "revoked": r.revoked,
+        "connected": r.connected,
+        "region_id": r.region_id,
+        "region_name": r.region_name,
+        "last_heartbeat": ts_json(&r.last_heartbeat),
+        "version": r.version,
+        "services": r.services,
+        "drivers": r.drivers,
+        "bmc_count": r.bmc_count,
+        "pending_commands": r.pending_commands,
+    })
+}
+
+/// Column headers of [`rack_row`].
+pub const RACK_HEADER: [&str; 8] = [
+    "NAME",
+    "ZONE",
+    "CONNECTED",
+    "REGION",
+    "LAST HEARTBEAT",
+    "VERSION",
+    "BMCS",
+    "PENDING",
+];
+
+/// One rack as a list row.
+pub fn rack_row(r: &Rack, now_ms: i64) -> Vec<String> {
+    vec![
+        r.name.clone(),
+        r.zone.clone(),
+        rack_connected(r),
+        rack_region(r),
+        age(&r.last_heartbeat, now_ms),
+        dash(&r.version),
+        r.bmc_count.to_string(),
+        r.pending_commands.to_string(),
+    ]
+}
+
+/// One rack in full, as a field/value table.
+pub fn rack_record(r: &Rack, now_ms: i64) -> Table {
+    let heartbeat = match &r.last_heartbeat {
+        Some(_) => format!(
+            "{} ({})",
+            ts(&r.last_heartbeat),
+            age(&r.last_heartbeat, now_ms)
+        ),
+        None => "-".into(),
+    };
+    record(vec![
+        ("name", r.name.clone()),
+        ("zone", r.zone.clone()),
+        ("connected", rack_connected(r)),
+        ("region", rack_region(r)),
+        ("last heartbeat", heartbeat),
+        ("version", dash(&r.version)),
+        ("services", dash(&r.services.join(", "))),
+        ("drivers", dash(&r.drivers.join(", "))),
+        ("bmcs", r.bmc_count.to_string()),
+        ("pending commands", r.pending_commands.to_string()),
+        ("registered", ts(&r.registered_at)),
+    ])
+}
+
+/// A power command as JSON.
+pub fn power_command_json(c: &PowerCommand) -> Value {
+    json!({
+        "id": c.id,
+        "system_id": c.system_id,
+        "action": c.action,
+        "state": c.state,
+        "rack": c.rack,
+        "message": c.message,
+        "error_kind": c.error_kind,
+        "power_state": c.power_state,
+        "created_at": ts_json(&c.created_at),
+        "done_at": ts_json(&c.done_at),
+    })
+}
+
+/// A power command in one line: `power command 7: on abc123 via rack-1: done, power on`.
+pub fn power_command_line(c: &PowerCommand) -> String {
+    let mut line = format!("power command {}: {} {}", c.id, c.action, c.system_id);
+    if !c.rack.is_empty() {
+        line.push_str(&format!(" via {}", c.rack));
+    }
+    line.push_str(&format!(": {}", c.state));
+    if !c.power_state.is_empty() && c.state != "pending" {
+        line.push_str(&format!(", power {}", c.power_state));
+    }
+    if !c.error_kind.is_empty() {
+        line.push_str(&format!(" ({})", c.error_kind));
+    }
+    if !c.message.is_empty() {
+        line.push_str(&format!(" - {}", c.message));
+    }
+    line
+}
+
 /// A region as JSON.
 pub fn region_json(r: &Region, leader_id: u64) -> Value {
     json!({
@@ -716,6 +871,41 @@ mod tests {
         assert_eq!(erase_name(EraseMode::Secure as i32), "secure");
         assert_eq!(level_name(EventLevel::Warning as i32), "warning");
         assert_eq!(user_role_name(Role::Admin as i32), "admin");
+    }
+
+    #[test]
+    fn ages_and_power_lines() {
+        let t = |s: i64| {
+            Some(prost_types::Timestamp {
+                seconds: s,
+                nanos: 0,
+            })
+        };
+        assert_eq!(age(&None, 0), "-");
+        assert_eq!(age(&t(100), 100_400), "0.4s ago");
+        assert_eq!(age(&t(100), 300_000), "3m20s ago");
+        assert_eq!(age(&t(200), 100_000), "0.0s ago");
+        let c = PowerCommand {
+            id: 7,
+            system_id: "abc123".into(),
+            action: "on".into(),
+            state: "done".into(),
+            rack: "rack-1".into(),
+            power_state: "on".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            power_command_line(&c),
+            "power command 7: on abc123 via rack-1: done, power on"
+        );
+        let r = Rack {
+            name: "r".into(),
+            revoked: true,
+            connected: true,
+            ..Default::default()
+        };
+        assert_eq!(rack_connected(&r), "revoked");
+        assert_eq!(rack_row(&r, 0)[3], "-");
     }
 
     #[test]

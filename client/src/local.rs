@@ -6,10 +6,18 @@
 //! - `DIR/region-N/`: the data directory of region N (`run.json`, `admin.token`, `tls/`, ...), plus
 //!   `region.log`, its stdout and stderr (appended across restarts).
 //! - `DIR/env`: shell-sourceable `INGOT_ENDPOINTS`, `INGOT_CA`, `INGOT_TOKEN` (mode 0600).
-//! - `DIR/cluster.json`: names, pids, addresses and data directories, so [`LocalCluster::load`] can
-//!   reattach later (`ingot dev down`, `ingot dev up` on an existing directory).
+//! - `DIR/rack-NAME/`: the data directory of rack controller NAME (`rack.json`, `tls/`, ...), plus
+//!   `rack.log`, the stdout and stderr of its `ingot-rack register` and `ingot-rack run` processes.
+//! - `DIR/cluster.json`: names, pids, addresses and data directories of regions and racks, so
+//!   [`LocalCluster::load`] can reattach later (`ingot dev down`, `ingot dev up` on an existing directory).
 //!
-//! Regions are numbered from 1, like their names: index `i` is `region-i`.
+//! Regions are numbered from 1, like their names: index `i` is `region-i`. Racks are named by the caller
+//! ([`LocalCluster::add_rack`]) and enrolled the way an operator would: an enrollment token from
+//! `RackService.CreateEnrollmentToken`, then `ingot-rack register` and `ingot-rack run` (see `rack.rs`).
+
+mod rack;
+
+pub use rack::{is_rack_process, rack_client, LocalRack, RackClient, StoppedRack};
 
 use crate::config::{shell_quote, ENV_CA, ENV_ENDPOINTS, ENV_TOKEN};
 use crate::{retry_unavailable, ClientConfig, Clients};
@@ -29,6 +37,11 @@ use std::time::Duration;
 pub const REGION_BIN: &str = "ingot-region";
 /// How long a region may take to write a ready `run.json` after it was spawned.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Name of the rack controller binary looked up in the binary directory (next to `ingot-region`).
+pub const RACK_BIN: &str = "ingot-rack";
+/// How long a rack may take, after `ingot-rack run` was spawned, to print its "running" line and show as
+/// connected in `RackService.GetRack`.
+pub const RACK_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`LocalCluster::stop_all`] waits after SIGTERM before sending SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// File (in the cluster directory) recording the regions for [`LocalCluster::load`].
@@ -51,6 +64,9 @@ pub struct LocalClusterOptions {
     pub bin_dir: Option<PathBuf>,
     /// Extra flags appended to every `ingot-region` command line (tuning such as `--heartbeat-ms=50`).
     pub region_args: Vec<String>,
+    /// Extra flags appended to every `ingot-rack run` command line of the racks added later
+    /// ([`LocalCluster::add_rack`]), e.g. `--heartbeat-ms=200`.
+    pub rack_args: Vec<String>,
     /// Let the regions outlive this process (`ingot dev up`): they get their own process group, and
     /// dropping the [`LocalCluster`] leaves them running.
     pub detach: bool,
@@ -65,6 +81,7 @@ impl LocalClusterOptions {
             regions,
             bin_dir: None,
             region_args: Vec::new(),
+            rack_args: Vec::new(),
             detach: false,
         }
     }
@@ -106,6 +123,8 @@ pub enum Progress {
     Step(String),
     /// A region is up and ready.
     Ready(LocalRegion),
+    /// A rack controller is running (and, unless it took longer than [`RACK_READY_TIMEOUT`], connected).
+    RackReady(LocalRack),
 }
 
 /// How [`LocalCluster::stop_all`] ended one region.
@@ -119,6 +138,15 @@ pub enum StopOutcome {
     Killed,
     /// It survived even SIGKILL (should not happen).
     StillRunning,
+}
+
+/// What [`LocalCluster::stop_all_report`] did to every process of the cluster.
+#[derive(Clone, Debug)]
+pub struct StopReport {
+    /// The regions, in index order.
+    pub regions: Vec<StoppedRegion>,
+    /// The racks, in the order they were added.
+    pub racks: Vec<StoppedRack>,
 }
 
 /// One line of the [`LocalCluster::stop_all`] report.
@@ -153,6 +181,12 @@ struct ClusterFile {
     detach: bool,
     ca_path: PathBuf,
     regions: Vec<LocalRegion>,
+    /// Absent in files written before racks existed.
+    #[serde(default)]
+    rack_args: Vec<String>,
+    /// Absent in files written before racks existed.
+    #[serde(default)]
+    racks: Vec<LocalRack>,
 }
 
 struct Slot {
@@ -173,6 +207,11 @@ pub struct LocalCluster {
     ca_pem: String,
     token: String,
     slots: Vec<Mutex<Slot>>,
+    rack_args: Vec<String>,
+    /// The racks, in the order they were added (only ever appended to).
+    racks: Mutex<Vec<rack::RackSlot>>,
+    /// Serializes [`LocalCluster::save`] (racks may be added from concurrent tasks).
+    save_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -180,6 +219,7 @@ impl std::fmt::Debug for LocalCluster {
         f.debug_struct("LocalCluster")
             .field("dir", &self.dir)
             .field("regions", &self.regions())
+            .field("racks", &self.racks())
             .field("detach", &self.detach)
             .finish()
     }
@@ -237,6 +277,9 @@ impl LocalCluster {
             ca_pem: String::new(),
             token: String::new(),
             slots: Vec::new(),
+            rack_args: opts.rack_args.clone(),
+            racks: Mutex::new(Vec::new()),
+            save_lock: Mutex::new(()),
         };
         let detach = opts.detach;
 
@@ -307,7 +350,8 @@ impl LocalCluster {
     /// (possibly by another process). Its processes are not children of this one: they are recognised
     /// (for [`LocalCluster::is_running`], [`LocalCluster::kill`], [`LocalCluster::stop_all`]) only while
     /// `/proc/PID/cmdline` shows `ingot-region` with the region's data directory, so a reused pid is never
-    /// signalled. Regions restarted through the loaded cluster are detached if the cluster was.
+    /// signalled. Regions restarted through the loaded cluster are detached if the cluster was. Racks
+    /// recorded in the file are reattached the same way (`ingot-rack` with the rack's data directory).
     pub fn load(dir: impl AsRef<Path>) -> Result<LocalCluster> {
         let dir = dir.as_ref();
         let dir = dir
@@ -334,6 +378,14 @@ impl LocalCluster {
                 .into_iter()
                 .map(|info| Mutex::new(Slot { info, child: None }))
                 .collect(),
+            rack_args: file.rack_args,
+            racks: Mutex::new(
+                file.racks
+                    .into_iter()
+                    .map(|info| rack::RackSlot { info, child: None })
+                    .collect(),
+            ),
+            save_lock: Mutex::new(()),
         })
     }
 
@@ -477,7 +529,8 @@ impl LocalCluster {
     }
 
     /// Restarts every region that is not running (all spawned first, then waited for together, as a
-    /// region may need a quorum of peers before it is ready). Returns the restarted indexes.
+    /// region may need a quorum of peers before it is ready), then every rack that is not running
+    /// ([`LocalCluster::restart_stopped_racks`]). Returns the restarted region indexes.
     pub async fn restart_stopped(&self) -> Result<Vec<usize>> {
         self.restart_stopped_with_progress(|_| {}).await
     }
@@ -503,56 +556,94 @@ impl LocalCluster {
             }
         }
         self.save()?;
-        result.map(|()| stopped)
+        result?;
+        self.restart_stopped_racks_with_progress(&mut progress)
+            .await?;
+        Ok(stopped)
     }
 
-    /// Stops every running region: SIGTERM, up to 10 s to exit, then SIGKILL. Returns what happened to
-    /// each region.
+    /// Stops every running region and rack: SIGTERM, up to 10 s to exit, then SIGKILL. Returns what
+    /// happened to each region (see [`LocalCluster::stop_all_report`] for the racks too).
     pub async fn stop_all(&self) -> Vec<StoppedRegion> {
-        let mut termed = vec![false; self.len()];
+        self.stop_all_report().await.regions
+    }
+
+    /// [`LocalCluster::stop_all`], reporting what happened to every region and every rack. Racks and
+    /// regions are signalled together; only processes this cluster started, or verified recorded ones,
+    /// are signalled.
+    pub async fn stop_all_report(&self) -> StopReport {
+        let nracks = self.rack_slots().len();
+        // Index space: regions 0..len(), then racks len()..len()+nracks.
+        let total = self.len() + nracks;
+        let running = |n: usize| -> bool {
+            if n < self.len() {
+                lock(&self.slots[n]).running()
+            } else {
+                self.rack_slots()
+                    .get_mut(n - self.len())
+                    .is_some_and(|r| r.running())
+            }
+        };
+        let pid = |n: usize| -> u32 {
+            if n < self.len() {
+                lock(&self.slots[n]).info.pid
+            } else {
+                self.rack_slots()
+                    .get(n - self.len())
+                    .map_or(0, |r| r.info.pid)
+            }
+        };
+        let mut termed = vec![false; total];
         for (n, t) in termed.iter_mut().enumerate() {
-            let mut s = lock(&self.slots[n]);
-            if s.running() && send_signal(s.info.pid, libc::SIGTERM).is_ok() {
+            if running(n) && send_signal(pid(n), libc::SIGTERM).is_ok() {
                 *t = true;
             }
         }
-        let running = |n: usize| lock(&self.slots[n]).running();
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
-        while (0..self.len()).any(|n| termed[n] && running(n))
-            && tokio::time::Instant::now() < deadline
+        while (0..total).any(|n| termed[n] && running(n)) && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(POLL).await;
         }
-        let mut killed = vec![false; self.len()];
+        let mut killed = vec![false; total];
         for (n, k) in killed.iter_mut().enumerate() {
             if termed[n] && running(n) {
-                let pid = lock(&self.slots[n]).info.pid;
-                *k = send_signal(pid, libc::SIGKILL).is_ok();
+                *k = send_signal(pid(n), libc::SIGKILL).is_ok();
             }
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while (0..self.len()).any(|n| killed[n] && running(n))
-            && tokio::time::Instant::now() < deadline
+        while (0..total).any(|n| killed[n] && running(n)) && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(POLL).await;
         }
-        (0..self.len())
+        let outcome = |n: usize| {
+            if !termed[n] {
+                StopOutcome::NotRunning
+            } else if running(n) {
+                StopOutcome::StillRunning
+            } else if killed[n] {
+                StopOutcome::Killed
+            } else {
+                StopOutcome::Terminated
+            }
+        };
+        let regions = (0..self.len())
             .map(|n| {
-                let outcome = if !termed[n] {
-                    StopOutcome::NotRunning
-                } else if running(n) {
-                    StopOutcome::StillRunning
-                } else if killed[n] {
-                    StopOutcome::Killed
-                } else {
-                    StopOutcome::Terminated
-                };
-                StoppedRegion {
-                    region: lock(&self.slots[n]).info.clone(),
-                    outcome,
-                }
+                // Not inside the struct literal: `outcome` locks the slot too.
+                let outcome = outcome(n);
+                let region = lock(&self.slots[n]).info.clone();
+                StoppedRegion { region, outcome }
             })
-            .collect()
+            .collect();
+        let infos: Vec<LocalRack> = self.racks();
+        let racks = infos
+            .into_iter()
+            .enumerate()
+            .map(|(k, rack)| StoppedRack {
+                rack,
+                outcome: outcome(self.len() + k),
+            })
+            .collect();
+        StopReport { regions, racks }
     }
 
     /// The index of the current Raft leader, as reported by `ClusterService.ListRegions` on the first
@@ -758,6 +849,7 @@ impl LocalCluster {
 
     /// Writes `DIR/cluster.json`.
     fn save(&self) -> Result<()> {
+        let _guard = self.save_lock.lock().unwrap_or_else(|e| e.into_inner());
         let file = ClusterFile {
             version: 1,
             bin_dir: self.bin_dir.clone(),
@@ -765,6 +857,8 @@ impl LocalCluster {
             detach: self.detach,
             ca_path: self.ca_path.clone(),
             regions: self.regions(),
+            rack_args: self.rack_args.clone(),
+            racks: self.racks(),
         };
         let text = serde_json::to_string_pretty(&file)? + "\n";
         write_atomic(&self.dir.join(CLUSTER_FILE), text.as_bytes(), 0o644)
@@ -772,10 +866,18 @@ impl LocalCluster {
 }
 
 impl Drop for LocalCluster {
-    /// Kills (SIGKILL) and reaps the regions this cluster started, unless it is detached.
+    /// Kills (SIGKILL) and reaps the regions and racks this cluster started, unless it is detached.
     fn drop(&mut self) {
         if self.detach {
             return;
+        }
+        for r in self.rack_slots().iter_mut() {
+            if let Some(c) = r.child.as_mut() {
+                if matches!(c.try_wait(), Ok(None)) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
         }
         for slot in &self.slots {
             let mut s = lock(slot);
@@ -853,6 +955,11 @@ pub fn resolve_bin_dir(explicit: Option<&Path>) -> Result<PathBuf> {
 /// True if `pid` is alive and its command line is `ingot-region ... <data_dir> ...`: the guard against
 /// signalling a pid that was reused by another program.
 pub fn is_region_process(pid: u32, data_dir: &Path) -> bool {
+    is_process_of(pid, REGION_BIN, data_dir)
+}
+
+/// True if `pid` is alive and its command line is `<…bin…> ... <data_dir> ...`.
+fn is_process_of(pid: u32, bin: &str, data_dir: &Path) -> bool {
     if pid == 0 {
         return false;
     }
@@ -861,11 +968,11 @@ pub fn is_region_process(pid: u32, data_dir: &Path) -> bool {
     };
     // A zombie has an empty command line: it is not running.
     let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-    let is_region = args
+    let is_bin = args
         .first()
-        .is_some_and(|a| String::from_utf8_lossy(a).contains(REGION_BIN));
+        .is_some_and(|a| String::from_utf8_lossy(a).contains(bin));
     let dd = data_dir.to_string_lossy();
-    is_region && args.iter().any(|a| String::from_utf8_lossy(a) == dd)
+    is_bin && args.iter().any(|a| String::from_utf8_lossy(a) == dd)
 }
 
 /// Sends a signal to a pid through rustix's safe `kill(2)` wrapper.

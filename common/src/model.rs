@@ -570,8 +570,13 @@ pub struct RackSession {
     pub drivers: Vec<String>,
     /// When the session started.
     pub connected_ms: u64,
-    /// Last heartbeat recorded (regions record one every few seconds, not every beat).
+    /// Last heartbeat recorded (regions record one every second, not every beat); when the session
+    /// ended, the time it ended.
     pub last_heartbeat_ms: u64,
+    /// When the session ended (stream closed or broken); `None` while it is open. The rack keeps its BMCs
+    /// for the grace time after this.
+    #[serde(default)]
+    pub ended_ms: Option<u64>,
 }
 
 /// Where a power command stands.

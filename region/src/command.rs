@@ -216,6 +216,9 @@ pub enum Op {
     RackDisconnected {
         name: String,
         session_id: String,
+        /// When the serving region last heard from the rack: the grace time runs from here.
+        #[serde(default)]
+        last_seen_ms: u64,
     },
     /// Queues a power action for the machine's rack.
     QueuePower {

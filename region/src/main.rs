@@ -133,6 +133,8 @@ fn main() {
                 .unwrap_or_else(|_| "info,openraft=warn,sled=warn,h2=warn,tower=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Plain text when stderr is a log file, so the file greps cleanly.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -27,7 +27,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// How often a session's heartbeat is recorded in the replicated log (the rack beats more often).
-pub const HEARTBEAT_RECORD: Duration = Duration::from_secs(2);
+pub const HEARTBEAT_RECORD: Duration = Duration::from_millis(crate::state::HEARTBEAT_RECORD_MS);
 /// How often the rack should beat.
 pub const HEARTBEAT_MS: u32 = 500;
 /// How long a new stream may take to say Hello.
@@ -167,6 +167,7 @@ async fn run(
                 drivers: hello.drivers.clone(),
                 connected_ms: 0,
                 last_heartbeat_ms: 0,
+                ended_ms: None,
             },
         };
         let cmd = command(&actor, op);
@@ -188,6 +189,7 @@ async fn run(
     let mut applied = app.region.applied.subscribe();
     let mut sent: HashSet<u64> = HashSet::new();
     let mut last_record = Instant::now();
+    let mut last_seen_ms = ingot_common::now_ms();
     let mut last_endpoints = endpoints;
     let mut poll = tokio::time::interval(POLL);
     loop {
@@ -218,7 +220,7 @@ async fn run(
         }
         tokio::select! {
             m = inbound.message() => match m {
-                Ok(Some(RackMessage { msg: Some(m) })) => match m {
+                Ok(Some(RackMessage { msg: Some(m) })) => { last_seen_ms = ingot_common::now_ms(); match m {
                     rack_message::Msg::Heartbeat(_) => {
                         if recorded.load(Ordering::SeqCst) && last_record.elapsed() >= HEARTBEAT_RECORD {
                             last_record = Instant::now();
@@ -257,7 +259,7 @@ async fn run(
                         });
                     }
                     rack_message::Msg::Hello(_) => {}
-                },
+                }},
                 Ok(Some(RackMessage { msg: None })) => {}
                 Ok(None) | Err(_) => break,
             },
@@ -278,6 +280,7 @@ async fn run(
     let op = Op::RackDisconnected {
         name: name.clone(),
         session_id,
+        last_seen_ms,
     };
     let cmd = command(&actor, op);
     tokio::spawn(async move {

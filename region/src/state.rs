@@ -149,6 +149,9 @@ pub struct Data {
     pub next_command_id: u64,
 }
 
+/// How often a region records a rack session's heartbeat in the log (ms); liveness allows for this lag.
+pub const HEARTBEAT_RECORD_MS: u64 = 1_000;
+
 /// Most power commands kept (finished ones are dropped oldest first).
 pub const COMMANDS_MAX: usize = 100_000;
 
@@ -223,14 +226,30 @@ impl State {
         s
     }
 
-    /// True if rack `name` is registered, unrevoked, and had a heartbeat within `grace_ms` of `now`.
+    /// True if rack `name` keeps its BMCs at `now`: registered, unrevoked, and its session open with a
+    /// recorded heartbeat within `grace_ms` (plus one recording interval, since records lag the beats), or
+    /// ended less than `grace_ms` ago.
     pub fn rack_live(&self, name: &str, now: u64, grace_ms: u64) -> bool {
         self.data.racks.get(name).is_some_and(|r| {
             !r.revoked
-                && r.session
-                    .as_ref()
-                    .is_some_and(|s| s.last_heartbeat_ms.saturating_add(grace_ms) > now)
+                && r.session.as_ref().is_some_and(|s| {
+                    let window = match s.ended_ms {
+                        Some(_) => grace_ms,
+                        None => grace_ms + HEARTBEAT_RECORD_MS,
+                    };
+                    s.last_heartbeat_ms.saturating_add(window) > now
+                })
         })
+    }
+
+    /// True if rack `name` has an open session whose heartbeats are current (what `connected` shows).
+    pub fn rack_connected(&self, name: &str, now: u64, grace_ms: u64) -> bool {
+        self.rack_live(name, now, grace_ms)
+            && self
+                .data
+                .racks
+                .get(name)
+                .is_some_and(|r| r.session.as_ref().is_some_and(|s| s.ended_ms.is_none()))
     }
 
     /// Stores `m` (new or changed) with every index updated, and records the change for watchers.

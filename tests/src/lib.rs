@@ -458,3 +458,323 @@ pub async fn all_events(
     }
     anyhow::bail!("more than {max_pages} pages of events")
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Rack helpers: rack controllers (`ingot-rack` processes started by `LocalCluster::add_rack`), their
+// sessions as the API shows them, the simulated BMC's state files, and raw mutual-TLS clients.
+// ---------------------------------------------------------------------------------------------------------
+
+/// `ingot.v1.RackService` over `clients`' channel, sending its bearer token.
+pub fn rack_api(
+    clients: &Clients,
+) -> ingot_proto::v1::rack_service_client::RackServiceClient<ingot_client::AuthChannel> {
+    let auth = ingot_client::BearerAuth::new(&clients.config().token).expect("bearer token");
+    ingot_proto::v1::rack_service_client::RackServiceClient::with_interceptor(
+        clients.channel(),
+        auth,
+    )
+}
+
+/// Every rack as `clients` sees it (stale: the serving region's applied state, answered without a leader).
+pub async fn list_racks(clients: &Clients, stale: bool) -> Result<Vec<ingot_proto::v1::Rack>> {
+    Ok(rack_api(clients)
+        .list_racks(ingot_proto::v1::ListRacksRequest {
+            consistency: if stale {
+                ReadConsistency::Stale as i32
+            } else {
+                ReadConsistency::Linearizable as i32
+            },
+        })
+        .await
+        .context("list racks")?
+        .into_inner()
+        .racks)
+}
+
+/// Rack `name` as `clients` sees it (stale read); `None` if absent or the call failed.
+pub async fn rack_status(clients: &Clients, name: &str) -> Option<ingot_proto::v1::Rack> {
+    list_racks(clients, true)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|r| r.name == name)
+}
+
+/// Polls (every 50 ms, at most `within`) until every rack in `names` is connected, as `clients` sees it.
+pub async fn wait_racks_connected(
+    clients: &Clients,
+    names: &[&str],
+    within: Duration,
+) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let mut last = Vec::new();
+    while t0.elapsed() < within {
+        if let Ok(rs) = list_racks(clients, true).await {
+            if names
+                .iter()
+                .all(|n| rs.iter().any(|r| r.name == *n && r.connected))
+            {
+                return Ok(());
+            }
+            last = rs;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen: Vec<String> = last
+        .iter()
+        .map(|r| {
+            format!(
+                "{} connected={} region={}",
+                r.name, r.connected, r.region_id
+            )
+        })
+        .collect();
+    anyhow::bail!("racks {names:?} not all connected after {within:?}: {seen:?}")
+}
+
+/// A create request for a machine with the simulated power driver, its BMC state kept in `state_dir`,
+/// in `zone`, with extra driver parameters (e.g. `delay_ms`). MAC and hostname as [`machine`].
+pub fn sim_machine(
+    seed: u16,
+    i: u32,
+    zone: &str,
+    state_dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> CreateMachineRequest {
+    let mut params: std::collections::HashMap<String, String> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    params.insert("state_dir".into(), state_dir.display().to_string());
+    CreateMachineRequest {
+        zone: zone.to_string(),
+        power: Some(ingot_proto::v1::PowerParameters {
+            driver: "sim".into(),
+            params,
+        }),
+        ..machine(seed, i)
+    }
+}
+
+/// The simulated BMC's state file of `system_id` under `state_dir` (`Value::Null` when it does not exist).
+pub fn sim_state(state_dir: &std::path::Path, system_id: &str) -> Result<serde_json::Value> {
+    let p = state_dir.join(format!("{system_id}.json"));
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("parsing {}", p.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(serde_json::Value::Null),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+/// The command ids of every op the simulated BMC of `system_id` performed, oldest first.
+pub fn sim_op_ids(state_dir: &std::path::Path, system_id: &str) -> Result<Vec<u64>> {
+    let v = sim_state(state_dir, system_id)?;
+    Ok(v.get("ops")
+        .and_then(|o| o.as_array())
+        .map(|ops| {
+            ops.iter()
+                .filter_map(|op| op.get("id").and_then(|i| i.as_u64()))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// How many times the simulated BMC of `system_id` executed command `id` (1 = exactly once).
+pub fn sim_op_count(state_dir: &std::path::Path, system_id: &str, id: u64) -> Result<usize> {
+    Ok(sim_op_ids(state_dir, system_id)?
+        .into_iter()
+        .filter(|x| *x == id)
+        .count())
+}
+
+/// The rack owning each machine's BMC (`system_id` → rack name, empty when none), one stale list.
+pub async fn bmc_owners(clients: &Clients) -> Result<std::collections::BTreeMap<String, String>> {
+    let r = clients
+        .machines()
+        .list_machines(ListMachinesRequest {
+            page_size: 5000,
+            consistency: ReadConsistency::Stale as i32,
+            ..Default::default()
+        })
+        .await
+        .context("list machines")?
+        .into_inner();
+    Ok(r.machines
+        .into_iter()
+        .map(|m| (m.system_id, m.rack))
+        .collect())
+}
+
+/// Polls [`bmc_owners`] every 50 ms (at most `within`) until `pred` holds; returns the owners and the
+/// time it took.
+pub async fn wait_owners(
+    clients: &Clients,
+    within: Duration,
+    pred: impl Fn(&std::collections::BTreeMap<String, String>) -> bool,
+) -> Result<(std::collections::BTreeMap<String, String>, Duration)> {
+    let t0 = std::time::Instant::now();
+    let mut last = Default::default();
+    while t0.elapsed() < within {
+        if let Ok(o) = bmc_owners(clients).await {
+            if pred(&o) {
+                return Ok((o, t0.elapsed()));
+            }
+            last = o;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("BMC owners not as expected after {within:?}: {last:?}")
+}
+
+/// `MachineService.Power` on `system_id`, waiting up to `wait_s` for the result.
+pub async fn power(
+    clients: &Clients,
+    system_id: &str,
+    action: &str,
+    wait_s: u32,
+) -> std::result::Result<ingot_proto::v1::PowerCommand, tonic::Status> {
+    clients
+        .machines()
+        .power(ingot_proto::v1::PowerRequest {
+            machine: Some(by_id(system_id)),
+            action: action.to_string(),
+            wait_seconds: wait_s,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Client TLS for the cluster listener: trusts `ca_pem`, presents `cert_pem`/`key_pem` when given.
+pub fn cluster_tls(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> tonic::transport::ClientTlsConfig {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+        .domain_name(ingot_common::pki::REGION_SERVER_NAME);
+    match identity {
+        Some((cert, key)) => tls.identity(tonic::transport::Identity::from_pem(cert, key)),
+        None => tls,
+    }
+}
+
+/// A rack's certificate and key (`<dir>/tls/rack.crt`, `rack.key`) as PEM text.
+pub fn rack_cert(rack: &ingot_client::local::LocalRack) -> Result<(String, String)> {
+    let read = |f: &str| {
+        let p = rack.dir.join("tls").join(f);
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    Ok((read("rack.crt")?, read("rack.key")?))
+}
+
+/// Opens a rack session on the cluster listener `addr` (host:port) with `tls`: says Hello and waits (at
+/// most 5 s) for the first answer. Returns the Welcome, or the status the region (or the handshake,
+/// mapped to UNAVAILABLE with the transport error's text) refused with. The session ends when it returns.
+pub async fn try_rack_session(
+    addr: &str,
+    tls: tonic::transport::ClientTlsConfig,
+) -> std::result::Result<ingot_proto::rack::v1::Welcome, tonic::Status> {
+    use ingot_proto::rack::v1::{rack_message, region_message, Hello, RackMessage};
+    let chan = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connect: {}", error_chain(&e))))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(RackMessage {
+        msg: Some(rack_message::Msg::Hello(Hello {
+            version: "test".into(),
+            services: vec!["power".into()],
+            capacity: 1,
+            drivers: vec!["sim".into()],
+        })),
+    })
+    .await
+    .map_err(|_| tonic::Status::internal("outgoing stream closed"))?;
+    let mut client =
+        ingot_proto::rack::v1::rack_session_service_client::RackSessionServiceClient::new(chan);
+    let call = async {
+        let mut inbound = client
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        match inbound.message().await? {
+            Some(m) => match m.msg {
+                Some(region_message::Msg::Welcome(w)) => Ok(w),
+                other => Err(tonic::Status::internal(format!(
+                    "first message is not Welcome: {other:?}"
+                ))),
+            },
+            None => Err(tonic::Status::internal("stream ended before Welcome")),
+        }
+    };
+    let r = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer within 5 s")));
+    drop(tx);
+    r
+}
+
+/// An error and its sources, joined with ": " (transport errors hide the cause in their sources).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// `s` without ANSI colour sequences (`ESC [ ... letter`), which tracing writes even into log files.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip the CSI sequence up to and including its final letter.
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The lines of a rack's log containing `needle`, without colour sequences.
+pub fn log_lines(path: &std::path::Path, needle: &str) -> Vec<String> {
+    strip_ansi(&std::fs::read_to_string(path).unwrap_or_default())
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Prints every rack's log tail if the test panics while this guard is alive (the region logs are printed
+/// by [`TestCluster`]'s own drop). Declare it after the [`TestCluster`] so it drops first.
+pub struct RackLogsOnPanic<'a>(pub &'a LocalCluster);
+
+impl Drop for RackLogsOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for r in self.0.racks() {
+                eprintln!(
+                    "--- rack {} (zone {}, pid {}) log tail: {}\n{}",
+                    r.name,
+                    r.zone,
+                    r.pid,
+                    r.log.display(),
+                    log_tail(&r.log)
+                );
+            }
+        }
+    }
+}

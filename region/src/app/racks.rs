@@ -159,7 +159,7 @@ impl App {
                 .values()
                 .map(|r| RackView {
                     rack: r.clone(),
-                    connected: st.rack_live(&r.name, now, grace),
+                    connected: st.rack_connected(&r.name, now, grace),
                     bmc_count: st.by_rack.get(&r.name).map(|s| s.len() as u64).unwrap_or(0),
                     pending: st
                         .pending_commands

@@ -133,6 +133,12 @@ pub(super) fn action(
         ));
     }
     let next = check_action(m0.status, m0.locked, action).map_err(DomainError::precondition)?;
+    if action == Action::Release && m0.owner.is_none() {
+        // A broken machine that nobody holds goes back with mark-fixed, not release.
+        return Err(DomainError::precondition(format!(
+            "machine {system_id} is not allocated to anyone: nothing to release (use mark-fixed for a broken machine)"
+        )));
+    }
     if action == Action::Delete {
         state.remove_machine(system_id);
         emit(

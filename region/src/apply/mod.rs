@@ -606,9 +606,11 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
         Op::RevokeRack { name } => rack::revoke(state, cmd, rev, name),
         Op::RackConnected { name, session } => rack::connected(state, cmd, rev, name, session),
         Op::RackHeartbeat { name, session_id } => rack::heartbeat(state, cmd, name, session_id),
-        Op::RackDisconnected { name, session_id } => {
-            rack::disconnected(state, cmd, rev, name, session_id)
-        }
+        Op::RackDisconnected {
+            name,
+            session_id,
+            last_seen_ms,
+        } => rack::disconnected(state, cmd, rev, name, session_id, *last_seen_ms),
         Op::QueuePower { system_id, action } => {
             rack::queue_power(state, cmd, rev, system_id, action)
         }

@@ -146,6 +146,7 @@ pub(super) fn connected(
     let mut s = session.clone();
     s.connected_ms = cmd.ts_ms;
     s.last_heartbeat_ms = cmd.ts_ms;
+    s.ended_ms = None;
     r.session = Some(s);
     state.data.racks.insert(name.to_string(), r.clone());
     log(
@@ -175,7 +176,7 @@ pub(super) fn heartbeat(
         )));
     };
     match r.session.as_mut() {
-        Some(s) if s.session_id == session_id && !r.revoked => {
+        Some(s) if s.session_id == session_id && s.ended_ms.is_none() && !r.revoked => {
             s.last_heartbeat_ms = s.last_heartbeat_ms.max(cmd.ts_ms);
             Ok(Reply::Done)
         }
@@ -192,15 +193,25 @@ pub(super) fn disconnected(
     rev: u64,
     name: &str,
     session_id: &str,
+    last_seen_ms: u64,
 ) -> Response {
     let Some(r) = state.data.racks.get_mut(name) else {
         return Ok(Reply::Done);
     };
-    if r.session
-        .as_ref()
-        .is_some_and(|s| s.session_id == session_id)
+    if let Some(s) = r
+        .session
+        .as_mut()
+        .filter(|s| s.session_id == session_id && s.ended_ms.is_none())
     {
-        r.session = None;
+        // Kept, marked ended: the rack holds its BMCs for the grace time from when it was last heard
+        // (a hung rack's stream ends only when keepalive gives up, seconds after its last message).
+        s.ended_ms = Some(cmd.ts_ms);
+        let seen = if last_seen_ms == 0 {
+            cmd.ts_ms
+        } else {
+            last_seen_ms.min(cmd.ts_ms)
+        };
+        s.last_heartbeat_ms = s.last_heartbeat_ms.max(seen);
         log(
             state,
             cmd,
@@ -449,6 +460,7 @@ mod tests {
             drivers: vec!["sim".into()],
             connected_ms: 0,
             last_heartbeat_ms: 0,
+            ended_ms: None,
         }
     }
 
