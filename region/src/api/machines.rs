@@ -127,6 +127,19 @@ impl MachineApi {
         self.run(&who, key, action, r.expected_revision, args).await
     }
 
+    /// An edit action (no expected revision): split the request into the machine and the arguments.
+    async fn edit<R>(
+        &self,
+        req: Request<R>,
+        action: Action,
+        split: impl FnOnce(R) -> (Option<MachineRef>, ActionArgs),
+    ) -> Result<Response<Machine>, Status> {
+        let who = actor(&self.app, &req)?;
+        let (machine, args) = split(req.into_inner());
+        let key = machine_key(machine)?;
+        self.run(&who, key, action, 0, args).await
+    }
+
     async fn run(
         &self,
         who: &Actor,
@@ -430,53 +443,61 @@ impl MachineService for MachineApi {
     }
 
     async fn set_zone(&self, req: Request<SetZoneRequest>) -> Result<Response<Machine>, Status> {
-        let who = actor(&self.app, &req)?;
-        let r = req.into_inner();
-        let key = machine_key(r.machine)?;
-        let args = ActionArgs {
-            zone: r.zone,
-            ..Default::default()
-        };
-        self.run(&who, key, Action::SetZone, 0, args).await
+        self.edit(req, Action::SetZone, |r| {
+            (
+                r.machine,
+                ActionArgs {
+                    zone: r.zone,
+                    ..Default::default()
+                },
+            )
+        })
+        .await
     }
 
     async fn set_pool(&self, req: Request<SetPoolRequest>) -> Result<Response<Machine>, Status> {
-        let who = actor(&self.app, &req)?;
-        let r = req.into_inner();
-        let key = machine_key(r.machine)?;
-        let args = ActionArgs {
-            pool: r.pool,
-            ..Default::default()
-        };
-        self.run(&who, key, Action::SetPool, 0, args).await
+        self.edit(req, Action::SetPool, |r| {
+            (
+                r.machine,
+                ActionArgs {
+                    pool: r.pool,
+                    ..Default::default()
+                },
+            )
+        })
+        .await
     }
 
     async fn tag_machine(
         &self,
         req: Request<TagMachineRequest>,
     ) -> Result<Response<Machine>, Status> {
-        let who = actor(&self.app, &req)?;
-        let r = req.into_inner();
-        let key = machine_key(r.machine)?;
-        let args = ActionArgs {
-            tags: r.tags,
-            ..Default::default()
-        };
-        self.run(&who, key, Action::Tag, 0, args).await
+        self.edit(req, Action::Tag, |r| {
+            (
+                r.machine,
+                ActionArgs {
+                    tags: r.tags,
+                    ..Default::default()
+                },
+            )
+        })
+        .await
     }
 
     async fn untag_machine(
         &self,
         req: Request<TagMachineRequest>,
     ) -> Result<Response<Machine>, Status> {
-        let who = actor(&self.app, &req)?;
-        let r = req.into_inner();
-        let key = machine_key(r.machine)?;
-        let args = ActionArgs {
-            tags: r.tags,
-            ..Default::default()
-        };
-        self.run(&who, key, Action::Untag, 0, args).await
+        self.edit(req, Action::Untag, |r| {
+            (
+                r.machine,
+                ActionArgs {
+                    tags: r.tags,
+                    ..Default::default()
+                },
+            )
+        })
+        .await
     }
 
     async fn get_boot_credentials(
