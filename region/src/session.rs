@@ -17,7 +17,7 @@ use ingot_proto::rack::v1::{
     rack_message, region_message, Ack, Command as WireCommand, RackMessage, RegionMessage, Regions,
     Welcome,
 };
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,6 +32,10 @@ pub const HEARTBEAT_RECORD: Duration = Duration::from_millis(crate::state::HEART
 pub const HEARTBEAT_MS: u32 = 500;
 /// How long a new stream may take to say Hello.
 const HELLO_WAIT: Duration = Duration::from_secs(10);
+/// A command still pending this long after it was sent is sent again on the same session (its result may
+/// have been lost, e.g. a region failing to record it during an election); the rack answers a repeat from
+/// its done-log, or ignores it while it still runs.
+const RESEND_AFTER: Duration = Duration::from_secs(10);
 /// How often pending commands and revocation are checked even without a state change.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -187,7 +191,7 @@ async fn run(
         });
     }
     let mut applied = app.region.applied.subscribe();
-    let mut sent: HashSet<u64> = HashSet::new();
+    let mut sent: HashMap<u64, Instant> = HashMap::new();
     let mut last_record = Instant::now();
     let mut last_seen_ms = ingot_common::now_ms();
     let mut last_endpoints = endpoints;
@@ -295,7 +299,7 @@ fn deliver(
     name: &str,
     session_id: &str,
     recorded: bool,
-    sent: &mut HashSet<u64>,
+    sent: &mut HashMap<u64, Instant>,
 ) -> Result<Vec<WireCommand>, String> {
     let st = app.region.state.read().unwrap_or_else(|p| p.into_inner());
     let Some(r) = st.data.racks.get(name) else {
@@ -315,9 +319,10 @@ fn deliver(
             _ => {}
         }
     }
+    sent.retain(|id, _| st.pending_commands.contains(id));
     let mut out = Vec::new();
     for id in &st.pending_commands {
-        if sent.contains(id) {
+        if sent.get(id).is_some_and(|at| at.elapsed() < RESEND_AFTER) {
             continue;
         }
         let Some(c) = st.data.commands.get(id) else {
@@ -329,7 +334,7 @@ fn deliver(
         if m.rack.as_deref() != Some(name) {
             continue;
         }
-        sent.insert(*id);
+        sent.insert(*id, Instant::now());
         out.push(WireCommand {
             id: *id,
             system_id: c.system_id.clone(),
