@@ -34,6 +34,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // move their inline bytes around (measured: memmove was the top cost of listing).
         .boxed(".ingot.v1.Machine.inventory")
         .boxed(".ingot.v1.Machine.deploy")
+        // Same wire format, hand-written so the region can send pre-encoded machines (see src/wire.rs).
+        .extern_path(
+            ".ingot.v1.ListMachinesResponse",
+            "crate::wire::ListMachinesResponse",
+        )
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

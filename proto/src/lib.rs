@@ -13,6 +13,7 @@
 /// The public client API (`ingot.v1`).
 pub mod v1 {
     tonic::include_proto!("ingot.v1");
+    pub use crate::wire::ListMachinesResponse;
 }
 
 /// Rack controller <-> region protocols.
@@ -32,6 +33,7 @@ pub mod raft {
 }
 
 pub mod convert;
+pub mod wire;
 
 /// Encoded `FileDescriptorSet` of the public `ingot.v1` package, for gRPC server reflection.
 pub const V1_FILE_DESCRIPTOR_SET: &[u8] =

@@ -213,6 +213,7 @@ pub async fn start(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let wire = Arc::new(crate::api::machines::WireCache::default());
     let api_server = Server::builder()
         .tls_config(ServerTlsConfig::new().identity(server_identity))?
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
@@ -220,8 +221,11 @@ pub async fn start(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            MachineServiceServer::new(MachineApi { app: app.clone() })
-                .max_decoding_message_size(MAX_MESSAGE),
+            MachineServiceServer::new(MachineApi {
+                app: app.clone(),
+                wire: wire.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE),
         )
         .add_service(ZoneServiceServer::new(ZoneApi { app: app.clone() }))
         .add_service(PoolServiceServer::new(PoolApi { app: app.clone() }))
@@ -234,7 +238,8 @@ pub async fn start(
                 .max_decoding_message_size(MAX_MESSAGE),
         )
         .add_service(ClusterServiceServer::new(ClusterApi { app: app.clone() }));
-    let worker = tokio::spawn(crate::app::worker::run(app, shutdown.subscribe()));
+    let worker = tokio::spawn(crate::app::worker::run(app.clone(), shutdown.subscribe()));
+    tokio::spawn(wire.follow(app));
     let t2 = tokio::spawn(async move {
         if let Err(e) = api_server
             .serve_with_incoming_shutdown(incoming(api), stop(rx))

@@ -319,7 +319,7 @@ impl App {
         page_size: u32,
         page_token: &str,
         linearizable: bool,
-        f: impl Fn(&Machine) -> T + Sync,
+        f: impl Fn(&State, &Machine) -> T + Sync,
     ) -> Result<(Vec<T>, String, u64, u64), DomainError> {
         let limit = match page_size {
             0 => 500,
@@ -352,7 +352,7 @@ impl App {
             .read(linearizable, |st| {
                 let (page, more, total) = st.list_machines(&q, after.as_deref(), limit);
                 let last = page.last().map(|m| m.system_id.clone());
-                let out: Vec<T> = convert_parallel(&page, &f);
+                let out: Vec<T> = convert_parallel(&page, &|m: &Machine| f(st, m));
                 (out, last, more, total, st.data.revision)
             })
             .await?;
