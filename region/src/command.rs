@@ -25,6 +25,19 @@ pub struct Command {
     pub op: Op,
 }
 
+impl Command {
+    /// A command from `actor` with a fresh request id and the proposer's current time: how every
+    /// proposer (API calls, agent reports, rack sessions, the leader's worker) makes one.
+    pub fn new(actor: impl Into<String>, op: Op) -> Command {
+        Command {
+            request_id: ingot_common::secret::generate(""),
+            ts_ms: ingot_common::now_ms(),
+            actor: actor.into(),
+            op,
+        }
+    }
+}
+
 /// The operations. Variants are only ever added (never renumbered or removed): old logs must stay readable.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[allow(missing_docs)] // fields mirror the API requests documented in proto/ingot/v1

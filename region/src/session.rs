@@ -106,15 +106,6 @@ fn msg(m: region_message::Msg) -> Result<RegionMessage, Status> {
     Ok(RegionMessage { msg: Some(m) })
 }
 
-fn command(actor: &str, op: Op) -> Command {
-    Command {
-        request_id: secret::generate(""),
-        ts_ms: ingot_common::now_ms(),
-        actor: actor.to_string(),
-        op,
-    }
-}
-
 /// One session, from Hello to the end of the stream.
 async fn run(
     app: App,
@@ -174,7 +165,7 @@ async fn run(
                 ended_ms: None,
             },
         };
-        let cmd = command(&actor, op);
+        let cmd = Command::new(actor.as_str(), op);
         let tx = tx.clone();
         tokio::spawn(async move {
             match app.region.write(cmd).await {
@@ -229,7 +220,7 @@ async fn run(
                         if recorded.load(Ordering::SeqCst) && last_record.elapsed() >= HEARTBEAT_RECORD {
                             last_record = Instant::now();
                             let op = Op::RackHeartbeat { name: name.clone(), session_id: session_id.clone() };
-                            let cmd = command(&actor, op);
+                            let cmd = Command::new(actor.as_str(), op);
                             let app = app.clone();
                             tokio::spawn(async move {
                                 if let Err(e) = app.region.write(cmd).await {
@@ -247,7 +238,7 @@ async fn run(
                             message: r.message,
                             power_state: r.power_state,
                         };
-                        let cmd = command(&actor, op);
+                        let cmd = Command::new(actor.as_str(), op);
                         let app = app.clone();
                         let tx = tx.clone();
                         tokio::spawn(async move {
@@ -286,7 +277,7 @@ async fn run(
         session_id,
         last_seen_ms,
     };
-    let cmd = command(&actor, op);
+    let cmd = Command::new(actor.as_str(), op);
     tokio::spawn(async move {
         let _ = app.region.write(cmd).await;
     });

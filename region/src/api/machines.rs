@@ -467,19 +467,6 @@ impl MachineService for MachineApi {
                 format!("unknown erase mode {}", r.erase),
             ))
         })?;
-        // Releasing is safe to retry: a machine already on its way back (or back) is an answer, not an
-        // error, as long as the caller could see it.
-        // Only for a machine the caller may see; anyone else's goes on to the apply step's
-        // authorization (PERMISSION_DENIED).
-        if let Ok(current) = self.app.get_machine(&who, key.clone(), true).await {
-            use ingot_common::MachineStatus as S;
-            let mine = who.is_admin() || current.owner.as_deref() == Some(who.name.as_str());
-            if (mine && matches!(current.status, S::Releasing | S::DiskErasing))
-                || (current.status == S::Ready && current.owner.is_none())
-            {
-                return Ok(Response::new(machine_to_proto(&current, false, true)));
-            }
-        }
         let args = ActionArgs {
             comment: r.comment,
             erase,

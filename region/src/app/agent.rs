@@ -41,17 +41,8 @@ impl App {
         .await?
     }
 
-    fn agent_command(&self, op: Op) -> Command {
-        Command {
-            request_id: secret::generate(""),
-            ts_ms: ingot_common::now_ms(),
-            actor: AGENT_ACTOR.into(),
-            op,
-        }
-    }
-
     async fn agent_write(&self, op: Op) -> Result<Machine, DomainError> {
-        match self.region.write(self.agent_command(op)).await? {
+        match self.region.write(Command::new(AGENT_ACTOR, op)).await? {
             Reply::Machine(m) => Ok(*m),
             other => Err(DomainError::internal(format!("unexpected reply {other:?}"))),
         }

@@ -6,7 +6,7 @@ use crate::state::{MachineQuery, State};
 use ingot_common::lifecycle::Action;
 use ingot_common::model::BootSession;
 use ingot_common::model::{DEFAULT_ARCH, DEFAULT_ZONE};
-use ingot_common::{secret, validate, DomainError, Mac, Machine, PowerParams};
+use ingot_common::{secret, validate, DomainError, Mac, Machine, MachineStatus, PowerParams};
 
 /// Pages at least this large are converted on every core: converting a machine to its wire form is the
 /// largest server-side cost of a big list (measured ~1.5 µs per machine on one core).
@@ -271,6 +271,23 @@ impl App {
                 }
             }
             _ => {}
+        }
+        if action == Action::Release {
+            // Releasing is safe to retry: a machine the caller may see that is already on its way back
+            // (or back in the pool) is an answer, not an error. Anyone else's goes on to the apply step's
+            // authorization (PERMISSION_DENIED).
+            if let Ok(m) = self.get_machine(actor, key.clone(), true).await {
+                let mine = actor.is_admin() || m.owner.as_deref() == Some(actor.name.as_str());
+                if (mine
+                    && matches!(
+                        m.status,
+                        MachineStatus::Releasing | MachineStatus::DiskErasing
+                    ))
+                    || (m.status == MachineStatus::Ready && m.owner.is_none())
+                {
+                    return Ok(m);
+                }
+            }
         }
         let system_id = self.resolve(&key).await?;
         args.boot = BootTokens::generate();

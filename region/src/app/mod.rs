@@ -16,6 +16,7 @@ pub mod zones;
 
 use crate::command::{Command, Op};
 use crate::node::Region;
+use crate::state::State;
 use ingot_common::{secret, DomainError};
 use std::sync::Arc;
 
@@ -26,6 +27,15 @@ pub struct App {
     pub region: Arc<Region>,
     /// How long a rack may go without a recorded heartbeat before it counts as dead (ms).
     pub rack_grace_ms: u64,
+}
+
+/// Fails with InvalidArgument naming `field` when `value` is empty (a name that selects the object).
+pub(crate) fn required(field: &str, value: &str) -> Result<(), DomainError> {
+    if value.is_empty() {
+        Err(DomainError::invalid(field, "required"))
+    } else {
+        Ok(())
+    }
 }
 
 /// Who is calling, resolved from a bearer token.
@@ -101,12 +111,19 @@ impl App {
 
     /// Wraps `op` in a command with a fresh request id and the current time.
     pub fn command(&self, actor: &Actor, op: Op) -> Command {
-        Command {
-            request_id: secret::generate(""),
-            ts_ms: ingot_common::now_ms(),
-            actor: actor.name.clone(),
-            op,
+        Command::new(actor.name.clone(), op)
+    }
+
+    /// Runs `f` on the state once it includes the caller's last write. A write proposed through a
+    /// follower is applied there a heartbeat after the leader answered, so a reply built from local
+    /// state alone could miss it; this waits for a linearizable barrier first. The barrier is best
+    /// effort: the write already succeeded, so if no leader answers now, `f` sees the local state.
+    pub(crate) async fn read_after_write<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        if let Err(e) = self.region.read_barrier(true).await {
+            tracing::debug!("read barrier after a write failed, answering from local state: {e}");
         }
+        let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
+        f(&st)
     }
 
     /// Runs `f` on the state after a read barrier of the requested consistency.

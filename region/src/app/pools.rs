@@ -1,7 +1,8 @@
 //! Resource pools: administrative groupings of machines (a team's budget, a project), orthogonal to
 //! zones. Allocation can ask for or avoid pools; the pool `default` always exists.
 
-use super::zones::{required, StatusCounts};
+use super::required;
+use super::zones::StatusCounts;
 use super::{Actor, App};
 use crate::command::{Op, Reply};
 use crate::state::State;

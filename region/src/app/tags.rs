@@ -1,7 +1,7 @@
 //! Tags: manual labels admins put on machines, or definitions over the inventory that the apply step
 //! keeps applied to exactly the matching machines.
 
-use super::zones::required;
+use super::required;
 use super::{Actor, App};
 use crate::command::{Op, Reply};
 use crate::state::State;

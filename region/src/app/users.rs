@@ -1,7 +1,7 @@
 //! Users and their API tokens. Admins manage everyone; any caller can see who they are and list, create
 //! and revoke their own tokens. Token secrets are returned once, at creation, and stored only as hashes.
 
-use super::zones::required;
+use super::required;
 use super::{Actor, App};
 use crate::command::{Op, Reply};
 use crate::state::{ApiToken, State};

@@ -6,7 +6,7 @@
 use super::App;
 use crate::command::{BootTokens, Command, Op};
 use ingot_common::lifecycle::Outcome;
-use ingot_common::{secret, MachineStatus};
+use ingot_common::MachineStatus;
 use std::time::Duration;
 
 /// How often the worker looks.
@@ -38,12 +38,7 @@ pub async fn run(app: App, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         }
         // Proposed together: the proposer packs them into few log entries.
         let writes = due(&app, ingot_common::now_ms()).into_iter().map(|op| {
-            let cmd = Command {
-                request_id: secret::generate(""),
-                ts_ms: ingot_common::now_ms(),
-                actor: REGION_ACTOR.into(),
-                op,
-            };
+            let cmd = Command::new(REGION_ACTOR, op);
             let region = app.region.clone();
             async move {
                 if let Err(e) = region.write(cmd).await {
@@ -54,14 +49,8 @@ pub async fn run(app: App, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         futures::future::join_all(writes).await;
         let moves = bmc_moves(&app, ingot_common::now_ms());
         for chunk in moves.chunks(1000) {
-            let cmd = Command {
-                request_id: secret::generate(""),
-                ts_ms: ingot_common::now_ms(),
-                actor: REGION_ACTOR.into(),
-                op: Op::AssignBmcs {
-                    moves: chunk.to_vec(),
-                },
-            };
+            let moves = chunk.to_vec();
+            let cmd = Command::new(REGION_ACTOR, Op::AssignBmcs { moves });
             if let Err(e) = app.region.write(cmd).await {
                 tracing::debug!("BMC assignment: {e}");
             }

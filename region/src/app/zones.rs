@@ -1,5 +1,6 @@
 //! Availability zones.
 
+use super::required;
 use super::{Actor, App};
 use crate::command::{Op, Reply};
 use crate::state::State;
@@ -24,28 +25,7 @@ fn counts(st: &State, name: &str) -> StatusCounts {
         .unwrap_or_default()
 }
 
-/// Fails with InvalidArgument naming `field` when `value` is empty (a name that selects the object).
-pub(crate) fn required(field: &str, value: &str) -> Result<(), DomainError> {
-    if value.is_empty() {
-        Err(DomainError::invalid(field, "required"))
-    } else {
-        Ok(())
-    }
-}
-
 impl App {
-    /// Runs `f` on the state once it includes the caller's last write. A write proposed through a
-    /// follower is applied there a heartbeat after the leader answered, so a reply built from local
-    /// state alone could miss it; this waits for a linearizable barrier first. The barrier is best
-    /// effort: the write already succeeded, so if no leader answers now, `f` sees the local state.
-    pub(crate) async fn read_after_write<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        if let Err(e) = self.region.read_barrier(true).await {
-            tracing::debug!("read barrier after a write failed, answering from local state: {e}");
-        }
-        let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
-        f(&st)
-    }
-
     /// Creates a zone.
     pub async fn create_zone(
         &self,

@@ -300,12 +300,12 @@ pub(super) fn outcome(
             }
             Some(Next::To(t)) => t,
             Some(Next::Previous) => previous(&m0),
-            _ => None.ok_or_else(|| {
-                DomainError::precondition(format!(
+            Some(Next::Stay) | None => {
+                return Err(DomainError::precondition(format!(
                     "machine {system_id} is {}: nothing is in progress",
                     status.as_str()
-                ))
-            })?,
+                )))
+            }
         },
         Outcome::Failed | Outcome::TimedOut => {
             lifecycle::failed_status(status).ok_or_else(|| {
