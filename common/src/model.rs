@@ -639,4 +639,6 @@ pub const POWER_ACTIONS: &[&str] = &[
     "query",
     "boot-pxe",
     "boot-disk",
+    "boot-pxe-persistent",
+    "boot-disk-persistent",
 ];

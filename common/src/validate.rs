@@ -85,7 +85,8 @@ pub fn macs(field: &str, list: &[String], required: bool) -> Result<Vec<Mac>, Do
     Ok(out)
 }
 
-/// A known driver (or empty) and sane parameter names and sizes.
+/// A known driver (or empty), sane parameter names and sizes, and parameters the driver accepts
+/// ([`crate::power::DriverParams::parse`]).
 pub fn power(field: &str, p: &PowerParams) -> Result<(), DomainError> {
     if !p.driver.is_empty() && !POWER_DRIVERS.contains(&p.driver.as_str()) {
         return Err(DomainError::invalid(
@@ -121,6 +122,10 @@ pub fn power(field: &str, p: &PowerParams) -> Result<(), DomainError> {
                 "value longer than 4096 bytes",
             ));
         }
+    }
+    // The driver's own rules (required keys, ranges, URLs): the same parser the rack runs before acting.
+    if !p.driver.is_empty() {
+        crate::power::DriverParams::parse(field, &p.driver, &p.params)?;
     }
     Ok(())
 }

@@ -236,7 +236,11 @@ async fn bad_input_gets_a_status_naming_the_field() {
             system_id: first.system_id.clone(),
             power: Some(PowerParameters {
                 driver: "ipmi".into(),
-                params: [("password".to_string(), "hunter2".to_string())].into(),
+                params: [
+                    ("address".to_string(), "10.0.0.9".to_string()),
+                    ("password".to_string(), "hunter2".to_string()),
+                ]
+                .into(),
             }),
             ..Default::default()
         })

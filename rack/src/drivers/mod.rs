@@ -1,12 +1,17 @@
 //! Power drivers: how the rack acts on a machine's BMC.
 //!
 //! A region sends `Command{driver, action, params}`; [`Drivers::execute`] picks the driver by name, runs the
-//! action and turns the outcome into the `CommandResult` the region records. Today the rack has the
-//! simulated BMC ([`sim`]) and manual power ([`manual`]); IPMI, Redfish and webhook answer "unsupported"
-//! until they are written.
+//! action and turns the outcome into the `CommandResult` the region records. Drivers: [`ipmi`] (IPMI 2.0
+//! RMCP+, native or through ipmitool), [`redfish`] (HTTPS, basic or session auth), [`webhook`] (operator-defined
+//! HTTP requests), [`manual`] (the operator acts) and [`sim`] (a file-backed simulated BMC for tests). Each
+//! driver reads its parameters with [`ingot_common::power::DriverParams`], the parser the region used when
+//! the operator set them.
 
+pub mod ipmi;
 pub mod manual;
+pub mod redfish;
 pub mod sim;
+pub mod webhook;
 
 use ingot_proto::rack::v1::{Command, CommandResult};
 use std::collections::HashMap;
@@ -43,7 +48,8 @@ pub enum PowerAction {
     Off,
     /// ACPI (graceful) power off.
     SoftOff,
-    /// Power cycle; the machine ends up on.
+    /// Reboot into whatever the next boot device says: power cycle when on, power on when off. Either way
+    /// the machine ends up on and freshly booted (what a lifecycle step that boots the machine needs).
     Cycle,
     /// Read the power state without changing it.
     Query,
@@ -51,11 +57,15 @@ pub enum PowerAction {
     BootPxe,
     /// Next boot from the local disk.
     BootDisk,
+    /// Every boot from the network, until changed.
+    BootPxePersistent,
+    /// Every boot from the local disk, until changed.
+    BootDiskPersistent,
 }
 
 impl PowerAction {
     /// Every action with its wire spelling, for parsing and messages.
-    const ALL: [(PowerAction, &'static str); 7] = [
+    const ALL: [(PowerAction, &'static str); 9] = [
         (PowerAction::On, "on"),
         (PowerAction::Off, "off"),
         (PowerAction::SoftOff, "soft-off"),
@@ -63,6 +73,8 @@ impl PowerAction {
         (PowerAction::Query, "query"),
         (PowerAction::BootPxe, "boot-pxe"),
         (PowerAction::BootDisk, "boot-disk"),
+        (PowerAction::BootPxePersistent, "boot-pxe-persistent"),
+        (PowerAction::BootDiskPersistent, "boot-disk-persistent"),
     ];
 
     /// Parses the wire spelling; anything else is an `unsupported` error naming the valid actions.
@@ -153,9 +165,29 @@ pub trait PowerDriver: Send + Sync {
     ) -> impl Future<Output = Result<PowerOutcome, DriverError>> + Send;
 }
 
+impl PowerRequest {
+    /// The request's parameters parsed for `driver`; a parameter error is a `bmc` error naming the key.
+    pub fn typed(&self, driver: &str) -> Result<ingot_common::power::DriverParams, DriverError> {
+        let params: std::collections::BTreeMap<String, String> = self
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        ingot_common::power::DriverParams::parse("power", driver, &params)
+            .map_err(|e| DriverError::Bmc(format!("bad {driver} power parameters: {}", e.message)))
+    }
+}
+
 /// The drivers this rack has, by name: what the session announces in `Hello.drivers` and dispatches to.
+/// Cloning is cheap and shares connection pools and sessions.
 #[derive(Debug, Default, Clone)]
 pub struct Drivers {
+    /// IPMI 2.0 over LAN.
+    ipmi: ipmi::IpmiDriver,
+    /// Redfish over HTTP(S).
+    redfish: redfish::RedfishDriver,
+    /// Operator-defined HTTP requests.
+    webhook: webhook::WebhookDriver,
     /// The simulated, file-based BMC.
     sim: sim::SimDriver,
     /// Manual power: the operator acts.
@@ -164,15 +196,19 @@ pub struct Drivers {
 
 impl Drivers {
     /// Names of the drivers this rack can run (sent in `Hello`).
-    pub const NAMES: [&'static str; 2] = ["sim", "manual"];
+    pub const NAMES: [&'static str; 5] = ["ipmi", "redfish", "webhook", "manual", "sim"];
 
     /// Runs `driver` for `req`.
     pub async fn run(&self, driver: &str, req: &PowerRequest) -> Result<PowerOutcome, DriverError> {
         match driver {
+            "ipmi" => self.ipmi.run(req).await,
+            "redfish" => self.redfish.run(req).await,
+            "webhook" => self.webhook.run(req).await,
             "sim" => self.sim.run(req).await,
             "manual" => self.manual.run(req).await,
             other => Err(DriverError::Unsupported(format!(
-                "driver {other} is not available in this rack yet"
+                "driver {other} is not available in this rack; it runs {}",
+                Drivers::NAMES.join(", ")
             ))),
         }
     }
@@ -232,10 +268,10 @@ mod tests {
         assert_eq!(r.power_state, "unknown");
         assert_eq!(r.message, "manual power: the operator acts");
 
-        let r = d.execute(&cmd("ipmi", "on")).await;
+        let r = d.execute(&cmd("floppy", "on")).await;
         assert!(!r.success);
         assert_eq!(r.error_kind, "unsupported");
-        assert_eq!(r.message, "driver ipmi is not available in this rack yet");
+        assert!(r.message.starts_with("driver floppy is not available"), "{}", r.message);
 
         let r = d.execute(&cmd("manual", "explode")).await;
         assert_eq!(r.error_kind, "unsupported");

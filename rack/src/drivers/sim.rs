@@ -76,8 +76,8 @@ impl SimState {
             PowerAction::On | PowerAction::Cycle => self.power = SimPower::On,
             PowerAction::Off | PowerAction::SoftOff => self.power = SimPower::Off,
             PowerAction::Query => {}
-            PowerAction::BootPxe => self.boot = SimBoot::Pxe,
-            PowerAction::BootDisk => self.boot = SimBoot::Disk,
+            PowerAction::BootPxe | PowerAction::BootPxePersistent => self.boot = SimBoot::Pxe,
+            PowerAction::BootDisk | PowerAction::BootDiskPersistent => self.boot = SimBoot::Disk,
         }
         self.ops.push(SimOp {
             id,
