@@ -332,6 +332,8 @@ pub fn machine_json(m: &Machine) -> Value {
         "erase": erase_name(m.erase),
         "rack": m.rack,
         "power_state": m.power_state,
+        "power_error": m.power_error,
+        "power_checked_at": ts_json(&m.power_checked_at),
         "inventory": m.inventory.as_deref().map(inventory_json),
         "created_at": ts_json(&m.created_at),
         "updated_at": ts_json(&m.updated_at),
@@ -444,6 +446,8 @@ pub fn machine_record(m: &Machine) -> Table {
         ("power driver", dash(&power.driver)),
         ("power params", dash(&params)),
         ("power state", dash(&m.power_state)),
+        ("power error", dash(&m.power_error)),
+        ("power checked", if m.power_checked_at.is_some() { ts(&m.power_checked_at) } else { "-".to_string() }),
         ("rack", dash(&m.rack)),
         ("description", dash(&m.description)),
     ];

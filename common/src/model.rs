@@ -99,7 +99,7 @@ impl MachineStatus {
 }
 
 /// How a machine's BMC is reached: a driver name and its parameters.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PowerParams {
     /// `ipmi`, `redfish`, `webhook`, `manual`, `sim`, or empty when not configured yet.
     pub driver: String,
@@ -206,6 +206,14 @@ pub struct Machine {
     /// Last power state a rack reported (`on`, `off`, `unknown`; empty before any).
     #[serde(default)]
     pub power_state: String,
+    /// Why the BMC cannot be read, as `<class>: <message>` (class `unreachable`, `auth`, `unsupported`,
+    /// `bmc`), set by the rack's power monitor after repeated failed queries and cleared by the next
+    /// successful one; empty when the BMC answers. Never changes the lifecycle status.
+    #[serde(default)]
+    pub power_error: String,
+    /// When a rack last read the power state (ms since the epoch; 0: never).
+    #[serde(default)]
+    pub power_checked_ms: u64,
 }
 
 fn default_pool() -> String {
@@ -628,6 +636,14 @@ pub struct PowerCommand {
     pub created_ms: u64,
     /// When its result was recorded.
     pub done_ms: Option<u64>,
+    /// The lifecycle step this command serves (the in-progress status that queued it), or `None` for a
+    /// command an operator asked for. A failed step fails the status (with the driver's reason); a later
+    /// status change supersedes the step's pending commands.
+    #[serde(default)]
+    pub step: Option<MachineStatus>,
+    /// Success of this command completes its step (e.g. `off` completes Releasing).
+    #[serde(default)]
+    pub completes: bool,
 }
 
 /// Power actions a rack runs.

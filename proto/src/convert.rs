@@ -157,6 +157,8 @@ pub fn machine_to_proto(m: &Machine, include_secrets: bool, full: bool) -> v1::M
         erase: erase_to_proto(m.erase) as i32,
         rack: m.rack.clone().unwrap_or_default(),
         power_state: m.power_state.clone(),
+        power_error: m.power_error.clone(),
+        power_checked_at: (m.power_checked_ms > 0).then(|| timestamp(m.power_checked_ms)),
     }
 }
 

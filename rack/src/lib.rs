@@ -10,8 +10,12 @@
 //!   and the command runner (bounded concurrency, results recorded before they are sent).
 //! - [`done`] — the durable done-store (`done.log`) that turns at-least-once delivery into exactly-once
 //!   execution.
-//! - [`drivers`] — power drivers behind the [`drivers::PowerDriver`] trait: `sim` (file-based simulated
-//!   BMC), `manual`; other drivers answer `unsupported`.
+//! - [`drivers`] — power drivers behind the [`drivers::PowerDriver`] trait: `ipmi`, `redfish`, `webhook`,
+//!   `manual`, `sim` (file-based simulated BMC).
+//! - [`monitor`] — the power monitor: reads every owned BMC with bounded concurrency and backoff, reports
+//!   changes (and errors only after repeated failures) to the region.
+//! - [`peers`] — third-party BMC implementations (ipmi_sim, sushy-tools) started on loopback for tests and
+//!   benchmarks.
 //!
 //! The wire protocol is `proto/ingot/rack/v1/rack.proto` (session) and `proto/ingot/v1/rack.proto`
 //! (enrollment); the CLI contract is in `rack/README.md`.
@@ -19,5 +23,7 @@
 pub mod config;
 pub mod done;
 pub mod drivers;
+pub mod monitor;
+pub mod peers;
 pub mod register;
 pub mod session;

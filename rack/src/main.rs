@@ -55,6 +55,17 @@ enum Cmd {
         /// Most power commands run at once.
         #[arg(long, default_value_t = 64)]
         capacity: u32,
+        /// How often the power monitor reads each owned BMC, in milliseconds (a failing BMC is read less
+        /// often: the interval doubles per failure, up to 5 minutes).
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+        poll_interval_ms: u64,
+        /// Most BMC reads in flight at once.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        poll_concurrency: u64,
+        /// Consecutive failed reads before the region is told a BMC cannot be read (no flapping on one
+        /// lost packet).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        poll_failures: u32,
     },
 }
 
@@ -118,12 +129,20 @@ async fn real_main(cli: Cli) -> Result<()> {
             data_dir,
             heartbeat_ms,
             capacity,
+            poll_interval_ms,
+            poll_concurrency,
+            poll_failures,
         } => {
-            let cfg = SessionConfig::load(
+            let mut cfg = SessionConfig::load(
                 DataDir::new(&data_dir),
                 Duration::from_millis(heartbeat_ms.max(1)),
                 capacity,
             )?;
+            cfg.monitor = ingot_rack::monitor::MonitorConfig {
+                interval: Duration::from_millis(poll_interval_ms),
+                concurrency: poll_concurrency as usize,
+                failure_threshold: poll_failures,
+            };
             cfg.validate()?;
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {

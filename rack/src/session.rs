@@ -17,10 +17,14 @@
 use crate::config::{ConfigError, DataDir, RackConfig, TlsFiles};
 use crate::done::{DoneError, DoneRecord, DoneStore, KEEP_RESULTS};
 use crate::drivers::Drivers;
+use crate::monitor::{Monitor, MonitorConfig};
 use ingot_proto::rack::v1::rack_message::Msg as RackMsg;
 use ingot_proto::rack::v1::rack_session_service_client::RackSessionServiceClient;
 use ingot_proto::rack::v1::region_message::Msg as RegionMsg;
-use ingot_proto::rack::v1::{Command, CommandResult, Heartbeat, Hello, RackMessage, Welcome};
+use ingot_proto::rack::v1::{
+    Command, CommandResult, Heartbeat, Hello, PowerObservation, PowerObservations, RackMessage,
+    Welcome,
+};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -77,6 +81,8 @@ pub struct SessionConfig {
     pub keepalive_timeout: Duration,
     /// How long a region may take from connect to `Welcome` before the next one is tried.
     pub welcome_timeout: Duration,
+    /// Pacing of the power monitor (`--poll-interval-ms`, `--poll-concurrency`).
+    pub monitor: MonitorConfig,
 }
 
 impl SessionConfig {
@@ -94,6 +100,7 @@ impl SessionConfig {
             keepalive_interval: Duration::from_millis(500),
             keepalive_timeout: Duration::from_secs(1),
             welcome_timeout: Duration::from_secs(2),
+            monitor: MonitorConfig::default(),
         })
     }
 }
@@ -287,13 +294,17 @@ pub async fn run(
     let done = DoneStore::open(&cfg.dir.done_log(), KEEP_RESULTS)?;
     tracing::info!(results = done.len(), "done-store loaded");
     let (outbox, mut results) = mpsc::unbounded_channel();
+    let drivers = Drivers::default();
     let runner = Arc::new(Runner {
         done: Mutex::new(done),
         running: Mutex::new(HashSet::new()),
         permits: Arc::new(Semaphore::new(cfg.capacity.max(1) as usize)),
-        drivers: Drivers::default(),
+        drivers: drivers.clone(),
         outbox,
     });
+    let monitor = Monitor::new(cfg.monitor, drivers);
+    let (obs_tx, mut observations) = mpsc::unbounded_channel();
+    let monitor_task = tokio::spawn(monitor.clone().run(obs_tx, shutdown.clone()));
     let tls = cfg.client_tls();
     let mut cluster = Cluster {
         dir: cfg.dir.clone(),
@@ -316,6 +327,8 @@ pub async fn run(
             &ep,
             &runner,
             &mut results,
+            &monitor,
+            &mut observations,
             &mut cluster,
             since,
             &mut shutdown,
@@ -349,6 +362,7 @@ pub async fn run(
         }
     }
     tracing::info!("rack stopping");
+    monitor_task.abort();
     runner.drain(Duration::from_secs(10)).await;
     Ok(())
 }
@@ -439,6 +453,8 @@ async fn session_once(
     ep: &str,
     runner: &Arc<Runner>,
     results: &mut mpsc::UnboundedReceiver<CommandResult>,
+    monitor: &Monitor,
+    observations: &mut mpsc::UnboundedReceiver<Vec<PowerObservation>>,
     cluster: &mut Cluster,
     since: Instant,
     shutdown: &mut watch::Receiver<bool>,
@@ -468,6 +484,8 @@ async fn session_once(
     if let Some(r) = &welcome.regions {
         cluster.update_endpoints(&r.endpoints);
     }
+    // A new region may know less than the last one: report every power state once more.
+    monitor.reset_reported();
     let mut period = cfg.heartbeat.max(Duration::from_millis(10));
     if welcome.heartbeat_ms > 0 {
         period = period.min(Duration::from_millis(u64::from(welcome.heartbeat_ms)));
@@ -507,6 +525,10 @@ async fn session_once(
                         tracing::debug!(ids = a.ids.len(), "region recorded results");
                     }
                     Some(RegionMsg::Regions(r)) => cluster.update_endpoints(&r.endpoints),
+                    Some(RegionMsg::Bmcs(b)) => {
+                        tracing::info!(bmcs = b.bmcs.len(), "BMC list from the region");
+                        monitor.set_targets(b.bmcs);
+                    }
                     Some(RegionMsg::Welcome(w)) => {
                         tracing::debug!(region = %w.region_name, "second Welcome on a session");
                         if let Some(r) = &w.regions {
@@ -518,6 +540,11 @@ async fn session_once(
             }
             Some(r) = results.recv() => {
                 if let Err(e) = send(RackMsg::Result(r)).await {
+                    return Ended::Broke(e);
+                }
+            }
+            Some(items) = observations.recv() => {
+                if let Err(e) = send(RackMsg::Observations(PowerObservations { items })).await {
                     return Ended::Broke(e);
                 }
             }

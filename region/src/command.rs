@@ -246,6 +246,14 @@ pub enum Op {
         error_kind: String,
         message: String,
         power_state: String,
+        /// Credentials for the boot a completed lifecycle step may start (Releasing -> Disk erasing).
+        #[serde(default)]
+        next_boot: BootTokens,
+    },
+    /// Power states a rack's monitor read; only the owning rack's observations count.
+    PowerObserved {
+        rack: String,
+        items: Vec<PowerObservation>,
     },
     /// Moves BMCs between racks (`None`: no live rack can take it now).
     AssignBmcs {
@@ -275,6 +283,21 @@ impl BootTokens {
             token: ingot_common::secret::generate("boot_"),
         }
     }
+}
+
+/// One BMC reading by a rack's power monitor.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct PowerObservation {
+    /// The machine.
+    pub system_id: String,
+    /// `on` / `off` when the query succeeded; empty on failure.
+    pub power_state: String,
+    /// Failure class (`unreachable`, `auth`, `unsupported`, `bmc`); empty on success.
+    pub error_kind: String,
+    /// The driver's message on failure.
+    pub message: String,
+    /// When the rack read it.
+    pub observed_ms: u64,
 }
 
 /// Parameters of a [`Op::MachineAction`]; each action reads the ones it needs.

@@ -9,13 +9,13 @@
 //! is cut at once; a session superseded by a newer one of the same rack ends.
 
 use crate::app::App;
-use crate::command::{Command, Op};
+use crate::command::{BootTokens, Command, Op, PowerObservation};
 use ingot_common::model::RackSession;
 use ingot_common::{pki, secret, DomainError};
 use ingot_proto::rack::v1::rack_session_service_server::RackSessionService;
 use ingot_proto::rack::v1::{
-    rack_message, region_message, Ack, Command as WireCommand, RackMessage, RegionMessage, Regions,
-    Welcome,
+    rack_message, region_message, Ack, Bmc, Bmcs, Command as WireCommand, RackMessage,
+    RegionMessage, Regions, Welcome,
 };
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -186,6 +186,8 @@ async fn run(
     let mut last_record = Instant::now();
     let mut last_seen_ms = ingot_common::now_ms();
     let mut last_endpoints = endpoints;
+    // Fingerprint of the BMC list last sent (0: none yet, so the first poll tick sends it).
+    let mut last_bmcs = 0u64;
     let mut poll = tokio::time::interval(POLL);
     loop {
         // Cut, superseded, or something to deliver?
@@ -237,6 +239,7 @@ async fn run(
                             error_kind: r.error_kind,
                             message: r.message,
                             power_state: r.power_state,
+                            next_boot: BootTokens::generate(),
                         };
                         let cmd = Command::new(actor.as_str(), op);
                         let app = app.clone();
@@ -253,6 +256,30 @@ async fn run(
                             }
                         });
                     }
+                    rack_message::Msg::Observations(o) => {
+                        let items: Vec<PowerObservation> = o
+                            .items
+                            .into_iter()
+                            .take(MAX_OBSERVATIONS)
+                            .map(|i| PowerObservation {
+                                system_id: i.system_id,
+                                power_state: i.power_state,
+                                error_kind: i.error_kind,
+                                message: i.message.chars().take(1000).collect(),
+                                observed_ms: i.observed_ms,
+                            })
+                            .collect();
+                        if recorded.load(Ordering::SeqCst) && !items.is_empty() {
+                            let op = Op::PowerObserved { rack: name.clone(), items };
+                            let cmd = Command::new(actor.as_str(), op);
+                            let app = app.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = app.region.write(cmd).await {
+                                    tracing::debug!("recording power observations: {e}");
+                                }
+                            });
+                        }
+                    }
                     rack_message::Msg::Hello(_) => {}
                 }},
                 Ok(Some(RackMessage { msg: None })) => {}
@@ -260,6 +287,13 @@ async fn run(
             },
             r = applied.changed() => if r.is_err() { break },
             _ = poll.tick() => {
+                let (fingerprint, list) = bmcs(&app, &name);
+                if fingerprint != last_bmcs {
+                    last_bmcs = fingerprint;
+                    if tx.send(msg(region_message::Msg::Bmcs(list))).await.is_err() {
+                        break;
+                    }
+                }
                 let now = app.cluster_endpoints();
                 if now != last_endpoints {
                     last_endpoints = now.clone();
@@ -312,13 +346,19 @@ fn deliver(
     }
     sent.retain(|id, _| st.pending_commands.contains(id));
     let mut out = Vec::new();
+    // Commands of one machine run one at a time, in order (a power plan's `boot-pxe` before its `cycle`):
+    // a machine with an older pending command gets nothing newer until that one's result is recorded.
+    let mut busy: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for id in &st.pending_commands {
-        if sent.get(id).is_some_and(|at| at.elapsed() < RESEND_AFTER) {
-            continue;
-        }
         let Some(c) = st.data.commands.get(id) else {
             continue;
         };
+        if !busy.insert(c.system_id.as_str()) {
+            continue;
+        }
+        if sent.get(id).is_some_and(|at| at.elapsed() < RESEND_AFTER) {
+            continue;
+        }
         let Some(m) = st.machine(&c.system_id) else {
             continue;
         };
@@ -335,4 +375,40 @@ fn deliver(
         });
     }
     Ok(out)
+}
+
+/// Most observations recorded from one message (a rack sends at most one per BMC it owns).
+const MAX_OBSERVATIONS: usize = 20_000;
+
+/// The BMCs rack `name` owns and should monitor (drivers that reach a real BMC), with a fingerprint of the
+/// list so the session sends it only when it changed.
+fn bmcs(app: &App, name: &str) -> (u64, Bmcs) {
+    use std::hash::{Hash, Hasher};
+    let st = app.region.state.read().unwrap_or_else(|p| p.into_inner());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut list = Vec::new();
+    if let Some(ids) = st.by_rack.get(name) {
+        for id in ids {
+            let Some(m) = st.machine(id) else { continue };
+            if !crate::apply::power::rack_driven(&m.power.driver) {
+                continue;
+            }
+            m.system_id.hash(&mut h);
+            m.power.hash(&mut h);
+            list.push(Bmc {
+                system_id: m.system_id.clone(),
+                driver: m.power.driver.clone(),
+                params: m.power.params.clone().into_iter().collect(),
+            });
+        }
+    }
+    // Never 0, so an empty list is sent once too.
+    let fp = h.finish() | 1;
+    (
+        fp,
+        Bmcs {
+            bmcs: list,
+            poll_interval_ms: 0,
+        },
+    )
 }

@@ -153,6 +153,8 @@ pub(crate) mod tests {
             progress: None,
             rack: None,
             power_state: String::new(),
+            power_error: String::new(),
+            power_checked_ms: 0,
         }
     }
 

@@ -259,6 +259,7 @@ pub(super) fn action(
         message,
     );
     state.put_machine(m.clone());
+    super::power::lifecycle(state, cmd, rev, m0.status, &m);
     Ok(Reply::Machine(Box::new(m)))
 }
 
@@ -342,6 +343,7 @@ pub(super) fn outcome(
         reason.to_string(),
     );
     state.put_machine(m.clone());
+    super::power::lifecycle(state, cmd, rev, m0.status, &m);
     Ok(Reply::Machine(Box::new(m)))
 }
 

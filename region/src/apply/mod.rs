@@ -7,6 +7,7 @@
 
 mod admin;
 pub mod machine;
+pub mod power;
 mod rack;
 
 use crate::command::{Command, Op, Reply, Response};
@@ -217,6 +218,8 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
                 progress: None,
                 rack: None,
                 power_state: String::new(),
+                power_error: String::new(),
+                power_checked_ms: 0,
             };
             machine::retag(state, &mut m);
             emit(
@@ -612,7 +615,7 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
             last_seen_ms,
         } => rack::disconnected(state, cmd, rev, name, session_id, *last_seen_ms),
         Op::QueuePower { system_id, action } => {
-            rack::queue_power(state, cmd, rev, system_id, action)
+            power::queue_power(state, cmd, rev, system_id, action)
         }
         Op::PowerResult {
             id,
@@ -621,17 +624,22 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
             error_kind,
             message,
             power_state,
-        } => rack::power_result(
+            next_boot,
+        } => power::power_result(
             state,
             cmd,
             rev,
-            *id,
-            r,
-            *success,
-            error_kind,
-            message,
-            power_state,
+            power::PowerReport {
+                id: *id,
+                rack: r,
+                success: *success,
+                error_kind,
+                message,
+                power_state,
+            },
+            next_boot,
         ),
+        Op::PowerObserved { rack: r, items } => power::power_observed(state, cmd, rev, r, items),
         Op::AssignBmcs { moves } => rack::assign(state, cmd, rev, moves),
     }
 }

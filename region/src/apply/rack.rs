@@ -1,12 +1,10 @@
-//! Rack controllers in the apply step: enrollment, sessions, BMC ownership, and the per-rack power
-//! command queue (queued once, result recorded once).
+//! Rack controllers in the apply step: enrollment, sessions and BMC ownership (the power command queue is
+//! in [`super::power`]).
 
 use super::emit;
 use crate::command::{Command, Reply, Response};
-use crate::state::{State, COMMANDS_MAX};
-use ingot_common::model::{
-    CommandState, EventLevel, PowerCommand, Rack, RackSession, POWER_ACTIONS,
-};
+use crate::state::State;
+use ingot_common::model::{EventLevel, Rack, RackSession};
 use ingot_common::{secret, validate, DomainError};
 
 fn log(state: &mut State, cmd: &Command, rev: u64, kind: &str, level: EventLevel, msg: String) {
@@ -224,150 +222,6 @@ pub(super) fn disconnected(
     Ok(Reply::Done)
 }
 
-/// Queues a power command for the machine's BMC.
-pub(super) fn queue_power(
-    state: &mut State,
-    cmd: &Command,
-    rev: u64,
-    system_id: &str,
-    action: &str,
-) -> Response {
-    if !POWER_ACTIONS.contains(&action) {
-        return Err(DomainError::invalid(
-            "action",
-            format!(
-                "'{action}' is not a power action; use one of {}",
-                POWER_ACTIONS.join(", ")
-            ),
-        ));
-    }
-    let Some(m) = state.machine(system_id).cloned() else {
-        return Err(DomainError::not_found(format!(
-            "machine {system_id} does not exist"
-        )));
-    };
-    if !state.is_admin(&cmd.actor) && m.owner.as_deref() != Some(cmd.actor.as_str()) {
-        return Err(DomainError::denied(format!(
-            "machine {system_id} is not yours; only its owner or an admin may drive its power"
-        )));
-    }
-    if m.power.driver.is_empty() {
-        return Err(DomainError::precondition(format!(
-            "machine {system_id} has no power driver; set one with `ingot machines update {system_id} --power-driver ...`"
-        )));
-    }
-    let id = state.data.next_command_id.max(1);
-    state.data.next_command_id = id + 1;
-    let c = PowerCommand {
-        id,
-        system_id: system_id.to_string(),
-        action: action.to_string(),
-        actor: cmd.actor.clone(),
-        state: CommandState::Pending,
-        rack: m.rack.clone(),
-        message: String::new(),
-        error_kind: String::new(),
-        power_state: String::new(),
-        created_ms: cmd.ts_ms,
-        done_ms: None,
-    };
-    state.data.commands.insert(id, c.clone());
-    state.pending_commands.insert(id);
-    // Bounded history: drop the oldest finished commands.
-    while state.data.commands.len() > COMMANDS_MAX {
-        let Some(oldest) = state
-            .data
-            .commands
-            .values()
-            .find(|c| c.state != CommandState::Pending)
-            .map(|c| c.id)
-        else {
-            break;
-        };
-        state.data.commands.remove(&oldest);
-    }
-    emit(
-        state,
-        cmd,
-        rev,
-        &format!("power.{action}"),
-        EventLevel::Info,
-        Some(&m),
-        None,
-        None,
-        format!(
-            "command {id} queued for rack {}",
-            m.rack.as_deref().unwrap_or("(none live yet)")
-        ),
-    );
-    Ok(Reply::Command(Box::new(c)))
-}
-
-/// Records a rack's result: the first result of a command wins; later ones (re-deliveries) are no-ops.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn power_result(
-    state: &mut State,
-    cmd: &Command,
-    rev: u64,
-    id: u64,
-    rack: &str,
-    success: bool,
-    error_kind: &str,
-    message: &str,
-    power_state: &str,
-) -> Response {
-    let Some(mut c) = state.data.commands.get(&id).cloned() else {
-        return Err(DomainError::not_found(format!("no power command {id}")));
-    };
-    if c.state != CommandState::Pending {
-        return Ok(Reply::Command(Box::new(c)));
-    }
-    c.state = if success {
-        CommandState::Done
-    } else {
-        CommandState::Failed
-    };
-    c.rack = Some(rack.to_string());
-    c.message = message.to_string();
-    c.error_kind = error_kind.to_string();
-    c.power_state = power_state.to_string();
-    c.done_ms = Some(cmd.ts_ms);
-    state.data.commands.insert(id, c.clone());
-    state.pending_commands.remove(&id);
-    let m = state.machine(&c.system_id).cloned();
-    if let Some(mut m) = m.clone() {
-        if success && !power_state.is_empty() && m.power_state != power_state {
-            m.power_state = power_state.to_string();
-            m.updated_ms = cmd.ts_ms;
-            m.revision = rev;
-            state.put_machine(m);
-        }
-    }
-    let (level, msg) = if success {
-        (
-            EventLevel::Info,
-            format!("command {id} done by rack {rack}: power {power_state}"),
-        )
-    } else {
-        (
-            EventLevel::Error,
-            format!("command {id} failed on rack {rack} ({error_kind}): {message}"),
-        )
-    };
-    emit(
-        state,
-        cmd,
-        rev,
-        &format!("power.{}.result", c.action),
-        level,
-        m.as_ref(),
-        None,
-        None,
-        msg,
-    );
-    Ok(Reply::Command(Box::new(c)))
-}
-
 /// Moves BMCs between racks.
 pub(super) fn assign(
     state: &mut State,
@@ -528,7 +382,7 @@ mod tests {
                     macs: vec!["52:54:00:00:00:01".parse().expect("mac")],
                     power: PowerParams {
                         driver: "sim".into(),
-                        params: Default::default(),
+                        params: [("state_dir".to_string(), "/tmp/bmc".to_string())].into(),
                     },
                     description: String::new(),
                     pool: None,
@@ -582,6 +436,7 @@ mod tests {
         };
         assert!(s.pending_commands.contains(&c.id));
         let result = |ok: bool, ps: &str| Op::PowerResult {
+            next_boot: Default::default(),
             id: c.id,
             rack: "ra".into(),
             success: ok,

@@ -1,0 +1,283 @@
+//! HTTP plumbing shared by the `redfish` and `webhook` drivers: a cache of `reqwest` clients keyed by TLS
+//! settings, and the translation of transport failures into [`DriverError`] classes.
+//!
+//! Why a cache: a `reqwest::Client` owns a connection pool and a TLS configuration. Building one per command
+//! would redo the TLS setup and throw away every kept-alive connection, so a rack polling 1,000 BMCs would
+//! open 1,000 new TCP (and TLS) connections per round. One client per distinct (verify, CA, timeout) triple
+//! keeps connections alive across commands; in practice a rack has one or two such triples.
+//!
+//! (Declared from `redfish.rs` with `#[path]` because `drivers/mod.rs` is shared; it can move to a plain
+//! `mod http;` there at any time.)
+
+use crate::drivers::DriverError;
+use std::error::Error as StdError;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The settings a client is built from; two requests with equal settings share one client (and its pool).
+#[derive(Clone, PartialEq, Eq)]
+struct ClientKey {
+    /// Verify the server certificate.
+    verify_tls: bool,
+    /// PEM CA bundle replacing the built-in roots (empty: built-in roots).
+    ca_cert: String,
+    /// Connect and whole-request timeout.
+    timeout_ms: u64,
+}
+
+/// Clients by TLS settings. Cheap to clone (shared behind an `Arc`); a linear scan is the fastest lookup
+/// for the handful of distinct settings a rack sees, and needs no allocation per request.
+#[derive(Clone, Default)]
+pub struct ClientCache {
+    clients: Arc<Mutex<Vec<(ClientKey, reqwest::Client)>>>,
+}
+
+impl std::fmt::Debug for ClientCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.clients.lock().map(|c| c.len()).unwrap_or(0);
+        f.debug_struct("ClientCache").field("clients", &n).finish()
+    }
+}
+
+/// Upper bound on cached clients: parameters come from operators, so a misconfigured fleet with a different
+/// timeout per machine must not grow the cache without limit (the oldest client is dropped).
+const MAX_CLIENTS: usize = 64;
+
+impl ClientCache {
+    /// The client for these settings, built on first use. A `ca_cert` that is not PEM is a `bmc` error
+    /// naming the parameter.
+    pub fn get(
+        &self,
+        verify_tls: bool,
+        ca_cert: &str,
+        timeout_ms: u64,
+    ) -> Result<reqwest::Client, DriverError> {
+        {
+            let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, c)) = clients.iter().find(|(k, _)| {
+                k.verify_tls == verify_tls && k.timeout_ms == timeout_ms && k.ca_cert == ca_cert
+            }) {
+                return Ok(c.clone());
+            }
+        }
+        let client = build(verify_tls, ca_cert, timeout_ms)?;
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        // Another task may have built the same client meanwhile: keep the first, so pools stay shared.
+        if let Some((_, c)) = clients.iter().find(|(k, _)| {
+            k.verify_tls == verify_tls && k.timeout_ms == timeout_ms && k.ca_cert == ca_cert
+        }) {
+            return Ok(c.clone());
+        }
+        if clients.len() >= MAX_CLIENTS {
+            clients.remove(0);
+        }
+        clients.push((
+            ClientKey {
+                verify_tls,
+                ca_cert: ca_cert.to_string(),
+                timeout_ms,
+            },
+            client.clone(),
+        ));
+        Ok(client)
+    }
+}
+
+fn build(verify_tls: bool, ca_cert: &str, timeout_ms: u64) -> Result<reqwest::Client, DriverError> {
+    let timeout = Duration::from_millis(timeout_ms);
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(50))
+        .tcp_nodelay(true)
+        .user_agent(concat!("ingot-rack/", env!("CARGO_PKG_VERSION")));
+    if !verify_tls {
+        b = b.danger_accept_invalid_certs(true);
+    }
+    if !ca_cert.is_empty() {
+        let certs = reqwest::Certificate::from_pem_bundle(ca_cert.as_bytes()).map_err(|e| {
+            DriverError::Bmc(format!(
+                "power parameter ca_cert is not a usable PEM certificate bundle ({e}); paste the BMC's CA \
+                 certificate(s) in PEM form"
+            ))
+        })?;
+        if certs.is_empty() {
+            return Err(DriverError::Bmc(
+                "power parameter ca_cert holds no certificate; paste the BMC's CA certificate in PEM form"
+                    .into(),
+            ));
+        }
+        b = b.tls_built_in_root_certs(false);
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().map_err(|e| {
+        DriverError::Bmc(format!(
+            "cannot set up the HTTP client (verify_tls={verify_tls}, ca_cert {}): {e}",
+            if ca_cert.is_empty() { "unset" } else { "set" }
+        ))
+    })
+}
+
+/// `url` without user info, query or fragment: what may appear in messages (webhook URLs can carry tokens
+/// in their query string).
+pub fn redact_url(url: &str) -> String {
+    let cut = url.find(['?', '#']).unwrap_or(url.len());
+    let url = &url[..cut];
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Turns a failed request into a driver error: transport failures (refused, timeout, DNS, TLS) are
+/// `unreachable` and say which; anything else (a body that could not be read, a redirect loop) is `bmc`.
+/// `what` says what was being done ("GET https://bmc/redfish/v1/"), without secrets.
+pub fn transport_error(what: &str, err: &reqwest::Error, timeout_ms: u64) -> DriverError {
+    let mut tls: Option<String> = None;
+    let mut refused = false;
+    let mut dns = false;
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn StdError + 'static)> = err.source();
+    let mut depth = 0;
+    while let Some(e) = cur {
+        depth += 1;
+        if depth > 16 {
+            break;
+        }
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            tls.get_or_insert_with(|| t.to_string());
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                refused = true;
+            }
+            // io::Error::source skips the wrapped error itself; look at it directly.
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                tls.get_or_insert_with(|| t.to_string());
+            }
+        }
+        let s = e.to_string();
+        let lower = s.to_ascii_lowercase();
+        if lower.contains("dns error") || lower.contains("failed to lookup address") {
+            dns = true;
+        }
+        if lower.contains("connection refused") {
+            refused = true;
+        }
+        if tls.is_none()
+            && (lower.contains("certificate")
+                || lower.contains("handshake")
+                || lower.contains("tls"))
+        {
+            tls = Some(s.clone());
+        }
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    let detail = if parts.is_empty() {
+        err.without_url_string()
+    } else {
+        parts.join(": ")
+    };
+    if err.is_timeout() {
+        return DriverError::Unreachable(format!(
+            "{what}: no answer within {timeout_ms} ms (timeout_ms); check the address and that the BMC is up"
+        ));
+    }
+    if let Some(t) = tls {
+        return DriverError::Unreachable(format!(
+            "{what}: TLS handshake failed: {t}; set ca_cert to the CA that signed the BMC's certificate (or \
+             verify_tls=false for a self-signed BMC on a trusted network), and check the address is https"
+        ));
+    }
+    if dns {
+        return DriverError::Unreachable(format!(
+            "{what}: DNS lookup failed ({detail}); check the host name in the address"
+        ));
+    }
+    if refused {
+        return DriverError::Unreachable(format!(
+            "{what}: connection refused; check the address and port and that the BMC's web service is on"
+        ));
+    }
+    if err.is_connect() || err.is_request() {
+        return DriverError::Unreachable(format!(
+            "{what}: connection failed ({detail}); check the address and the network path to the BMC"
+        ));
+    }
+    DriverError::Bmc(format!("{what}: {detail}"))
+}
+
+/// Helper trait: a reqwest error's message without the URL it carries.
+trait WithoutUrl {
+    fn without_url_string(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_string(&self) -> String {
+        let mut s = self.to_string();
+        if let Some(u) = self.url() {
+            s = s.replace(&format!(" ({u})"), "").replace(u.as_str(), "");
+        }
+        s
+    }
+}
+
+/// At most `max` bytes of `body` as text (cut at a character boundary, lossy for non-UTF-8), for messages
+/// that quote what a server answered.
+pub fn excerpt(body: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while end > 0 && !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_and_cuts() {
+        assert_eq!(
+            redact_url("https://u:p@h:8/a/b?token=x#f"),
+            "https://h:8/a/b"
+        );
+        assert_eq!(redact_url("http://h"), "http://h");
+        assert_eq!(excerpt("héllo".as_bytes(), 2), "h…");
+        assert_eq!(excerpt(b" ok ", 200), "ok");
+    }
+
+    #[test]
+    fn cache_shares_clients_and_checks_pem() {
+        let c = ClientCache::default();
+        c.get(true, "", 1000).ok();
+        c.get(true, "", 1000).ok();
+        c.get(false, "", 1000).ok();
+        assert_eq!(c.clients.lock().map(|v| v.len()).unwrap_or(0), 2);
+        let e = c
+            .get(
+                true,
+                "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n",
+                1000,
+            )
+            .err();
+        assert!(matches!(e, Some(DriverError::Bmc(m)) if m.contains("ca_cert")));
+    }
+}

@@ -1,0 +1,1 @@
+//! OpenIPMI ipmi_sim harness (being written).
