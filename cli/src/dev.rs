@@ -44,6 +44,14 @@ pub enum DevCmd {
         /// Extra flag for every `ingot-rack run`, e.g. --rack-arg=--heartbeat-ms=200 (repeatable)
         #[arg(long = "rack-arg", value_name = "FLAG", allow_hyphen_values = true)]
         rack_args: Vec<String>,
+        /// Number of simulated machines (ingot-sim: Redfish BMCs on loopback ports, an agent that
+        /// reports inventory and deployment), spread over the racks' zones and enlisted with the redfish
+        /// power driver (0: none)
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=5000))]
+        sims: u64,
+        /// Extra flag for `ingot-sim run`, e.g. --sim-arg=--power-delay-ms=2000 (repeatable)
+        #[arg(long = "sim-arg", value_name = "FLAG", allow_hyphen_values = true)]
+        sim_args: Vec<String>,
     },
     /// Stop the local cluster recorded in DIR, racks and regions (SIGTERM, then SIGKILL after 10 s)
     Down {
@@ -67,6 +75,8 @@ pub async fn run(ctx: &Ctx, cmd: DevCmd) -> Result<()> {
             racks,
             zones,
             rack_args,
+            sims,
+            sim_args,
         } => {
             let opts = LocalClusterOptions {
                 dir,
@@ -76,7 +86,11 @@ pub async fn run(ctx: &Ctx, cmd: DevCmd) -> Result<()> {
                 rack_args,
                 detach: true,
             };
-            up(ctx, opts, racks as usize, zones as usize).await
+            let sims = Sims {
+                count: sims as usize,
+                args: sim_args,
+            };
+            up(ctx, opts, racks as usize, zones as usize, sims).await
         }
         DevCmd::Down { dir, purge } => down(ctx, &dir, purge).await,
     }
@@ -123,6 +137,14 @@ impl Reporter {
         }
     }
 
+    /// A line that stays (above the spinner).
+    fn line(&self, line: String) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
     fn done(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -135,7 +157,67 @@ fn rack_zone(i: usize, zones: usize) -> String {
     format!("zone-{}", (i - 1) % zones.max(1) + 1)
 }
 
-async fn up(ctx: &Ctx, opts: LocalClusterOptions, racks: usize, zones: usize) -> Result<()> {
+/// The simulated machines `dev up` starts.
+struct Sims {
+    /// How many (0: none).
+    count: usize,
+    /// Extra `ingot-sim run` flags.
+    args: Vec<String>,
+}
+
+/// Starts the simulator (unless running or not wanted) and enlists its machines.
+async fn start_sims(
+    reporter: &Reporter,
+    cluster: &LocalCluster,
+    sims: &Sims,
+    zones: Vec<String>,
+) -> Result<()> {
+    if sims.count == 0 || cluster.is_sim_running() {
+        return Ok(());
+    }
+    // A restart keeps the recorded machine count (their MACs and names are derived from it).
+    let count = cluster
+        .sim()
+        .map(|s| s.machines.len())
+        .filter(|n| *n > 0)
+        .unwrap_or(sims.count);
+    reporter.on(Progress::Step(format!(
+        "starting {count} simulated machines"
+    )));
+    let sim = cluster
+        .start_sims(count, &zones, &sims.args)
+        .await
+        .context("starting ingot-sim failed")?;
+    reporter.on(Progress::Step(format!(
+        "enlisting {} simulated machines",
+        sim.machines.len()
+    )));
+    let clients = cluster.connect()?;
+    let created = cluster.enlist_sims(&clients, &sim).await?;
+    reporter.line(format!(
+        "✓ {} simulated machines (ingot-sim pid {}, {created} enlisted now, control {})",
+        sim.machines.len(),
+        sim.pid,
+        sim.control_url
+    ));
+    Ok(())
+}
+
+/// The zones of `racks` racks spread over `zones` zones (at least one: zone-1).
+fn used_zones(racks: usize, zones: usize) -> Vec<String> {
+    let mut v: Vec<String> = (1..=racks.max(1)).map(|i| rack_zone(i, zones)).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+async fn up(
+    ctx: &Ctx,
+    opts: LocalClusterOptions,
+    racks: usize,
+    zones: usize,
+    sims: Sims,
+) -> Result<()> {
     let reporter = Reporter::new();
     if opts.dir.join(CLUSTER_FILE).exists() {
         let cluster = LocalCluster::load(&opts.dir)?;
@@ -148,7 +230,8 @@ async fn up(ctx: &Ctx, opts: LocalClusterOptions, racks: usize, zones: usize) ->
             .filter(|r| !cluster.is_rack_running(&r.name))
             .map(|r| r.name)
             .collect();
-        if stopped.is_empty() && stopped_racks.is_empty() {
+        let sim_down = sims.count > 0 && !cluster.is_sim_running();
+        if stopped.is_empty() && stopped_racks.is_empty() && !sim_down {
             reporter.done();
             if !ctx.json() {
                 outln!(
@@ -177,8 +260,19 @@ async fn up(ctx: &Ctx, opts: LocalClusterOptions, racks: usize, zones: usize) ->
         let r = cluster
             .restart_stopped_with_progress(|p| reporter.on(p))
             .await;
+        if let Err(e) = r {
+            reporter.done();
+            return Err(e.context("restarting the stopped regions and racks failed"));
+        }
+        let mut zs: Vec<String> = cluster.racks().iter().map(|r| r.zone.clone()).collect();
+        zs.sort();
+        zs.dedup();
+        if zs.is_empty() {
+            zs.push("default".into());
+        }
+        let r = start_sims(&reporter, &cluster, &sims, zs).await;
         reporter.done();
-        r.context("restarting the stopped regions and racks failed")?;
+        r?;
         summary(ctx, &cluster, "restarted");
         return Ok(());
     }
@@ -203,6 +297,18 @@ async fn up(ctx: &Ctx, opts: LocalClusterOptions, racks: usize, zones: usize) ->
                 cluster.dir().display()
             )));
         }
+    }
+    let zs = if racks == 0 {
+        vec!["default".to_string()]
+    } else {
+        used_zones(racks, zones)
+    };
+    if let Err(e) = start_sims(&reporter, &cluster, &sims, zs).await {
+        reporter.done();
+        return Err(e.context(format!(
+            "the regions and racks keep running: `ingot dev down --dir {}` stops them",
+            cluster.dir().display()
+        )));
     }
     reporter.done();
     summary(ctx, &cluster, "started");
@@ -242,6 +348,13 @@ fn summary(ctx: &Ctx, cluster: &LocalCluster, state: &str) {
             "endpoints": cluster.endpoints(),
             "regions": regions.iter().map(region_json).collect::<Vec<_>>(),
             "racks": racks.iter().map(rack_json).collect::<Vec<_>>(),
+            "sim": cluster.sim().map(|s| json!({
+                "pid": s.pid,
+                "running": cluster.is_sim_running(),
+                "machines": s.machines.len(),
+                "control_url": s.control_url,
+                "log": s.log,
+            })),
         }));
         return;
     }
@@ -278,8 +391,19 @@ fn summary(ctx: &Ctx, cluster: &LocalCluster, state: &str) {
     outln!("  source {}", cluster.env_path().display());
     outln!("  ingot cluster list");
     outln!("  ingot racks list");
-    outln!("  ingot machines create --mac 52:54:00:00:00:01");
     outln!("  ingot machines list");
+    if let Some(s) = cluster.sim().filter(|s| !s.machines.is_empty()) {
+        let first = &s.machines[0].hostname;
+        outln!("  ingot machines commission {first} --wait      # a simulated machine: Redfish BMC + agent");
+        outln!("  ingot machines allocate && ingot machines deploy <ID> --wait");
+        outln!(
+            "  ingot-sim fault --dir {} {first} --wrong-password   # fault knobs (log: {})",
+            s.dir.display(),
+            s.log.display()
+        );
+    } else {
+        outln!("  ingot machines create --mac 52:54:00:00:00:01");
+    }
     outln!(
         "(or pass --profile {} instead of sourcing)",
         cluster.env_path().display()
@@ -312,6 +436,15 @@ async fn down(ctx: &Ctx, dir: &Path, purge: bool) -> Result<()> {
     let mut racks = Vec::new();
     if dir.join(CLUSTER_FILE).exists() {
         let cluster = LocalCluster::load(dir)?;
+        if let Some(s) = cluster.sim() {
+            let outcome = cluster.stop_sims().await;
+            if !ctx.json() {
+                outln!("ingot-sim (pid {}): {}", s.pid, outcome_text(outcome));
+            }
+            if outcome == StopOutcome::StillRunning && purge {
+                bail!("ingot-sim (pid {}) is still running; not purging", s.pid);
+            }
+        }
         let report = cluster.stop_all_report().await;
         let mut still_running = None;
         let processes = report

@@ -447,7 +447,14 @@ pub fn machine_record(m: &Machine) -> Table {
         ("power params", dash(&params)),
         ("power state", dash(&m.power_state)),
         ("power error", dash(&m.power_error)),
-        ("power checked", if m.power_checked_at.is_some() { ts(&m.power_checked_at) } else { "-".to_string() }),
+        (
+            "power checked",
+            if m.power_checked_at.is_some() {
+                ts(&m.power_checked_at)
+            } else {
+                "-".to_string()
+            },
+        ),
         ("rack", dash(&m.rack)),
         ("description", dash(&m.description)),
     ];

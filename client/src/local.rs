@@ -16,8 +16,10 @@
 //! `RackService.CreateEnrollmentToken`, then `ingot-rack register` and `ingot-rack run` (see `rack.rs`).
 
 mod rack;
+mod sim;
 
 pub use rack::{is_rack_process, rack_client, LocalRack, RackClient, StoppedRack};
+pub use sim::{is_sim_process, LocalSim, SimMachine, SIM_BIN};
 
 use crate::config::{shell_quote, ENV_CA, ENV_ENDPOINTS, ENV_TOKEN};
 use crate::{retry_unavailable, ClientConfig, Clients};
@@ -212,6 +214,9 @@ pub struct LocalCluster {
     racks: Mutex<Vec<rack::RackSlot>>,
     /// Serializes [`LocalCluster::save`] (racks may be added from concurrent tasks).
     save_lock: Mutex<()>,
+    /// The `ingot-sim` process this handle started ([`LocalCluster::start_sims`]), killed on drop unless
+    /// detached.
+    sim_child: Mutex<Option<Child>>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -280,6 +285,7 @@ impl LocalCluster {
             rack_args: opts.rack_args.clone(),
             racks: Mutex::new(Vec::new()),
             save_lock: Mutex::new(()),
+            sim_child: Mutex::new(None),
         };
         let detach = opts.detach;
 
@@ -386,6 +392,7 @@ impl LocalCluster {
                     .collect(),
             ),
             save_lock: Mutex::new(()),
+            sim_child: Mutex::new(None),
         })
     }
 
@@ -871,6 +878,17 @@ impl Drop for LocalCluster {
         if self.detach {
             return;
         }
+        if let Some(c) = self
+            .sim_child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
         for r in self.rack_slots().iter_mut() {
             if let Some(c) = r.child.as_mut() {
                 if matches!(c.try_wait(), Ok(None)) {
@@ -959,7 +977,7 @@ pub fn is_region_process(pid: u32, data_dir: &Path) -> bool {
 }
 
 /// True if `pid` is alive and its command line is `<…bin…> ... <data_dir> ...`.
-fn is_process_of(pid: u32, bin: &str, data_dir: &Path) -> bool {
+pub(crate) fn is_process_of(pid: u32, bin: &str, data_dir: &Path) -> bool {
     if pid == 0 {
         return false;
     }
@@ -1006,7 +1024,7 @@ pub fn log_tail(path: &Path) -> String {
     }
 }
 
-fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = OpenOptions::new()

@@ -210,10 +210,7 @@ impl<'a> Reader<'a> {
         };
         match s.parse::<T>() {
             Ok(v) if v >= min && v <= max => Ok(v),
-            _ => Err(self.err(
-                key,
-                format!("'{s}' is not a number from {min} to {max}"),
-            )),
+            _ => Err(self.err(key, format!("'{s}' is not a number from {min} to {max}"))),
         }
     }
 
@@ -421,15 +418,26 @@ mod tests {
 
     #[test]
     fn ipmi_defaults_and_errors() {
-        let d = DriverParams::parse("power", "ipmi", &p(&[("address", "10.0.0.5"), ("password", " s p ")]))
-            .unwrap();
+        let d = DriverParams::parse(
+            "power",
+            "ipmi",
+            &p(&[("address", "10.0.0.5"), ("password", " s p ")]),
+        )
+        .unwrap();
         let DriverParams::Ipmi(i) = d else { panic!() };
-        assert_eq!((i.port, i.cipher_suite, i.privilege), (623, 3, IpmiPrivilege::Administrator));
+        assert_eq!(
+            (i.port, i.cipher_suite, i.privilege),
+            (623, 3, IpmiPrivilege::Administrator)
+        );
         assert_eq!(i.password, " s p ");
         let e = DriverParams::parse("power", "ipmi", &p(&[])).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("power.params.address"));
-        let e = DriverParams::parse("power", "ipmi", &p(&[("address", "h"), ("cipher_suite", "5")]))
-            .unwrap_err();
+        let e = DriverParams::parse(
+            "power",
+            "ipmi",
+            &p(&[("address", "h"), ("cipher_suite", "5")]),
+        )
+        .unwrap_err();
         assert!(e.message.contains("cipher suite 5"), "{e:?}");
         let e = DriverParams::parse("power", "ipmi", &p(&[("address", "h"), ("pasword", "x")]))
             .unwrap_err();
@@ -448,7 +456,8 @@ mod tests {
         assert!(r.verify_tls);
         let e = DriverParams::parse("power", "redfish", &p(&[("address", "ftp://x")])).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("power.params.address"));
-        let e = DriverParams::parse("power", "webhook", &p(&[("on_url", "http://h/on")])).unwrap_err();
+        let e =
+            DriverParams::parse("power", "webhook", &p(&[("on_url", "http://h/on")])).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("power.params.off_url"));
         assert!(DriverParams::parse("power", "manual", &p(&[])).is_ok());
         let e = DriverParams::parse("power", "bogus", &p(&[])).unwrap_err();

@@ -505,7 +505,7 @@ impl LocalCluster {
 }
 
 /// The log opened for appending, twice (stdout and stderr).
-fn open_log(path: &Path) -> Result<(Stdio, Stdio)> {
+pub(super) fn open_log(path: &Path) -> Result<(Stdio, Stdio)> {
     let f = OpenOptions::new()
         .create(true)
         .append(true)

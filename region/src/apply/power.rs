@@ -266,7 +266,10 @@ pub(super) fn power_result(
     let (level, msg) = if r.success {
         (
             EventLevel::Info,
-            format!("command {id} done by rack {}: power {}", r.rack, r.power_state),
+            format!(
+                "command {id} done by rack {}: power {}",
+                r.rack, r.power_state
+            ),
         )
     } else {
         (
@@ -538,7 +541,11 @@ mod tests {
                     rack: "ra".into(),
                     success: ok,
                     error_kind: kind.into(),
-                    message: if ok { String::new() } else { "no answer".into() },
+                    message: if ok {
+                        String::new()
+                    } else {
+                        "no answer".into()
+                    },
                     power_state: ps.into(),
                     next_boot: BootTokens::generate(),
                 },
@@ -555,19 +562,37 @@ mod tests {
     #[test]
     fn commissioning_boots_and_powers_off_and_release_completes_on_off() {
         let (mut s, mut rev) = setup();
-        act(&mut s, &mut rev, Action::Commission, ActionArgs { boot: BootTokens::generate(), ..Default::default() });
+        act(
+            &mut s,
+            &mut rev,
+            Action::Commission,
+            ActionArgs {
+                boot: BootTokens::generate(),
+                ..Default::default()
+            },
+        );
         let p = pending(&s);
         assert_eq!(p.len(), 2, "{p:?}");
-        assert_eq!((p[0].1.as_str(), p[0].2, p[0].3), ("boot-pxe", Some(Commissioning), false));
+        assert_eq!(
+            (p[0].1.as_str(), p[0].2, p[0].3),
+            ("boot-pxe", Some(Commissioning), false)
+        );
         assert_eq!((p[1].1.as_str(), p[1].3), ("cycle", false));
         // An unsupported boot-device step only warns; the cycle goes on.
         result(&mut s, &mut rev, p[0].0, false, "unsupported", "");
         assert_eq!(status(&s), Commissioning);
         result(&mut s, &mut rev, p[1].0, true, "", "on");
-        assert_eq!(status(&s), Commissioning, "the agent, not the power step, ends commissioning");
+        assert_eq!(
+            status(&s),
+            Commissioning,
+            "the agent, not the power step, ends commissioning"
+        );
         // The agent's success: Ready, and the machine is powered off.
         rev += 1;
-        let boot_id = s.machine("m1").and_then(|m| m.boot.clone()).map(|b| b.boot_id);
+        let boot_id = s
+            .machine("m1")
+            .and_then(|m| m.boot.clone())
+            .map(|b| b.boot_id);
         apply(
             &mut s,
             &cmd(
@@ -586,7 +611,11 @@ mod tests {
         .expect("done");
         assert_eq!(status(&s), Ready);
         let p = pending(&s);
-        assert_eq!((p.len(), p[0].1.as_str(), p[0].2), (1, "off", None), "{p:?}");
+        assert_eq!(
+            (p.len(), p[0].1.as_str(), p[0].2),
+            (1, "off", None),
+            "{p:?}"
+        );
         result(&mut s, &mut rev, p[0].0, true, "", "off");
         assert_eq!(s.machine("m1").expect("m1").power_state, "off");
 
@@ -600,29 +629,62 @@ mod tests {
         m.owner = Some("admin".into());
         m.revision = rev;
         s.put_machine(m);
-        act(&mut s, &mut rev, Action::Release, ActionArgs { erase: EraseMode::Quick, ..Default::default() });
+        act(
+            &mut s,
+            &mut rev,
+            Action::Release,
+            ActionArgs {
+                erase: EraseMode::Quick,
+                ..Default::default()
+            },
+        );
         assert_eq!(status(&s), Releasing);
         let p = pending(&s);
-        assert_eq!((p.len(), p[0].1.as_str(), p[0].3), (1, "off", true), "{p:?}");
+        assert_eq!(
+            (p.len(), p[0].1.as_str(), p[0].3),
+            (1, "off", true),
+            "{p:?}"
+        );
         result(&mut s, &mut rev, p[0].0, true, "", "off");
         assert_eq!(status(&s), DiskErasing);
         let p = pending(&s);
-        assert_eq!(p.iter().map(|x| x.1.as_str()).collect::<Vec<_>>(), ["boot-pxe", "cycle"]);
+        assert_eq!(
+            p.iter().map(|x| x.1.as_str()).collect::<Vec<_>>(),
+            ["boot-pxe", "cycle"]
+        );
         // A failed power step fails the status with the driver's reason and cancels the rest.
         result(&mut s, &mut rev, p[0].0, false, "auth", "");
         assert_eq!(status(&s), FailedDiskErasing);
         let m = s.machine("m1").expect("m1");
-        assert!(m.status_message.contains("power boot-pxe failed (auth)"), "{}", m.status_message);
+        assert!(
+            m.status_message.contains("power boot-pxe failed (auth)"),
+            "{}",
+            m.status_message
+        );
         // The rest of the plan is cancelled; the failed machine is powered off.
         assert_eq!(s.data.commands[&p[1].0].state, CommandState::Failed);
         let after = pending(&s);
-        assert_eq!(after.iter().map(|x| (x.1.as_str(), x.2)).collect::<Vec<_>>(), [("off", None)]);
+        assert_eq!(
+            after
+                .iter()
+                .map(|x| (x.1.as_str(), x.2))
+                .collect::<Vec<_>>(),
+            [("off", None)]
+        );
     }
 
     #[test]
     fn a_new_status_cancels_the_old_plan_and_observations_never_change_status() {
         let (mut s, mut rev) = setup();
-        act(&mut s, &mut rev, Action::Commission, ActionArgs { boot: BootTokens::generate(), ..Default::default() });
+        act(
+            &mut s,
+            &mut rev,
+            Action::Commission,
+            ActionArgs {
+                boot: BootTokens::generate(),
+                ..Default::default()
+            },
+        );
         let old = pending(&s);
         act(&mut s, &mut rev, Action::Abort, ActionArgs::default());
         let p = pending(&s);
@@ -649,19 +711,31 @@ mod tests {
         rev += 1;
         apply(&mut s, &cmd(rev, obs("ra", "", "unreachable")), rev).expect("obs");
         let m = s.machine("m1").expect("m1");
-        assert_eq!((m.power_error.as_str(), m.status), ("unreachable: x", before));
+        assert_eq!(
+            (m.power_error.as_str(), m.status),
+            ("unreachable: x", before)
+        );
         rev += 1;
         apply(&mut s, &cmd(rev, obs("ra", "off", "")), rev).expect("obs");
         let m = s.machine("m1").expect("m1");
-        assert_eq!((m.power_error.as_str(), m.power_state.as_str()), ("", "off"));
+        assert_eq!(
+            (m.power_error.as_str(), m.power_state.as_str()),
+            ("", "off")
+        );
     }
 
     #[test]
     fn plans() {
-        assert_eq!(plan(Ready, Commissioning), (&["boot-pxe", "cycle"][..], false));
+        assert_eq!(
+            plan(Ready, Commissioning),
+            (&["boot-pxe", "cycle"][..], false)
+        );
         assert_eq!(plan(Deployed, Releasing), (&["off"][..], true));
         assert_eq!(plan(Commissioning, Ready), (&["off"][..], false));
-        assert_eq!(plan(RescueMode, ExitingRescueMode), (&["boot-disk", "cycle"][..], true));
+        assert_eq!(
+            plan(RescueMode, ExitingRescueMode),
+            (&["boot-disk", "cycle"][..], true)
+        );
         assert_eq!(plan(Ready, Allocated).0.len(), 0);
         assert_eq!(plan(Deploying, Deployed).0.len(), 0);
     }
