@@ -97,7 +97,8 @@ pub struct GrpcRegion {
 impl GrpcRegion {
     /// Reads the CA and prepares the (lazily connecting) channel; must be called inside a Tokio runtime.
     pub fn connect(cfg: &AgentConfig) -> Result<GrpcRegion, SimError> {
-        let endpoints = ingot_client::config::split_endpoints(cfg.endpoints.iter().map(String::as_str));
+        let endpoints =
+            ingot_client::config::split_endpoints(cfg.endpoints.iter().map(String::as_str));
         if endpoints.is_empty() {
             return Err(SimError::config(
                 "agent.endpoints",
@@ -110,11 +111,12 @@ impl GrpcRegion {
                 "empty: give the cluster's admin token (e.g. the first region's admin.token)",
             ));
         }
-        let ca_pem = std::fs::read_to_string(&cfg.ca_pem_path).map_err(|source| SimError::Read {
-            what: "the cluster CA certificate",
-            path: cfg.ca_pem_path.clone(),
-            source,
-        })?;
+        let ca_pem =
+            std::fs::read_to_string(&cfg.ca_pem_path).map_err(|source| SimError::Read {
+                what: "the cluster CA certificate",
+                path: cfg.ca_pem_path.clone(),
+                source,
+            })?;
         let clients = ingot_client::ClientConfig {
             endpoints,
             ca_pem,
@@ -171,7 +173,9 @@ impl RegionApi for GrpcRegion {
                 boot_token: token.to_string(),
                 inventory: Some(ingot_proto::convert::inventory_to_proto(inventory)),
             };
-            timed(self.clients.agent().report_inventory(req)).await.map(|_| ())
+            timed(self.clients.agent().report_inventory(req))
+                .await
+                .map(|_| ())
         })
     }
 
@@ -189,7 +193,9 @@ impl RegionApi for GrpcRegion {
                 message: message.to_string(),
                 percent,
             };
-            timed(self.clients.agent().report_progress(req)).await.map(|_| ())
+            timed(self.clients.agent().report_progress(req))
+                .await
+                .map(|_| ())
         })
     }
 
@@ -207,7 +213,9 @@ impl RegionApi for GrpcRegion {
                 success,
                 reason: reason.to_string(),
             };
-            timed(self.clients.agent().report_result(req)).await.map(|_| ())
+            timed(self.clients.agent().report_result(req))
+                .await
+                .map(|_| ())
         })
     }
 }
@@ -305,9 +313,18 @@ impl Agent {
         tracing::debug!(machine = %host, purpose = %creds.purpose, boot = %creds.boot_id, "agent running");
         let r = match creds.purpose.as_str() {
             "commissioning" => self.commission(machine, &creds).await,
-            "testing" => self.steps(&creds, &[ProgressStep::new("testing: smartctl, memtester", 50)]).await,
+            "testing" => {
+                self.steps(
+                    &creds,
+                    &[ProgressStep::new("testing: smartctl, memtester", 50)],
+                )
+                .await
+            }
             "deploying" => self.steps(&creds, &self.deploy_steps).await,
-            "erasing" => self.steps(&creds, &[ProgressStep::new("erasing: wiping disks", 50)]).await,
+            "erasing" => {
+                self.steps(&creds, &[ProgressStep::new("erasing: wiping disks", 50)])
+                    .await
+            }
             "rescue" => Ok(()),
             other => Err(Stop::Failed(format!(
                 "boot purpose '{other}' is not one the simulated agent knows \
@@ -315,12 +332,13 @@ impl Agent {
             ))),
         };
         let r = match r {
-            Ok(()) => self
-                .call("ReportResult", || {
+            Ok(()) => {
+                self.call("ReportResult", || {
                     self.region
                         .report_result(&creds.system_id, &creds.token, true, "")
                 })
-                .await,
+                .await
+            }
             Err(stop) => Err(stop),
         };
         match r {
@@ -360,7 +378,11 @@ impl Agent {
         match retry_unavailable(f, self.retry).await {
             Ok(()) => Ok(()),
             Err(s) if s.code() == Code::Unauthenticated => Err(Stop::Superseded),
-            Err(s) => Err(Stop::Failed(format!("{what}: {:?}: {}", s.code(), s.message()))),
+            Err(s) => Err(Stop::Failed(format!(
+                "{what}: {:?}: {}",
+                s.code(),
+                s.message()
+            ))),
         }
     }
 }

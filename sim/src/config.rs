@@ -105,8 +105,7 @@ impl FleetConfig {
                 ));
             }
         }
-        if self.username.is_empty() || self.username.contains(':') || has_control(&self.username)
-        {
+        if self.username.is_empty() || self.username.contains(':') || has_control(&self.username) {
             return Err(SimError::config(
                 "username",
                 "needs at least one character and no ':' or control characters (HTTP basic auth)",

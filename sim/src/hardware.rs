@@ -63,10 +63,24 @@ struct Profile {
     cpus: &'static [u32],
     cpu_models: &'static [&'static str],
     memory_gib: &'static [u64],
-    /// (kind, count range, size range GiB)
-    disks: &'static [(DiskKind, (usize, usize), (u64, u64))],
+    disks: &'static [DiskSpec],
     nic_speeds: &'static [u64],
     nics: (usize, usize),
+}
+
+/// Disks of one kind in a profile: how many (inclusive range) and how large (GiB, inclusive range).
+struct DiskSpec {
+    kind: DiskKind,
+    count: (usize, usize),
+    size_gib: (u64, u64),
+}
+
+const fn disks(kind: DiskKind, count: (usize, usize), size_gib: (u64, u64)) -> DiskSpec {
+    DiskSpec {
+        kind,
+        count,
+        size_gib,
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -84,7 +98,7 @@ const PROFILES: &[(u32, Profile)] = &[
             cpus: &[4, 8],
             cpu_models: &["Intel(R) Xeon(R) E-2288G", "AMD EPYC 4344P"],
             memory_gib: &[8, 16, 32],
-            disks: &[(DiskKind::Ssd, (1, 1), (240, 480))],
+            disks: &[disks(DiskKind::Ssd, (1, 1), (240, 480))],
             nic_speeds: &[1_000],
             nics: (1, 2),
         },
@@ -96,7 +110,7 @@ const PROFILES: &[(u32, Profile)] = &[
             cpus: &[16, 24, 32],
             cpu_models: &["Intel(R) Xeon(R) Gold 6338", "AMD EPYC 7313"],
             memory_gib: &[64, 128],
-            disks: &[(DiskKind::Ssd, (1, 2), (480, 960))],
+            disks: &[disks(DiskKind::Ssd, (1, 2), (480, 960))],
             nic_speeds: &[10_000, 25_000],
             nics: (2, 2),
         },
@@ -109,8 +123,8 @@ const PROFILES: &[(u32, Profile)] = &[
             cpu_models: &["Intel(R) Xeon(R) Silver 4314", "AMD EPYC 7302P"],
             memory_gib: &[128, 256],
             disks: &[
-                (DiskKind::Ssd, (1, 1), (480, 480)),
-                (DiskKind::Hdd, (4, 8), (4_000, 16_000)),
+                disks(DiskKind::Ssd, (1, 1), (480, 480)),
+                disks(DiskKind::Hdd, (4, 8), (4_000, 16_000)),
             ],
             nic_speeds: &[25_000],
             nics: (2, 3),
@@ -123,7 +137,7 @@ const PROFILES: &[(u32, Profile)] = &[
             cpus: &[64, 96, 128],
             cpu_models: &["AMD EPYC 9354", "Intel(R) Xeon(R) Platinum 8480+"],
             memory_gib: &[256, 512, 1024],
-            disks: &[(DiskKind::Nvme, (2, 4), (1_600, 3_840))],
+            disks: &[disks(DiskKind::Nvme, (2, 4), (1_600, 3_840))],
             nic_speeds: &[25_000, 100_000],
             nics: (2, 3),
         },
@@ -151,12 +165,13 @@ pub fn inventory(seed: u64, index: usize, uuid: &str) -> Inventory {
         roll -= w;
     }
 
-    let mut disks = Vec::new();
+    let mut disk_list = Vec::new();
     let (mut sd, mut nvme) = (0u8, 0u8);
-    for (kind, (lo, hi), (min, max)) in profile.disks {
-        let n = rng.gen_range(*lo..=*hi);
+    for spec in profile.disks {
+        let kind = &spec.kind;
+        let n = rng.gen_range(spec.count.0..=spec.count.1);
         for _ in 0..n {
-            let size = rng.gen_range(*min..=*max);
+            let size = rng.gen_range(spec.size_gib.0..=spec.size_gib.1);
             let serial = format!("SIM{:08X}", rng.gen::<u32>());
             let disk = match kind {
                 DiskKind::Nvme => {
@@ -189,7 +204,7 @@ pub fn inventory(seed: u64, index: usize, uuid: &str) -> Inventory {
                     }
                 }
             };
-            disks.push(disk);
+            disk_list.push(disk);
         }
     }
 
@@ -218,7 +233,7 @@ pub fn inventory(seed: u64, index: usize, uuid: &str) -> Inventory {
         cpu_count: *pick(&mut rng, profile.cpus),
         cpu_model: (*pick(&mut rng, profile.cpu_models)).into(),
         memory_mib: pick(&mut rng, profile.memory_gib) * 1024,
-        disks,
+        disks: disk_list,
         nics,
         firmware: Firmware {
             boot_mode: if uefi { "uefi" } else { "bios" }.into(),

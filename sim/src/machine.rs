@@ -52,6 +52,14 @@ pub enum PowerState {
 }
 
 impl PowerState {
+    /// The control API's spelling (`on` / `off`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerState::On => "on",
+            PowerState::Off => "off",
+        }
+    }
+
     /// Redfish spelling (`On` / `Off`).
     pub fn redfish(self) -> &'static str {
         match self {
@@ -488,10 +496,8 @@ impl SimMachine {
     /// Waits until the BMC is no longer `unresponsive`, or `max` passed. Returns false on timeout.
     pub(crate) async fn wait_responsive(&self, max: Duration) -> bool {
         let mut rx = self.faults.subscribe();
-        matches!(
-            tokio::time::timeout(max, rx.wait_for(|f| !f.unresponsive)).await,
-            Ok(Ok(_))
-        )
+        let r = tokio::time::timeout(max, rx.wait_for(|f| !f.unresponsive)).await;
+        matches!(r, Ok(Ok(_)))
     }
 
     /// True when `username`/`password` are this BMC's credentials (compared as digests).

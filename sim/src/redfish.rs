@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// The id of the BMC's one Manager resource.
 pub const MANAGER_ID: &str = "BMC";
@@ -47,6 +48,8 @@ struct Session {
 /// The BMC's own state beyond the machine's: login sessions and the flapping counter.
 struct Bmc {
     machine: Arc<SimMachine>,
+    /// Becomes true when the fleet stops: requests held by `unresponsive` end.
+    stopping: watch::Receiver<bool>,
     /// Sessions by the SHA-256 of their token.
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     next_session: AtomicU64,
@@ -54,10 +57,12 @@ struct Bmc {
 }
 
 /// The Redfish service of `machine`'s BMC. Cheap: one `Router` with a single fallback handler, so a
-/// process can serve thousands of BMCs.
-pub fn router(machine: Arc<SimMachine>) -> Router {
+/// process can serve thousands of BMCs. `stopping` turning true releases requests an `unresponsive` BMC
+/// holds.
+pub fn router(machine: Arc<SimMachine>, stopping: watch::Receiver<bool>) -> Router {
     let bmc = Arc::new(Bmc {
         machine,
+        stopping,
         sessions: Mutex::new(HashMap::new()),
         next_session: AtomicU64::new(1),
         flap: AtomicU64::new(0),
@@ -93,7 +98,12 @@ fn no_content() -> Response {
 }
 
 /// A Redfish error body (`error` with `@Message.ExtendedInfo`) with a Base registry message id.
-fn redfish_error(status: StatusCode, message_id: &str, message: &str, resolution: &str) -> Response {
+fn redfish_error(
+    status: StatusCode,
+    message_id: &str,
+    message: &str,
+    resolution: &str,
+) -> Response {
     let severity = if status.is_server_error() {
         "Critical"
     } else {
@@ -182,7 +192,7 @@ async fn dispatch(
     let m = &bmc.machine;
     m.requests.fetch_add(1, Ordering::Relaxed);
     let faults = m.faults();
-    if faults.unresponsive && !m.wait_responsive(UNRESPONSIVE_MAX).await {
+    if faults.unresponsive && !wait_responsive(&bmc).await {
         return redfish_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceTemporarilyUnavailable",
@@ -225,6 +235,16 @@ async fn dispatch(
         return route(&bmc, rest, &method, &body, uri.path(), true);
     }
     route(&bmc, rest, &method, &body, uri.path(), false)
+}
+
+/// Holds a request while the machine is `unresponsive`; false if it still is after [`UNRESPONSIVE_MAX`]
+/// or the fleet is stopping.
+async fn wait_responsive(bmc: &Bmc) -> bool {
+    let mut stopping = bmc.stopping.clone();
+    tokio::select! {
+        r = bmc.machine.wait_responsive(UNRESPONSIVE_MAX) => r,
+        _ = stopping.wait_for(|s| *s) => false,
+    }
 }
 
 fn route(
@@ -323,11 +343,7 @@ fn route(
         },
         ["SessionService", "Sessions", id] => {
             let mut sessions = lock(&bmc.sessions);
-            let Some(key) = sessions
-                .iter()
-                .find(|(_, s)| s.id == *id)
-                .map(|(k, _)| *k)
-            else {
+            let Some(key) = sessions.iter().find(|(_, s)| s.id == *id).map(|(k, _)| *k) else {
                 return not_found(path);
             };
             match *method {
@@ -423,23 +439,27 @@ fn authenticate(bmc: &Bmc, headers: &HeaderMap) -> bool {
     }
 }
 
-fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Response> {
+/// The body as a JSON object, `None` if it is not one (answer [`malformed`]).
+fn parse_object(body: &[u8]) -> Option<Map<String, Value>> {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(o)) => Ok(o),
-        _ => Err(bad_request(
-            "MalformedJSON",
-            "The request body submitted was malformed JSON and could not be parsed by the receiving service.",
-            "Ensure that the request body is a valid JSON object and resubmit the request.",
-        )),
+        Ok(Value::Object(o)) => Some(o),
+        _ => None,
     }
+}
+
+fn malformed() -> Response {
+    bad_request(
+        "MalformedJSON",
+        "The request body submitted was malformed JSON and could not be parsed by the receiving service.",
+        "Ensure that the request body is a valid JSON object and resubmit the request.",
+    )
 }
 
 /// `POST /redfish/v1/SessionService/Sessions {UserName, Password}`: 201 with `X-Auth-Token` and
 /// `Location`.
 fn login(bmc: &Bmc, body: &[u8]) -> Response {
-    let o = match parse_object(body) {
-        Ok(o) => o,
-        Err(r) => return r,
+    let Some(o) = parse_object(body) else {
+        return malformed();
     };
     let (Some(user), Some(pass)) = (
         o.get("UserName").and_then(Value::as_str),
@@ -547,9 +567,8 @@ fn system(bmc: &Bmc, lie: bool) -> Response {
 /// `PATCH /redfish/v1/Systems/{id}` with `{"Boot": {...}}`: every value is checked before anything
 /// changes.
 fn patch_system(bmc: &Bmc, body: &[u8]) -> Response {
-    let o = match parse_object(body) {
-        Ok(o) => o,
-        Err(r) => return r,
+    let Some(o) = parse_object(body) else {
+        return malformed();
     };
     let mut target = None;
     let mut enabled = None;
@@ -611,9 +630,8 @@ fn patch_system(bmc: &Bmc, body: &[u8]) -> Response {
 /// `POST .../Actions/ComputerSystem.Reset {ResetType}`: 204, the power change following after the
 /// fleet's power delay.
 fn reset(bmc: &Bmc, body: &[u8]) -> Response {
-    let o = match parse_object(body) {
-        Ok(o) => o,
-        Err(r) => return r,
+    let Some(o) = parse_object(body) else {
+        return malformed();
     };
     let allowed = ResetType::ALL.map(|(_, n)| n).join(", ");
     let Some(v) = o.get("ResetType") else {

@@ -90,6 +90,7 @@ fn build(verify_tls: bool, ca_cert: &str, timeout_ms: u64) -> Result<reqwest::Cl
         .timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(50))
         .tcp_nodelay(true)
+        .redirect(same_host_redirects())
         .user_agent(concat!("ingot-rack/", env!("CARGO_PKG_VERSION")));
     if !verify_tls {
         b = b.danger_accept_invalid_certs(true);
@@ -117,6 +118,25 @@ fn build(verify_tls: bool, ca_cert: &str, timeout_ms: u64) -> Result<reqwest::Cl
             "cannot set up the HTTP client (verify_tls={verify_tls}, ca_cert {}): {e}",
             if ca_cert.is_empty() { "unset" } else { "set" }
         ))
+    })
+}
+
+/// Follows at most 5 redirects, and only to the same host: the Redfish session header (`X-Auth-Token`) is not
+/// one reqwest strips on a cross-host redirect, and credentials must only ever go to the configured address.
+/// A redirect elsewhere is returned as the 3xx answer, which the drivers report with its `Location`.
+fn same_host_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_host = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.host_str() == attempt.url().host_str());
+        if attempt.previous().len() > 5 {
+            attempt.error("more than 5 redirects")
+        } else if same_host {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
     })
 }
 
@@ -208,7 +228,8 @@ pub fn transport_error(what: &str, err: &reqwest::Error, timeout_ms: u64) -> Dri
     }
     if refused {
         return DriverError::Unreachable(format!(
-            "{what}: connection refused; check the address and port and that the BMC's web service is on"
+            "{what}: connection refused; check the address and port and that the BMC (or endpoint) is \
+             listening"
         ));
     }
     if err.is_connect() || err.is_request() {

@@ -7,6 +7,7 @@
 //! driver reads its parameters with [`ingot_common::power::DriverParams`], the parser the region used when
 //! the operator set them.
 
+pub mod http;
 pub mod ipmi;
 pub mod manual;
 pub mod redfish;

@@ -15,13 +15,10 @@
 //!    power changes seconds after accepting them. Boot overrides PATCH `Boot.BootSourceOverrideTarget`
 //!    (Pxe / Hdd) with `BootSourceOverrideEnabled` Once or Continuous.
 //!
-//! Clients (connection pools) are shared per TLS setting (see [`http`]); nothing is built per command.
+//! Clients (connection pools) are shared per TLS setting (see [`super::http`]); nothing is built per command.
 //! Passwords and tokens never appear in messages or logs.
 
-#[path = "http.rs"]
-pub mod http;
-
-use self::http::{excerpt, redact_url, transport_error, ClientCache};
+use super::http::{excerpt, redact_url, transport_error, ClientCache};
 use super::{DriverError, PowerAction, PowerDriver, PowerOutcome, PowerRequest, PowerState};
 use ingot_common::power::{DriverParams, RedfishAuth, RedfishParams};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, ETAG, IF_MATCH, LOCATION};
@@ -141,6 +138,16 @@ impl Reply {
                 "{}: the BMC refused the credentials (HTTP {code}{detail}); check username and password, and \
                  that the user may control power",
                 self.what
+            )),
+            300..=399 => DriverError::Bmc(format!(
+                "{}: the BMC redirected to {} (another host, not followed: credentials go only to the \
+                 configured address); set the address to the BMC's real URL",
+                self.what,
+                self.headers
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(redact_url)
+                    .unwrap_or_else(|| "an unnamed location".into())
             )),
             405 | 501 => DriverError::Unsupported(format!(
                 "{}: the BMC does not support this (HTTP {code}{detail})",
@@ -325,11 +332,14 @@ struct SystemView {
 }
 
 impl Bmc<'_> {
-    /// Absolute URL of an `@odata.id` (already absolute ids are kept).
+    /// Absolute URL of an `@odata.id` or `Location`. An absolute one keeps only its path: requests (and
+    /// credentials) go to the configured address, whatever host a BMC's JSON names.
     fn url(&self, odata_id: &str) -> String {
-        if odata_id.starts_with("http://") || odata_id.starts_with("https://") {
-            odata_id.to_string()
-        } else if odata_id.starts_with('/') {
+        let odata_id = match odata_id.split_once("://") {
+            Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+            None => odata_id,
+        };
+        if odata_id.starts_with('/') {
             format!("{}{odata_id}", self.origin)
         } else {
             format!("{}/{odata_id}", self.origin)
@@ -461,10 +471,10 @@ impl Bmc<'_> {
                 return Ok(s.token.clone());
             }
         }
-        let old = guard.take();
+        // Create first: if the BMC refuses, the slot keeps what it had (nothing to log out then).
         let new = self.create_session(sessions_url).await?;
         let token = new.token.clone();
-        *guard = Some(new);
+        let old = guard.replace(new);
         drop(guard);
         // A session superseded because the password changed is still alive on the BMC: log it out.
         if let Some(old) = old {
@@ -748,7 +758,7 @@ impl Bmc<'_> {
                     return Ok(already(&id, PowerState::On));
                 }
                 let rt = self
-                    .pick_reset(&view, &["On", "ForceOn"], "power on")
+                    .pick_reset(&view, &["On", "ForceOn"], "power it on")
                     .await?;
                 self.reset_and_wait(&view, &rt, "On", "powered on").await
             }
@@ -756,7 +766,9 @@ impl Bmc<'_> {
                 if raw == "Off" {
                     return Ok(already(&id, PowerState::Off));
                 }
-                let rt = self.pick_reset(&view, &["ForceOff"], "power off").await?;
+                let rt = self
+                    .pick_reset(&view, &["ForceOff"], "power it off")
+                    .await?;
                 self.reset_and_wait(&view, &rt, "Off", "powered off").await
             }
             PowerAction::SoftOff => {
@@ -764,14 +776,14 @@ impl Bmc<'_> {
                     return Ok(already(&id, PowerState::Off));
                 }
                 let rt = self
-                    .pick_reset(&view, &["GracefulShutdown"], "shut down gracefully")
+                    .pick_reset(&view, &["GracefulShutdown"], "shut it down gracefully")
                     .await?;
                 self.reset_and_wait(&view, &rt, "Off", "shut down").await
             }
             PowerAction::Cycle => {
                 if state == PowerState::On {
                     let rt = self
-                        .pick_reset(&view, &["PowerCycle", "ForceRestart"], "power cycle")
+                        .pick_reset(&view, &["PowerCycle", "ForceRestart"], "power cycle it")
                         .await?;
                     self.reset_and_wait(&view, &rt, "On", "power cycled").await
                 } else {
@@ -779,7 +791,7 @@ impl Bmc<'_> {
                         .pick_reset(
                             &view,
                             &["On", "ForceOn"],
-                            "power on (cycle of an off machine)",
+                            "power it on (cycle of an off machine)",
                         )
                         .await?;
                     self.reset_and_wait(&view, &rt, "On", "was off; powered on")
@@ -828,7 +840,7 @@ impl Bmc<'_> {
             .is_none()
         {
             return Err(DriverError::Unsupported(format!(
-                "system {} at {} offers no ComputerSystem.Reset action, so Ingot cannot {doing} it by \
+                "system {} at {} offers no ComputerSystem.Reset action, so Ingot cannot {doing} by \
                  Redfish; use another power driver",
                 view.target.system_id,
                 self.addr()
@@ -845,7 +857,7 @@ impl Bmc<'_> {
         };
         chosen.map(|t| t.to_string()).ok_or_else(|| {
             DriverError::Unsupported(format!(
-                "system {} at {} does not allow ResetType {} (it allows {}), so Ingot cannot {doing} it",
+                "system {} at {} does not allow ResetType {} (it allows {}), so Ingot cannot {doing}",
                 view.target.system_id,
                 self.addr(),
                 prefer.join(" or "),

@@ -11,7 +11,7 @@
 //! Authentication: a bearer `token`, else HTTP basic with `username` / `password`. URLs are quoted in
 //! messages without their query string (it may hold a secret); tokens and passwords never are.
 
-use super::redfish::http::{excerpt, redact_url, transport_error, ClientCache};
+use super::http::{excerpt, redact_url, transport_error, ClientCache};
 use super::{DriverError, PowerAction, PowerDriver, PowerOutcome, PowerRequest, PowerState};
 use ingot_common::power::{DriverParams, WebhookParams};
 use regex::Regex;
@@ -66,8 +66,15 @@ impl WebhookDriver {
             return Ok(r.clone());
         }
         let r = Regex::new(pattern).map_err(|e| {
+            // The regex crate's message spans lines (pattern, caret, reason); one line reads better in a
+            // command result.
+            let one_line = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             DriverError::Bmc(format!(
-                "power parameter {param} is not a valid regular expression: {e}"
+                "power parameter {param} is not a valid regular expression: {one_line}"
             ))
         })?;
         if cache.len() >= MAX_REGEXES {
@@ -269,6 +276,10 @@ impl Hook<'_> {
 fn check(key: &str, status: u16, body: &[u8], what: &str) -> Result<(), DriverError> {
     match status {
         200..=299 => Ok(()),
+        300..=399 => Err(DriverError::Bmc(format!(
+            "{what} ({key}) answered HTTP {status}, a redirect to another host, which is not followed \
+             (credentials go only to the configured URL); put the final URL in {key}"
+        ))),
         401 | 403 => Err(DriverError::Auth(format!(
             "{what} ({key}) answered HTTP {status}: the endpoint refused the credentials; check the token or \
              username and password"
