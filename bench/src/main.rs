@@ -11,6 +11,9 @@
 //! With `--alloc` it runs the allocation-scale benchmark instead (see [`alloc`]): a 10,000-machine fleet
 //! commissioned through the API, then allocation throughput, list latencies and watch fan-out.
 //!
+//! With `--power` it runs the power-driver benchmark instead (see [`power`]): one rack's power monitor
+//! sweeping 1,000 simulated Redfish BMCs, and native IPMI vs ipmitool query latency against ipmi_sim.
+//!
 //! With `--racks` it runs the rack-controller benchmark instead (see [`racks`]): session failover after a
 //! region SIGKILL, BMC ownership moves after a rack SIGKILL, and the regions' cost per connected rack.
 
@@ -25,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod alloc;
+mod power;
 mod racks;
 
 #[derive(Parser)]
@@ -115,6 +119,22 @@ struct Args {
     /// --racks: length of each CPU measurement window, seconds.
     #[arg(long, default_value_t = 10)]
     cpu_seconds: u64,
+    /// Run the power benchmark instead (no cluster): one rack's power monitor sweeping `--bmcs` simulated
+    /// Redfish BMCs, then IPMI query latency of the native client vs ipmitool against ipmi_sim.
+    #[arg(long)]
+    power: bool,
+    /// --power: simulated Redfish BMCs to sweep.
+    #[arg(long, default_value_t = 1000)]
+    bmcs: usize,
+    /// --power: sweeps to time.
+    #[arg(long, default_value_t = 5)]
+    sweeps: usize,
+    /// --power: reads in flight at once (the rack's --poll-concurrency).
+    #[arg(long, default_value_t = 64)]
+    poll_concurrency: usize,
+    /// --power: IPMI queries per client (0 skips the IPMI comparison).
+    #[arg(long, default_value_t = 50)]
+    ipmi_queries: usize,
 }
 
 /// The `p` quantile (0..=1) of sorted samples; zero when there are none.
@@ -329,6 +349,15 @@ fn etcd_figures() -> Result<Vec<(String, String)>> {
 async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let a = Args::parse();
+    if a.power {
+        return power::run(&power::PowerOpts {
+            bmcs: a.bmcs,
+            sweeps: a.sweeps,
+            concurrency: a.poll_concurrency,
+            ipmi_queries: a.ipmi_queries,
+        })
+        .await;
+    }
     let dir = a.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("ingot-bench-{}", std::process::id()))
     });

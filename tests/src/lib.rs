@@ -42,6 +42,17 @@ pub fn test_dir(name: &str) -> PathBuf {
 impl TestCluster {
     /// Starts `regions` regions with [`FAST`] timing plus `extra` flags.
     pub async fn start(name: &str, regions: usize, extra: &[&str]) -> Result<TestCluster> {
+        Self::start_with(name, regions, extra, &[]).await
+    }
+
+    /// [`TestCluster::start`], with `rack_args` for every rack added later (e.g. a short
+    /// `--poll-interval-ms`).
+    pub async fn start_with(
+        name: &str,
+        regions: usize,
+        extra: &[&str],
+        rack_args: &[&str],
+    ) -> Result<TestCluster> {
         let dir = test_dir(name);
         let _ = std::fs::remove_dir_all(&dir);
         let mut opts = LocalClusterOptions::new(&dir, regions);
@@ -50,6 +61,7 @@ impl TestCluster {
             .chain(extra.iter())
             .map(|s| s.to_string())
             .collect();
+        opts.rack_args = rack_args.iter().map(|s| s.to_string()).collect();
         let cluster = LocalCluster::start(opts)
             .await
             .with_context(|| format!("starting {regions} regions in {}", dir.display()))?;

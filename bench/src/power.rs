@@ -1,0 +1,206 @@
+//! `ingot-bench --power`: power-driver figures.
+//!
+//! (a) Sweep: one rack's power monitor ([`ingot_rack::monitor::Monitor`], the code `ingot-rack run` runs)
+//!     reads every BMC of an `ingot-sim` process serving `--bmcs` (1,000) simulated Redfish BMCs on
+//!     loopback, through the real `redfish` driver, `--sweeps` times; the first sweep discovers each BMC's
+//!     system and opens connections, later sweeps are steady state. Target: a full sweep < 5 s (MAAS polls 5
+//!     BMCs at a time every 15 s).
+//! (b) IPMI: `--ipmi-queries` power-status queries against one OpenIPMI `ipmi_sim`, through the native
+//!     RMCP+ client (session kept open) and through an `ipmitool` subprocess, one at a time; the ratio of
+//!     the medians is the figure. Needs `ipmi_sim` and `ipmitool` (scripts/install-test-peers.sh).
+//!
+//! Every loop is bounded by a count and a deadline; the simulator process is stopped by its PID.
+
+use anyhow::{bail, Context, Result};
+use ingot_proto::rack::v1::Bmc;
+use ingot_rack::drivers::{Drivers, PowerAction, PowerRequest};
+use ingot_rack::monitor::{Monitor, MonitorConfig};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Settings of the power benchmark.
+#[derive(Clone, Debug)]
+pub struct PowerOpts {
+    /// Simulated Redfish BMCs to sweep.
+    pub bmcs: usize,
+    /// Sweeps to time.
+    pub sweeps: usize,
+    /// Reads in flight at once (the rack's `--poll-concurrency`).
+    pub concurrency: usize,
+    /// IPMI queries per client (0 skips the IPMI comparison).
+    pub ipmi_queries: usize,
+}
+
+/// Kills the simulator on every exit path.
+struct SimProcess(Child);
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Starts `ingot-sim` with `n` machines (no agent) and returns them as monitor targets.
+async fn start_sim(n: usize) -> Result<(SimProcess, Vec<Bmc>, PathBuf)> {
+    let bin = ingot_client::local::resolve_bin_dir(None)?.join(ingot_client::local::SIM_BIN);
+    if !bin.is_file() {
+        bail!(
+            "{} not found: run `cargo build --release --workspace --bins` first",
+            bin.display()
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("ingot-bench-power-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let child = Command::new(&bin)
+        .args(["run", "--count", &n.to_string(), "--dir"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("sim.log"))?)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let sim = SimProcess(child);
+    let t0 = Instant::now();
+    let file = dir.join("machines.json");
+    let machines: Vec<ingot_client::local::SimMachine> = loop {
+        if let Ok(b) = std::fs::read(&file) {
+            if let Ok(v) = serde_json::from_slice(&b) {
+                break v;
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("ingot-sim did not write {} within 60 s", file.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "ingot-sim: {} simulated Redfish BMCs listening after {} ms",
+        machines.len(),
+        t0.elapsed().as_millis()
+    );
+    let bmcs = machines
+        .into_iter()
+        .map(|m| Bmc {
+            system_id: m.hostname.clone(),
+            driver: "redfish".into(),
+            params: [
+                ("address", m.bmc_url.as_str()),
+                ("username", m.username.as_str()),
+                ("password", m.password.as_str()),
+                ("system", m.system_id.as_str()),
+                ("timeout_ms", "5000"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        })
+        .collect();
+    Ok((sim, bmcs, dir))
+}
+
+/// Runs the power benchmark and prints its figures.
+pub async fn run(o: &PowerOpts) -> Result<()> {
+    println!("== (a) power monitor sweep: 1 rack, {} simulated Redfish BMCs, {} reads in flight", o.bmcs, o.concurrency);
+    let (_sim, bmcs, dir) = start_sim(o.bmcs).await?;
+    let monitor = Monitor::new(
+        MonitorConfig {
+            interval: Duration::from_secs(10),
+            concurrency: o.concurrency,
+            failure_threshold: 3,
+        },
+        Drivers::default(),
+    );
+    monitor.set_targets(bmcs);
+    let mut steady = Vec::new();
+    for i in 0..o.sweeps.max(2) {
+        let (obs, stats) = tokio::time::timeout(Duration::from_secs(120), monitor.sweep(true))
+            .await
+            .context("a sweep took longer than 120 s")?;
+        println!(
+            "sweep {}: {} BMCs read in {} ms ({} failed, {} changes reported){}",
+            i + 1,
+            stats.read,
+            stats.elapsed.as_millis(),
+            stats.failed,
+            obs.len(),
+            if i == 0 { "  [first: system discovery + new connections]" } else { "" }
+        );
+        if stats.failed > 0 && i > 0 {
+            println!("  (failures above: see {}/sim.log)", dir.display());
+        }
+        if i > 0 {
+            steady.push(stats.elapsed);
+        }
+    }
+    steady.sort();
+    println!(
+        "FIGURE full sweep of {} BMCs: p50 {} ms, max {} ms (target < 5,000 ms; MAAS: 5 BMCs at a time every 15 s)",
+        o.bmcs,
+        percentile(&steady, 0.5).as_millis(),
+        steady.last().copied().unwrap_or_default().as_millis()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    if o.ipmi_queries == 0 {
+        return Ok(());
+    }
+    println!("== (b) IPMI query latency: native RMCP+ vs ipmitool subprocess, same ipmi_sim, {} queries each", o.ipmi_queries);
+    ipmi(o.ipmi_queries).await
+}
+
+/// Native vs ipmitool query latency against one ipmi_sim.
+async fn ipmi(n: usize) -> Result<()> {
+    let sim = ingot_rack::peers::ipmi_sim::IpmiSim::start(Default::default())
+        .await
+        .context("starting ipmi_sim (install it with scripts/install-test-peers.sh)")?;
+    let drivers = Drivers::default();
+    let mut medians = Vec::new();
+    for tool in ["native", "ipmitool"] {
+        let req = PowerRequest {
+            command_id: 0,
+            system_id: "bench".into(),
+            action: PowerAction::Query,
+            params: sim.driver_params(tool),
+        };
+        let mut lat = Vec::with_capacity(n);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for _ in 0..n {
+            if Instant::now() > deadline {
+                break;
+            }
+            let t0 = Instant::now();
+            drivers
+                .run("ipmi", &req)
+                .await
+                .map_err(|e| anyhow::anyhow!("{tool} query failed: {e}"))?;
+            lat.push(t0.elapsed());
+        }
+        lat.sort();
+        let p50 = percentile(&lat, 0.5);
+        println!(
+            "{tool:>8}: {} queries, p50 {:.2} ms, p99 {:.2} ms",
+            lat.len(),
+            p50.as_secs_f64() * 1000.0,
+            percentile(&lat, 0.99).as_secs_f64() * 1000.0
+        );
+        medians.push(p50);
+    }
+    if let [native, tool] = medians[..] {
+        println!(
+            "FIGURE IPMI query latency ratio ipmitool/native (p50): {:.1}x",
+            tool.as_secs_f64() / native.as_secs_f64().max(1e-9)
+        );
+    }
+    Ok(())
+}
