@@ -111,7 +111,10 @@ async fn start_sim(n: usize) -> Result<(SimProcess, Vec<Bmc>, PathBuf)> {
 
 /// Runs the power benchmark and prints its figures.
 pub async fn run(o: &PowerOpts) -> Result<()> {
-    println!("== (a) power monitor sweep: 1 rack, {} simulated Redfish BMCs, {} reads in flight", o.bmcs, o.concurrency);
+    println!(
+        "== (a) power monitor sweep: 1 rack, {} simulated Redfish BMCs, {} reads in flight",
+        o.bmcs, o.concurrency
+    );
     let (_sim, bmcs, dir) = start_sim(o.bmcs).await?;
     let monitor = Monitor::new(
         MonitorConfig {
@@ -134,7 +137,11 @@ pub async fn run(o: &PowerOpts) -> Result<()> {
             stats.elapsed.as_millis(),
             stats.failed,
             obs.len(),
-            if i == 0 { "  [first: system discovery + new connections]" } else { "" }
+            if i == 0 {
+                "  [first: system discovery + new connections]"
+            } else {
+                ""
+            }
         );
         if stats.failed > 0 && i > 0 {
             println!("  (failures above: see {}/sim.log)", dir.display());

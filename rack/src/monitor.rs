@@ -227,7 +227,8 @@ impl Monitor {
         mut shutdown: watch::Receiver<bool>,
     ) {
         // Sweeps start at most this often; a BMC is read when its own due time has come.
-        let tick = (self.cfg.interval / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let tick =
+            (self.cfg.interval / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
@@ -288,17 +289,26 @@ mod tests {
             },
             Drivers::default(),
         );
-        m.set_targets(vec![bmc("a", d.path(), None), bmc("b", d.path(), Some("unreachable"))]);
+        m.set_targets(vec![
+            bmc("a", d.path(), None),
+            bmc("b", d.path(), Some("unreachable")),
+        ]);
         let (obs, stats) = m.sweep(true).await;
         assert_eq!(stats.read, 2);
         assert_eq!(obs.len(), 1, "{obs:?}");
-        assert_eq!((obs[0].system_id.as_str(), obs[0].power_state.as_str()), ("a", "off"));
+        assert_eq!(
+            (obs[0].system_id.as_str(), obs[0].power_state.as_str()),
+            ("a", "off")
+        );
         // Same state again: nothing; b fails a second time: still nothing.
         let (obs, _) = m.sweep(true).await;
         assert!(obs.is_empty(), "{obs:?}");
         let (obs, _) = m.sweep(true).await;
         assert_eq!(obs.len(), 1);
-        assert_eq!((obs[0].system_id.as_str(), obs[0].error_kind.as_str()), ("b", "unreachable"));
+        assert_eq!(
+            (obs[0].system_id.as_str(), obs[0].error_kind.as_str()),
+            ("b", "unreachable")
+        );
         let (obs, _) = m.sweep(true).await;
         assert!(obs.is_empty(), "an error is reported once: {obs:?}");
         // A new session reports everything again.
@@ -309,6 +319,9 @@ mod tests {
         m.set_targets(vec![bmc("a", d.path(), None), bmc("b", d.path(), None)]);
         let (obs, _) = m.sweep(true).await;
         assert_eq!(obs.len(), 1);
-        assert_eq!((obs[0].system_id.as_str(), obs[0].power_state.as_str()), ("b", "off"));
+        assert_eq!(
+            (obs[0].system_id.as_str(), obs[0].power_state.as_str()),
+            ("b", "off")
+        );
     }
 }

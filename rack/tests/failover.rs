@@ -378,7 +378,12 @@ async fn fails_over_and_answers_redelivered_command_from_the_done_store() {
         panic!("expected Hello on region 1")
     };
     assert_eq!(hello.services, vec!["power".to_string()]);
-    assert_eq!(hello.drivers, ingot_rack::drivers::Drivers::NAMES.map(String::from).to_vec());
+    assert_eq!(
+        hello.drivers,
+        ingot_rack::drivers::Drivers::NAMES
+            .map(String::from)
+            .to_vec()
+    );
     assert_eq!(hello.capacity, 4);
     assert_eq!(hello.version, env!("CARGO_PKG_VERSION"));
     let Event::Result(1, r) = next_event(&mut events).await else {

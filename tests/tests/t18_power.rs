@@ -13,7 +13,8 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_proto::v1::{
-    AllocateRequest, Constraints, DeployRequest, MachineStatus, ReleaseRequest, UpdateMachineRequest,
+    AllocateRequest, Constraints, DeployRequest, MachineStatus, ReleaseRequest,
+    UpdateMachineRequest,
 };
 use ingot_tests::{by_id, get, power, wait_racks_connected, RackLogsOnPanic, TestCluster};
 use std::time::{Duration, Instant};
@@ -100,9 +101,13 @@ async fn simulated_machines_run_the_whole_lifecycle() {
         .into_inner();
     let id = m.system_id.clone();
     // The rack owns the BMC and its monitor reads it: off.
-    let m = wait_machine(&c, &id, Duration::from_secs(10), "first power reading", |m| {
-        m.rack == "ra" && m.power_state == "off"
-    })
+    let m = wait_machine(
+        &c,
+        &id,
+        Duration::from_secs(10),
+        "first power reading",
+        |m| m.rack == "ra" && m.power_state == "off",
+    )
     .await;
     assert!(m.power_checked_at.is_some());
 
@@ -116,19 +121,30 @@ async fn simulated_machines_run_the_whole_lifecycle() {
         })
         .await
         .unwrap();
-    let m = wait_machine(&c, &id, Duration::from_secs(30), "Ready after commissioning", |m| {
-        m.status == MachineStatus::Ready as i32
-    })
+    let m = wait_machine(
+        &c,
+        &id,
+        Duration::from_secs(30),
+        "Ready after commissioning",
+        |m| m.status == MachineStatus::Ready as i32,
+    )
     .await;
     eprintln!(
         "FIGURE commission -> Ready through rack + simulated BMC + agent: {} ms",
         t0.elapsed().as_millis()
     );
-    let inv = m.inventory.as_deref().expect("inventory reported by the agent");
+    let inv = m
+        .inventory
+        .as_deref()
+        .expect("inventory reported by the agent");
     assert!(inv.cpu_count > 0 && inv.memory_mib > 0, "{inv:?}");
-    wait_machine(&c, &id, Duration::from_secs(15), "powered off after commissioning", |m| {
-        m.power_state == "off"
-    })
+    wait_machine(
+        &c,
+        &id,
+        Duration::from_secs(15),
+        "powered off after commissioning",
+        |m| m.power_state == "off",
+    )
     .await;
 
     // Allocate + deploy: Deployed, on.
@@ -168,9 +184,13 @@ async fn simulated_machines_run_the_whole_lifecycle() {
         })
         .await
         .unwrap();
-    let m = wait_machine(&c, &id, Duration::from_secs(30), "Ready after release", |m| {
-        m.status == MachineStatus::Ready as i32
-    })
+    let m = wait_machine(
+        &c,
+        &id,
+        Duration::from_secs(30),
+        "Ready after release",
+        |m| m.status == MachineStatus::Ready as i32,
+    )
     .await;
     assert_eq!(m.power_state, "off");
 
@@ -188,11 +208,20 @@ async fn simulated_machines_run_the_whole_lifecycle() {
         .unwrap()
         .into_inner();
     let before = om.status;
-    sim_faults(&sim.control_url, &other, serde_json::json!({"wrong_password": true})).await;
+    sim_faults(
+        &sim.control_url,
+        &other,
+        serde_json::json!({"wrong_password": true}),
+    )
+    .await;
     let t0 = Instant::now();
-    let m = wait_machine(&c, &om.system_id, Duration::from_secs(15), "auth power error", |m| {
-        m.power_error.starts_with("auth")
-    })
+    let m = wait_machine(
+        &c,
+        &om.system_id,
+        Duration::from_secs(15),
+        "auth power error",
+        |m| m.power_error.starts_with("auth"),
+    )
     .await;
     eprintln!(
         "FIGURE wrong password -> power error in the API: {} ms (3 failed reads, 200 ms interval + backoff)",
@@ -200,9 +229,13 @@ async fn simulated_machines_run_the_whole_lifecycle() {
     );
     assert_eq!(m.status, before, "a failed read never changes the status");
     sim_faults(&sim.control_url, &other, serde_json::json!({})).await;
-    wait_machine(&c, &om.system_id, Duration::from_secs(15), "error cleared", |m| {
-        m.power_error.is_empty()
-    })
+    wait_machine(
+        &c,
+        &om.system_id,
+        Duration::from_secs(15),
+        "error cleared",
+        |m| m.power_error.is_empty(),
+    )
     .await;
 
     // A power action from the API on the third machine, with --wait semantics.
@@ -210,14 +243,20 @@ async fn simulated_machines_run_the_whole_lifecycle() {
     let tm = c
         .machines()
         .get_machine(ingot_proto::v1::GetMachineRequest {
-            key: Some(ingot_proto::v1::get_machine_request::Key::Hostname(third.clone())),
+            key: Some(ingot_proto::v1::get_machine_request::Key::Hostname(
+                third.clone(),
+            )),
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     let cmd = power(&c, &tm.system_id, "on", 30).await.unwrap();
-    assert_eq!((cmd.state.as_str(), cmd.power_state.as_str()), ("done", "on"), "{cmd:?}");
+    assert_eq!(
+        (cmd.state.as_str(), cmd.power_state.as_str()),
+        ("done", "on"),
+        "{cmd:?}"
+    );
     assert_eq!(get(&c, &tm.system_id).await.unwrap().power_state, "on");
     // Bad power parameters are refused at the API, naming the field.
     let e = c
@@ -238,4 +277,141 @@ async fn simulated_machines_run_the_whole_lifecycle() {
         tc.cluster.stop_sims().await,
         ingot_client::local::StopOutcome::Terminated
     ));
+}
+
+/// Starts ipmi_sim, or returns `None` after printing why (outside CI; in CI a missing peer fails).
+async fn ipmi_sim() -> Option<ingot_rack::peers::ipmi_sim::IpmiSim> {
+    use ingot_rack::peers::ipmi_sim::IpmiSim;
+    match IpmiSim::start(Default::default()).await {
+        Ok(s) => Some(s),
+        Err(e) if e.is_missing() && std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+        Err(e) => panic!("ipmi_sim: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipmi_sim_through_the_whole_stack() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(bmc) = ipmi_sim().await else { return };
+    let tc = TestCluster::start_with("power-ipmi", 1, &[], &["--poll-interval-ms=300"])
+        .await
+        .unwrap();
+    let _logs = RackLogsOnPanic(&tc.cluster);
+    tc.cluster.add_rack("ra", "za").await.unwrap();
+    let c = tc.clients();
+    wait_racks_connected(&c, &["ra"], Duration::from_secs(10))
+        .await
+        .unwrap();
+    let params = |password: &str| {
+        let mut p = bmc.driver_params("native");
+        p.insert("password".into(), password.into());
+        ingot_proto::v1::PowerParameters {
+            driver: "ipmi".into(),
+            params: p,
+        }
+    };
+    let mk = |i: u32, power| {
+        let c = c.clone();
+        async move {
+            c.machines()
+                .create_machine(ingot_proto::v1::CreateMachineRequest {
+                    zone: "za".into(),
+                    power: Some(power),
+                    ..ingot_tests::machine(18, i)
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .system_id
+        }
+    };
+    let id = mk(1, params(bmc.password())).await;
+    let bad = mk(2, params("wrong-password")).await;
+
+    // API power on -> region -> rack -> ipmi_sim: the BMC is on, and the API says so.
+    let t0 = Instant::now();
+    let cmd = power(&c, &id, "on", 30).await.unwrap();
+    eprintln!(
+        "FIGURE API power on -> ipmi_sim -> result recorded: {} ms",
+        t0.elapsed().as_millis()
+    );
+    assert_eq!(
+        (cmd.state.as_str(), cmd.power_state.as_str()),
+        ("done", "on"),
+        "{cmd:?}"
+    );
+    assert!(bmc.power_file_state(), "ipmi_sim did not power on");
+    assert_eq!(get(&c, &id).await.unwrap().power_state, "on");
+    let cmd = power(&c, &id, "query", 30).await.unwrap();
+    assert_eq!(cmd.power_state, "on");
+    let cmd = power(&c, &id, "off", 30).await.unwrap();
+    assert_eq!(
+        (cmd.state.as_str(), cmd.power_state.as_str()),
+        ("done", "off")
+    );
+    assert!(!bmc.power_file_state());
+
+    // The BMC changes behind Ingot's back: the monitor notices.
+    bmc.set_power_file(true).unwrap();
+    wait_machine(&c, &id, Duration::from_secs(10), "monitor sees on", |m| {
+        m.power_state == "on"
+    })
+    .await;
+    bmc.set_power_file(false).unwrap();
+    wait_machine(&c, &id, Duration::from_secs(10), "monitor sees off", |m| {
+        m.power_state == "off"
+    })
+    .await;
+
+    // A wrong password: an auth failure in the command and in the machine's events.
+    let cmd = power(&c, &bad, "on", 30).await.unwrap();
+    assert_eq!(
+        (cmd.state.as_str(), cmd.error_kind.as_str()),
+        ("failed", "auth"),
+        "{cmd:?}"
+    );
+    let events = ingot_tests::all_events(
+        &c,
+        ingot_proto::v1::ListEventsRequest {
+            system_id: bad.clone(),
+            ..Default::default()
+        },
+        100,
+        10,
+    )
+    .await
+    .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "power.on.result" && e.message.contains("(auth)")),
+        "{events:?}"
+    );
+
+    // Commissioning drives the real BMC: next boot from the network, then power on.
+    c.machines()
+        .commission(ingot_proto::v1::CommissionRequest {
+            machine: Some(by_id(&id)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    while !(bmc.power_file_state() && bmc.boot_device().as_deref() == Some("pxe")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "commissioning did not reach the BMC: {:?}",
+            bmc.control_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = bmc.control_log();
+    let pxe = log.iter().position(|l| l == "boot=pxe").unwrap();
+    let on = log.iter().rposition(|l| l == "power=1").unwrap();
+    assert!(pxe < on, "boot device set before the power on: {log:?}");
+    let m = get(&c, &id).await.unwrap();
+    assert_eq!(m.status(), MachineStatus::Commissioning);
 }

@@ -272,7 +272,11 @@ mod tests {
         let r = d.execute(&cmd("floppy", "on")).await;
         assert!(!r.success);
         assert_eq!(r.error_kind, "unsupported");
-        assert!(r.message.starts_with("driver floppy is not available"), "{}", r.message);
+        assert!(
+            r.message.starts_with("driver floppy is not available"),
+            "{}",
+            r.message
+        );
 
         let r = d.execute(&cmd("manual", "explode")).await;
         assert_eq!(r.error_kind, "unsupported");

@@ -295,7 +295,9 @@ pub(super) fn power_result(
     if let (Some(step), Some(m)) = (c.step, m) {
         if m.status == step {
             let boot_step = c.action.starts_with("boot-");
-            if !r.success && !(boot_step && r.error_kind == "unsupported") {
+            // Many BMCs cannot set a boot device and network-boot anyway: that failure only warns.
+            let tolerated = boot_step && r.error_kind == "unsupported";
+            if !r.success && !tolerated {
                 cancel_rest(state, cmd, &m.system_id, step);
                 let reason = format!(
                     "power {} failed ({}): {}",

@@ -5,11 +5,11 @@
 //! lengths before it reads and answers a [`DecodeError`] for anything malformed: a hostile or broken BMC can
 //! make a request fail, never make the rack panic.
 
-use sha2::Sha256;
 use aes::Aes128;
 use cbc::cipher::{block_padding::NoPadding, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
+use sha2::Sha256;
 
 /// Payload type of an IPMI message (inside a session or session-less).
 pub(crate) const PAYLOAD_IPMI: u8 = 0x00;
