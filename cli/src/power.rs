@@ -25,7 +25,7 @@ pub enum PowerAction {
     Off,
     /// Ask the operating system to shut down (ACPI)
     SoftOff,
-    /// Power off, then on
+    /// Reboot: power cycle when on, power on when off
     Cycle,
     /// Read the power state only
     Query,
@@ -33,6 +33,10 @@ pub enum PowerAction {
     BootPxe,
     /// Boot from the local disk next time
     BootDisk,
+    /// Boot from the network every time, until changed
+    BootPxePersistent,
+    /// Boot from the local disk every time, until changed
+    BootDiskPersistent,
 }
 
 impl PowerAction {
@@ -46,6 +50,8 @@ impl PowerAction {
             PowerAction::Query => "query",
             PowerAction::BootPxe => "boot-pxe",
             PowerAction::BootDisk => "boot-disk",
+            PowerAction::BootPxePersistent => "boot-pxe-persistent",
+            PowerAction::BootDiskPersistent => "boot-disk-persistent",
         }
     }
 }
@@ -64,7 +70,8 @@ pub struct PowerWait {
 /// `machines power ACTION [ID]`.
 #[derive(Args, Debug)]
 pub struct PowerArgs {
-    /// What to do: on, off, soft-off, cycle, query, boot-pxe, boot-disk
+    /// What to do: on, off, soft-off, cycle, query, boot-pxe, boot-disk, boot-pxe-persistent,
+    /// boot-disk-persistent
     #[arg(value_enum)]
     action: PowerAction,
     #[command(flatten)]
