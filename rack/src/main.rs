@@ -69,9 +69,25 @@ enum Cmd {
     },
 }
 
+/// Raises the soft open-file limit to the hard one: every kept IPMI session and pooled Redfish connection
+/// holds a socket, and a rack polls thousands of BMCs (the usual soft limit is 1,024).
+fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            eprintln!(
+                "ingot-rack: cannot raise the open-file limit ({e}); polling many BMCs may fail"
+            );
+        }
+    }
+}
+
 fn main() {
     // tonic's TLS uses rustls; with only the ring provider compiled in, install it once for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    raise_nofile_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -107,8 +107,24 @@ struct RunArgs {
     seed: u64,
 }
 
+/// Raises the soft open-file limit to the hard one: every simulated BMC holds a listening socket plus its
+/// clients' connections (1,000 BMCs exceed the usual soft limit of 1,024).
+fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            eprintln!(
+                "ingot-sim: cannot raise the open-file limit ({e}); large fleets may fail to bind"
+            );
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    raise_nofile_limit();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
