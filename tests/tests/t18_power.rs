@@ -50,6 +50,20 @@ async fn wait_machine(
     panic!("{system_id}: {what} not reached within {within:?}; last: {last:?}");
 }
 
+/// The machine with host name `host` (FULL view).
+async fn by_hostname(c: &ingot_client::Clients, host: &str) -> ingot_proto::v1::Machine {
+    c.machines()
+        .get_machine(ingot_proto::v1::GetMachineRequest {
+            key: Some(ingot_proto::v1::get_machine_request::Key::Hostname(
+                host.to_string(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("machine {host}: {e}"))
+        .into_inner()
+}
+
 /// Sets fault knobs of simulated machine `host` through the simulator's control API.
 async fn sim_faults(control: &str, host: &str, faults: serde_json::Value) {
     let r = reqwest::Client::new()
@@ -88,17 +102,7 @@ async fn simulated_machines_run_the_whole_lifecycle() {
     // Enlisting again changes nothing (idempotent, as `ingot dev up` after a restart).
     assert_eq!(tc.cluster.enlist_sims(&c, &sim).await.unwrap(), 0);
     let host = sim.machines[0].hostname.clone();
-    let m = c
-        .machines()
-        .get_machine(ingot_proto::v1::GetMachineRequest {
-            key: Some(ingot_proto::v1::get_machine_request::Key::Hostname(
-                host.clone(),
-            )),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let m = by_hostname(&c, &host).await;
     let id = m.system_id.clone();
     // The rack owns the BMC and its monitor reads it: off.
     let m = wait_machine(
@@ -196,17 +200,7 @@ async fn simulated_machines_run_the_whole_lifecycle() {
 
     // A BMC that refuses the password: an `auth` power error after repeated failed reads, status kept.
     let other = sim.machines[1].hostname.clone();
-    let om = c
-        .machines()
-        .get_machine(ingot_proto::v1::GetMachineRequest {
-            key: Some(ingot_proto::v1::get_machine_request::Key::Hostname(
-                other.clone(),
-            )),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let om = by_hostname(&c, &other).await;
     let before = om.status;
     sim_faults(
         &sim.control_url,
@@ -240,17 +234,7 @@ async fn simulated_machines_run_the_whole_lifecycle() {
 
     // A power action from the API on the third machine, with --wait semantics.
     let third = &sim.machines[2].hostname;
-    let tm = c
-        .machines()
-        .get_machine(ingot_proto::v1::GetMachineRequest {
-            key: Some(ingot_proto::v1::get_machine_request::Key::Hostname(
-                third.clone(),
-            )),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let tm = by_hostname(&c, &third).await;
     let cmd = power(&c, &tm.system_id, "on", 30).await.unwrap();
     assert_eq!(
         (cmd.state.as_str(), cmd.power_state.as_str()),

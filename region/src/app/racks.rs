@@ -4,7 +4,7 @@
 use super::machines::MachineKey;
 use super::{Actor, App};
 use crate::command::{Op, Reply};
-use ingot_common::model::{CommandState, PowerCommand, Rack, POWER_ACTIONS};
+use ingot_common::model::{CommandState, PowerCommand, Rack};
 use ingot_common::pki::{self, Identity};
 use ingot_common::{secret, validate, DomainError};
 use std::time::Duration;
@@ -207,15 +207,7 @@ impl App {
         action: &str,
         wait_s: u32,
     ) -> Result<PowerCommand, DomainError> {
-        if !POWER_ACTIONS.contains(&action) {
-            return Err(DomainError::invalid(
-                "action",
-                format!(
-                    "'{action}' is not a power action; use one of {}",
-                    POWER_ACTIONS.join(", ")
-                ),
-            ));
-        }
+        ingot_common::validate::power_action("action", action)?;
         if wait_s > MAX_POWER_WAIT_S {
             return Err(DomainError::invalid(
                 "wait_seconds",

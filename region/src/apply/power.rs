@@ -15,7 +15,7 @@ use super::{emit, machine};
 use crate::command::{BootTokens, Command, PowerObservation, Reply, Response};
 use crate::state::{State, COMMANDS_MAX};
 use ingot_common::lifecycle::{self, Outcome};
-use ingot_common::model::{CommandState, EventLevel, PowerCommand, POWER_ACTIONS};
+use ingot_common::model::{CommandState, EventLevel, PowerCommand};
 use ingot_common::{DomainError, Machine, MachineStatus};
 
 /// Drivers whose power work goes through a rack to a real BMC (and so gets lifecycle power plans and
@@ -76,15 +76,7 @@ pub(super) fn queue_power(
     system_id: &str,
     action: &str,
 ) -> Response {
-    if !POWER_ACTIONS.contains(&action) {
-        return Err(DomainError::invalid(
-            "action",
-            format!(
-                "'{action}' is not a power action; use one of {}",
-                POWER_ACTIONS.join(", ")
-            ),
-        ));
-    }
+    ingot_common::validate::power_action("action", action)?;
     let Some(m) = state.machine(system_id).cloned() else {
         return Err(DomainError::not_found(format!(
             "machine {system_id} does not exist"
