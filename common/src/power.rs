@@ -138,7 +138,13 @@ pub struct WebhookParams {
     pub verify_tls: bool,
     /// Per-request timeout in milliseconds.
     pub timeout_ms: u64,
+    /// How long to read `query_url` after an accepted power change until it shows the new state, in
+    /// seconds.
+    pub power_wait_s: u64,
 }
+
+/// Default of the webhook driver's `power_wait_s`.
+pub const WEBHOOK_POWER_WAIT_S: u64 = 20;
 
 /// Parameters of the file-backed `sim` driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -382,6 +388,7 @@ impl DriverParams {
                     token: r.secret("token"),
                     verify_tls: r.boolean("verify_tls", true)?,
                     timeout_ms: r.num("timeout_ms", 10_000u64, 100, 120_000)?,
+                    power_wait_s: r.num("power_wait_s", WEBHOOK_POWER_WAIT_S, 0, 900)?,
                 })
             }
             "manual" => DriverParams::Manual,

@@ -5,7 +5,8 @@
 //! An action requests `method` (POST by default) on the URL configured for it (`on_url`, `off_url`,
 //! `cycle_url`, `soft_off_url`, `boot_pxe_url`, `boot_disk_url`); any 2xx answer is success. The power state
 //! is learnt by GETting `query_url` and searching the body for `query_on_regex` / `query_off_regex`. After a
-//! power change the driver reads the state until it shows the wanted one (bounded: [`STATE_WAIT`]), so the
+//! power change the driver reads the state until it shows the wanted one (bounded: `power_wait_s`, default
+//! [`STATE_WAIT`]), so the
 //! state it reports is what the endpoint says, not what was asked for.
 //!
 //! Authentication: a bearer `token`, else HTTP basic with `username` / `password`. URLs are quoted in
@@ -20,8 +21,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long, after a power change was accepted, the driver keeps reading `query_url` for the new state.
-pub const STATE_WAIT: Duration = Duration::from_secs(20);
+/// How long, after a power change was accepted, the driver keeps reading `query_url` for the new state,
+/// unless the machine's `power_wait_s` says otherwise.
+pub const STATE_WAIT: Duration = Duration::from_secs(ingot_common::power::WEBHOOK_POWER_WAIT_S);
 
 /// Compiled regexes kept at most; parameters come from operators, so the cache must not grow without limit.
 const MAX_REGEXES: usize = 1024;
@@ -234,9 +236,10 @@ impl Hook<'_> {
         }
     }
 
-    /// After an accepted power change: reads the state until it is `want` (bounded by [`STATE_WAIT`]).
+    /// After an accepted power change: reads the state until it is `want` (bounded by `power_wait_s`).
     async fn settle(&self, key: &str, want: PowerState) -> Result<PowerOutcome, DriverError> {
         let t0 = Instant::now();
+        let wait = Duration::from_secs(self.p.power_wait_s);
         let mut pause = Duration::from_millis(250);
         loop {
             let read = self.query().await;
@@ -253,7 +256,7 @@ impl Hook<'_> {
                 }
                 Err(e @ (DriverError::Auth(_) | DriverError::Unreachable(_))) => return Err(e),
                 other => {
-                    if t0.elapsed() + pause > STATE_WAIT {
+                    if t0.elapsed() + pause > wait {
                         return Err(match other {
                             Ok(s) => DriverError::Bmc(format!(
                                 "{key} was accepted but query_url still says {} after {} s; check the \
