@@ -92,6 +92,9 @@ pub(super) fn queue_power(
             "machine {system_id} has no power driver; set one with `ingot machines set-power {system_id} --driver ...`"
         )));
     }
+    if m.power.driver == "manual" {
+        return manual_report(state, cmd, rev, m, action);
+    }
     let c = enqueue(state, cmd, &m, action, None, false);
     emit(
         state,
@@ -107,6 +110,66 @@ pub(super) fn queue_power(
             c.id,
             m.rack.as_deref().unwrap_or("(none live yet)")
         ),
+    );
+    Ok(Reply::Command(Box::new(c)))
+}
+
+/// Manual power: nobody can switch the machine, so a power action is the operator's report of what they
+/// did, recorded at once without a rack (`on` / `cycle` → on, `off` / `soft-off` → off; `query` answers the
+/// last reported state; boot-device actions are recorded as done by hand).
+fn manual_report(
+    state: &mut State,
+    cmd: &Command,
+    rev: u64,
+    mut m: Machine,
+    action: &str,
+) -> Response {
+    let reported = match action {
+        "on" | "cycle" => Some("on"),
+        "off" | "soft-off" => Some("off"),
+        _ => None,
+    };
+    let mut c = enqueue(state, cmd, &m, action, None, false);
+    state.pending_commands.remove(&c.id);
+    c.state = CommandState::Done;
+    c.done_ms = Some(cmd.ts_ms);
+    c.power_state = reported.map(str::to_string).unwrap_or_else(|| {
+        if m.power_state.is_empty() {
+            "unknown".into()
+        } else {
+            m.power_state.clone()
+        }
+    });
+    c.message = match reported {
+        Some(s) => format!(
+            "manual power: recorded power {s} as reported by {}; nothing was switched",
+            cmd.actor
+        ),
+        None => {
+            format!("manual power: the operator acts ({action} is recorded, nothing was switched)")
+        }
+    };
+    state.data.commands.insert(c.id, c.clone());
+    if let Some(s) = reported {
+        if m.power_state != s {
+            m.power_state = s.to_string();
+            m.power_error.clear();
+            m.power_checked_ms = cmd.ts_ms;
+            m.updated_ms = cmd.ts_ms;
+            m.revision = rev;
+            state.put_machine(m.clone());
+        }
+    }
+    emit(
+        state,
+        cmd,
+        rev,
+        &format!("power.{action}"),
+        EventLevel::Info,
+        Some(&m),
+        None,
+        None,
+        c.message.clone(),
     );
     Ok(Reply::Command(Box::new(c)))
 }
@@ -665,6 +728,41 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("off", None)]
         );
+    }
+
+    #[test]
+    fn manual_power_records_what_the_operator_reports() {
+        let (mut s, mut rev) = setup();
+        let mut m = s.machine("m1").cloned().expect("m1");
+        m.power = PowerParams {
+            driver: "manual".into(),
+            params: Default::default(),
+        };
+        s.put_machine(m);
+        for (action, want) in [("on", "on"), ("query", "on"), ("soft-off", "off")] {
+            rev += 1;
+            let r = apply(
+                &mut s,
+                &cmd(
+                    rev,
+                    Op::QueuePower {
+                        system_id: "m1".into(),
+                        action: action.into(),
+                    },
+                ),
+                rev,
+            )
+            .expect("power");
+            let crate::command::Reply::Command(c) = r else {
+                panic!("{r:?}")
+            };
+            assert_eq!(
+                (c.state, c.power_state.as_str()),
+                (CommandState::Done, want)
+            );
+            assert_eq!(s.machine("m1").expect("m1").power_state, want);
+        }
+        assert!(s.pending_commands.is_empty(), "no rack is involved");
     }
 
     #[test]
