@@ -9,6 +9,11 @@ use std::path::PathBuf;
 /// listener and connections), and the ephemeral port range is about 28,000 ports wide.
 pub const MAX_MACHINES: usize = 20_000;
 
+/// Longest BMC user name IPMI 2.0 carries (RAKP 1).
+pub const IPMI_MAX_USERNAME: usize = 16;
+/// Longest password IPMI 2.0 allows (the key of the RAKP codes).
+pub const IPMI_MAX_PASSWORD: usize = 20;
+
 /// The settings of one simulated fleet, consumed by [`crate::Fleet::start`].
 #[derive(Clone)]
 pub struct FleetConfig {
@@ -32,6 +37,9 @@ pub struct FleetConfig {
     /// Seed of everything derived per machine (MACs, UUIDs, hardware). Two fleets with the same seed and
     /// count have the same machines; give fleets that share a cluster different seeds.
     pub seed: u64,
+    /// Whether each BMC also speaks IPMI 2.0 over LAN (RMCP+) on its own UDP port (default on). Off halves
+    /// the sockets a large fleet needs when only Redfish is wanted.
+    pub ipmi: bool,
 }
 
 impl Default for FleetConfig {
@@ -46,6 +54,7 @@ impl Default for FleetConfig {
             control_port: 0,
             agent: None,
             seed: 0,
+            ipmi: true,
         }
     }
 }
@@ -63,6 +72,7 @@ impl fmt::Debug for FleetConfig {
             .field("control_port", &self.control_port)
             .field("agent", &self.agent)
             .field("seed", &self.seed)
+            .field("ipmi", &self.ipmi)
             .finish()
     }
 }
@@ -118,6 +128,28 @@ impl FleetConfig {
                     "needs at least one character and no control characters",
                 ));
             }
+        }
+        if self.ipmi && self.username.len() > IPMI_MAX_USERNAME {
+            return Err(SimError::config(
+                "username",
+                format!(
+                    "IPMI allows at most {IPMI_MAX_USERNAME} bytes; shorten it or run without IPMI (--no-ipmi)"
+                ),
+            ));
+        }
+        if let Some(pw) = self
+            .password
+            .as_ref()
+            .filter(|p| self.ipmi && p.len() > IPMI_MAX_PASSWORD)
+        {
+            return Err(SimError::config(
+                "password",
+                format!(
+                    "IPMI 2.0 allows at most {IPMI_MAX_PASSWORD} bytes (this one has {}); shorten it or run \
+                     without IPMI (--no-ipmi)",
+                    pw.len()
+                ),
+            ));
         }
         if self.power_delay_ms > 600_000 {
             return Err(SimError::config(
@@ -324,6 +356,32 @@ mod tests {
             .collect();
         assert_eq!(fields, ["count", "hostname_prefix", "zones", "username"]);
         assert!(FleetConfig::default().validate().is_ok());
+        // IPMI's credential limits apply only with IPMI on.
+        let long = FleetConfig {
+            password: Some("p".repeat(IPMI_MAX_PASSWORD + 1)),
+            ..FleetConfig::default()
+        };
+        assert!(
+            matches!(
+                long.validate(),
+                Err(SimError::Config {
+                    field: "password",
+                    ..
+                })
+            ),
+            "{long:?}"
+        );
+        assert!(FleetConfig {
+            ipmi: false,
+            ..long
+        }
+        .validate()
+        .is_ok());
+        let long_user = FleetConfig {
+            username: "u".repeat(IPMI_MAX_USERNAME + 1),
+            ..FleetConfig::default()
+        };
+        assert!(long_user.validate().is_err());
     }
 
     #[test]

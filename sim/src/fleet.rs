@@ -1,4 +1,5 @@
-//! Starting and stopping a fleet: N machines, each BMC on its own loopback port, plus the control API.
+//! Starting and stopping a fleet: N machines, each BMC on its own loopback ports (Redfish over TCP, IPMI over
+//! UDP), plus the control API.
 
 use crate::agent::{Agent, GrpcRegion, RegionApi};
 use crate::config::FleetConfig;
@@ -12,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -31,8 +32,8 @@ pub struct Fleet {
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 impl Fleet {
-    /// Starts the fleet `cfg` describes: validates it, binds every BMC on `127.0.0.1:0` and the control
-    /// API, and serves them on the current Tokio runtime. With `cfg.agent`, machines that network-boot
+    /// Starts the fleet `cfg` describes: validates it, binds every BMC on `127.0.0.1:0` (a TCP port for
+    /// Redfish and, with `cfg.ipmi`, a UDP port for IPMI) and the control API, and serves them on the current Tokio runtime. With `cfg.agent`, machines that network-boot
     /// report to the regions it names (the CA is read and the channel prepared here; regions need not be
     /// up yet).
     pub async fn start(cfg: FleetConfig) -> Result<Fleet, SimError> {
@@ -63,11 +64,18 @@ impl Fleet {
         let power_delay = Duration::from_millis(cfg.power_delay_ms);
 
         let mut listeners = Vec::with_capacity(cfg.count);
+        let mut udp_sockets = Vec::with_capacity(cfg.count);
         let mut machines = Vec::with_capacity(cfg.count);
         for i in 0..cfg.count {
             let hostname = cfg.hostname(i);
             let listener = bind(0, || format!("the BMC of {hostname}")).await?;
             let port = local_port(&listener, &hostname)?;
+            let (udp, ipmi_port) = if cfg.ipmi {
+                let (sock, port) = bind_udp(&hostname).await?;
+                (Some(sock), Some(port))
+            } else {
+                (None, None)
+            };
             let uuid = hardware::uuid(cfg.seed, i);
             let info = SimMachineInfo {
                 hostname,
@@ -80,9 +88,11 @@ impl Fleet {
                 system_id: uuid.clone(),
                 inventory: hardware::inventory(cfg.seed, i, &uuid),
                 uuid,
+                ipmi_port,
             };
             machines.push(Arc::new(SimMachine::new(info, power_delay, agent.clone())));
             listeners.push(listener);
+            udp_sockets.push(udp);
         }
         let control_listener = bind(cfg.control_port, || "the control API".to_string()).await?;
         let control_port = local_port(&control_listener, "the control API")?;
@@ -101,6 +111,12 @@ impl Fleet {
                     tracing::error!(machine = %host, "BMC listener stopped: {e}");
                 }
             });
+        }
+        for (m, sock) in machines.iter().zip(udp_sockets) {
+            if let Some(sock) = sock {
+                let bmc = Arc::new(crate::ipmi::IpmiBmc::new(Arc::clone(m)));
+                tasks.spawn(crate::ipmi::serve(bmc, sock, stopping.subscribe()));
+            }
         }
         let infos = machines.iter().map(|m| m.info().clone()).collect();
         let registry = Arc::new(Registry::new(machines));
@@ -209,6 +225,19 @@ async fn bind(port: u16, what: impl Fn() -> String) -> Result<TcpListener, SimEr
             source,
         })?;
     Ok(listener)
+}
+
+/// The UDP socket of a BMC's IPMI service on `127.0.0.1:0`, and its port.
+async fn bind_udp(hostname: &str) -> Result<(UdpSocket, u16), SimError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let err = |source| SimError::Bind {
+        what: format!("the IPMI BMC of {hostname}"),
+        addr: format!("{addr} (UDP)"),
+        source,
+    };
+    let sock = UdpSocket::bind(addr).await.map_err(err)?;
+    let port = sock.local_addr().map_err(err)?.port();
+    Ok((sock, port))
 }
 
 fn local_port(l: &TcpListener, what: &str) -> Result<u16, SimError> {

@@ -1,9 +1,10 @@
 //! `ingot-sim`: Ingot's simulated machines, as product code (in the line of Oxide's sp-sim). Each machine
-//! has a BMC speaking real Redfish over HTTP on its own `127.0.0.1` port — power, boot override, sessions,
-//! fault knobs — and, when it boots from the network while Ingot is commissioning, testing, deploying,
-//! erasing or rescuing it, it behaves like a machine running Ingot's in-band agent: it reports inventory,
-//! progress and result through the same region gRPC API a real agent uses. Tests, `ingot dev` and the
-//! benchmark drive thousands of them in one process.
+//! has a BMC speaking real Redfish over HTTP on its own `127.0.0.1` port and real IPMI 2.0 over LAN (RMCP+)
+//! on its own UDP port — power, boot override, sessions, fault knobs, one machine state behind both — and,
+//! when it boots from the network while Ingot is commissioning, testing, deploying, erasing or rescuing it,
+//! it behaves like a machine running Ingot's in-band agent: it reports inventory, progress and result
+//! through the same region gRPC API a real agent uses. Tests, `ingot dev` and the benchmark drive thousands
+//! of them in one process.
 //!
 //! Layout:
 //! - [`config`] — [`FleetConfig`] / [`AgentConfig`] — how many machines, names, zones, BMC credentials and
@@ -13,6 +14,8 @@
 //!   ([`Faults`]), counters; a boot from PXE starts the agent.
 //! - [`redfish`] — the axum router of one BMC (service root, Systems, Reset, Managers, SessionService;
 //!   basic and session auth; Redfish error bodies); faults are applied here.
+//! - [`ipmi`] — the same BMC over IPMI 2.0 / RMCP+ on its own UDP port (handshake, sessions, chassis
+//!   commands, boot options), with the rack's own wire format and crypto; faults apply here too.
 //! - [`agent`] — the in-band agent ([`RegionApi`], [`GrpcRegion`] over `ingot-client`): boot credentials by
 //!   hostname, then the purpose's reports; retries while regions are unavailable, stops on power-off or a
 //!   superseded boot.
@@ -30,6 +33,7 @@ pub mod control;
 pub mod error;
 pub mod fleet;
 pub mod hardware;
+pub mod ipmi;
 pub mod machine;
 pub mod redfish;
 

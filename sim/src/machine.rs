@@ -2,8 +2,8 @@
 //! that make the BMC misbehave, and what happens when it boots (from the network: the in-band agent runs;
 //! from disk: nothing Ingot sees).
 //!
-//! The BMC's HTTP surface lives in [`crate::redfish`]; the agent in [`crate::agent`]. Both act on a
-//! [`SimMachine`] shared behind an `Arc`, as do the control API and the fleet.
+//! The BMC's HTTP surface lives in [`crate::redfish`], its IPMI surface in [`crate::ipmi`]; the agent in
+//! [`crate::agent`]. All act on a [`SimMachine`] shared behind an `Arc`, as do the control API and the fleet.
 
 use crate::agent::{Agent, AgentOutcome};
 use ingot_common::model::Inventory;
@@ -39,6 +39,10 @@ pub struct SimMachineInfo {
     pub system_id: String,
     /// The hardware the agent reports at commissioning (serde form of [`Inventory`]).
     pub inventory: Inventory,
+    /// The UDP port on `127.0.0.1` where the BMC speaks IPMI 2.0 over LAN (RMCP+, "lanplus"; same user name
+    /// and password); `None` when the fleet runs without IPMI. Absent in files from older simulators.
+    #[serde(default)]
+    pub ipmi_port: Option<u16>,
 }
 
 /// Power state of a simulated machine.
@@ -298,11 +302,11 @@ pub struct AgentCounters {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(default)]
 pub struct Counters {
-    /// Every HTTP request the BMC received.
+    /// Every HTTP request and IPMI datagram the BMC received.
     pub requests: u64,
-    /// Reads of the ComputerSystem resource (power state queries).
+    /// Power state queries: reads of the ComputerSystem resource, IPMI Get Chassis Status.
     pub queries: u64,
-    /// Reset actions accepted.
+    /// Reset actions accepted (Redfish resets, IPMI Chassis Control).
     pub resets: u64,
     /// Boots (power-ons and restarts).
     pub boots: u64,
@@ -634,6 +638,7 @@ mod tests {
             password: "pw".into(),
             system_id: "u".into(),
             inventory: Inventory::default(),
+            ipmi_port: None,
         };
         Arc::new(SimMachine::new(info, Duration::ZERO, None))
     }
@@ -682,6 +687,19 @@ mod tests {
         };
         assert_eq!(f.describe(), "slow_ms=5,flapping");
         assert!(serde_json::from_str::<Faults>(r#"{"slowms": 1}"#).is_err());
+    }
+
+    #[test]
+    fn ipmi_port_is_optional_in_json() {
+        let mut info = machine().info().clone();
+        let mut v = serde_json::to_value(&info).unwrap();
+        assert_eq!(v["ipmi_port"], serde_json::Value::Null);
+        v.as_object_mut().unwrap().remove("ipmi_port");
+        assert_eq!(serde_json::from_value::<SimMachineInfo>(v).unwrap(), info);
+        info.ipmi_port = Some(6230);
+        let v = serde_json::to_value(&info).unwrap();
+        assert_eq!(v["ipmi_port"], 6230);
+        assert_eq!(serde_json::from_value::<SimMachineInfo>(v).unwrap(), info);
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 #[command(
     name = "ingot-sim",
     version,
-    about = "Ingot's simulated machines: Redfish BMCs on loopback ports, with fault knobs, that report like \
-             the in-band agent when Ingot network-boots them"
+    about = "Ingot's simulated machines: Redfish and IPMI (RMCP+) BMCs on loopback ports, with fault knobs, \
+             that report like the in-band agent when Ingot network-boots them"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,19 +31,19 @@ enum Cmd {
         dir: PathBuf,
         /// The machine, e.g. sim-07.
         hostname: String,
-        /// Accept connections but never answer.
+        /// Accept connections but never answer (IPMI: drop every datagram).
         #[arg(long)]
         unresponsive: bool,
         /// Delay every answer by this many milliseconds.
         #[arg(long, value_name = "MS")]
         slow_ms: Option<u64>,
-        /// Reject every credential (401).
+        /// Reject every credential (401; IPMI: RAKP 4 "invalid integrity check value").
         #[arg(long)]
         wrong_password: bool,
-        /// Reads alternately fail (500) and report the opposite power state.
+        /// Reads alternately fail (500; IPMI: 0xFF) and report the opposite power state.
         #[arg(long)]
         flapping: bool,
-        /// Reset actions fail (500).
+        /// Reset actions fail (500; IPMI Chassis Control: 0xFF).
         #[arg(long)]
         fail_power: bool,
         /// Clear every fault.
@@ -105,6 +105,9 @@ struct RunArgs {
     /// Seed of MACs, UUIDs and hardware (give fleets sharing a cluster different seeds).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Serve Redfish only: no IPMI (RMCP+) UDP port per BMC.
+    #[arg(long)]
+    no_ipmi: bool,
 }
 
 /// Raises the soft open-file limit to the hard one: every simulated BMC holds a listening socket plus its
@@ -233,6 +236,7 @@ async fn run(a: RunArgs) -> Result<()> {
         control_port: a.control_port,
         agent: agent_config(&a)?,
         seed: a.seed,
+        ipmi: !a.no_ipmi,
     };
     let started = std::time::Instant::now();
     let fleet = Fleet::start(cfg).await?;
@@ -270,7 +274,7 @@ async fn wait_for_signal() -> Result<()> {
 }
 
 fn print_table(out: &mut impl Write, machines: &[MachineView]) -> std::io::Result<()> {
-    let rows: Vec<[String; 9]> = machines
+    let rows: Vec<[String; 10]> = machines
         .iter()
         .map(|m| {
             let agent = &m.counters.agent;
@@ -289,6 +293,9 @@ fn print_table(out: &mut impl Write, machines: &[MachineView]) -> std::io::Resul
                 m.info.zone.clone(),
                 m.info.mac.clone(),
                 m.info.bmc_url.clone(),
+                m.info
+                    .ipmi_port
+                    .map_or_else(|| "-".to_string(), |p| p.to_string()),
                 m.power.as_str().to_string(),
                 format!("{}/{}", m.boot.target.redfish(), m.boot.enabled.redfish()),
                 m.faults.describe(),
@@ -305,6 +312,7 @@ fn print_table(out: &mut impl Write, machines: &[MachineView]) -> std::io::Resul
         "ZONE",
         "MAC",
         "BMC",
+        "IPMI PORT",
         "POWER",
         "BOOT OVERRIDE",
         "FAULTS",

@@ -33,7 +33,9 @@
 
 mod ipmitool;
 mod native;
-pub(crate) mod rmcp;
+/// The RMCP+ wire format and crypto as pure functions; public so that `ingot-sim`'s simulated BMCs speak the
+/// server side of the same protocol with the same code.
+pub mod rmcp;
 
 use super::{DriverError, PowerAction, PowerDriver, PowerOutcome, PowerRequest, PowerState};
 use ingot_common::power::{DriverParams, IpmiParams, IpmiTool};

@@ -2,8 +2,15 @@
 //!
 //! Why a separate module: everything here is deterministic and unit-tested byte for byte (see the tests at
 //! the bottom), so the I/O layer (`native.rs`) only decides what to send and when. Every decoder checks
-//! lengths before it reads and answers a [`DecodeError`] for anything malformed: a hostile or broken BMC can
-//! make a request fail, never make the rack panic.
+//! lengths before it reads and answers a [`DecodeError`](crate::drivers::ipmi::rmcp::DecodeError) for
+//! anything malformed: a hostile or broken BMC can make a request fail, never make the rack panic.
+//!
+//! Why it is public: the wire format is symmetric, and `ingot-sim`'s simulated BMCs speak the other side of
+//! the same protocol. They reuse these codecs and this crypto (packet encoding and decoding, RAKP codes, key
+//! derivation, integrity, AES-CBC) plus the BMC-side helpers at the end of the file (parsing the console's
+//! handshake messages and IPMI requests, building Open Session responses, RAKP 2 / RAKP 4 and IPMI
+//! responses), so that client and simulator cannot drift apart and every byte layout exists once. Nothing
+//! here does I/O or keeps state.
 
 use aes::Aes128;
 use cbc::cipher::{block_padding::NoPadding, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
@@ -12,36 +19,36 @@ use sha1::Sha1;
 use sha2::Sha256;
 
 /// Payload type of an IPMI message (inside a session or session-less).
-pub(crate) const PAYLOAD_IPMI: u8 = 0x00;
+pub const PAYLOAD_IPMI: u8 = 0x00;
 /// RMCP+ Open Session Request.
-pub(crate) const PAYLOAD_OPEN_SESSION_REQUEST: u8 = 0x10;
+pub const PAYLOAD_OPEN_SESSION_REQUEST: u8 = 0x10;
 /// RMCP+ Open Session Response.
-pub(crate) const PAYLOAD_OPEN_SESSION_RESPONSE: u8 = 0x11;
+pub const PAYLOAD_OPEN_SESSION_RESPONSE: u8 = 0x11;
 /// RAKP Message 1 (console → BMC).
-pub(crate) const PAYLOAD_RAKP1: u8 = 0x12;
+pub const PAYLOAD_RAKP1: u8 = 0x12;
 /// RAKP Message 2 (BMC → console).
-pub(crate) const PAYLOAD_RAKP2: u8 = 0x13;
+pub const PAYLOAD_RAKP2: u8 = 0x13;
 /// RAKP Message 3 (console → BMC).
-pub(crate) const PAYLOAD_RAKP3: u8 = 0x14;
+pub const PAYLOAD_RAKP3: u8 = 0x14;
 /// RAKP Message 4 (BMC → console).
-pub(crate) const PAYLOAD_RAKP4: u8 = 0x15;
+pub const PAYLOAD_RAKP4: u8 = 0x15;
 
 /// NetFn Chassis (requests; responses are NetFn + 1).
-pub(crate) const NETFN_CHASSIS: u8 = 0x00;
+pub const NETFN_CHASSIS: u8 = 0x00;
 /// NetFn Application.
-pub(crate) const NETFN_APP: u8 = 0x06;
+pub const NETFN_APP: u8 = 0x06;
 /// Chassis: Get Chassis Status.
-pub(crate) const CMD_GET_CHASSIS_STATUS: u8 = 0x01;
+pub const CMD_GET_CHASSIS_STATUS: u8 = 0x01;
 /// Chassis: Chassis Control.
-pub(crate) const CMD_CHASSIS_CONTROL: u8 = 0x02;
+pub const CMD_CHASSIS_CONTROL: u8 = 0x02;
 /// Chassis: Set System Boot Options.
-pub(crate) const CMD_SET_BOOT_OPTIONS: u8 = 0x08;
+pub const CMD_SET_BOOT_OPTIONS: u8 = 0x08;
 /// App: Get Channel Authentication Capabilities.
-pub(crate) const CMD_GET_CHANNEL_AUTH_CAPS: u8 = 0x38;
+pub const CMD_GET_CHANNEL_AUTH_CAPS: u8 = 0x38;
 /// App: Set Session Privilege Level.
-pub(crate) const CMD_SET_SESSION_PRIVILEGE: u8 = 0x3b;
+pub const CMD_SET_SESSION_PRIVILEGE: u8 = 0x3b;
 /// App: Close Session.
-pub(crate) const CMD_CLOSE_SESSION: u8 = 0x3c;
+pub const CMD_CLOSE_SESSION: u8 = 0x3c;
 
 /// RMCP header: version 1.0, reserved, sequence 0xFF (no RMCP ACK), class IPMI.
 const RMCP_HEADER: [u8; 4] = [0x06, 0x00, 0xff, 0x07];
@@ -56,12 +63,12 @@ const CONSOLE_SWID: u8 = 0x81;
 /// The integrity trailer's "next header" byte.
 const NEXT_HEADER: u8 = 0x07;
 /// Largest datagram we build or accept (IPMI LAN messages are far smaller).
-pub(crate) const MAX_DATAGRAM: usize = 1024;
+pub const MAX_DATAGRAM: usize = 1024;
 
 /// Why a received datagram was not accepted. The I/O layer ignores such datagrams (a late, foreign or forged
 /// packet must not fail a request that a later, valid packet can still answer).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum DecodeError {
+pub enum DecodeError {
     /// Fewer bytes than the named structure needs.
     #[error("datagram too short for {0}")]
     Short(&'static str),
@@ -87,7 +94,7 @@ pub(crate) enum DecodeError {
 
 /// A hash used by RAKP authentication and message integrity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Hash {
+pub enum Hash {
     /// SHA-1 (RAKP-HMAC-SHA1, HMAC-SHA1-96).
     Sha1,
     /// SHA-256 (RAKP-HMAC-SHA256, HMAC-SHA256-128).
@@ -104,7 +111,7 @@ impl Hash {
     }
 
     /// HMAC of the concatenation of `parts` under `key`.
-    pub(crate) fn hmac(self, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    pub fn hmac(self, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
         match self {
             Hash::Sha1 => {
                 let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(key)
@@ -128,7 +135,7 @@ impl Hash {
 
 /// The algorithms of an RMCP+ cipher suite (IPMI 2.0 table 22-20), for the suites this client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CipherSuite {
+pub struct CipherSuite {
     /// The suite id (0, 1, 2, 3, 17).
     pub id: u8,
     /// RAKP authentication hash; `None` is RAKP-none.
@@ -141,7 +148,7 @@ pub(crate) struct CipherSuite {
 
 impl CipherSuite {
     /// The suite for `id`, if this client speaks it.
-    pub(crate) fn from_id(id: u8) -> Option<CipherSuite> {
+    pub fn from_id(id: u8) -> Option<CipherSuite> {
         let (auth, integrity, aes) = match id {
             0 => (None, None, false),
             1 => (Some(Hash::Sha1), None, false),
@@ -159,7 +166,7 @@ impl CipherSuite {
     }
 
     /// Authentication algorithm number for Open Session (0 none, 1 RAKP-HMAC-SHA1, 3 RAKP-HMAC-SHA256).
-    pub(crate) fn auth_algorithm(&self) -> u8 {
+    pub fn auth_algorithm(&self) -> u8 {
         match self.auth {
             None => 0,
             Some(Hash::Sha1) => 1,
@@ -168,7 +175,7 @@ impl CipherSuite {
     }
 
     /// Integrity algorithm number (0 none, 1 HMAC-SHA1-96, 4 HMAC-SHA256-128).
-    pub(crate) fn integrity_algorithm(&self) -> u8 {
+    pub fn integrity_algorithm(&self) -> u8 {
         match self.integrity {
             None => 0,
             Some(Hash::Sha1) => 1,
@@ -177,12 +184,12 @@ impl CipherSuite {
     }
 
     /// Confidentiality algorithm number (0 none, 1 AES-CBC-128).
-    pub(crate) fn confidentiality_algorithm(&self) -> u8 {
+    pub fn confidentiality_algorithm(&self) -> u8 {
         u8::from(self.aes)
     }
 
     /// Length of the AuthCode trailer of authenticated packets (12 for SHA1-96, 16 for SHA256-128).
-    pub(crate) fn integrity_len(&self) -> usize {
+    pub fn integrity_len(&self) -> usize {
         match self.integrity {
             None => 0,
             Some(Hash::Sha1) => 12,
@@ -191,12 +198,12 @@ impl CipherSuite {
     }
 
     /// Length of the key exchange authentication codes of RAKP 2 and 3 (the full HMAC).
-    pub(crate) fn rakp_code_len(&self) -> usize {
+    pub fn rakp_code_len(&self) -> usize {
         self.auth.map_or(0, Hash::len)
     }
 
     /// Length of RAKP 4's integrity check value (HMAC-SHA1-96 / HMAC-SHA256-128).
-    pub(crate) fn rakp4_icv_len(&self) -> usize {
+    pub fn rakp4_icv_len(&self) -> usize {
         match self.auth {
             None => 0,
             Some(Hash::Sha1) => 12,
@@ -207,7 +214,7 @@ impl CipherSuite {
 
 /// The keys of an established session: K1 (integrity) and the first 16 bytes of K2 (AES).
 #[derive(Clone)]
-pub(crate) struct SessionKeys {
+pub struct SessionKeys {
     /// The negotiated suite.
     pub suite: CipherSuite,
     /// K1 = HMAC_SIK(20 × 0x01): the integrity key.
@@ -227,7 +234,7 @@ impl std::fmt::Debug for SessionKeys {
 
 impl SessionKeys {
     /// Derives K1 and K2 from the session integrity key (IPMI 2.0 §13.32).
-    pub(crate) fn derive(suite: CipherSuite, sik: &[u8]) -> SessionKeys {
+    pub fn derive(suite: CipherSuite, sik: &[u8]) -> SessionKeys {
         let Some(h) = suite.auth else {
             return SessionKeys {
                 suite,
@@ -244,7 +251,7 @@ impl SessionKeys {
     }
 
     /// Keys for the session-less messages of the handshake: no integrity, no encryption.
-    pub(crate) fn none() -> SessionKeys {
+    pub fn none() -> SessionKeys {
         SessionKeys {
             suite: CipherSuite {
                 id: 0,
@@ -283,7 +290,7 @@ impl SessionKeys {
 /// The values both sides feed into RAKP (IPMI 2.0 §13.31): the two session ids, the two random numbers,
 /// the BMC's GUID, the requested role and the user name.
 #[derive(Debug, Clone)]
-pub(crate) struct Rakp<'a> {
+pub struct Rakp<'a> {
     /// The remote console's (our) session id, SIDm.
     pub console_sid: u32,
     /// The managed system's (BMC's) session id, SIDc.
@@ -307,7 +314,7 @@ impl Rakp<'_> {
     }
 
     /// RAKP 2 key exchange authentication code: HMAC_Kuid(SIDm, SIDc, Rm, Rc, GUIDc, ROLEm, ULENm, UNAMEm).
-    pub(crate) fn rakp2_code(&self, h: Hash, kuid: &[u8]) -> Vec<u8> {
+    pub fn rakp2_code(&self, h: Hash, kuid: &[u8]) -> Vec<u8> {
         h.hmac(
             kuid,
             &[
@@ -324,7 +331,7 @@ impl Rakp<'_> {
     }
 
     /// RAKP 3 key exchange authentication code: HMAC_Kuid(Rc, SIDm, ROLEm, ULENm, UNAMEm).
-    pub(crate) fn rakp3_code(&self, h: Hash, kuid: &[u8]) -> Vec<u8> {
+    pub fn rakp3_code(&self, h: Hash, kuid: &[u8]) -> Vec<u8> {
         h.hmac(
             kuid,
             &[
@@ -338,7 +345,7 @@ impl Rakp<'_> {
     }
 
     /// Session integrity key: SIK = HMAC_Kg(Rm, Rc, ROLEm, ULENm, UNAMEm), Kg = Kuid without a BMC key.
-    pub(crate) fn sik(&self, h: Hash, kg: &[u8]) -> Vec<u8> {
+    pub fn sik(&self, h: Hash, kg: &[u8]) -> Vec<u8> {
         h.hmac(
             kg,
             &[
@@ -352,7 +359,7 @@ impl Rakp<'_> {
     }
 
     /// RAKP 4 integrity check value: HMAC_SIK(Rm, SIDc, GUIDc), truncated to `len`.
-    pub(crate) fn rakp4_icv(&self, h: Hash, sik: &[u8], len: usize) -> Vec<u8> {
+    pub fn rakp4_icv(&self, h: Hash, sik: &[u8], len: usize) -> Vec<u8> {
         let mut v = h.hmac(
             sik,
             &[
@@ -367,7 +374,7 @@ impl Rakp<'_> {
 }
 
 /// Compares two byte strings in time independent of where they differ.
-pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -377,7 +384,7 @@ fn checksum(bytes: &[u8]) -> u8 {
 }
 
 /// An IPMI request message for the BMC (LUN 0) from a remote console.
-pub(crate) fn ipmi_request(netfn: u8, cmd: u8, rq_seq: u8, data: &[u8]) -> Vec<u8> {
+pub fn ipmi_request(netfn: u8, cmd: u8, rq_seq: u8, data: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(7 + data.len());
     m.push(BMC_SA);
     m.push(netfn << 2);
@@ -393,7 +400,7 @@ pub(crate) fn ipmi_request(netfn: u8, cmd: u8, rq_seq: u8, data: &[u8]) -> Vec<u
 
 /// A decoded IPMI response message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct IpmiResponse {
+pub struct IpmiResponse {
     /// Response NetFn (request NetFn + 1).
     pub netfn: u8,
     /// Command.
@@ -407,7 +414,7 @@ pub(crate) struct IpmiResponse {
 }
 
 /// Decodes an IPMI response message, checking both checksums.
-pub(crate) fn parse_ipmi_response(m: &[u8]) -> Result<IpmiResponse, DecodeError> {
+pub fn parse_ipmi_response(m: &[u8]) -> Result<IpmiResponse, DecodeError> {
     if m.len() < 8 {
         return Err(DecodeError::Short("an IPMI response message"));
     }
@@ -425,7 +432,7 @@ pub(crate) fn parse_ipmi_response(m: &[u8]) -> Result<IpmiResponse, DecodeError>
 
 /// A session-less IPMI 1.5 datagram (authentication type none) carrying `msg`: how Get Channel
 /// Authentication Capabilities is sent before any session exists.
-pub(crate) fn encode_v15(msg: &[u8]) -> Vec<u8> {
+pub fn encode_v15(msg: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(14 + msg.len());
     p.extend_from_slice(&RMCP_HEADER);
     p.push(AUTH_TYPE_NONE);
@@ -438,7 +445,7 @@ pub(crate) fn encode_v15(msg: &[u8]) -> Vec<u8> {
 
 /// The probe the peer harness uses to see whether a BMC answers: Get Channel Authentication Capabilities
 /// (channel: this one, IPMI 2.0 data, ADMINISTRATOR), session-less.
-pub(crate) fn channel_auth_caps_request(rq_seq: u8, privilege: u8) -> Vec<u8> {
+pub fn channel_auth_caps_request(rq_seq: u8, privilege: u8) -> Vec<u8> {
     encode_v15(&ipmi_request(
         NETFN_APP,
         CMD_GET_CHANNEL_AUTH_CAPS,
@@ -449,7 +456,7 @@ pub(crate) fn channel_auth_caps_request(rq_seq: u8, privilege: u8) -> Vec<u8> {
 
 /// AES-CBC-128 with IPMI's confidentiality padding (pad bytes 1, 2, 3 … then the pad length): returns the
 /// IV followed by the cipher text.
-pub(crate) fn aes_cbc_encrypt(key: &[u8; 16], iv: [u8; 16], plain: &[u8]) -> Vec<u8> {
+pub fn aes_cbc_encrypt(key: &[u8; 16], iv: [u8; 16], plain: &[u8]) -> Vec<u8> {
     let pad = 15 - (plain.len() % 16);
     let mut buf = Vec::with_capacity(16 + plain.len() + pad + 1);
     buf.extend_from_slice(plain);
@@ -469,7 +476,7 @@ pub(crate) fn aes_cbc_encrypt(key: &[u8; 16], iv: [u8; 16], plain: &[u8]) -> Vec
 }
 
 /// Reverses [`aes_cbc_encrypt`]: `data` is IV + cipher text; returns the payload without padding.
-pub(crate) fn aes_cbc_decrypt(key: &[u8; 16], data: &[u8]) -> Result<Vec<u8>, DecodeError> {
+pub fn aes_cbc_decrypt(key: &[u8; 16], data: &[u8]) -> Result<Vec<u8>, DecodeError> {
     if data.len() < 32 {
         return Err(DecodeError::Decrypt("shorter than IV plus one block"));
     }
@@ -497,7 +504,7 @@ pub(crate) fn aes_cbc_decrypt(key: &[u8; 16], data: &[u8]) -> Result<Vec<u8>, De
 
 /// An IPMI 2.0 datagram: `payload` of `payload_type` for session `sid` with sequence `seq`, encrypted and
 /// authenticated as `keys` say (pass [`SessionKeys::none`] for the handshake's session-less messages).
-pub(crate) fn encode_v20(
+pub fn encode_v20(
     payload_type: u8,
     sid: u32,
     seq: u32,
@@ -542,7 +549,7 @@ pub(crate) fn encode_v20(
 
 /// A decoded datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Packet {
+pub struct Packet {
     /// Payload type (low 6 bits); IPMI 1.5 datagrams are [`PAYLOAD_IPMI`].
     pub payload_type: u8,
     /// Session id in the header (the receiver's id: ours for packets from the BMC).
@@ -555,10 +562,10 @@ pub(crate) struct Packet {
     pub authenticated: bool,
 }
 
-/// Decodes a datagram from the BMC under `keys` (use [`SessionKeys::none`] outside a session): checks the
-/// RMCP header, verifies the AuthCode, decrypts. A session with integrity or confidentiality refuses IPMI
+/// Decodes a datagram in either direction (a BMC's answer here, a console's request in `ingot-sim`) under
+/// `keys` (use [`SessionKeys::none`] outside a session): checks the RMCP header, verifies the AuthCode, decrypts. A session with integrity or confidentiality refuses IPMI
 /// payloads that lack them.
-pub(crate) fn decode(buf: &[u8], keys: &SessionKeys) -> Result<Packet, DecodeError> {
+pub fn decode(buf: &[u8], keys: &SessionKeys) -> Result<Packet, DecodeError> {
     if buf.len() < 5 {
         return Err(DecodeError::Short("an RMCP header"));
     }
@@ -672,7 +679,7 @@ fn decode_v20(buf: &[u8], keys: &SessionKeys) -> Result<Packet, DecodeError> {
 }
 
 /// Open Session Request payload: asks for `privilege` and the algorithms of `suite`.
-pub(crate) fn open_session_request(
+pub fn open_session_request(
     tag: u8,
     privilege: u8,
     console_sid: u32,
@@ -692,7 +699,7 @@ pub(crate) fn open_session_request(
 
 /// An Open Session Response.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct OpenSessionResponse {
+pub struct OpenSessionResponse {
     /// Message tag (echoes ours).
     pub tag: u8,
     /// RMCP+ status code (0 is success).
@@ -706,7 +713,7 @@ pub(crate) struct OpenSessionResponse {
 }
 
 /// Decodes an Open Session Response (an error response may stop after the status).
-pub(crate) fn parse_open_session_response(p: &[u8]) -> Result<OpenSessionResponse, DecodeError> {
+pub fn parse_open_session_response(p: &[u8]) -> Result<OpenSessionResponse, DecodeError> {
     if p.len() < 2 {
         return Err(DecodeError::Short("an Open Session Response"));
     }
@@ -733,13 +740,7 @@ pub(crate) fn parse_open_session_response(p: &[u8]) -> Result<OpenSessionRespons
 }
 
 /// RAKP Message 1 payload.
-pub(crate) fn rakp1(
-    tag: u8,
-    bmc_sid: u32,
-    console_rand: &[u8; 16],
-    role: u8,
-    username: &[u8],
-) -> Vec<u8> {
+pub fn rakp1(tag: u8, bmc_sid: u32, console_rand: &[u8; 16], role: u8, username: &[u8]) -> Vec<u8> {
     let mut p = vec![tag, 0, 0, 0];
     p.extend_from_slice(&bmc_sid.to_le_bytes());
     p.extend_from_slice(console_rand);
@@ -750,7 +751,7 @@ pub(crate) fn rakp1(
 
 /// A RAKP Message 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Rakp2 {
+pub struct Rakp2 {
     /// Message tag.
     pub tag: u8,
     /// RMCP+ status code.
@@ -766,7 +767,7 @@ pub(crate) struct Rakp2 {
 }
 
 /// Decodes RAKP 2 whose authentication code is `code_len` bytes (an error RAKP 2 may stop early).
-pub(crate) fn parse_rakp2(p: &[u8], code_len: usize) -> Result<Rakp2, DecodeError> {
+pub fn parse_rakp2(p: &[u8], code_len: usize) -> Result<Rakp2, DecodeError> {
     if p.len() < 2 {
         return Err(DecodeError::Short("a RAKP 2 message"));
     }
@@ -799,7 +800,7 @@ pub(crate) fn parse_rakp2(p: &[u8], code_len: usize) -> Result<Rakp2, DecodeErro
 }
 
 /// RAKP Message 3 payload (`status` non-zero tells the BMC we abandon the handshake).
-pub(crate) fn rakp3(tag: u8, status: u8, bmc_sid: u32, code: &[u8]) -> Vec<u8> {
+pub fn rakp3(tag: u8, status: u8, bmc_sid: u32, code: &[u8]) -> Vec<u8> {
     let mut p = vec![tag, status, 0, 0];
     p.extend_from_slice(&bmc_sid.to_le_bytes());
     p.extend_from_slice(code);
@@ -808,7 +809,7 @@ pub(crate) fn rakp3(tag: u8, status: u8, bmc_sid: u32, code: &[u8]) -> Vec<u8> {
 
 /// A RAKP Message 4.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Rakp4 {
+pub struct Rakp4 {
     /// Message tag.
     pub tag: u8,
     /// RMCP+ status code.
@@ -820,7 +821,7 @@ pub(crate) struct Rakp4 {
 }
 
 /// Decodes RAKP 4 whose ICV is `icv_len` bytes.
-pub(crate) fn parse_rakp4(p: &[u8], icv_len: usize) -> Result<Rakp4, DecodeError> {
+pub fn parse_rakp4(p: &[u8], icv_len: usize) -> Result<Rakp4, DecodeError> {
     if p.len() < 2 {
         return Err(DecodeError::Short("a RAKP 4 message"));
     }
@@ -844,8 +845,310 @@ pub(crate) fn parse_rakp4(p: &[u8], icv_len: usize) -> Result<Rakp4, DecodeError
     })
 }
 
+// ---- The BMC's side: what `ingot-sim`'s simulated BMCs parse and build. -------------------------------
+
+/// The cipher suites [`CipherSuite::from_id`] knows, in the order a BMC lists them.
+pub const SUPPORTED_SUITES: [u8; 5] = [0, 1, 2, 3, 17];
+
+/// RMCP+ status: unauthorized name (RAKP 2: no such user).
+pub const STATUS_UNAUTHORIZED_NAME: u8 = 0x0d;
+/// RMCP+ status: invalid integrity check value (RAKP 4: the console's key exchange code is wrong).
+pub const STATUS_INVALID_INTEGRITY: u8 = 0x0f;
+
+impl CipherSuite {
+    /// The supported suite whose (authentication, integrity, confidentiality) algorithm numbers are `algs`,
+    /// as proposed in an Open Session Request; otherwise the RMCP+ status code a BMC answers: 0x04 / 0x05 /
+    /// 0x10 for an algorithm it does not implement (MD5, MD2, xRC4, OEM), 0x11 for known algorithms that form
+    /// no supported suite.
+    pub fn from_algorithms(algs: [u8; 3]) -> Result<CipherSuite, u8> {
+        if let Some(s) = SUPPORTED_SUITES
+            .iter()
+            .filter_map(|&id| CipherSuite::from_id(id))
+            .find(|s| {
+                [
+                    s.auth_algorithm(),
+                    s.integrity_algorithm(),
+                    s.confidentiality_algorithm(),
+                ] == algs
+            })
+        {
+            return Ok(s);
+        }
+        let [auth, integrity, conf] = algs;
+        if !matches!(auth, 0 | 1 | 3) {
+            Err(0x04)
+        } else if !matches!(integrity, 0 | 1 | 4) {
+            Err(0x05)
+        } else if !matches!(conf, 0 | 1) {
+            Err(0x10)
+        } else {
+            Err(0x11)
+        }
+    }
+}
+
+/// The session header fields a BMC needs before it can pick the keys to [`decode`] a datagram with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// True for the IPMI 2.0 / RMCP+ format, false for an IPMI 1.5 session-less (authentication type none)
+    /// datagram.
+    pub rmcp_plus: bool,
+    /// Payload type (low 6 bits); IPMI 1.5 datagrams are [`PAYLOAD_IPMI`].
+    pub payload_type: u8,
+    /// The receiver's session id (0: session-less).
+    pub session_id: u32,
+}
+
+/// Reads the session header of an RMCP IPMI datagram without checking integrity (the session id names the
+/// keys that will). IPMI 1.5 datagrams with authentication are refused ([`DecodeError::Format`]).
+pub fn peek_header(buf: &[u8]) -> Result<Header, DecodeError> {
+    if buf.len() < 5 {
+        return Err(DecodeError::Short("an RMCP header"));
+    }
+    if buf[0] != RMCP_HEADER[0] || buf[3] != RMCP_HEADER[3] {
+        return Err(DecodeError::NotIpmi);
+    }
+    match buf[4] {
+        AUTH_TYPE_RMCP_PLUS => {
+            if buf.len() < 16 {
+                return Err(DecodeError::Short("an IPMI 2.0 session header"));
+            }
+            Ok(Header {
+                rmcp_plus: true,
+                payload_type: buf[5] & 0x3f,
+                session_id: le32(&buf[6..10]),
+            })
+        }
+        AUTH_TYPE_NONE => {
+            if buf.len() < 14 {
+                return Err(DecodeError::Short("an IPMI 1.5 session header"));
+            }
+            Ok(Header {
+                rmcp_plus: false,
+                payload_type: PAYLOAD_IPMI,
+                session_id: le32(&buf[9..13]),
+            })
+        }
+        _ => Err(DecodeError::Format("IPMI 1.5 authenticated session")),
+    }
+}
+
+/// A decoded IPMI request message, as a BMC receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpmiRequest {
+    /// Responder's slave address (the BMC, 0x20).
+    pub rs_sa: u8,
+    /// NetFn of the request (even).
+    pub netfn: u8,
+    /// Responder's LUN.
+    pub rs_lun: u8,
+    /// Requester's address (a remote console's software id, 0x81).
+    pub rq_sa: u8,
+    /// Request sequence number (6 bits): echoed in the response.
+    pub rq_seq: u8,
+    /// Requester's LUN.
+    pub rq_lun: u8,
+    /// Command.
+    pub cmd: u8,
+    /// Request data.
+    pub data: Vec<u8>,
+}
+
+/// Decodes an IPMI request message (what [`ipmi_request`] builds), checking both checksums.
+pub fn parse_ipmi_request(m: &[u8]) -> Result<IpmiRequest, DecodeError> {
+    if m.len() < 7 {
+        return Err(DecodeError::Short("an IPMI request message"));
+    }
+    if checksum(&m[0..2]) != m[2] || checksum(&m[3..m.len() - 1]) != m[m.len() - 1] {
+        return Err(DecodeError::Checksum);
+    }
+    Ok(IpmiRequest {
+        rs_sa: m[0],
+        netfn: m[1] >> 2,
+        rs_lun: m[1] & 0x03,
+        rq_sa: m[3],
+        rq_seq: m[4] >> 2,
+        rq_lun: m[4] & 0x03,
+        cmd: m[5],
+        data: m[6..m.len() - 1].to_vec(),
+    })
+}
+
+/// The response message to `req`: the response NetFn (request NetFn + 1), the same command and sequence number, addresses swapped,
+/// `completion` then `data`, both checksums.
+pub fn ipmi_response(req: &IpmiRequest, completion: u8, data: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(8 + data.len());
+    m.push(req.rq_sa);
+    m.push((((req.netfn | 1) & 0x3f) << 2) | req.rq_lun);
+    m.push(checksum(&m[0..2]));
+    m.push(req.rs_sa);
+    m.push(((req.rq_seq & 0x3f) << 2) | req.rs_lun);
+    m.push(req.cmd);
+    m.push(completion);
+    m.extend_from_slice(data);
+    let c = checksum(&m[3..]);
+    m.push(c);
+    m
+}
+
+/// An Open Session Request, as a BMC receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSessionRequest {
+    /// Message tag (echoed in the response).
+    pub tag: u8,
+    /// Requested maximum privilege (low 4 bits; 0: the highest the user may have).
+    pub privilege: u8,
+    /// The console's session id.
+    pub console_sid: u32,
+    /// Proposed authentication, integrity and confidentiality algorithms.
+    pub algorithms: [u8; 3],
+}
+
+/// Decodes an Open Session Request with its three 8-byte algorithm payloads (what
+/// [`open_session_request`] builds). A request whose payloads are missing or out of order is a
+/// [`DecodeError::Format`].
+pub fn parse_open_session_request(p: &[u8]) -> Result<OpenSessionRequest, DecodeError> {
+    if p.len() < 32 {
+        return Err(DecodeError::Short("an Open Session Request"));
+    }
+    let mut algorithms = [0u8; 3];
+    for (i, alg) in algorithms.iter_mut().enumerate() {
+        let at = 8 + 8 * i;
+        if usize::from(p[at]) != i || p[at + 3] != 0x08 {
+            return Err(DecodeError::Format(
+                "Open Session Request algorithm payloads",
+            ));
+        }
+        *alg = p[at + 4] & 0x3f;
+    }
+    Ok(OpenSessionRequest {
+        tag: p[0],
+        privilege: p[1] & 0x0f,
+        console_sid: le32(&p[4..8]),
+        algorithms,
+    })
+}
+
+/// A successful Open Session Response: the BMC's session id, the privilege it grants at most and the
+/// algorithms of `suite` (what [`parse_open_session_response`] reads).
+pub fn open_session_response(
+    tag: u8,
+    privilege: u8,
+    console_sid: u32,
+    bmc_sid: u32,
+    suite: &CipherSuite,
+) -> Vec<u8> {
+    let mut p = vec![tag, 0, privilege, 0];
+    p.extend_from_slice(&console_sid.to_le_bytes());
+    p.extend_from_slice(&bmc_sid.to_le_bytes());
+    for (kind, alg) in [
+        (0x00, suite.auth_algorithm()),
+        (0x01, suite.integrity_algorithm()),
+        (0x02, suite.confidentiality_algorithm()),
+    ] {
+        p.extend_from_slice(&[kind, 0, 0, 0x08, alg, 0, 0, 0]);
+    }
+    p
+}
+
+/// A failed Open Session Response, RAKP 2 or RAKP 4 (they share this layout): tag, RMCP+ `status`, the
+/// console's session id.
+pub fn handshake_error(tag: u8, status: u8, console_sid: u32) -> Vec<u8> {
+    let mut p = vec![tag, status, 0, 0];
+    p.extend_from_slice(&console_sid.to_le_bytes());
+    p
+}
+
+/// A RAKP Message 1, as a BMC receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rakp1 {
+    /// Message tag.
+    pub tag: u8,
+    /// The BMC's session id.
+    pub bmc_sid: u32,
+    /// The console's random number Rm.
+    pub console_rand: [u8; 16],
+    /// Requested maximum privilege (low 4 bits) and the name-only lookup bit (0x10).
+    pub role: u8,
+    /// The user name, as long as the length byte says (a BMC refuses more than 16 bytes).
+    pub username: Vec<u8>,
+}
+
+/// Decodes RAKP 1 (what [`rakp1`] builds).
+pub fn parse_rakp1(p: &[u8]) -> Result<Rakp1, DecodeError> {
+    if p.len() < 28 {
+        return Err(DecodeError::Short("a RAKP 1 message"));
+    }
+    let ulen = usize::from(p[27]);
+    let username = p
+        .get(28..28 + ulen)
+        .ok_or(DecodeError::Short("the RAKP 1 user name"))?
+        .to_vec();
+    let mut console_rand = [0u8; 16];
+    console_rand.copy_from_slice(&p[8..24]);
+    Ok(Rakp1 {
+        tag: p[0],
+        bmc_sid: le32(&p[4..8]),
+        console_rand,
+        role: p[24],
+        username,
+    })
+}
+
+/// A successful RAKP Message 2 (what [`parse_rakp2`] reads): the BMC's random number, its GUID and its key
+/// exchange authentication code.
+pub fn rakp2(
+    tag: u8,
+    console_sid: u32,
+    bmc_rand: &[u8; 16],
+    bmc_guid: &[u8; 16],
+    code: &[u8],
+) -> Vec<u8> {
+    let mut p = vec![tag, 0, 0, 0];
+    p.extend_from_slice(&console_sid.to_le_bytes());
+    p.extend_from_slice(bmc_rand);
+    p.extend_from_slice(bmc_guid);
+    p.extend_from_slice(code);
+    p
+}
+
+/// A RAKP Message 3, as a BMC receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rakp3 {
+    /// Message tag.
+    pub tag: u8,
+    /// RMCP+ status: non-zero when the console abandons the handshake.
+    pub status: u8,
+    /// The BMC's session id.
+    pub bmc_sid: u32,
+    /// The console's key exchange authentication code (everything after the header; the BMC checks its
+    /// length against the suite).
+    pub code: Vec<u8>,
+}
+
+/// Decodes RAKP 3 (what [`rakp3`] builds).
+pub fn parse_rakp3(p: &[u8]) -> Result<Rakp3, DecodeError> {
+    if p.len() < 8 {
+        return Err(DecodeError::Short("a RAKP 3 message"));
+    }
+    Ok(Rakp3 {
+        tag: p[0],
+        status: p[1],
+        bmc_sid: le32(&p[4..8]),
+        code: p[8..].to_vec(),
+    })
+}
+
+/// A successful RAKP Message 4 (what [`parse_rakp4`] reads): the integrity check value.
+pub fn rakp4(tag: u8, console_sid: u32, icv: &[u8]) -> Vec<u8> {
+    let mut p = vec![tag, 0, 0, 0];
+    p.extend_from_slice(&console_sid.to_le_bytes());
+    p.extend_from_slice(icv);
+    p
+}
+
 /// What an RMCP+ / RAKP status code means (IPMI 2.0 table 13-15).
-pub(crate) fn rmcpp_status_name(code: u8) -> &'static str {
+pub fn rmcpp_status_name(code: u8) -> &'static str {
     match code {
         0x00 => "no errors",
         0x01 => "insufficient resources to create a session",
@@ -871,7 +1174,7 @@ pub(crate) fn rmcpp_status_name(code: u8) -> &'static str {
 }
 
 /// What a completion code means (IPMI 2.0 table 5-2, plus the boot-options specific 0x80-0x82).
-pub(crate) fn completion_code_name(cc: u8) -> &'static str {
+pub fn completion_code_name(cc: u8) -> &'static str {
     match cc {
         0x00 => "success",
         0x80 => "parameter not supported",
@@ -1124,5 +1427,156 @@ mod tests {
         let v15 = channel_auth_caps_request(0, 4);
         let d = decode(&v15, &SessionKeys::none()).unwrap();
         assert_eq!(d.payload[5], CMD_GET_CHANNEL_AUTH_CAPS);
+    }
+
+    /// The BMC-side helpers read what the client builds and build what the client reads.
+    #[test]
+    fn server_helpers_round_trip_with_the_client() {
+        // Open Session.
+        for id in SUPPORTED_SUITES {
+            let suite = CipherSuite::from_id(id).unwrap();
+            let req = open_session_request(7, 4, 0x0102_0304, &suite);
+            let r = parse_open_session_request(&req).unwrap();
+            assert_eq!((r.tag, r.privilege, r.console_sid), (7, 4, 0x0102_0304));
+            assert_eq!(CipherSuite::from_algorithms(r.algorithms), Ok(suite));
+            let resp = open_session_response(7, 4, 0x0102_0304, 0xaabb_ccdd, &suite);
+            let o = parse_open_session_response(&resp).unwrap();
+            assert_eq!(
+                (o.tag, o.status, o.console_sid, o.bmc_sid),
+                (7, 0, 0x0102_0304, 0xaabb_ccdd)
+            );
+            assert_eq!(o.algorithms, r.algorithms);
+        }
+        let mut bad = open_session_request(7, 4, 1, &CipherSuite::from_id(3).unwrap());
+        bad[16] = 0x02; // integrity payload where the authentication one belongs
+        assert!(matches!(
+            parse_open_session_request(&bad),
+            Err(DecodeError::Format(_))
+        ));
+        let e = parse_open_session_response(&handshake_error(7, 0x11, 9)).unwrap();
+        assert_eq!((e.tag, e.status, e.console_sid), (7, 0x11, 9));
+
+        // RAKP 1 .. 4.
+        let r1 = parse_rakp1(&rakp1(5, 0xaabb_ccdd, &[3; 16], 0x14, b"admin")).unwrap();
+        assert_eq!(
+            r1,
+            Rakp1 {
+                tag: 5,
+                bmc_sid: 0xaabb_ccdd,
+                console_rand: [3; 16],
+                role: 0x14,
+                username: b"admin".to_vec()
+            }
+        );
+        let r2 = parse_rakp2(&rakp2(5, 9, &[1; 16], &[2; 16], &[7; 20]), 20).unwrap();
+        assert_eq!((r2.tag, r2.status, r2.console_sid), (5, 0, 9));
+        assert_eq!(
+            (r2.bmc_rand, r2.bmc_guid, r2.code),
+            ([1; 16], [2; 16], vec![7; 20])
+        );
+        let e2 = parse_rakp2(&handshake_error(5, STATUS_UNAUTHORIZED_NAME, 9), 20).unwrap();
+        assert_eq!((e2.status, e2.console_sid), (STATUS_UNAUTHORIZED_NAME, 9));
+        let r3 = parse_rakp3(&rakp3(5, 0, 0xaabb_ccdd, &[8; 32])).unwrap();
+        assert_eq!(
+            (r3.tag, r3.status, r3.bmc_sid, r3.code),
+            (5, 0, 0xaabb_ccdd, vec![8; 32])
+        );
+        let r4 = parse_rakp4(&rakp4(5, 9, &[6; 16]), 16).unwrap();
+        assert_eq!(
+            (r4.tag, r4.status, r4.console_sid, r4.icv),
+            (5, 0, 9, vec![6; 16])
+        );
+        let e4 = parse_rakp4(&handshake_error(5, STATUS_INVALID_INTEGRITY, 9), 16).unwrap();
+        assert_eq!(e4.status, STATUS_INVALID_INTEGRITY);
+
+        // IPMI request and response.
+        let m = ipmi_request(NETFN_CHASSIS, CMD_CHASSIS_CONTROL, 33, &[2]);
+        let req = parse_ipmi_request(&m).unwrap();
+        assert_eq!(
+            (
+                req.rs_sa,
+                req.netfn,
+                req.rq_sa,
+                req.rq_seq,
+                req.cmd,
+                req.data.as_slice()
+            ),
+            (
+                0x20,
+                NETFN_CHASSIS,
+                0x81,
+                33,
+                CMD_CHASSIS_CONTROL,
+                &[2u8][..]
+            )
+        );
+        let resp = parse_ipmi_response(&ipmi_response(&req, 0xc1, &[1, 2])).unwrap();
+        assert_eq!(
+            (
+                resp.netfn,
+                resp.cmd,
+                resp.rq_seq,
+                resp.completion,
+                resp.data
+            ),
+            (NETFN_CHASSIS + 1, CMD_CHASSIS_CONTROL, 33, 0xc1, vec![1, 2])
+        );
+        let mut broken = m.clone();
+        broken[6] ^= 0x10;
+        assert_eq!(parse_ipmi_request(&broken), Err(DecodeError::Checksum));
+
+        // Headers, both formats.
+        let h = peek_header(&channel_auth_caps_request(0, 4)).unwrap();
+        assert_eq!(
+            h,
+            Header {
+                rmcp_plus: false,
+                payload_type: PAYLOAD_IPMI,
+                session_id: 0
+            }
+        );
+        let keys = SessionKeys::derive(CipherSuite::from_id(17).unwrap(), &[1; 32]);
+        let pkt = encode_v20(PAYLOAD_IPMI, 0x1234_5678, 3, &m, &keys, [0; 16]);
+        let h = peek_header(&pkt).unwrap();
+        assert_eq!(
+            h,
+            Header {
+                rmcp_plus: true,
+                payload_type: PAYLOAD_IPMI,
+                session_id: 0x1234_5678
+            }
+        );
+        let mut v15_md5 = channel_auth_caps_request(0, 4);
+        v15_md5[4] = 0x02;
+        assert!(matches!(peek_header(&v15_md5), Err(DecodeError::Format(_))));
+    }
+
+    /// What a BMC answers for each proposal (IPMI 2.0 table 22-19 algorithm numbers).
+    #[test]
+    fn algorithms_map_to_suites_or_status_codes() {
+        assert_eq!(
+            CipherSuite::from_algorithms([3, 4, 1]).map(|s| s.id),
+            Ok(17)
+        );
+        assert_eq!(CipherSuite::from_algorithms([0, 0, 0]).map(|s| s.id), Ok(0));
+        assert_eq!(CipherSuite::from_algorithms([2, 2, 1]), Err(0x04)); // RAKP-HMAC-MD5 (suite 7)
+        assert_eq!(CipherSuite::from_algorithms([1, 2, 0]), Err(0x05)); // HMAC-MD5-128
+        assert_eq!(CipherSuite::from_algorithms([1, 1, 2]), Err(0x10)); // xRC4-128
+        assert_eq!(CipherSuite::from_algorithms([1, 4, 1]), Err(0x11)); // SHA-1 RAKP with SHA-256 integrity
+    }
+
+    #[test]
+    fn server_parsers_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..80);
+            let b: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            let _ = peek_header(&b);
+            let _ = parse_ipmi_request(&b);
+            let _ = parse_open_session_request(&b);
+            let _ = parse_rakp1(&b);
+            let _ = parse_rakp3(&b);
+        }
     }
 }
