@@ -234,7 +234,7 @@ async fn simulated_machines_run_the_whole_lifecycle() {
 
     // A power action from the API on the third machine, with --wait semantics.
     let third = &sim.machines[2].hostname;
-    let tm = by_hostname(&c, &third).await;
+    let tm = by_hostname(&c, third).await;
     let cmd = power(&c, &tm.system_id, "on", 30).await.unwrap();
     assert_eq!(
         (cmd.state.as_str(), cmd.power_state.as_str()),
