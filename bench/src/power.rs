@@ -5,9 +5,11 @@
 //!     loopback, through the real `redfish` driver, `--sweeps` times; the first sweep discovers each BMC's
 //!     system and opens connections, later sweeps are steady state. Target: a full sweep < 5 s (MAAS polls 5
 //!     BMCs at a time every 15 s).
-//! (b) IPMI: `--ipmi-queries` power-status queries against one OpenIPMI `ipmi_sim`, through the native
-//!     RMCP+ client (session kept open) and through an `ipmitool` subprocess, one at a time; the ratio of
-//!     the medians is the figure. Needs `ipmi_sim` and `ipmitool` (scripts/install-test-peers.sh).
+//! (b) The same machines' IPMI BMCs: the native RMCP+ client (sessions kept) at the same concurrency, then
+//!     one sweep with an `ipmitool` process per query, 5 in flight (MAAS's way), side by side.
+//! (c) IPMI against a third-party BMC: `--ipmi-queries` power-status queries against one OpenIPMI
+//!     `ipmi_sim`, through the native client and through an `ipmitool` subprocess, one at a time; the ratio
+//!     of the medians is the figure. Needs `ipmi_sim` and `ipmitool` (scripts/install-test-peers.sh).
 //!
 //! Every loop is bounded by a count and a deadline; the simulator process is stopped by its PID.
 
@@ -51,7 +53,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Starts `ingot-sim` with `n` machines (no agent) and returns them as monitor targets.
-async fn start_sim(n: usize) -> Result<(SimProcess, Vec<Bmc>, PathBuf)> {
+async fn start_sim(
+    n: usize,
+) -> Result<(
+    SimProcess,
+    Vec<Bmc>,
+    Vec<ingot_client::local::SimMachine>,
+    PathBuf,
+)> {
     let bin = ingot_client::local::resolve_bin_dir(None)?.join(ingot_client::local::SIM_BIN);
     if !bin.is_file() {
         bail!(
@@ -90,7 +99,7 @@ async fn start_sim(n: usize) -> Result<(SimProcess, Vec<Bmc>, PathBuf)> {
         t0.elapsed().as_millis()
     );
     let bmcs = machines
-        .into_iter()
+        .iter()
         .map(|m| Bmc {
             system_id: m.hostname.clone(),
             driver: "redfish".into(),
@@ -106,7 +115,75 @@ async fn start_sim(n: usize) -> Result<(SimProcess, Vec<Bmc>, PathBuf)> {
             .collect(),
         })
         .collect();
-    Ok((sim, bmcs, dir))
+    Ok((sim, bmcs, machines, dir))
+}
+
+/// The simulated machines' IPMI BMCs as monitor targets, through `tool` (native or ipmitool).
+fn ipmi_targets(machines: &[ingot_client::local::SimMachine], tool: &str) -> Vec<Bmc> {
+    machines
+        .iter()
+        .filter_map(|m| {
+            let port = m.ipmi_port?;
+            Some(Bmc {
+                system_id: m.hostname.clone(),
+                driver: "ipmi".into(),
+                params: [
+                    ("address", "127.0.0.1".to_string()),
+                    ("port", port.to_string()),
+                    ("username", m.username.clone()),
+                    ("password", m.password.clone()),
+                    ("tool", tool.to_string()),
+                    ("timeout_ms", "2000".to_string()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            })
+        })
+        .collect()
+}
+
+/// Times `sweeps` full sweeps of `targets` by one monitor with `concurrency` reads in flight; prints each and
+/// returns the steady-state sweeps (all but the first).
+async fn sweeps(
+    label: &str,
+    targets: Vec<Bmc>,
+    concurrency: usize,
+    sweeps: usize,
+) -> Result<Vec<Duration>> {
+    let monitor = Monitor::new(
+        MonitorConfig {
+            interval: Duration::from_secs(10),
+            concurrency,
+            failure_threshold: 3,
+        },
+        Drivers::default(),
+    );
+    monitor.set_targets(targets);
+    let mut steady = Vec::new();
+    for i in 0..sweeps.max(1) {
+        let (obs, stats) = tokio::time::timeout(Duration::from_secs(180), monitor.sweep(true))
+            .await
+            .with_context(|| format!("{label}: a sweep took longer than 180 s"))?;
+        println!(
+            "{label} sweep {}: {} BMCs read in {} ms ({} failed, {} changes reported){}",
+            i + 1,
+            stats.read,
+            stats.elapsed.as_millis(),
+            stats.failed,
+            obs.len(),
+            if i == 0 && sweeps > 1 {
+                "  [first: sessions / connections opened]"
+            } else {
+                ""
+            }
+        );
+        if i > 0 || sweeps == 1 {
+            steady.push(stats.elapsed);
+        }
+    }
+    steady.sort();
+    Ok(steady)
 }
 
 /// Runs the power benchmark and prints its figures.
@@ -115,54 +192,45 @@ pub async fn run(o: &PowerOpts) -> Result<()> {
         "== (a) power monitor sweep: 1 rack, {} simulated Redfish BMCs, {} reads in flight",
         o.bmcs, o.concurrency
     );
-    let (_sim, bmcs, dir) = start_sim(o.bmcs).await?;
-    let monitor = Monitor::new(
-        MonitorConfig {
-            interval: Duration::from_secs(10),
-            concurrency: o.concurrency,
-            failure_threshold: 3,
-        },
-        Drivers::default(),
-    );
-    monitor.set_targets(bmcs);
-    let mut steady = Vec::new();
-    for i in 0..o.sweeps.max(2) {
-        let (obs, stats) = tokio::time::timeout(Duration::from_secs(120), monitor.sweep(true))
-            .await
-            .context("a sweep took longer than 120 s")?;
-        println!(
-            "sweep {}: {} BMCs read in {} ms ({} failed, {} changes reported){}",
-            i + 1,
-            stats.read,
-            stats.elapsed.as_millis(),
-            stats.failed,
-            obs.len(),
-            if i == 0 {
-                "  [first: system discovery + new connections]"
-            } else {
-                ""
-            }
-        );
-        if stats.failed > 0 && i > 0 {
-            println!("  (failures above: see {}/sim.log)", dir.display());
-        }
-        if i > 0 {
-            steady.push(stats.elapsed);
-        }
-    }
-    steady.sort();
+    let (_sim, bmcs, machines, dir) = start_sim(o.bmcs).await?;
+    let steady = sweeps("redfish", bmcs, o.concurrency, o.sweeps.max(2)).await?;
     println!(
         "FIGURE full sweep of {} BMCs: p50 {} ms, max {} ms (target < 5,000 ms; MAAS: 5 BMCs at a time every 15 s)",
         o.bmcs,
         percentile(&steady, 0.5).as_millis(),
         steady.last().copied().unwrap_or_default().as_millis()
     );
+
+    // (b) the same simulated machines over IPMI: the native client (sessions kept) at the rack's
+    // concurrency, then ipmitool at MAAS's 5 in flight, one sweep.
+    let ipmi_bmcs = ipmi_targets(&machines, "native");
+    if !ipmi_bmcs.is_empty() {
+        println!(
+            "== (b) the same {} machines over IPMI (RMCP+, ingot-sim's BMCs)",
+            ipmi_bmcs.len()
+        );
+        let native = sweeps("ipmi native", ipmi_bmcs, o.concurrency, o.sweeps.max(2)).await?;
+        println!(
+            "FIGURE full IPMI sweep, native client, {} in flight: p50 {} ms",
+            o.concurrency,
+            percentile(&native, 0.5).as_millis()
+        );
+        if ingot_rack::peers::ipmi_sim::IpmiSim::ipmitool_path().is_ok() {
+            let tool = sweeps("ipmitool", ipmi_targets(&machines, "ipmitool"), 5, 1).await?;
+            println!(
+                "FIGURE full IPMI sweep, one ipmitool process per query, 5 in flight (MAAS's way): {} ms",
+                percentile(&tool, 0.5).as_millis()
+            );
+        } else {
+            println!("(ipmitool not installed: the ipmitool sweep is skipped)");
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 
     if o.ipmi_queries == 0 {
         return Ok(());
     }
-    println!("== (b) IPMI query latency: native RMCP+ vs ipmitool subprocess, same ipmi_sim, {} queries each", o.ipmi_queries);
+    println!("== (c) IPMI query latency: native RMCP+ vs ipmitool subprocess, same ipmi_sim, {} queries each", o.ipmi_queries);
     ipmi(o.ipmi_queries).await
 }
 

@@ -6,7 +6,8 @@
 //!   machine on through the rack (boot-pxe, cycle), the simulated agent reports inventory, the machine
 //!   becomes Ready and is powered off; deploy and release run the same way. A BMC that starts refusing the
 //!   password shows as a power error in the API after the monitor's repeated failures, without touching
-//!   the status; clearing the fault clears the error.
+//!   the status; clearing the fault clears the error. A third machine is then switched to the `ipmi` driver
+//!   and commissioned through its simulated IPMI (RMCP+) BMC.
 //! - `ipmi_sim_through_the_whole_stack`: the same path to OpenIPMI's `ipmi_sim` (a third-party BMC):
 //!   power on/off/query from the API, the state visible on the machine, a wrong password as an `auth`
 //!   failure in the command and its event, and commissioning's boot-pxe + cycle reaching the BMC.
@@ -257,6 +258,55 @@ async fn simulated_machines_run_the_whole_lifecycle() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("power.params"), "{}", e.message());
+
+    // The same simulated machine through its IPMI BMC: switch the driver, commission over RMCP+.
+    let port = sim.machines[2].ipmi_port.expect("ingot-sim serves IPMI");
+    c.machines()
+        .update_machine(UpdateMachineRequest {
+            system_id: tm.system_id.clone(),
+            power: Some(ingot_proto::v1::PowerParameters {
+                driver: "ipmi".into(),
+                params: [
+                    ("address", "127.0.0.1".to_string()),
+                    ("port", port.to_string()),
+                    ("username", sim.machines[2].username.clone()),
+                    ("password", sim.machines[2].password.clone()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cmd = power(&c, &tm.system_id, "off", 30).await.unwrap();
+    assert_eq!(
+        (cmd.state.as_str(), cmd.power_state.as_str()),
+        ("done", "off"),
+        "{cmd:?}"
+    );
+    let t0 = Instant::now();
+    c.machines()
+        .commission(ingot_proto::v1::CommissionRequest {
+            machine: Some(by_id(&tm.system_id)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let m = wait_machine(
+        &c,
+        &tm.system_id,
+        Duration::from_secs(30),
+        "Ready after commissioning over IPMI",
+        |m| m.status == MachineStatus::Ready as i32,
+    )
+    .await;
+    eprintln!(
+        "FIGURE commission -> Ready through rack + simulated IPMI BMC + agent: {} ms",
+        t0.elapsed().as_millis()
+    );
+    assert!(m.inventory.is_some());
     assert!(matches!(
         tc.cluster.stop_sims().await,
         ingot_client::local::StopOutcome::Terminated

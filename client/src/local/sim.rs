@@ -47,6 +47,9 @@ pub struct SimMachine {
     pub password: String,
     /// The Redfish ComputerSystem id.
     pub system_id: String,
+    /// The machine's IPMI (RMCP+) BMC port on 127.0.0.1, when the simulator serves IPMI.
+    #[serde(default)]
+    pub ipmi_port: Option<u16>,
 }
 
 /// The running (or recorded) simulator of a local cluster.
