@@ -38,6 +38,22 @@ pub fn system_id() -> String {
         .collect()
 }
 
+/// 16 bytes in the UUID version-4 text layout (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`), with the version and
+/// variant bits set: request ids, simulated machines' SMBIOS UUIDs.
+pub fn uuid_v4_text(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

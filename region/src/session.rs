@@ -287,9 +287,9 @@ async fn run(
             },
             r = applied.changed() => if r.is_err() { break },
             _ = poll.tick() => {
-                let (fingerprint, list) = bmcs(&app, &name);
-                if fingerprint != last_bmcs {
-                    last_bmcs = fingerprint;
+                let (fingerprint, list) = bmcs(&app, &name, last_bmcs);
+                last_bmcs = fingerprint;
+                if let Some(list) = list {
                     if tx.send(msg(region_message::Msg::Bmcs(list))).await.is_err() {
                         break;
                     }
@@ -380,35 +380,42 @@ fn deliver(
 /// Most observations recorded from one message (a rack sends at most one per BMC it owns).
 const MAX_OBSERVATIONS: usize = 20_000;
 
-/// The BMCs rack `name` owns and should monitor (drivers that reach a real BMC), with a fingerprint of the
-/// list so the session sends it only when it changed.
-fn bmcs(app: &App, name: &str) -> (u64, Bmcs) {
+/// The BMCs rack `name` owns and should monitor (drivers that reach a real BMC), as a fingerprint, and as the
+/// list only when the fingerprint differs from `last` (the session sends it only when it changed, and this
+/// runs every poll tick: no list is built for nothing).
+fn bmcs(app: &App, name: &str, last: u64) -> (u64, Option<Bmcs>) {
     use std::hash::{Hash, Hasher};
     let st = app.region.state.read().unwrap_or_else(|p| p.into_inner());
+    let owned = || {
+        st.by_rack
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| st.machine(id))
+            .filter(|m| crate::apply::power::rack_driven(&m.power.driver))
+    };
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    let mut list = Vec::new();
-    if let Some(ids) = st.by_rack.get(name) {
-        for id in ids {
-            let Some(m) = st.machine(id) else { continue };
-            if !crate::apply::power::rack_driven(&m.power.driver) {
-                continue;
-            }
-            m.system_id.hash(&mut h);
-            m.power.hash(&mut h);
-            list.push(Bmc {
-                system_id: m.system_id.clone(),
-                driver: m.power.driver.clone(),
-                params: m.power.params.clone().into_iter().collect(),
-            });
-        }
+    for m in owned() {
+        m.system_id.hash(&mut h);
+        m.power.hash(&mut h);
     }
     // Never 0, so an empty list is sent once too.
     let fp = h.finish() | 1;
+    if fp == last {
+        return (fp, None);
+    }
+    let bmcs = owned()
+        .map(|m| Bmc {
+            system_id: m.system_id.clone(),
+            driver: m.power.driver.clone(),
+            params: m.power.params.clone().into_iter().collect(),
+        })
+        .collect();
     (
         fp,
-        Bmcs {
-            bmcs: list,
+        Some(Bmcs {
+            bmcs,
             poll_interval_ms: 0,
-        },
+        }),
     )
 }

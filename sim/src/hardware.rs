@@ -43,18 +43,10 @@ pub fn mac(seed: u64, index: usize, nic: u8) -> String {
 
 /// The machine's SMBIOS UUID (also its Redfish system id): a version-4-shaped UUID from the seed.
 pub fn uuid(seed: u64, index: usize) -> String {
-    let mut b = digest(seed, index, "uuid");
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(&b[..16]);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let d = digest(seed, index, "uuid");
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    ingot_common::secret::uuid_v4_text(b)
 }
 
 /// A hardware family the generator picks from, so fleets have the mix of a real data centre.

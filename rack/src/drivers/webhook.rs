@@ -6,7 +6,7 @@
 //! `cycle_url`, `soft_off_url`, `boot_pxe_url`, `boot_disk_url`); any 2xx answer is success. The power state
 //! is learnt by GETting `query_url` and searching the body for `query_on_regex` / `query_off_regex`. After a
 //! power change the driver reads the state until it shows the wanted one (bounded: `power_wait_s`, default
-//! [`STATE_WAIT`]), so the
+//! [`ingot_common::power::WEBHOOK_POWER_WAIT_S`] seconds), so the
 //! state it reports is what the endpoint says, not what was asked for.
 //!
 //! Authentication: a bearer `token`, else HTTP basic with `username` / `password`. URLs are quoted in
@@ -20,10 +20,6 @@ use reqwest::Method;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// How long, after a power change was accepted, the driver keeps reading `query_url` for the new state,
-/// unless the machine's `power_wait_s` says otherwise.
-pub const STATE_WAIT: Duration = Duration::from_secs(ingot_common::power::WEBHOOK_POWER_WAIT_S);
 
 /// Compiled regexes kept at most; parameters come from operators, so the cache must not grow without limit.
 const MAX_REGEXES: usize = 1024;

@@ -16,11 +16,6 @@ const PER_TICK: usize = 512;
 /// The actor recorded for the worker's commands.
 pub const REGION_ACTOR: &str = "region";
 
-/// Power drivers that need no rack to complete a power step (until racks drive BMCs).
-fn rackless(driver: &str) -> bool {
-    matches!(driver, "" | "manual" | "sim")
-}
-
 /// Runs until `shutdown` flips; does work only while this region is the leader.
 pub async fn run(app: App, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
@@ -89,7 +84,8 @@ pub fn due(app: &App, now: u64) -> Vec<Op> {
         };
         for id in ids {
             let Some(m) = st.machine(id) else { continue };
-            if !rackless(&m.power.driver) {
+            // Rack-driven machines complete power steps through their rack's result (apply/power.rs).
+            if crate::apply::power::rack_driven(&m.power.driver) {
                 continue;
             }
             ops.push(Op::Outcome {

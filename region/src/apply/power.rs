@@ -152,11 +152,7 @@ fn manual_report(
     state.data.commands.insert(c.id, c.clone());
     if let Some(s) = reported {
         if m.power_state != s {
-            m.power_state = s.to_string();
-            m.power_error.clear();
-            m.power_checked_ms = cmd.ts_ms;
-            m.updated_ms = cmd.ts_ms;
-            m.revision = rev;
+            confirm_power(&mut m, cmd, rev, s);
             state.put_machine(m.clone());
         }
     }
@@ -206,30 +202,16 @@ pub(super) fn lifecycle(
     if !rack_driven(&m.power.driver) || from == m.status {
         return;
     }
-    let stale: Vec<u64> = state
-        .pending_commands
-        .iter()
-        .copied()
-        .filter(|id| {
-            state
-                .data
-                .commands
-                .get(id)
-                .is_some_and(|c| c.system_id == m.system_id && c.step.is_some())
-        })
-        .collect();
-    for id in &stale {
-        if let Some(c) = state.data.commands.get_mut(id) {
-            c.state = CommandState::Failed;
-            c.error_kind = "cancelled".into();
-            c.message = format!(
-                "cancelled: the machine moved to {} before the command ran",
-                m.status.as_str()
-            );
-            c.done_ms = Some(cmd.ts_ms);
-        }
-        state.pending_commands.remove(id);
-    }
+    cancel(
+        state,
+        cmd,
+        &m.system_id,
+        |step| step.is_some(),
+        &format!(
+            "cancelled: the machine moved to {} before the command ran",
+            m.status.as_str()
+        ),
+    );
     let (actions, completes) = plan(from, m.status);
     if actions.is_empty() {
         return;
@@ -310,11 +292,7 @@ pub(super) fn power_result(
     let m = state.machine(&c.system_id).cloned();
     if let Some(mut m) = m.clone() {
         if r.success && matches!(r.power_state, "on" | "off") {
-            m.power_state = r.power_state.to_string();
-            m.power_error.clear();
-            m.power_checked_ms = cmd.ts_ms;
-            m.updated_ms = cmd.ts_ms;
-            m.revision = rev;
+            confirm_power(&mut m, cmd, rev, r.power_state);
             state.put_machine(m);
         }
     }
@@ -353,7 +331,13 @@ pub(super) fn power_result(
             // Many BMCs cannot set a boot device and network-boot anyway: that failure only warns.
             let tolerated = boot_step && r.error_kind == "unsupported";
             if !r.success && !tolerated {
-                cancel_rest(state, cmd, &m.system_id, step);
+                cancel(
+                    state,
+                    cmd,
+                    &m.system_id,
+                    |s| s == Some(step),
+                    "cancelled: an earlier step of the same power plan failed",
+                );
                 let reason = format!(
                     "power {} failed ({}): {}",
                     c.action, r.error_kind, r.message
@@ -393,8 +377,15 @@ pub(super) fn power_result(
     Ok(Reply::Command(Box::new(c)))
 }
 
-/// Cancels the pending commands of `system_id`'s step `step` (an earlier one failed).
-fn cancel_rest(state: &mut State, cmd: &Command, system_id: &str, step: MachineStatus) {
+/// Cancels the pending commands of `system_id` whose lifecycle step satisfies `which` (the old status'
+/// plan when the status changed, the rest of a plan whose step failed), recording `why` on each.
+fn cancel(
+    state: &mut State,
+    cmd: &Command,
+    system_id: &str,
+    which: impl Fn(Option<MachineStatus>) -> bool,
+    why: &str,
+) {
     let ids: Vec<u64> = state
         .pending_commands
         .iter()
@@ -404,18 +395,28 @@ fn cancel_rest(state: &mut State, cmd: &Command, system_id: &str, step: MachineS
                 .data
                 .commands
                 .get(id)
-                .is_some_and(|c| c.system_id == system_id && c.step == Some(step))
+                .is_some_and(|c| c.system_id == system_id && which(c.step))
         })
         .collect();
     for id in ids {
         if let Some(c) = state.data.commands.get_mut(&id) {
             c.state = CommandState::Failed;
             c.error_kind = "cancelled".into();
-            c.message = "cancelled: an earlier step of the same power plan failed".into();
+            c.message = why.to_string();
             c.done_ms = Some(cmd.ts_ms);
         }
         state.pending_commands.remove(&id);
     }
+}
+
+/// Records on `m` a power state a rack (or the operator) confirmed at `cmd`'s time, clearing the BMC
+/// error; the caller stores `m`.
+fn confirm_power(m: &mut Machine, cmd: &Command, rev: u64, power_state: &str) {
+    m.power_state = power_state.to_string();
+    m.power_error.clear();
+    m.power_checked_ms = cmd.ts_ms;
+    m.updated_ms = cmd.ts_ms;
+    m.revision = rev;
 }
 
 /// Records what a rack's power monitor read. Only the rack that owns a machine's BMC is heard (a rack
