@@ -646,15 +646,3 @@ pub struct PowerCommand {
     pub completes: bool,
 }
 
-/// Power actions a rack runs.
-pub const POWER_ACTIONS: &[&str] = &[
-    "on",
-    "off",
-    "soft-off",
-    "cycle",
-    "query",
-    "boot-pxe",
-    "boot-disk",
-    "boot-pxe-persistent",
-    "boot-disk-persistent",
-];

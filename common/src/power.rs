@@ -8,6 +8,94 @@
 use crate::error::DomainError;
 use std::collections::BTreeMap;
 
+/// A power action: the one vocabulary of what a BMC can be asked to do, shared by the API edge, the
+/// replicated command queue, the rack's drivers and the CLI. Its wire spelling (`on`, `soft-off`,
+/// `boot-pxe`, ...) is the serde form, so stored commands and protos carry the same strings as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PowerAction {
+    /// Power on.
+    On,
+    /// Hard power off.
+    Off,
+    /// ACPI (graceful) power off.
+    SoftOff,
+    /// Reboot into whatever the next boot device says: power cycle when on, power on when off. Either way
+    /// the machine ends up on and freshly booted (what a lifecycle step that boots the machine needs).
+    Cycle,
+    /// Read the power state without changing it.
+    Query,
+    /// Next boot from the network.
+    BootPxe,
+    /// Next boot from the local disk.
+    BootDisk,
+    /// Every boot from the network, until changed.
+    BootPxePersistent,
+    /// Every boot from the local disk, until changed.
+    BootDiskPersistent,
+}
+
+impl PowerAction {
+    /// Every action, in the order help texts list them.
+    pub const ALL: [PowerAction; 9] = [
+        PowerAction::On,
+        PowerAction::Off,
+        PowerAction::SoftOff,
+        PowerAction::Cycle,
+        PowerAction::Query,
+        PowerAction::BootPxe,
+        PowerAction::BootDisk,
+        PowerAction::BootPxePersistent,
+        PowerAction::BootDiskPersistent,
+    ];
+
+    /// The wire spelling (`on`, `soft-off`, `boot-pxe`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerAction::On => "on",
+            PowerAction::Off => "off",
+            PowerAction::SoftOff => "soft-off",
+            PowerAction::Cycle => "cycle",
+            PowerAction::Query => "query",
+            PowerAction::BootPxe => "boot-pxe",
+            PowerAction::BootDisk => "boot-disk",
+            PowerAction::BootPxePersistent => "boot-pxe-persistent",
+            PowerAction::BootDiskPersistent => "boot-disk-persistent",
+        }
+    }
+
+    /// Parses the wire spelling at an edge (API request, rack wire message, CLI); the error names `field`
+    /// and lists the valid actions.
+    pub fn parse(field: &str, s: &str) -> Result<PowerAction, DomainError> {
+        PowerAction::ALL.into_iter().find(|a| a.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = PowerAction::ALL.iter().map(|a| a.as_str()).collect();
+            DomainError::invalid(
+                field,
+                format!("'{s}' is not a power action; use one of {}", names.join(", ")),
+            )
+        })
+    }
+
+    /// Whether running it twice could do harm (a second cycle reboots a machine again): such an action is
+    /// never re-sent blindly.
+    pub fn changes_power(self) -> bool {
+        matches!(self, PowerAction::On | PowerAction::Off | PowerAction::SoftOff | PowerAction::Cycle)
+    }
+}
+
+impl std::fmt::Display for PowerAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PowerAction {
+    type Err = DomainError;
+    fn from_str(s: &str) -> Result<PowerAction, DomainError> {
+        PowerAction::parse("action", s)
+    }
+}
+
 /// IPMI privilege level requested for the RMCP+ session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpmiPrivilege {
@@ -416,6 +504,17 @@ impl DriverParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn power_action_spellings_round_trip_through_serde_and_parse() {
+        for a in PowerAction::ALL {
+            let json = serde_json::to_string(&a).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", a.as_str()));
+            assert_eq!(PowerAction::parse("action", a.as_str()).expect("parse"), a);
+        }
+        let e = PowerAction::parse("action", "reboot").expect_err("not an action");
+        assert!(e.to_string().contains("soft-off"), "{e}");
+    }
 
     fn p(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
         kv.iter()

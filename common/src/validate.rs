@@ -130,18 +130,9 @@ pub fn power(field: &str, p: &PowerParams) -> Result<(), DomainError> {
     Ok(())
 }
 
-/// A power action a client may queue (`on`, `off`, ..., see [`crate::model::POWER_ACTIONS`]).
-pub fn power_action(field: &str, action: &str) -> Result<(), DomainError> {
-    if crate::model::POWER_ACTIONS.contains(&action) {
-        return Ok(());
-    }
-    Err(DomainError::invalid(
-        field,
-        format!(
-            "'{action}' is not a power action; use one of {}",
-            crate::model::POWER_ACTIONS.join(", ")
-        ),
-    ))
+/// A power action a client may queue (`on`, `off`, ..., see [`crate::power::PowerAction`]).
+pub fn power_action(field: &str, action: &str) -> Result<crate::power::PowerAction, DomainError> {
+    crate::power::PowerAction::parse(field, action)
 }
 
 /// A tag or user name: 1–64 of letters, digits, `-`, `_` and `.`, starting with a letter or digit.
