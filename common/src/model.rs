@@ -645,4 +645,3 @@ pub struct PowerCommand {
     #[serde(default)]
     pub completes: bool,
 }
-

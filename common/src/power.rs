@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 /// A power action: the one vocabulary of what a BMC can be asked to do, shared by the API edge, the
 /// replicated command queue, the rack's drivers and the CLI. Its wire spelling (`on`, `soft-off`,
 /// `boot-pxe`, ...) is the serde form, so stored commands and protos carry the same strings as before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PowerAction {
     /// Power on.
@@ -67,19 +69,28 @@ impl PowerAction {
     /// Parses the wire spelling at an edge (API request, rack wire message, CLI); the error names `field`
     /// and lists the valid actions.
     pub fn parse(field: &str, s: &str) -> Result<PowerAction, DomainError> {
-        PowerAction::ALL.into_iter().find(|a| a.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = PowerAction::ALL.iter().map(|a| a.as_str()).collect();
-            DomainError::invalid(
-                field,
-                format!("'{s}' is not a power action; use one of {}", names.join(", ")),
-            )
-        })
+        PowerAction::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = PowerAction::ALL.iter().map(|a| a.as_str()).collect();
+                DomainError::invalid(
+                    field,
+                    format!(
+                        "'{s}' is not a power action; use one of {}",
+                        names.join(", ")
+                    ),
+                )
+            })
     }
 
     /// Whether running it twice could do harm (a second cycle reboots a machine again): such an action is
     /// never re-sent blindly.
     pub fn changes_power(self) -> bool {
-        matches!(self, PowerAction::On | PowerAction::Off | PowerAction::SoftOff | PowerAction::Cycle)
+        matches!(
+            self,
+            PowerAction::On | PowerAction::Off | PowerAction::SoftOff | PowerAction::Cycle
+        )
     }
 }
 
