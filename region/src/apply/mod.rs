@@ -6,13 +6,13 @@
 //! two concurrent writers can never both succeed on a conflict.
 //!
 //! One handler per operation, taking the operation's own struct ([`crate::command::op`]) and an
-//! [`ApplyCtx`] (actor, time, revision). Modules form layers, each using only the ones below it:
+//! `ApplyCtx` (actor, time, revision). Modules form layers, each using only the ones below it:
 //! - this module: dispatch, and [`apply_once`]'s deduplication of retried requests;
 //! - handlers, one module per family of operations: `cluster` (bootstrap, regions, settings),
 //!   `machines`, `alloc`, `zones`, `pools`, `tags`, `users` (and tokens), `racks`, `power`;
 //! - shared steps: `status` (the one place a machine's status is set, and outcomes), which returns the
 //!   power plan of a move for `queue` (the power command queue) to queue;
-//! - leaves: `ctx`, `events` (the [`EventBuilder`](events::EventBuilder)), `lookup`, `tagging`.
+//! - leaves: `ctx`, `events` (the `EventBuilder`), `lookup`, `tagging`.
 
 pub mod alloc;
 mod cluster;

@@ -4,8 +4,8 @@
 //! Lifecycle steps drive BMCs through the same queue an operator's `ingot machines power` uses: entering a
 //! status that boots the machine queues `boot-pxe` then `cycle`; Releasing queues `off` and completes when
 //! it succeeds; leaving rescue queues `boot-disk` then `cycle`; finishing commissioning, testing or an erase
-//! (and aborting one) queues `off`. A status move returns its [`PowerPlan`] and whoever moved the machine
-//! queues it with [`follow`] in the same log entry, so a status and its power work are never
+//! (and aborting one) queues `off`. A status move returns its `PowerPlan` and whoever moved the machine
+//! queues it with `follow` in the same log entry, so a status and its power work are never
 //! half-recorded. A failed step fails the status with the driver's reason (an `unsupported` boot-device
 //! step only warns: many BMCs cannot set it and boot from the network anyway); a newer status cancels the
 //! pending steps of the older one. Only drivers a rack runs against a real BMC (`ipmi`, `redfish`,
@@ -27,7 +27,7 @@ pub fn rack_driven(driver: &str) -> bool {
 }
 
 /// The power work a status move calls for: returned by the move (`status::transition`), queued by
-/// [`follow`] once the moved machine is stored.
+/// `follow` once the moved machine is stored.
 #[must_use = "queue it with queue::follow once the machine is stored"]
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum PowerPlan {
