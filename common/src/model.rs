@@ -590,7 +590,7 @@ pub struct RackSession {
 /// Where a power command stands.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum CommandState {
+pub enum PowerCommandState {
     /// Waiting for (or running on) a rack.
     Pending,
     /// A rack reported success.
@@ -599,13 +599,13 @@ pub enum CommandState {
     Failed,
 }
 
-impl CommandState {
+impl PowerCommandState {
     /// Lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
-            CommandState::Pending => "pending",
-            CommandState::Done => "done",
-            CommandState::Failed => "failed",
+            PowerCommandState::Pending => "pending",
+            PowerCommandState::Done => "done",
+            PowerCommandState::Failed => "failed",
         }
     }
 }
@@ -618,12 +618,12 @@ pub struct PowerCommand {
     pub id: u64,
     /// The machine.
     pub system_id: String,
-    /// `on`, `off`, `soft-off`, `cycle`, `query`, `boot-pxe`, `boot-disk`.
-    pub action: String,
+    /// What the BMC is asked to do (serde: its wire spelling, `on`, `boot-pxe`, ...).
+    pub action: crate::power::PowerAction,
     /// Who asked.
     pub actor: String,
     /// Where it stands.
-    pub state: CommandState,
+    pub state: PowerCommandState,
     /// The rack that reported the result.
     pub rack: Option<String>,
     /// Result message.

@@ -167,7 +167,7 @@ pub fn power_command_to_proto(c: &PowerCommand) -> v1::PowerCommand {
     v1::PowerCommand {
         id: c.id,
         system_id: c.system_id.clone(),
-        action: c.action.clone(),
+        action: c.action.as_str().to_string(),
         state: c.state.as_str().to_string(),
         rack: c.rack.clone().unwrap_or_default(),
         message: c.message.clone(),

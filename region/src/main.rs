@@ -9,7 +9,7 @@ use ingot_proto::raft::v1::raft_service_client::RaftServiceClient;
 use ingot_proto::raft::v1::JoinRequest;
 use ingot_proto::v1::cluster_service_client::ClusterServiceClient;
 use ingot_proto::v1::JoinRegionRequest;
-use ingot_region::command::{Command as RaftCommand, Op};
+use ingot_region::command::{op, Command as RaftCommand, Op};
 use ingot_region::datadir::{DataDir, RegionIdentity, RunInfo};
 use ingot_region::raft::RaftTuning;
 use ingot_region::server::{start, Running, TlsFiles};
@@ -242,12 +242,12 @@ async fn init(c: Common) -> Result<()> {
         request_id: secret::generate("boot_"),
         ts_ms: now_ms(),
         actor: "init".into(),
-        op: Op::Bootstrap {
+        op: Op::Bootstrap(op::Bootstrap {
             cluster_id: cluster_id.clone(),
             ca,
             admin_token_hash: secret::hash(&admin_token),
             first_region: first,
-        },
+        }),
     };
     dd.write(&dd.bootstrap_path(), &serde_json::to_vec(&bootstrap)?, true)?;
     let identity = RegionIdentity {

@@ -2,7 +2,7 @@
 //! [`Region::write`] (propose a command wherever the leader is) and [`Region::read_barrier`] (make a local
 //! read linearizable). Membership changes ([`Region::leader_op`]) run on the leader, forwarded if needed.
 
-use crate::command::{Batch, Command, Op, Reply, Response, MAX_BATCH};
+use crate::command::{op, Batch, Command, Op, Reply, Response, MAX_BATCH};
 use crate::raft::network::Peers;
 use crate::raft::store::SharedState;
 use crate::raft::Raft;
@@ -335,7 +335,7 @@ impl Region {
             request_id: ingot_common::secret::generate("rm_"),
             ts_ms: ingot_common::now_ms(),
             actor: actor.to_string(),
-            op: Op::ForgetRegion { node_id },
+            op: Op::ForgetRegion(op::ForgetRegion { node_id }),
         };
         self.propose(cmd).await
     }

@@ -9,7 +9,7 @@
 //! is cut at once; a session superseded by a newer one of the same rack ends.
 
 use crate::app::App;
-use crate::command::{BootTokens, Command, Op, PowerObservation};
+use crate::command::{op, BootTokens, Command, Op, PowerObservation};
 use ingot_common::model::RackSession;
 use ingot_common::{pki, secret, DomainError};
 use ingot_proto::rack::v1::rack_session_service_server::RackSessionService;
@@ -151,7 +151,7 @@ async fn run(
     {
         let app = app.clone();
         let recorded = recorded.clone();
-        let op = Op::RackConnected {
+        let op = Op::RackConnected(op::RackConnected {
             name: name.clone(),
             session: RackSession {
                 session_id: session_id.clone(),
@@ -164,7 +164,7 @@ async fn run(
                 last_heartbeat_ms: 0,
                 ended_ms: None,
             },
-        };
+        });
         let cmd = Command::new(actor.as_str(), op);
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -221,7 +221,7 @@ async fn run(
                     rack_message::Msg::Heartbeat(_) => {
                         if recorded.load(Ordering::SeqCst) && last_record.elapsed() >= HEARTBEAT_RECORD {
                             last_record = Instant::now();
-                            let op = Op::RackHeartbeat { name: name.clone(), session_id: session_id.clone() };
+                            let op = Op::RackHeartbeat(op::RackHeartbeat { name: name.clone(), session_id: session_id.clone() });
                             let cmd = Command::new(actor.as_str(), op);
                             let app = app.clone();
                             tokio::spawn(async move {
@@ -232,7 +232,7 @@ async fn run(
                         }
                     }
                     rack_message::Msg::Result(r) => {
-                        let op = Op::PowerResult {
+                        let op = Op::PowerResult(op::PowerResult {
                             id: r.id,
                             rack: name.clone(),
                             success: r.success,
@@ -240,7 +240,7 @@ async fn run(
                             message: r.message,
                             power_state: r.power_state,
                             next_boot: BootTokens::generate(),
-                        };
+                        });
                         let cmd = Command::new(actor.as_str(), op);
                         let app = app.clone();
                         let tx = tx.clone();
@@ -270,7 +270,7 @@ async fn run(
                             })
                             .collect();
                         if recorded.load(Ordering::SeqCst) && !items.is_empty() {
-                            let op = Op::PowerObserved { rack: name.clone(), items };
+                            let op = Op::PowerObserved(op::PowerObserved { rack: name.clone(), items });
                             let cmd = Command::new(actor.as_str(), op);
                             let app = app.clone();
                             tokio::spawn(async move {
@@ -306,11 +306,11 @@ async fn run(
         }
     }
     tracing::info!(rack = %name, session = %session_id, "rack session ended");
-    let op = Op::RackDisconnected {
+    let op = Op::RackDisconnected(op::RackDisconnected {
         name: name.clone(),
         session_id,
         last_seen_ms,
-    };
+    });
     let cmd = Command::new(actor.as_str(), op);
     tokio::spawn(async move {
         let _ = app.region.write(cmd).await;
@@ -369,7 +369,7 @@ fn deliver(
         out.push(WireCommand {
             id: *id,
             system_id: c.system_id.clone(),
-            action: c.action.clone(),
+            action: c.action.as_str().to_string(),
             driver: m.power.driver.clone(),
             params: m.power.params.clone().into_iter().collect(),
         });
@@ -392,7 +392,7 @@ fn bmcs(app: &App, name: &str, last: u64) -> (u64, Option<Bmcs>) {
             .into_iter()
             .flatten()
             .filter_map(|id| st.machine(id))
-            .filter(|m| crate::apply::power::rack_driven(&m.power.driver))
+            .filter(|m| crate::apply::queue::rack_driven(&m.power.driver))
     };
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for m in owned() {

@@ -3,7 +3,7 @@
 //! [`Data`] is the durable part (what a snapshot contains); [`State`] adds indexes rebuilt from it. Only
 //! [`crate::apply`] mutates a `State`; API reads take a shared lock on it.
 
-use ingot_common::model::{CommandState, Event, Pool, PowerCommand, Rack, Role, Tag, User};
+use ingot_common::model::{Event, Pool, PowerCommand, PowerCommandState, Rack, Role, Tag, User};
 use ingot_common::pki::ClusterCa;
 use ingot_common::tagexpr::TagExpr;
 use ingot_common::{Mac, Machine, MachineStatus, NodeId, RegionInfo, Zone};
@@ -220,7 +220,7 @@ impl State {
             .data
             .commands
             .values()
-            .filter(|c| c.state == CommandState::Pending)
+            .filter(|c| c.state == PowerCommandState::Pending)
             .map(|c| c.id)
             .collect();
         s

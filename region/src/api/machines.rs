@@ -10,6 +10,7 @@ use crate::state::MachineQuery;
 use ingot_common::constraints::{parse_storage, Constraints as DomainConstraints};
 use ingot_common::lifecycle::Action;
 use ingot_common::model::DeploySpec;
+use ingot_common::power::PowerAction;
 use ingot_common::DomainError;
 use ingot_proto::convert::{
     erase_from_proto, machine_to_proto, power_command_to_proto, power_from_proto, status_from_proto,
@@ -600,9 +601,10 @@ impl MachineService for MachineApi {
         let who = actor(&self.app, &req)?;
         let r = req.into_inner();
         let key = machine_key(r.machine)?;
+        let action = PowerAction::parse("action", r.action.trim()).map_err(status)?;
         let c = self
             .app
-            .power(&who, key, r.action.trim(), r.wait_seconds)
+            .power(&who, key, action, r.wait_seconds)
             .await
             .map_err(status)?;
         Ok(Response::new(power_command_to_proto(&c)))

@@ -3,7 +3,7 @@
 //! one boot, and dies when the boot ends.
 
 use super::App;
-use crate::command::{BootTokens, Command, Op, Reply};
+use crate::command::{op, BootTokens, Command, Op, Reply};
 use ingot_common::lifecycle::Outcome;
 use ingot_common::model::Inventory;
 use ingot_common::{secret, validate, DomainError, Machine, MachineStatus};
@@ -57,11 +57,11 @@ impl App {
     ) -> Result<Machine, DomainError> {
         validate::inventory("inventory", &inventory)?;
         let (boot_id, _) = self.boot_of(system_id, token).await?;
-        self.agent_write(Op::ReportInventory {
+        self.agent_write(Op::ReportInventory(op::ReportInventory {
             system_id: system_id.into(),
             boot_id,
             inventory,
-        })
+        }))
         .await
     }
 
@@ -78,12 +78,12 @@ impl App {
             return Err(DomainError::invalid("percent", "at most 100"));
         }
         let (boot_id, _) = self.boot_of(system_id, token).await?;
-        self.agent_write(Op::ReportProgress {
+        self.agent_write(Op::ReportProgress(op::ReportProgress {
             system_id: system_id.into(),
             boot_id,
             message,
             percent,
-        })
+        }))
         .await
     }
 
@@ -103,7 +103,7 @@ impl App {
         }
         validate::description("reason", &reason)?;
         let (boot_id, status) = self.boot_of(system_id, token).await?;
-        self.agent_write(Op::Outcome {
+        self.agent_write(Op::Outcome(op::Outcome {
             system_id: system_id.into(),
             status,
             boot_id: Some(boot_id),
@@ -114,7 +114,7 @@ impl App {
             },
             reason,
             next_boot: BootTokens::generate(),
-        })
+        }))
         .await
     }
 }

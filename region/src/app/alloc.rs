@@ -7,8 +7,8 @@
 //! same machine. On a conflict the choice is made again from fresher state.
 
 use super::{Actor, App};
-use crate::apply::machine::{available, replay};
-use crate::command::{Op, Reply, CONFLICT_FIELD};
+use crate::apply::alloc::{available, replay};
+use crate::command::{op, Op, Reply, CONFLICT_FIELD};
 use crate::state::State;
 use ingot_common::constraints::Constraints;
 use ingot_common::{validate, DomainError, Machine};
@@ -111,7 +111,7 @@ impl App {
                     .await?;
                 return Ok((ms, false));
             }
-            let op = Op::Allocate {
+            let op = Op::Allocate(op::Allocate {
                 request_id: req.request_id.clone(),
                 consumer: req.consumer.clone(),
                 constraints: req.constraints.clone(),
@@ -121,7 +121,7 @@ impl App {
                 },
                 candidates,
                 count: req.count,
-            };
+            });
             match self.region.write(self.command(actor, op)).await {
                 Ok(Reply::Allocated(ms, replayed)) => return Ok((ms, replayed)),
                 Ok(other) => {
@@ -292,7 +292,7 @@ fn nothing_fits(st: &State, c: &Constraints, wanted: usize, found: usize) -> Dom
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Command, Op};
+    use crate::command::{op, Command, Op};
     use ingot_common::model::Inventory;
     use rand::SeedableRng;
 
@@ -398,14 +398,14 @@ mod tests {
             request_id: format!("x-{rid}"),
             ts_ms: 10,
             actor: "alice".into(),
-            op: Op::Allocate {
+            op: Op::Allocate(op::Allocate {
                 request_id: rid.into(),
                 consumer: "cm-1".into(),
                 constraints: Constraints::default(),
                 min_zones: 0,
                 candidates: cands,
                 count: 1,
-            },
+            }),
         };
         let first = crate::apply::apply(&mut s, &cmd("r1", ids[..1].to_vec()), 100).expect("ok");
         let Reply::Allocated(ms, false) = first else {

@@ -2,7 +2,7 @@
 //! cluster-wide settings (deadlines of in-progress statuses).
 
 use super::{Actor, App};
-use crate::command::{Op, Reply};
+use crate::command::{op, Op, Reply};
 use crate::node::Forwarded;
 use crate::state::Settings;
 use ingot_common::lifecycle;
@@ -196,10 +196,10 @@ impl App {
         }
         let token = secret::generate("ingotjoin_");
         let expires_ms = ingot_common::now_ms() + ttl.as_millis() as u64;
-        let op = Op::CreateJoinToken {
+        let op = Op::CreateJoinToken(op::CreateJoinToken {
             token_hash: secret::hash(&token),
             expires_ms,
-        };
+        });
         self.region.write(self.command(actor, op)).await?;
         Ok((token, expires_ms))
     }
@@ -233,12 +233,12 @@ impl App {
             name: format!("join:{name}"),
             role: "region".into(),
         };
-        let op = Op::AdmitRegion {
+        let op = Op::AdmitRegion(op::AdmitRegion {
             token_hash: secret::hash(token),
             name: name.to_string(),
             raft_addr: raft_addr.to_string(),
             api_addr: api_addr.to_string(),
-        };
+        });
         let info = match self.region.write(self.command(&actor, op)).await? {
             Reply::Region(r) => r,
             other => return Err(DomainError::internal(format!("unexpected reply {other:?}"))),
@@ -308,7 +308,7 @@ impl App {
         let deadlines = parse_deadlines(&deadline_seconds)?;
         if !deadlines.is_empty() {
             self.region
-                .write(self.command(actor, Op::UpdateSettings { deadlines }))
+                .write(self.command(actor, Op::UpdateSettings(op::UpdateSettings { deadlines })))
                 .await?;
         }
         Ok(self

@@ -1,7 +1,7 @@
 //! Machines: enlist by API, find, list, update, delete.
 
 use super::{Actor, App};
-use crate::command::{ActionArgs, BootTokens, Op, Reply};
+use crate::command::{op, ActionArgs, BootTokens, Op, Reply};
 use crate::state::{MachineQuery, State};
 use ingot_common::lifecycle::Action;
 use ingot_common::model::BootSession;
@@ -176,7 +176,7 @@ impl App {
             } else {
                 req.hostname.clone()
             };
-            let op = Op::CreateMachine {
+            let op = Op::CreateMachine(op::CreateMachine {
                 system_id,
                 hostname,
                 arch: arch.clone(),
@@ -185,7 +185,7 @@ impl App {
                 power: req.power.clone(),
                 description: req.description.clone(),
                 pool: pool.clone(),
-            };
+            });
             match self.region.write(self.command(actor, op)).await {
                 Err(e) if e.field.as_deref() == Some("system_id") => continue,
                 r => return machine(r?),
@@ -291,12 +291,12 @@ impl App {
         }
         let system_id = self.resolve(&key).await?;
         args.boot = BootTokens::generate();
-        let op = Op::MachineAction {
+        let op = Op::MachineAction(op::MachineAction {
             system_id,
             action,
             expected_revision,
             args,
-        };
+        });
         match self.region.write(self.command(actor, op)).await? {
             Reply::Machine(m) => Ok(*m),
             Reply::Done => Err(DomainError::not_found("the machine was deleted")),
@@ -410,7 +410,7 @@ impl App {
             Some(list) => Some(validate::macs("macs", list, true)?),
             None => None,
         };
-        let op = Op::UpdateMachine {
+        let op = Op::UpdateMachine(op::UpdateMachine {
             system_id,
             hostname: c.hostname,
             arch: c.arch,
@@ -419,7 +419,7 @@ impl App {
             power: c.power,
             macs,
             expected_revision: c.expected_revision,
-        };
+        });
         machine(self.region.write(self.command(actor, op)).await?)
     }
 
@@ -437,10 +437,10 @@ impl App {
         self.region
             .write(self.command(
                 actor,
-                Op::DeleteMachine {
+                Op::DeleteMachine(op::DeleteMachine {
                     system_id,
                     expected_revision,
-                },
+                }),
             ))
             .await?;
         Ok(())

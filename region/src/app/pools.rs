@@ -4,7 +4,7 @@
 use super::required;
 use super::zones::StatusCounts;
 use super::{Actor, App};
-use crate::command::{Op, Reply};
+use crate::command::{op, Op, Reply};
 use crate::state::State;
 use ingot_common::model::Pool;
 use ingot_common::{validate, DomainError};
@@ -37,7 +37,7 @@ impl App {
         validate::description("description", &description)?;
         let p = pool(
             self.region
-                .write(self.command(actor, Op::CreatePool { name, description }))
+                .write(self.command(actor, Op::CreatePool(op::CreatePool { name, description })))
                 .await?,
         )?;
         Ok((p, StatusCounts::new()))
@@ -89,7 +89,7 @@ impl App {
         }
         let p = pool(
             self.region
-                .write(self.command(actor, Op::UpdatePool { name, description }))
+                .write(self.command(actor, Op::UpdatePool(op::UpdatePool { name, description })))
                 .await?,
         )?;
         let c = self.read_after_write(|st| counts(st, &p.name)).await;
@@ -101,7 +101,7 @@ impl App {
         actor.require_admin("delete pools")?;
         required("name", &name)?;
         self.region
-            .write(self.command(actor, Op::DeletePool { name }))
+            .write(self.command(actor, Op::DeletePool(op::DeletePool { name })))
             .await?;
         Ok(())
     }

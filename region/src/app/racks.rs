@@ -3,9 +3,10 @@
 
 use super::machines::MachineKey;
 use super::{Actor, App};
-use crate::command::{Op, Reply};
-use ingot_common::model::{CommandState, PowerCommand, Rack};
+use crate::command::{op, Op, Reply};
+use ingot_common::model::{PowerCommand, PowerCommandState, Rack};
 use ingot_common::pki::{self, Identity};
+use ingot_common::power::PowerAction;
 use ingot_common::{secret, validate, DomainError};
 use std::time::Duration;
 
@@ -58,10 +59,10 @@ impl App {
         }
         let token = secret::generate("ingotrack_");
         let expires_ms = ingot_common::now_ms() + ttl * 1000;
-        let op = Op::CreateRackToken {
+        let op = Op::CreateRackToken(op::CreateRackToken {
             token_hash: secret::hash(&token),
             expires_ms,
-        };
+        });
         self.region.write(self.command(actor, op)).await?;
         Ok((token, expires_ms))
     }
@@ -95,11 +96,11 @@ impl App {
             name: format!("rack:{name}"),
             role: "rack".into(),
         };
-        let op = Op::RegisterRack {
+        let op = Op::RegisterRack(op::RegisterRack {
             token_hash: secret::hash(token),
             name: name.to_string(),
             zone: zone.to_string(),
-        };
+        });
         match self.region.write(self.command(&actor, op)).await? {
             Reply::Rack(_) => {}
             other => return Err(DomainError::internal(format!("unexpected reply {other:?}"))),
@@ -191,7 +192,7 @@ impl App {
         validate::dns_label("name", name)?;
         match self
             .region
-            .write(self.command(actor, Op::RevokeRack { name: name.into() }))
+            .write(self.command(actor, Op::RevokeRack(op::RevokeRack { name: name.into() })))
             .await?
         {
             Reply::Rack(r) => Ok(*r),
@@ -204,10 +205,9 @@ impl App {
         &self,
         actor: &Actor,
         key: MachineKey,
-        action: &str,
+        action: PowerAction,
         wait_s: u32,
     ) -> Result<PowerCommand, DomainError> {
-        ingot_common::validate::power_action("action", action)?;
         if wait_s > MAX_POWER_WAIT_S {
             return Err(DomainError::invalid(
                 "wait_seconds",
@@ -215,12 +215,9 @@ impl App {
             ));
         }
         let system_id = self.resolve(&key).await?;
-        let op = Op::QueuePower {
-            system_id,
-            action: action.to_string(),
-        };
+        let op = Op::QueuePower(op::QueuePower { system_id, action });
         let c = match self.region.write(self.command(actor, op)).await? {
-            Reply::Command(c) => *c,
+            Reply::PowerCommand(c) => *c,
             other => return Err(DomainError::internal(format!("unexpected reply {other:?}"))),
         };
         self.power_command(actor, c.id, wait_s).await
@@ -251,7 +248,7 @@ impl App {
             if !actor.is_admin() && c.actor != actor.name {
                 return Err(DomainError::not_found(format!("no power command {id}")));
             }
-            if c.state != CommandState::Pending || tokio::time::Instant::now() >= deadline {
+            if c.state != PowerCommandState::Pending || tokio::time::Instant::now() >= deadline {
                 return Ok(c);
             }
             let _ = tokio::time::timeout_at(deadline, applied.changed()).await;

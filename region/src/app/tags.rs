@@ -3,7 +3,7 @@
 
 use super::required;
 use super::{Actor, App};
-use crate::command::{Op, Reply};
+use crate::command::{op, Op, Reply};
 use crate::state::State;
 use ingot_common::model::Tag;
 use ingot_common::{tagexpr, validate, DomainError};
@@ -46,11 +46,11 @@ impl App {
             .region
             .write(self.command(
                 actor,
-                Op::CreateTag {
+                Op::CreateTag(op::CreateTag {
                     name,
                     definition,
                     comment,
-                },
+                }),
             ))
             .await?)?;
         let n = self.read_after_write(|st| machine_count(st, &t.name)).await;
@@ -103,11 +103,11 @@ impl App {
             .region
             .write(self.command(
                 actor,
-                Op::UpdateTag {
+                Op::UpdateTag(op::UpdateTag {
                     name,
                     definition,
                     comment,
-                },
+                }),
             ))
             .await?)?;
         let n = self.read_after_write(|st| machine_count(st, &t.name)).await;
@@ -119,7 +119,7 @@ impl App {
         actor.require_admin("delete tags")?;
         required("name", &name)?;
         self.region
-            .write(self.command(actor, Op::DeleteTag { name }))
+            .write(self.command(actor, Op::DeleteTag(op::DeleteTag { name })))
             .await?;
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use super::required;
 use super::{Actor, App};
-use crate::command::{Op, Reply};
+use crate::command::{op, Op, Reply};
 use crate::state::{ApiToken, State};
 use ingot_common::model::{Role, User};
 use ingot_common::{secret, validate, DomainError};
@@ -174,7 +174,7 @@ impl App {
         validate::name("name", &name)?;
         let u = user(
             self.region
-                .write(self.command(actor, Op::CreateUser { name, role }))
+                .write(self.command(actor, Op::CreateUser(op::CreateUser { name, role })))
                 .await?,
         )?;
         Ok(self.read_after_write(|st| user_info(st, &u)).await)
@@ -204,7 +204,7 @@ impl App {
         required("name", &name)?;
         let u = user(
             self.region
-                .write(self.command(actor, Op::UpdateUser { name, role }))
+                .write(self.command(actor, Op::UpdateUser(op::UpdateUser { name, role })))
                 .await?,
         )?;
         Ok(self.read_after_write(|st| user_info(st, &u)).await)
@@ -216,7 +216,7 @@ impl App {
         actor.require_admin("delete users")?;
         required("name", &name)?;
         self.region
-            .write(self.command(actor, Op::DeleteUser { name }))
+            .write(self.command(actor, Op::DeleteUser(op::DeleteUser { name })))
             .await?;
         Ok(())
     }
@@ -251,13 +251,13 @@ impl App {
         let expires_ms = expiry(now, ttl_seconds);
         let mut cmd = self.command(
             actor,
-            Op::CreateToken {
+            Op::CreateToken(op::CreateToken {
                 id: id.clone(),
                 token_hash: secret::hash(&secret),
                 user: user.clone(),
                 description: description.clone(),
                 expires_ms,
-            },
+            }),
         );
         cmd.ts_ms = now;
         self.region.write(cmd).await?;
@@ -305,7 +305,7 @@ impl App {
             actor.require_admin("revoke other users' tokens")?;
         }
         self.region
-            .write(self.command(actor, Op::RevokeToken { id }))
+            .write(self.command(actor, Op::RevokeToken(op::RevokeToken { id })))
             .await?;
         Ok(())
     }

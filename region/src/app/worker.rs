@@ -4,7 +4,7 @@
 //! the status it saw, so a late agent report and the worker can never both win.
 
 use super::App;
-use crate::command::{BootTokens, Command, Op};
+use crate::command::{op, BootTokens, Command, Op};
 use ingot_common::lifecycle::Outcome;
 use ingot_common::MachineStatus;
 use std::time::Duration;
@@ -45,7 +45,7 @@ pub async fn run(app: App, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let moves = bmc_moves(&app, ingot_common::now_ms());
         for chunk in moves.chunks(1000) {
             let moves = chunk.to_vec();
-            let cmd = Command::new(REGION_ACTOR, Op::AssignBmcs { moves });
+            let cmd = Command::new(REGION_ACTOR, Op::AssignBmcs(op::AssignBmcs { moves }));
             if let Err(e) = app.region.write(cmd).await {
                 tracing::debug!("BMC assignment: {e}");
             }
@@ -59,7 +59,7 @@ pub fn due(app: &App, now: u64) -> Vec<Op> {
     let mut ops = Vec::new();
     for (deadline, id) in st.by_deadline.iter().take_while(|(d, _)| *d <= now) {
         let Some(m) = st.machine(id) else { continue };
-        ops.push(Op::Outcome {
+        ops.push(Op::Outcome(op::Outcome {
             system_id: id.clone(),
             status: m.status,
             boot_id: None,
@@ -73,7 +73,7 @@ pub fn due(app: &App, now: u64) -> Vec<Op> {
                     .unwrap_or((now.saturating_sub(*deadline)) / 1000)
             ),
             next_boot: BootTokens::generate(),
-        });
+        }));
         if ops.len() >= PER_TICK {
             return ops;
         }
@@ -85,10 +85,10 @@ pub fn due(app: &App, now: u64) -> Vec<Op> {
         for id in ids {
             let Some(m) = st.machine(id) else { continue };
             // Rack-driven machines complete power steps through their rack's result (apply/power.rs).
-            if crate::apply::power::rack_driven(&m.power.driver) {
+            if crate::apply::queue::rack_driven(&m.power.driver) {
                 continue;
             }
-            ops.push(Op::Outcome {
+            ops.push(Op::Outcome(op::Outcome {
                 system_id: id.clone(),
                 status,
                 boot_id: None,
@@ -102,7 +102,7 @@ pub fn due(app: &App, now: u64) -> Vec<Op> {
                     }
                 ),
                 next_boot: BootTokens::generate(),
-            });
+            }));
             if ops.len() >= PER_TICK {
                 return ops;
             }

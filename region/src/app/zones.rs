@@ -2,7 +2,7 @@
 
 use super::required;
 use super::{Actor, App};
-use crate::command::{Op, Reply};
+use crate::command::{op, Op, Reply};
 use crate::state::State;
 use ingot_common::{validate, DomainError, MachineStatus, Zone};
 use std::collections::BTreeMap;
@@ -38,7 +38,7 @@ impl App {
         validate::description("description", &description)?;
         let z = zone(
             self.region
-                .write(self.command(actor, Op::CreateZone { name, description }))
+                .write(self.command(actor, Op::CreateZone(op::CreateZone { name, description })))
                 .await?,
         )?;
         Ok((z, StatusCounts::new()))
@@ -96,11 +96,11 @@ impl App {
             self.region
                 .write(self.command(
                     actor,
-                    Op::UpdateZone {
+                    Op::UpdateZone(op::UpdateZone {
                         name,
                         description,
                         new_name,
-                    },
+                    }),
                 ))
                 .await?,
         )?;
@@ -113,7 +113,7 @@ impl App {
         actor.require_admin("delete zones")?;
         required("name", &name)?;
         self.region
-            .write(self.command(actor, Op::DeleteZone { name }))
+            .write(self.command(actor, Op::DeleteZone(op::DeleteZone { name })))
             .await?;
         Ok(())
     }

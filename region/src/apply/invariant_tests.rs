@@ -1,11 +1,13 @@
 //! Property tests of the apply step: random actions, outcomes and allocations from several users on a
 //! small fleet; after every command the invariants hold and the indexes agree with the data.
 
-use super::*;
-use crate::command::{ActionArgs, BootTokens, Op};
+use super::apply;
+use crate::command::{op, ActionArgs, BootTokens, Command, Op};
+use crate::state::State;
 use ingot_common::constraints::Constraints;
-use ingot_common::lifecycle::{self, Outcome};
-use ingot_common::model::{EraseMode, Inventory};
+use ingot_common::lifecycle::{self, Action, Outcome};
+use ingot_common::model::{EraseMode, Inventory, Role};
+use ingot_common::{MachineStatus, RegionInfo};
 use proptest::prelude::*;
 
 fn cmd(actor: &str, ts: u64, op: Op) -> Command {
@@ -22,7 +24,7 @@ fn fleet(n: usize) -> State {
     let boot = cmd(
         "admin",
         1,
-        Op::Bootstrap {
+        Op::Bootstrap(op::Bootstrap {
             cluster_id: "c".into(),
             ca: ingot_common::pki::ClusterCa {
                 cert_pem: String::new(),
@@ -36,7 +38,7 @@ fn fleet(n: usize) -> State {
                 api_addr: "b".into(),
                 joined_ms: 0,
             },
-        },
+        }),
     );
     apply(&mut s, &boot, 1).expect("bootstrap");
     for u in ["u1", "u2"] {
@@ -45,17 +47,17 @@ fn fleet(n: usize) -> State {
             &cmd(
                 "admin",
                 1,
-                Op::CreateUser {
+                Op::CreateUser(op::CreateUser {
                     name: u.into(),
                     role: Role::User,
-                },
+                }),
             ),
             2,
         )
         .expect("user");
     }
     for i in 0..n {
-        let op = Op::CreateMachine {
+        let op = Op::CreateMachine(op::CreateMachine {
             system_id: format!("m{i:04}"),
             hostname: format!("h{i}"),
             arch: "amd64/generic".into(),
@@ -64,7 +66,7 @@ fn fleet(n: usize) -> State {
             power: Default::default(),
             description: String::new(),
             pool: None,
-        };
+        });
         apply(&mut s, &cmd("admin", 1, op), 3 + i as u64).expect("create");
     }
     s
@@ -142,7 +144,7 @@ proptest! {
                 Step::Act(u, m, a) => {
                     let action = Action::ALL[a];
                     if action == Action::Allocate { continue; }
-                    let c = cmd(users[u], rev, Op::MachineAction {
+                    let c = cmd(users[u], rev, Op::MachineAction(op::MachineAction {
                         system_id: ids[m % ids.len()].clone(),
                         action,
                         expected_revision: 0,
@@ -153,7 +155,7 @@ proptest! {
                             boot: BootTokens { boot_id: format!("b{rev}"), token: format!("t{rev}") },
                             ..Default::default()
                         },
-                    });
+                    }));
                     let before = s.machine(&ids[m % ids.len()]).cloned();
                     let r = apply(&mut s, &c, rev);
                     if let (Ok(_), Some(b)) = (&r, before) {
@@ -166,33 +168,33 @@ proptest! {
                 }
                 Step::Outcome(m, o) => {
                     let mm = s.machine(&ids[m % ids.len()]).cloned().expect("m");
-                    Op::Outcome {
+                    Op::Outcome(op::Outcome {
                         system_id: mm.system_id.clone(),
                         status: mm.status,
                         boot_id: mm.boot.as_ref().map(|b| b.boot_id.clone()),
                         outcome: [Outcome::Done, Outcome::Failed, Outcome::TimedOut][o],
                         reason: "r".into(),
                         next_boot: BootTokens { boot_id: format!("b{rev}"), token: format!("t{rev}") },
-                    }
+                    })
                 }
                 Step::Inventory(m) => {
                     let mm = s.machine(&ids[m % ids.len()]).cloned().expect("m");
-                    Op::ReportInventory {
+                    Op::ReportInventory(op::ReportInventory {
                         system_id: mm.system_id.clone(),
                         boot_id: mm.boot.as_ref().map(|b| b.boot_id.clone()).unwrap_or_default(),
                         inventory: Inventory { cpu_count: 4 + m as u32, memory_mib: 8192, ..Default::default() },
-                    }
+                    })
                 }
                 Step::Alloc(_u, r, count) => {
                     let cands: Vec<String> = s.ready.iter().map(|(_, id)| id.clone()).take(count as usize).collect();
-                    Op::Allocate {
+                    Op::Allocate(op::Allocate {
                         request_id: format!("req{r}"),
                         consumer: String::new(),
                         constraints: Constraints::default(),
                         min_zones: 0,
                         candidates: cands,
                         count,
-                    }
+                    })
                 }
             };
             let c = cmd(users[rev as usize % 3], rev, op);

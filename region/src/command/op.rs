@@ -1,0 +1,409 @@
+//! The operations' own structs: one per [`super::Op`] variant, named after it, so the apply step has one
+//! handler per operation taking exactly its operation (etcd's applier: one method per request).
+//!
+//! Serde form: `Op::CreateZone(CreateZone { .. })` is externally tagged as `{"CreateZone":{..}}`, the same
+//! bytes the struct variants it replaces wrote, so old logs and snapshots stay readable. Fields are only
+//! ever added, with `#[serde(default)]`.
+
+use super::{ActionArgs, BootTokens, PowerObservation};
+use ingot_common::constraints::Constraints;
+use ingot_common::lifecycle::{self, Action};
+use ingot_common::model::{Inventory, RackSession, Role};
+use ingot_common::pki::ClusterCa;
+use ingot_common::power::PowerAction;
+use ingot_common::{Mac, MachineStatus, PowerParams, RegionInfo};
+use serde::{Deserialize, Serialize};
+
+/// First entry of a new cluster: identity, CA, the admin token's hash, the first region.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Bootstrap {
+    /// Random cluster id.
+    pub cluster_id: String,
+    /// The cluster's certificate authority.
+    pub ca: ClusterCa,
+    /// Hash of the first admin token.
+    pub admin_token_hash: String,
+    /// The region that bootstraps.
+    pub first_region: RegionInfo,
+}
+
+/// Enlists a machine (status New); the proposer picked `system_id`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[allow(missing_docs)] // fields mirror MachineService.Create (proto/ingot/v1)
+pub struct CreateMachine {
+    pub system_id: String,
+    pub hostname: String,
+    pub arch: String,
+    pub zone: String,
+    pub macs: Vec<Mac>,
+    pub power: PowerParams,
+    pub description: String,
+    /// `None`: the default pool.
+    #[serde(default)]
+    pub pool: Option<String>,
+}
+
+/// Changes a machine's descriptive fields (`None`: unchanged).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[allow(missing_docs)] // fields mirror MachineService.Update (proto/ingot/v1)
+pub struct UpdateMachine {
+    pub system_id: String,
+    pub hostname: Option<String>,
+    pub arch: Option<String>,
+    pub zone: Option<String>,
+    pub description: Option<String>,
+    pub power: Option<PowerParams>,
+    pub macs: Option<Vec<Mac>>,
+    /// 0: unconditional.
+    pub expected_revision: u64,
+}
+
+/// Deletes a machine (the `delete` lifecycle action).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DeleteMachine {
+    /// The machine.
+    pub system_id: String,
+    /// 0: unconditional.
+    pub expected_revision: u64,
+}
+
+/// Creates a zone.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct CreateZone {
+    /// DNS label, unique.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+}
+
+/// Changes a zone's description or renames it (moving its machines).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct UpdateZone {
+    /// The zone.
+    pub name: String,
+    /// New description, if any.
+    pub description: Option<String>,
+    /// New name, if any.
+    pub new_name: Option<String>,
+}
+
+/// Deletes an empty zone other than the default.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DeleteZone {
+    /// The zone.
+    pub name: String,
+}
+
+/// Records a join token (by hash) valid until `expires_ms`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct CreateJoinToken {
+    /// The token's hash.
+    pub token_hash: String,
+    /// Expiry (ms since epoch).
+    pub expires_ms: u64,
+}
+
+/// Consumes a join token and admits a region under the next node id.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct AdmitRegion {
+    /// Hash of the join token presented.
+    pub token_hash: String,
+    /// The region's name, unique.
+    pub name: String,
+    /// host:port of its Raft listener.
+    pub raft_addr: String,
+    /// host:port of its client API.
+    pub api_addr: String,
+}
+
+/// Drops a removed region's record (after it left the Raft membership).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ForgetRegion {
+    /// The region's Raft node id.
+    pub node_id: u64,
+}
+
+/// A lifecycle action on one machine (see `ingot_common::lifecycle::TABLE`).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct MachineAction {
+    /// The machine.
+    pub system_id: String,
+    /// What to do.
+    pub action: Action,
+    /// 0: unconditional.
+    pub expected_revision: u64,
+    /// What the action needs.
+    pub args: ActionArgs,
+}
+
+/// Claims `candidates` (chosen by the proposing region from its view of the pool) for the actor,
+/// after re-checking each against the constraints: the compare-and-set that makes two allocations
+/// never get the same machine. Fails with [`super::CONFLICT_FIELD`] when a candidate was taken meanwhile.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Allocate {
+    /// The client's request id: a repeated one returns the first answer.
+    pub request_id: String,
+    /// Names the consumer (e.g. a cluster node) the machines serve; unique among held machines.
+    pub consumer: String,
+    /// What the machines must satisfy.
+    pub constraints: Constraints,
+    /// The claimed machines must span at least this many zones.
+    pub min_zones: u32,
+    /// Machine ids, in order of preference.
+    pub candidates: Vec<String>,
+    /// How many of `candidates` to claim (the rest are fallbacks for a single allocation).
+    pub count: u32,
+}
+
+/// The end of a machine's in-progress work: from its current boot (`boot_id` set), from the region's
+/// power path, or from the deadline sweeper. Ignored (error) if the machine moved on meanwhile.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Outcome {
+    /// The machine.
+    pub system_id: String,
+    /// The status the reporter saw; the outcome applies only if the machine is still in it.
+    pub status: MachineStatus,
+    /// The reporting boot; `None` for region-side outcomes.
+    pub boot_id: Option<String>,
+    /// Done, failed or timed out.
+    pub outcome: lifecycle::Outcome,
+    /// Why (recorded as the status message of a failure).
+    pub reason: String,
+    /// Credentials for the boot the outcome may start (Releasing -> DiskErasing).
+    pub next_boot: BootTokens,
+}
+
+/// Inventory uploaded by the current commissioning boot.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ReportInventory {
+    /// The machine.
+    pub system_id: String,
+    /// The reporting boot.
+    pub boot_id: String,
+    /// What the boot found.
+    pub inventory: Inventory,
+}
+
+/// A progress step of the current boot.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ReportProgress {
+    /// The machine.
+    pub system_id: String,
+    /// The reporting boot.
+    pub boot_id: String,
+    /// Human-readable step.
+    pub message: String,
+    /// 0–100.
+    pub percent: u32,
+}
+
+/// Creates a pool.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct CreatePool {
+    /// DNS label, unique.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+}
+
+/// Changes a pool's description.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct UpdatePool {
+    /// The pool.
+    pub name: String,
+    /// New description, if any.
+    pub description: Option<String>,
+}
+
+/// Deletes an empty pool other than the default.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DeletePool {
+    /// The pool.
+    pub name: String,
+}
+
+/// Creates a tag; with a definition it follows the machines' inventory.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct CreateTag {
+    /// Unique name.
+    pub name: String,
+    /// Tag expression (empty: a manual tag).
+    pub definition: String,
+    /// Free text.
+    pub comment: String,
+}
+
+/// Changes a tag's definition or comment (`None`: unchanged).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct UpdateTag {
+    /// The tag.
+    pub name: String,
+    /// New definition, if any.
+    pub definition: Option<String>,
+    /// New comment, if any.
+    pub comment: Option<String>,
+}
+
+/// Deletes a tag and removes it from every machine.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DeleteTag {
+    /// The tag.
+    pub name: String,
+}
+
+/// Creates a user.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct CreateUser {
+    /// Unique name.
+    pub name: String,
+    /// Admin or user.
+    pub role: Role,
+}
+
+/// Changes a user's role.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct UpdateUser {
+    /// The user.
+    pub name: String,
+    /// The new role.
+    pub role: Role,
+}
+
+/// Deletes a user and revokes their tokens.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DeleteUser {
+    /// The user.
+    pub name: String,
+}
+
+/// Records an API token (by hash) for `user`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct CreateToken {
+    /// Public token id (shown in listings, used to revoke).
+    pub id: String,
+    /// The secret's hash.
+    pub token_hash: String,
+    /// The user it authenticates.
+    pub user: String,
+    /// Free text.
+    pub description: String,
+    /// Expiry (ms since epoch); `None`: never.
+    pub expires_ms: Option<u64>,
+}
+
+/// Revokes an API token by id.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct RevokeToken {
+    /// The token id.
+    pub id: String,
+}
+
+/// Deadlines per in-progress status, in seconds; 0 restores the default.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct UpdateSettings {
+    /// (status, seconds) pairs.
+    pub deadlines: Vec<(MachineStatus, u64)>,
+}
+
+/// Records a rack enrollment token (by hash) valid until `expires_ms`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct CreateRackToken {
+    /// The token's hash.
+    pub token_hash: String,
+    /// Expiry (ms since epoch).
+    pub expires_ms: u64,
+}
+
+/// Consumes an enrollment token and records a rack (its certificate is signed outside, by the
+/// region that served the call, after this succeeded).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct RegisterRack {
+    /// Hash of the enrollment token presented.
+    pub token_hash: String,
+    /// The rack's name, unique.
+    pub name: String,
+    /// The zone it serves.
+    pub zone: String,
+}
+
+/// Cuts a rack off: its sessions are refused and its BMCs go to other racks.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct RevokeRack {
+    /// The rack.
+    pub name: String,
+}
+
+/// A rack opened a session with a region.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct RackConnected {
+    /// The rack.
+    pub name: String,
+    /// The new session.
+    pub session: RackSession,
+}
+
+/// The serving region saw the session's heartbeats (recorded every few seconds).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct RackHeartbeat {
+    /// The rack.
+    pub name: String,
+    /// The session that beat.
+    pub session_id: String,
+}
+
+/// The session ended (the rack left or its stream broke).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct RackDisconnected {
+    /// The rack.
+    pub name: String,
+    /// The session that ended.
+    pub session_id: String,
+    /// When the serving region last heard from the rack: the grace time runs from here.
+    #[serde(default)]
+    pub last_seen_ms: u64,
+}
+
+/// Queues a power action for the machine's rack.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct QueuePower {
+    /// The machine.
+    pub system_id: String,
+    /// What the BMC is asked to do.
+    pub action: PowerAction,
+}
+
+/// A rack's result for a power command; the first result wins.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct PowerResult {
+    /// The power command.
+    pub id: u64,
+    /// The rack that ran it.
+    pub rack: String,
+    /// Whether the driver succeeded.
+    pub success: bool,
+    /// Failure class (`unreachable`, `auth`, `unsupported`, `bmc`); empty on success.
+    pub error_kind: String,
+    /// The driver's message.
+    pub message: String,
+    /// Power state after the command.
+    pub power_state: String,
+    /// Credentials for the boot a completed lifecycle step may start (Releasing -> Disk erasing).
+    #[serde(default)]
+    pub next_boot: BootTokens,
+}
+
+/// Power states a rack's monitor read; only the owning rack's observations count.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct PowerObserved {
+    /// The rack that read them.
+    pub rack: String,
+    /// One reading per BMC.
+    pub items: Vec<PowerObservation>,
+}
+
+/// Moves BMCs between racks (`None`: no live rack can take it now).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct AssignBmcs {
+    /// (machine id, new owning rack) pairs.
+    pub moves: Vec<(String, Option<String>)>,
+}
