@@ -22,8 +22,8 @@ use ingot_proto::rack::v1::rack_message::Msg as RackMsg;
 use ingot_proto::rack::v1::rack_session_service_client::RackSessionServiceClient;
 use ingot_proto::rack::v1::region_message::Msg as RegionMsg;
 use ingot_proto::rack::v1::{
-    Command, CommandResult, Heartbeat, Hello, PowerObservation, PowerObservations, RackMessage,
-    Welcome,
+    Heartbeat, Hello, PowerCommand, PowerCommandResult, PowerObservation, PowerObservations,
+    RackMessage, Welcome,
 };
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -142,6 +142,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The wire form of a stored result, to (re)send to a region.
+fn sent_result(rec: &DoneRecord) -> PowerCommandResult {
+    PowerCommandResult {
+        id: rec.id,
+        success: rec.success,
+        error_kind: rec.error_kind.clone(),
+        message: rec.message.clone(),
+        power_state: rec.power_state.clone(),
+    }
+}
+
+/// The stored form of a result about to be sent, finished at `done_ms`.
+fn done_record(r: &PowerCommandResult, done_ms: u64) -> DoneRecord {
+    DoneRecord {
+        id: r.id,
+        success: r.success,
+        error_kind: r.error_kind.clone(),
+        message: r.message.clone(),
+        power_state: r.power_state.clone(),
+        done_ms,
+    }
+}
+
 /// Runs commands exactly once across sessions: the done-store, the ids in flight, the concurrency limit,
 /// and the outbox of results for whichever session is current.
 struct Runner {
@@ -155,17 +178,17 @@ struct Runner {
     /// The power drivers.
     drivers: Drivers,
     /// Results, recorded, waiting to be sent by the current (or next) session.
-    outbox: mpsc::UnboundedSender<CommandResult>,
+    outbox: mpsc::UnboundedSender<PowerCommandResult>,
 }
 
 impl Runner {
-    /// Handles a delivered command: `Some(result)` to send now if it was done before; otherwise starts it
-    /// (unless it is already running) and its result arrives through the outbox.
-    fn on_command(self: &Arc<Self>, cmd: Command) -> Option<CommandResult> {
+    /// Handles a delivered power command: `Some(result)` to send now if it was done before; otherwise
+    /// starts it (unless it is already running) and its result arrives through the outbox.
+    fn on_power_command(self: &Arc<Self>, cmd: PowerCommand) -> Option<PowerCommandResult> {
         let mut running = lock(&self.running);
         if let Some(rec) = lock(&self.done).get(cmd.id) {
             tracing::info!(id = cmd.id, "command already done: resending its result");
-            return Some(rec.to_proto());
+            return Some(sent_result(rec));
         }
         if !running.insert(cmd.id) {
             tracing::debug!(
@@ -193,8 +216,8 @@ impl Runner {
     }
 
     /// Records a result (append + fsync) and only then queues it for sending.
-    async fn finish(self: &Arc<Self>, result: CommandResult) {
-        let rec = DoneRecord::from_proto(&result);
+    async fn finish(self: &Arc<Self>, result: PowerCommandResult) {
+        let rec = done_record(&result, ingot_common::now_ms());
         let me = self.clone();
         let stored = tokio::task::spawn_blocking(move || {
             let mut done = lock(&me.done);
@@ -452,7 +475,7 @@ async fn session_once(
     tls: &ClientTlsConfig,
     ep: &str,
     runner: &Arc<Runner>,
-    results: &mut mpsc::UnboundedReceiver<CommandResult>,
+    results: &mut mpsc::UnboundedReceiver<PowerCommandResult>,
     monitor: &Monitor,
     observations: &mut mpsc::UnboundedReceiver<Vec<PowerObservation>>,
     cluster: &mut Cluster,
@@ -513,9 +536,9 @@ async fn session_once(
                     None => return Ended::Broke("the region ended the stream".to_string()),
                 };
                 match msg.msg {
-                    Some(RegionMsg::Command(cmd)) => {
-                        if let Some(r) = runner.on_command(cmd) {
-                            if let Err(e) = send(RackMsg::Result(r)).await {
+                    Some(RegionMsg::PowerCommand(cmd)) => {
+                        if let Some(r) = runner.on_power_command(cmd) {
+                            if let Err(e) = send(RackMsg::PowerCommandResult(r)).await {
                                 return Ended::Broke(e);
                             }
                         }
@@ -539,7 +562,7 @@ async fn session_once(
                 }
             }
             Some(r) = results.recv() => {
-                if let Err(e) = send(RackMsg::Result(r)).await {
+                if let Err(e) = send(RackMsg::PowerCommandResult(r)).await {
                     return Ended::Broke(e);
                 }
             }

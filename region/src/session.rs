@@ -14,7 +14,7 @@ use ingot_common::model::RackSession;
 use ingot_common::{pki, secret, DomainError};
 use ingot_proto::rack::v1::rack_session_service_server::RackSessionService;
 use ingot_proto::rack::v1::{
-    rack_message, region_message, Ack, Bmc, Bmcs, Command as WireCommand, RackMessage,
+    rack_message, region_message, Ack, Bmc, Bmcs, PowerCommand as WirePowerCommand, RackMessage,
     RegionMessage, Regions, Welcome,
 };
 use std::collections::HashMap;
@@ -205,7 +205,11 @@ async fn run(
             Ok(cmds) => {
                 let mut closed = false;
                 for c in cmds {
-                    if tx.send(msg(region_message::Msg::Command(c))).await.is_err() {
+                    if tx
+                        .send(msg(region_message::Msg::PowerCommand(c)))
+                        .await
+                        .is_err()
+                    {
                         closed = true;
                         break;
                     }
@@ -231,7 +235,7 @@ async fn run(
                             });
                         }
                     }
-                    rack_message::Msg::Result(r) => {
+                    rack_message::Msg::PowerCommandResult(r) => {
                         let op = Op::PowerResult {
                             id: r.id,
                             rack: name.clone(),
@@ -325,7 +329,7 @@ fn deliver(
     session_id: &str,
     recorded: bool,
     sent: &mut HashMap<u64, Instant>,
-) -> Result<Vec<WireCommand>, String> {
+) -> Result<Vec<WirePowerCommand>, String> {
     let st = app.region.state.read().unwrap_or_else(|p| p.into_inner());
     let Some(r) = st.data.racks.get(name) else {
         return Err(format!("rack '{name}' is no longer registered"));
@@ -366,7 +370,7 @@ fn deliver(
             continue;
         }
         sent.insert(*id, Instant::now());
-        out.push(WireCommand {
+        out.push(WirePowerCommand {
             id: *id,
             system_id: c.system_id.clone(),
             action: c.action.clone(),
