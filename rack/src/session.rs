@@ -309,14 +309,11 @@ impl Cluster {
 
 /// Runs the session loop until `shutdown` becomes true: connects, fails over, reconnects, runs commands.
 /// Returns an error only if it cannot start (no endpoints, unreadable done-store).
-pub async fn run(
-    cfg: SessionConfig,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), SessionError> {
+pub async fn run(cfg: SessionConfig, shutdown: watch::Receiver<bool>) -> Result<(), SessionError> {
     cfg.validate()?;
     let done = DoneStore::open(&cfg.dir.done_log(), KEEP_RESULTS)?;
     tracing::info!(results = done.len(), "done-store loaded");
-    let (outbox, mut results) = mpsc::unbounded_channel();
+    let (outbox, results) = mpsc::unbounded_channel();
     let drivers = Drivers::default();
     let runner = Arc::new(Runner {
         done: Mutex::new(done),
@@ -326,12 +323,19 @@ pub async fn run(
         outbox,
     });
     let monitor = Monitor::new(cfg.monitor, drivers);
-    let (obs_tx, mut observations) = mpsc::unbounded_channel();
+    let (obs_tx, observations) = mpsc::unbounded_channel();
     let monitor_task = tokio::spawn(monitor.clone().run(obs_tx, shutdown.clone()));
     let tls = cfg.client_tls();
-    let mut cluster = Cluster {
-        dir: cfg.dir.clone(),
-        rack: cfg.rack.clone(),
+    let mut links = Links {
+        runner,
+        results,
+        monitor,
+        observations,
+        cluster: Cluster {
+            dir: cfg.dir.clone(),
+            rack: cfg.rack.clone(),
+        },
+        shutdown,
     };
 
     let mut next = 0usize;
@@ -339,26 +343,14 @@ pub async fn run(
     let mut failed_in_row = 0usize;
     let mut backoff = Duration::from_millis(100);
     loop {
-        if *shutdown.borrow() {
+        if *links.shutdown.borrow() {
             break;
         }
-        let eps = cluster.rack.cluster_endpoints.clone();
+        let eps = links.cluster.rack.cluster_endpoints.clone();
         let ep = eps[next % eps.len()].clone();
-        let ended = session_once(
-            &cfg,
-            &tls,
-            &ep,
-            &runner,
-            &mut results,
-            &monitor,
-            &mut observations,
-            &mut cluster,
-            since,
-            &mut shutdown,
-        )
-        .await;
+        let ended = session_once(&cfg, &tls, &ep, since, &mut links).await;
         // Continue after the endpoint just used, in the (possibly refreshed) list.
-        let eps = &cluster.rack.cluster_endpoints;
+        let eps = &links.cluster.rack.cluster_endpoints;
         next = match eps.iter().position(|e| *e == ep) {
             Some(i) => i + 1,
             None => next + 1,
@@ -377,7 +369,7 @@ pub async fn run(
                 if failed_in_row >= eps.len() {
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = stopped(&mut shutdown) => break,
+                        _ = stopped(&mut links.shutdown) => break,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -386,7 +378,7 @@ pub async fn run(
     }
     tracing::info!("rack stopping");
     monitor_task.abort();
-    runner.drain(Duration::from_secs(10)).await;
+    links.runner.drain(Duration::from_secs(10)).await;
     Ok(())
 }
 
@@ -468,20 +460,34 @@ fn status_text(s: &tonic::Status) -> String {
     }
 }
 
-/// One session: open it, then serve it until it breaks or the rack shuts down.
-#[allow(clippy::too_many_arguments)]
+/// What outlives a session and every session works with: the runner and the results it queues, the power
+/// monitor and the observations it queues, the region list, the shutdown signal.
+struct Links {
+    runner: Arc<Runner>,
+    results: mpsc::UnboundedReceiver<PowerCommandResult>,
+    monitor: Monitor,
+    observations: mpsc::UnboundedReceiver<Vec<PowerObservation>>,
+    cluster: Cluster,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// One session with `ep` (the last one began failing over at `since`): open it, then serve it until it
+/// breaks or the rack shuts down.
 async fn session_once(
     cfg: &SessionConfig,
     tls: &ClientTlsConfig,
     ep: &str,
-    runner: &Arc<Runner>,
-    results: &mut mpsc::UnboundedReceiver<PowerCommandResult>,
-    monitor: &Monitor,
-    observations: &mut mpsc::UnboundedReceiver<Vec<PowerObservation>>,
-    cluster: &mut Cluster,
     since: Instant,
-    shutdown: &mut watch::Receiver<bool>,
+    links: &mut Links,
 ) -> Ended {
+    let Links {
+        runner,
+        results,
+        monitor,
+        observations,
+        cluster,
+        shutdown,
+    } = links;
     let opened = tokio::select! {
         r = tokio::time::timeout(cfg.welcome_timeout, open(cfg, tls, ep)) => r,
         _ = stopped(shutdown) => return Ended::Shutdown,
