@@ -101,13 +101,14 @@ fn power_command_result(r: ingot_proto::rack::v1::PowerCommandResult) -> PowerCo
 
 /// Sends every pending power command due on this session; an error status ends the session (revoked,
 /// superseded, or the stream closed).
-async fn send_due(
+async fn send_due_power_commands(
     session: &mut RackSessionState,
     tx: &mpsc::Sender<Result<RegionMessage, Status>>,
 ) -> Result<(), Option<Status>> {
-    let due = session.deliver().map_err(|e| Some(status(e)))?;
+    let due = session.due_power_commands().map_err(|e| Some(status(e)))?;
     for d in due {
-        let m = region_message::Msg::PowerCommand(power_command_to_rack(&d.command, &d.power));
+        let m =
+            region_message::Msg::PowerCommand(power_command_to_rack(&d.power_command, &d.power));
         tx.send(msg(m)).await.map_err(|_| None)?;
     }
     Ok(())
@@ -174,7 +175,7 @@ async fn run(
     let mut poll = tokio::time::interval(POLL);
     loop {
         // Cut, superseded, or something to deliver?
-        if let Err(cut) = send_due(&mut session, &tx).await {
+        if let Err(cut) = send_due_power_commands(&mut session, &tx).await {
             if let Some(s) = cut {
                 let _ = tx.send(Err(s)).await;
             }
@@ -188,7 +189,7 @@ async fn run(
                         rack_message::Msg::Heartbeat(_) => session.heartbeat(),
                         rack_message::Msg::PowerCommandResult(r) => {
                             let id = r.id;
-                            let record = session.record_result(power_command_result(r));
+                            let record = session.record_power_command_result(power_command_result(r));
                             let tx = tx.clone();
                             tokio::spawn(async move {
                                 match record.await {

@@ -60,9 +60,9 @@ pub struct RackWelcome {
 
 /// A pending power command to send to the rack, with the machine's power settings it needs to run it.
 #[derive(Debug, Clone)]
-pub struct Delivery {
+pub struct DuePowerCommand {
     /// The queued command.
-    pub command: PowerCommand,
+    pub power_command: PowerCommand,
     /// The machine's power driver and parameters (secrets included: only racks receive them).
     pub power: PowerParams,
 }
@@ -212,7 +212,7 @@ impl RackSessionState {
 
     /// The pending power commands this session has not sent yet for machines whose BMC the rack owns;
     /// PermissionDenied when the rack was revoked or another session of it took over (the session ends).
-    pub fn deliver(&mut self) -> Result<Vec<Delivery>, DomainError> {
+    pub fn due_power_commands(&mut self) -> Result<Vec<DuePowerCommand>, DomainError> {
         let name = self.name.as_str();
         let recorded = self.recorded();
         let st = crate::locks::read(&self.app.region.state);
@@ -262,8 +262,8 @@ impl RackSessionState {
                 continue;
             }
             self.sent.insert(*id, Instant::now());
-            out.push(Delivery {
-                command: c.clone(),
+            out.push(DuePowerCommand {
+                power_command: c.clone(),
                 power: m.power.clone(),
             });
         }
@@ -291,7 +291,7 @@ impl RackSessionState {
 
     /// Records a power command's result through Raft. `Ok` means the rack may forget it: recorded now,
     /// or unknown to the log (a command that no longer exists will never take a result).
-    pub fn record_result(
+    pub fn record_power_command_result(
         &self,
         r: PowerCommandResult,
     ) -> impl Future<Output = Result<(), DomainError>> + Send + 'static {
