@@ -569,7 +569,7 @@ async fn hold_session(
             }
             m = inbound.message() => match m {
                 Ok(Some(m)) => {
-                    if let Some(region_message::Msg::Command(_)) = m.msg {
+                    if let Some(region_message::Msg::PowerCommand(_)) = m.msg {
                         stats.commands.fetch_add(1, Ordering::Relaxed);
                     }
                 }

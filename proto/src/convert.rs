@@ -1,11 +1,15 @@
-//! Every conversion between generated protobuf types and `ingot-common` domain types, in one place.
+//! Every conversion between generated protobuf types (`ingot.v1`, `ingot.rack.v1`) and `ingot-common`
+//! domain types, in one place. Where the proto side has fields the domain type lacks (counts, liveness),
+//! the caller passes them alongside.
 
+use crate::rack::v1 as rack;
 use crate::v1;
+use ingot_common::constraints::{parse_storage, Constraints};
 use ingot_common::model::{
     Disk, EraseMode, Event, EventLevel, Firmware, Inventory, Nic, Pool, PowerCommand, Rack, Role,
-    Tag,
+    Tag, User,
 };
-use ingot_common::{Machine, MachineStatus, PowerParams, Zone};
+use ingot_common::{DomainError, Machine, MachineStatus, PowerParams, Zone};
 use std::collections::BTreeMap;
 
 /// Milliseconds since the epoch as a protobuf `Timestamp`.
@@ -178,6 +182,27 @@ pub fn power_command_to_proto(c: &PowerCommand) -> v1::PowerCommand {
     }
 }
 
+/// A queued power command → the rack's wire form, with the machine's power driver and parameters
+/// (secrets included: only racks receive them).
+pub fn power_command_to_rack(c: &PowerCommand, power: &PowerParams) -> rack::PowerCommand {
+    rack::PowerCommand {
+        id: c.id,
+        system_id: c.system_id.clone(),
+        action: c.action.as_str().to_string(),
+        driver: power.driver.clone(),
+        params: power.params.clone().into_iter().collect(),
+    }
+}
+
+/// A BMC a rack owns → the rack's wire form, for its power monitor (secrets included).
+pub fn bmc_to_rack(system_id: &str, power: &PowerParams) -> rack::Bmc {
+    rack::Bmc {
+        system_id: system_id.to_string(),
+        driver: power.driver.clone(),
+        params: power.params.clone().into_iter().collect(),
+    }
+}
+
 /// Domain rack → proto, with what only the caller knows: liveness, BMC and pending command counts, and
 /// the serving region's name.
 pub fn rack_to_proto(r: &Rack, connected: bool, bmc_count: u64, pending_commands: u64) -> v1::Rack {
@@ -344,12 +369,93 @@ pub fn role_to_proto(r: Role) -> v1::Role {
     }
 }
 
-/// Proto role → domain; UNSPECIFIED gives `default`, unknown numbers `None`.
-pub fn role_from_proto(v: i32, default: Role) -> Option<Role> {
-    match v1::Role::try_from(v).ok()? {
-        v1::Role::Unspecified => Some(default),
-        v1::Role::Admin => Some(Role::Admin),
-        v1::Role::User => Some(Role::User),
+/// A request's role → domain. `ROLE_UNSPECIFIED` means a plain user, unless the role is `required`;
+/// unknown numbers are refused. Errors name the field `role`.
+pub fn role_from_proto(v: i32, required: bool) -> Result<Role, DomainError> {
+    let unknown = || {
+        DomainError::invalid(
+            "role",
+            format!("unknown role {v}: use ROLE_ADMIN or ROLE_USER"),
+        )
+    };
+    match v1::Role::try_from(v).map_err(|_| unknown())? {
+        v1::Role::Unspecified if required => Err(DomainError::invalid(
+            "role",
+            "required: ROLE_ADMIN or ROLE_USER",
+        )),
+        v1::Role::Unspecified => Ok(Role::User),
+        v1::Role::Admin => Ok(Role::Admin),
+        v1::Role::User => Ok(Role::User),
+    }
+}
+
+/// Domain user → proto, with the counts only the caller knows: machines held and API tokens.
+pub fn user_to_proto(u: &User, machine_count: u64, token_count: u32) -> v1::User {
+    v1::User {
+        name: u.name.clone(),
+        role: role_to_proto(u.role) as i32,
+        created_at: Some(timestamp(u.created_ms)),
+        machine_count,
+        token_count,
+    }
+}
+
+/// A region's Raft role as its status reports it (`leader`, `follower`, ...) → proto; anything else,
+/// and `shutdown`, is UNKNOWN.
+pub fn region_role_to_proto(role: &str) -> v1::RegionRole {
+    match role {
+        "leader" => v1::RegionRole::Leader,
+        "follower" => v1::RegionRole::Follower,
+        "candidate" => v1::RegionRole::Candidate,
+        "learner" => v1::RegionRole::Learner,
+        _ => v1::RegionRole::Unknown,
+    }
+}
+
+/// The effective deadline (seconds) of each in-progress status → proto settings (kebab-case names).
+pub fn settings_to_proto(deadlines: &BTreeMap<MachineStatus, u64>) -> v1::Settings {
+    v1::Settings {
+        deadline_seconds: deadlines
+            .iter()
+            .map(|(s, v)| (s.as_str().to_string(), *v))
+            .collect(),
+    }
+}
+
+/// Proto allocation constraints → domain (absent: no constraint). The storage text is parsed here, so
+/// errors name `constraints.storage`.
+pub fn constraints_from_proto(c: Option<v1::Constraints>) -> Result<Constraints, DomainError> {
+    let c = c.unwrap_or_default();
+    Ok(Constraints {
+        arch: c.arch,
+        min_cpu_count: c.min_cpu_count,
+        min_memory_mib: c.min_memory_mib,
+        storage: if c.storage.trim().is_empty() {
+            vec![]
+        } else {
+            parse_storage("constraints.storage", &c.storage)?
+        },
+        tags: c.tags,
+        not_tags: c.not_tags,
+        zones: c.zones,
+        not_in_zones: c.not_in_zones,
+        pools: c.pools,
+        not_in_pools: c.not_in_pools,
+        hostname: c.hostname,
+        system_id: c.system_id,
+        min_nic_count: c.min_nic_count,
+        min_nic_speed_mbps: c.min_nic_speed_mbps,
+    })
+}
+
+/// True when a requested machine view asks for the full machine (`default_full` for UNSPECIFIED);
+/// unknown numbers are refused, naming the field `view`.
+pub fn full_view_from_proto(v: i32, default_full: bool) -> Result<bool, DomainError> {
+    match v1::MachineView::try_from(v) {
+        Ok(v1::MachineView::Unspecified) => Ok(default_full),
+        Ok(v1::MachineView::Basic) => Ok(false),
+        Ok(v1::MachineView::Full) => Ok(true),
+        Err(_) => Err(DomainError::invalid("view", format!("unknown view {v}"))),
     }
 }
 

@@ -1,13 +1,18 @@
 //! Ingot's wire contract, generated from `proto/` at build time (protox + tonic-prost-build).
 //!
 //! Packages are split by audience:
-//! - [`v1`] (`ingot.v1`): the public client API — machines, zones, cluster membership.
-//! - [`raft::v1`] (`ingot.raft.v1`): region <-> region; only on the mutual-TLS Raft listener.
-//! - [`rack::v1`] (`ingot.rack.v1`): rack controller <-> region; on the same mutual-TLS listener, for rack
-//!   certificates only.
+//! - [`v1`] (`ingot.v1`): the public client API — machines and their lifecycle, allocation, power,
+//!   zones, pools, tags, users and tokens, events, racks, the agent's reports, cluster membership and
+//!   settings.
+//! - [`raft::v1`] (`ingot.raft.v1`): region <-> region; only on the mutual-TLS Raft listener. Its payloads
+//!   are serde-JSON bytes (and one status message) that the region's `raft` module reads and writes.
+//! - [`rack::v1`] (`ingot.rack.v1`): rack controller <-> region — the session's hello, heartbeats, power
+//!   commands and their results, BMC lists and power observations; on the same mutual-TLS listener, for
+//!   rack certificates only.
 //!
-//! [`convert`] holds every conversion between these generated types and `ingot-common`'s domain types, so
-//! transport types never leak into the region's application logic.
+//! [`convert`] holds every conversion between the `v1` and `rack::v1` types and `ingot-common`'s domain
+//! types, so transport types never leak into the region's application logic. [`wire`] is a hand-written
+//! `ListMachinesResponse` that carries machines already encoded.
 #![allow(missing_docs)] // generated code; the .proto files carry the documentation
 
 /// The public client API (`ingot.v1`).

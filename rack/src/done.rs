@@ -1,4 +1,4 @@
-//! The durable done-store: which commands this rack has finished, and with what result.
+//! The durable done-store: which power commands this rack has finished, and with what result.
 //!
 //! Regions deliver commands at least once (a command is re-sent after a failover until its result is in the
 //! replicated log). The rack makes execution exactly-once by recording each result here — appended to
@@ -8,7 +8,6 @@
 //! The remaining window is a crash between the driver acting and the append: then the command runs again
 //! when it is re-delivered. Power actions are idempotent at the BMC, so that window is tolerated.
 
-use ingot_proto::rack::v1::CommandResult;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;
@@ -45,7 +44,8 @@ pub enum DoneError {
     },
 }
 
-/// One finished command, as stored: the fields of the `CommandResult` the rack sent, plus when.
+/// One finished power command, as stored: the fields of the `PowerCommandResult` the rack sent, plus when
+/// (the session converts between the two; this module knows no wire types).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DoneRecord {
     /// The command id the region assigned; the key of the store.
@@ -64,31 +64,6 @@ pub struct DoneRecord {
     /// When the result was recorded (ms since the Unix epoch), for debugging re-deliveries.
     #[serde(default)]
     pub done_ms: u64,
-}
-
-impl DoneRecord {
-    /// The wire form, to (re)send to a region.
-    pub fn to_proto(&self) -> CommandResult {
-        CommandResult {
-            id: self.id,
-            success: self.success,
-            error_kind: self.error_kind.clone(),
-            message: self.message.clone(),
-            power_state: self.power_state.clone(),
-        }
-    }
-
-    /// The stored form of a result about to be sent.
-    pub fn from_proto(r: &CommandResult) -> DoneRecord {
-        DoneRecord {
-            id: r.id,
-            success: r.success,
-            error_kind: r.error_kind.clone(),
-            message: r.message.clone(),
-            power_state: r.power_state.clone(),
-            done_ms: ingot_common::now_ms(),
-        }
-    }
 }
 
 /// The store: an append-only JSON-lines log on disk and a map id → result in memory. Not internally

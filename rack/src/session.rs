@@ -22,8 +22,8 @@ use ingot_proto::rack::v1::rack_message::Msg as RackMsg;
 use ingot_proto::rack::v1::rack_session_service_client::RackSessionServiceClient;
 use ingot_proto::rack::v1::region_message::Msg as RegionMsg;
 use ingot_proto::rack::v1::{
-    Command, CommandResult, Heartbeat, Hello, PowerObservation, PowerObservations, RackMessage,
-    Welcome,
+    Heartbeat, Hello, PowerCommand, PowerCommandResult, PowerObservation, PowerObservations,
+    RackMessage, Welcome,
 };
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -142,6 +142,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The wire form of a stored result, to (re)send to a region.
+fn sent_result(rec: &DoneRecord) -> PowerCommandResult {
+    PowerCommandResult {
+        id: rec.id,
+        success: rec.success,
+        error_kind: rec.error_kind.clone(),
+        message: rec.message.clone(),
+        power_state: rec.power_state.clone(),
+    }
+}
+
+/// The stored form of a result about to be sent, finished at `done_ms`.
+fn done_record(r: &PowerCommandResult, done_ms: u64) -> DoneRecord {
+    DoneRecord {
+        id: r.id,
+        success: r.success,
+        error_kind: r.error_kind.clone(),
+        message: r.message.clone(),
+        power_state: r.power_state.clone(),
+        done_ms,
+    }
+}
+
 /// Runs commands exactly once across sessions: the done-store, the ids in flight, the concurrency limit,
 /// and the outbox of results for whichever session is current.
 struct Runner {
@@ -155,17 +178,17 @@ struct Runner {
     /// The power drivers.
     drivers: Drivers,
     /// Results, recorded, waiting to be sent by the current (or next) session.
-    outbox: mpsc::UnboundedSender<CommandResult>,
+    outbox: mpsc::UnboundedSender<PowerCommandResult>,
 }
 
 impl Runner {
-    /// Handles a delivered command: `Some(result)` to send now if it was done before; otherwise starts it
-    /// (unless it is already running) and its result arrives through the outbox.
-    fn on_command(self: &Arc<Self>, cmd: Command) -> Option<CommandResult> {
+    /// Handles a delivered power command: `Some(result)` to send now if it was done before; otherwise
+    /// starts it (unless it is already running) and its result arrives through the outbox.
+    fn on_power_command(self: &Arc<Self>, cmd: PowerCommand) -> Option<PowerCommandResult> {
         let mut running = lock(&self.running);
         if let Some(rec) = lock(&self.done).get(cmd.id) {
             tracing::info!(id = cmd.id, "command already done: resending its result");
-            return Some(rec.to_proto());
+            return Some(sent_result(rec));
         }
         if !running.insert(cmd.id) {
             tracing::debug!(
@@ -193,8 +216,8 @@ impl Runner {
     }
 
     /// Records a result (append + fsync) and only then queues it for sending.
-    async fn finish(self: &Arc<Self>, result: CommandResult) {
-        let rec = DoneRecord::from_proto(&result);
+    async fn finish(self: &Arc<Self>, result: PowerCommandResult) {
+        let rec = done_record(&result, ingot_common::now_ms());
         let me = self.clone();
         let stored = tokio::task::spawn_blocking(move || {
             let mut done = lock(&me.done);
@@ -286,14 +309,11 @@ impl Cluster {
 
 /// Runs the session loop until `shutdown` becomes true: connects, fails over, reconnects, runs commands.
 /// Returns an error only if it cannot start (no endpoints, unreadable done-store).
-pub async fn run(
-    cfg: SessionConfig,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), SessionError> {
+pub async fn run(cfg: SessionConfig, shutdown: watch::Receiver<bool>) -> Result<(), SessionError> {
     cfg.validate()?;
     let done = DoneStore::open(&cfg.dir.done_log(), KEEP_RESULTS)?;
     tracing::info!(results = done.len(), "done-store loaded");
-    let (outbox, mut results) = mpsc::unbounded_channel();
+    let (outbox, results) = mpsc::unbounded_channel();
     let drivers = Drivers::default();
     let runner = Arc::new(Runner {
         done: Mutex::new(done),
@@ -303,12 +323,19 @@ pub async fn run(
         outbox,
     });
     let monitor = Monitor::new(cfg.monitor, drivers);
-    let (obs_tx, mut observations) = mpsc::unbounded_channel();
+    let (obs_tx, observations) = mpsc::unbounded_channel();
     let monitor_task = tokio::spawn(monitor.clone().run(obs_tx, shutdown.clone()));
     let tls = cfg.client_tls();
-    let mut cluster = Cluster {
-        dir: cfg.dir.clone(),
-        rack: cfg.rack.clone(),
+    let mut links = Links {
+        runner,
+        results,
+        monitor,
+        observations,
+        cluster: Cluster {
+            dir: cfg.dir.clone(),
+            rack: cfg.rack.clone(),
+        },
+        shutdown,
     };
 
     let mut next = 0usize;
@@ -316,26 +343,14 @@ pub async fn run(
     let mut failed_in_row = 0usize;
     let mut backoff = Duration::from_millis(100);
     loop {
-        if *shutdown.borrow() {
+        if *links.shutdown.borrow() {
             break;
         }
-        let eps = cluster.rack.cluster_endpoints.clone();
+        let eps = links.cluster.rack.cluster_endpoints.clone();
         let ep = eps[next % eps.len()].clone();
-        let ended = session_once(
-            &cfg,
-            &tls,
-            &ep,
-            &runner,
-            &mut results,
-            &monitor,
-            &mut observations,
-            &mut cluster,
-            since,
-            &mut shutdown,
-        )
-        .await;
+        let ended = session_once(&cfg, &tls, &ep, since, &mut links).await;
         // Continue after the endpoint just used, in the (possibly refreshed) list.
-        let eps = &cluster.rack.cluster_endpoints;
+        let eps = &links.cluster.rack.cluster_endpoints;
         next = match eps.iter().position(|e| *e == ep) {
             Some(i) => i + 1,
             None => next + 1,
@@ -354,7 +369,7 @@ pub async fn run(
                 if failed_in_row >= eps.len() {
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = stopped(&mut shutdown) => break,
+                        _ = stopped(&mut links.shutdown) => break,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -363,7 +378,7 @@ pub async fn run(
     }
     tracing::info!("rack stopping");
     monitor_task.abort();
-    runner.drain(Duration::from_secs(10)).await;
+    links.runner.drain(Duration::from_secs(10)).await;
     Ok(())
 }
 
@@ -445,20 +460,34 @@ fn status_text(s: &tonic::Status) -> String {
     }
 }
 
-/// One session: open it, then serve it until it breaks or the rack shuts down.
-#[allow(clippy::too_many_arguments)]
+/// What outlives a session and every session works with: the runner and the results it queues, the power
+/// monitor and the observations it queues, the region list, the shutdown signal.
+struct Links {
+    runner: Arc<Runner>,
+    results: mpsc::UnboundedReceiver<PowerCommandResult>,
+    monitor: Monitor,
+    observations: mpsc::UnboundedReceiver<Vec<PowerObservation>>,
+    cluster: Cluster,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// One session with `ep` (the last one began failing over at `since`): open it, then serve it until it
+/// breaks or the rack shuts down.
 async fn session_once(
     cfg: &SessionConfig,
     tls: &ClientTlsConfig,
     ep: &str,
-    runner: &Arc<Runner>,
-    results: &mut mpsc::UnboundedReceiver<CommandResult>,
-    monitor: &Monitor,
-    observations: &mut mpsc::UnboundedReceiver<Vec<PowerObservation>>,
-    cluster: &mut Cluster,
     since: Instant,
-    shutdown: &mut watch::Receiver<bool>,
+    links: &mut Links,
 ) -> Ended {
+    let Links {
+        runner,
+        results,
+        monitor,
+        observations,
+        cluster,
+        shutdown,
+    } = links;
     let opened = tokio::select! {
         r = tokio::time::timeout(cfg.welcome_timeout, open(cfg, tls, ep)) => r,
         _ = stopped(shutdown) => return Ended::Shutdown,
@@ -513,9 +542,9 @@ async fn session_once(
                     None => return Ended::Broke("the region ended the stream".to_string()),
                 };
                 match msg.msg {
-                    Some(RegionMsg::Command(cmd)) => {
-                        if let Some(r) = runner.on_command(cmd) {
-                            if let Err(e) = send(RackMsg::Result(r)).await {
+                    Some(RegionMsg::PowerCommand(cmd)) => {
+                        if let Some(r) = runner.on_power_command(cmd) {
+                            if let Err(e) = send(RackMsg::PowerCommandResult(r)).await {
                                 return Ended::Broke(e);
                             }
                         }
@@ -539,7 +568,7 @@ async fn session_once(
                 }
             }
             Some(r) = results.recv() => {
-                if let Err(e) = send(RackMsg::Result(r)).await {
+                if let Err(e) = send(RackMsg::PowerCommandResult(r)).await {
                     return Ended::Broke(e);
                 }
             }

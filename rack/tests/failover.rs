@@ -9,7 +9,7 @@ use ingot_proto::rack::v1::rack_session_service_server::{
 };
 use ingot_proto::rack::v1::region_message::Msg as RegionMsg;
 use ingot_proto::rack::v1::{
-    Command, CommandResult, Hello, RackMessage, RegionMessage, Regions, Welcome,
+    Hello, PowerCommand, PowerCommandResult, RackMessage, RegionMessage, Regions, Welcome,
 };
 use ingot_proto::v1::rack_service_server::{RackService, RackServiceServer};
 use ingot_proto::v1::{
@@ -185,7 +185,7 @@ async fn register_writes_the_data_dir_and_refuses_a_reused_token() {
 #[derive(Debug)]
 enum Event {
     Hello(u64, Hello, Instant),
-    Result(u64, CommandResult),
+    Result(u64, PowerCommandResult),
 }
 
 /// RackSessionService that welcomes, sends one command, and (optionally) kills the stream once the result
@@ -193,7 +193,7 @@ enum Event {
 struct FakeRegion {
     id: u64,
     endpoints: Arc<Mutex<Vec<String>>>,
-    command: Command,
+    command: PowerCommand,
     kill_after_result: bool,
     dead: Arc<AtomicBool>,
     events: mpsc::UnboundedSender<Event>,
@@ -242,11 +242,11 @@ impl RackSessionService for FakeRegion {
                 heartbeat_ms: 0,
                 regions: Some(Regions { endpoints }),
             };
-            for m in [RegionMsg::Welcome(welcome), RegionMsg::Command(cmd)] {
+            for m in [RegionMsg::Welcome(welcome), RegionMsg::PowerCommand(cmd)] {
                 let _ = tx.send(Ok(RegionMessage { msg: Some(m) })).await;
             }
             while let Ok(Some(m)) = inbound.message().await {
-                if let Some(RackMsg::Result(r)) = m.msg {
+                if let Some(RackMsg::PowerCommandResult(r)) = m.msg {
                     let _ = events.send(Event::Result(id, r));
                     if kill {
                         dead.store(true, Ordering::SeqCst);
@@ -276,8 +276,8 @@ fn ops_with_id(state_dir: &std::path::Path, id: u64) -> usize {
         .count()
 }
 
-fn sim_command(id: u64, state_dir: &std::path::Path) -> Command {
-    Command {
+fn sim_command(id: u64, state_dir: &std::path::Path) -> PowerCommand {
+    PowerCommand {
         id,
         system_id: "m1".into(),
         action: "on".into(),

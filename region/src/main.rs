@@ -440,11 +440,7 @@ async fn run(
     finish_bootstrap(&dd, &running, &identity).await?;
     if !identity.joined {
         let addrs: Vec<String> = {
-            let st = running
-                .region
-                .state
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
+            let st = ingot_region::locks::read(&running.region.state);
             st.data
                 .regions
                 .values()

@@ -218,7 +218,7 @@ impl Region {
 
     async fn add_voter(&self, node_id: NodeId) -> ForwardReply {
         let addr = {
-            let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+            let st = crate::locks::read(&self.state);
             match st.data.regions.get(&node_id) {
                 Some(r) => r.raft_addr.clone(),
                 None => {
@@ -304,10 +304,7 @@ impl Region {
                 return reply;
             }
         } else {
-            let admitted = self
-                .state
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
+            let admitted = crate::locks::read(&self.state)
                 .data
                 .regions
                 .contains_key(&node_id);

@@ -2,6 +2,7 @@
 //! the Raft listener (mutual TLS, cluster-CA client certificates only) and the client API listener (TLS,
 //! bearer tokens, health, reflection).
 
+use crate::api::rack_session::RackSessionServer;
 use crate::api::{
     agent::AgentApi, cluster::ClusterApi, events::EventApi, machines::MachineApi, pools::PoolApi,
     racks::RackApi, tags::TagApi, users::UserApi, zones::ZoneApi,
@@ -13,7 +14,6 @@ use crate::raft::network::{NetworkFactory, Peers, MAX_MESSAGE};
 use crate::raft::service::RaftServer;
 use crate::raft::store::{open_db, LogStore, OpenError, StateMachineStore};
 use crate::raft::{Raft, RaftTuning};
-use crate::session::RackSessionServer;
 use ingot_proto::rack::v1::rack_session_service_server::RackSessionServiceServer;
 use ingot_proto::raft::v1::raft_service_server::RaftServiceServer;
 use ingot_proto::v1::agent_service_server::AgentServiceServer;
@@ -213,7 +213,9 @@ pub async fn start(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
-    let wire = Arc::new(crate::api::machines::WireCache::default());
+    let encoded = Arc::new(crate::app::encoded::EncodedMachines::new(
+        crate::api::machines::encode_basic,
+    ));
     let api_server = Server::builder()
         .tls_config(ServerTlsConfig::new().identity(server_identity))?
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
@@ -223,7 +225,7 @@ pub async fn start(
         .add_service(
             MachineServiceServer::new(MachineApi {
                 app: app.clone(),
-                wire: wire.clone(),
+                encoded: encoded.clone(),
             })
             .max_decoding_message_size(MAX_MESSAGE),
         )
@@ -239,7 +241,7 @@ pub async fn start(
         )
         .add_service(ClusterServiceServer::new(ClusterApi { app: app.clone() }));
     let worker = tokio::spawn(crate::app::worker::run(app.clone(), shutdown.subscribe()));
-    tokio::spawn(wire.follow(app));
+    tokio::spawn(encoded.follow(app));
     let t2 = tokio::spawn(async move {
         if let Err(e) = api_server
             .serve_with_incoming_shutdown(incoming(api), stop(rx))

@@ -1,7 +1,7 @@
 //! Power drivers: how the rack acts on a machine's BMC.
 //!
-//! A region sends `Command{driver, action, params}`; [`Drivers::execute`] picks the driver by name, runs the
-//! action and turns the outcome into the `CommandResult` the region records. Drivers: [`ipmi`] (IPMI 2.0
+//! A region sends `PowerCommand{driver, action, params}`; [`Drivers::execute`] picks the driver by name, runs the
+//! action and turns the outcome into the `PowerCommandResult` the region records. Drivers: [`ipmi`] (IPMI 2.0
 //! RMCP+, native or through ipmitool), [`redfish`] (HTTPS, basic or session auth), [`webhook`] (operator-defined
 //! HTTP requests), [`manual`] (the operator acts) and [`sim`] (a file-backed simulated BMC for tests). Each
 //! driver reads its parameters with [`ingot_common::power::DriverParams`], the parser the region used when
@@ -14,11 +14,11 @@ pub mod redfish;
 pub mod sim;
 pub mod webhook;
 
-use ingot_proto::rack::v1::{Command, CommandResult};
+use ingot_proto::rack::v1::{PowerCommand, PowerCommandResult};
 use std::collections::HashMap;
 use std::future::Future;
 
-/// Power state after a command, as reported to the region (`power_state` of `CommandResult`).
+/// Power state after a command, as reported to the region (`power_state` of `PowerCommandResult`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerState {
     /// The machine is powered on.
@@ -122,7 +122,7 @@ pub struct PowerRequest {
 pub struct PowerOutcome {
     /// Power state after the action.
     pub state: PowerState,
-    /// What happened, for the operator (goes into `CommandResult.message`).
+    /// What happened, for the operator (goes into `PowerCommandResult.message`).
     pub message: String,
 }
 
@@ -145,7 +145,7 @@ pub enum DriverError {
 }
 
 impl DriverError {
-    /// The wire class (`error_kind` of `CommandResult`): unreachable, auth, unsupported, bmc.
+    /// The wire class (`error_kind` of `PowerCommandResult`): unreachable, auth, unsupported, bmc.
     pub fn kind(&self) -> &'static str {
         match self {
             DriverError::Unreachable(_) => "unreachable",
@@ -215,7 +215,7 @@ impl Drivers {
     }
 
     /// Runs a region's command and builds its result (never fails: failures are results too).
-    pub async fn execute(&self, cmd: &Command) -> CommandResult {
+    pub async fn execute(&self, cmd: &PowerCommand) -> PowerCommandResult {
         let outcome = match PowerAction::parse(&cmd.action) {
             Ok(action) => {
                 let req = PowerRequest {
@@ -229,14 +229,14 @@ impl Drivers {
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(o) => CommandResult {
+            Ok(o) => PowerCommandResult {
                 id: cmd.id,
                 success: true,
                 error_kind: String::new(),
                 message: o.message,
                 power_state: o.state.as_str().to_string(),
             },
-            Err(e) => CommandResult {
+            Err(e) => PowerCommandResult {
                 id: cmd.id,
                 success: false,
                 error_kind: e.kind().to_string(),
@@ -251,8 +251,8 @@ impl Drivers {
 mod tests {
     use super::*;
 
-    fn cmd(driver: &str, action: &str) -> Command {
-        Command {
+    fn cmd(driver: &str, action: &str) -> PowerCommand {
+        PowerCommand {
             id: 9,
             system_id: "m1".into(),
             action: action.into(),

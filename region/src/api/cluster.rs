@@ -1,9 +1,9 @@
 //! `ingot.v1.ClusterService`.
 
 use super::{actor, status};
-use crate::app::cluster::Deadlines;
+use crate::app::cluster::RegionView;
 use crate::app::App;
-use ingot_proto::convert::timestamp;
+use ingot_proto::convert::{region_role_to_proto, settings_to_proto, timestamp};
 use ingot_proto::v1::cluster_service_server::ClusterService;
 use ingot_proto::v1::*;
 use std::time::Duration;
@@ -15,22 +15,25 @@ pub struct ClusterApi {
     pub app: App,
 }
 
-fn role(s: &str) -> RegionRole {
-    match s {
-        "leader" => RegionRole::Leader,
-        "follower" => RegionRole::Follower,
-        "candidate" => RegionRole::Candidate,
-        "learner" => RegionRole::Learner,
-        _ => RegionRole::Unknown,
-    }
-}
-
-fn settings_to_proto(d: &Deadlines) -> Settings {
-    Settings {
-        deadline_seconds: d
-            .iter()
-            .map(|(s, v)| (s.as_str().to_string(), *v))
-            .collect(),
+/// A region as ListRegions shows it: membership, and the live status when it answered (the app's view;
+/// it has no `ingot-common` type).
+fn region_view(v: RegionView) -> Region {
+    let s = v.status.clone().unwrap_or_default();
+    Region {
+        node_id: v.node_id,
+        name: v.name,
+        raft_addr: v.raft_addr,
+        api_addr: v.api_addr,
+        // No status: an empty role, which is UNKNOWN.
+        role: region_role_to_proto(&s.role) as i32,
+        voter: v.voter,
+        term: s.term,
+        last_applied_index: s.last_applied_index,
+        last_log_index: s.last_log_index,
+        healthy: v.status.is_some(),
+        error: v.error,
+        snapshot_index: s.snapshot_index,
+        leader_id: s.leader_id,
     }
 }
 
@@ -42,31 +45,7 @@ impl ClusterService for ClusterApi {
     ) -> Result<Response<ListRegionsResponse>, Status> {
         actor(&self.app, &req)?;
         let (cluster_id, leader_id, views) = self.app.list_regions().await.map_err(status)?;
-        let regions = views
-            .into_iter()
-            .map(|v| {
-                let s = v.status.clone().unwrap_or_default();
-                Region {
-                    node_id: v.node_id,
-                    name: v.name,
-                    raft_addr: v.raft_addr,
-                    api_addr: v.api_addr,
-                    role: if v.status.is_some() {
-                        role(&s.role)
-                    } else {
-                        RegionRole::Unknown
-                    } as i32,
-                    voter: v.voter,
-                    term: s.term,
-                    last_applied_index: s.last_applied_index,
-                    last_log_index: s.last_log_index,
-                    healthy: v.status.is_some(),
-                    error: v.error,
-                    snapshot_index: s.snapshot_index,
-                    leader_id: s.leader_id,
-                }
-            })
-            .collect();
+        let regions = views.into_iter().map(region_view).collect();
         Ok(Response::new(ListRegionsResponse {
             cluster_id,
             leader_id,

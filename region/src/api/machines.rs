@@ -2,18 +2,19 @@
 
 use super::{actor, linearizable, status};
 use crate::app::alloc::{AllocateRequest as AllocReq, Spread};
+use crate::app::encoded::EncodedMachines;
 use crate::app::machines::{MachineChange, MachineKey, NewMachine};
 use crate::app::watch::WatchItem;
 use crate::app::{Actor, App};
 use crate::command::ActionArgs;
 use crate::state::MachineQuery;
-use ingot_common::constraints::{parse_storage, Constraints as DomainConstraints};
 use ingot_common::lifecycle::Action;
 use ingot_common::model::DeploySpec;
 use ingot_common::power::PowerAction;
 use ingot_common::DomainError;
 use ingot_proto::convert::{
-    erase_from_proto, machine_to_proto, power_command_to_proto, power_from_proto, status_from_proto,
+    constraints_from_proto, erase_from_proto, full_view_from_proto, machine_to_proto,
+    power_command_to_proto, power_from_proto, status_from_proto,
 };
 use ingot_proto::v1::machine_service_server::MachineService;
 use ingot_proto::v1::{get_machine_request::Key, machine_ref, watch_response, *};
@@ -26,73 +27,16 @@ pub struct MachineApi {
     /// The application.
     pub app: App,
     /// Encoded basic views, reused by lists while a machine does not change (kept warm by
-    /// [`WireCache::follow`]).
-    pub wire: std::sync::Arc<WireCache>,
+    /// [`EncodedMachines::follow`]).
+    pub encoded: std::sync::Arc<EncodedMachines>,
 }
 
-/// Each machine's basic view encoded as `ingot.v1.Machine`, keyed by system id and valid for one revision.
-/// A list copies these bytes instead of converting and encoding every machine on every call (the largest
-/// cost of listing 10,000 machines); a machine is re-encoded the first time it is listed after a change.
-#[derive(Default)]
-pub struct WireCache {
-    map: std::sync::RwLock<std::collections::HashMap<String, (u64, bytes::Bytes)>>,
-}
-
-impl WireCache {
-    /// The encoded basic view of `m` at its current revision.
-    pub fn basic(&self, m: &ingot_common::Machine) -> bytes::Bytes {
-        if let Some((rev, b)) = self
-            .map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&m.system_id)
-        {
-            if *rev == m.revision {
-                return b.clone();
-            }
-        }
-        let b = bytes::Bytes::from(prost::Message::encode_to_vec(&machine_to_proto(
-            m, false, false,
-        )));
-        self.map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(m.system_id.clone(), (m.revision, b.clone()));
-        b
-    }
-
-    /// Keeps the cache warm: after every apply, encodes the machines that changed, off the apply path and
-    /// before anyone lists them. Runs until the state machine goes away.
-    pub async fn follow(self: std::sync::Arc<Self>, app: App) {
-        let mut applied = app.region.applied.subscribe();
-        let mut last = 0u64;
-        loop {
-            let changed: Vec<std::sync::Arc<ingot_common::Machine>> = {
-                let st = app.region.state.read().unwrap_or_else(|p| p.into_inner());
-                let i = st.changes.partition_point(|c| c.revision <= last);
-                last = st.data.revision.max(last);
-                st.changes
-                    .range(i..)
-                    .filter(|c| !c.deleted)
-                    .map(|c| c.machine.clone())
-                    .collect()
-            };
-            for m in changed {
-                self.basic(&m);
-            }
-            if applied.changed().await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// Drops entries of machines that no longer exist once the cache holds many more than `live`.
-    pub fn prune(&self, live: usize, exists: impl Fn(&str) -> bool) {
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        if map.len() > live * 2 + 1024 {
-            map.retain(|id, _| exists(id));
-        }
-    }
+/// A machine's basic view encoded as `ingot.v1.Machine`: the encoder of [`EncodedMachines`], given to it
+/// when the region starts.
+pub fn encode_basic(m: &ingot_common::Machine) -> bytes::Bytes {
+    bytes::Bytes::from(prost::Message::encode_to_vec(&machine_to_proto(
+        m, false, false,
+    )))
 }
 
 fn machine_key(r: Option<MachineRef>) -> Result<MachineKey, Status> {
@@ -104,19 +48,6 @@ fn machine_key(r: Option<MachineRef>) -> Result<MachineKey, Status> {
         None => Err(status(DomainError::invalid(
             "machine",
             "set one of system_id, consumer, provider_id or hostname",
-        ))),
-    }
-}
-
-/// True when a view asks for the full machine (`default_full` for UNSPECIFIED).
-fn full_view(v: i32, default_full: bool) -> Result<bool, Status> {
-    match MachineView::try_from(v) {
-        Ok(MachineView::Unspecified) => Ok(default_full),
-        Ok(MachineView::Basic) => Ok(false),
-        Ok(MachineView::Full) => Ok(true),
-        Err(_) => Err(status(DomainError::invalid(
-            "view",
-            format!("unknown view {v}"),
         ))),
     }
 }
@@ -153,30 +84,6 @@ fn query(f: Option<MachineFilter>, who: &Actor) -> Result<MachineQuery, Status> 
         } else {
             Some(who.name.clone())
         },
-    })
-}
-
-fn constraints_from_proto(c: Option<Constraints>) -> Result<DomainConstraints, Status> {
-    let c = c.unwrap_or_default();
-    Ok(DomainConstraints {
-        arch: c.arch,
-        min_cpu_count: c.min_cpu_count,
-        min_memory_mib: c.min_memory_mib,
-        storage: if c.storage.trim().is_empty() {
-            vec![]
-        } else {
-            parse_storage("constraints.storage", &c.storage).map_err(status)?
-        },
-        tags: c.tags,
-        not_tags: c.not_tags,
-        zones: c.zones,
-        not_in_zones: c.not_in_zones,
-        pools: c.pools,
-        not_in_pools: c.not_in_pools,
-        hostname: c.hostname,
-        system_id: c.system_id,
-        min_nic_count: c.min_nic_count,
-        min_nic_speed_mbps: c.min_nic_speed_mbps,
     })
 }
 
@@ -264,7 +171,7 @@ impl MachineService for MachineApi {
         if r.include_secrets {
             who.require_admin("see power secrets").map_err(status)?;
         }
-        let full = full_view(r.view, true)?;
+        let full = full_view_from_proto(r.view, true).map_err(status)?;
         let key = match r.key {
             Some(Key::SystemId(s)) => MachineKey::SystemId(s),
             Some(Key::Mac(s)) => MachineKey::Mac(s),
@@ -293,7 +200,7 @@ impl MachineService for MachineApi {
         let who = actor(&self.app, &req)?;
         let r = req.into_inner();
         let q = query(r.filter, &who)?;
-        let full = full_view(r.view, false)?;
+        let full = full_view_from_proto(r.view, false).map_err(status)?;
         // The basic view is served from each machine's cached encoding; the full one is converted.
         let (page, next, total, revision) = self
             .app
@@ -306,22 +213,14 @@ impl MachineService for MachineApi {
                     if full {
                         Err(Box::new(machine_to_proto(m, false, true)))
                     } else {
-                        Ok(self.wire.basic(m))
+                        Ok(self.encoded.get(m))
                     }
                 },
             )
             .await
             .map_err(status)?;
         if total > 0 && !full {
-            let st = self
-                .app
-                .region
-                .state
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
-            self.wire.prune(st.data.machines.len(), |id| {
-                st.data.machines.contains_key(id)
-            });
+            self.encoded.prune(&self.app);
         }
         let mut resp = ListMachinesResponse {
             next_page_token: next,
@@ -423,7 +322,7 @@ impl MachineService for MachineApi {
                 &who,
                 AllocReq {
                     request_id: r.request_id,
-                    constraints: constraints_from_proto(r.constraints)?,
+                    constraints: constraints_from_proto(r.constraints).map_err(status)?,
                     consumer: r.consumer,
                     count: r.count.max(1),
                     spread,
@@ -633,7 +532,7 @@ impl MachineService for MachineApi {
         let who = actor(&self.app, &req)?;
         let r = req.into_inner();
         let q = query(r.filter, &who)?;
-        let full = full_view(r.view, false)?;
+        let full = full_view_from_proto(r.view, false).map_err(status)?;
         let rx = self.app.watch(r.from_revision, q).await.map_err(status)?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         let out = tokio_stream::StreamExt::map(stream, move |item| match item {

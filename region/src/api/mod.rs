@@ -1,11 +1,14 @@
-//! The client API: one tonic service per file, thin — authenticate, convert, call [`crate::app`], convert
-//! back. Errors become gRPC statuses here and only here.
+//! The region's gRPC services, one per file, thin — authenticate, convert with [`ingot_proto::convert`],
+//! call [`crate::app`], convert back. The client API (`ingot.v1`) is served on the API listener;
+//! [`rack_session`] (`ingot.rack.v1`) on the cluster listener, for rack certificates only. Errors become
+//! gRPC statuses here and only here.
 
 pub mod agent;
 pub mod cluster;
 pub mod events;
 pub mod machines;
 pub mod pools;
+pub mod rack_session;
 pub mod racks;
 pub mod tags;
 pub mod users;

@@ -3,9 +3,7 @@
 use super::{actor, status};
 use crate::app::users::{TokenInfo, UserInfo};
 use crate::app::App;
-use ingot_common::model::Role as DomainRole;
-use ingot_common::DomainError;
-use ingot_proto::convert::{role_from_proto, role_to_proto, timestamp};
+use ingot_proto::convert::{role_from_proto, timestamp, user_to_proto};
 use ingot_proto::v1::user_service_server::UserService;
 use ingot_proto::v1::*;
 use tonic::{Request, Response, Status};
@@ -16,16 +14,12 @@ pub struct UserApi {
     pub app: App,
 }
 
-fn user_to_proto(u: &UserInfo) -> User {
-    User {
-        name: u.user.name.clone(),
-        role: role_to_proto(u.user.role) as i32,
-        created_at: Some(timestamp(u.user.created_ms)),
-        machine_count: u.machine_count,
-        token_count: u.token_count,
-    }
+/// A user with its counts.
+fn user_view(u: &UserInfo) -> User {
+    user_to_proto(&u.user, u.machine_count, u.token_count)
 }
 
+/// A token as listed (the app's view of a stored token; it has no `ingot-common` type).
 fn token_to_proto(t: &TokenInfo) -> Token {
     Token {
         id: t.id.clone(),
@@ -36,40 +30,24 @@ fn token_to_proto(t: &TokenInfo) -> Token {
     }
 }
 
-/// The request's role. `ROLE_UNSPECIFIED` means a plain user, unless the role is `required`.
-fn role(v: i32, required: bool) -> Result<DomainRole, Status> {
-    if required && v == Role::Unspecified as i32 {
-        return Err(status(DomainError::invalid(
-            "role",
-            "required: ROLE_ADMIN or ROLE_USER",
-        )));
-    }
-    role_from_proto(v, DomainRole::User).ok_or_else(|| {
-        status(DomainError::invalid(
-            "role",
-            format!("unknown role {v}: use ROLE_ADMIN or ROLE_USER"),
-        ))
-    })
-}
-
 #[tonic::async_trait]
 impl UserService for UserApi {
     async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<User>, Status> {
         let who = actor(&self.app, &req)?;
         let u = self.app.who_am_i(&who).await.map_err(status)?;
-        Ok(Response::new(user_to_proto(&u)))
+        Ok(Response::new(user_view(&u)))
     }
 
     async fn create_user(&self, req: Request<CreateUserRequest>) -> Result<Response<User>, Status> {
         let who = actor(&self.app, &req)?;
         let r = req.into_inner();
-        let role = role(r.role, false)?;
+        let role = role_from_proto(r.role, false).map_err(status)?;
         let u = self
             .app
             .create_user(&who, r.name, role)
             .await
             .map_err(status)?;
-        Ok(Response::new(user_to_proto(&u)))
+        Ok(Response::new(user_view(&u)))
     }
 
     async fn list_users(
@@ -79,20 +57,20 @@ impl UserService for UserApi {
         let who = actor(&self.app, &req)?;
         let users = self.app.list_users(&who, true).await.map_err(status)?;
         Ok(Response::new(ListUsersResponse {
-            users: users.iter().map(user_to_proto).collect(),
+            users: users.iter().map(user_view).collect(),
         }))
     }
 
     async fn update_user(&self, req: Request<UpdateUserRequest>) -> Result<Response<User>, Status> {
         let who = actor(&self.app, &req)?;
         let r = req.into_inner();
-        let role = role(r.role, true)?;
+        let role = role_from_proto(r.role, true).map_err(status)?;
         let u = self
             .app
             .update_user(&who, r.name, role)
             .await
             .map_err(status)?;
-        Ok(Response::new(user_to_proto(&u)))
+        Ok(Response::new(user_view(&u)))
     }
 
     async fn delete_user(

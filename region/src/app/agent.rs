@@ -44,7 +44,7 @@ impl App {
     async fn agent_write(&self, op: Op) -> Result<Machine, DomainError> {
         match self.region.write(Command::new(AGENT_ACTOR, op)).await? {
             Reply::Machine(m) => Ok(*m),
-            other => Err(DomainError::internal(format!("unexpected reply {other:?}"))),
+            other => Err(super::unexpected(other)),
         }
     }
 

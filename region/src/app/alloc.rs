@@ -124,9 +124,7 @@ impl App {
             });
             match self.region.write(self.command(actor, op)).await {
                 Ok(Reply::Allocated(ms, replayed)) => return Ok((ms, replayed)),
-                Ok(other) => {
-                    return Err(DomainError::internal(format!("unexpected reply {other:?}")))
-                }
+                Ok(other) => return Err(super::unexpected(other)),
                 Err(e) if e.field.as_deref() == Some(CONFLICT_FIELD) => {
                     last_conflict = e.message;
                     tracing::debug!(attempt, "allocation conflict: {last_conflict}");

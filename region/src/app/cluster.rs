@@ -4,17 +4,20 @@
 use super::{Actor, App};
 use crate::command::{op, Op, Reply};
 use crate::node::Forwarded;
+use crate::raft::RaftStatus;
 use crate::state::Settings;
 use ingot_common::lifecycle;
 use ingot_common::pki::{self, Identity};
 use ingot_common::{secret, validate, DomainError, MachineStatus, NodeId};
-use ingot_proto::raft::v1::{StatusReply, StatusRequest};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Seconds a machine may stay in each in-progress status before it fails: what `GetSettings` and
 /// `UpdateSettings` answer.
 pub type Deadlines = BTreeMap<MachineStatus, u64>;
+
+/// How long `ListRegions` waits for each region's status.
+const STATUS_WAIT: Duration = Duration::from_millis(1500);
 
 /// Longest deadline accepted (the apply step enforces the same bound).
 pub const MAX_DEADLINE_S: u64 = 7 * 24 * 3600;
@@ -92,7 +95,7 @@ pub struct RegionView {
     /// Counts towards quorum.
     pub voter: bool,
     /// Live status, if the region answered.
-    pub status: Option<StatusReply>,
+    pub status: Option<RaftStatus>,
     /// Why it did not answer.
     pub error: String,
 }
@@ -120,7 +123,7 @@ impl App {
         let membership = metrics.membership_config.membership().clone();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let (cluster_id, known) = {
-            let st = region.state.read().unwrap_or_else(|p| p.into_inner());
+            let st = crate::locks::read(&region.state);
             (
                 st.data
                     .cluster
@@ -162,14 +165,7 @@ impl App {
                 if id == region.id {
                     return Ok(crate::raft::service::local_status(region));
                 }
-                let mut c = region.peers.client(id, &addr).map_err(|e| e.to_string())?;
-                match tokio::time::timeout(Duration::from_millis(1500), c.status(StatusRequest {}))
-                    .await
-                {
-                    Ok(Ok(r)) => Ok(r.into_inner()),
-                    Ok(Err(s)) => Err(s.message().to_string()),
-                    Err(_) => Err("no answer within 1.5 s".to_string()),
-                }
+                region.peers.status(id, &addr, STATUS_WAIT).await
             }
         });
         let results = futures::future::join_all(probes).await;
@@ -241,10 +237,10 @@ impl App {
         });
         let info = match self.region.write(self.command(&actor, op)).await? {
             Reply::Region(r) => r,
-            other => return Err(DomainError::internal(format!("unexpected reply {other:?}"))),
+            other => return Err(super::unexpected(other)),
         };
         let ca = {
-            let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
+            let st = crate::locks::read(&self.region.state);
             st.data
                 .cluster
                 .clone()

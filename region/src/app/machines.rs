@@ -132,7 +132,7 @@ pub fn visible(actor: &Actor, m: &Machine) -> bool {
 fn machine(r: Reply) -> Result<Machine, DomainError> {
     match r {
         Reply::Machine(m) => Ok(*m),
-        other => Err(DomainError::internal(format!("unexpected reply {other:?}"))),
+        other => Err(super::unexpected(other)),
     }
 }
 
@@ -300,7 +300,7 @@ impl App {
         match self.region.write(self.command(actor, op)).await? {
             Reply::Machine(m) => Ok(*m),
             Reply::Done => Err(DomainError::not_found("the machine was deleted")),
-            other => Err(DomainError::internal(format!("unexpected reply {other:?}"))),
+            other => Err(super::unexpected(other)),
         }
     }
 

@@ -4,9 +4,11 @@
 pub mod agent;
 pub mod alloc;
 pub mod cluster;
+pub mod encoded;
 pub mod events;
 pub mod machines;
 pub mod pools;
+pub mod rack_session;
 pub mod racks;
 pub mod tags;
 pub mod users;
@@ -14,7 +16,7 @@ pub mod watch;
 pub mod worker;
 pub mod zones;
 
-use crate::command::{Command, Op};
+use crate::command::{Command, Op, Reply};
 use crate::node::Region;
 use crate::state::State;
 use ingot_common::{secret, DomainError};
@@ -27,6 +29,14 @@ pub struct App {
     pub region: Arc<Region>,
     /// How long a rack may go without a recorded heartbeat before it counts as dead (ms).
     pub rack_grace_ms: u64,
+}
+
+/// The error for a write whose reply is not the kind its operation gives: a bug in this region (apply and
+/// app disagree), never the caller's fault.
+pub(crate) fn unexpected(reply: Reply) -> DomainError {
+    DomainError::internal(format!(
+        "unexpected reply {reply:?} from the state machine: a bug in this region, please report it"
+    ))
 }
 
 /// Fails with InvalidArgument naming `field` when `value` is empty (a name that selects the object).
@@ -83,7 +93,7 @@ impl App {
             ));
         }
         let hash = secret::hash(token);
-        let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
+        let st = crate::locks::read(&self.region.state);
         match st
             .data
             .tokens
@@ -122,7 +132,7 @@ impl App {
         if let Err(e) = self.region.read_barrier(true).await {
             tracing::debug!("read barrier after a write failed, answering from local state: {e}");
         }
-        let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
+        let st = crate::locks::read(&self.region.state);
         f(&st)
     }
 
@@ -133,7 +143,7 @@ impl App {
         f: impl FnOnce(&crate::state::State) -> T,
     ) -> Result<T, DomainError> {
         self.region.read_barrier(linearizable).await?;
-        let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
+        let st = crate::locks::read(&self.region.state);
         Ok(f(&st))
     }
 }

@@ -12,7 +12,7 @@ use ingot_common::{validate, DomainError};
 fn pool(r: Reply) -> Result<Pool, DomainError> {
     match r {
         Reply::Pool(p) => Ok(p),
-        other => Err(DomainError::internal(format!("unexpected reply {other:?}"))),
+        other => Err(super::unexpected(other)),
     }
 }
 

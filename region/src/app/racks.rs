@@ -103,10 +103,10 @@ impl App {
         });
         match self.region.write(self.command(&actor, op)).await? {
             Reply::Rack(_) => {}
-            other => return Err(DomainError::internal(format!("unexpected reply {other:?}"))),
+            other => return Err(super::unexpected(other)),
         }
         let (ca, api_endpoints) = {
-            let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
+            let st = crate::locks::read(&self.region.state);
             let ca = st
                 .data
                 .cluster
@@ -196,7 +196,7 @@ impl App {
             .await?
         {
             Reply::Rack(r) => Ok(*r),
-            other => Err(DomainError::internal(format!("unexpected reply {other:?}"))),
+            other => Err(super::unexpected(other)),
         }
     }
 
@@ -218,7 +218,7 @@ impl App {
         let op = Op::QueuePower(op::QueuePower { system_id, action });
         let c = match self.region.write(self.command(actor, op)).await? {
             Reply::PowerCommand(c) => *c,
-            other => return Err(DomainError::internal(format!("unexpected reply {other:?}"))),
+            other => return Err(super::unexpected(other)),
         };
         self.power_command(actor, c.id, wait_s).await
     }

@@ -11,7 +11,7 @@ use ingot_common::{tagexpr, validate, DomainError};
 fn tag(r: Reply) -> Result<Tag, DomainError> {
     match r {
         Reply::Tag(t) => Ok(t),
-        other => Err(DomainError::internal(format!("unexpected reply {other:?}"))),
+        other => Err(super::unexpected(other)),
     }
 }
 

@@ -49,7 +49,7 @@ const TOKEN_ID_LEN: usize = 8;
 fn user(r: Reply) -> Result<User, DomainError> {
     match r {
         Reply::User(u) => Ok(u),
-        other => Err(DomainError::internal(format!("unexpected reply {other:?}"))),
+        other => Err(super::unexpected(other)),
     }
 }
 
@@ -243,7 +243,7 @@ impl App {
         validate::description("description", &description)?;
         let secret = secret::generate("ingot_");
         let id = {
-            let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
+            let st = crate::locks::read(&self.region.state);
             token_id(&st)
         };
         // Creation time and expiry come from one clock reading, the one the command carries.
@@ -294,7 +294,7 @@ impl App {
     pub async fn revoke_token(&self, actor: &Actor, id: String) -> Result<(), DomainError> {
         required("id", &id)?;
         let owner = {
-            let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
+            let st = crate::locks::read(&self.region.state);
             st.data
                 .tokens
                 .values()

@@ -39,7 +39,7 @@ impl App {
         self.region.read_barrier(true).await?;
         let mut applied = self.region.applied.subscribe();
         let start = {
-            let st = self.region.state.read().unwrap_or_else(|p| p.into_inner());
+            let st = crate::locks::read(&self.region.state);
             if from == 0 {
                 st.data.revision
             } else if from < st.changes_floor {
@@ -55,7 +55,7 @@ impl App {
             let mut matching: HashSet<String> = HashSet::new();
             loop {
                 let batch: Result<(Vec<WatchItem>, u64), DomainError> = {
-                    let st = state.read().unwrap_or_else(|p| p.into_inner());
+                    let st = crate::locks::read(&state);
                     if last < st.changes_floor {
                         Err(out_of_range(last, st.changes_floor))
                     } else {

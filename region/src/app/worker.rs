@@ -55,7 +55,7 @@ pub async fn run(app: App, mut shutdown: tokio::sync::watch::Receiver<bool>) {
 
 /// The outcomes due at `now`: overdue deadlines, then rack-less power steps.
 pub fn due(app: &App, now: u64) -> Vec<Op> {
-    let st = app.region.state.read().unwrap_or_else(|p| p.into_inner());
+    let st = crate::locks::read(&app.region.state);
     let mut ops = Vec::new();
     for (deadline, id) in st.by_deadline.iter().take_while(|(d, _)| *d <= now) {
         let Some(m) = st.machine(id) else { continue };
@@ -116,7 +116,7 @@ pub fn due(app: &App, now: u64) -> Vec<Op> {
 /// live rack anywhere. A rack that comes back takes only BMCs that are free (no live owner): ownership
 /// never flaps back.
 pub fn bmc_moves(app: &App, now: u64) -> Vec<(String, Option<String>)> {
-    let st = app.region.state.read().unwrap_or_else(|p| p.into_inner());
+    let st = crate::locks::read(&app.region.state);
     let grace = app.rack_grace_ms;
     let live: Vec<(&str, &str)> = st
         .data

@@ -13,7 +13,7 @@ pub type StatusCounts = BTreeMap<MachineStatus, u64>;
 fn zone(r: Reply) -> Result<Zone, DomainError> {
     match r {
         Reply::Zone(z) => Ok(z),
-        other => Err(DomainError::internal(format!("unexpected reply {other:?}"))),
+        other => Err(super::unexpected(other)),
     }
 }
 

@@ -10,6 +10,8 @@
 #![allow(clippy::result_large_err)]
 
 use crate::command::{Batch, Responses};
+use ingot_common::NodeId;
+use ingot_proto::raft::v1::StatusReply;
 use std::io::Cursor;
 
 pub mod network;
@@ -28,6 +30,58 @@ openraft::declare_raft_types!(
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// A region's live Raft status, as `RaftService.Status` reports it: what `ListRegions` shows of each
+/// member, free of the wire type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// Raft node id.
+    pub node_id: NodeId,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// Index of the last applied log entry.
+    pub last_applied_index: u64,
+    /// Index of the last log entry.
+    pub last_log_index: u64,
+    /// The leader it knows (0: none).
+    pub leader_id: NodeId,
+    /// Index of its last snapshot.
+    pub snapshot_index: u64,
+    /// Whether it counts towards quorum.
+    pub voter: bool,
+}
+
+impl From<StatusReply> for RaftStatus {
+    fn from(r: StatusReply) -> Self {
+        RaftStatus {
+            node_id: r.node_id,
+            role: r.role,
+            term: r.term,
+            last_applied_index: r.last_applied_index,
+            last_log_index: r.last_log_index,
+            leader_id: r.leader_id,
+            snapshot_index: r.snapshot_index,
+            voter: r.voter,
+        }
+    }
+}
+
+impl From<RaftStatus> for StatusReply {
+    fn from(s: RaftStatus) -> Self {
+        StatusReply {
+            node_id: s.node_id,
+            role: s.role,
+            term: s.term,
+            last_applied_index: s.last_applied_index,
+            last_log_index: s.last_log_index,
+            leader_id: s.leader_id,
+            snapshot_index: s.snapshot_index,
+            voter: s.voter,
+        }
+    }
+}
 
 /// The openraft handle for this process.
 pub type Raft = openraft::Raft<TypeConfig>;

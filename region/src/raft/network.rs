@@ -1,10 +1,10 @@
 //! openraft's network over tonic: one lazily connected mutual-TLS channel per peer, reused by Raft traffic
 //! and by write forwarding. Raft messages travel as serde-JSON bytes; snapshot chunks as raw bytes.
 
-use super::TypeConfig;
+use super::{RaftStatus, TypeConfig};
 use ingot_common::NodeId;
 use ingot_proto::raft::v1::raft_service_client::RaftServiceClient;
-use ingot_proto::raft::v1::{RaftPayload, SnapshotChunk};
+use ingot_proto::raft::v1::{RaftPayload, SnapshotChunk, StatusRequest};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -45,7 +45,7 @@ impl Peers {
         id: NodeId,
         addr: &str,
     ) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conns = crate::locks::lock(&self.conns);
         if let Some((a, ch)) = conns.get(&id) {
             if a == addr {
                 return Ok(client(ch.clone()));
@@ -54,6 +54,24 @@ impl Peers {
         let ch = channel(addr, &self.tls)?;
         conns.insert(id, (addr.to_string(), ch.clone()));
         Ok(client(ch))
+    }
+}
+
+impl Peers {
+    /// Region `id`'s live Raft status, asked over `RaftService.Status`; the reason when it does not answer
+    /// within `timeout`.
+    pub async fn status(
+        &self,
+        id: NodeId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<RaftStatus, String> {
+        let mut c = self.client(id, addr).map_err(|e| e.to_string())?;
+        match tokio::time::timeout(timeout, c.status(StatusRequest {})).await {
+            Ok(Ok(r)) => Ok(r.into_inner().into()),
+            Ok(Err(s)) => Err(s.message().to_string()),
+            Err(_) => Err(format!("no answer within {} s", timeout.as_secs_f32())),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! client certificate signed by the cluster CA; every handler additionally requires that certificate to
 //! name a region (`region-<id>`), so a rack's certificate from the same CA can never speak Raft.
 
+use super::RaftStatus;
 use crate::node::{ForwardReply, Forwarded, Region};
 use ingot_common::pki;
 use ingot_proto::raft::v1::raft_service_server::RaftService;
@@ -106,7 +107,7 @@ impl RaftService for RaftServer {
 
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         caller_region(&req)?;
-        Ok(Response::new(local_status(&self.region)))
+        Ok(Response::new(local_status(&self.region).into()))
     }
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
@@ -149,7 +150,7 @@ impl RaftServer {
 }
 
 /// This region's Raft status, from openraft's metrics.
-pub fn local_status(region: &Region) -> StatusReply {
+pub fn local_status(region: &Region) -> RaftStatus {
     let m = region.raft.metrics().borrow().clone();
     let role = match m.state {
         ServerState::Leader => "leader",
@@ -163,7 +164,7 @@ pub fn local_status(region: &Region) -> StatusReply {
         .membership()
         .voter_ids()
         .any(|v| v == region.id);
-    StatusReply {
+    RaftStatus {
         node_id: region.id,
         role: role.to_string(),
         term: m.current_term,

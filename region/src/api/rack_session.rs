@@ -1,0 +1,233 @@
+//! `ingot.rack.v1.RackSessionService`: the long-lived stream each rack controller keeps with one region,
+//! served on the cluster (mutual-TLS) listener for rack certificates only.
+//!
+//! This is the transport half: the caller's certificate, Hello and Welcome, the stream and its timers, and
+//! proto ↔ domain conversion. What to deliver and what to record is decided by
+//! [`crate::app::rack_session`].
+
+use super::status;
+use crate::app::rack_session::{PowerCommandResult, RackHello, RackSessionState};
+use crate::app::App;
+use crate::command::PowerObservation;
+use ingot_common::pki;
+use ingot_proto::convert::{bmc_to_rack, power_command_to_rack};
+use ingot_proto::rack::v1::rack_session_service_server::RackSessionService;
+use ingot_proto::rack::v1::{
+    rack_message, region_message, Ack, Bmcs, RackMessage, RegionMessage, Regions, Welcome,
+};
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// How long a new stream may take to say Hello.
+const HELLO_WAIT: Duration = Duration::from_secs(10);
+/// How often pending power commands, the BMC list, the regions and revocation are checked even without a
+/// state change.
+const POLL: Duration = Duration::from_millis(500);
+
+/// The session service.
+pub struct RackSessionServer {
+    /// The application (writes go through Raft like any other).
+    pub app: App,
+}
+
+/// The rack name in the caller's certificate (CN `rack-<name>`).
+fn caller_rack<T>(req: &Request<T>) -> Result<String, Status> {
+    let certs = req.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("rack sessions require a rack certificate from the cluster CA")
+    })?;
+    let cn = certs
+        .first()
+        .and_then(|c| pki::common_name(c.as_ref()))
+        .ok_or_else(|| Status::unauthenticated("client certificate has no common name"))?;
+    cn.strip_prefix("rack-")
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Status::permission_denied(format!(
+                "'{cn}' is not a rack: only rack certificates may open rack sessions"
+            ))
+        })
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<RegionMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RackSessionService for RackSessionServer {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<RackMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let name = caller_rack(&req)?;
+        self.app.admit_rack_session(&name).await.map_err(status)?;
+        let inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(run(self.app.clone(), name, inbound, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+fn msg(m: region_message::Msg) -> Result<RegionMessage, Status> {
+    Ok(RegionMessage { msg: Some(m) })
+}
+
+/// A monitor reading as the log records it.
+fn observation(i: ingot_proto::rack::v1::PowerObservation) -> PowerObservation {
+    PowerObservation {
+        system_id: i.system_id,
+        power_state: i.power_state,
+        error_kind: i.error_kind,
+        message: i.message,
+        observed_ms: i.observed_ms,
+    }
+}
+
+/// A power command's result as the rack sent it.
+fn power_command_result(r: ingot_proto::rack::v1::PowerCommandResult) -> PowerCommandResult {
+    PowerCommandResult {
+        id: r.id,
+        success: r.success,
+        error_kind: r.error_kind,
+        message: r.message,
+        power_state: r.power_state,
+    }
+}
+
+/// Sends every pending power command due on this session; an error status ends the session (revoked,
+/// superseded, or the stream closed).
+async fn send_due_power_commands(
+    session: &mut RackSessionState,
+    tx: &mpsc::Sender<Result<RegionMessage, Status>>,
+) -> Result<(), Option<Status>> {
+    let due = session.due_power_commands().map_err(|e| Some(status(e)))?;
+    for d in due {
+        let m =
+            region_message::Msg::PowerCommand(power_command_to_rack(&d.power_command, &d.power));
+        tx.send(msg(m)).await.map_err(|_| None)?;
+    }
+    Ok(())
+}
+
+/// One session, from Hello to the end of the stream.
+async fn run(
+    app: App,
+    name: String,
+    mut inbound: Streaming<RackMessage>,
+    tx: mpsc::Sender<Result<RegionMessage, Status>>,
+) {
+    let hello = match tokio::time::timeout(HELLO_WAIT, inbound.message()).await {
+        Ok(Ok(Some(RackMessage {
+            msg: Some(rack_message::Msg::Hello(h)),
+        }))) => RackHello {
+            version: h.version,
+            services: h.services,
+            drivers: h.drivers,
+        },
+        _ => {
+            let _ = tx
+                .send(Err(Status::invalid_argument(
+                    "a rack session starts with Hello",
+                )))
+                .await;
+            return;
+        }
+    };
+    let (mut session, w) = app.start_rack_session(name);
+    let welcome = Welcome {
+        region_id: w.region_id,
+        region_name: w.region_name,
+        session_id: w.session_id,
+        heartbeat_ms: w.heartbeat_ms,
+        regions: Some(Regions {
+            endpoints: w.endpoints,
+        }),
+    };
+    if tx
+        .send(msg(region_message::Msg::Welcome(welcome)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tracing::info!(rack = %session.name(), session = %session.session_id(), "rack session started");
+    // Record the session (waits out an election if the leader just died; the stream is served meanwhile).
+    {
+        let record = session.record_start(hello);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = record.await {
+                tracing::warn!("recording the rack session failed: {e}");
+                let _ = tx
+                    .send(Err(Status::unavailable(format!(
+                        "the region could not record the session ({e}); reconnect"
+                    ))))
+                    .await;
+            }
+        });
+    }
+    let mut applied = session.applied();
+    let mut poll = tokio::time::interval(POLL);
+    loop {
+        // Cut, superseded, or something to deliver?
+        if let Err(cut) = send_due_power_commands(&mut session, &tx).await {
+            if let Some(s) = cut {
+                let _ = tx.send(Err(s)).await;
+            }
+            break;
+        }
+        tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(RackMessage { msg: Some(m) })) => {
+                    session.seen();
+                    match m {
+                        rack_message::Msg::Heartbeat(_) => session.heartbeat(),
+                        rack_message::Msg::PowerCommandResult(r) => {
+                            let id = r.id;
+                            let record = session.record_power_command_result(power_command_result(r));
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                match record.await {
+                                    Ok(()) => {
+                                        let _ = tx.send(msg(region_message::Msg::Ack(Ack { ids: vec![id] }))).await;
+                                    }
+                                    Err(e) => tracing::warn!("recording result of command {id}: {e}"),
+                                }
+                            });
+                        }
+                        rack_message::Msg::Observations(o) => {
+                            session.observed(o.items.into_iter().map(observation));
+                        }
+                        rack_message::Msg::Hello(_) => {}
+                    }
+                }
+                Ok(Some(RackMessage { msg: None })) => {}
+                Ok(None) | Err(_) => break,
+            },
+            r = applied.changed() => if r.is_err() { break },
+            _ = poll.tick() => {
+                if let Some(list) = session.bmcs_changed() {
+                    let bmcs = Bmcs {
+                        bmcs: list.iter().map(|b| bmc_to_rack(&b.system_id, &b.power)).collect(),
+                        poll_interval_ms: 0,
+                    };
+                    if tx.send(msg(region_message::Msg::Bmcs(bmcs))).await.is_err() {
+                        break;
+                    }
+                }
+                if let Some(endpoints) = session.endpoints_changed() {
+                    if tx.send(msg(region_message::Msg::Regions(Regions { endpoints }))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            _ = tx.closed() => break,
+        }
+    }
+    session.end();
+}
