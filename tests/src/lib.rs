@@ -1,5 +1,5 @@
 //! Whole-stack test support: every test starts real `ingot-region` processes on port 0 (through
-//! [`ingot_client::local::LocalCluster`]) in its own directory. When a test fails, its directory — data
+//! [`ingot_launch::LocalCluster`]) in its own directory. When a test fails, its directory — data
 //! directories and every region's log — is kept and the log tails are printed; when it passes, the
 //! directory is removed.
 //!
@@ -9,8 +9,8 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use anyhow::{Context, Result};
-use ingot_client::local::{log_tail, LocalCluster, LocalClusterOptions};
 use ingot_client::Clients;
+use ingot_launch::{log_tail, LocalCluster, LocalClusterOptions};
 use ingot_proto::v1::{CreateMachineRequest, ListMachinesRequest, ReadConsistency};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -477,14 +477,8 @@ pub async fn all_events(
 // ---------------------------------------------------------------------------------------------------------
 
 /// `ingot.v1.RackService` over `clients`' channel, sending its bearer token.
-pub fn rack_api(
-    clients: &Clients,
-) -> ingot_proto::v1::rack_service_client::RackServiceClient<ingot_client::AuthChannel> {
-    let auth = ingot_client::BearerAuth::new(&clients.config().token).expect("bearer token");
-    ingot_proto::v1::rack_service_client::RackServiceClient::with_interceptor(
-        clients.channel(),
-        auth,
-    )
+pub fn rack_api(clients: &Clients) -> ingot_client::RackClient {
+    clients.racks()
 }
 
 /// Every rack as `clients` sees it (stale: the serving region's applied state, answered without a leader).
@@ -671,7 +665,7 @@ pub fn cluster_tls(
 }
 
 /// A rack's certificate and key (`<dir>/tls/rack.crt`, `rack.key`) as PEM text.
-pub fn rack_cert(rack: &ingot_client::local::LocalRack) -> Result<(String, String)> {
+pub fn rack_cert(rack: &ingot_launch::LocalRack) -> Result<(String, String)> {
     let read = |f: &str| {
         let p = rack.dir.join("tls").join(f);
         std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))

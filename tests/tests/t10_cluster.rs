@@ -213,7 +213,7 @@ async fn removing_and_listing_regions() {
     assert_eq!(regions.regions.len(), 2, "{regions:?}");
     // The removed region was told, stopped, and refuses to come back with its stale state.
     tc.cluster.wait_exit(victim).await.unwrap();
-    let bin = ingot_client::local::resolve_bin_dir(None)
+    let bin = ingot_launch::resolve_bin_dir(None)
         .unwrap()
         .join("ingot-region");
     let out = std::process::Command::new(bin)

@@ -7,9 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn ingot(args: &[&str]) -> Output {
-    let bin = ingot_client::local::resolve_bin_dir(None)
-        .unwrap()
-        .join("ingot");
+    let bin = ingot_launch::resolve_bin_dir(None).unwrap().join("ingot");
     Command::new(bin).args(args).output().expect("run ingot")
 }
 

@@ -309,7 +309,7 @@ async fn simulated_machines_run_the_whole_lifecycle() {
     assert!(m.inventory.is_some());
     assert!(matches!(
         tc.cluster.stop_sims().await,
-        ingot_client::local::StopOutcome::Terminated
+        ingot_launch::StopOutcome::Terminated
     ));
 }
 
