@@ -1,5 +1,4 @@
 //! Replication, failover, catch-up by snapshot, and whole-cluster restarts, on real processes.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_client::retry_unavailable;
 use ingot_proto::v1::{get_machine_request::Key, GetMachineRequest, ListRegionsRequest};

@@ -1,6 +1,5 @@
 //! Who may talk to a region, and what a region refuses: TLS on both listeners, bearer tokens, join tokens,
 //! bad input, and data directories that are corrupt or belong to another cluster.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_common::pki::{self, ClusterCa, Identity};
 use ingot_proto::raft::v1::raft_service_client::RaftServiceClient;

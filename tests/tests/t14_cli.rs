@@ -1,6 +1,5 @@
 //! The `ingot` binary as an operator uses it: `dev up` writes DIR/env, commands work with `--profile`,
 //! `--json` is parseable, errors exit non-zero with the reason, `dev down` stops what `dev up` started.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_tests::test_dir;
 use std::path::Path;

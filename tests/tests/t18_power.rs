@@ -11,7 +11,6 @@
 //! - `ipmi_sim_through_the_whole_stack`: the same path to OpenIPMI's `ipmi_sim` (a third-party BMC):
 //!   power on/off/query from the API, the state visible on the machine, a wrong password as an `auth`
 //!   failure in the command and its event, and commissioning's boot-pxe + cycle reaching the BMC.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_proto::v1::{
     AllocateRequest, Constraints, DeployRequest, MachineStatus, ReleaseRequest,
