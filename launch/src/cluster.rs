@@ -101,7 +101,8 @@ pub enum Progress {
     Step(String),
     /// A region is up and ready.
     Ready(LocalRegion),
-    /// A rack controller is running (and, unless it took longer than [`crate::RACK_READY_TIMEOUT`], connected).
+    /// A rack controller is running (and, unless it took longer than [`crate::RACK_READY_TIMEOUT`],
+    /// connected).
     RackReady(LocalRack),
 }
 
