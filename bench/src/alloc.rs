@@ -11,8 +11,8 @@
 
 use crate::{ms, pct};
 use anyhow::{bail, Context, Result};
-use ingot_client::local::LocalCluster;
 use ingot_client::Clients;
+use ingot_launch::LocalCluster;
 use ingot_proto::v1::{
     machine_ref, watch_response, AllocateRequest, CommissionRequest, Constraints,
     CreateMachineRequest, CreateTagRequest, CreateTokenRequest, CreateUserRequest,

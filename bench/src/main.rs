@@ -19,8 +19,8 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use ingot_client::local::{LocalCluster, LocalClusterOptions};
 use ingot_client::Clients;
+use ingot_launch::{LocalCluster, LocalClusterOptions};
 use ingot_proto::v1::{CreateMachineRequest, UpdateMachineRequest};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -370,7 +370,7 @@ async fn main() -> Result<()> {
     }
     eprintln!("== starting {} regions in {}", a.regions, dir.display());
     let cluster = LocalCluster::start(opts).await?;
-    let bin = ingot_client::local::resolve_bin_dir(None)?;
+    let bin = ingot_launch::resolve_bin_dir(None)?;
     let profile = if bin.ends_with("release") {
         "release"
     } else {

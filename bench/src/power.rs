@@ -58,10 +58,10 @@ async fn start_sim(
 ) -> Result<(
     SimProcess,
     Vec<Bmc>,
-    Vec<ingot_client::local::SimMachine>,
+    Vec<ingot_launch::SimulatedMachine>,
     PathBuf,
 )> {
-    let bin = ingot_client::local::resolve_bin_dir(None)?.join(ingot_client::local::SIM_BIN);
+    let bin = ingot_launch::resolve_bin_dir(None)?.join(ingot_launch::SIMULATOR_BIN);
     if !bin.is_file() {
         bail!(
             "{} not found: run `cargo build --release --workspace --bins` first",
@@ -82,7 +82,7 @@ async fn start_sim(
     let sim = SimProcess(child);
     let t0 = Instant::now();
     let file = dir.join("machines.json");
-    let machines: Vec<ingot_client::local::SimMachine> = loop {
+    let machines: Vec<ingot_launch::SimulatedMachine> = loop {
         if let Ok(b) = std::fs::read(&file) {
             if let Ok(v) = serde_json::from_slice(&b) {
                 break v;
@@ -119,7 +119,7 @@ async fn start_sim(
 }
 
 /// The simulated machines' IPMI BMCs as monitor targets, through `tool` (native or ipmitool).
-fn ipmi_targets(machines: &[ingot_client::local::SimMachine], tool: &str) -> Vec<Bmc> {
+fn ipmi_targets(machines: &[ingot_launch::SimulatedMachine], tool: &str) -> Vec<Bmc> {
     machines
         .iter()
         .filter_map(|m| {

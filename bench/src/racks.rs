@@ -14,8 +14,8 @@
 
 use crate::{ms, pct};
 use anyhow::{bail, Context, Result};
-use ingot_client::local::LocalCluster;
 use ingot_client::{AuthChannel, BearerAuth, Clients};
+use ingot_launch::LocalCluster;
 use ingot_proto::rack::v1::rack_session_service_client::RackSessionServiceClient;
 use ingot_proto::rack::v1::{rack_message, region_message, Heartbeat, Hello, RackMessage};
 use ingot_proto::v1::rack_service_client::RackServiceClient;

@@ -7,7 +7,7 @@ use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use ingot_client::local::{
+use ingot_launch::{
     LocalCluster, LocalClusterOptions, LocalRack, LocalRegion, Progress, StopOutcome, CLUSTER_FILE,
 };
 use serde_json::json;

@@ -6,7 +6,7 @@ use crate::Ctx;
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use ingot_client::config::{shell_quote, ENV_CA};
-use ingot_client::local::{rack_client, RackClient};
+use ingot_client::RackClient;
 use ingot_proto::v1::{
     CreateEnrollmentTokenRequest, GetRackRequest, ListRacksRequest, Rack, RevokeRackRequest,
 };
@@ -64,7 +64,7 @@ pub enum TokenCmd {
 }
 
 fn racks(ctx: &Ctx) -> Result<RackClient> {
-    rack_client(&ctx.clients()?)
+    Ok(ctx.clients()?.racks())
 }
 
 fn show(ctx: &Ctx, r: &Rack) {
@@ -160,7 +160,7 @@ async fn token_create(
         bail!("--ttl must be at least 1s");
     }
     let clients = ctx.clients()?;
-    let client = rack_client(&clients)?;
+    let client = clients.racks();
     let resp = ctx
         .call(|| {
             let mut c = client.clone();

@@ -8,6 +8,7 @@ use ingot_proto::v1::cluster_service_client::ClusterServiceClient;
 use ingot_proto::v1::event_service_client::EventServiceClient;
 use ingot_proto::v1::machine_service_client::MachineServiceClient;
 use ingot_proto::v1::pool_service_client::PoolServiceClient;
+use ingot_proto::v1::rack_service_client::RackServiceClient;
 use ingot_proto::v1::tag_service_client::TagServiceClient;
 use ingot_proto::v1::user_service_client::UserServiceClient;
 use ingot_proto::v1::zone_service_client::ZoneServiceClient;
@@ -32,6 +33,8 @@ pub type MachineClient = MachineServiceClient<AuthChannel>;
 pub type ZoneClient = ZoneServiceClient<AuthChannel>;
 /// `ingot.v1.ClusterService` client that sends the bearer token.
 pub type ClusterClient = ClusterServiceClient<AuthChannel>;
+/// `ingot.v1.RackService` client that sends the bearer token.
+pub type RackClient = RackServiceClient<AuthChannel>;
 /// `ingot.v1.PoolService` client that sends the bearer token.
 pub type PoolClient = PoolServiceClient<AuthChannel>;
 /// `ingot.v1.TagService` client that sends the bearer token.
@@ -171,6 +174,12 @@ impl Clients {
     /// The cluster service (regions, join tokens, membership).
     pub fn cluster(&self) -> ClusterClient {
         ClusterServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The rack service (enrollment tokens, rack controllers and their connection state).
+    pub fn racks(&self) -> RackClient {
+        RackServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
     }
 

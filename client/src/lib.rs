@@ -1,4 +1,4 @@
-//! `ingot-client`: everything a program needs to talk to an Ingot region cluster, and to run one locally.
+//! `ingot-client`: everything a program needs to talk to an Ingot region cluster.
 //!
 //! Layout:
 //! - [`config`]: [`ClientConfig`] — where the cluster is (endpoints), how to trust it (the cluster CA) and
@@ -8,22 +8,22 @@
 //!   dead region is skipped) and the generated gRPC clients on top of it, each sending the bearer token.
 //! - [`retry`]: [`retry_unavailable`] — retrying a call while the cluster is briefly unavailable (a region
 //!   died, an election is running).
-//! - [`local`]: [`local::LocalCluster`] — launching a cluster of real `ingot-region` processes on loopback
-//!   ports for `ingot dev up`, the integration tests and the benchmark.
-//! - [`error`]: [`ClientError`], the library's error type (the process-launching [`local`] module uses
-//!   `anyhow`, as its failures are reports for a human, not cases for a caller to match on).
+//! - [`error`]: [`ClientError`], the library's error type.
 //!
-//! A [`Clients`] (and a [`local::LocalCluster`]) must be created inside a Tokio runtime: tonic spawns the
-//! channel's balancing worker on it.
+//! Starting a cluster of local processes (`ingot dev up`, the integration tests, the benchmark) is the
+//! job of the `ingot-launch` crate, so that a program that only talks to Ingot does not link a process
+//! launcher.
+//!
+//! A [`Clients`] must be created inside a Tokio runtime: tonic spawns the channel's balancing worker on it.
 
 pub mod clients;
 pub mod config;
 pub mod error;
-pub mod local;
 pub mod retry;
 
 pub use clients::{
-    AuthChannel, BearerAuth, Clients, ClusterClient, MachineClient, ZoneClient, MAX_MESSAGE_SIZE,
+    AuthChannel, BearerAuth, Clients, ClusterClient, MachineClient, RackClient, ZoneClient,
+    MAX_MESSAGE_SIZE,
 };
 pub use config::ClientConfig;
 pub use error::ClientError;

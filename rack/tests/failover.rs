@@ -1,6 +1,5 @@
 //! The rack against tiny in-process fake regions (tonic over TLS, certificates from a test cluster CA):
 //! enrollment by token, and the session loop's failover with exactly-once command execution.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_common::pki::{self, ClusterCa, Identity as PkiIdentity};
 use ingot_proto::rack::v1::rack_message::Msg as RackMsg;

@@ -5,8 +5,6 @@
 //! Peer policy: without ipmi_sim / ipmitool a test prints `SKIPPED: <reason>` and passes, except in CI
 //! (`CI` set), where it fails.
 
-#![allow(clippy::unwrap_used)]
-
 use ingot_rack::drivers::ipmi::IpmiDriver;
 use ingot_rack::drivers::{
     DriverError, PowerAction, PowerDriver, PowerOutcome, PowerRequest, PowerState,

@@ -6,7 +6,6 @@
 //! Peer policy: without sushy-emulator the tests print `SKIPPED: <reason>` and pass, except when `CI` is set,
 //! where they fail (install it with scripts/install-test-peers.sh). Every test is bounded by a timeout; the
 //! slow power cases run concurrently on separate fake systems.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_rack::drivers::redfish::RedfishDriver;
 use ingot_rack::drivers::{

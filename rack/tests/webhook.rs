@@ -2,7 +2,6 @@
 //! path, Authorization header) and keeps a power state: `/on` and `/off` set it, `/cycle` sets it on,
 //! `/status` answers `{"status": "running"}` or `{"status": "stopped"}`; `/fail500`, `/deny401` and `/weird`
 //! misbehave on purpose.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};

@@ -1,10 +1,7 @@
 //! The simulated in-band agent: a machine powered on into a network boot reports like a real agent, through
 //! a scripted fake region.
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use ingot_common::model::Inventory;
 use ingot_sim::agent::RegionFuture;
 use ingot_sim::{

@@ -1,11 +1,8 @@
 //! The agent against a real gRPC server over TLS, through the production `GrpcRegion` (ingot-client with
 //! the cluster CA and an admin token): a fake region implementing `MachineService.GetBootCredentials` and
 //! `AgentService`, the rest unimplemented.
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use ingot_common::pki::{ClusterCa, Identity};
 use ingot_proto::v1 as pb;
 use ingot_proto::v1::agent_service_server::{AgentService, AgentServiceServer};

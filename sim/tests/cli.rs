@@ -1,6 +1,5 @@
 //! The `ingot-sim` binary: `run` writes its files and prints its line, `fault` and `list` use the control
 //! API, SIGTERM stops it, and bad invocations fail with a message.
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -5,11 +5,7 @@
 //! Peer policy for ipmitool (`$INGOT_IPMITOOL`, else `ipmitool` on `PATH`): when it is missing the
 //! ipmitool parts print `SKIPPED: <reason>` and pass, except in CI (`CI` set), where they fail.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use ingot_common::model::Inventory;
 use ingot_rack::drivers::{
     DriverError, Drivers, PowerAction, PowerOutcome, PowerRequest, PowerState,

@@ -1,9 +1,6 @@
 //! The simulated BMCs' Redfish surface, fault knobs and the control API, over real HTTP.
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use ingot_sim::{ControlClient, Faults, SimMachineInfo};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

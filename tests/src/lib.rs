@@ -1,16 +1,25 @@
 //! Whole-stack test support: every test starts real `ingot-region` processes on port 0 (through
-//! [`ingot_client::local::LocalCluster`]) in its own directory. When a test fails, its directory — data
-//! directories and every region's log — is kept and the log tails are printed; when it passes, the
-//! directory is removed.
+//! [`ingot_launch::LocalCluster`]) in its own directory, with real `ingot-rack` and `ingot-sim` processes
+//! where it needs them. When a test fails, its directory — data directories and every process's log — is
+//! kept and the log tails are printed; when it passes, the directory is removed.
 //!
-//! Scenario files live in `tests/tests/`: `t10_cluster` (replication, failover, snapshots, restarts),
-//! `t11_crash` (SIGKILL during concurrent writes), `t12_security` (TLS and tokens, data-dir checks),
-//! `t13_peers` (grpcurl and Python grpcio), `t14_cli` (the `ingot` binary and `ingot dev up`).
+//! The scenarios are one test binary, `all` (`tests/tests/all.rs`), with a module per file in
+//! `tests/tests/`: `t10_cluster` (replication, failover, snapshots, restarts, removal), `t11_crash`
+//! (SIGKILL during concurrent writes), `t12_security` (TLS and tokens, bad input, data-dir checks,
+//! reflection), `t13_peers` (grpcurl and Python grpcio), `t14_cli` (the `ingot` binary and `ingot dev
+//! up`), `t15_lifecycle` (the machine lifecycle, events, tags, users, `Watch`), `t16_allocation`
+//! (concurrent allocation and request semantics), `t17_racks` (rack controllers: failover and refusals)
+//! and `t18_power` (power through rack, driver and BMC, with `ingot-sim` and `ipmi_sim`). Run one with
+//! `cargo test -p ingot-tests --test all -- t17_racks`.
+//!
+//! This library holds what they share: [`TestCluster`] and test directories, machine and inventory
+//! builders, lifecycle helpers that act as a booting machine's agent, rack helpers (sessions, simulated
+//! BMC state files, mutual-TLS clients), and log helpers.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use anyhow::{Context, Result};
-use ingot_client::local::{log_tail, LocalCluster, LocalClusterOptions};
 use ingot_client::Clients;
+use ingot_launch::{log_tail, LocalCluster, LocalClusterOptions};
 use ingot_proto::v1::{CreateMachineRequest, ListMachinesRequest, ReadConsistency};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,9 +31,6 @@ pub struct TestCluster {
     /// The test's directory (data dirs, logs, env).
     pub dir: PathBuf,
 }
-
-/// Region flags that make tests fast without changing behaviour: shorter election timeouts.
-pub const FAST: &[&str] = &[];
 
 /// Where test directories go: `target/test-clusters/<name>-<pid>`.
 pub fn test_dir(name: &str) -> PathBuf {
@@ -40,7 +46,7 @@ pub fn test_dir(name: &str) -> PathBuf {
 }
 
 impl TestCluster {
-    /// Starts `regions` regions with [`FAST`] timing plus `extra` flags.
+    /// Starts `regions` regions with the default timing plus `extra` region flags.
     pub async fn start(name: &str, regions: usize, extra: &[&str]) -> Result<TestCluster> {
         Self::start_with(name, regions, extra, &[]).await
     }
@@ -56,11 +62,7 @@ impl TestCluster {
         let dir = test_dir(name);
         let _ = std::fs::remove_dir_all(&dir);
         let mut opts = LocalClusterOptions::new(&dir, regions);
-        opts.region_args = FAST
-            .iter()
-            .chain(extra.iter())
-            .map(|s| s.to_string())
-            .collect();
+        opts.region_args = extra.iter().map(|s| s.to_string()).collect();
         opts.rack_args = rack_args.iter().map(|s| s.to_string()).collect();
         let cluster = LocalCluster::start(opts)
             .await
@@ -477,14 +479,8 @@ pub async fn all_events(
 // ---------------------------------------------------------------------------------------------------------
 
 /// `ingot.v1.RackService` over `clients`' channel, sending its bearer token.
-pub fn rack_api(
-    clients: &Clients,
-) -> ingot_proto::v1::rack_service_client::RackServiceClient<ingot_client::AuthChannel> {
-    let auth = ingot_client::BearerAuth::new(&clients.config().token).expect("bearer token");
-    ingot_proto::v1::rack_service_client::RackServiceClient::with_interceptor(
-        clients.channel(),
-        auth,
-    )
+pub fn rack_api(clients: &Clients) -> ingot_client::RackClient {
+    clients.racks()
 }
 
 /// Every rack as `clients` sees it (stale: the serving region's applied state, answered without a leader).
@@ -671,7 +667,7 @@ pub fn cluster_tls(
 }
 
 /// A rack's certificate and key (`<dir>/tls/rack.crt`, `rack.key`) as PEM text.
-pub fn rack_cert(rack: &ingot_client::local::LocalRack) -> Result<(String, String)> {
+pub fn rack_cert(rack: &ingot_launch::LocalRack) -> Result<(String, String)> {
     let read = |f: &str| {
         let p = rack.dir.join("tls").join(f);
         std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))

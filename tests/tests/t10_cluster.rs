@@ -1,5 +1,4 @@
 //! Replication, failover, catch-up by snapshot, and whole-cluster restarts, on real processes.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_client::retry_unavailable;
 use ingot_proto::v1::{get_machine_request::Key, GetMachineRequest, ListRegionsRequest};
@@ -213,7 +212,7 @@ async fn removing_and_listing_regions() {
     assert_eq!(regions.regions.len(), 2, "{regions:?}");
     // The removed region was told, stopped, and refuses to come back with its stale state.
     tc.cluster.wait_exit(victim).await.unwrap();
-    let bin = ingot_client::local::resolve_bin_dir(None)
+    let bin = ingot_launch::resolve_bin_dir(None)
         .unwrap()
         .join("ingot-region");
     let out = std::process::Command::new(bin)

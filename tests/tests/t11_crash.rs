@@ -1,5 +1,4 @@
 //! SIGKILL during concurrent writes, repeated: every write acknowledged to a client must survive.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_tests::{all_hostnames, machine, TestCluster};
 use rand::Rng;

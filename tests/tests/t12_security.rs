@@ -1,6 +1,5 @@
 //! Who may talk to a region, and what a region refuses: TLS on both listeners, bearer tokens, join tokens,
 //! bad input, and data directories that are corrupt or belong to another cluster.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_common::pki::{self, ClusterCa, Identity};
 use ingot_proto::raft::v1::raft_service_client::RaftServiceClient;
@@ -347,7 +346,7 @@ async fn bad_input_gets_a_status_naming_the_field() {
 async fn join_tokens_are_single_use_and_data_dirs_are_checked() {
     let tc = TestCluster::start("join-dirs", 2, &[]).await.unwrap();
     let c = tc.clients();
-    let bin = ingot_client::local::resolve_bin_dir(None)
+    let bin = ingot_launch::resolve_bin_dir(None)
         .unwrap()
         .join("ingot-region");
     let r1 = tc.cluster.region(1);

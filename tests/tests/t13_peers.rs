@@ -1,6 +1,5 @@
 //! Clients written by others: grpcurl (Go, reflection v1alpha) and Python grpcio (stubs generated from our
 //! .proto files, health checking, reflection v1) against a real 3-region cluster.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_tests::{peer, TestCluster};
 use std::path::PathBuf;

@@ -1,15 +1,12 @@
 //! The `ingot` binary as an operator uses it: `dev up` writes DIR/env, commands work with `--profile`,
 //! `--json` is parseable, errors exit non-zero with the reason, `dev down` stops what `dev up` started.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_tests::test_dir;
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn ingot(args: &[&str]) -> Output {
-    let bin = ingot_client::local::resolve_bin_dir(None)
-        .unwrap()
-        .join("ingot");
+    let bin = ingot_launch::resolve_bin_dir(None).unwrap().join("ingot");
     Command::new(bin).args(args).output().expect("run ingot")
 }
 

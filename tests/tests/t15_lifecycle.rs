@@ -2,7 +2,6 @@
 //! and release (with erase) driven by a simulated in-band agent; illegal actions and locks; deadlines;
 //! per-boot agent tokens; the event history; tags defined over the inventory; user roles; and `Watch`
 //! resuming on another region after the one it was connected to is SIGKILLed.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_client::Clients;
 use ingot_proto::v1::{

@@ -2,7 +2,6 @@
 //! allocating and releasing at random, then the event history proves no machine ever had two owners and
 //! every allocation met its constraints), and the request semantics: idempotent request ids across regions,
 //! consumer and provider-id lookups, zone spread, all-or-nothing groups and dry runs.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_client::Clients;
 use ingot_proto::v1::{

@@ -14,7 +14,6 @@
 //!   token, and a CSR for another name.
 //!
 //! The three tests take turns (a lock) so that timing figures are not skewed by each other's clusters.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_common::pki::{self, ClusterCa, Identity};
 use ingot_proto::raft::v1::raft_service_client::RaftServiceClient;

@@ -11,7 +11,6 @@
 //! - `ipmi_sim_through_the_whole_stack`: the same path to OpenIPMI's `ipmi_sim` (a third-party BMC):
 //!   power on/off/query from the API, the state visible on the machine, a wrong password as an `auth`
 //!   failure in the command and its event, and commissioning's boot-pxe + cycle reaching the BMC.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 use ingot_proto::v1::{
     AllocateRequest, Constraints, DeployRequest, MachineStatus, ReleaseRequest,
@@ -309,7 +308,7 @@ async fn simulated_machines_run_the_whole_lifecycle() {
     assert!(m.inventory.is_some());
     assert!(matches!(
         tc.cluster.stop_sims().await,
-        ingot_client::local::StopOutcome::Terminated
+        ingot_launch::StopOutcome::Terminated
     ));
 }
 

@@ -1,5 +1,4 @@
 //! Helpers shared by the simulator's integration tests.
-#![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
 use ingot_sim::{Fleet, FleetConfig, SimMachineInfo};
 use serde_json::Value;

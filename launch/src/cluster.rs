@@ -1,34 +1,16 @@
-//! A local cluster of real `ingot-region` processes on loopback ports: what `ingot dev up` starts, what
-//! the integration tests crash and restart, and what the benchmark measures. Nothing is simulated: each
-//! region is a child process with its own data directory, log file and ports.
-//!
-//! Directory layout (`DIR` = [`LocalClusterOptions::dir`]):
-//! - `DIR/region-N/`: the data directory of region N (`run.json`, `admin.token`, `tls/`, ...), plus
-//!   `region.log`, its stdout and stderr (appended across restarts).
-//! - `DIR/env`: shell-sourceable `INGOT_ENDPOINTS`, `INGOT_CA`, `INGOT_TOKEN` (mode 0600).
-//! - `DIR/rack-NAME/`: the data directory of rack controller NAME (`rack.json`, `tls/`, ...), plus
-//!   `rack.log`, the stdout and stderr of its `ingot-rack register` and `ingot-rack run` processes.
-//! - `DIR/cluster.json`: names, pids, addresses and data directories of regions and racks, so
-//!   [`LocalCluster::load`] can reattach later (`ingot dev down`, `ingot dev up` on an existing directory).
-//!
-//! Regions are numbered from 1, like their names: index `i` is `region-i`. Racks are named by the caller
-//! ([`LocalCluster::add_rack`]) and enrolled the way an operator would: an enrollment token from
-//! `RackService.CreateEnrollmentToken`, then `ingot-rack register` and `ingot-rack run` (see `rack.rs`).
+//! The cluster itself: a [`LocalCluster`] of real `ingot-region` processes on loopback ports, started
+//! (`init` region-1, then `join` the others), reattached from `DIR/cluster.json`, crashed, restarted and
+//! stopped. Its racks ([`crate::rack`]) and simulated machines ([`crate::simulator`]) are added by the
+//! `impl LocalCluster` blocks of those modules.
 
-mod rack;
-mod sim;
-
-pub use rack::{is_rack_process, rack_client, LocalRack, RackClient, StoppedRack};
-pub use sim::{is_sim_process, LocalSim, SimMachine, SIM_BIN};
-
-use crate::config::{shell_quote, ENV_CA, ENV_ENDPOINTS, ENV_TOKEN};
-use crate::{retry_unavailable, ClientConfig, Clients};
+use crate::process::{is_process_of, log_tail, send_signal, write_atomic, POLL};
+use crate::rack::{LocalRack, RackSlot, StoppedRack};
 use anyhow::{anyhow, bail, Context, Result};
+use ingot_client::config::{shell_quote, ENV_CA, ENV_ENDPOINTS, ENV_TOKEN};
+use ingot_client::{retry_unavailable, ClientConfig, Clients};
 use ingot_proto::v1::{CreateJoinTokenRequest, ListRegionsRequest};
 use serde::{Deserialize, Serialize};
 use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -39,11 +21,6 @@ use std::time::Duration;
 pub const REGION_BIN: &str = "ingot-region";
 /// How long a region may take to write a ready `run.json` after it was spawned.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Name of the rack controller binary looked up in the binary directory (next to `ingot-region`).
-pub const RACK_BIN: &str = "ingot-rack";
-/// How long a rack may take, after `ingot-rack run` was spawned, to print its "running" line and show as
-/// connected in `RackService.GetRack`.
-pub const RACK_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`LocalCluster::stop_all`] waits after SIGTERM before sending SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// File (in the cluster directory) recording the regions for [`LocalCluster::load`].
@@ -52,7 +29,6 @@ pub const CLUSTER_FILE: &str = "cluster.json";
 pub const ENV_FILE: &str = "env";
 /// Lifetime asked for the join tokens used while starting (they are used within seconds).
 const JOIN_TOKEN_TTL_SECS: u32 = 600;
-const POLL: Duration = Duration::from_millis(50);
 
 /// How to start a local cluster.
 #[derive(Clone, Debug)]
@@ -125,7 +101,8 @@ pub enum Progress {
     Step(String),
     /// A region is up and ready.
     Ready(LocalRegion),
-    /// A rack controller is running (and, unless it took longer than [`RACK_READY_TIMEOUT`], connected).
+    /// A rack controller is running (and, unless it took longer than [`crate::RACK_READY_TIMEOUT`],
+    /// connected).
     RackReady(LocalRack),
 }
 
@@ -201,22 +178,22 @@ struct Slot {
 /// A running (or recorded) local cluster of `ingot-region` processes. All methods take `&self`, so a
 /// cluster can be shared between test tasks.
 pub struct LocalCluster {
-    dir: PathBuf,
-    bin_dir: PathBuf,
+    pub(crate) dir: PathBuf,
+    pub(crate) bin_dir: PathBuf,
     region_args: Vec<String>,
-    detach: bool,
-    ca_path: PathBuf,
+    pub(crate) detach: bool,
+    pub(crate) ca_path: PathBuf,
     ca_pem: String,
     token: String,
     slots: Vec<Mutex<Slot>>,
-    rack_args: Vec<String>,
+    pub(crate) rack_args: Vec<String>,
     /// The racks, in the order they were added (only ever appended to).
-    racks: Mutex<Vec<rack::RackSlot>>,
+    pub(crate) racks: Mutex<Vec<RackSlot>>,
     /// Serializes [`LocalCluster::save`] (racks may be added from concurrent tasks).
     save_lock: Mutex<()>,
     /// The `ingot-sim` process this handle started ([`LocalCluster::start_sims`]), killed on drop unless
     /// detached.
-    sim_child: Mutex<Option<Child>>,
+    pub(crate) simulator_child: Mutex<Option<Child>>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -285,7 +262,7 @@ impl LocalCluster {
             rack_args: opts.rack_args.clone(),
             racks: Mutex::new(Vec::new()),
             save_lock: Mutex::new(()),
-            sim_child: Mutex::new(None),
+            simulator_child: Mutex::new(None),
         };
         let detach = opts.detach;
 
@@ -388,11 +365,11 @@ impl LocalCluster {
             racks: Mutex::new(
                 file.racks
                     .into_iter()
-                    .map(|info| rack::RackSlot { info, child: None })
+                    .map(|info| RackSlot { info, child: None })
                     .collect(),
             ),
             save_lock: Mutex::new(()),
-            sim_child: Mutex::new(None),
+            simulator_child: Mutex::new(None),
         })
     }
 
@@ -855,7 +832,7 @@ impl LocalCluster {
     }
 
     /// Writes `DIR/cluster.json`.
-    fn save(&self) -> Result<()> {
+    pub(crate) fn save(&self) -> Result<()> {
         let _guard = self.save_lock.lock().unwrap_or_else(|e| e.into_inner());
         let file = ClusterFile {
             version: 1,
@@ -879,7 +856,7 @@ impl Drop for LocalCluster {
             return;
         }
         if let Some(c) = self
-            .sim_child
+            .simulator_child
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_mut()
@@ -974,67 +951,4 @@ pub fn resolve_bin_dir(explicit: Option<&Path>) -> Result<PathBuf> {
 /// signalling a pid that was reused by another program.
 pub fn is_region_process(pid: u32, data_dir: &Path) -> bool {
     is_process_of(pid, REGION_BIN, data_dir)
-}
-
-/// True if `pid` is alive and its command line is `<…bin…> ... <data_dir> ...`.
-pub(crate) fn is_process_of(pid: u32, bin: &str, data_dir: &Path) -> bool {
-    if pid == 0 {
-        return false;
-    }
-    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    // A zombie has an empty command line: it is not running.
-    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-    let is_bin = args
-        .first()
-        .is_some_and(|a| String::from_utf8_lossy(a).contains(bin));
-    let dd = data_dir.to_string_lossy();
-    is_bin && args.iter().any(|a| String::from_utf8_lossy(a) == dd)
-}
-
-/// Sends a signal to a pid through rustix's safe `kill(2)` wrapper.
-fn send_signal(pid: u32, signal: libc::c_int) -> Result<()> {
-    let p = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| anyhow!("invalid pid {pid}"))?;
-    let sig = rustix::process::Signal::from_named_raw(signal)
-        .ok_or_else(|| anyhow!("unsupported signal {signal}"))?;
-    rustix::process::kill_process(p, sig).with_context(|| format!("kill({pid}, {signal})"))
-}
-
-/// The last 30 lines (at most 8 KiB) of a log file, for error messages.
-pub fn log_tail(path: &Path) -> String {
-    const MAX: u64 = 8 * 1024;
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return "(no log)".into();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(MAX)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-    if tail.trim().is_empty() {
-        "(log is empty)".into()
-    } else {
-        tail
-    }
-}
-
-pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -8,9 +8,10 @@
 //! `control.url` (its fault-knob API), `sim.log`, `process.json` (pid, for `ingot dev down` after the
 //! starting `ingot` exited) and `token` (the admin token its agent uses, mode 0600).
 
-use super::{log_tail, send_signal, LocalCluster, StopOutcome, POLL, STOP_GRACE};
-use crate::{retry_unavailable, Clients};
+use crate::cluster::{LocalCluster, StopOutcome, STOP_GRACE};
+use crate::process::{is_process_of, log_tail, open_log, send_signal, write_atomic, POLL};
 use anyhow::{anyhow, bail, Context, Result};
+use ingot_client::{retry_unavailable, Clients};
 use ingot_proto::v1::{
     get_machine_request, CreateMachineRequest, CreateZoneRequest, GetMachineRequest,
     PowerParameters, UpdateMachineRequest,
@@ -22,13 +23,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// The simulator's binary name (next to `ingot-region`).
-pub const SIM_BIN: &str = "ingot-sim";
+pub const SIMULATOR_BIN: &str = "ingot-sim";
 /// How long `ingot-sim run` may take to write `machines.json` (1,000 listeners take well under a second).
-const SIM_READY_TIMEOUT: Duration = Duration::from_secs(30);
+const SIMULATOR_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One simulated machine as `ingot-sim` describes it in `machines.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SimMachine {
+pub struct SimulatedMachine {
     /// Host name (`sim-01`, ...): also how the simulated agent finds its machine in Ingot.
     pub hostname: String,
     /// SMBIOS UUID.
@@ -54,7 +55,7 @@ pub struct SimMachine {
 
 /// The running (or recorded) simulator of a local cluster.
 #[derive(Debug, Clone)]
-pub struct LocalSim {
+pub struct LocalSimulator {
     /// Its process id.
     pub pid: u32,
     /// `DIR/sim`.
@@ -64,12 +65,12 @@ pub struct LocalSim {
     /// Base URL of its control (fault-knob) API.
     pub control_url: String,
     /// Its machines.
-    pub machines: Vec<SimMachine>,
+    pub machines: Vec<SimulatedMachine>,
 }
 
 /// `process.json`: what `ingot dev down` needs after the starting process exited.
 #[derive(Debug, Serialize, Deserialize)]
-struct SimProcess {
+struct SimulatorProcess {
     pid: u32,
 }
 
@@ -87,10 +88,10 @@ impl LocalCluster {
         count: usize,
         zones: &[String],
         extra: &[String],
-    ) -> Result<LocalSim> {
+    ) -> Result<LocalSimulator> {
         let dir = self.sim_dir();
         if let Some(s) = self.sim() {
-            if is_sim_process(s.pid, &dir) {
+            if is_simulator_process(s.pid, &dir) {
                 bail!(
                     "ingot-sim (pid {}) already runs for {}",
                     s.pid,
@@ -104,16 +105,16 @@ impl LocalCluster {
             let _ = std::fs::remove_file(dir.join(f));
         }
         let token = dir.join("token");
-        super::write_atomic(&token, self.token().as_bytes(), 0o600)?;
-        let bin = self.bin_dir.join(SIM_BIN);
+        write_atomic(&token, self.token().as_bytes(), 0o600)?;
+        let bin = self.bin_dir.join(SIMULATOR_BIN);
         if !bin.is_file() {
             bail!(
-                "{SIM_BIN} not found in {}: run `cargo build --workspace --bins` first",
+                "{SIMULATOR_BIN} not found in {}: run `cargo build --workspace --bins` first",
                 self.bin_dir.display()
             );
         }
         let log = dir.join("sim.log");
-        let (out, err) = super::rack::open_log(&log)?;
+        let (out, err) = open_log(&log)?;
         let mut cmd = Command::new(&bin);
         cmd.arg("run")
             .arg("--dir")
@@ -139,16 +140,19 @@ impl LocalCluster {
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let pid = child.id();
-        super::write_atomic(
+        write_atomic(
             &dir.join("process.json"),
-            &serde_json::to_vec(&SimProcess { pid })?,
+            &serde_json::to_vec(&SimulatorProcess { pid })?,
             0o644,
         )?;
-        let deadline = tokio::time::Instant::now() + SIM_READY_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + SIMULATOR_READY_TIMEOUT;
         loop {
             if let Some(s) = self.sim() {
                 if !s.machines.is_empty() && !s.control_url.is_empty() {
-                    *self.sim_child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+                    *self
+                        .simulator_child
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(child);
                     return Ok(s);
                 }
             }
@@ -164,7 +168,7 @@ impl LocalCluster {
                 bail!(
                     "ingot-sim did not write {} within {:?}:\n{}",
                     dir.join("machines.json").display(),
-                    SIM_READY_TIMEOUT,
+                    SIMULATOR_READY_TIMEOUT,
                     log_tail(&log)
                 );
             }
@@ -173,18 +177,18 @@ impl LocalCluster {
     }
 
     /// The simulator recorded in `DIR/sim`, if one was started (running or not).
-    pub fn sim(&self) -> Option<LocalSim> {
+    pub fn sim(&self) -> Option<LocalSimulator> {
         let dir = self.sim_dir();
-        let p: SimProcess =
+        let p: SimulatorProcess =
             serde_json::from_slice(&std::fs::read(dir.join("process.json")).ok()?).ok()?;
-        let machines: Vec<SimMachine> = std::fs::read(dir.join("machines.json"))
+        let machines: Vec<SimulatedMachine> = std::fs::read(dir.join("machines.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let control_url = std::fs::read_to_string(dir.join("control.url"))
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        Some(LocalSim {
+        Some(LocalSimulator {
             pid: p.pid,
             log: dir.join("sim.log"),
             dir,
@@ -196,7 +200,7 @@ impl LocalCluster {
     /// True if the recorded simulator process is alive.
     pub fn is_sim_running(&self) -> bool {
         self.sim()
-            .is_some_and(|s| is_sim_process(s.pid, &self.sim_dir()))
+            .is_some_and(|s| is_simulator_process(s.pid, &self.sim_dir()))
     }
 
     /// Stops the recorded simulator: SIGTERM, up to 10 s, then SIGKILL.
@@ -205,12 +209,12 @@ impl LocalCluster {
             return StopOutcome::NotRunning;
         };
         let dir = self.sim_dir();
-        if !is_sim_process(s.pid, &dir) || send_signal(s.pid, libc::SIGTERM).is_err() {
+        if !is_simulator_process(s.pid, &dir) || send_signal(s.pid, libc::SIGTERM).is_err() {
             return StopOutcome::NotRunning;
         }
         let reap = |me: &LocalCluster| {
             if let Some(c) = me
-                .sim_child
+                .simulator_child
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .as_mut()
@@ -221,7 +225,7 @@ impl LocalCluster {
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
         while tokio::time::Instant::now() < deadline {
             reap(self);
-            if !is_sim_process(s.pid, &dir) {
+            if !is_simulator_process(s.pid, &dir) {
                 return StopOutcome::Terminated;
             }
             tokio::time::sleep(POLL).await;
@@ -229,7 +233,7 @@ impl LocalCluster {
         let _ = send_signal(s.pid, libc::SIGKILL);
         tokio::time::sleep(Duration::from_millis(200)).await;
         reap(self);
-        if is_sim_process(s.pid, &dir) {
+        if is_simulator_process(s.pid, &dir) {
             StopOutcome::StillRunning
         } else {
             StopOutcome::Killed
@@ -239,7 +243,7 @@ impl LocalCluster {
     /// Creates, through the API, every simulated machine not enlisted yet (by host name), with the
     /// `redfish` power driver pointing at its simulated BMC; creates missing zones. Returns how many were
     /// created.
-    pub async fn enlist_sims(&self, clients: &Clients, sim: &LocalSim) -> Result<usize> {
+    pub async fn enlist_sims(&self, clients: &Clients, sim: &LocalSimulator) -> Result<usize> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut zones: Vec<&str> = sim.machines.iter().map(|m| m.zone.as_str()).collect();
         zones.sort_unstable();
@@ -341,6 +345,6 @@ impl LocalCluster {
 }
 
 /// True if `pid` is an `ingot-sim` serving `dir`.
-pub fn is_sim_process(pid: u32, dir: &Path) -> bool {
-    super::is_process_of(pid, SIM_BIN, dir)
+pub fn is_simulator_process(pid: u32, dir: &Path) -> bool {
+    is_process_of(pid, SIMULATOR_BIN, dir)
 }

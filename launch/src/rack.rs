@@ -4,15 +4,12 @@
 //! one session to a region. Each rack has its data directory `DIR/rack-<name>/` with `rack.log` (stdout
 //! and stderr of both processes, appended across restarts), and is recorded in `DIR/cluster.json`.
 
-use super::{
-    log_tail, send_signal, LocalCluster, Progress, StopOutcome, POLL, RACK_BIN, RACK_READY_TIMEOUT,
-};
-use crate::{retry_unavailable, AuthChannel, BearerAuth, Clients};
+use crate::cluster::{LocalCluster, Progress, StopOutcome, READY_TIMEOUT};
+use crate::process::{is_process_of, log_tail, open_log, send_signal, POLL};
 use anyhow::{anyhow, bail, Context, Result};
-use ingot_proto::v1::rack_service_client::RackServiceClient;
+use ingot_client::{retry_unavailable, RackClient};
 use ingot_proto::v1::{CreateEnrollmentTokenRequest, CreateZoneRequest, GetRackRequest};
 use serde::{Deserialize, Serialize};
-use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -20,9 +17,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::MutexGuard;
 use std::time::Duration;
 
-/// `ingot.v1.RackService` client that sends the bearer token.
-pub type RackClient = RackServiceClient<AuthChannel>;
-
+/// Name of the rack controller binary looked up in the binary directory (next to `ingot-region`).
+pub const RACK_BIN: &str = "ingot-rack";
+/// How long a rack may take, after `ingot-rack run` was spawned, to print its "running" line and show as
+/// connected in `RackService.GetRack`.
+pub const RACK_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lifetime asked for the enrollment tokens used by [`LocalCluster::add_rack`] (used within seconds).
 const ENROLLMENT_TTL_SECS: u64 = 600;
 /// How long `ingot-rack register` may take (it makes a key, then waits for a replicated write).
@@ -31,13 +30,6 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(60);
 const CALL_RETRY: Duration = Duration::from_secs(30);
 /// Name of the rack's log file in its data directory.
 const RACK_LOG: &str = "rack.log";
-
-/// A `RackService` client on `clients`' connection, with its bearer token.
-pub fn rack_client(clients: &Clients) -> Result<RackClient> {
-    let auth = BearerAuth::new(&clients.config().token)?;
-    Ok(RackServiceClient::with_interceptor(clients.channel(), auth)
-        .max_decoding_message_size(crate::MAX_MESSAGE_SIZE))
-}
 
 /// One rack controller of a local cluster: identity, files and current process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,15 +56,15 @@ pub struct StoppedRack {
 }
 
 /// A rack and, when this `LocalCluster` started it, its process.
-pub(super) struct RackSlot {
-    pub(super) info: LocalRack,
+pub(crate) struct RackSlot {
+    pub(crate) info: LocalRack,
     /// `None` for racks recorded by an earlier process (after [`LocalCluster::load`]): those are
     /// recognised through `/proc/PID/cmdline`.
-    pub(super) child: Option<Child>,
+    pub(crate) child: Option<Child>,
 }
 
 impl RackSlot {
-    pub(super) fn running(&mut self) -> bool {
+    pub(crate) fn running(&mut self) -> bool {
         match &mut self.child {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => is_rack_process(self.info.pid, &self.info.dir),
@@ -83,7 +75,7 @@ impl RackSlot {
 /// True if `pid` is alive and its command line is `ingot-rack ... <dir> ...`: the guard against
 /// signalling a pid that was reused by another program.
 pub fn is_rack_process(pid: u32, dir: &Path) -> bool {
-    super::is_process_of(pid, RACK_BIN, dir)
+    is_process_of(pid, RACK_BIN, dir)
 }
 
 /// A rack name usable in a directory name; the region checks the full DNS-label rules.
@@ -105,13 +97,13 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 impl LocalCluster {
-    pub(super) fn rack_slots(&self) -> MutexGuard<'_, Vec<RackSlot>> {
+    pub(crate) fn rack_slots(&self) -> MutexGuard<'_, Vec<RackSlot>> {
         self.racks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A `RackService` client reaching every region with the admin token (inside a Tokio runtime).
     pub fn rack_service(&self) -> Result<RackClient> {
-        rack_client(&self.connect()?)
+        Ok(self.connect()?.racks())
     }
 
     /// Every rack, in the order they were added.
@@ -196,7 +188,7 @@ impl LocalCluster {
         progress(Progress::Step(format!(
             "creating an enrollment token for {name}"
         )));
-        let racks = rack_client(&clients)?;
+        let racks = clients.racks();
         let token = retry_unavailable(
             || {
                 let mut c = racks.clone();
@@ -310,7 +302,7 @@ impl LocalCluster {
     /// Waits (up to 30 s) until rack `name`'s process has exited; returns its exit status when this
     /// cluster started it (`None` for a process of a loaded cluster).
     pub async fn wait_rack_exit(&self, name: &str) -> Result<Option<ExitStatus>> {
-        let deadline = tokio::time::Instant::now() + super::READY_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
             {
                 let mut racks = self.rack_slots();
@@ -337,7 +329,7 @@ impl LocalCluster {
                     bail!(
                         "rack {name} (pid {}) still running after {:?}",
                         r.info.pid,
-                        super::READY_TIMEOUT
+                        READY_TIMEOUT
                     );
                 }
             }
@@ -502,19 +494,6 @@ impl LocalCluster {
             tokio::time::sleep(POLL).await;
         }
     }
-}
-
-/// The log opened for appending, twice (stdout and stderr).
-pub(super) fn open_log(path: &Path) -> Result<(Stdio, Stdio)> {
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let g = f
-        .try_clone()
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    Ok((Stdio::from(f), Stdio::from(g)))
 }
 
 /// The text of `path` from byte `offset` on (at most 1 MiB); empty if unreadable.
