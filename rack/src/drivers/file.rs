@@ -2,8 +2,9 @@
 //!
 //! Why it exists: the region → rack → driver path (the replicated command queue, exactly-once execution
 //! across reconnects and failovers) is tested and benchmarked without any network BMC; a file per machine
-//! that every action appends to lets a test count how often a command really ran. Simulated machines with real Redfish and IPMI BMCs are `ingot-sim`'s job (driven with the
-//! `redfish` and `ipmi` drivers); this driver is not a simulator of any protocol.
+//! that every action appends to lets a test count how often a command really ran. Simulated machines with
+//! real Redfish and IPMI BMCs are `ingot-sim`'s job (driven with the `redfish` and `ipmi` drivers); this
+//! driver is not a simulator of any protocol.
 //!
 //! Its name used to be `sim`, a word that now means `ingot-sim` only. `sim` stays an alias so machines stored
 //! with it keep working: the rack runs them with this driver ([`super::Drivers::run`]) and the region still

@@ -4,10 +4,10 @@
 //! [`ingot_common::power::PowerAction`] (an unknown one is `unsupported`), picks the driver by name, runs it
 //! and turns the outcome into the `CommandResult` the region records. Drivers: [`ipmi`] (IPMI 2.0 RMCP+,
 //! native or through ipmitool), [`redfish`] (HTTPS, basic or session auth), [`webhook`] (operator-defined
-//! HTTP requests), [`manual`] (the operator acts) and [`file`] (a BMC that is a JSON file, for tests; also run
-//! under its old name `sim`). The `ipmi`, `redfish` and `webhook` drivers read their parameters with
-//! [`ingot_common::power::DriverParams`] ([`PowerRequest::typed`]), the parser the region used when the
-//! operator set them.
+//! HTTP requests), [`manual`] (the operator acts) and [`file`](mod@file) (a BMC that is a JSON file, for
+//! tests; also run under its old name `sim`). The `ipmi`, `redfish` and `webhook` drivers read their
+//! parameters with [`ingot_common::power::DriverParams`] ([`PowerRequest::typed`]), the parser the region
+//! used when the operator set them.
 
 pub mod file;
 pub mod http;
@@ -16,7 +16,7 @@ pub mod manual;
 pub mod redfish;
 pub mod webhook;
 
-use ingot_common::power::PowerAction;
+use ingot_common::power::{PowerAction, FILE_DRIVER_ALIAS};
 use ingot_proto::rack::v1::{Command, CommandResult};
 use std::collections::HashMap;
 use std::future::Future;
@@ -136,13 +136,9 @@ pub struct Drivers {
 }
 
 impl Drivers {
-    /// Names of the drivers this rack can run (sent in `Hello`). [`Drivers::run`] also accepts the alias
-    /// [`Drivers::FILE_ALIAS`].
+    /// Names of the drivers this rack can run (sent in `Hello`). [`Drivers::run`] also runs the `file`
+    /// driver under its old name [`FILE_DRIVER_ALIAS`] (`sim`), so machines stored with it keep working.
     pub const NAMES: [&'static str; 5] = ["ipmi", "redfish", "webhook", "manual", "file"];
-
-    /// The `file` driver's old name: machines stored with power driver `sim` keep working (the region
-    /// accepts it too, see [`ingot_common::power::DriverParams::parse`]).
-    pub const FILE_ALIAS: &'static str = "sim";
 
     /// Runs `driver` for `req`.
     pub async fn run(&self, driver: &str, req: &PowerRequest) -> Result<PowerOutcome, DriverError> {
@@ -150,7 +146,7 @@ impl Drivers {
             "ipmi" => self.ipmi.run(req).await,
             "redfish" => self.redfish.run(req).await,
             "webhook" => self.webhook.run(req).await,
-            "file" | Drivers::FILE_ALIAS => self.file.run(req).await,
+            "file" | FILE_DRIVER_ALIAS => self.file.run(req).await,
             "manual" => self.manual.run(req).await,
             other => Err(DriverError::Unsupported(format!(
                 "driver {other} is not available in this rack; it runs {}",
