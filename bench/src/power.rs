@@ -15,7 +15,8 @@
 
 use anyhow::{bail, Context, Result};
 use ingot_proto::rack::v1::Bmc;
-use ingot_rack::drivers::{Drivers, PowerAction, PowerRequest};
+use ingot_common::power::PowerAction;
+use ingot_rack::drivers::{Drivers, PowerRequest};
 use ingot_rack::monitor::{Monitor, MonitorConfig};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

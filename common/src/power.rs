@@ -245,12 +245,18 @@ pub struct WebhookParams {
 /// Default of the webhook driver's `power_wait_s`.
 pub const WEBHOOK_POWER_WAIT_S: u64 = 20;
 
-/// Parameters of the file-backed `sim` driver.
+/// Parameters of the rack's `file` driver (a BMC that is a JSON file, for tests); its fault knobs `fail` and
+/// `delay_ms` are read by the rack only.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SimParams {
-    /// Directory holding the simulated BMC state files.
+pub struct FileParams {
+    /// Directory holding the BMC state files (`<system_id>.json`).
     pub state_dir: String,
 }
+
+/// The `file` driver's old name, still accepted wherever a driver name is parsed (here, in
+/// [`crate::validate::power`] and by the rack) so machines stored with power driver `sim` keep working. The
+/// word `sim` otherwise names the `ingot-sim` crate of simulated machines.
+pub const FILE_DRIVER_ALIAS: &str = "sim";
 
 /// A machine's power settings, parsed and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,8 +269,9 @@ pub enum DriverParams {
     Webhook(WebhookParams),
     /// The operator powers the machine.
     Manual,
-    /// The rack's file-backed simulated BMC.
-    Sim(SimParams),
+    /// The rack's `file` driver: a BMC that is a JSON file (driver name `file`, or its old name
+    /// [`FILE_DRIVER_ALIAS`]).
+    File(FileParams),
 }
 
 /// Reads parameters by key, remembering which were consumed so unknown keys can be refused.
@@ -394,7 +401,10 @@ impl DriverParams {
             "ipmi" => {
                 let address = r.required("address", "the BMC's host name or IP address")?;
                 if address.contains(['/', ' ']) {
-                    return Err(r.err("address", format!("'{address}' is not a host name or IP address")));
+                    return Err(r.err(
+                        "address",
+                        format!("'{address}' is not a host name or IP address"),
+                    ));
                 }
                 let cipher_suite = r.num("cipher_suite", 3u8, 0, 17)?;
                 if !matches!(cipher_suite, 0 | 1 | 2 | 3 | 17) {
@@ -419,7 +429,9 @@ impl DriverParams {
                     None => IpmiTool::Native,
                     Some(t) if t == "native" => IpmiTool::Native,
                     Some(t) if t == "ipmitool" => IpmiTool::Ipmitool,
-                    Some(t) => return Err(r.err("tool", format!("'{t}' is not native or ipmitool"))),
+                    Some(t) => {
+                        return Err(r.err("tool", format!("'{t}' is not native or ipmitool")))
+                    }
                 };
                 DriverParams::Ipmi(IpmiParams {
                     address,
@@ -444,7 +456,9 @@ impl DriverParams {
                     Some(a) if a == "auto" => RedfishAuth::Auto,
                     Some(a) if a == "basic" => RedfishAuth::Basic,
                     Some(a) if a == "session" => RedfishAuth::Session,
-                    Some(a) => return Err(r.err("auth", format!("'{a}' is not auto, basic or session"))),
+                    Some(a) => {
+                        return Err(r.err("auth", format!("'{a}' is not auto, basic or session")))
+                    }
                 };
                 let system = r.str_or("system", "");
                 if system.contains(['/', '?', '#']) {
@@ -469,7 +483,10 @@ impl DriverParams {
             "webhook" => {
                 let method = r.str_or("method", "POST").to_ascii_uppercase();
                 if !matches!(method.as_str(), "POST" | "PUT" | "GET" | "PATCH") {
-                    return Err(r.err("method", format!("'{method}' is not POST, PUT, PATCH or GET")));
+                    return Err(r.err(
+                        "method",
+                        format!("'{method}' is not POST, PUT, PATCH or GET"),
+                    ));
                 }
                 DriverParams::Webhook(WebhookParams {
                     on_url: r.url("on_url", true)?,
@@ -479,8 +496,10 @@ impl DriverParams {
                     boot_pxe_url: r.url("boot_pxe_url", false)?,
                     boot_disk_url: r.url("boot_disk_url", false)?,
                     query_url: r.url("query_url", true)?,
-                    query_on_regex: r.regex("query_on_regex", r"(?i)status.*:.*\b(on|running)\b")?,
-                    query_off_regex: r.regex("query_off_regex", r"(?i)status.*:.*\b(off|stopped)\b")?,
+                    query_on_regex: r
+                        .regex("query_on_regex", r"(?i)status.*:.*\b(on|running)\b")?,
+                    query_off_regex: r
+                        .regex("query_off_regex", r"(?i)status.*:.*\b(off|stopped)\b")?,
                     method,
                     username: r.str_or("username", ""),
                     password: r.secret("password"),
@@ -491,20 +510,21 @@ impl DriverParams {
                 })
             }
             "manual" => DriverParams::Manual,
-            "sim" => DriverParams::Sim(SimParams {
-                state_dir: r.required("state_dir", "the simulated BMC's state directory")?,
+            "file" | FILE_DRIVER_ALIAS => DriverParams::File(FileParams {
+                state_dir: r.required("state_dir", "the directory of the BMC state files")?,
             }),
             other => {
                 return Err(DomainError::invalid(
                     format!("{field}.driver"),
                     format!(
-                        "unknown power driver '{other}'; known drivers: ipmi, redfish, webhook, manual, sim"
+                        "unknown power driver '{other}'; known drivers: {}",
+                        crate::validate::POWER_DRIVERS.join(", ")
                     ),
                 ))
             }
         };
-        // The sim driver's fault knobs are read by the rack only.
-        if driver == "sim" {
+        // The file driver's fault knobs are read by the rack only.
+        if matches!(out, DriverParams::File(_)) {
             r.used.extend(["fail", "delay_ms"]);
         }
         r.finish()?;
@@ -577,6 +597,20 @@ mod tests {
             DriverParams::parse("power", "webhook", &p(&[("on_url", "http://h/on")])).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("power.params.off_url"));
         assert!(DriverParams::parse("power", "manual", &p(&[])).is_ok());
+        let file = p(&[
+            ("state_dir", "/tmp/bmc"),
+            ("fail", "auth"),
+            ("delay_ms", "5"),
+        ]);
+        for name in ["file", FILE_DRIVER_ALIAS] {
+            let d = DriverParams::parse("power", name, &file).unwrap();
+            assert_eq!(
+                d,
+                DriverParams::File(FileParams {
+                    state_dir: "/tmp/bmc".into()
+                })
+            );
+        }
         let e = DriverParams::parse("power", "bogus", &p(&[])).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("power.driver"));
     }

@@ -3,8 +3,9 @@
 
 use crate::{DomainError, Mac, PowerParams};
 
-/// Power drivers Ingot knows.
-pub const POWER_DRIVERS: &[&str] = &["ipmi", "redfish", "webhook", "manual", "sim"];
+/// Power drivers Ingot knows, by their names (what help texts and errors list). [`power`] also accepts
+/// [`crate::power::FILE_DRIVER_ALIAS`] (`sim`, the `file` driver's old name) so stored machines keep working.
+pub const POWER_DRIVERS: &[&str] = &["ipmi", "redfish", "webhook", "manual", "file"];
 
 /// A DNS label: 1–63 of `[a-z0-9-]`, not starting or ending with `-`. Used for hostnames and zone names.
 pub fn dns_label(field: &str, s: &str) -> Result<(), DomainError> {
@@ -88,7 +89,10 @@ pub fn macs(field: &str, list: &[String], required: bool) -> Result<Vec<Mac>, Do
 /// A known driver (or empty), sane parameter names and sizes, and parameters the driver accepts
 /// ([`crate::power::DriverParams::parse`]).
 pub fn power(field: &str, p: &PowerParams) -> Result<(), DomainError> {
-    if !p.driver.is_empty() && !POWER_DRIVERS.contains(&p.driver.as_str()) {
+    if !p.driver.is_empty()
+        && !POWER_DRIVERS.contains(&p.driver.as_str())
+        && p.driver != crate::power::FILE_DRIVER_ALIAS
+    {
         return Err(DomainError::invalid(
             format!("{field}.driver"),
             format!(
@@ -260,5 +264,24 @@ mod tests {
         assert!(arch("arch", "arm64").is_ok());
         assert!(arch("arch", "a/b/c").is_err());
         assert!(arch("arch", "").is_err());
+    }
+
+    #[test]
+    fn file_driver_and_its_old_name() {
+        let params = [("state_dir".to_string(), "/tmp/bmc".to_string())].into();
+        for driver in ["file", "sim"] {
+            let p = PowerParams {
+                driver: driver.into(),
+                params: std::collections::BTreeMap::clone(&params),
+            };
+            assert!(power("power", &p).is_ok(), "{driver}");
+        }
+        let p = PowerParams {
+            driver: "simulator".into(),
+            params,
+        };
+        let e = power("power", &p).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("power.driver"));
+        assert!(e.message.contains("manual, file"), "{e:?}");
     }
 }

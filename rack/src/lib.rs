@@ -11,7 +11,7 @@
 //! - [`done`] — the durable done-store (`done.log`) that turns at-least-once delivery into exactly-once
 //!   execution.
 //! - [`drivers`] — power drivers behind the [`drivers::PowerDriver`] trait: `ipmi`, `redfish`, `webhook`,
-//!   `manual`, `sim` (file-based simulated BMC).
+//!   `manual`, `file` (a BMC that is a JSON file, for tests; `sim` is its old name, still accepted).
 //! - [`monitor`] — the power monitor: reads every owned BMC with bounded concurrency and backoff, reports
 //!   changes (and errors only after repeated failures) to the region.
 //! - [`peers`] — third-party BMC implementations (ipmi_sim, sushy-tools) started on loopback for tests and

@@ -15,8 +15,9 @@
 //! A BMC that fails is read less often: the interval doubles per consecutive failure up to
 //! [`MAX_BACKOFF`], so a rack with 100 dead BMCs does not spend its concurrency waiting on timeouts.
 
-use crate::drivers::{DriverError, Drivers, PowerAction, PowerRequest};
+use crate::drivers::{DriverError, Drivers, PowerRequest};
 use futures::StreamExt;
+use ingot_common::power::PowerAction;
 use ingot_proto::rack::v1::{Bmc, PowerObservation};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -273,7 +274,7 @@ mod tests {
         }
         Bmc {
             system_id: id.into(),
-            driver: "sim".into(),
+            driver: "file".into(),
             params,
         }
     }

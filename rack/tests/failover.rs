@@ -16,7 +16,7 @@ use ingot_proto::v1::{
     ListRacksResponse, Rack, RegisterRackRequest, RegisterRackResponse, RevokeRackRequest,
 };
 use ingot_rack::config::{DataDir, RackConfig, TlsFiles};
-use ingot_rack::drivers::sim;
+use ingot_rack::drivers::file;
 use ingot_rack::register::{register, RegisterArgs};
 use ingot_rack::session::{self, SessionConfig};
 use std::collections::HashMap;
@@ -267,7 +267,7 @@ async fn next_event(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
 }
 
 fn ops_with_id(state_dir: &std::path::Path, id: u64) -> usize {
-    sim::read_state(state_dir, "m1")
+    file::read_state(state_dir, "m1")
         .unwrap()
         .ops
         .iter()

@@ -6,9 +6,8 @@
 //! (`CI` set), where it fails.
 
 use ingot_rack::drivers::ipmi::IpmiDriver;
-use ingot_rack::drivers::{
-    DriverError, PowerAction, PowerDriver, PowerOutcome, PowerRequest, PowerState,
-};
+use ingot_common::power::PowerAction;
+use ingot_rack::drivers::{DriverError, PowerDriver, PowerOutcome, PowerRequest, PowerState};
 use ingot_rack::peers::ipmi_sim::{IpmiSim, IpmiSimError, IpmiSimOptions};
 use std::future::Future;
 use std::path::PathBuf;

@@ -8,9 +8,8 @@
 //! slow power cases run concurrently on separate fake systems.
 
 use ingot_rack::drivers::redfish::RedfishDriver;
-use ingot_rack::drivers::{
-    DriverError, PowerAction, PowerDriver, PowerOutcome, PowerRequest, PowerState,
-};
+use ingot_common::power::PowerAction;
+use ingot_rack::drivers::{DriverError, PowerDriver, PowerOutcome, PowerRequest, PowerState};
 use ingot_rack::peers::sushy::{Sushy, SushyError, SushyOptions};
 use std::collections::HashMap;
 use std::future::Future;

@@ -8,9 +8,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use ingot_rack::drivers::webhook::WebhookDriver;
-use ingot_rack::drivers::{
-    DriverError, PowerAction, PowerDriver, PowerOutcome, PowerRequest, PowerState,
-};
+use ingot_common::power::PowerAction;
+use ingot_rack::drivers::{DriverError, PowerDriver, PowerOutcome, PowerRequest, PowerState};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};

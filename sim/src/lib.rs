@@ -15,7 +15,8 @@
 //! - [`redfish`] — the axum router of one BMC (service root, Systems, Reset, Managers, SessionService;
 //!   basic and session auth; Redfish error bodies); faults are applied here.
 //! - [`ipmi`] — the same BMC over IPMI 2.0 / RMCP+ on its own UDP port (handshake, sessions, chassis
-//!   commands, boot options), with the rack's own wire format and crypto; faults apply here too.
+//!   commands, boot options), with the wire format and crypto of `ingot-rmcp`, which the rack's IPMI client
+//!   uses too; faults apply here too.
 //! - [`agent`] — the in-band agent ([`RegionApi`], [`GrpcRegion`] over `ingot-client`): boot credentials by
 //!   hostname, then the purpose's reports; retries while regions are unavailable, stops on power-off or a
 //!   superseded boot.

@@ -7,9 +7,8 @@
 
 use crate::common::*;
 use ingot_common::model::Inventory;
-use ingot_rack::drivers::{
-    DriverError, Drivers, PowerAction, PowerOutcome, PowerRequest, PowerState,
-};
+use ingot_common::power::PowerAction;
+use ingot_rack::drivers::{DriverError, Drivers, PowerOutcome, PowerRequest, PowerState};
 use ingot_sim::agent::RegionFuture;
 use ingot_sim::{
     AgentConfig, BootCredentials, BootEnabled, BootTarget, Faults, Fleet, FleetConfig, RegionApi,

@@ -1,19 +1,22 @@
 //! Power drivers: how the rack acts on a machine's BMC.
 //!
-//! A region sends `PowerCommand{driver, action, params}`; [`Drivers::execute`] picks the driver by name, runs the
-//! action and turns the outcome into the `PowerCommandResult` the region records. Drivers: [`ipmi`] (IPMI 2.0
-//! RMCP+, native or through ipmitool), [`redfish`] (HTTPS, basic or session auth), [`webhook`] (operator-defined
-//! HTTP requests), [`manual`] (the operator acts) and [`sim`] (a file-backed simulated BMC for tests). Each
-//! driver reads its parameters with [`ingot_common::power::DriverParams`], the parser the region used when
-//! the operator set them.
+//! A region sends `PowerCommand{driver, action, params}`; [`Drivers::execute`] parses the action into an
+//! [`ingot_common::power::PowerAction`] (an unknown one is `unsupported`), picks the driver by name, runs it
+//! and turns the outcome into the `PowerCommandResult` the region records. Drivers: [`ipmi`] (IPMI 2.0 RMCP+,
+//! native or through ipmitool), [`redfish`] (HTTPS, basic or session auth), [`webhook`] (operator-defined
+//! HTTP requests), [`manual`] (the operator acts) and [`file`](mod@file) (a BMC that is a JSON file, for
+//! tests; also run under its old name `sim`). The `ipmi`, `redfish` and `webhook` drivers read their
+//! parameters with [`ingot_common::power::DriverParams`] ([`PowerRequest::typed`]), the parser the region
+//! used when the operator set them.
 
+pub mod file;
 pub mod http;
 pub mod ipmi;
 pub mod manual;
 pub mod redfish;
-pub mod sim;
 pub mod webhook;
 
+use ingot_common::power::{PowerAction, FILE_DRIVER_ALIAS};
 use ingot_proto::rack::v1::{PowerCommand, PowerCommandResult};
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,73 +43,10 @@ impl PowerState {
     }
 }
 
-/// A power action a region can ask for; parsed once so drivers match on a closed set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PowerAction {
-    /// Power on.
-    On,
-    /// Hard power off.
-    Off,
-    /// ACPI (graceful) power off.
-    SoftOff,
-    /// Reboot into whatever the next boot device says: power cycle when on, power on when off. Either way
-    /// the machine ends up on and freshly booted (what a lifecycle step that boots the machine needs).
-    Cycle,
-    /// Read the power state without changing it.
-    Query,
-    /// Next boot from the network.
-    BootPxe,
-    /// Next boot from the local disk.
-    BootDisk,
-    /// Every boot from the network, until changed.
-    BootPxePersistent,
-    /// Every boot from the local disk, until changed.
-    BootDiskPersistent,
-}
-
-impl PowerAction {
-    /// Every action with its wire spelling, for parsing and messages.
-    const ALL: [(PowerAction, &'static str); 9] = [
-        (PowerAction::On, "on"),
-        (PowerAction::Off, "off"),
-        (PowerAction::SoftOff, "soft-off"),
-        (PowerAction::Cycle, "cycle"),
-        (PowerAction::Query, "query"),
-        (PowerAction::BootPxe, "boot-pxe"),
-        (PowerAction::BootDisk, "boot-disk"),
-        (PowerAction::BootPxePersistent, "boot-pxe-persistent"),
-        (PowerAction::BootDiskPersistent, "boot-disk-persistent"),
-    ];
-
-    /// Parses the wire spelling; anything else is an `unsupported` error naming the valid actions.
-    pub fn parse(s: &str) -> Result<PowerAction, DriverError> {
-        PowerAction::ALL
-            .iter()
-            .find(|(_, name)| *name == s)
-            .map(|(a, _)| *a)
-            .ok_or_else(|| {
-                let names: Vec<&str> = PowerAction::ALL.iter().map(|(_, n)| *n).collect();
-                DriverError::Unsupported(format!(
-                    "power action '{s}' is not supported; use one of {}",
-                    names.join(", ")
-                ))
-            })
-    }
-
-    /// The wire spelling.
-    pub fn as_str(self) -> &'static str {
-        PowerAction::ALL
-            .iter()
-            .find(|(a, _)| *a == self)
-            .map(|(_, n)| *n)
-            .unwrap_or("?")
-    }
-}
-
 /// What a driver is asked to do: one command, decoded.
 #[derive(Debug, Clone)]
 pub struct PowerRequest {
-    /// The command's id: drivers that keep a log (the simulated BMC) record it, which is how tests count
+    /// The command's id: drivers that keep a log (the `file` driver) record it, which is how tests count
     /// exactly-once execution.
     pub command_id: u64,
     /// The machine the command is for.
@@ -189,15 +129,16 @@ pub struct Drivers {
     redfish: redfish::RedfishDriver,
     /// Operator-defined HTTP requests.
     webhook: webhook::WebhookDriver,
-    /// The simulated, file-based BMC.
-    sim: sim::SimDriver,
+    /// A BMC that is a JSON file (tests).
+    file: file::FileDriver,
     /// Manual power: the operator acts.
     manual: manual::ManualDriver,
 }
 
 impl Drivers {
-    /// Names of the drivers this rack can run (sent in `Hello`).
-    pub const NAMES: [&'static str; 5] = ["ipmi", "redfish", "webhook", "manual", "sim"];
+    /// Names of the drivers this rack can run (sent in `Hello`). [`Drivers::run`] also runs the `file`
+    /// driver under its old name [`FILE_DRIVER_ALIAS`] (`sim`), so machines stored with it keep working.
+    pub const NAMES: [&'static str; 5] = ["ipmi", "redfish", "webhook", "manual", "file"];
 
     /// Runs `driver` for `req`.
     pub async fn run(&self, driver: &str, req: &PowerRequest) -> Result<PowerOutcome, DriverError> {
@@ -205,7 +146,7 @@ impl Drivers {
             "ipmi" => self.ipmi.run(req).await,
             "redfish" => self.redfish.run(req).await,
             "webhook" => self.webhook.run(req).await,
-            "sim" => self.sim.run(req).await,
+            "file" | FILE_DRIVER_ALIAS => self.file.run(req).await,
             "manual" => self.manual.run(req).await,
             other => Err(DriverError::Unsupported(format!(
                 "driver {other} is not available in this rack; it runs {}",
@@ -216,7 +157,9 @@ impl Drivers {
 
     /// Runs a region's command and builds its result (never fails: failures are results too).
     pub async fn execute(&self, cmd: &PowerCommand) -> PowerCommandResult {
-        let outcome = match PowerAction::parse(&cmd.action) {
+        // The one place a command's action string becomes a [`PowerAction`]; an action this rack does not
+        // know (a newer region's) is `unsupported`, as an unknown driver is.
+        let outcome = match PowerAction::parse("action", &cmd.action) {
             Ok(action) => {
                 let req = PowerRequest {
                     command_id: cmd.id,
@@ -226,7 +169,10 @@ impl Drivers {
                 };
                 self.run(&cmd.driver, &req).await
             }
-            Err(e) => Err(e),
+            Err(e) => Err(DriverError::Unsupported(format!(
+                "power action not supported: {}",
+                e.message
+            ))),
         };
         match outcome {
             Ok(o) => PowerCommandResult {
@@ -281,6 +227,10 @@ mod tests {
         let r = d.execute(&cmd("manual", "explode")).await;
         assert_eq!(r.error_kind, "unsupported");
 
+        let r = d.execute(&cmd("file", "on")).await;
+        assert_eq!(r.error_kind, "bmc", "{}", r.message);
+        assert!(r.message.contains("state_dir"), "{}", r.message);
+        // `sim`, the `file` driver's old name, runs the same driver.
         let r = d.execute(&cmd("sim", "on")).await;
         assert_eq!(r.error_kind, "bmc", "{}", r.message);
         assert!(r.message.contains("state_dir"), "{}", r.message);

@@ -19,7 +19,8 @@
 //! Passwords and tokens never appear in messages or logs.
 
 use super::http::{excerpt, redact_url, transport_error, ClientCache};
-use super::{DriverError, PowerAction, PowerDriver, PowerOutcome, PowerRequest, PowerState};
+use super::{DriverError, PowerDriver, PowerOutcome, PowerRequest, PowerState};
+use ingot_common::power::PowerAction;
 use ingot_common::power::{DriverParams, RedfishAuth, RedfishParams};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, ETAG, IF_MATCH, LOCATION};
 use reqwest::{Method, StatusCode};

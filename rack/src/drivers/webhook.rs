@@ -13,7 +13,8 @@
 //! messages without their query string (it may hold a secret); tokens and passwords never are.
 
 use super::http::{excerpt, redact_url, transport_error, ClientCache};
-use super::{DriverError, PowerAction, PowerDriver, PowerOutcome, PowerRequest, PowerState};
+use super::{DriverError, PowerDriver, PowerOutcome, PowerRequest, PowerState};
+use ingot_common::power::PowerAction;
 use ingot_common::power::{DriverParams, WebhookParams};
 use regex::Regex;
 use reqwest::Method;

@@ -16,7 +16,7 @@
 //!
 //! Binaries: `$INGOT_PEER_IPMI_SIM` or `ipmi_sim` on `PATH`, `$INGOT_PEER_IPMITOOL` or `ipmitool`.
 
-use crate::drivers::ipmi::rmcp;
+use ingot_rmcp as rmcp;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -16,7 +16,7 @@
 use super::session::{OPERATOR, USER};
 use super::{IpmiBmc, CHANNEL};
 use crate::machine::{BootEnabled, BootMode, BootTarget, PowerState, ResetType};
-use ingot_rack::drivers::ipmi::rmcp::{self, IpmiRequest};
+use ingot_rmcp::{self as rmcp, IpmiRequest};
 use std::sync::atomic::Ordering;
 
 /// Completion code: invalid command.

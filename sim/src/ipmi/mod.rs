@@ -5,7 +5,8 @@
 //! Why a second BMC protocol: most of the fleets Ingot manages are driven over IPMI, and the rack's `ipmi`
 //! driver (its own RMCP+ client, or `ipmitool`) needs a BMC to drive at scale that behaves like the Redfish
 //! one — same machine model, same faults — so tests and the benchmark can mix both. The wire format and the
-//! crypto are the rack's own ([`ingot_rack::drivers::ipmi::rmcp`]): one implementation, two sides.
+//! crypto come from [`ingot_rmcp`], the crate the rack's `ipmi` driver uses too: one implementation, two
+//! sides.
 //!
 //! What it answers:
 //! - RMCP presence ping (ASF) → pong.
@@ -30,7 +31,7 @@ mod command;
 mod session;
 
 use crate::machine::SimMachine;
-use ingot_rack::drivers::ipmi::rmcp::{self, DecodeError};
+use ingot_rmcp::{self as rmcp, DecodeError};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};

@@ -6,7 +6,7 @@ use super::command::{
 };
 use super::{Ignored, IpmiBmc, DUPLICATE_WINDOW, MAX_SESSIONS, SESSION_TIMEOUT};
 use crate::machine::lock;
-use ingot_rack::drivers::ipmi::rmcp::{self, CipherSuite, Rakp, SessionKeys};
+use ingot_rmcp::{self as rmcp, CipherSuite, Rakp, SessionKeys};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;

@@ -7,7 +7,7 @@
 use super::*;
 use crate::machine::{BootEnabled, BootMode, BootTarget, Faults, PowerState, SimMachineInfo};
 use ingot_common::model::Inventory;
-use ingot_rack::drivers::ipmi::rmcp::{CipherSuite, IpmiResponse, Rakp, SessionKeys};
+use ingot_rmcp::{CipherSuite, IpmiResponse, Rakp, SessionKeys};
 use rand::{Rng, SeedableRng};
 
 const USER: &str = "admin";

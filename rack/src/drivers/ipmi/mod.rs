@@ -6,9 +6,10 @@
 //! (`std::net::UdpSocket`, one thread per in-flight request under tokio), it offers RAKP-HMAC-SHA1 but not
 //! RAKP-HMAC-SHA256 (cipher suite 17), it gives no control over retransmission and no way to keep and share
 //! sessions across tasks, and it is not a dependency of this crate. What the rack needs is small: the
-//! handshake, three chassis commands and Close Session, over tokio, with sessions reused per BMC. So
-//! `rmcp` holds the wire format and crypto as pure, unit-tested functions (using the `hmac`, `sha1`, `aes`
-//! and `cbc` crates), and `native` the sessions and their pool (a few hundred lines together).
+//! handshake, three chassis commands and Close Session, over tokio, with sessions reused per BMC. So the
+//! `ingot-rmcp` crate holds the wire format and crypto as pure, unit-tested functions (using the `hmac`,
+//! `sha1`, `aes` and `cbc` crates; `ingot-sim`'s simulated BMCs speak the other side with the same code), and
+//! `native` the sessions and their pool.
 //!
 //! Cipher suites: 3 (RAKP-HMAC-SHA1, HMAC-SHA1-96, AES-CBC-128; the default), 17 (RAKP-HMAC-SHA256,
 //! HMAC-SHA256-128, AES-CBC-128), 2, 1 and 0 (without encryption / integrity / authentication). Not
@@ -33,12 +34,11 @@
 
 mod ipmitool;
 mod native;
-/// The RMCP+ wire format and crypto as pure functions; public so that `ingot-sim`'s simulated BMCs speak the
-/// server side of the same protocol with the same code.
-pub mod rmcp;
 
-use super::{DriverError, PowerAction, PowerDriver, PowerOutcome, PowerRequest, PowerState};
+use super::{DriverError, PowerDriver, PowerOutcome, PowerRequest, PowerState};
+use ingot_common::power::PowerAction;
 use ingot_common::power::{DriverParams, IpmiParams, IpmiTool};
+use ingot_rmcp as rmcp;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,11 +7,9 @@
 //! per query; requests on one session are serialized by its mutex. A session that stops answering is dropped
 //! and re-opened once, transparently; idle sessions are closed before the BMC would time them out.
 
-use super::rmcp::{self, CipherSuite, IpmiResponse, Rakp, SessionKeys};
 use crate::drivers::DriverError;
-use hmac::{Hmac, Mac};
 use ingot_common::power::IpmiParams;
-use sha1::Sha1;
+use ingot_rmcp::{self as rmcp, CipherSuite, IpmiResponse, Rakp, SessionKeys};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -703,11 +701,8 @@ impl Pool {
     }
 
     fn key(&self, p: &IpmiParams) -> SessionKey {
-        let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(&self.fp_key)
-            .expect("HMAC accepts keys of any length");
-        mac.update(p.password.as_bytes());
         let mut password_fp = [0u8; 20];
-        password_fp.copy_from_slice(&mac.finalize().into_bytes());
+        password_fp.copy_from_slice(&rmcp::Hash::Sha1.hmac(&self.fp_key, &[p.password.as_bytes()]));
         SessionKey {
             address: p.address.clone(),
             port: p.port,

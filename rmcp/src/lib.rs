@@ -1,16 +1,18 @@
-//! The RMCP / RMCP+ wire format (IPMI 2.0 §13) and the RAKP session crypto: pure functions, no I/O.
+//! `ingot-rmcp`: the RMCP / RMCP+ wire format (IPMI 2.0 §13) and the RAKP session crypto, as pure functions
+//! with no I/O, no async runtime and no state.
 //!
-//! Why a separate module: everything here is deterministic and unit-tested byte for byte (see the tests at
-//! the bottom), so the I/O layer (`native.rs`) only decides what to send and when. Every decoder checks
-//! lengths before it reads and answers a [`DecodeError`](crate::drivers::ipmi::rmcp::DecodeError) for
-//! anything malformed: a hostile or broken BMC can make a request fail, never make the rack panic.
+//! Why a crate of its own: the wire format is symmetric. The rack's `ipmi` power driver (`ingot-rack`) is
+//! the console side and `ingot-sim`'s simulated BMCs are the BMC side of the same protocol; both use this one
+//! codec and this one crypto (packet encoding and decoding, RAKP codes, key derivation, integrity, AES-CBC),
+//! so client and simulator cannot drift apart and every byte layout exists once — without the simulator
+//! depending on the whole rack controller. The console-side builders and parsers come first, the BMC-side
+//! ones (parsing the console's handshake messages and IPMI requests, building Open Session responses,
+//! RAKP 2 / RAKP 4 and IPMI responses) after them.
 //!
-//! Why it is public: the wire format is symmetric, and `ingot-sim`'s simulated BMCs speak the other side of
-//! the same protocol. They reuse these codecs and this crypto (packet encoding and decoding, RAKP codes, key
-//! derivation, integrity, AES-CBC) plus the BMC-side helpers at the end of the file (parsing the console's
-//! handshake messages and IPMI requests, building Open Session responses, RAKP 2 / RAKP 4 and IPMI
-//! responses), so that client and simulator cannot drift apart and every byte layout exists once. Nothing
-//! here does I/O or keeps state.
+//! Why pure functions: everything here is deterministic and unit-tested byte for byte (see the tests at the
+//! bottom), so each side's I/O layer only decides what to send and when. Every decoder checks lengths before
+//! it reads and answers a [`DecodeError`] for anything malformed: a hostile or broken peer can make a request
+//! fail, never make its reader panic.
 
 use aes::Aes128;
 use cbc::cipher::{block_padding::NoPadding, BlockDecryptMut, BlockEncryptMut, KeyIvInit};

@@ -1,28 +1,42 @@
-//! The simulated BMC: Ingot's stand-in for real hardware in development and tests.
+//! The `file` power driver: a BMC that is a JSON file, for tests and benchmarks of the command path.
+//!
+//! Why it exists: the region → rack → driver path (the replicated command queue, exactly-once execution
+//! across reconnects and failovers) is tested and benchmarked without any network BMC; a file per machine
+//! that every action appends to lets a test count how often a command really ran. Simulated machines with
+//! real Redfish and IPMI BMCs are `ingot-sim`'s job (driven with the `redfish` and `ipmi` drivers); this
+//! driver is not a simulator of any protocol.
+//!
+//! Its name used to be `sim`, a word that now means `ingot-sim` only. `sim` stays an alias so machines stored
+//! with it keep working: the rack runs them with this driver ([`super::Drivers::run`]) and the region still
+//! accepts the name ([`ingot_common::power::DriverParams::parse`]).
 //!
 //! Each machine's BMC is a JSON file, `<state_dir>/<system_id>.json`:
 //! `{"power": "on"|"off", "boot": "pxe"|"disk", "ops": [{"id": <command id>, "action": "...", "ts_ms": ...}]}`.
 //! Being files, one BMC can be shared by several rack processes (as real BMCs are reachable from several
 //! racks); an exclusive `flock` on `<state_dir>/<system_id>.lock` serializes them, and every write is atomic
-//! (temp file, fsync, rename). Every action — `query` included — appends an op carrying the command id, so a
-//! test can count how often a command really ran.
+//! (temp file, fsync, rename). Every action — `query` included — appends an op carrying the command id.
+//! Fields of the file this driver does not know are kept as they are.
 //!
-//! Parameters: `state_dir` (required), and fault knobs `fail=unreachable|auth|bmc` (always fail with that
-//! class, without touching the state) and `delay_ms=N` (sleep before acting).
+//! Parameters, read from the request's raw parameters (the region checks `state_dir` with
+//! [`ingot_common::power::FileParams`] and lets the fault knobs through): `state_dir` (required), and fault
+//! knobs `fail=unreachable|auth|bmc` (always fail with that class, without touching the state) and
+//! `delay_ms=N` (sleep before acting).
 
-use super::{DriverError, PowerAction, PowerDriver, PowerOutcome, PowerRequest, PowerState};
+use super::{DriverError, PowerDriver, PowerOutcome, PowerRequest, PowerState};
+use ingot_common::power::PowerAction;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The `sim` driver. Stateless: all state is in the files.
+/// The `file` driver (also run for machines stored with the old name `sim`). Stateless: all state is in the
+/// files.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SimDriver;
+pub struct FileDriver;
 
-/// Power of a simulated machine.
+/// Power of a file-backed BMC's machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum SimPower {
+pub enum FileBmcPower {
     /// Powered on.
     On,
     /// Powered off (a new machine's state).
@@ -30,10 +44,10 @@ pub enum SimPower {
     Off,
 }
 
-/// Next-boot device of a simulated machine.
+/// Next-boot device of a file-backed BMC's machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum SimBoot {
+pub enum FileBmcBoot {
     /// Network boot.
     Pxe,
     /// Local disk (a new machine's setting).
@@ -41,9 +55,9 @@ pub enum SimBoot {
     Disk,
 }
 
-/// One action the simulated BMC performed.
+/// One action the file-backed BMC performed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SimOp {
+pub struct FileBmcOp {
     /// The command id that caused it: counting ops per id proves exactly-once execution.
     pub id: u64,
     /// The action's wire spelling.
@@ -52,34 +66,36 @@ pub struct SimOp {
     pub ts_ms: u64,
 }
 
-/// The contents of a state file.
+/// The contents of a state file (the documented JSON shape).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct SimState {
+pub struct FileBmcState {
     /// Current power.
     #[serde(default)]
-    pub power: SimPower,
+    pub power: FileBmcPower,
     /// Next-boot device.
     #[serde(default)]
-    pub boot: SimBoot,
+    pub boot: FileBmcBoot,
     /// Every action applied, oldest first.
     #[serde(default)]
-    pub ops: Vec<SimOp>,
-    /// Fields other tools (the simulated machine) keep in the same file: preserved untouched.
+    pub ops: Vec<FileBmcOp>,
+    /// Fields this driver does not know (a test may add its own): preserved untouched.
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
 }
 
-impl SimState {
+impl FileBmcState {
     /// Applies `action` and records it as done by command `id`.
     fn apply(&mut self, id: u64, action: PowerAction, ts_ms: u64) {
         match action {
-            PowerAction::On | PowerAction::Cycle => self.power = SimPower::On,
-            PowerAction::Off | PowerAction::SoftOff => self.power = SimPower::Off,
+            PowerAction::On | PowerAction::Cycle => self.power = FileBmcPower::On,
+            PowerAction::Off | PowerAction::SoftOff => self.power = FileBmcPower::Off,
             PowerAction::Query => {}
-            PowerAction::BootPxe | PowerAction::BootPxePersistent => self.boot = SimBoot::Pxe,
-            PowerAction::BootDisk | PowerAction::BootDiskPersistent => self.boot = SimBoot::Disk,
+            PowerAction::BootPxe | PowerAction::BootPxePersistent => self.boot = FileBmcBoot::Pxe,
+            PowerAction::BootDisk | PowerAction::BootDiskPersistent => {
+                self.boot = FileBmcBoot::Disk
+            }
         }
-        self.ops.push(SimOp {
+        self.ops.push(FileBmcOp {
             id,
             action: action.as_str().to_string(),
             ts_ms,
@@ -89,8 +105,8 @@ impl SimState {
     /// The power state to report.
     pub fn power_state(&self) -> PowerState {
         match self.power {
-            SimPower::On => PowerState::On,
-            SimPower::Off => PowerState::Off,
+            FileBmcPower::On => PowerState::On,
+            FileBmcPower::Off => PowerState::Off,
         }
     }
 }
@@ -104,19 +120,19 @@ fn lock_path(state_dir: &Path, system_id: &str) -> PathBuf {
     state_dir.join(format!("{system_id}.lock"))
 }
 
-/// Reads a machine's simulated BMC state (a missing file is a new machine: off, disk, no ops).
-pub fn read_state(state_dir: &Path, system_id: &str) -> Result<SimState, DriverError> {
+/// Reads a machine's file-backed BMC state (a missing file is a new machine: off, disk, no ops).
+pub fn read_state(state_dir: &Path, system_id: &str) -> Result<FileBmcState, DriverError> {
     let p = state_path(state_dir, system_id);
     match std::fs::read(&p) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| {
             DriverError::Bmc(format!(
-                "simulated BMC state {} is not valid: {e} (fix or delete the file)",
+                "file-backed BMC state {} is not valid: {e} (fix or delete the file)",
                 p.display()
             ))
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SimState::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileBmcState::default()),
         Err(e) => Err(DriverError::Bmc(format!(
-            "reading simulated BMC state {}: {e}",
+            "reading file-backed BMC state {}: {e}",
             p.display()
         ))),
     }
@@ -131,7 +147,7 @@ fn apply_locked(
 ) -> Result<PowerState, DriverError> {
     let bmc = |what: &str, e: &dyn std::fmt::Display| {
         DriverError::Bmc(format!(
-            "simulated BMC of {system_id}: {what}: {e} (check {})",
+            "file-backed BMC of {system_id}: {what}: {e} (check {})",
             state_dir.display()
         ))
     };
@@ -165,12 +181,12 @@ fn check_system_id(system_id: &str) -> Result<(), DriverError> {
         Ok(())
     } else {
         Err(DriverError::Bmc(format!(
-            "system id '{system_id}' cannot name a simulated BMC state file"
+            "system id '{system_id}' cannot name a file-backed BMC state file"
         )))
     }
 }
 
-impl PowerDriver for SimDriver {
+impl PowerDriver for FileDriver {
     async fn run(&self, req: &PowerRequest) -> Result<PowerOutcome, DriverError> {
         let state_dir = req
             .params
@@ -179,7 +195,7 @@ impl PowerDriver for SimDriver {
             .map(PathBuf::from)
             .ok_or_else(|| {
                 DriverError::Bmc(
-                    "the sim driver needs the power parameter state_dir (the directory of the simulated BMC's state files)"
+                    "the file driver needs the power parameter state_dir (the directory of the BMC state files)"
                         .to_string(),
                 )
             })?;
@@ -187,7 +203,7 @@ impl PowerDriver for SimDriver {
         if let Some(ms) = req.params.get("delay_ms") {
             let ms: u64 = ms.parse().map_err(|_| {
                 DriverError::Bmc(format!(
-                    "sim parameter delay_ms='{ms}' is not a number of milliseconds"
+                    "file driver parameter delay_ms='{ms}' is not a number of milliseconds"
                 ))
             })?;
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -196,16 +212,16 @@ impl PowerDriver for SimDriver {
             let sys = &req.system_id;
             return Err(match kind.as_str() {
                 "unreachable" => DriverError::Unreachable(format!(
-                    "simulated BMC of {sys} does not answer (fail=unreachable)"
+                    "file-backed BMC of {sys} does not answer (fail=unreachable)"
                 )),
                 "auth" => DriverError::Auth(format!(
-                    "simulated BMC of {sys} refused the credentials (fail=auth)"
+                    "file-backed BMC of {sys} refused the credentials (fail=auth)"
                 )),
                 "bmc" => DriverError::Bmc(format!(
-                    "simulated BMC of {sys} reported an error (fail=bmc)"
+                    "file-backed BMC of {sys} reported an error (fail=bmc)"
                 )),
                 other => DriverError::Bmc(format!(
-                    "sim parameter fail='{other}' is not one of unreachable, auth, bmc"
+                    "file driver parameter fail='{other}' is not one of unreachable, auth, bmc"
                 )),
             });
         }
@@ -213,11 +229,11 @@ impl PowerDriver for SimDriver {
         let dir = state_dir.clone();
         let state = tokio::task::spawn_blocking(move || apply_locked(&dir, &system_id, id, action))
             .await
-            .map_err(|e| DriverError::Bmc(format!("simulated BMC task failed: {e}")))??;
+            .map_err(|e| DriverError::Bmc(format!("file-backed BMC task failed: {e}")))??;
         Ok(PowerOutcome {
             state,
             message: format!(
-                "simulated BMC: {} done, power {}",
+                "file-backed BMC: {} done, power {}",
                 req.action.as_str(),
                 state.as_str()
             ),
@@ -243,7 +259,7 @@ mod tests {
     #[tokio::test]
     async fn applies_actions_and_logs_ids() {
         let d = tempfile::tempdir().unwrap();
-        let drv = SimDriver;
+        let drv = FileDriver;
         let steps = [
             (PowerAction::Query, PowerState::Off),
             (PowerAction::On, PowerState::On),
@@ -260,8 +276,8 @@ mod tests {
             assert_eq!(out.state, *want, "{action:?}");
         }
         let s = read_state(d.path(), "m1").unwrap();
-        assert_eq!(s.power, SimPower::Off);
-        assert_eq!(s.boot, SimBoot::Pxe);
+        assert_eq!(s.power, FileBmcPower::Off);
+        assert_eq!(s.boot, FileBmcBoot::Pxe);
         let ids: Vec<u64> = s.ops.iter().map(|o| o.id).collect();
         assert_eq!(ids, vec![100, 101, 102, 103, 104, 105]);
         assert_eq!(s.ops[2].action, "soft-off");
@@ -291,17 +307,17 @@ mod tests {
         ] {
             let mut r = req(d.path(), 1, PowerAction::On);
             r.params.insert("fail".into(), fail.into());
-            assert_eq!(SimDriver.run(&r).await.unwrap_err().kind(), kind);
+            assert_eq!(FileDriver.run(&r).await.unwrap_err().kind(), kind);
         }
         assert!(read_state(d.path(), "m1").unwrap().ops.is_empty());
         let mut r = req(d.path(), 2, PowerAction::On);
         r.params.insert("delay_ms".into(), "50".into());
         let t = std::time::Instant::now();
-        SimDriver.run(&r).await.unwrap();
+        FileDriver.run(&r).await.unwrap();
         assert!(t.elapsed() >= Duration::from_millis(50));
         let mut r = req(d.path(), 3, PowerAction::On);
         r.system_id = "../x".into();
-        assert_eq!(SimDriver.run(&r).await.unwrap_err().kind(), "bmc");
+        assert_eq!(FileDriver.run(&r).await.unwrap_err().kind(), "bmc");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -317,7 +333,7 @@ mod tests {
                     } else {
                         PowerAction::Off
                     };
-                    SimDriver
+                    FileDriver
                         .run(&req(d.path(), t * 1000 + i, action))
                         .await
                         .unwrap();
