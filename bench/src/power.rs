@@ -14,8 +14,8 @@
 //! Every loop is bounded by a count and a deadline; the simulator process is stopped by its PID.
 
 use anyhow::{bail, Context, Result};
-use ingot_proto::rack::v1::Bmc;
 use ingot_common::power::PowerAction;
+use ingot_proto::rack::v1::Bmc;
 use ingot_rack::drivers::{Drivers, PowerRequest};
 use ingot_rack::monitor::{Monitor, MonitorConfig};
 use std::path::PathBuf;

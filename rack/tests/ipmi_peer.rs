@@ -5,8 +5,8 @@
 //! Peer policy: without ipmi_sim / ipmitool a test prints `SKIPPED: <reason>` and passes, except in CI
 //! (`CI` set), where it fails.
 
-use ingot_rack::drivers::ipmi::IpmiDriver;
 use ingot_common::power::PowerAction;
+use ingot_rack::drivers::ipmi::IpmiDriver;
 use ingot_rack::drivers::{DriverError, PowerDriver, PowerOutcome, PowerRequest, PowerState};
 use ingot_rack::peers::ipmi_sim::{IpmiSim, IpmiSimError, IpmiSimOptions};
 use std::future::Future;

@@ -7,8 +7,8 @@
 //! where they fail (install it with scripts/install-test-peers.sh). Every test is bounded by a timeout; the
 //! slow power cases run concurrently on separate fake systems.
 
-use ingot_rack::drivers::redfish::RedfishDriver;
 use ingot_common::power::PowerAction;
+use ingot_rack::drivers::redfish::RedfishDriver;
 use ingot_rack::drivers::{DriverError, PowerDriver, PowerOutcome, PowerRequest, PowerState};
 use ingot_rack::peers::sushy::{Sushy, SushyError, SushyOptions};
 use std::collections::HashMap;
