@@ -833,6 +833,15 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        // Round trip with the parser.
+        assert_eq!(
+            rfc3339(
+                crate::parse::parse_rfc3339("2031-07-09T08:07:06Z")
+                    .unwrap()
+                    .0
+            ),
+            "2031-07-09T08:07:06Z"
+        );
     }
 
     #[test]
@@ -861,7 +870,9 @@ mod tests {
         assert_eq!(duration(5400), "1h30m");
         assert_eq!(duration(90_061), "1d1h1m1s");
         assert_eq!(
-            crate::parse_duration(&duration(5400)).unwrap().as_secs(),
+            crate::parse::parse_duration(&duration(5400))
+                .unwrap()
+                .as_secs(),
             5400
         );
         assert_eq!(mib(0), "-");

@@ -2,9 +2,9 @@
 //! that owns the machine's BMC (`MachineService.Power`, `GetPowerCommand`), and `--wait` for their
 //! result, polling with the server-side `wait_seconds` under a spinner.
 
-use crate::machines::{call_ref, Sel, Target};
+use crate::ctx::Ctx;
 use crate::output::{self, print_json};
-use crate::Ctx;
+use crate::target::{call_ref, Sel, Target};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -63,7 +63,7 @@ pub struct PowerWait {
     #[arg(long)]
     pub wait: bool,
     /// Give up waiting after this long (e.g. 30s, 2m)
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::parse_duration, requires = "wait")]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::parse::parse_duration, requires = "wait")]
     pub wait_timeout: Duration,
 }
 
