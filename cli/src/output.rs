@@ -930,6 +930,261 @@ mod tests {
         assert_eq!(rack_row(&r, 0)[3], "-");
     }
 
+    fn at(seconds: i64) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp {
+            seconds,
+            nanos: 250_000_000,
+        })
+    }
+
+    /// A machine with every field set, so a pin covers every key of the JSON shape.
+    fn full_machine() -> Machine {
+        use ingot_proto::v1::{DeploySpec, Disk, Firmware, Nic, PowerParameters};
+        Machine {
+            system_id: "abc123".into(),
+            hostname: "node-1".into(),
+            arch: "amd64/generic".into(),
+            zone: "room-a".into(),
+            status: parse_status("deploying").unwrap(),
+            macs: vec!["52:54:00:00:00:01".into(), "52:54:00:00:00:02".into()],
+            power: Some(PowerParameters {
+                driver: "ipmi".into(),
+                params: [
+                    ("username".to_string(), "admin".to_string()),
+                    ("address".to_string(), "10.0.0.5".to_string()),
+                ]
+                .into_iter()
+                .collect(),
+            }),
+            description: "rack 4, U12".into(),
+            created_at: at(1_700_000_000),
+            updated_at: at(1_700_000_060),
+            revision: 42,
+            pool: "gpu".into(),
+            tags: vec!["fast".into(), "nvme".into()],
+            owner: "alice".into(),
+            consumer: "cp-0".into(),
+            provider_id: "ingot:///room-a/abc123".into(),
+            allocation_request_id: "req-1".into(),
+            locked: true,
+            status_message: "installing".into(),
+            previous_status: parse_status("ready").unwrap(),
+            deadline: at(1_700_001_800),
+            cpu_count: 16,
+            memory_mib: 65_536,
+            storage_gib: 1_800,
+            inventory: Some(Box::new(Inventory {
+                cpu_count: 16,
+                cpu_model: "EPYC".into(),
+                memory_mib: 65_536,
+                disks: vec![Disk {
+                    name: "nvme0n1".into(),
+                    size_gib: 900,
+                    rotational: false,
+                    model: "PM9A3".into(),
+                    serial: "S1".into(),
+                    tags: vec!["ssd".into()],
+                }],
+                nics: vec![Nic {
+                    name: "eth0".into(),
+                    mac: "52:54:00:00:00:01".into(),
+                    speed_mbps: 25_000,
+                    link: true,
+                }],
+                firmware: Some(Firmware {
+                    boot_mode: "uefi".into(),
+                    vendor: "AMI".into(),
+                    version: "1.2".into(),
+                }),
+                dmi: [
+                    ("sys_vendor".to_string(), "Acme".to_string()),
+                    ("product_name".to_string(), "X1".to_string()),
+                ]
+                .into_iter()
+                .collect(),
+            })),
+            deploy: Some(Box::new(DeploySpec {
+                osystem: "ubuntu".into(),
+                distro_series: "noble".into(),
+                user_data: "#cloud-config".into(),
+            })),
+            progress_message: "curtin: partitioning".into(),
+            progress_percent: 40,
+            boot_purpose: "deploying".into(),
+            erase: EraseMode::Quick as i32,
+            rack: "rack-1".into(),
+            power_state: "on".into(),
+            power_error: "".into(),
+            power_checked_at: at(1_700_000_030),
+        }
+    }
+
+    /// Compares a rendering with its pinned text, printing the actual text on a mismatch.
+    fn pin(actual: &str, expected: &str) {
+        let expected = expected.strip_suffix('\n').unwrap_or(expected);
+        assert!(
+            actual == expected,
+            "pinned output changed; actual:\n{actual}"
+        );
+    }
+
+    fn pretty(v: &Value) -> String {
+        serde_json::to_string_pretty(v).unwrap()
+    }
+
+    #[test]
+    fn machine_json_is_pinned() {
+        pin(&pretty(&machine_json(&full_machine())), MACHINE_FULL_JSON);
+        pin(
+            &pretty(&machine_json(&Machine::default())),
+            MACHINE_EMPTY_JSON,
+        );
+    }
+
+    #[test]
+    fn machine_record_is_pinned() {
+        pin(
+            &render(&machine_record(&full_machine())),
+            MACHINE_FULL_RECORD,
+        );
+        pin(
+            &render(&machine_record(&Machine::default())),
+            MACHINE_EMPTY_RECORD,
+        );
+    }
+
+    #[test]
+    fn resource_json_is_pinned() {
+        let counts: HashMap<String, u64> = [("ready".to_string(), 3), ("new".to_string(), 1)]
+            .into_iter()
+            .collect();
+        let zone = Zone {
+            name: "room-a".into(),
+            description: "first room".into(),
+            machine_count: 4,
+            created_at: at(1_700_000_000),
+            status_counts: counts.clone(),
+        };
+        let pool = Pool {
+            name: "gpu".into(),
+            description: "".into(),
+            machine_count: 4,
+            created_at: None,
+            status_counts: counts,
+        };
+        let tag = Tag {
+            name: "fast".into(),
+            definition: "cpu_count >= 16".into(),
+            comment: "c".into(),
+            machine_count: 2,
+            created_at: at(1_700_000_000),
+        };
+        let user = User {
+            name: "alice".into(),
+            role: Role::Admin as i32,
+            created_at: at(1_700_000_000),
+            machine_count: 3,
+            token_count: 1,
+        };
+        let token = Token {
+            id: "t1".into(),
+            user: "alice".into(),
+            description: "ci".into(),
+            created_at: at(1_700_000_000),
+            expires_at: None,
+        };
+        let event = Event {
+            revision: 9,
+            seq: 1,
+            time: at(1_700_000_000),
+            actor: "alice".into(),
+            kind: "deploy".into(),
+            level: EventLevel::Warning as i32,
+            system_id: "abc123".into(),
+            hostname: "node-1".into(),
+            zone: "room-a".into(),
+            owner: "alice".into(),
+            from_status: parse_status("ready").unwrap(),
+            to_status: 0,
+            message: "m".into(),
+        };
+        let rack = Rack {
+            name: "rack-1".into(),
+            zone: "room-a".into(),
+            registered_at: at(1_700_000_000),
+            revoked: false,
+            connected: true,
+            region_id: 2,
+            region_name: "region-2".into(),
+            last_heartbeat: None,
+            version: "0.1.0".into(),
+            services: vec!["power".into()],
+            drivers: vec!["ipmi".into(), "sim".into()],
+            bmc_count: 12,
+            pending_commands: 1,
+        };
+        let command = PowerCommand {
+            id: 7,
+            system_id: "abc123".into(),
+            action: "on".into(),
+            state: "done".into(),
+            rack: "rack-1".into(),
+            message: "".into(),
+            error_kind: "".into(),
+            power_state: "on".into(),
+            created_at: at(1_700_000_000),
+            done_at: None,
+        };
+        let region = Region {
+            node_id: 2,
+            name: "region-2".into(),
+            raft_addr: "127.0.0.1:7002".into(),
+            api_addr: "https://127.0.0.1:8002".into(),
+            role: RegionRole::Leader as i32,
+            voter: true,
+            term: 3,
+            last_applied_index: 100,
+            last_log_index: 101,
+            healthy: true,
+            error: "".into(),
+            snapshot_index: 50,
+            leader_id: 2,
+        };
+        let all = json!({
+            "zone": zone_json(&zone),
+            "pool": pool_json(&pool),
+            "tag": tag_json(&tag),
+            "user": user_json(&user),
+            "token": token_json(&token),
+            "event": event_json(&event),
+            "rack": rack_json(&rack),
+            "power_command": power_command_json(&command),
+            "region": region_json(&region, 2),
+            "follower": region_json(&Region::default(), 2),
+        });
+        pin(&pretty(&all), RESOURCES_JSON);
+    }
+
+    #[test]
+    fn dates_are_pinned() {
+        assert_eq!(ts(&None), "-");
+        assert_eq!(ts(&at(1_700_000_000)), "2023-11-14T22:13:20Z");
+        assert_eq!(ts_json(&None), Value::Null);
+        assert_eq!(ts_json(&at(0)), json!("1970-01-01T00:00:00Z"));
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(-62_135_596_800), "0001-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_709_164_800), "2024-02-29T00:00:00Z");
+        assert_eq!(rfc3339(4_107_542_399), "2100-02-28T23:59:59Z");
+    }
+
+    /// Pinned renderings (`cli/src/testdata`), taken from the hand-written shapes before the JSON views
+    /// were derived with serde: `--json` output must not change.
+    const MACHINE_FULL_JSON: &str = include_str!("testdata/machine_full.json");
+    const MACHINE_EMPTY_JSON: &str = include_str!("testdata/machine_empty.json");
+    const MACHINE_FULL_RECORD: &str = include_str!("testdata/machine_full.txt");
+    const MACHINE_EMPTY_RECORD: &str = include_str!("testdata/machine_empty.txt");
+    const RESOURCES_JSON: &str = include_str!("testdata/resources.json");
+
     #[test]
     fn roles() {
         assert_eq!(role_name(1), "leader");
