@@ -108,12 +108,19 @@ pub fn parse_rfc3339(s: &str) -> Result<(i64, i32), String> {
     let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
     sep(4, b"-")?;
     sep(7, b"-")?;
-    if !(1..=12).contains(&mo) || !(1..=days_in_month(y, mo)).contains(&d) {
-        return Err(bad());
-    }
-    let days = days_from_civil(y, mo, d);
+    // The calendar (month lengths, leap years) is the `time` crate's.
+    let month = u8::try_from(mo)
+        .ok()
+        .and_then(|m| time::Month::try_from(m).ok())
+        .ok_or_else(bad)?;
+    let date = i32::try_from(y)
+        .ok()
+        .zip(u8::try_from(d).ok())
+        .and_then(|(y, d)| time::Date::from_calendar_date(y, month, d).ok())
+        .ok_or_else(bad)?;
+    let midnight = date.midnight().assume_utc().unix_timestamp();
     if t.len() == 10 {
-        return Ok((days * 86_400, 0));
+        return Ok((midnight, 0));
     }
     sep(10, b"Tt ")?;
     let (h, mi, sec) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
@@ -154,28 +161,8 @@ pub fn parse_rfc3339(s: &str) -> Result<(i64, i32), String> {
         }
         _ => return Err(bad()),
     };
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
+    let secs = midnight + h * 3600 + mi * 60 + sec - offset;
     Ok((secs, nanos))
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Howard Hinnant's civil-to-days algorithm (days since 1970-01-01).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// A point in time relative to `now`: a duration means that long ago (`10m`, `1h30m`, `90`); `now`
