@@ -2,10 +2,10 @@
 //! `--wait`: following the machine over `MachineService.Watch`, with a spinner, until the action's
 //! outcome.
 
-use crate::machines::{call_ref, Sel, Target};
+use crate::ctx::Ctx;
 use crate::output::{self, print_json};
+use crate::target::{call_ref, get_sel, RefFlags, Sel, Target};
 use crate::watch::{Follower, Item};
-use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -39,7 +39,7 @@ pub struct Wait {
     #[arg(long)]
     pub wait: bool,
     /// Give up waiting after this long (e.g. 30m, 1h)
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = crate::parse_duration, requires = "wait")]
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = crate::parse::parse_duration, requires = "wait")]
     pub wait_timeout: Duration,
 }
 
@@ -116,7 +116,7 @@ pub struct SetArgs {
     #[arg(value_name = "ID NAME", num_args = 1..=2, required = true)]
     args: Vec<String>,
     #[command(flatten)]
-    by: crate::machines::RefFlags,
+    by: RefFlags,
 }
 
 /// `machines tag` / `untag`: `[ID] TAG...`.
@@ -127,19 +127,15 @@ pub struct TagArgs {
     #[arg(value_name = "ID TAG", num_args = 1.., required = true)]
     args: Vec<String>,
     #[command(flatten)]
-    by: crate::machines::RefFlags,
+    by: RefFlags,
 }
 
-fn has_ref_flag(by: &crate::machines::RefFlags) -> bool {
+fn has_ref_flag(by: &RefFlags) -> bool {
     by.consumer.is_some() || by.provider_id.is_some() || by.hostname.is_some()
 }
 
 /// Splits `[ID] REST...`: with a lookup flag every argument is REST, else the first is the ID.
-fn split_target(
-    mut args: Vec<String>,
-    by: crate::machines::RefFlags,
-    what: &str,
-) -> Result<(Sel, Vec<String>)> {
+fn split_target(mut args: Vec<String>, by: RefFlags, what: &str) -> Result<(Sel, Vec<String>)> {
     if has_ref_flag(&by) {
         return Ok((Sel::new(None, by, None)?, args));
     }
@@ -380,7 +376,7 @@ pub async fn wait_for(ctx: &Ctx, m: Machine, goal: Goal, timeout: Duration) -> R
                 spinner.note("watch fell behind the retained history; reading the machine again");
                 let rev = follower.current_revision().await?;
                 let sel = Sel::Arg(current.system_id.clone());
-                current = crate::machines::get_sel(ctx, &sel, false, false, true).await?;
+                current = get_sel(ctx, &sel, false, false, true).await?;
                 follower.restart_at(rev);
                 spinner.show(&current);
             }
@@ -621,13 +617,13 @@ mod tests {
 
     #[test]
     fn targets_split() {
-        let none = crate::machines::RefFlags::default();
+        let none = RefFlags::default();
         let (sel, rest) =
             split_target(vec!["abc123".into(), "z1".into()], none.clone(), "x").unwrap();
         assert_eq!(sel, Sel::Arg("abc123".into()));
         assert_eq!(rest, vec!["z1".to_string()]);
         assert!(split_target(vec!["z1".into()], none, "x").is_err());
-        let by = crate::machines::RefFlags {
+        let by = RefFlags {
             consumer: Some("cp-0".into()),
             ..Default::default()
         };

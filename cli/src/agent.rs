@@ -6,9 +6,9 @@
 //! fetched with `GetBootCredentials`, which needs an admin bearer token from `--profile` or
 //! `INGOT_TOKEN`.
 
-use crate::machines;
+use crate::ctx::Ctx;
 use crate::output::{self, print_json};
-use crate::Ctx;
+use crate::target;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Subcommand};
 use ingot_client::Clients;
@@ -90,15 +90,15 @@ async fn resolve(ctx: &Ctx, boot: &Boot) -> Result<(Clients, String, String)> {
     let clients = agent_clients(ctx, given.as_deref())?;
     // Lookups use the bearer of the profile or environment: --token is the boot token here.
     let bearer = Ctx {
-        global: crate::Global {
+        global: crate::ctx::Global {
             token: None,
             ..ctx.global.clone()
         },
     };
-    let system_id = if machines::is_system_id(&boot.machine) {
+    let system_id = if target::is_system_id(&boot.machine) {
         boot.machine.clone()
     } else if given.is_none() || bearer.clients().is_ok() {
-        machines::system_id(&bearer, &boot.machine).await?
+        target::system_id(&bearer, &boot.machine).await?
     } else {
         bail!(
             "'{}' is not a system id (6 characters [a-z0-9]); without a bearer token to look it up, name the machine by system id",

@@ -1,7 +1,7 @@
 //! `ingot machines allocate`: claim Ready machines matching constraints, idempotently by request id.
 
+use crate::ctx::Ctx;
 use crate::output::{self, print_json};
-use crate::Ctx;
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use ingot_proto::v1::{AllocateRequest, Constraints, SpreadPolicy};

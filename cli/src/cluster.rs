@@ -1,7 +1,7 @@
 //! `ingot cluster ...`: region membership and health, join tokens.
 
+use crate::ctx::Ctx;
 use crate::output::{self, print_json};
-use crate::Ctx;
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use ingot_proto::v1::{CreateJoinTokenRequest, ListRegionsRequest, RemoveRegionRequest};
@@ -16,7 +16,7 @@ pub enum ClusterCmd {
     /// Create a single-use token that lets one new region join (prints the token)
     JoinToken {
         /// Token lifetime: 1h, 30m, 3600s, ...
-        #[arg(long, default_value = "1h", value_parser = crate::parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = crate::parse::parse_duration)]
         ttl: Duration,
     },
     /// Remove a region from the Raft membership

@@ -2,8 +2,8 @@
 //! that keeps running after `ingot` exits, described by `DIR/env` and `DIR/cluster.json`. Racks are
 //! enrolled like real ones (enrollment token, `ingot-rack register`, `ingot-rack run`).
 
+use crate::ctx::Ctx;
 use crate::output::print_json;
-use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};

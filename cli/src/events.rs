@@ -1,8 +1,8 @@
 //! `ingot events ...`: the history (EventService), newest first.
 
-use crate::machines::{self, consistency};
+use crate::ctx::Ctx;
 use crate::output::{self, print_json};
-use crate::Ctx;
+use crate::target::{self, consistency};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use ingot_proto::v1::{Event, EventLevel, ListEventsRequest};
@@ -83,7 +83,7 @@ pub async fn run(ctx: &Ctx, cmd: EventsCmd) -> Result<()> {
         bail!("--limit must be at least 1");
     }
     let system_id = match &a.machine {
-        Some(m) => machines::system_id(ctx, m).await?,
+        Some(m) => target::system_id(ctx, m).await?,
         None => String::new(),
     };
     let min_level = match a.level {

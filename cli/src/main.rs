@@ -1,11 +1,12 @@
 //! `ingot`: the command-line client of an Ingot region cluster, and the launcher of local development
 //! clusters (`ingot dev up`).
 //!
-//! Layout: this file holds the global flags, the command tree's root and error reporting; each command
-//! group lives in its own module ([`machines`] with [`actions`], [`allocate`] and [`power`], [`zones`],
-//! [`pools`], [`tags`], [`users`], [`events`], [`settings`], [`watch`], [`agent`], [`racks`], [`cluster`],
-//! [`dev`]); [`output`]
-//! renders tables, JSON and timestamps; [`parse`] reads sizes, times and settings. Every API command is
+//! Layout: this file holds the command tree's root and error reporting; each command group lives in its
+//! own module ([`machines`] with [`actions`], [`allocate`] and [`power`], [`zones`], [`pools`], [`tags`],
+//! [`users`], [`events`], [`settings`], [`watch`], [`agent`], [`racks`], [`cluster`], [`dev`]). They share
+//! leaf modules that import no command module: [`ctx`] (the global flags and the connection), [`target`]
+//! (how a machine argument is resolved), [`output`] (tables, JSON and timestamps) and [`parse`] (sizes,
+//! durations, times and settings). Every API command is
 //! one RPC (or one per page), retried while the cluster is unavailable (a region is down, an election is
 //! running) for at most `--timeout`; `--wait` and `ingot watch` follow a watch stream that resumes on
 //! another region when one dies.
@@ -29,6 +30,7 @@ mod actions;
 mod agent;
 mod allocate;
 mod cluster;
+mod ctx;
 mod dev;
 mod events;
 mod machines;
@@ -39,17 +41,15 @@ mod power;
 mod racks;
 mod settings;
 mod tags;
+mod target;
 mod users;
 mod watch;
 mod zones;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
-use ingot_client::{retry_unavailable, ClientConfig, Clients};
-use std::future::Future;
-use std::path::PathBuf;
+use clap::{Parser, Subcommand};
+use ctx::{Ctx, ExitStatus, Global};
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// Manage an Ingot bare-metal provisioning cluster.
 #[derive(Parser, Debug)]
@@ -59,35 +59,6 @@ struct Cli {
     global: Global,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Flags every command accepts: where the cluster is, how to authenticate, how to print.
-#[derive(Args, Debug, Clone)]
-pub struct Global {
-    /// Region API endpoint, https://host:port (repeatable, or comma-separated) [env: INGOT_ENDPOINTS]
-    #[arg(
-        long = "endpoint",
-        value_name = "URL",
-        global = true,
-        value_delimiter = ','
-    )]
-    endpoints: Vec<String>,
-    /// Cluster CA certificate (PEM) [env: INGOT_CA]
-    #[arg(long, value_name = "FILE", global = true)]
-    ca: Option<PathBuf>,
-    /// Bearer token; for `ingot agent` commands, the machine's boot token [env: INGOT_TOKEN]
-    #[arg(long, value_name = "TOKEN", global = true)]
-    token: Option<String>,
-    /// Env file with INGOT_ENDPOINTS, INGOT_CA and INGOT_TOKEN, as written by `ingot dev up` (DIR/env).
-    /// Explicit flags win over it; it wins over the environment.
-    #[arg(long, value_name = "FILE", global = true)]
-    profile: Option<PathBuf>,
-    /// Machine-readable JSON output
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// How long to keep retrying while no region answers (e.g. 10s, 1m)
-    #[arg(long, value_name = "DURATION", global = true, default_value = "10s", value_parser = parse_duration)]
-    timeout: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,94 +101,6 @@ enum Command {
     /// A local development cluster of real ingot-region and ingot-rack processes
     #[command(subcommand)]
     Dev(dev::DevCmd),
-}
-
-/// What a command needs: the global flags and, lazily, the connection.
-pub struct Ctx {
-    /// The global flags.
-    pub global: Global,
-}
-
-impl Ctx {
-    /// Connects to the cluster described by the flags, the profile or the environment.
-    pub fn clients(&self) -> Result<Clients> {
-        self.clients_with_token(self.global.token.clone())
-    }
-
-    /// Connects like [`Ctx::clients`], but with `token` in place of `--token` (`None`: the profile's or
-    /// the environment's token).
-    pub fn clients_with_token(&self, token: Option<String>) -> Result<Clients> {
-        let g = &self.global;
-        let endpoints = (!g.endpoints.is_empty()).then(|| g.endpoints.clone());
-        let config = ClientConfig::resolve(endpoints, g.ca.clone(), token, g.profile.clone())?;
-        Ok(config.connect()?)
-    }
-
-    /// Runs one RPC, retrying while the cluster is unavailable for at most `--timeout`.
-    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        Ok(retry_unavailable(f, self.global.timeout)
-            .await?
-            .into_inner())
-    }
-
-    /// True when `--json` was given.
-    pub fn json(&self) -> bool {
-        self.global.json
-    }
-}
-
-/// Attached as context to an error, makes the program exit with this status instead of 1 (the error is
-/// reported as usual).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExitStatus(pub u8);
-
-impl std::fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit status {}", self.0)
-    }
-}
-
-/// Parses `90`, `90s`, `30m`, `1h`, `2d` or `1h30m` into a duration.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    let mut saw_unit = false;
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return Err(format!("'{s}': unknown unit '{c}' (use s, m, h or d)")),
-        };
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("'{s}': expected a number before '{c}'"))?;
-        total = total.saturating_add(n.saturating_mul(unit));
-        num.clear();
-        saw_unit = true;
-    }
-    if !num.is_empty() {
-        if saw_unit {
-            return Err(format!("'{s}': missing unit after {num}"));
-        }
-        total = num
-            .parse()
-            .map_err(|_| format!("'{s}' is not a duration"))?;
-    }
-    Ok(Duration::from_secs(total))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -318,17 +201,6 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("3600").unwrap().as_secs(), 3600);
-        assert_eq!(parse_duration("3600s").unwrap().as_secs(), 3600);
-        assert_eq!(parse_duration("30m").unwrap().as_secs(), 1800);
-        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
-        assert!(parse_duration("1x").is_err());
-        assert!(parse_duration("1h30").is_err());
-        assert!(parse_duration("").is_err());
     }
 
     #[test]

@@ -6,8 +6,10 @@ use ingot_proto::v1::{
     EraseMode, Event, EventLevel, Inventory, Machine, Pool, PowerCommand, Rack, Region, RegionRole,
     Role, Tag, Token, User, Zone,
 };
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 /// Writes one line to stdout; exits quietly (status 0) if the reader went away.
 pub fn emit_line(line: &str) {
@@ -48,12 +50,22 @@ pub fn record(rows: Vec<(&str, String)>) -> Table {
     t
 }
 
-/// Prints a JSON value, pretty.
-pub fn print_json(v: &Value) {
-    outln!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
+/// Prints `v` as pretty JSON, keys in alphabetical order at every level (it goes through
+/// [`serde_json::Value`], whose objects are sorted maps): the order `--json` has always printed, whatever
+/// the order of a view's fields.
+pub fn print_json<T: Serialize + ?Sized>(v: &T) {
+    match json_text(v) {
+        Ok(text) => outln!("{text}"),
+        Err(e) => {
+            eprintln!("error: cannot encode the output as JSON: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The text [`print_json`] prints.
+pub fn json_text<T: Serialize + ?Sized>(v: &T) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(&serde_json::to_value(v)?)
 }
 
 /// The operator name of a wire machine status (`ready`, `failed-commissioning`, ...).
@@ -106,38 +118,17 @@ pub fn ts(t: &Option<prost_types::Timestamp>) -> String {
 }
 
 /// JSON form of a protobuf timestamp: an RFC 3339 string, or null.
-pub fn ts_json(t: &Option<prost_types::Timestamp>) -> Value {
-    match t {
-        Some(t) => Value::String(rfc3339(t.seconds)),
-        None => Value::Null,
-    }
+pub fn ts_json(t: &Option<prost_types::Timestamp>) -> Option<String> {
+    t.as_ref().map(|t| rfc3339(t.seconds))
 }
 
-/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC).
+/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339, UTC). A time outside the years
+/// 0000-9999, which no valid protobuf timestamp is, prints as `out of range (SECONDSs since the epoch)`.
 pub fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("out of range ({secs}s since the epoch)"))
 }
 
 /// The operator name of a proto enum value: `ERASE_MODE_QUICK` with prefix `ERASE_MODE_` -> `quick`.
@@ -260,85 +251,212 @@ pub fn status_counts(counts: &HashMap<String, u64>) -> String {
 }
 
 /// Per-status counts as a JSON object (status name -> count), sorted by name.
-pub fn status_counts_json(counts: &HashMap<String, u64>) -> Value {
-    let sorted: BTreeMap<_, _> = counts.iter().collect();
-    json!(sorted)
+pub fn status_counts_json(counts: &HashMap<String, u64>) -> BTreeMap<&str, u64> {
+    counts.iter().map(|(k, v)| (k.as_str(), *v)).collect()
 }
 
-/// An inventory as JSON (the same shape `ingot agent report-inventory` reads).
-pub fn inventory_json(inv: &Inventory) -> Value {
-    let fw = inv.firmware.clone().unwrap_or_default();
-    let dmi: BTreeMap<_, _> = inv.dmi.iter().collect();
-    json!({
-        "cpu_count": inv.cpu_count,
-        "cpu_model": inv.cpu_model,
-        "memory_mib": inv.memory_mib,
-        "disks": inv.disks.iter().map(|d| json!({
-            "name": d.name,
-            "size_gib": d.size_gib,
-            "rotational": d.rotational,
-            "model": d.model,
-            "serial": d.serial,
-            "tags": d.tags,
-        })).collect::<Vec<_>>(),
-        "nics": inv.nics.iter().map(|n| json!({
-            "name": n.name,
-            "mac": n.mac,
-            "speed_mbps": n.speed_mbps,
-            "link": n.link,
-        })).collect::<Vec<_>>(),
-        "firmware": {"boot_mode": fw.boot_mode, "vendor": fw.vendor, "version": fw.version},
-        "dmi": dmi,
-    })
+/// `--json` of an inventory: the same shape `ingot agent report-inventory` reads.
+#[derive(Serialize)]
+pub struct InventoryJson<'a> {
+    cpu_count: u32,
+    cpu_model: &'a str,
+    memory_mib: u64,
+    disks: Vec<DiskJson<'a>>,
+    nics: Vec<NicJson<'a>>,
+    firmware: FirmwareJson<'a>,
+    dmi: BTreeMap<&'a str, &'a str>,
 }
 
-/// A machine as JSON: every field of the wire record (the inventory only when the read returned it).
-pub fn machine_json(m: &Machine) -> Value {
-    let power = m.power.clone().unwrap_or_default();
-    let params: BTreeMap<_, _> = power.params.into_iter().collect();
-    let previous = match m.previous_status {
-        0 => Value::Null,
-        s => Value::String(status_name(s)),
-    };
-    json!({
-        "system_id": m.system_id,
-        "hostname": m.hostname,
-        "status": status_name(m.status),
-        "status_message": m.status_message,
-        "previous_status": previous,
-        "deadline": ts_json(&m.deadline),
-        "zone": m.zone,
-        "pool": m.pool,
-        "arch": m.arch,
-        "macs": m.macs,
-        "tags": m.tags,
-        "owner": m.owner,
-        "consumer": m.consumer,
-        "provider_id": m.provider_id,
-        "allocation_request_id": m.allocation_request_id,
-        "locked": m.locked,
-        "cpu_count": m.cpu_count,
-        "memory_mib": m.memory_mib,
-        "storage_gib": m.storage_gib,
-        "power": {"driver": power.driver, "params": params},
-        "description": m.description,
-        "deploy": m.deploy.as_ref().map(|d| json!({
-            "osystem": d.osystem,
-            "distro_series": d.distro_series,
-            "user_data": d.user_data,
-        })),
-        "boot_purpose": m.boot_purpose,
-        "progress": {"message": m.progress_message, "percent": m.progress_percent},
-        "erase": erase_name(m.erase),
-        "rack": m.rack,
-        "power_state": m.power_state,
-        "power_error": m.power_error,
-        "power_checked_at": ts_json(&m.power_checked_at),
-        "inventory": m.inventory.as_deref().map(inventory_json),
-        "created_at": ts_json(&m.created_at),
-        "updated_at": ts_json(&m.updated_at),
-        "revision": m.revision,
-    })
+/// One disk of an [`InventoryJson`].
+#[derive(Serialize)]
+struct DiskJson<'a> {
+    name: &'a str,
+    size_gib: u64,
+    rotational: bool,
+    model: &'a str,
+    serial: &'a str,
+    tags: &'a [String],
+}
+
+/// One NIC of an [`InventoryJson`].
+#[derive(Serialize)]
+struct NicJson<'a> {
+    name: &'a str,
+    mac: &'a str,
+    speed_mbps: u64,
+    link: bool,
+}
+
+/// The firmware of an [`InventoryJson`] (empty strings when not reported).
+#[derive(Serialize)]
+struct FirmwareJson<'a> {
+    boot_mode: &'a str,
+    vendor: &'a str,
+    version: &'a str,
+}
+
+/// An inventory as JSON.
+pub fn inventory_json(inv: &Inventory) -> InventoryJson<'_> {
+    let fw = inv.firmware.as_ref();
+    InventoryJson {
+        cpu_count: inv.cpu_count,
+        cpu_model: &inv.cpu_model,
+        memory_mib: inv.memory_mib,
+        disks: inv
+            .disks
+            .iter()
+            .map(|d| DiskJson {
+                name: &d.name,
+                size_gib: d.size_gib,
+                rotational: d.rotational,
+                model: &d.model,
+                serial: &d.serial,
+                tags: &d.tags,
+            })
+            .collect(),
+        nics: inv
+            .nics
+            .iter()
+            .map(|n| NicJson {
+                name: &n.name,
+                mac: &n.mac,
+                speed_mbps: n.speed_mbps,
+                link: n.link,
+            })
+            .collect(),
+        firmware: FirmwareJson {
+            boot_mode: fw.map_or("", |f| &f.boot_mode),
+            vendor: fw.map_or("", |f| &f.vendor),
+            version: fw.map_or("", |f| &f.version),
+        },
+        dmi: inv
+            .dmi
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+    }
+}
+
+/// `--json` of a machine: every field of the wire record (the inventory only when the read returned it).
+#[derive(Serialize)]
+pub struct MachineJson<'a> {
+    system_id: &'a str,
+    hostname: &'a str,
+    status: String,
+    status_message: &'a str,
+    previous_status: Option<String>,
+    deadline: Option<String>,
+    zone: &'a str,
+    pool: &'a str,
+    arch: &'a str,
+    macs: &'a [String],
+    tags: &'a [String],
+    owner: &'a str,
+    consumer: &'a str,
+    provider_id: &'a str,
+    allocation_request_id: &'a str,
+    locked: bool,
+    cpu_count: u32,
+    memory_mib: u64,
+    storage_gib: u64,
+    power: PowerJson<'a>,
+    description: &'a str,
+    deploy: Option<DeployJson<'a>>,
+    boot_purpose: &'a str,
+    progress: ProgressJson<'a>,
+    erase: String,
+    rack: &'a str,
+    power_state: &'a str,
+    power_error: &'a str,
+    power_checked_at: Option<String>,
+    inventory: Option<InventoryJson<'a>>,
+    created_at: Option<String>,
+    updated_at: Option<String>,
+    revision: u64,
+}
+
+/// The power settings of a [`MachineJson`] (secret parameters are masked by the server unless asked).
+#[derive(Serialize)]
+struct PowerJson<'a> {
+    driver: &'a str,
+    params: BTreeMap<&'a str, &'a str>,
+}
+
+/// The deployment asked for, in a [`MachineJson`].
+#[derive(Serialize)]
+struct DeployJson<'a> {
+    osystem: &'a str,
+    distro_series: &'a str,
+    user_data: &'a str,
+}
+
+/// The last progress report of the running boot, in a [`MachineJson`].
+#[derive(Serialize)]
+struct ProgressJson<'a> {
+    message: &'a str,
+    percent: u32,
+}
+
+/// A machine as JSON.
+pub fn machine_json(m: &Machine) -> MachineJson<'_> {
+    let power = m.power.as_ref();
+    MachineJson {
+        system_id: &m.system_id,
+        hostname: &m.hostname,
+        status: status_name(m.status),
+        status_message: &m.status_message,
+        previous_status: optional_status(m.previous_status),
+        deadline: ts_json(&m.deadline),
+        zone: &m.zone,
+        pool: &m.pool,
+        arch: &m.arch,
+        macs: &m.macs,
+        tags: &m.tags,
+        owner: &m.owner,
+        consumer: &m.consumer,
+        provider_id: &m.provider_id,
+        allocation_request_id: &m.allocation_request_id,
+        locked: m.locked,
+        cpu_count: m.cpu_count,
+        memory_mib: m.memory_mib,
+        storage_gib: m.storage_gib,
+        power: PowerJson {
+            driver: power.map_or("", |p| &p.driver),
+            params: power
+                .map(|p| {
+                    p.params
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
+        description: &m.description,
+        deploy: m.deploy.as_deref().map(|d| DeployJson {
+            osystem: &d.osystem,
+            distro_series: &d.distro_series,
+            user_data: &d.user_data,
+        }),
+        boot_purpose: &m.boot_purpose,
+        progress: ProgressJson {
+            message: &m.progress_message,
+            percent: m.progress_percent,
+        },
+        erase: erase_name(m.erase),
+        rack: &m.rack,
+        power_state: &m.power_state,
+        power_error: &m.power_error,
+        power_checked_at: ts_json(&m.power_checked_at),
+        inventory: m.inventory.as_deref().map(inventory_json),
+        created_at: ts_json(&m.created_at),
+        updated_at: ts_json(&m.updated_at),
+        revision: m.revision,
+    }
+}
+
+/// A wire status that may be unset (0) as JSON: its name, or null.
+fn optional_status(status: i32) -> Option<String> {
+    (status != 0).then(|| status_name(status))
 }
 
 /// Column headers of [`machine_row`].
@@ -524,15 +642,25 @@ pub fn machine_record(m: &Machine) -> Table {
     record(rows)
 }
 
+/// `--json` of a zone or a resource pool (the two have the same fields).
+#[derive(Serialize)]
+pub struct GroupJson<'a> {
+    name: &'a str,
+    description: &'a str,
+    machine_count: u64,
+    status_counts: BTreeMap<&'a str, u64>,
+    created_at: Option<String>,
+}
+
 /// A zone as JSON.
-pub fn zone_json(z: &Zone) -> Value {
-    json!({
-        "name": z.name,
-        "description": z.description,
-        "machine_count": z.machine_count,
-        "status_counts": status_counts_json(&z.status_counts),
-        "created_at": ts_json(&z.created_at),
-    })
+pub fn zone_json(z: &Zone) -> GroupJson<'_> {
+    GroupJson {
+        name: &z.name,
+        description: &z.description,
+        machine_count: z.machine_count,
+        status_counts: status_counts_json(&z.status_counts),
+        created_at: ts_json(&z.created_at),
+    }
 }
 
 /// A zone as a field/value table.
@@ -547,14 +675,14 @@ pub fn zone_record(z: &Zone) -> Table {
 }
 
 /// A pool as JSON.
-pub fn pool_json(p: &Pool) -> Value {
-    json!({
-        "name": p.name,
-        "description": p.description,
-        "machine_count": p.machine_count,
-        "status_counts": status_counts_json(&p.status_counts),
-        "created_at": ts_json(&p.created_at),
-    })
+pub fn pool_json(p: &Pool) -> GroupJson<'_> {
+    GroupJson {
+        name: &p.name,
+        description: &p.description,
+        machine_count: p.machine_count,
+        status_counts: status_counts_json(&p.status_counts),
+        created_at: ts_json(&p.created_at),
+    }
 }
 
 /// A pool as a field/value table.
@@ -568,15 +696,25 @@ pub fn pool_record(p: &Pool) -> Table {
     ])
 }
 
+/// `--json` of a tag.
+#[derive(Serialize)]
+pub struct TagJson<'a> {
+    name: &'a str,
+    definition: &'a str,
+    comment: &'a str,
+    machine_count: u64,
+    created_at: Option<String>,
+}
+
 /// A tag as JSON.
-pub fn tag_json(t: &Tag) -> Value {
-    json!({
-        "name": t.name,
-        "definition": t.definition,
-        "comment": t.comment,
-        "machine_count": t.machine_count,
-        "created_at": ts_json(&t.created_at),
-    })
+pub fn tag_json(t: &Tag) -> TagJson<'_> {
+    TagJson {
+        name: &t.name,
+        definition: &t.definition,
+        comment: &t.comment,
+        machine_count: t.machine_count,
+        created_at: ts_json(&t.created_at),
+    }
 }
 
 /// A tag as a field/value table.
@@ -599,15 +737,25 @@ pub fn tag_record(t: &Tag) -> Table {
     ])
 }
 
+/// `--json` of a user.
+#[derive(Serialize)]
+pub struct UserJson<'a> {
+    name: &'a str,
+    role: String,
+    machine_count: u64,
+    token_count: u32,
+    created_at: Option<String>,
+}
+
 /// A user as JSON.
-pub fn user_json(u: &User) -> Value {
-    json!({
-        "name": u.name,
-        "role": user_role_name(u.role),
-        "machine_count": u.machine_count,
-        "token_count": u.token_count,
-        "created_at": ts_json(&u.created_at),
-    })
+pub fn user_json(u: &User) -> UserJson<'_> {
+    UserJson {
+        name: &u.name,
+        role: user_role_name(u.role),
+        machine_count: u.machine_count,
+        token_count: u.token_count,
+        created_at: ts_json(&u.created_at),
+    }
 }
 
 /// A user as a field/value table.
@@ -621,38 +769,62 @@ pub fn user_record(u: &User) -> Table {
     ])
 }
 
-/// An API token (never its secret) as JSON.
-pub fn token_json(t: &Token) -> Value {
-    json!({
-        "id": t.id,
-        "user": t.user,
-        "description": t.description,
-        "created_at": ts_json(&t.created_at),
-        "expires_at": ts_json(&t.expires_at),
-    })
+/// `--json` of an API token (never its secret).
+#[derive(Serialize)]
+pub struct TokenJson<'a> {
+    id: &'a str,
+    user: &'a str,
+    description: &'a str,
+    created_at: Option<String>,
+    expires_at: Option<String>,
+}
+
+/// An API token as JSON.
+pub fn token_json(t: &Token) -> TokenJson<'_> {
+    TokenJson {
+        id: &t.id,
+        user: &t.user,
+        description: &t.description,
+        created_at: ts_json(&t.created_at),
+        expires_at: ts_json(&t.expires_at),
+    }
+}
+
+/// `--json` of an event.
+#[derive(Serialize)]
+pub struct EventJson<'a> {
+    revision: u64,
+    seq: u32,
+    time: Option<String>,
+    actor: &'a str,
+    kind: &'a str,
+    level: String,
+    system_id: &'a str,
+    hostname: &'a str,
+    zone: &'a str,
+    owner: &'a str,
+    from_status: Option<String>,
+    to_status: Option<String>,
+    message: &'a str,
 }
 
 /// An event as JSON.
-pub fn event_json(e: &Event) -> Value {
-    let st = |s: i32| match s {
-        0 => Value::Null,
-        s => Value::String(status_name(s)),
-    };
-    json!({
-        "revision": e.revision,
-        "seq": e.seq,
-        "time": ts_json(&e.time),
-        "actor": e.actor,
-        "kind": e.kind,
-        "level": level_name(e.level),
-        "system_id": e.system_id,
-        "hostname": e.hostname,
-        "zone": e.zone,
-        "owner": e.owner,
-        "from_status": st(e.from_status),
-        "to_status": st(e.to_status),
-        "message": e.message,
-    })
+pub fn event_json(e: &Event) -> EventJson<'_> {
+    EventJson {
+        revision: e.revision,
+        seq: e.seq,
+        time: ts_json(&e.time),
+        actor: &e.actor,
+        kind: &e.kind,
+        level: level_name(e.level),
+        system_id: &e.system_id,
+        hostname: &e.hostname,
+        zone: &e.zone,
+        owner: &e.owner,
+        from_status: optional_status(e.from_status),
+        to_status: optional_status(e.to_status),
+        message: &e.message,
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -697,23 +869,41 @@ fn rack_region(r: &Rack) -> String {
     }
 }
 
+/// `--json` of a rack controller.
+#[derive(Serialize)]
+pub struct RackJson<'a> {
+    name: &'a str,
+    zone: &'a str,
+    registered_at: Option<String>,
+    revoked: bool,
+    connected: bool,
+    region_id: u64,
+    region_name: &'a str,
+    last_heartbeat: Option<String>,
+    version: &'a str,
+    services: &'a [String],
+    drivers: &'a [String],
+    bmc_count: u64,
+    pending_commands: u64,
+}
+
 /// A rack as JSON.
-pub fn rack_json(r: &Rack) -> Value {
-    json!({
-        "name": r.name,
-        "zone": r.zone,
-        "registered_at": ts_json(&r.registered_at),
-        "revoked": r.revoked,
-        "connected": r.connected,
-        "region_id": r.region_id,
-        "region_name": r.region_name,
-        "last_heartbeat": ts_json(&r.last_heartbeat),
-        "version": r.version,
-        "services": r.services,
-        "drivers": r.drivers,
-        "bmc_count": r.bmc_count,
-        "pending_commands": r.pending_commands,
-    })
+pub fn rack_json(r: &Rack) -> RackJson<'_> {
+    RackJson {
+        name: &r.name,
+        zone: &r.zone,
+        registered_at: ts_json(&r.registered_at),
+        revoked: r.revoked,
+        connected: r.connected,
+        region_id: r.region_id,
+        region_name: &r.region_name,
+        last_heartbeat: ts_json(&r.last_heartbeat),
+        version: &r.version,
+        services: &r.services,
+        drivers: &r.drivers,
+        bmc_count: r.bmc_count,
+        pending_commands: r.pending_commands,
+    }
 }
 
 /// Column headers of [`rack_row`].
@@ -767,20 +957,35 @@ pub fn rack_record(r: &Rack, now_ms: i64) -> Table {
     ])
 }
 
+/// `--json` of a power command.
+#[derive(Serialize)]
+pub struct PowerCommandJson<'a> {
+    id: u64,
+    system_id: &'a str,
+    action: &'a str,
+    state: &'a str,
+    rack: &'a str,
+    message: &'a str,
+    error_kind: &'a str,
+    power_state: &'a str,
+    created_at: Option<String>,
+    done_at: Option<String>,
+}
+
 /// A power command as JSON.
-pub fn power_command_json(c: &PowerCommand) -> Value {
-    json!({
-        "id": c.id,
-        "system_id": c.system_id,
-        "action": c.action,
-        "state": c.state,
-        "rack": c.rack,
-        "message": c.message,
-        "error_kind": c.error_kind,
-        "power_state": c.power_state,
-        "created_at": ts_json(&c.created_at),
-        "done_at": ts_json(&c.done_at),
-    })
+pub fn power_command_json(c: &PowerCommand) -> PowerCommandJson<'_> {
+    PowerCommandJson {
+        id: c.id,
+        system_id: &c.system_id,
+        action: &c.action,
+        state: &c.state,
+        rack: &c.rack,
+        message: &c.message,
+        error_kind: &c.error_kind,
+        power_state: &c.power_state,
+        created_at: ts_json(&c.created_at),
+        done_at: ts_json(&c.done_at),
+    }
 }
 
 /// A power command in one line: `power command 7: on abc123 via rack-1: done, power on`.
@@ -802,30 +1007,51 @@ pub fn power_command_line(c: &PowerCommand) -> String {
     line
 }
 
-/// A region as JSON.
-pub fn region_json(r: &Region, leader_id: u64) -> Value {
-    json!({
-        "node_id": r.node_id,
-        "name": r.name,
-        "role": role_name(r.role),
-        "leader": r.node_id != 0 && r.node_id == leader_id,
-        "voter": r.voter,
-        "term": r.term,
-        "last_applied_index": r.last_applied_index,
-        "last_log_index": r.last_log_index,
-        "snapshot_index": r.snapshot_index,
-        "healthy": r.healthy,
-        "api_addr": r.api_addr,
-        "raft_addr": r.raft_addr,
-        "error": r.error,
-        "leader_id": r.leader_id,
-    })
+/// `--json` of a region controller.
+#[derive(Serialize)]
+pub struct RegionJson<'a> {
+    node_id: u64,
+    name: &'a str,
+    role: String,
+    /// Whether this region is the leader the answering region knows of.
+    leader: bool,
+    voter: bool,
+    term: u64,
+    last_applied_index: u64,
+    last_log_index: u64,
+    snapshot_index: u64,
+    healthy: bool,
+    api_addr: &'a str,
+    raft_addr: &'a str,
+    error: &'a str,
+    leader_id: u64,
+}
+
+/// A region as JSON; `leader_id` is the leader the answering region knows of.
+pub fn region_json(r: &Region, leader_id: u64) -> RegionJson<'_> {
+    RegionJson {
+        node_id: r.node_id,
+        name: &r.name,
+        role: role_name(r.role),
+        leader: r.node_id != 0 && r.node_id == leader_id,
+        voter: r.voter,
+        term: r.term,
+        last_applied_index: r.last_applied_index,
+        last_log_index: r.last_log_index,
+        snapshot_index: r.snapshot_index,
+        healthy: r.healthy,
+        api_addr: &r.api_addr,
+        raft_addr: &r.raft_addr,
+        error: &r.error,
+        leader_id: r.leader_id,
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     #[test]
     fn timestamps() {
@@ -833,6 +1059,15 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        // Round trip with the parser.
+        assert_eq!(
+            rfc3339(
+                crate::parse::parse_rfc3339("2031-07-09T08:07:06Z")
+                    .unwrap()
+                    .0
+            ),
+            "2031-07-09T08:07:06Z"
+        );
     }
 
     #[test]
@@ -861,7 +1096,9 @@ mod tests {
         assert_eq!(duration(5400), "1h30m");
         assert_eq!(duration(90_061), "1d1h1m1s");
         assert_eq!(
-            crate::parse_duration(&duration(5400)).unwrap().as_secs(),
+            crate::parse::parse_duration(&duration(5400))
+                .unwrap()
+                .as_secs(),
             5400
         );
         assert_eq!(mib(0), "-");
@@ -918,6 +1155,267 @@ mod tests {
         assert_eq!(rack_connected(&r), "revoked");
         assert_eq!(rack_row(&r, 0)[3], "-");
     }
+
+    fn at(seconds: i64) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp {
+            seconds,
+            nanos: 250_000_000,
+        })
+    }
+
+    /// A machine with every field set, so a pin covers every key of the JSON shape.
+    fn full_machine() -> Machine {
+        use ingot_proto::v1::{DeploySpec, Disk, Firmware, Nic, PowerParameters};
+        Machine {
+            system_id: "abc123".into(),
+            hostname: "node-1".into(),
+            arch: "amd64/generic".into(),
+            zone: "room-a".into(),
+            status: parse_status("deploying").unwrap(),
+            macs: vec!["52:54:00:00:00:01".into(), "52:54:00:00:00:02".into()],
+            power: Some(PowerParameters {
+                driver: "ipmi".into(),
+                params: [
+                    ("username".to_string(), "admin".to_string()),
+                    ("address".to_string(), "10.0.0.5".to_string()),
+                ]
+                .into_iter()
+                .collect(),
+            }),
+            description: "rack 4, U12".into(),
+            created_at: at(1_700_000_000),
+            updated_at: at(1_700_000_060),
+            revision: 42,
+            pool: "gpu".into(),
+            tags: vec!["fast".into(), "nvme".into()],
+            owner: "alice".into(),
+            consumer: "cp-0".into(),
+            provider_id: "ingot:///room-a/abc123".into(),
+            allocation_request_id: "req-1".into(),
+            locked: true,
+            status_message: "installing".into(),
+            previous_status: parse_status("ready").unwrap(),
+            deadline: at(1_700_001_800),
+            cpu_count: 16,
+            memory_mib: 65_536,
+            storage_gib: 1_800,
+            inventory: Some(Box::new(Inventory {
+                cpu_count: 16,
+                cpu_model: "EPYC".into(),
+                memory_mib: 65_536,
+                disks: vec![Disk {
+                    name: "nvme0n1".into(),
+                    size_gib: 900,
+                    rotational: false,
+                    model: "PM9A3".into(),
+                    serial: "S1".into(),
+                    tags: vec!["ssd".into()],
+                }],
+                nics: vec![Nic {
+                    name: "eth0".into(),
+                    mac: "52:54:00:00:00:01".into(),
+                    speed_mbps: 25_000,
+                    link: true,
+                }],
+                firmware: Some(Firmware {
+                    boot_mode: "uefi".into(),
+                    vendor: "AMI".into(),
+                    version: "1.2".into(),
+                }),
+                dmi: [
+                    ("sys_vendor".to_string(), "Acme".to_string()),
+                    ("product_name".to_string(), "X1".to_string()),
+                ]
+                .into_iter()
+                .collect(),
+            })),
+            deploy: Some(Box::new(DeploySpec {
+                osystem: "ubuntu".into(),
+                distro_series: "noble".into(),
+                user_data: "#cloud-config".into(),
+            })),
+            progress_message: "curtin: partitioning".into(),
+            progress_percent: 40,
+            boot_purpose: "deploying".into(),
+            erase: EraseMode::Quick as i32,
+            rack: "rack-1".into(),
+            power_state: "on".into(),
+            power_error: "".into(),
+            power_checked_at: at(1_700_000_030),
+        }
+    }
+
+    /// Compares a rendering with its pinned text, printing the actual text on a mismatch.
+    fn pin(actual: &str, expected: &str) {
+        let expected = expected.strip_suffix('\n').unwrap_or(expected);
+        assert!(
+            actual == expected,
+            "pinned output changed; actual:\n{actual}"
+        );
+    }
+
+    /// What `print_json` prints.
+    fn pretty<T: Serialize>(v: &T) -> String {
+        json_text(v).unwrap()
+    }
+
+    #[test]
+    fn machine_json_is_pinned() {
+        pin(&pretty(&machine_json(&full_machine())), MACHINE_FULL_JSON);
+        pin(
+            &pretty(&machine_json(&Machine::default())),
+            MACHINE_EMPTY_JSON,
+        );
+    }
+
+    #[test]
+    fn machine_record_is_pinned() {
+        pin(
+            &render(&machine_record(&full_machine())),
+            MACHINE_FULL_RECORD,
+        );
+        pin(
+            &render(&machine_record(&Machine::default())),
+            MACHINE_EMPTY_RECORD,
+        );
+    }
+
+    #[test]
+    fn resource_json_is_pinned() {
+        let counts: HashMap<String, u64> = [("ready".to_string(), 3), ("new".to_string(), 1)]
+            .into_iter()
+            .collect();
+        let zone = Zone {
+            name: "room-a".into(),
+            description: "first room".into(),
+            machine_count: 4,
+            created_at: at(1_700_000_000),
+            status_counts: counts.clone(),
+        };
+        let pool = Pool {
+            name: "gpu".into(),
+            description: "".into(),
+            machine_count: 4,
+            created_at: None,
+            status_counts: counts,
+        };
+        let tag = Tag {
+            name: "fast".into(),
+            definition: "cpu_count >= 16".into(),
+            comment: "c".into(),
+            machine_count: 2,
+            created_at: at(1_700_000_000),
+        };
+        let user = User {
+            name: "alice".into(),
+            role: Role::Admin as i32,
+            created_at: at(1_700_000_000),
+            machine_count: 3,
+            token_count: 1,
+        };
+        let token = Token {
+            id: "t1".into(),
+            user: "alice".into(),
+            description: "ci".into(),
+            created_at: at(1_700_000_000),
+            expires_at: None,
+        };
+        let event = Event {
+            revision: 9,
+            seq: 1,
+            time: at(1_700_000_000),
+            actor: "alice".into(),
+            kind: "deploy".into(),
+            level: EventLevel::Warning as i32,
+            system_id: "abc123".into(),
+            hostname: "node-1".into(),
+            zone: "room-a".into(),
+            owner: "alice".into(),
+            from_status: parse_status("ready").unwrap(),
+            to_status: 0,
+            message: "m".into(),
+        };
+        let rack = Rack {
+            name: "rack-1".into(),
+            zone: "room-a".into(),
+            registered_at: at(1_700_000_000),
+            revoked: false,
+            connected: true,
+            region_id: 2,
+            region_name: "region-2".into(),
+            last_heartbeat: None,
+            version: "0.1.0".into(),
+            services: vec!["power".into()],
+            drivers: vec!["ipmi".into(), "sim".into()],
+            bmc_count: 12,
+            pending_commands: 1,
+        };
+        let command = PowerCommand {
+            id: 7,
+            system_id: "abc123".into(),
+            action: "on".into(),
+            state: "done".into(),
+            rack: "rack-1".into(),
+            message: "".into(),
+            error_kind: "".into(),
+            power_state: "on".into(),
+            created_at: at(1_700_000_000),
+            done_at: None,
+        };
+        let region = Region {
+            node_id: 2,
+            name: "region-2".into(),
+            raft_addr: "127.0.0.1:7002".into(),
+            api_addr: "https://127.0.0.1:8002".into(),
+            role: RegionRole::Leader as i32,
+            voter: true,
+            term: 3,
+            last_applied_index: 100,
+            last_log_index: 101,
+            healthy: true,
+            error: "".into(),
+            snapshot_index: 50,
+            leader_id: 2,
+        };
+        let all = json!({
+            "zone": zone_json(&zone),
+            "pool": pool_json(&pool),
+            "tag": tag_json(&tag),
+            "user": user_json(&user),
+            "token": token_json(&token),
+            "event": event_json(&event),
+            "rack": rack_json(&rack),
+            "power_command": power_command_json(&command),
+            "region": region_json(&region, 2),
+            "follower": region_json(&Region::default(), 2),
+        });
+        pin(&pretty(&all), RESOURCES_JSON);
+    }
+
+    #[test]
+    fn dates_are_pinned() {
+        assert_eq!(ts(&None), "-");
+        assert_eq!(ts(&at(1_700_000_000)), "2023-11-14T22:13:20Z");
+        assert_eq!(json!(ts_json(&None)), Value::Null);
+        assert_eq!(json!(ts_json(&at(0))), json!("1970-01-01T00:00:00Z"));
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(-62_135_596_800), "0001-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_709_164_800), "2024-02-29T00:00:00Z");
+        assert_eq!(rfc3339(4_107_542_399), "2100-02-28T23:59:59Z");
+        // No valid protobuf timestamp is outside 0001-9999; such a value still prints, and says so.
+        assert_eq!(
+            rfc3339(i64::MAX),
+            format!("out of range ({}s since the epoch)", i64::MAX)
+        );
+    }
+
+    /// Pinned renderings (`cli/src/testdata`), taken from the hand-written shapes before the JSON views
+    /// were derived with serde: `--json` output must not change.
+    const MACHINE_FULL_JSON: &str = include_str!("testdata/machine_full.json");
+    const MACHINE_EMPTY_JSON: &str = include_str!("testdata/machine_empty.json");
+    const MACHINE_FULL_RECORD: &str = include_str!("testdata/machine_full.txt");
+    const MACHINE_EMPTY_RECORD: &str = include_str!("testdata/machine_empty.txt");
+    const RESOURCES_JSON: &str = include_str!("testdata/resources.json");
 
     #[test]
     fn roles() {

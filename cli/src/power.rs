@@ -2,12 +2,14 @@
 //! that owns the machine's BMC (`MachineService.Power`, `GetPowerCommand`), and `--wait` for their
 //! result, polling with the server-side `wait_seconds` under a spinner.
 
-use crate::machines::{call_ref, Sel, Target};
+use crate::ctx::Ctx;
 use crate::output::{self, print_json};
-use crate::Ctx;
+use crate::target::{call_ref, Sel, Target};
 use anyhow::{bail, Result};
-use clap::{Args, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use ingot_common::power::PowerAction;
 use ingot_proto::v1::{GetPowerCommandRequest, PowerCommand, PowerRequest};
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -16,44 +18,27 @@ use std::time::Duration;
 /// region be noticed and the spinner show the command's state.
 const WAIT_CHUNK_S: u64 = 5;
 
-/// A power action.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PowerAction {
-    /// Power on
-    On,
-    /// Power off at once (hard)
-    Off,
-    /// Ask the operating system to shut down (ACPI)
-    SoftOff,
-    /// Reboot: power cycle when on, power on when off
-    Cycle,
-    /// Read the power state only
-    Query,
-    /// Boot from the network (PXE) next time
-    BootPxe,
-    /// Boot from the local disk next time
-    BootDisk,
-    /// Boot from the network every time, until changed
-    BootPxePersistent,
-    /// Boot from the local disk every time, until changed
-    BootDiskPersistent,
+/// What `machines power --help` says of each action (the actions themselves are
+/// [`PowerAction::ALL`]; a new one fails to compile here until it is described).
+fn action_help(a: PowerAction) -> &'static str {
+    match a {
+        PowerAction::On => "Power on",
+        PowerAction::Off => "Power off at once (hard)",
+        PowerAction::SoftOff => "Ask the operating system to shut down (ACPI)",
+        PowerAction::Cycle => "Reboot: power cycle when on, power on when off",
+        PowerAction::Query => "Read the power state only",
+        PowerAction::BootPxe => "Boot from the network (PXE) next time",
+        PowerAction::BootDisk => "Boot from the local disk next time",
+        PowerAction::BootPxePersistent => "Boot from the network every time, until changed",
+        PowerAction::BootDiskPersistent => "Boot from the local disk every time, until changed",
+    }
 }
 
-impl PowerAction {
-    /// The wire name (`on`, `soft-off`, `boot-pxe`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PowerAction::On => "on",
-            PowerAction::Off => "off",
-            PowerAction::SoftOff => "soft-off",
-            PowerAction::Cycle => "cycle",
-            PowerAction::Query => "query",
-            PowerAction::BootPxe => "boot-pxe",
-            PowerAction::BootDisk => "boot-disk",
-            PowerAction::BootPxePersistent => "boot-pxe-persistent",
-            PowerAction::BootDiskPersistent => "boot-disk-persistent",
-        }
-    }
+/// The clap parser of a power action: accepts the wire spellings of [`PowerAction::ALL`] and lists them,
+/// with [`action_help`], in `--help` and in the error for anything else.
+fn power_action_parser() -> impl TypedValueParser<Value = PowerAction> {
+    let values = PowerAction::ALL.map(|a| PossibleValue::new(a.as_str()).help(action_help(a)));
+    PossibleValuesParser::new(values).try_map(|s| PowerAction::parse("action", &s))
 }
 
 /// `--wait` and `--wait-timeout` of the power commands.
@@ -63,7 +48,7 @@ pub struct PowerWait {
     #[arg(long)]
     pub wait: bool,
     /// Give up waiting after this long (e.g. 30s, 2m)
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::parse_duration, requires = "wait")]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::parse::parse_duration, requires = "wait")]
     pub wait_timeout: Duration,
 }
 
@@ -72,7 +57,7 @@ pub struct PowerWait {
 pub struct PowerArgs {
     /// What to do: on, off, soft-off, cycle, query, boot-pxe, boot-disk, boot-pxe-persistent,
     /// boot-disk-persistent
-    #[arg(value_enum)]
+    #[arg(value_parser = power_action_parser())]
     action: PowerAction,
     #[command(flatten)]
     target: Target,
@@ -262,15 +247,30 @@ impl Drop for Spinner {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn action_names_match_clap() {
-        for a in PowerAction::value_variants() {
-            let v = a.to_possible_value().map(|p| p.get_name().to_string());
-            assert_eq!(v.as_deref(), Some(a.as_str()));
+        let parser = power_action_parser();
+        let listed: Vec<String> = parser
+            .possible_values()
+            .unwrap()
+            .map(|p| p.get_name().to_string())
+            .collect();
+        let wire: Vec<&str> = PowerAction::ALL.iter().map(|a| a.as_str()).collect();
+        assert_eq!(listed, wire);
+        let cmd = clap::Command::new("t");
+        for a in PowerAction::ALL {
+            let v = parser
+                .parse_ref(&cmd, None, std::ffi::OsStr::new(a.as_str()))
+                .unwrap();
+            assert_eq!(v, a);
         }
+        assert!(parser
+            .parse_ref(&cmd, None, std::ffi::OsStr::new("reboot"))
+            .is_err());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `ingot racks ...`: one command per RackService RPC an admin uses — list, show, enrollment tokens
 //! (with the `ingot-rack register` command line to run on the rack host), revoke.
 
+use crate::ctx::Ctx;
 use crate::output::{self, print_json};
-use crate::Ctx;
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use ingot_client::config::{shell_quote, ENV_CA};
@@ -49,7 +49,7 @@ pub enum TokenCmd {
     /// command line to run with it on the rack host
     Create {
         /// Token lifetime: 1h, 30m, 3600s, ...
-        #[arg(long, default_value = "1h", value_parser = crate::parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = crate::parse::parse_duration)]
         ttl: Duration,
         /// Rack name to put in the printed command line (a DNS label)
         #[arg(long, value_name = "NAME")]
@@ -87,7 +87,7 @@ pub async fn run(ctx: &Ctx, cmd: RacksCmd) -> Result<()> {
                 .call(|| {
                     let mut c = client.clone();
                     let req = ListRacksRequest {
-                        consistency: crate::machines::consistency(stale),
+                        consistency: crate::target::consistency(stale),
                     };
                     async move { c.list_racks(req).await }
                 })

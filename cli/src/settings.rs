@@ -1,7 +1,7 @@
 //! `ingot settings ...`: cluster-wide settings (ClusterService GetSettings / UpdateSettings).
 
+use crate::ctx::Ctx;
 use crate::output::{self, print_json};
-use crate::Ctx;
 use anyhow::Result;
 use clap::Subcommand;
 use ingot_proto::v1::{GetSettingsRequest, Settings, UpdateSettingsRequest};

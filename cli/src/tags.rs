@@ -1,8 +1,8 @@
 //! `ingot tags ...`: one command per TagService RPC.
 
-use crate::machines::consistency;
+use crate::ctx::Ctx;
 use crate::output::{self, print_json};
-use crate::Ctx;
+use crate::target::consistency;
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use ingot_proto::v1::{

@@ -1,7 +1,7 @@
 //! `ingot users ...` and `ingot tokens ...`: the UserService RPCs.
 
+use crate::ctx::Ctx;
 use crate::output::{self, print_json};
-use crate::Ctx;
 use anyhow::{bail, Result};
 use clap::{Subcommand, ValueEnum};
 use ingot_proto::v1::{

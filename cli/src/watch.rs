@@ -2,8 +2,8 @@
 //! (it reconnects, over the balanced channel, from the last revision it saw), and the `ingot watch`
 //! command built on it.
 
+use crate::ctx::Ctx;
 use crate::output;
-use crate::Ctx;
 use anyhow::Result;
 use clap::Args;
 use ingot_client::{is_retryable, retry_unavailable, Clients};
@@ -276,7 +276,7 @@ pub async fn run(ctx: &Ctx, a: WatchArgs) -> Result<()> {
                     f.revision()
                 ),
                 Err(st) if st.code() == Code::OutOfRange => {
-                    return Err(anyhow::Error::new(st).context(crate::ExitStatus(3)));
+                    return Err(anyhow::Error::new(st).context(crate::ctx::ExitStatus(3)));
                 }
                 Err(st) => return Err(st.into()),
             },

@@ -1,7 +1,7 @@
 //! `ingot zones ...`: one command per ZoneService RPC.
 
+use crate::ctx::Ctx;
 use crate::output::{self, print_json};
-use crate::Ctx;
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use ingot_proto::v1::{
