@@ -249,17 +249,37 @@ async fn allocate_retrying(
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn random_worker(
+/// One random client of the concurrency test: who it is, where it talks, and how long it runs.
+struct Worker {
+    /// Task number (in messages and request ids).
     t: usize,
+    /// The user it acts as.
     user: String,
+    /// Its region.
     c: Clients,
+    /// Another region, for reads that must see its writes.
     other: Clients,
+    /// The fleet's machines.
     known: BTreeMap<String, Known>,
+    /// Its random seed.
     seed: u64,
+    /// When it stops.
     until: Instant,
+    /// Most operations it runs.
     max_ops: u64,
-) -> TaskReport {
+}
+
+async fn random_worker(w: Worker) -> TaskReport {
+    let Worker {
+        t,
+        user,
+        c,
+        other,
+        known,
+        seed,
+        until,
+        max_ops,
+    } = w;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let set = constraint_set();
     let mut rep = TaskReport::default();
@@ -450,16 +470,16 @@ async fn concurrent_random_allocations_never_give_a_machine_two_owners() {
         let there = base
             .channel_to(&tc.cluster.region((t + 1) % 3 + 1).endpoint())
             .unwrap();
-        tasks.spawn(random_worker(
+        tasks.spawn(random_worker(Worker {
             t,
-            user.to_string(),
-            here,
-            there,
-            known.clone(),
-            seed.wrapping_add(t as u64),
+            user: user.to_string(),
+            c: here,
+            other: there,
+            known: known.clone(),
+            seed: seed.wrapping_add(t as u64),
             until,
-            400,
-        ));
+            max_ops: 400,
+        }));
     }
     let mut reports = Vec::new();
     while let Some(r) = tasks.join_next().await {
