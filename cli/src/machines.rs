@@ -177,7 +177,7 @@ pub struct CreateArgs {
     /// Resource pool (default "default")
     #[arg(long)]
     pool: Option<String>,
-    /// Power driver: ipmi, redfish, webhook, manual, sim
+    /// Power driver: ipmi, redfish, webhook, manual, file (old name: sim)
     #[arg(long, value_name = "DRIVER")]
     power_driver: Option<String>,
     /// Power parameter KEY=VALUE (repeatable)
@@ -225,7 +225,7 @@ pub struct SetPowerArgs {
     /// System id (or MAC or hostname)
     #[arg(value_name = "ID")]
     machine: String,
-    /// Power driver: ipmi, redfish, webhook, manual, sim
+    /// Power driver: ipmi, redfish, webhook, manual, file (old name: sim)
     #[arg(long, value_name = "DRIVER")]
     driver: String,
     /// Power parameter KEY=VALUE (repeatable), e.g. --param address=10.0.0.5 --param username=admin

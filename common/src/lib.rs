@@ -6,7 +6,7 @@
 //! - [`lifecycle`]: the machine transition table — the only source of truth for legal actions.
 //! - [`validate`]: the field rules every write must pass, each failure naming its field.
 //! - [`error`]: [`error::DomainError`], the error a command's apply returns, mapped to a gRPC status.
-//! - [`power`]: typed, validated power-driver parameters (IPMI, Redfish, webhook, manual, sim), one parser for region and rack.
+//! - [`power`]: typed, validated power-driver parameters (IPMI, Redfish, webhook, manual, file), one parser for region and rack.
 //! - [`pki`]: the cluster CA: create it, sign CSRs, read identities back from certificates.
 //! - [`secret`]: bearer and join tokens: generated at random, stored only as hashes.
 //! - [`tagexpr`]: tag definitions — expressions over a machine's inventory, compiled once, evaluated fast.

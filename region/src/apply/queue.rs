@@ -9,7 +9,7 @@
 //! half-recorded. A failed step fails the status with the driver's reason (an `unsupported` boot-device
 //! step only warns: many BMCs cannot set it and boot from the network anyway); a newer status cancels the
 //! pending steps of the older one. Only drivers a rack runs against a real BMC (`ipmi`, `redfish`,
-//! `webhook`) get plans; `manual` and the test-only `sim` complete power-only steps at once (see
+//! `webhook`) get plans; `manual` and the test-only `file` driver (old name `sim`) complete power-only steps at once (see
 //! `app::worker`).
 
 use super::ctx::ApplyCtx;
