@@ -6,6 +6,7 @@
 //! ([`crate::api::machines::encode_basic`]) when the region starts.
 
 use super::App;
+use crate::state::{Change, State};
 use bytes::Bytes;
 use ingot_common::Machine;
 use std::collections::HashMap;
@@ -48,15 +49,9 @@ impl EncodedMachines {
         let mut applied = app.region.applied.subscribe();
         let mut last = 0u64;
         loop {
-            let changed: Vec<Arc<Machine>> = {
+            let changed = {
                 let st = crate::locks::read(&app.region.state);
-                let i = st.changes.partition_point(|c| c.revision <= last);
-                last = st.data.revision.max(last);
-                st.changes
-                    .range(i..)
-                    .filter(|c| !c.deleted)
-                    .map(|c| c.machine.clone())
-                    .collect()
+                newest_changes(&st, &mut last)
             };
             for m in changed {
                 self.get(&m);
@@ -76,5 +71,57 @@ impl EncodedMachines {
         if map.len() > live * 2 + 1024 {
             map.retain(|id, _| st.data.machines.contains_key(id));
         }
+    }
+}
+
+/// The newest version of every machine changed after revision `*last`, which moves up to the state's
+/// revision. One command can change a machine twice under one revision (a power result that confirms the
+/// power state and completes the status): only the last change is the state's machine, and encoding an
+/// earlier one would pin a stale view under the current revision.
+fn newest_changes(st: &State, last: &mut u64) -> Vec<Arc<Machine>> {
+    let i = st.changes.partition_point(|c| c.revision <= *last);
+    *last = st.data.revision.max(*last);
+    let mut newest: HashMap<&str, &Change> = HashMap::new();
+    for c in st.changes.range(i..) {
+        newest.insert(c.machine.system_id.as_str(), c);
+    }
+    newest
+        .into_values()
+        .filter(|c| !c.deleted)
+        .map(|c| c.machine.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::zones::tests::machine;
+    use ingot_common::MachineStatus;
+
+    fn by_status(m: &Machine) -> Bytes {
+        Bytes::from(format!("{}:{:?}", m.system_id, m.status))
+    }
+
+    #[test]
+    fn a_machine_changed_twice_in_one_revision_lists_its_last_version() {
+        let mut st = State::default();
+        let mut m = machine("m1", "default", MachineStatus::Releasing);
+        m.revision = 50_000;
+        st.put_machine(m.clone());
+        m.status = MachineStatus::Ready; // same command, same revision
+        st.put_machine(m);
+        st.data.revision = 50_000;
+        let cache = EncodedMachines::new(by_status);
+        let mut last = 0;
+        for m in newest_changes(&st, &mut last) {
+            cache.get(&m);
+        }
+        assert_eq!(last, 50_000);
+        let listed = st.machine("m1").expect("stored");
+        assert_eq!(
+            cache.get(listed),
+            by_status(listed),
+            "a list must show the state's machine"
+        );
     }
 }
