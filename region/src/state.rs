@@ -141,19 +141,20 @@ pub struct Data {
     /// Unused rack enrollment tokens by SHA-256 hex, with their expiry (ms).
     #[serde(default)]
     pub rack_tokens: BTreeMap<String, u64>,
-    /// Power commands by id (the newest [`COMMANDS_MAX`]).
-    #[serde(default)]
-    pub commands: BTreeMap<u64, PowerCommand>,
-    /// Id of the next command.
-    #[serde(default)]
-    pub next_command_id: u64,
+    /// Power commands by id (the newest [`POWER_COMMANDS_MAX`]).
+    /// (Serialized as `commands`, its name before "command" meant only the Raft envelope.)
+    #[serde(default, rename = "commands")]
+    pub power_commands: BTreeMap<u64, PowerCommand>,
+    /// Id of the next power command (serialized as `next_command_id`, its earlier name).
+    #[serde(default, rename = "next_command_id")]
+    pub next_power_command_id: u64,
 }
 
 /// How often a region records a rack session's heartbeat in the log (ms); liveness allows for this lag.
 pub const HEARTBEAT_RECORD_MS: u64 = 1_000;
 
 /// Most power commands kept (finished ones are dropped oldest first).
-pub const COMMANDS_MAX: usize = 100_000;
+pub const POWER_COMMANDS_MAX: usize = 100_000;
 
 /// [`Data`] plus indexes. Indexes are never serialized; [`State::from_data`] rebuilds them.
 #[derive(Debug, Default)]
@@ -189,7 +190,7 @@ pub struct State {
     /// Rack → machines whose BMC it owns.
     pub by_rack: HashMap<String, BTreeSet<String>>,
     /// Ids of pending power commands.
-    pub pending_commands: BTreeSet<u64>,
+    pub pending_power_commands: BTreeSet<u64>,
     /// Recent machine changes for `Watch`, oldest first.
     pub changes: VecDeque<Change>,
     /// Every change after this revision is in `changes` (older ones were dropped, or predate the
@@ -216,9 +217,9 @@ impl State {
             }
         }
         s.changes_floor = s.data.revision;
-        s.pending_commands = s
+        s.pending_power_commands = s
             .data
-            .commands
+            .power_commands
             .values()
             .filter(|c| c.state == PowerCommandState::Pending)
             .map(|c| c.id)
@@ -636,5 +637,28 @@ impl MachineQuery {
                 .as_ref()
                 .is_none_or(|p| m.hostname.starts_with(p.as_str()))
             && self.mac.is_none_or(|mac| m.macs.contains(&mac))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Data;
+
+    /// Snapshots written before the power-command fields got their names keep loading, and new snapshots
+    /// stay readable by older regions: the serialized keys are the original ones.
+    #[test]
+    fn power_command_fields_keep_their_snapshot_keys() {
+        let json = serde_json::to_value(Data::default()).expect("serialize");
+        assert!(json.get("commands").is_some(), "{json}");
+        assert!(json.get("next_command_id").is_some(), "{json}");
+        assert!(json.get("power_commands").is_none(), "{json}");
+        let old = r#"{"commands":{},"next_command_id":7}"#;
+        let mut v: serde_json::Value = json;
+        let o: serde_json::Value = serde_json::from_str(old).expect("json");
+        for (k, x) in o.as_object().expect("object") {
+            v[k] = x.clone();
+        }
+        let d: Data = serde_json::from_value(v).expect("an older snapshot loads");
+        assert_eq!(d.next_power_command_id, 7);
     }
 }

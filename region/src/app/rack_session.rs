@@ -235,14 +235,15 @@ impl RackSessionState {
                 _ => {}
             }
         }
-        self.sent.retain(|id, _| st.pending_commands.contains(id));
+        self.sent
+            .retain(|id, _| st.pending_power_commands.contains(id));
         let mut out = Vec::new();
         // Power commands of one machine run one at a time, in order (a power plan's `boot-pxe` before its
         // `cycle`): a machine with an older pending command gets nothing newer until that one's result is
         // recorded.
         let mut busy: HashSet<&str> = HashSet::new();
-        for id in &st.pending_commands {
-            let Some(c) = st.data.commands.get(id) else {
+        for id in &st.pending_power_commands {
+            let Some(c) = st.data.power_commands.get(id) else {
                 continue;
             };
             if !busy.insert(c.system_id.as_str()) {

@@ -163,9 +163,9 @@ impl App {
                     connected: st.rack_connected(&r.name, now, grace),
                     bmc_count: st.by_rack.get(&r.name).map(|s| s.len() as u64).unwrap_or(0),
                     pending: st
-                        .pending_commands
+                        .pending_power_commands
                         .iter()
-                        .filter_map(|id| st.data.commands.get(id))
+                        .filter_map(|id| st.data.power_commands.get(id))
                         .filter(|c| {
                             st.machine(&c.system_id).and_then(|m| m.rack.as_deref())
                                 == Some(r.name.as_str())
@@ -241,7 +241,7 @@ impl App {
         let mut first = true;
         loop {
             let c = self
-                .read(first, |st| st.data.commands.get(&id).cloned())
+                .read(first, |st| st.data.power_commands.get(&id).cloned())
                 .await?
                 .ok_or_else(|| DomainError::not_found(format!("no power command {id}")))?;
             first = false;

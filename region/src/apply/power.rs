@@ -61,7 +61,7 @@ fn manual_report(
         _ => None,
     };
     let mut c = enqueue(ctx, state, &m, action, None, false);
-    state.pending_commands.remove(&c.id);
+    state.pending_power_commands.remove(&c.id);
     c.state = PowerCommandState::Done;
     c.done_ms = Some(ctx.ts_ms);
     c.power_state = reported.map(str::to_string).unwrap_or_else(|| {
@@ -80,7 +80,7 @@ fn manual_report(
             format!("manual power: the operator acts ({action} is recorded, nothing was switched)")
         }
     };
-    state.data.commands.insert(c.id, c.clone());
+    state.data.power_commands.insert(c.id, c.clone());
     if let Some(s) = reported {
         if m.power_state != s {
             confirm_power(ctx, &mut m, s);
@@ -110,7 +110,7 @@ fn sets_boot_device(action: PowerAction) -> bool {
 /// fails it.
 pub(super) fn result(ctx: &ApplyCtx, state: &mut State, r: &op::PowerResult) -> Response {
     let id = r.id;
-    let Some(mut c) = state.data.commands.get(&id).cloned() else {
+    let Some(mut c) = state.data.power_commands.get(&id).cloned() else {
         return Err(DomainError::not_found(format!("no power command {id}")));
     };
     if c.state != PowerCommandState::Pending {
@@ -126,8 +126,8 @@ pub(super) fn result(ctx: &ApplyCtx, state: &mut State, r: &op::PowerResult) -> 
     c.error_kind = r.error_kind.clone();
     c.power_state = r.power_state.clone();
     c.done_ms = Some(ctx.ts_ms);
-    state.data.commands.insert(id, c.clone());
-    state.pending_commands.remove(&id);
+    state.data.power_commands.insert(id, c.clone());
+    state.pending_power_commands.remove(&id);
     let m = state.machine(&c.system_id).cloned();
     if let Some(mut m) = m.clone() {
         if r.success && matches!(r.power_state.as_str(), "on" | "off") {
@@ -194,7 +194,7 @@ pub(super) fn result(ctx: &ApplyCtx, state: &mut State, r: &op::PowerResult) -> 
             }
         }
     }
-    let c = state.data.commands.get(&id).cloned().unwrap_or(c);
+    let c = state.data.power_commands.get(&id).cloned().unwrap_or(c);
     Ok(Reply::PowerCommand(Box::new(c)))
 }
 
@@ -348,10 +348,10 @@ mod tests {
     }
 
     fn pending(s: &State) -> Vec<(u64, String, Option<MachineStatus>, bool)> {
-        s.pending_commands
+        s.pending_power_commands
             .iter()
             .map(|id| {
-                let c = &s.data.commands[id];
+                let c = &s.data.power_commands[id];
                 (c.id, c.action.as_str().to_string(), c.step, c.completes)
             })
             .collect()
@@ -507,7 +507,10 @@ mod tests {
             m.status_message
         );
         // The rest of the plan is cancelled; the failed machine is powered off.
-        assert_eq!(s.data.commands[&p[1].0].state, PowerCommandState::Failed);
+        assert_eq!(
+            s.data.power_commands[&p[1].0].state,
+            PowerCommandState::Failed
+        );
         let after = pending(&s);
         assert_eq!(
             after
@@ -550,7 +553,7 @@ mod tests {
             );
             assert_eq!(s.machine("m1").expect("m1").power_state, want);
         }
-        assert!(s.pending_commands.is_empty(), "no rack is involved");
+        assert!(s.pending_power_commands.is_empty(), "no rack is involved");
     }
 
     #[test]
@@ -569,7 +572,7 @@ mod tests {
         act(&mut s, &mut rev, Action::Abort, ActionArgs::default());
         let p = pending(&s);
         assert_eq!(p.iter().map(|x| x.1.as_str()).collect::<Vec<_>>(), ["off"]);
-        assert_eq!(s.data.commands[&old[1].0].error_kind, "cancelled");
+        assert_eq!(s.data.power_commands[&old[1].0].error_kind, "cancelled");
         // Observations: only the owning rack is heard; an error is recorded, the status stays.
         let obs = |rack: &str, ps: &str, kind: &str| {
             Op::PowerObserved(op::PowerObserved {

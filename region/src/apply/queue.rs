@@ -14,7 +14,7 @@
 
 use super::ctx::ApplyCtx;
 use super::events::EventBuilder;
-use crate::state::{State, COMMANDS_MAX};
+use crate::state::{State, POWER_COMMANDS_MAX};
 use ingot_common::lifecycle;
 use ingot_common::model::{PowerCommand, PowerCommandState};
 use ingot_common::power::PowerAction;
@@ -128,8 +128,8 @@ pub(super) fn enqueue(
     step: Option<MachineStatus>,
     completes: bool,
 ) -> PowerCommand {
-    let id = state.data.next_command_id.max(1);
-    state.data.next_command_id = id + 1;
+    let id = state.data.next_power_command_id.max(1);
+    state.data.next_power_command_id = id + 1;
     let c = PowerCommand {
         id,
         system_id: m.system_id.clone(),
@@ -145,20 +145,20 @@ pub(super) fn enqueue(
         step,
         completes,
     };
-    state.data.commands.insert(id, c.clone());
-    state.pending_commands.insert(id);
+    state.data.power_commands.insert(id, c.clone());
+    state.pending_power_commands.insert(id);
     // Bounded history: drop the oldest finished commands.
-    while state.data.commands.len() > COMMANDS_MAX {
+    while state.data.power_commands.len() > POWER_COMMANDS_MAX {
         let Some(oldest) = state
             .data
-            .commands
+            .power_commands
             .values()
             .find(|c| c.state != PowerCommandState::Pending)
             .map(|c| c.id)
         else {
             break;
         };
-        state.data.commands.remove(&oldest);
+        state.data.power_commands.remove(&oldest);
     }
     c
 }
@@ -173,25 +173,25 @@ pub(super) fn cancel(
     why: &str,
 ) {
     let ids: Vec<u64> = state
-        .pending_commands
+        .pending_power_commands
         .iter()
         .copied()
         .filter(|id| {
             state
                 .data
-                .commands
+                .power_commands
                 .get(id)
                 .is_some_and(|c| c.system_id == system_id && which(c.step))
         })
         .collect();
     for id in ids {
-        if let Some(c) = state.data.commands.get_mut(&id) {
+        if let Some(c) = state.data.power_commands.get_mut(&id) {
             c.state = PowerCommandState::Failed;
             c.error_kind = "cancelled".into();
             c.message = why.to_string();
             c.done_ms = Some(ctx.ts_ms);
         }
-        state.pending_commands.remove(&id);
+        state.pending_power_commands.remove(&id);
     }
 }
 

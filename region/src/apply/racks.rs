@@ -392,7 +392,7 @@ mod tests {
         let Reply::PowerCommand(c) = r else {
             panic!("{r:?}")
         };
-        assert!(s.pending_commands.contains(&c.id));
+        assert!(s.pending_power_commands.contains(&c.id));
         let result = |ok: bool, ps: &str| {
             Op::PowerResult(op::PowerResult {
                 next_boot: Default::default(),
@@ -407,13 +407,13 @@ mod tests {
         apply(&mut s, &cmd(8, result(true, "on")), 8).expect("result");
         // A re-delivered result does not change the first.
         apply(&mut s, &cmd(9, result(false, "off")), 9).expect("again");
-        let c2 = s.data.commands.get(&c.id).expect("cmd");
+        let c2 = s.data.power_commands.get(&c.id).expect("cmd");
         assert_eq!(c2.state, PowerCommandState::Done);
         assert_eq!(
             s.machine("m1").map(|m| m.power_state.clone()).as_deref(),
             Some("on")
         );
-        assert!(s.pending_commands.is_empty());
+        assert!(s.pending_power_commands.is_empty());
         // A stale session's heartbeat is refused; revocation frees the BMCs.
         assert!(apply(
             &mut s,
