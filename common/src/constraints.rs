@@ -1104,6 +1104,17 @@ mod tests {
         );
     }
 
+    /// Disk sizes come from the agent (hostile input): their total saturates instead of overflowing, which
+    /// panicked a debug build inside apply on every replica and wrapped in release.
+    #[test]
+    fn reported_disk_sizes_saturate_when_summed() {
+        let m = machine(Some(Inventory {
+            disks: vec![disk(u64::MAX, false, &[]), disk(u64::MAX, true, &[])],
+            ..Inventory::default()
+        }));
+        assert_eq!(m.storage_gib(), u64::MAX);
+    }
+
     #[test]
     fn cost_weighs_cpus_like_4_gib() {
         assert_eq!(cost(&big()), 32 * 4 + 128);

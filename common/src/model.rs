@@ -236,11 +236,16 @@ impl Machine {
         self.inventory.as_ref().map(|i| i.memory_mib).unwrap_or(0)
     }
 
-    /// Sum of disk sizes from the inventory.
+    /// Sum of disk sizes from the inventory, saturating: the sizes are the agent's word, and an absurd
+    /// report must not overflow (a panic inside apply would stop every replica).
     pub fn storage_gib(&self) -> u64 {
         self.inventory
             .as_ref()
-            .map(|i| i.disks.iter().map(|d| d.size_gib).sum())
+            .map(|i| {
+                i.disks
+                    .iter()
+                    .fold(0u64, |t, d| t.saturating_add(d.size_gib))
+            })
             .unwrap_or(0)
     }
 }
