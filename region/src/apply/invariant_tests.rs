@@ -7,7 +7,7 @@ use crate::state::State;
 use ingot_common::constraints::Constraints;
 use ingot_common::lifecycle::{self, Action, Outcome};
 use ingot_common::model::{EraseMode, Inventory, Role};
-use ingot_common::{MachineStatus, RegionInfo};
+use ingot_common::MachineStatus;
 use proptest::prelude::*;
 
 fn cmd(actor: &str, ts: u64, op: Op) -> Command {
@@ -21,25 +21,7 @@ fn cmd(actor: &str, ts: u64, op: Op) -> Command {
 
 fn fleet(n: usize) -> State {
     let mut s = State::default();
-    let boot = cmd(
-        "admin",
-        1,
-        Op::Bootstrap(op::Bootstrap {
-            cluster_id: "c".into(),
-            ca: ingot_common::pki::ClusterCa {
-                cert_pem: String::new(),
-                key_pem: String::new(),
-            },
-            admin_token_hash: "h".into(),
-            first_region: RegionInfo {
-                node_id: 1,
-                name: "r1".into(),
-                raft_addr: "a".into(),
-                api_addr: "b".into(),
-                joined_ms: 0,
-            },
-        }),
-    );
+    let boot = cmd("admin", 1, crate::apply::test_support::bootstrap());
     apply(&mut s, &boot, 1).expect("bootstrap");
     for u in ["u1", "u2"] {
         apply(

@@ -378,3 +378,39 @@ mod dedup_tests {
 
 #[cfg(test)]
 mod invariant_tests;
+
+/// What the apply tests share: an admin command and the first entry of a one-region cluster.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::command::{op, Command, Op};
+    use ingot_common::RegionInfo;
+
+    /// A command from `admin` at time `ts`.
+    pub(crate) fn cmd(ts: u64, op: Op) -> Command {
+        Command {
+            request_id: String::new(),
+            ts_ms: ts,
+            actor: "admin".into(),
+            op,
+        }
+    }
+
+    /// The bootstrap of cluster `c` with region `r1` (node 1).
+    pub(crate) fn bootstrap() -> Op {
+        Op::Bootstrap(op::Bootstrap {
+            cluster_id: "c".into(),
+            ca: ingot_common::pki::ClusterCa {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            },
+            admin_token_hash: "h".into(),
+            first_region: RegionInfo {
+                node_id: 1,
+                name: "r1".into(),
+                raft_addr: "a".into(),
+                api_addr: "b".into(),
+                joined_ms: 0,
+            },
+        })
+    }
+}

@@ -278,41 +278,20 @@ pub(super) fn observed(ctx: &ApplyCtx, state: &mut State, op: &op::PowerObserved
 #[cfg(test)]
 mod tests {
     use crate::apply::apply;
-    use crate::command::{op, ActionArgs, BootTokens, Command, Op};
+    use crate::command::{op, ActionArgs, BootTokens, Op};
     use crate::state::State;
     use ingot_common::lifecycle::{Action, Outcome};
     use ingot_common::model::{EraseMode, PowerCommandState};
     use ingot_common::MachineStatus::*;
-    use ingot_common::{MachineStatus, PowerParams, RegionInfo};
+    use ingot_common::{MachineStatus, PowerParams};
 
-    fn cmd(ts: u64, op: Op) -> Command {
-        Command {
-            request_id: String::new(),
-            ts_ms: ts,
-            actor: "admin".into(),
-            op,
-        }
-    }
+    use crate::apply::test_support::cmd;
 
     /// A cluster with one machine on ipmi power whose BMC rack "ra" owns.
     fn setup() -> (State, u64) {
         let mut s = State::default();
         let ops = vec![
-            Op::Bootstrap(op::Bootstrap {
-                cluster_id: "c".into(),
-                ca: ingot_common::pki::ClusterCa {
-                    cert_pem: String::new(),
-                    key_pem: String::new(),
-                },
-                admin_token_hash: "h".into(),
-                first_region: RegionInfo {
-                    node_id: 1,
-                    name: "r1".into(),
-                    raft_addr: "a".into(),
-                    api_addr: "b".into(),
-                    joined_ms: 0,
-                },
-            }),
+            crate::apply::test_support::bootstrap(),
             Op::CreateRackToken(op::CreateRackToken {
                 token_hash: "t".into(),
                 expires_ms: 1000,

@@ -222,38 +222,17 @@ pub(super) fn assign_bmcs(ctx: &ApplyCtx, state: &mut State, op: &op::AssignBmcs
 #[cfg(test)]
 mod tests {
     use crate::apply::apply;
-    use crate::command::{op, Command, Op, Reply};
+    use crate::command::{op, Op, Reply};
     use crate::state::State;
     use ingot_common::model::{PowerCommandState, RackSession};
     use ingot_common::power::PowerAction;
-    use ingot_common::{ErrorCode, PowerParams, RegionInfo};
+    use ingot_common::{ErrorCode, PowerParams};
 
-    fn cmd(ts: u64, op: Op) -> Command {
-        Command {
-            request_id: String::new(),
-            ts_ms: ts,
-            actor: "admin".into(),
-            op,
-        }
-    }
+    use crate::apply::test_support::cmd;
 
     fn cluster() -> State {
         let mut s = State::default();
-        let boot = Op::Bootstrap(op::Bootstrap {
-            cluster_id: "c".into(),
-            ca: ingot_common::pki::ClusterCa {
-                cert_pem: String::new(),
-                key_pem: String::new(),
-            },
-            admin_token_hash: "h".into(),
-            first_region: RegionInfo {
-                node_id: 1,
-                name: "r1".into(),
-                raft_addr: "a".into(),
-                api_addr: "b".into(),
-                joined_ms: 0,
-            },
-        });
+        let boot = crate::apply::test_support::bootstrap();
         apply(&mut s, &cmd(1, boot), 1).expect("boot");
         s
     }
