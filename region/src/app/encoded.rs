@@ -124,4 +124,29 @@ mod tests {
             "a list must show the state's machine"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// After any sequence of applies, with the follower running after each one as it does in a region,
+        /// every listed machine's bytes equal the encoding of the state's machine.
+        #[test]
+        fn listed_bytes_are_the_state_machines_encoding(
+            steps in proptest::collection::vec(crate::apply::invariant_tests::step(), 1..120)
+        ) {
+            use crate::apply::invariant_tests::{fleet, play};
+            let full = |m: &Machine| Bytes::from(serde_json::to_vec(m).expect("machine encodes"));
+            let cache = EncodedMachines::new(|m| Bytes::from(serde_json::to_vec(m).expect("machine encodes")));
+            let mut st = fleet(8);
+            let mut last = 0;
+            play(&mut st, &steps, &mut |s| {
+                for m in newest_changes(s, &mut last) {
+                    cache.get(&m);
+                }
+                for m in s.data.machines.values() {
+                    proptest::prop_assert_eq!(cache.get(m), full(m), "listed {} differs from the state", m.system_id);
+                }
+                Ok(())
+            })?;
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Property tests of the apply step: random actions, outcomes and allocations from several users on a
-//! small fleet; after every command the invariants hold and the indexes agree with the data.
+//! small fleet; after every command the invariants hold and the indexes agree with the data. The fleet, the
+//! step generator and [`play`] are shared with other modules' property tests (the encoded-list cache's).
 
 use super::apply;
 use crate::command::{op, ActionArgs, BootTokens, Command, Op};
@@ -19,7 +20,8 @@ fn cmd(actor: &str, ts: u64, op: Op) -> Command {
     }
 }
 
-fn fleet(n: usize) -> State {
+/// A bootstrapped state with users u1, u2 and `n` New machines.
+pub(crate) fn fleet(n: usize) -> State {
     let mut s = State::default();
     let boot = cmd("admin", 1, crate::apply::test_support::bootstrap());
     apply(&mut s, &boot, 1).expect("bootstrap");
@@ -50,24 +52,45 @@ fn fleet(n: usize) -> State {
             pool: None,
         });
         apply(&mut s, &cmd("admin", 1, op), 3 + i as u64).expect("create");
+        // Every other machine is rack-driven: its lifecycle queues power commands whose results (the
+        // `Power` step) can change it twice in one command (confirm the power state, complete the status).
+        if i % 2 == 1 {
+            let mut m = s.machine(&format!("m{i:04}")).cloned().expect("created");
+            m.power.driver = "webhook".into();
+            m.rack = Some(RACK.into());
+            m.revision = 500 + i as u64; // a later change than the creation, as in a region
+            s.put_machine(m);
+        }
     }
     s
 }
 
+/// One random command of the property tests.
 #[derive(Debug, Clone)]
-enum Step {
+pub(crate) enum Step {
     Act(usize, usize, usize),
+    /// User u takes the k-th action the lifecycle allows machine m now (so runs get past New).
+    Walk(usize, usize, usize),
     Outcome(usize, usize),
     Inventory(usize),
     Alloc(usize, usize, u32),
+    /// The rack's result for the k-th pending power command: (k, success, power state on/off).
+    Power(usize, bool, bool),
 }
 
-fn step() -> impl Strategy<Value = Step> {
+/// The rack that drives the fleet's rack-driven machines.
+const RACK: &str = "rk1";
+
+/// Generates [`Step`]s.
+pub(crate) fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (0..3usize, 0..8usize, 0..Action::ALL.len()).prop_map(|(u, m, a)| Step::Act(u, m, a)),
-        (0..8usize, 0..3usize).prop_map(|(m, o)| Step::Outcome(m, o)),
-        (0..8usize).prop_map(Step::Inventory),
-        (0..3usize, 0..4usize, 1..3u32).prop_map(|(u, r, c)| Step::Alloc(u, r, c)),
+        1 => (0..3usize, 0..8usize, 0..Action::ALL.len()).prop_map(|(u, m, a)| Step::Act(u, m, a)),
+        3 => (0..3usize, 0..8usize, 0..4usize).prop_map(|(u, m, k)| Step::Walk(u, m, k)),
+        2 => (0..8usize, 0..5usize).prop_map(|(m, o)| Step::Outcome(m, o.saturating_sub(2))),
+        1 => (0..8usize).prop_map(Step::Inventory),
+        1 => (0..3usize, 0..4usize, 1..3u32).prop_map(|(u, r, c)| Step::Alloc(u, r, c)),
+        2 => (0..4usize, proptest::bool::weighted(0.8), any::<bool>())
+            .prop_map(|(k, ok, on)| Step::Power(k, ok, on)),
     ]
 }
 
@@ -111,78 +134,175 @@ fn check(s: &State) {
     );
 }
 
+/// Applies `steps` to `s` (revisions from 1001 on), calling `each` after every applied command.
+pub(crate) fn play(
+    s: &mut State,
+    steps: &[Step],
+    each: &mut dyn FnMut(&State) -> Result<(), TestCaseError>,
+) -> Result<(), TestCaseError> {
+    let users = ["admin", "u1", "u2"];
+    let mut rev = 1000u64;
+    for st in steps.iter().cloned() {
+        rev += 1;
+        let ids: Vec<String> = s.data.machines.keys().cloned().collect();
+        if ids.is_empty() {
+            break;
+        }
+        let st = match st {
+            Step::Walk(u, m, k) => {
+                let status = s.machine(&ids[m % ids.len()]).map(|x| x.status);
+                let allowed: Vec<Action> = status
+                    .map(lifecycle::allowed)
+                    .unwrap_or_default()
+                    .into_iter()
+                    // Walks go forward: dead ends and no-ops are left to the random `Act` steps.
+                    .filter(|a| {
+                        !matches!(
+                            a,
+                            Action::Allocate
+                                | Action::Retire
+                                | Action::MarkBroken
+                                | Action::Delete
+                                | Action::Abort
+                                | Action::SetZone
+                                | Action::SetPool
+                                | Action::Tag
+                                | Action::Untag
+                                | Action::Update
+                        )
+                    })
+                    .collect();
+                if allowed.is_empty() {
+                    continue;
+                }
+                let a = allowed[k % allowed.len()];
+                let a = Action::ALL.iter().position(|x| *x == a).expect("in ALL");
+                Step::Act(u, m, a)
+            }
+            other => other,
+        };
+        let op = match st {
+            Step::Walk(..) => unreachable!("turned into Act above"),
+            Step::Act(u, m, a) => {
+                let action = Action::ALL[a];
+                if action == Action::Allocate {
+                    continue;
+                }
+                let c = cmd(
+                    users[u],
+                    rev,
+                    Op::MachineAction(op::MachineAction {
+                        system_id: ids[m % ids.len()].clone(),
+                        action,
+                        expected_revision: 0,
+                        args: ActionArgs {
+                            erase: if m % 2 == 0 {
+                                EraseMode::Quick
+                            } else {
+                                EraseMode::None
+                            },
+                            zone: "default".into(),
+                            pool: "default".into(),
+                            boot: BootTokens {
+                                boot_id: format!("b{rev}"),
+                                token: format!("t{rev}"),
+                            },
+                            ..Default::default()
+                        },
+                    }),
+                );
+                let before = s.machine(&ids[m % ids.len()]).cloned();
+                let r = apply(s, &c, rev);
+                if let (Ok(_), Some(b)) = (&r, before) {
+                    // Only admins or the owner may act.
+                    prop_assert!(
+                        users[u] == "admin" || b.owner.as_deref() == Some(users[u]),
+                        "{} did {:?} on a machine of {:?}",
+                        users[u],
+                        action,
+                        b.owner
+                    );
+                }
+                each(s)?;
+                continue;
+            }
+            Step::Outcome(m, o) => {
+                let mm = s.machine(&ids[m % ids.len()]).cloned().expect("m");
+                Op::Outcome(op::Outcome {
+                    system_id: mm.system_id.clone(),
+                    status: mm.status,
+                    boot_id: mm.boot.as_ref().map(|b| b.boot_id.clone()),
+                    outcome: [Outcome::Done, Outcome::Failed, Outcome::TimedOut][o],
+                    reason: "r".into(),
+                    next_boot: BootTokens {
+                        boot_id: format!("b{rev}"),
+                        token: format!("t{rev}"),
+                    },
+                })
+            }
+            Step::Inventory(m) => {
+                let mm = s.machine(&ids[m % ids.len()]).cloned().expect("m");
+                Op::ReportInventory(op::ReportInventory {
+                    system_id: mm.system_id.clone(),
+                    boot_id: mm
+                        .boot
+                        .as_ref()
+                        .map(|b| b.boot_id.clone())
+                        .unwrap_or_default(),
+                    inventory: Inventory {
+                        cpu_count: 4 + m as u32,
+                        memory_mib: 8192,
+                        ..Default::default()
+                    },
+                })
+            }
+            Step::Power(k, success, on) => {
+                let Some(&id) = s.pending_power_commands.iter().nth(k) else {
+                    continue;
+                };
+                Op::PowerResult(op::PowerResult {
+                    id,
+                    rack: RACK.into(),
+                    success,
+                    error_kind: if success { String::new() } else { "bmc".into() },
+                    message: "m".into(),
+                    power_state: if on { "on" } else { "off" }.into(),
+                    next_boot: BootTokens {
+                        boot_id: format!("b{rev}"),
+                        token: format!("t{rev}"),
+                    },
+                })
+            }
+            Step::Alloc(_u, r, count) => {
+                let cands: Vec<String> = s
+                    .ready
+                    .iter()
+                    .map(|(_, id)| id.clone())
+                    .take(count as usize)
+                    .collect();
+                Op::Allocate(op::Allocate {
+                    request_id: format!("req{r}"),
+                    consumer: String::new(),
+                    constraints: Constraints::default(),
+                    min_zones: 0,
+                    candidates: cands,
+                    count,
+                })
+            }
+        };
+        let c = cmd(users[rev as usize % 3], rev, op);
+        let _ = apply(s, &c, rev);
+        each(s)?;
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
     fn random_commands_keep_invariants(steps in prop::collection::vec(step(), 1..120)) {
         let mut s = fleet(8);
-        let users = ["admin", "u1", "u2"];
-        let mut rev = 1000u64;
-        for st in steps {
-            rev += 1;
-            let ids: Vec<String> = s.data.machines.keys().cloned().collect();
-            if ids.is_empty() { break; }
-            let op = match st {
-                Step::Act(u, m, a) => {
-                    let action = Action::ALL[a];
-                    if action == Action::Allocate { continue; }
-                    let c = cmd(users[u], rev, Op::MachineAction(op::MachineAction {
-                        system_id: ids[m % ids.len()].clone(),
-                        action,
-                        expected_revision: 0,
-                        args: ActionArgs {
-                            erase: if m % 2 == 0 { EraseMode::Quick } else { EraseMode::None },
-                            zone: "default".into(),
-                            pool: "default".into(),
-                            boot: BootTokens { boot_id: format!("b{rev}"), token: format!("t{rev}") },
-                            ..Default::default()
-                        },
-                    }));
-                    let before = s.machine(&ids[m % ids.len()]).cloned();
-                    let r = apply(&mut s, &c, rev);
-                    if let (Ok(_), Some(b)) = (&r, before) {
-                        // Only admins or the owner may act.
-                        prop_assert!(users[u] == "admin" || b.owner.as_deref() == Some(users[u]),
-                            "{} did {:?} on a machine of {:?}", users[u], action, b.owner);
-                    }
-                    check(&s);
-                    continue;
-                }
-                Step::Outcome(m, o) => {
-                    let mm = s.machine(&ids[m % ids.len()]).cloned().expect("m");
-                    Op::Outcome(op::Outcome {
-                        system_id: mm.system_id.clone(),
-                        status: mm.status,
-                        boot_id: mm.boot.as_ref().map(|b| b.boot_id.clone()),
-                        outcome: [Outcome::Done, Outcome::Failed, Outcome::TimedOut][o],
-                        reason: "r".into(),
-                        next_boot: BootTokens { boot_id: format!("b{rev}"), token: format!("t{rev}") },
-                    })
-                }
-                Step::Inventory(m) => {
-                    let mm = s.machine(&ids[m % ids.len()]).cloned().expect("m");
-                    Op::ReportInventory(op::ReportInventory {
-                        system_id: mm.system_id.clone(),
-                        boot_id: mm.boot.as_ref().map(|b| b.boot_id.clone()).unwrap_or_default(),
-                        inventory: Inventory { cpu_count: 4 + m as u32, memory_mib: 8192, ..Default::default() },
-                    })
-                }
-                Step::Alloc(_u, r, count) => {
-                    let cands: Vec<String> = s.ready.iter().map(|(_, id)| id.clone()).take(count as usize).collect();
-                    Op::Allocate(op::Allocate {
-                        request_id: format!("req{r}"),
-                        consumer: String::new(),
-                        constraints: Constraints::default(),
-                        min_zones: 0,
-                        candidates: cands,
-                        count,
-                    })
-                }
-            };
-            let c = cmd(users[rev as usize % 3], rev, op);
-            let _ = apply(&mut s, &c, rev);
-            check(&s);
-        }
+        play(&mut s, &steps, &mut |s| { check(s); Ok(()) })?;
         // The indexed list path agrees with a plain scan, page by page.
         for status in [None, Some(MachineStatus::Ready), Some(MachineStatus::Allocated), Some(MachineStatus::New)] {
             let q = crate::state::MachineQuery { zone: Some("default".into()), status, ..Default::default() };

@@ -377,7 +377,7 @@ mod dedup_tests {
 }
 
 #[cfg(test)]
-mod invariant_tests;
+pub(crate) mod invariant_tests;
 
 /// What the apply tests share: an admin command and the first entry of a one-region cluster.
 #[cfg(test)]
