@@ -97,8 +97,9 @@ struct Tuning {
     /// Leader heartbeat period (ms).
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
-    /// Minimum election timeout (ms); the maximum is 1.5 times this. A follower campaigns after the
-    /// maximum (openraft's leader lease) plus a random timeout, so failover takes about 2.5 x this.
+    /// Minimum election timeout (ms); the maximum, 1.5 times this, is the leader lease (voters refuse votes
+    /// that soon after hearing from a leader). A follower campaigns after the lease plus a heartbeat plus a
+    /// random delay up to half this, drawn anew for each campaign: failover takes about 2 x this.
     #[arg(long, default_value_t = 300)]
     election_timeout_ms: u64,
     /// Build a snapshot every N applied log entries.

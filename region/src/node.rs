@@ -67,6 +67,9 @@ pub struct Region {
     pub applied: Arc<tokio::sync::watch::Sender<u64>>,
     /// Signalled when the leader reports that this region was removed from the cluster.
     pub removed: tokio::sync::watch::Sender<Option<String>>,
+    /// When this region last heard from a leader: the Raft service records it, the election task
+    /// ([`crate::raft::election`]) decides from it when to campaign.
+    pub leader_contact: Arc<crate::raft::election::LeaderContact>,
 }
 
 /// A command and where its result goes.

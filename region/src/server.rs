@@ -135,7 +135,12 @@ pub async fn start(
     )
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
-    hold_elections_until_leader_seen(&raft, tuning);
+    let leader_contact = Arc::new(crate::raft::election::LeaderContact::new());
+    tokio::spawn(crate::raft::election::run(
+        raft.clone(),
+        leader_contact.clone(),
+        crate::raft::election::Timing::new(tuning.heartbeat_ms, tuning.election_timeout_ms),
+    ));
     let (proposals, proposal_rx) = tokio::sync::mpsc::channel(8 * crate::command::MAX_BATCH);
     tokio::spawn(crate::node::run_proposer(raft.clone(), proposal_rx));
     let region = Arc::new(Region {
@@ -148,6 +153,7 @@ pub async fn start(
         proposals,
         applied,
         removed: watch::channel(None).0,
+        leader_contact,
     });
     let (shutdown, rx) = watch::channel(false);
     let stop = |mut rx: watch::Receiver<bool>| async move {
@@ -261,33 +267,4 @@ pub async fn start(
 /// listeners tonic binds itself; without it every small response waits for Nagle + delayed ACK, ~40 ms.)
 fn incoming(l: TcpListener) -> TcpIncoming {
     TcpIncoming::from(l).with_nodelay(Some(true))
-}
-
-/// A region (re)starting into a multi-region cluster does not campaign until it has heard from a leader,
-/// or until three election timeouts have passed with none. Otherwise a restarted region whose log is
-/// behind times out before the leader reaches it, starts an election it cannot win, and bumps the term for
-/// everyone (which, in openraft 0.9, also makes the others wait longer before their own election).
-fn hold_elections_until_leader_seen(raft: &Raft, tuning: &RaftTuning) {
-    let voters = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .count();
-    if voters <= 1 {
-        return;
-    }
-    raft.runtime_config().elect(false);
-    let raft = raft.clone();
-    let grace = Duration::from_millis(tuning.election_timeout_ms * 3 * 3 / 2);
-    tokio::spawn(async move {
-        let mut m = raft.metrics();
-        let _ = tokio::time::timeout(
-            grace,
-            m.wait_for(|m| m.current_leader.is_some_and(|l| l != m.id)),
-        )
-        .await;
-        raft.runtime_config().elect(true);
-    });
 }

@@ -14,6 +14,7 @@ use ingot_common::NodeId;
 use ingot_proto::raft::v1::StatusReply;
 use std::io::Cursor;
 
+pub mod election;
 pub mod network;
 pub mod service;
 pub mod store;
@@ -127,7 +128,11 @@ impl RaftTuning {
             // Snapshots are shipped in 1 MiB chunks; a chunk gets 10 s on a busy 2-core box.
             snapshot_max_chunk_size: 1024 * 1024,
             install_snapshot_timeout: 10_000,
-            max_payload_entries: 512,
+            // openraft 0.9 gives an AppendEntries one heartbeat interval (50 ms by default) to complete. A
+            // follower catching up after a restart was sent 512 entries at once — each entry a batch of up
+            // to 1,024 commands, megabytes of JSON — which could not be fsynced and answered in time, timed
+            // out, and was sent again: the new leader could not commit its first write. 64 entries fit.
+            max_payload_entries: 64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             max_in_snapshot_log_to_keep: self.keep_logs,
             ..Default::default()

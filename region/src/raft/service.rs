@@ -7,7 +7,9 @@ use crate::node::{ForwardReply, Forwarded, Region};
 use ingot_common::pki;
 use ingot_proto::raft::v1::raft_service_server::RaftService;
 use ingot_proto::raft::v1::*;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use openraft::ServerState;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -57,13 +59,23 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftPayload>, Status> {
         caller_region(&req)?;
         let rpc: AppendEntriesRequest<crate::raft::TypeConfig> = decode(&req.into_inner().json)?;
-        json(&self.region.raft.append_entries(rpc).await)
+        let commit = rpc.leader_commit.map(|l| l.index).unwrap_or(0);
+        let res = self.region.raft.append_entries(rpc).await;
+        // Accepted from the current leader (anything but a higher vote here): the leader is alive.
+        if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.region.leader_contact.heard_leader(commit);
+        }
+        json(&res)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         caller_region(&req)?;
         let rpc: VoteRequest<u64> = decode(&req.into_inner().json)?;
-        json(&self.region.raft.vote(rpc).await)
+        let res = self.region.raft.vote(rpc).await;
+        if matches!(&res, Ok(r) if r.vote_granted) {
+            self.region.leader_contact.granted_vote();
+        }
+        json(&res)
     }
 
     async fn install_snapshot(
@@ -79,7 +91,12 @@ impl RaftService for RaftServer {
             data: c.data,
             done: c.done,
         };
-        json(&self.region.raft.install_snapshot(rpc).await)
+        let res = self.region.raft.install_snapshot(rpc).await;
+        if res.is_ok() {
+            // A leader is streaming its snapshot: alive, and this region is catching up.
+            self.region.leader_contact.heard_leader(0);
+        }
+        json(&res)
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
