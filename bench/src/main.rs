@@ -317,7 +317,8 @@ async fn wait_leader(cluster: &LocalCluster) -> Result<usize> {
     anyhow::bail!("no leader elected within 10 s")
 }
 
-fn etcd_figures() -> Result<Vec<(String, String)>> {
+/// Runs etcd's side of the comparison with as many failover rounds as Ingot's (at least 3).
+fn etcd_figures(failovers: usize) -> Result<Vec<(String, String)>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("etcd/run_etcd_bench.sh");
     eprintln!(
         "== etcd: running {} (installs etcd and builds its benchmark tool on first use)",
@@ -325,6 +326,7 @@ fn etcd_figures() -> Result<Vec<(String, String)>> {
     );
     let out = std::process::Command::new("bash")
         .arg(&root)
+        .env("FAILOVER_ROUNDS", failovers.max(3).to_string())
         .output()
         .context("running the etcd benchmark script")?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -440,7 +442,7 @@ async fn main() -> Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    let etcd = if a.etcd { Some(etcd_figures()?) } else { None };
+    let etcd = if a.etcd { Some(etcd_figures(a.failovers)?) } else { None };
     println!();
     println!("ingot-bench: {} regions on loopback, mutual TLS between regions, TLS + token to clients, fsync on ({profile})", a.regions);
     println!("  writes (create+update, ~256 B):  {:>8.0} /s   ({} ok, {} errors in {:.1} s, {} clients, {} conns)", wps, t.writes, t.errors, t.elapsed.as_secs_f64(), a.clients, a.conns);
@@ -453,12 +455,13 @@ async fn main() -> Result<()> {
     );
     if !fo.is_empty() {
         let list: Vec<String> = fo.iter().map(|d| format!("{:.0}", ms(*d))).collect();
-        println!("  leader SIGKILL -> first acknowledged write:  median {:.0} ms  max {:.0} ms  (all: {})", ms(pct(&fo, 0.5)), ms(*fo.last().unwrap_or(&Duration::ZERO)), list.join(", "));
+        println!("  leader SIGKILL -> first acknowledged write:  median {:.0} ms  p99 {:.0} ms  max {:.0} ms  (all: {})", ms(pct(&fo, 0.5)), ms(pct(&fo, 0.99)), ms(*fo.last().unwrap_or(&Duration::ZERO)), list.join(", "));
     }
     println!("INGOT_WRITES_PER_S={wps:.0}");
     println!("INGOT_P99_MS={:.1}", ms(t.p99));
     if !fo.is_empty() {
         println!("INGOT_FAILOVER_MS={:.0}", ms(pct(&fo, 0.5)));
+        println!("INGOT_FAILOVER_P99_MS={:.0}", ms(pct(&fo, 0.99)));
     }
     if let Some(e) = etcd {
         let get = |k: &str| {
@@ -485,6 +488,11 @@ async fn main() -> Result<()> {
             "  failover ms (median)                    {:>8.0}     {:>8}",
             ms(pct(&fo, 0.5)),
             get("FAILOVER_MS")
+        );
+        println!(
+            "  failover ms (p99)                       {:>8.0}     {:>8}",
+            ms(pct(&fo, 0.99)),
+            get("FAILOVER_P99_MS")
         );
     }
     Ok(())
