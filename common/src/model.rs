@@ -629,7 +629,11 @@ pub struct PowerCommand {
     pub actor: String,
     /// Where it stands.
     pub state: PowerCommandState,
-    /// The rack that reported the result.
+    /// The rack the command belongs to. While it is pending: the rack it is routed to (fenced to), set
+    /// when it is queued (its BMC's owner) and moved only when its BMC moved to another rack and this
+    /// rack's lease ran out; only this rack is sent it and only its result counts. `None`: routed to no
+    /// rack yet (no rack owned the BMC when it was queued): it goes to the BMC's owner. Once finished: the
+    /// rack that reported the result.
     pub rack: Option<String>,
     /// Result message.
     pub message: String,
@@ -649,4 +653,9 @@ pub struct PowerCommand {
     /// Success of this command completes its step (e.g. `off` completes Releasing).
     #[serde(default)]
     pub completes: bool,
+    /// The rack this command was last taken from (its lease ran out while the command was pending there,
+    /// and its BMC had moved): a late result from it is refused, with an event. Not written while `None`,
+    /// so older records keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerouted_from: Option<String>,
 }

@@ -259,7 +259,8 @@ impl RackSessionState {
             let Some(m) = st.machine(&c.system_id) else {
                 continue;
             };
-            if m.rack.as_deref() != Some(name) {
+            // Fenced: a command goes only to the rack it is routed to, even after its BMC moved on.
+            if crate::apply::queue::route(c, Some(m)) != Some(name) {
                 continue;
             }
             self.sent.insert(*id, Instant::now());
@@ -290,12 +291,21 @@ impl RackSessionState {
         }
     }
 
-    /// Records a power command's result through Raft. `Ok` means the rack may forget it: recorded now,
-    /// or unknown to the log (a command that no longer exists will never take a result).
+    /// Records a power command's result through Raft. `Ok` means the rack may forget it: recorded now
+    /// (a late result of a command taken from the rack is recorded as refused), or unknown to the log (a
+    /// command that no longer exists will never take a result). A result for a command this rack was
+    /// never sent is refused before it is proposed (PermissionDenied; apply checks again).
     pub fn record_power_command_result(
         &self,
         r: PowerCommandResult,
     ) -> impl Future<Output = Result<(), DomainError>> + Send + 'static {
+        let refused = {
+            let st = crate::locks::read(&self.app.region.state);
+            st.data
+                .power_commands
+                .get(&r.id)
+                .and_then(|c| crate::apply::queue::reporter(&st, c, &self.name).err())
+        };
         let op = Op::PowerResult(op::PowerResult {
             id: r.id,
             rack: self.name.clone(),
@@ -308,6 +318,9 @@ impl RackSessionState {
         let cmd = Command::new(self.actor.as_str(), op);
         let app = self.app.clone();
         async move {
+            if let Some(e) = refused {
+                return Err(e);
+            }
             match app.region.write(cmd).await {
                 Ok(_) => Ok(()),
                 Err(DomainError {
@@ -320,11 +333,18 @@ impl RackSessionState {
     }
 
     /// Records the power states the rack's monitor read (at most [`MAX_OBSERVATIONS`], messages cut to
-    /// 1,000 characters), once the session is recorded.
+    /// 1,000 characters), once the session is recorded. Readings of BMCs the rack does not own are
+    /// dropped before they are proposed (apply drops them too).
     pub fn observed(&self, items: impl IntoIterator<Item = PowerObservation>) {
+        let st = crate::locks::read(&self.app.region.state);
+        let owned = |i: &PowerObservation| {
+            st.machine(&i.system_id)
+                .is_some_and(|m| m.rack.as_deref() == Some(self.name.as_str()))
+        };
         let items: Vec<PowerObservation> = items
             .into_iter()
             .take(MAX_OBSERVATIONS)
+            .filter(owned)
             .map(|mut i| {
                 if i.message.chars().nth(MAX_OBSERVATION_MESSAGE).is_some() {
                     i.message = i.message.chars().take(MAX_OBSERVATION_MESSAGE).collect();
@@ -332,6 +352,7 @@ impl RackSessionState {
                 i
             })
             .collect();
+        drop(st);
         if self.recorded() && !items.is_empty() {
             let op = Op::PowerObserved(op::PowerObserved {
                 rack: self.name.clone(),

@@ -167,7 +167,7 @@ impl App {
                         .iter()
                         .filter_map(|id| st.data.power_commands.get(id))
                         .filter(|c| {
-                            st.machine(&c.system_id).and_then(|m| m.rack.as_deref())
+                            crate::apply::queue::route(c, st.machine(&c.system_id))
                                 == Some(r.name.as_str())
                         })
                         .count() as u64,

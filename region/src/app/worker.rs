@@ -45,7 +45,11 @@ pub async fn run(app: App, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let moves = bmc_moves(&app, ingot_common::now_ms());
         for chunk in moves.chunks(1000) {
             let moves = chunk.to_vec();
-            let cmd = Command::new(REGION_ACTOR, Op::AssignBmcs(op::AssignBmcs { moves }));
+            let op = Op::AssignBmcs(op::AssignBmcs {
+                moves,
+                lease_ms: app.rack_grace_ms,
+            });
+            let cmd = Command::new(REGION_ACTOR, op);
             if let Err(e) = app.region.write(cmd).await {
                 tracing::debug!("BMC assignment: {e}");
             }
@@ -152,5 +156,28 @@ pub fn bmc_moves(app: &App, now: u64) -> Vec<(String, Option<String>)> {
         *load.entry(target).or_default() += 1;
         moves.push((m.system_id.clone(), Some(target.to_string())));
     }
+    // Power commands still fenced to a rack that is no longer live while their BMC moved on: "move" the
+    // BMC to its owner again, which routes them there (apply re-checks the old rack's lease).
+    let mut again: std::collections::BTreeSet<&str> =
+        moves.iter().map(|(id, _)| id.as_str()).collect();
+    let mut more = Vec::new();
+    for id in &st.pending_power_commands {
+        let Some(c) = st.data.power_commands.get(id) else {
+            continue;
+        };
+        let Some(m) = st.machine(&c.system_id) else {
+            continue;
+        };
+        let Some(on) = c.rack.as_deref() else {
+            continue;
+        };
+        if m.rack.as_deref() == Some(on) || load.contains_key(on) {
+            continue;
+        }
+        if again.insert(m.system_id.as_str()) {
+            more.push((m.system_id.clone(), m.rack.clone()));
+        }
+    }
+    moves.extend(more);
     moves
 }

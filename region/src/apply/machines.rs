@@ -207,6 +207,14 @@ pub(super) fn action(ctx: &ApplyCtx, state: &mut State, op: &op::MachineAction) 
         )));
     }
     if action == Action::Delete {
+        // Nothing is left for its pending power commands to act on: no rack is sent them any more.
+        queue::cancel(
+            ctx,
+            state,
+            system_id,
+            |_| true,
+            "cancelled: the machine was deleted before the command ran",
+        );
         state.remove_machine(system_id);
         EventBuilder::new("delete")
             .machine(&m0)

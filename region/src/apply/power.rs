@@ -4,7 +4,7 @@
 
 use super::ctx::ApplyCtx;
 use super::events::EventBuilder;
-use super::queue::{cancel, enqueue};
+use super::queue::{cancel, check_room, enqueue, reporter, route, Reporter};
 use super::status;
 use crate::command::{op, Reply, Response};
 use crate::state::State;
@@ -34,6 +34,7 @@ pub(super) fn queue(ctx: &ApplyCtx, state: &mut State, op: &op::QueuePower) -> R
     if m.power.driver == "manual" {
         return manual_report(ctx, state, m, action);
     }
+    check_room(state, system_id)?;
     let c = enqueue(ctx, state, &m, action, None, false);
     EventBuilder::new(format!("power.{action}"))
         .machine(&m)
@@ -113,6 +114,21 @@ pub(super) fn result(ctx: &ApplyCtx, state: &mut State, r: &op::PowerResult) -> 
     let Some(mut c) = state.data.power_commands.get(&id).cloned() else {
         return Err(DomainError::not_found(format!("no power command {id}")));
     };
+    // A rack speaks only for the commands sent to it (`r.rack` is the session's certificate name).
+    if reporter(state, &c, &r.rack)? == Reporter::Fenced {
+        let m = state.machine(&c.system_id).cloned();
+        let now = route(&c, m.as_ref()).unwrap_or("no rack yet").to_string();
+        EventBuilder::new("power.result.refused")
+            .level(EventLevel::Warning)
+            .machine(m.as_ref())
+            .message(format!(
+                "late result of command {id} from rack {} refused ({}): the command was taken from that rack when its lease ran out and now belongs to {now}",
+                r.rack,
+                if r.success { "success".to_string() } else { format!("failed: {}", r.error_kind) }
+            ))
+            .record(ctx, state);
+        return Ok(Reply::PowerCommand(Box::new(c)));
+    }
     if c.state != PowerCommandState::Pending {
         return Ok(Reply::PowerCommand(Box::new(c)));
     }
@@ -316,6 +332,7 @@ mod tests {
             }),
             Op::AssignBmcs(op::AssignBmcs {
                 moves: vec![("m1".into(), Some("ra".into()))],
+                lease_ms: 0,
             }),
         ];
         let mut rev = 0;
@@ -586,5 +603,157 @@ mod tests {
             (m.power_error.as_str(), m.power_state.as_str()),
             ("", "off")
         );
+    }
+
+    /// Registers rack `name` (zone default) under a fresh enrollment token.
+    fn register(s: &mut State, rev: &mut u64, name: &str) {
+        for op in [
+            Op::CreateRackToken(op::CreateRackToken {
+                token_hash: format!("t-{name}"),
+                expires_ms: 1_000_000,
+            }),
+            Op::RegisterRack(op::RegisterRack {
+                token_hash: format!("t-{name}"),
+                name: name.into(),
+                zone: "default".into(),
+            }),
+        ] {
+            *rev += 1;
+            apply(s, &cmd(*rev, op), *rev).expect("register");
+        }
+    }
+
+    fn queue(s: &mut State, rev: &mut u64, action: &str) -> crate::command::Response {
+        *rev += 1;
+        apply(
+            s,
+            &cmd(
+                *rev,
+                Op::QueuePower(op::QueuePower {
+                    system_id: "m1".into(),
+                    action: action.parse().expect("power action"),
+                }),
+            ),
+            *rev,
+        )
+    }
+
+    fn result_from(
+        s: &mut State,
+        rev: &mut u64,
+        rack: &str,
+        id: u64,
+        ok: bool,
+    ) -> crate::command::Response {
+        *rev += 1;
+        apply(
+            s,
+            &cmd(
+                *rev,
+                Op::PowerResult(op::PowerResult {
+                    id,
+                    rack: rack.into(),
+                    success: ok,
+                    error_kind: if ok { String::new() } else { "bmc".into() },
+                    message: String::new(),
+                    power_state: if ok { "off".into() } else { String::new() },
+                    next_boot: BootTokens::generate(),
+                }),
+            ),
+            *rev,
+        )
+    }
+
+    #[test]
+    fn a_rack_reports_only_the_power_commands_sent_to_it() {
+        let (mut s, mut rev) = setup();
+        register(&mut s, &mut rev, "rb");
+        // m1 is Releasing: its `off` completes the release, its failure would fail it.
+        let mut m = s.machine("m1").cloned().expect("m1");
+        m.status = Deployed;
+        m.owner = Some("admin".into());
+        s.put_machine(m);
+        act(&mut s, &mut rev, Action::Release, ActionArgs::default());
+        let p = pending(&s);
+        assert_eq!(
+            (p.len(), p[0].1.as_str(), p[0].3),
+            (1, "off", true),
+            "{p:?}"
+        );
+        // Another enrolled rack (rb never owned m1's BMC) can neither fail nor complete it.
+        for ok in [false, true] {
+            let e = result_from(&mut s, &mut rev, "rb", p[0].0, ok).unwrap_err();
+            assert_eq!(e.code, ingot_common::ErrorCode::PermissionDenied, "{e:?}");
+            assert!(e.message.contains("belongs to rack ra"), "{}", e.message);
+        }
+        assert_eq!(status(&s), Releasing);
+        assert_eq!(
+            s.data.power_commands[&p[0].0].state,
+            PowerCommandState::Pending
+        );
+        // Nor can a rack that is not registered.
+        let e = result_from(&mut s, &mut rev, "nobody", p[0].0, true).unwrap_err();
+        assert_eq!(e.code, ingot_common::ErrorCode::PermissionDenied, "{e:?}");
+        // The owning rack's result counts; rb's re-sent result of the finished command is still refused.
+        result_from(&mut s, &mut rev, "ra", p[0].0, true).expect("owner's result");
+        assert_eq!(status(&s), Ready);
+        assert!(result_from(&mut s, &mut rev, "rb", p[0].0, false).is_err());
+        result_from(&mut s, &mut rev, "ra", p[0].0, false).expect("a re-delivery is a no-op");
+        assert_eq!(
+            s.data.power_commands[&p[0].0].state,
+            PowerCommandState::Done
+        );
+    }
+
+    #[test]
+    fn pending_power_commands_per_machine_are_capped() {
+        let (mut s, mut rev) = setup();
+        let cap = crate::apply::queue::PENDING_POWER_COMMANDS_PER_MACHINE;
+        for _ in 0..cap {
+            queue(&mut s, &mut rev, "query").expect("below the cap");
+        }
+        let e = queue(&mut s, &mut rev, "on").unwrap_err();
+        assert_eq!(e.code, ingot_common::ErrorCode::ResourceExhausted, "{e:?}");
+        assert!(e.message.contains(&format!("({cap})")), "{}", e.message);
+        assert_eq!(s.pending_power_commands.len(), cap);
+        // One finished frees a place.
+        let first = *s.pending_power_commands.iter().next().expect("pending");
+        result_from(&mut s, &mut rev, "ra", first, true).expect("result");
+        queue(&mut s, &mut rev, "on").expect("room again");
+    }
+
+    #[test]
+    fn deleting_a_machine_cancels_its_pending_power_commands() {
+        let (mut s, mut rev) = setup();
+        queue(&mut s, &mut rev, "on").expect("queue");
+        queue(&mut s, &mut rev, "cycle").expect("queue");
+        let ids: Vec<u64> = s.pending_power_commands.iter().copied().collect();
+        rev += 1;
+        apply(
+            &mut s,
+            &cmd(
+                rev,
+                Op::DeleteMachine(op::DeleteMachine {
+                    system_id: "m1".into(),
+                    expected_revision: 0,
+                }),
+            ),
+            rev,
+        )
+        .expect("delete");
+        assert!(s.machine("m1").is_none());
+        assert!(
+            s.pending_power_commands.is_empty(),
+            "no rack may run a deleted machine's commands"
+        );
+        for id in ids {
+            let c = &s.data.power_commands[&id];
+            assert_eq!(
+                (c.state, c.error_kind.as_str()),
+                (PowerCommandState::Failed, "cancelled"),
+                "{c:?}"
+            );
+            assert!(c.message.contains("deleted"), "{}", c.message);
+        }
     }
 }

@@ -16,9 +16,145 @@ use super::ctx::ApplyCtx;
 use super::events::EventBuilder;
 use crate::state::{State, POWER_COMMANDS_MAX};
 use ingot_common::lifecycle;
-use ingot_common::model::{PowerCommand, PowerCommandState};
+use ingot_common::model::{EventLevel, PowerCommand, PowerCommandState};
 use ingot_common::power::PowerAction;
-use ingot_common::{Machine, MachineStatus};
+use ingot_common::{DomainError, Machine, MachineStatus};
+use std::collections::BTreeMap;
+
+/// Most pending power commands a machine may have for another one to be queued: a machine whose rack is
+/// gone cannot pile up commands without bound (they all run once a rack takes the BMC). A lifecycle
+/// step's plan replaces its own pending steps and is never refused, so a machine has at most this many
+/// plus one plan (two commands) pending.
+pub const PENDING_POWER_COMMANDS_PER_MACHINE: usize = 16;
+
+/// The rack a pending power command belongs to: the one it is routed to, or, for a command routed to
+/// no rack yet, the owner of its machine's BMC (`m`). Only this rack is sent the command.
+pub fn route<'a>(c: &'a PowerCommand, m: Option<&'a Machine>) -> Option<&'a str> {
+    c.rack
+        .as_deref()
+        .or_else(|| m.and_then(|m| m.rack.as_deref()))
+}
+
+/// How a rack's result for a power command is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reporter {
+    /// The rack the command belongs to (see [`route`]): its first result counts, later ones are no-ops.
+    Owner,
+    /// The rack the command was taken from when its lease ran out: its late result is refused and
+    /// recorded as an event.
+    Fenced,
+}
+
+/// Whether rack `rack` may report a result for `c`: the check before a result is proposed (in the rack's
+/// session) and again in apply. PermissionDenied for a rack that is not registered, revoked, or was never
+/// sent the command: a rack speaks only for the commands routed to it.
+pub fn reporter(state: &State, c: &PowerCommand, rack: &str) -> Result<Reporter, DomainError> {
+    let id = c.id;
+    if state.data.racks.get(rack).is_none_or(|r| r.revoked) {
+        return Err(DomainError::denied(format!(
+            "rack '{rack}' is revoked or not registered: its result for power command {id} is refused"
+        )));
+    }
+    let owner = if c.state == PowerCommandState::Pending {
+        route(c, state.machine(&c.system_id)) == Some(rack)
+    } else {
+        // Finished: a re-delivered result of the rack that reported it (or was sent it) is a no-op.
+        c.rack.as_deref() == Some(rack)
+    };
+    if owner {
+        return Ok(Reporter::Owner);
+    }
+    if c.rerouted_from.as_deref() == Some(rack) {
+        return Ok(Reporter::Fenced);
+    }
+    Err(DomainError::denied(format!(
+        "rack '{rack}' may not report power command {id} of machine {}: it belongs to rack {} (a rack reports only the commands sent to it)",
+        c.system_id,
+        route(c, state.machine(&c.system_id)).unwrap_or("(none yet)")
+    )))
+}
+
+/// The pending power commands of the machines `which` selects, by machine, oldest first (one pass over
+/// the queue, however many machines).
+pub(super) fn pending_by_machine(
+    state: &State,
+    which: impl Fn(&str) -> bool,
+) -> BTreeMap<String, Vec<u64>> {
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for id in &state.pending_power_commands {
+        if let Some(c) = state.data.power_commands.get(id) {
+            if which(&c.system_id) {
+                out.entry(c.system_id.clone()).or_default().push(*id);
+            }
+        }
+    }
+    out
+}
+
+/// Routes the pending power commands `ids` of `m` (as it is before its BMC moves) to `to`, the BMC's
+/// new owner. A command on another rack is taken from it only when that rack is not live at the
+/// command's time by `lease_ms` (see [`State::rack_live`]); it is then fenced from it (its late result
+/// is refused). A command whose rack is still live stays with it: the new rack gets it only after the
+/// old rack's result or once its lease ran out (the leader's worker proposes the move again then).
+pub(super) fn reroute(
+    ctx: &ApplyCtx,
+    state: &mut State,
+    m: &Machine,
+    ids: &[u64],
+    to: Option<&str>,
+    lease_ms: u64,
+) {
+    let mut taken: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut kept: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for id in ids {
+        let Some(c) = state.data.power_commands.get(id) else {
+            continue;
+        };
+        if c.state != PowerCommandState::Pending {
+            continue;
+        }
+        let from = route(c, Some(m)).map(str::to_string);
+        let (rack, fenced_from) = match from {
+            None => (to.map(str::to_string), None),
+            Some(f) if Some(f.as_str()) == to => (Some(f), None),
+            Some(f) if state.rack_live(&f, ctx.ts_ms, lease_ms) => {
+                kept.entry(f.clone()).or_default().push(*id);
+                (Some(f), None)
+            }
+            Some(f) => {
+                taken.entry(f.clone()).or_default().push(*id);
+                (to.map(str::to_string), Some(f))
+            }
+        };
+        if let Some(c) = state.data.power_commands.get_mut(id) {
+            c.rack = rack;
+            if fenced_from.is_some() {
+                c.rerouted_from = fenced_from;
+            }
+        }
+    }
+    let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+    let to = to.unwrap_or("no rack yet");
+    for (from, v) in &taken {
+        EventBuilder::new("power.reroute")
+            .level(EventLevel::Warning)
+            .machine(m)
+            .message(format!(
+                "command(s) {} taken from rack {from}, whose lease ran out before their result, and routed to {to}; a late result from {from} is refused",
+                ids(v)
+            ))
+            .record(ctx, state);
+    }
+    for (from, v) in &kept {
+        EventBuilder::new("power.fenced")
+            .machine(m)
+            .message(format!(
+                "command(s) {} stay with rack {from} until its result comes or its lease runs out; the BMC's new rack {to} is not sent them before",
+                ids(v)
+            ))
+            .record(ctx, state);
+    }
+}
 
 /// Drivers whose power work goes through a rack to a real BMC (and so gets lifecycle power plans and
 /// monitoring).
@@ -119,6 +255,23 @@ pub(super) fn follow(ctx: &ApplyCtx, state: &mut State, m: &Machine, plan: Power
         .record(ctx, state);
 }
 
+/// Fails with ResourceExhausted when `system_id` already has [`PENDING_POWER_COMMANDS_PER_MACHINE`]
+/// pending power commands: the check before an operator's power action is queued.
+pub(super) fn check_room(state: &State, system_id: &str) -> Result<(), DomainError> {
+    let n = state
+        .pending_power_commands
+        .iter()
+        .filter_map(|id| state.data.power_commands.get(id))
+        .filter(|c| c.system_id == system_id)
+        .count();
+    if n >= PENDING_POWER_COMMANDS_PER_MACHINE {
+        return Err(DomainError::exhausted(format!(
+            "machine {system_id} already has {n} pending power commands, the most one machine may have ({PENDING_POWER_COMMANDS_PER_MACHINE}); wait until its rack has run them (is a rack connected? `ingot racks list`)"
+        )));
+    }
+    Ok(())
+}
+
 /// Adds a power command to the queue; `step` marks a lifecycle step's command.
 pub(super) fn enqueue(
     ctx: &ApplyCtx,
@@ -144,6 +297,7 @@ pub(super) fn enqueue(
         done_ms: None,
         step,
         completes,
+        rerouted_from: None,
     };
     state.data.power_commands.insert(id, c.clone());
     state.pending_power_commands.insert(id);

@@ -3,10 +3,12 @@
 
 use super::ctx::ApplyCtx;
 use super::events::EventBuilder;
+use super::queue;
 use crate::command::{op, Reply, Response};
 use crate::state::State;
 use ingot_common::model::{EventLevel, Rack};
 use ingot_common::{secret, validate, DomainError};
+use std::collections::BTreeSet;
 
 /// Records an enrollment token; expired ones are forgotten.
 pub(super) fn create_token(
@@ -90,14 +92,26 @@ pub(super) fn revoke(ctx: &ApplyCtx, state: &mut State, op: &op::RevokeRack) -> 
     Ok(Reply::Rack(Box::new(r)))
 }
 
-/// Unassigns every BMC `rack` owns (the leader's worker reassigns them to live racks).
+/// Unassigns every BMC `rack` (revoked: its lease is gone at once) owns, and takes its pending power
+/// commands from it (also those of BMCs that had already moved on): the leader's worker reassigns the
+/// BMCs to live racks, and their commands follow.
 fn release_bmcs(ctx: &ApplyCtx, state: &mut State, rack: &str) {
-    let ids: Vec<String> = state
-        .by_rack
-        .get(rack)
-        .map(|s| s.iter().cloned().collect())
-        .unwrap_or_default();
-    for id in ids {
+    let owned: BTreeSet<String> = state.by_rack.get(rack).cloned().unwrap_or_default();
+    let routed: BTreeSet<String> = state
+        .pending_power_commands
+        .iter()
+        .filter_map(|id| state.data.power_commands.get(id))
+        .filter(|c| c.rack.as_deref() == Some(rack))
+        .map(|c| c.system_id.clone())
+        .collect();
+    let pending = queue::pending_by_machine(state, |id| owned.contains(id) || routed.contains(id));
+    for (id, cmds) in &pending {
+        if let Some(m) = state.machine(id).cloned() {
+            let to = m.rack.clone().filter(|r| r != rack);
+            queue::reroute(ctx, state, &m, cmds, to.as_deref(), 0);
+        }
+    }
+    for id in owned {
         if let Some(mut m) = state.machine(&id).cloned() {
             m.rack = None;
             m.updated_ms = ctx.ts_ms;
@@ -184,9 +198,13 @@ pub(super) fn disconnected(
     Ok(Reply::Done)
 }
 
-/// Moves BMCs between racks.
+/// Moves BMCs between racks, and their pending power commands with them once the old rack's lease ran
+/// out (a move to the rack that already owns the BMC only routes commands still on an older rack; see
+/// [`queue::reroute`]).
 pub(super) fn assign_bmcs(ctx: &ApplyCtx, state: &mut State, op: &op::AssignBmcs) -> Response {
     let moves = &op.moves;
+    let ids: BTreeSet<&str> = moves.iter().map(|(id, _)| id.as_str()).collect();
+    let pending = queue::pending_by_machine(state, |id| ids.contains(id));
     let mut moved = 0usize;
     for (id, rack) in moves {
         if let Some(r) = rack {
@@ -197,6 +215,9 @@ pub(super) fn assign_bmcs(ctx: &ApplyCtx, state: &mut State, op: &op::AssignBmcs
         let Some(mut m) = state.machine(id).cloned() else {
             continue;
         };
+        if let Some(cmds) = pending.get(id) {
+            queue::reroute(ctx, state, &m, cmds, rack.as_deref(), op.lease_ms);
+        }
         if m.rack == *rack {
             continue;
         }
@@ -347,6 +368,7 @@ mod tests {
                 6,
                 Op::AssignBmcs(op::AssignBmcs {
                     moves: vec![("m1".into(), Some("ra".into()))],
+                    lease_ms: 0,
                 }),
             ),
             6,
@@ -429,5 +451,168 @@ mod tests {
         // it never reaches the log.
         let bad = PowerAction::parse("action", "explode").unwrap_err();
         assert_eq!(bad.field.as_deref(), Some("action"));
+    }
+
+    #[test]
+    fn a_power_command_is_fenced_to_its_rack_until_its_lease_runs_out() {
+        use crate::apply::queue::route;
+        const LEASE: u64 = 3000;
+        let mut s = cluster();
+        let mut rev = 1;
+        let mut run = |s: &mut State, ts: u64, op: Op| {
+            rev += 1;
+            apply(s, &cmd(ts, op), rev)
+        };
+        for r in ["ra", "rb"] {
+            run(
+                &mut s,
+                2,
+                Op::CreateRackToken(op::CreateRackToken {
+                    token_hash: format!("t-{r}"),
+                    expires_ms: 1_000_000,
+                }),
+            )
+            .expect("token");
+            run(
+                &mut s,
+                3,
+                Op::RegisterRack(op::RegisterRack {
+                    token_hash: format!("t-{r}"),
+                    name: r.into(),
+                    zone: "default".into(),
+                }),
+            )
+            .expect("register");
+            run(
+                &mut s,
+                10,
+                Op::RackConnected(op::RackConnected {
+                    name: r.into(),
+                    session: session(&format!("s-{r}")),
+                }),
+            )
+            .expect("connect");
+        }
+        run(
+            &mut s,
+            11,
+            Op::CreateMachine(op::CreateMachine {
+                system_id: "m1".into(),
+                hostname: "m1".into(),
+                arch: "amd64/generic".into(),
+                zone: "default".into(),
+                macs: vec!["52:54:00:00:00:01".parse().expect("mac")],
+                power: PowerParams {
+                    driver: "ipmi".into(),
+                    params: [("address".to_string(), "10.0.0.1".to_string())].into(),
+                },
+                description: String::new(),
+                pool: None,
+            }),
+        )
+        .expect("machine");
+        let assign = |rack: &str| {
+            Op::AssignBmcs(op::AssignBmcs {
+                moves: vec![("m1".into(), Some(rack.into()))],
+                lease_ms: LEASE,
+            })
+        };
+        let result = |id: u64, rack: &str| {
+            Op::PowerResult(op::PowerResult {
+                next_boot: Default::default(),
+                id,
+                rack: rack.into(),
+                success: true,
+                error_kind: String::new(),
+                message: String::new(),
+                power_state: "on".into(),
+            })
+        };
+        let queue_on = Op::QueuePower(op::QueuePower {
+            system_id: "m1".into(),
+            action: PowerAction::On,
+        });
+        run(&mut s, 20, assign("ra")).expect("assign");
+        let Reply::PowerCommand(c) = run(&mut s, 30, queue_on.clone()).expect("queue") else {
+            panic!()
+        };
+        let id = c.id;
+        let route_of = |s: &State| {
+            let c = &s.data.power_commands[&id];
+            route(c, s.machine("m1")).map(str::to_string)
+        };
+        assert_eq!(route_of(&s).as_deref(), Some("ra"));
+
+        // The BMC moves to rb while ra still holds its lease: the command stays with ra (rb is not sent
+        // it, and cannot report it).
+        run(&mut s, 40, assign("rb")).expect("move");
+        assert_eq!(
+            s.machine("m1").and_then(|m| m.rack.clone()).as_deref(),
+            Some("rb")
+        );
+        assert_eq!(route_of(&s).as_deref(), Some("ra"), "fenced to ra");
+        let kinds = |s: &State| {
+            let last = s.data.events.back().map(|e| e.revision);
+            s.data
+                .events
+                .iter()
+                .filter(|e| Some(e.revision) == last)
+                .map(|e| e.kind.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinds(&s), ["power.fenced", "bmc.assign"]);
+        let e = run(&mut s, 41, result(id, "rb")).unwrap_err();
+        assert_eq!(e.code, ErrorCode::PermissionDenied, "{e:?}");
+
+        // ra's lease runs out (last heard at 10): the worker's next move routes the command to rb.
+        let later = 10 + LEASE + crate::state::HEARTBEAT_RECORD_MS + 1;
+        run(&mut s, later, assign("rb")).expect("move again");
+        let c = &s.data.power_commands[&id];
+        assert_eq!(
+            (c.rack.as_deref(), c.rerouted_from.as_deref(), c.state),
+            (Some("rb"), Some("ra"), PowerCommandState::Pending)
+        );
+        assert_eq!(kinds(&s), ["power.reroute"]);
+        // ra's late result is refused (recorded as an event, the command is untouched)...
+        run(&mut s, later + 1, result(id, "ra")).expect("late result is answered");
+        assert_eq!(s.data.power_commands[&id].state, PowerCommandState::Pending);
+        let ev = s.data.events.back().expect("event");
+        assert_eq!(ev.kind, "power.result.refused");
+        assert!(ev.message.contains("rack ra refused"), "{}", ev.message);
+        // ... and rb's counts.
+        run(&mut s, later + 2, result(id, "rb")).expect("rb's result");
+        let c = &s.data.power_commands[&id];
+        assert_eq!(
+            (c.state, c.rack.as_deref()),
+            (PowerCommandState::Done, Some("rb"))
+        );
+        run(&mut s, later + 3, result(id, "ra")).expect("late result is answered");
+        assert_eq!(s.data.power_commands[&id].state, PowerCommandState::Done);
+
+        // Revoking a rack takes its commands from it at once; they follow the BMC's next owner.
+        let Reply::PowerCommand(c) = run(&mut s, later + 4, queue_on).expect("queue") else {
+            panic!()
+        };
+        run(
+            &mut s,
+            later + 5,
+            Op::RevokeRack(op::RevokeRack { name: "rb".into() }),
+        )
+        .expect("revoke");
+        let id2 = c.id;
+        let c = &s.data.power_commands[&id2];
+        assert_eq!(
+            (c.rack.as_deref(), c.rerouted_from.as_deref()),
+            (None, Some("rb"))
+        );
+        let e = run(&mut s, later + 6, result(id2, "rb")).unwrap_err();
+        assert_eq!(e.code, ErrorCode::PermissionDenied, "{e:?}");
+        run(&mut s, later + 7, assign("ra")).expect("assign");
+        assert_eq!(
+            route_of(&s).as_deref(),
+            Some("rb"),
+            "the finished one keeps its reporter"
+        );
+        assert_eq!(s.data.power_commands[&id2].rack.as_deref(), Some("ra"));
     }
 }

@@ -1,4 +1,5 @@
-//! Zones in the apply step: create, update (a rename moves the zone's machines) and delete.
+//! Zones in the apply step: create, update (a rename moves the zone's machines and racks) and delete
+//! (refused while machines or unrevoked racks are in the zone).
 
 use super::ctx::ApplyCtx;
 use super::events::EventBuilder;
@@ -31,7 +32,8 @@ pub(super) fn create(ctx: &ApplyCtx, state: &mut State, op: &op::CreateZone) -> 
     Ok(Reply::Zone(z))
 }
 
-/// Changes a zone's description or renames it, moving its machines (the default zone keeps its name).
+/// Changes a zone's description or renames it, moving its machines and racks (the default zone keeps its
+/// name).
 pub(super) fn update(ctx: &ApplyCtx, state: &mut State, op: &op::UpdateZone) -> Response {
     let name = &op.name;
     let Some(mut z) = state.data.zones.get(name).cloned() else {
@@ -70,6 +72,12 @@ pub(super) fn update(ctx: &ApplyCtx, state: &mut State, op: &op::UpdateZone) -> 
                 state.put_machine(m);
             }
         }
+        // Racks name their zone too (it decides which BMCs they take first).
+        for r in state.data.racks.values_mut() {
+            if r.zone == *name {
+                r.zone = n.clone();
+            }
+        }
         state.by_zone.remove(name);
         state.data.zones.remove(name);
         z.name = n.clone();
@@ -81,7 +89,7 @@ pub(super) fn update(ctx: &ApplyCtx, state: &mut State, op: &op::UpdateZone) -> 
     Ok(Reply::Zone(z))
 }
 
-/// Deletes an empty zone other than the default.
+/// Deletes a zone other than the default that holds no machine and is no unrevoked rack's zone.
 pub(super) fn delete(ctx: &ApplyCtx, state: &mut State, op: &op::DeleteZone) -> Response {
     let name = &op.name;
     if !state.data.zones.contains_key(name) {
@@ -100,10 +108,113 @@ pub(super) fn delete(ctx: &ApplyCtx, state: &mut State, op: &op::DeleteZone) -> 
             "zone '{name}' still holds {n} machine(s); move them to another zone first"
         )));
     }
+    // A working rack's zone decides which BMCs it takes first: moving it elsewhere silently would move
+    // power work, so the delete is refused. A revoked rack does no work and has no other way to drop
+    // the name: it goes to the default zone.
+    let live: Vec<&str> = state
+        .data
+        .racks
+        .values()
+        .filter(|r| r.zone == *name && !r.revoked)
+        .map(|r| r.name.as_str())
+        .collect();
+    if !live.is_empty() {
+        return Err(DomainError::precondition(format!(
+            "zone '{name}' is the zone of rack(s) {}; revoke them (`ingot racks revoke NAME`) and register them again in another zone first",
+            live.join(", ")
+        )));
+    }
+    let mut moved = Vec::new();
+    for r in state.data.racks.values_mut() {
+        if r.zone == *name {
+            r.zone = DEFAULT_ZONE.to_string();
+            moved.push(r.name.clone());
+        }
+    }
     state.data.zones.remove(name);
     state.by_zone.remove(name);
+    let message = if moved.is_empty() {
+        name.clone()
+    } else {
+        format!(
+            "{name} (revoked rack(s) {} now name zone {DEFAULT_ZONE})",
+            moved.join(", ")
+        )
+    };
     EventBuilder::new("zone.delete")
-        .message(name.clone())
+        .message(message)
         .record(ctx, state);
     Ok(Reply::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::apply::apply;
+    use crate::apply::test_support::{bootstrap, cmd};
+    use crate::command::{op, Op};
+    use crate::state::State;
+    use ingot_common::model::DEFAULT_ZONE;
+    use ingot_common::ErrorCode;
+
+    fn rack_zone(s: &State, name: &str) -> String {
+        s.data.racks[name].zone.clone()
+    }
+
+    #[test]
+    fn renaming_or_deleting_a_zone_updates_the_racks_that_name_it() {
+        let mut s = State::default();
+        let ops = [
+            bootstrap(),
+            Op::CreateZone(op::CreateZone {
+                name: "z1".into(),
+                description: String::new(),
+            }),
+            Op::CreateRackToken(op::CreateRackToken {
+                token_hash: "t".into(),
+                expires_ms: 1000,
+            }),
+            Op::RegisterRack(op::RegisterRack {
+                token_hash: "t".into(),
+                name: "ra".into(),
+                zone: "z1".into(),
+            }),
+        ];
+        let mut rev = 0;
+        for op in ops {
+            rev += 1;
+            apply(&mut s, &cmd(rev, op), rev).expect("setup");
+        }
+        let mut run = |s: &mut State, op: Op| {
+            rev += 1;
+            apply(s, &cmd(rev, op), rev)
+        };
+        run(
+            &mut s,
+            Op::UpdateZone(op::UpdateZone {
+                name: "z1".into(),
+                description: None,
+                new_name: Some("z2".into()),
+            }),
+        )
+        .expect("rename");
+        assert_eq!(rack_zone(&s, "ra"), "z2", "the rack follows the rename");
+
+        // A working rack's zone cannot be deleted under it.
+        let delete = || Op::DeleteZone(op::DeleteZone { name: "z2".into() });
+        let e = run(&mut s, delete()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::FailedPrecondition, "{e:?}");
+        assert!(e.message.contains("rack(s) ra"), "{}", e.message);
+        assert!(s.data.zones.contains_key("z2"));
+
+        // Once the rack is revoked the zone goes, and the revoked rack names the default zone.
+        run(&mut s, Op::RevokeRack(op::RevokeRack { name: "ra".into() })).expect("revoke");
+        run(&mut s, delete()).expect("delete");
+        assert!(!s.data.zones.contains_key("z2"));
+        assert_eq!(rack_zone(&s, "ra"), DEFAULT_ZONE);
+        assert!(s
+            .data
+            .racks
+            .values()
+            .all(|r| s.data.zones.contains_key(&r.zone)));
+    }
 }

@@ -406,4 +406,15 @@ pub struct PowerObserved {
 pub struct AssignBmcs {
     /// (machine id, new owning rack) pairs.
     pub moves: Vec<(String, Option<String>)>,
+    /// The lease (ms: the racks' heartbeat grace) the proposer judged racks by. A pending power command
+    /// leaves its rack for the BMC's new one only when that rack is not live at the command's time by
+    /// this lease; otherwise it stays fenced to it. 0 (entries of older versions): the bare heartbeat
+    /// recording interval. Not written while 0, so older entries keep their bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_ms: u64,
+}
+
+/// Whether `v` is 0 (serde: a field left out while it has its default).
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
