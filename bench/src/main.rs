@@ -442,7 +442,11 @@ async fn main() -> Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    let etcd = if a.etcd { Some(etcd_figures(a.failovers)?) } else { None };
+    let etcd = if a.etcd {
+        Some(etcd_figures(a.failovers)?)
+    } else {
+        None
+    };
     println!();
     println!("ingot-bench: {} regions on loopback, mutual TLS between regions, TLS + token to clients, fsync on ({profile})", a.regions);
     println!("  writes (create+update, ~256 B):  {:>8.0} /s   ({} ok, {} errors in {:.1} s, {} clients, {} conns)", wps, t.writes, t.errors, t.elapsed.as_secs_f64(), a.clients, a.conns);

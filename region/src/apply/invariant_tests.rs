@@ -40,6 +40,17 @@ pub(crate) fn fleet(n: usize) -> State {
         )
         .expect("user");
     }
+    // The rack that drives the rack-driven machines, registered so its results are accepted.
+    s.data.racks.insert(
+        RACK.into(),
+        ingot_common::model::Rack {
+            name: RACK.into(),
+            zone: "default".into(),
+            registered_ms: 1,
+            revoked: false,
+            session: None,
+        },
+    );
     for i in 0..n {
         let op = Op::CreateMachine(op::CreateMachine {
             system_id: format!("m{i:04}"),
