@@ -16,23 +16,68 @@ pub struct Command {
     pub request_id: String,
     /// Wall-clock time at the proposer (ms since epoch); the apply step's only notion of "now".
     pub ts_ms: u64,
-    /// Who asked (token name or region identity), for the record.
+    /// Who asked (the user of an API token, or an internal proposer's name such as `region` or
+    /// `rack:NAME`): recorded in events and power commands, and the name ownership checks compare.
     pub actor: String,
     /// What to do.
     pub op: Op,
+    /// How the proposing region authenticated `actor`; the apply step checks it again against the
+    /// replicated state and authorizes `op` by it (`apply::authz`). `None` only in entries written
+    /// before principals existed (absent from their JSON, and left out when written back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<Principal>,
 }
 
 impl Command {
-    /// A command from `actor` with a fresh request id and the proposer's current time: how every
-    /// proposer (API calls, agent reports, rack sessions, the leader's worker) makes one.
-    pub fn new(actor: impl Into<String>, op: Op) -> Command {
+    /// A command from `actor`, authenticated as `principal`, with a fresh request id and the proposer's
+    /// current time: how every proposer (API calls, agent reports, rack sessions, the leader's worker)
+    /// makes one.
+    pub fn new(actor: impl Into<String>, principal: Principal, op: Op) -> Command {
         Command {
             request_id: ingot_common::secret::generate(""),
             ts_ms: ingot_common::now_ms(),
             actor: actor.into(),
             op,
+            principal: Some(principal),
         }
     }
+}
+
+/// Who a command acts for, as the region that built it authenticated the caller: an API bearer token,
+/// or one of the cluster's own proposers. Carried in the command so that apply — which sees only the
+/// command and the state — can check the token again (exists, unrevoked, unexpired, its user's current
+/// role) and refuse what the caller may not do, also when the region that authenticated it lagged.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// A caller holding an API bearer token.
+    Token {
+        /// The token's public id (what `ListTokens` shows); apply finds the token by it.
+        id: String,
+        /// The user the token resolved to at the API edge; apply refuses the command if the token
+        /// belongs to someone else or the command's `actor` is not this user.
+        user: String,
+    },
+    /// One of the cluster's own proposers, which hold no API token.
+    Internal(Internal),
+}
+
+/// The cluster's own proposers: each authenticated by its own means, each allowed a few operations
+/// (the table in `apply::authz`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Internal {
+    /// `ingot-region init`: the cluster's first entry.
+    Init,
+    /// The leader's worker: deadlines, rack-less power steps, BMC ownership.
+    Region,
+    /// A rack controller over its session (mutual TLS with its rack certificate).
+    Rack,
+    /// A machine's in-band agent, by its per-boot token (the op names the boot; apply checks it is the
+    /// machine's current one).
+    Agent,
+    /// A region asking to join with a join token (the op carries the token's hash; apply checks it).
+    JoiningRegion,
+    /// A rack enrolling with an enrollment token (the op carries the token's hash; apply checks it).
+    EnrollingRack,
 }
 
 /// The operations: one variant per operation, each around its own struct in [`op`] (named after it), so
@@ -190,13 +235,13 @@ pub fn revision(index: u64, position: usize) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ingot_common::power::PowerAction;
 
     /// Commands as the struct-variant `Op` of earlier versions wrote them (one per operation; captured
     /// from that code): they must read back and write out byte for byte, since they sit in Raft logs.
-    const OLD_FORMAT: &[&str] = &[
+    pub(crate) const OLD_FORMAT: &[&str] = &[
         r##"{"request_id":"rq0","ts_ms":1000,"actor":"admin","op":{"Bootstrap":{"cluster_id":"c1","ca":{"cert_pem":"CERT","key_pem":"KEY"},"admin_token_hash":"h","first_region":{"node_id":1,"name":"r1","raft_addr":"10.0.0.1:7001","api_addr":"10.0.0.1:7000","joined_ms":5}}}}"##,
         r##"{"request_id":"rq1","ts_ms":1001,"actor":"admin","op":{"CreateMachine":{"system_id":"abc123","hostname":"n1","arch":"amd64/generic","zone":"default","macs":["52:54:00:00:00:01"],"power":{"driver":"ipmi","params":{"address":"10.0.0.1"}},"description":"d","pool":"p1"}}}"##,
         r##"{"request_id":"rq2","ts_ms":1002,"actor":"admin","op":{"UpdateMachine":{"system_id":"abc123","hostname":"n2","arch":null,"zone":null,"description":"x","power":{"driver":"ipmi","params":{"address":"10.0.0.1"}},"macs":["52:54:00:00:00:02"],"expected_revision":7}}}"##,

@@ -9,7 +9,7 @@ use ingot_proto::raft::v1::raft_service_client::RaftServiceClient;
 use ingot_proto::raft::v1::JoinRequest;
 use ingot_proto::v1::cluster_service_client::ClusterServiceClient;
 use ingot_proto::v1::JoinRegionRequest;
-use ingot_region::command::{op, Command as RaftCommand, Op};
+use ingot_region::command::{op, Command as RaftCommand, Internal, Op, Principal};
 use ingot_region::datadir::{DataDir, RegionIdentity, RunInfo};
 use ingot_region::raft::RaftTuning;
 use ingot_region::server::{start, Running, TlsFiles};
@@ -249,6 +249,7 @@ async fn init(c: Common) -> Result<()> {
             admin_token_hash: secret::hash(&admin_token),
             first_region: first,
         }),
+        principal: Some(Principal::Internal(Internal::Init)),
     };
     dd.write(&dd.bootstrap_path(), &serde_json::to_vec(&bootstrap)?, true)?;
     let identity = RegionIdentity {

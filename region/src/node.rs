@@ -2,7 +2,7 @@
 //! [`Region::write`] (propose a command wherever the leader is) and [`Region::read_barrier`] (make a local
 //! read linearizable). Membership changes ([`Region::leader_op`]) run on the leader, forwarded if needed.
 
-use crate::command::{op, Batch, Command, Op, Reply, Response, MAX_BATCH};
+use crate::command::{op, Batch, Command, Op, Principal, Reply, Response, MAX_BATCH};
 use crate::raft::network::Peers;
 use crate::raft::store::SharedState;
 use crate::raft::Raft;
@@ -35,6 +35,10 @@ pub enum Forwarded {
         node_id: NodeId,
         /// Who asked.
         actor: String,
+        /// How the asking region authenticated `actor` (absent from older regions' requests): the
+        /// leader checks it before changing the membership, and apply again on `ForgetRegion`.
+        #[serde(default)]
+        principal: Option<Principal>,
     },
 }
 
@@ -186,7 +190,20 @@ impl Region {
         match op {
             Forwarded::Write(cmd) => self.propose((**cmd).clone()).await,
             Forwarded::AddVoter { node_id } => self.add_voter(*node_id).await,
-            Forwarded::RemoveRegion { node_id, actor } => self.remove_region(*node_id, actor).await,
+            Forwarded::RemoveRegion {
+                node_id,
+                actor,
+                principal,
+            } => {
+                let cmd = Command {
+                    request_id: ingot_common::secret::generate("rm_"),
+                    ts_ms: ingot_common::now_ms(),
+                    actor: actor.clone(),
+                    op: Op::ForgetRegion(op::ForgetRegion { node_id: *node_id }),
+                    principal: principal.clone(),
+                };
+                self.remove_region(*node_id, cmd).await
+            }
         }
     }
 
@@ -278,7 +295,14 @@ impl Region {
         }
     }
 
-    async fn remove_region(&self, node_id: NodeId, actor: &str) -> ForwardReply {
+    /// Removes region `node_id` from the membership, then proposes `forget` (its `ForgetRegion`),
+    /// once the leader's state authorizes `forget`'s principal.
+    async fn remove_region(&self, node_id: NodeId, forget: Command) -> ForwardReply {
+        let allowed = crate::apply::authz::check(&crate::locks::read(&self.state), &forget);
+        if let Err(e) = allowed {
+            return ForwardReply::Done(Err(e));
+        }
+        let actor = forget.actor.as_str();
         let membership = self
             .raft
             .metrics()
@@ -331,13 +355,7 @@ impl Region {
                 let _ = tokio::time::timeout(Duration::from_secs(2), c.leave(req)).await;
             }
         }
-        let cmd = Command {
-            request_id: ingot_common::secret::generate("rm_"),
-            ts_ms: ingot_common::now_ms(),
-            actor: actor.to_string(),
-            op: Op::ForgetRegion(op::ForgetRegion { node_id }),
-        };
-        self.propose(cmd).await
+        self.propose(forget).await
     }
 
     /// Hands `cmd` to the proposer (group commit) and waits for its result on this region's Raft node.

@@ -6,7 +6,7 @@
 use ingot_common::model::{Event, Pool, PowerCommand, PowerCommandState, Rack, Role, Tag, User};
 use ingot_common::pki::ClusterCa;
 use ingot_common::tagexpr::TagExpr;
-use ingot_common::{Mac, Machine, MachineStatus, NodeId, RegionInfo, Zone};
+use ingot_common::{DomainError, Mac, Machine, MachineStatus, NodeId, RegionInfo, Zone};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -40,6 +40,17 @@ pub struct ApiToken {
     /// Expiry (ms since epoch); `None`: never.
     #[serde(default)]
     pub expires_ms: Option<u64>,
+}
+
+/// The public id of API token `t`, stored under `hash`: its own, or — for a token made before tokens
+/// had ids — one derived from its hash (`h` + the first 12 hex digits), so every token can be named in
+/// a command's principal, listed and revoked. Derived, never stored: every replica derives the same.
+pub fn token_id_of(hash: &str, t: &ApiToken) -> String {
+    if t.id.is_empty() {
+        format!("h{}", hash.get(..12).unwrap_or(hash))
+    } else {
+        t.id.clone()
+    }
 }
 
 /// What an allocation request got, remembered so that repeating its request id returns the same machines.
@@ -148,6 +159,11 @@ pub struct Data {
     /// Id of the next power command (serialized as `next_command_id`, its earlier name).
     #[serde(default, rename = "next_command_id")]
     pub next_power_command_id: u64,
+    /// True once the log holds a command an upgraded leader (or `init`) proposed: from then on every
+    /// command must name its principal and is authorized by it; entries before that apply as they always
+    /// did (see `apply::authz`).
+    #[serde(default)]
+    pub principals_required: bool,
 }
 
 /// How often a region records a rack session's heartbeat in the log (ms); liveness allows for this lag.
@@ -155,6 +171,10 @@ pub const HEARTBEAT_RECORD_MS: u64 = 1_000;
 
 /// Most power commands kept (finished ones are dropped oldest first).
 pub const POWER_COMMANDS_MAX: usize = 100_000;
+
+/// Most API tokens one user may hold: tokens are part of every snapshot, and a user needs a few (one per
+/// tool or machine), not thousands.
+pub const TOKENS_PER_USER_MAX: usize = 100;
 
 /// [`Data`] plus indexes. Indexes are never serialized; [`State::from_data`] rebuilds them.
 #[derive(Debug, Default)]
@@ -191,6 +211,11 @@ pub struct State {
     pub by_rack: HashMap<String, BTreeSet<String>>,
     /// Ids of pending power commands.
     pub pending_power_commands: BTreeSet<u64>,
+    /// API token id → the token's hash (its key in `data.tokens`): revocation and apply's principal
+    /// check find a token without a scan.
+    pub token_ids: HashMap<String, String>,
+    /// User → the hashes of the user's API tokens: per-user counts (the cap) and lists without a scan.
+    pub tokens_by_user: HashMap<String, BTreeSet<String>>,
     /// Recent machine changes for `Watch`, oldest first.
     pub changes: VecDeque<Change>,
     /// Every change after this revision is in `changes` (older ones were dropped, or predate the
@@ -215,6 +240,15 @@ impl State {
                     s.tag_exprs.insert(t.name.clone(), e);
                 }
             }
+        }
+        let tokens: Vec<(String, ApiToken)> = s
+            .data
+            .tokens
+            .iter()
+            .map(|(h, t)| (h.clone(), t.clone()))
+            .collect();
+        for (h, t) in tokens {
+            s.index_token(&h, &t);
         }
         s.changes_floor = s.data.revision;
         s.pending_power_commands = s
@@ -298,15 +332,95 @@ impl State {
         out
     }
 
-    /// The role of a user (falling back to the token's stored role for tokens made before users).
+    /// True if `user` is an admin now (see [`State::role_of`]).
     pub fn is_admin(&self, user: &str) -> bool {
-        match self.data.users.get(user) {
-            Some(u) => u.role == Role::Admin,
-            None => self
-                .data
-                .tokens
-                .values()
-                .any(|t| t.name == user && t.role == "admin"),
+        self.role_of(user) == Some(Role::Admin)
+    }
+
+    /// The current role of `user`: its user record's, or — for a name with tokens made before users
+    /// existed — the role stored with those tokens (admin if any says so). `None`: no such caller.
+    pub fn role_of(&self, user: &str) -> Option<Role> {
+        if let Some(u) = self.data.users.get(user) {
+            return Some(u.role);
+        }
+        let mut role = None;
+        for t in self.tokens_of_user(user) {
+            if Role::parse(&t.role) == Some(Role::Admin) {
+                return Some(Role::Admin);
+            }
+            role = Some(Role::User);
+        }
+        role
+    }
+
+    /// Stores API token `t` under `hash`, with its index entries.
+    pub fn put_token(&mut self, hash: String, t: ApiToken) {
+        self.remove_token(&hash);
+        self.index_token(&hash, &t);
+        self.data.tokens.insert(hash, t);
+    }
+
+    /// Removes the API token stored under `hash`, with its index entries.
+    pub fn remove_token(&mut self, hash: &str) -> Option<ApiToken> {
+        let t = self.data.tokens.remove(hash)?;
+        let id = token_id_of(hash, &t);
+        if self.token_ids.get(&id).is_some_and(|h| h == hash) {
+            self.token_ids.remove(&id);
+        }
+        if let Some(set) = self.tokens_by_user.get_mut(&t.name) {
+            set.remove(hash);
+            if set.is_empty() {
+                self.tokens_by_user.remove(&t.name);
+            }
+        }
+        Some(t)
+    }
+
+    fn index_token(&mut self, hash: &str, t: &ApiToken) {
+        self.token_ids
+            .insert(token_id_of(hash, t), hash.to_string());
+        self.tokens_by_user
+            .entry(t.name.clone())
+            .or_default()
+            .insert(hash.to_string());
+    }
+
+    /// The API token with public id `id` (see [`token_id_of`]), with its hash.
+    pub fn token_by_id(&self, id: &str) -> Option<(&String, &ApiToken)> {
+        let hash = self.token_ids.get(id)?;
+        self.data.tokens.get_key_value(hash)
+    }
+
+    /// The API tokens of `user`.
+    pub fn tokens_of_user<'a>(&'a self, user: &str) -> impl Iterator<Item = &'a ApiToken> + 'a {
+        self.tokens_by_user
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|h| self.data.tokens.get(h))
+    }
+
+    /// How many API tokens `user` holds.
+    pub fn token_count(&self, user: &str) -> usize {
+        self.tokens_by_user.get(user).map_or(0, |s| s.len())
+    }
+
+    /// Who token `t` (public id `t.id`) acts for at time `now_ms`: its user and that user's current role.
+    /// Refused once it has expired, or if its user no longer exists. The one check behind the API edge,
+    /// the re-check after a read barrier, and the apply step's.
+    pub fn token_caller(&self, t: &ApiToken, now_ms: u64) -> Result<(String, Role), DomainError> {
+        if t.expires_ms.is_some_and(|e| e <= now_ms) {
+            return Err(DomainError::unauthenticated(format!(
+                "token {} expired; create a new one with `ingot tokens create`",
+                t.id
+            )));
+        }
+        match self.role_of(&t.name) {
+            Some(role) => Ok((t.name.clone(), role)),
+            None => Err(DomainError::unauthenticated(format!(
+                "token {} acts for user '{}', who no longer exists",
+                t.id, t.name
+            ))),
         }
     }
 
@@ -660,5 +774,38 @@ mod tests {
         }
         let d: Data = serde_json::from_value(v).expect("an older snapshot loads");
         assert_eq!(d.next_power_command_id, 7);
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    /// Tokens made before tokens had ids get one derived from their hash — the same on every replica,
+    /// whether it applied the log or loaded a snapshot — so they can be named, listed and revoked.
+    #[test]
+    fn tokens_without_ids_are_indexed_by_a_derived_id() {
+        let old = ApiToken {
+            name: "admin".into(),
+            role: "admin".into(),
+            created_ms: 1,
+            id: String::new(),
+            description: String::new(),
+            expires_ms: None,
+        };
+        let mut s = State::default();
+        s.put_token("0123456789abcdef".into(), old);
+        let (h, _) = s.token_by_id("h0123456789ab").expect("derived id");
+        assert_eq!(h, "0123456789abcdef");
+        assert_eq!(
+            s.role_of("admin"),
+            Some(Role::Admin),
+            "the token's role, no user record"
+        );
+        let r = State::from_data(s.data.clone());
+        assert_eq!(r.token_ids, s.token_ids);
+        s.remove_token("0123456789abcdef");
+        assert!(s.token_ids.is_empty() && s.tokens_by_user.is_empty());
+        assert_eq!(s.role_of("admin"), None);
     }
 }

@@ -484,3 +484,158 @@ async fn reflection_v1_lists_the_public_services_only() {
         "the Raft service must not be exposed to clients: {names:?}"
     );
 }
+
+/// Makes user `name` with `role` and a token for it through `admin`; answers the token's id and secret.
+async fn user_with_token(
+    admin: &ingot_client::Clients,
+    name: &str,
+    role: Role,
+) -> (String, String) {
+    admin
+        .users()
+        .create_user(CreateUserRequest {
+            name: name.into(),
+            role: role as i32,
+        })
+        .await
+        .unwrap();
+    let t = admin
+        .users()
+        .create_token(CreateTokenRequest {
+            user: name.into(),
+            description: "t12".into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (t.token.expect("token").id, t.secret)
+}
+
+/// A demoted admin and a revoked token stop working at once, also through a region that has not yet
+/// heard of the change: the follower is stopped (SIGSTOP) while the leader demotes bob and revokes
+/// carol's token, their calls reach it while it still holds the old state, and it is resumed. Its
+/// API edge still believes the old state; the apply step (writes) and the re-check after the read
+/// barrier (linearizable reads) do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_admin_and_a_revoked_token_stop_at_once_through_a_lagging_region() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tc = TestCluster::start("lagging-authz", 3, &[]).await.unwrap();
+    let leader = tc.leader().await;
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let admin = tc.clients_to(leader);
+    let (_, bob_secret) = user_with_token(&admin, "bob", Role::Admin).await;
+    let (carol_id, carol_secret) = user_with_token(&admin, "carol", Role::User).await;
+    // Connections to the follower, made (and the tokens seen there) before it is stopped.
+    let bob = tc.clients_to(follower).with_token(&bob_secret).unwrap();
+    let carol = tc.clients_to(follower).with_token(&carol_secret).unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let b = bob.users().who_am_i(WhoAmIRequest {}).await;
+        let c = carol.users().who_am_i(WhoAmIRequest {}).await;
+        if b.is_ok() && c.is_ok() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "{b:?} {c:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    bob.users()
+        .list_users(ListUsersRequest {})
+        .await
+        .expect("bob is an admin");
+
+    tc.cluster.kill(follower, libc::SIGSTOP).unwrap();
+    let resumed = scopeguard_cont(&tc, follower);
+    admin
+        .users()
+        .update_user(UpdateUserRequest {
+            name: "bob".into(),
+            role: Role::User as i32,
+        })
+        .await
+        .expect("demote bob (the leader and the third region are a majority)");
+    admin
+        .users()
+        .revoke_token(RevokeTokenRequest { id: carol_id })
+        .await
+        .expect("revoke carol's token");
+    // Sent to the stopped follower: they wait in its sockets and are served when it resumes.
+    let (b, c) = (bob.clone(), carol.clone());
+    let bob_write = tokio::spawn(async move {
+        b.zones()
+            .create_zone(CreateZoneRequest {
+                name: "bobs-zone".into(),
+                description: String::new(),
+            })
+            .await
+    });
+    let b = bob.clone();
+    let bob_read = tokio::spawn(async move { b.users().list_users(ListUsersRequest {}).await });
+    let c2 = c.clone();
+    let carol_read =
+        tokio::spawn(async move { c2.zones().list_zones(ListZonesRequest::default()).await });
+    let carol_write = tokio::spawn(async move {
+        c.users()
+            .create_token(CreateTokenRequest {
+                user: String::new(),
+                description: "after revocation".into(),
+                ttl_seconds: 0,
+            })
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(resumed); // SIGCONT
+
+    let e = bob_write
+        .await
+        .unwrap()
+        .expect_err("a demoted admin's write");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = bob_read
+        .await
+        .unwrap()
+        .expect_err("a demoted admin's linearizable read");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = carol_write
+        .await
+        .unwrap()
+        .expect_err("a revoked token's write");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let e = carol_read
+        .await
+        .unwrap()
+        .expect_err("a revoked token's linearizable read");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let zones = admin
+        .zones()
+        .list_zones(ListZonesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .zones;
+    assert!(zones.iter().all(|z| z.name != "bobs-zone"), "{zones:?}");
+    // Once caught up, the follower's own edge refuses them too.
+    let e = bob
+        .zones()
+        .create_zone(CreateZoneRequest {
+            name: "bobs-zone".into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+}
+
+/// Sends SIGCONT to region `i` when dropped, so a failed assertion never leaves it stopped.
+fn scopeguard_cont(tc: &TestCluster, i: usize) -> impl Drop + '_ {
+    struct Cont<'a>(&'a TestCluster, usize);
+    impl Drop for Cont<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.cluster.kill(self.1, libc::SIGCONT);
+        }
+    }
+    Cont(tc, i)
+}

@@ -109,8 +109,8 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<GetSettingsRequest>,
     ) -> Result<Response<Settings>, Status> {
-        actor(&self.app, &req)?;
-        let d = self.app.get_settings().await.map_err(status)?;
+        let who = actor(&self.app, &req)?;
+        let d = self.app.get_settings(&who).await.map_err(status)?;
         Ok(Response::new(settings_to_proto(&d)))
     }
 

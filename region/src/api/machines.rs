@@ -205,6 +205,7 @@ impl MachineService for MachineApi {
         let (page, next, total, revision) = self
             .app
             .list_machines(
+                &who,
                 q,
                 r.page_size,
                 &r.page_token,

@@ -27,11 +27,11 @@ impl PoolService for PoolApi {
     }
 
     async fn get_pool(&self, req: Request<GetPoolRequest>) -> Result<Response<Pool>, Status> {
-        actor(&self.app, &req)?;
+        let who = actor(&self.app, &req)?;
         let r = req.into_inner();
         let (p, n) = self
             .app
-            .get_pool(&r.name, linearizable(r.consistency))
+            .get_pool(&who, &r.name, linearizable(r.consistency))
             .await
             .map_err(status)?;
         Ok(Response::new(pool_to_proto(&p, &n)))
@@ -41,11 +41,11 @@ impl PoolService for PoolApi {
         &self,
         req: Request<ListPoolsRequest>,
     ) -> Result<Response<ListPoolsResponse>, Status> {
-        actor(&self.app, &req)?;
+        let who = actor(&self.app, &req)?;
         let r = req.into_inner();
         let pools = self
             .app
-            .list_pools(linearizable(r.consistency))
+            .list_pools(&who, linearizable(r.consistency))
             .await
             .map_err(status)?;
         Ok(Response::new(ListPoolsResponse {

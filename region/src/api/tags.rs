@@ -27,11 +27,11 @@ impl TagService for TagApi {
     }
 
     async fn get_tag(&self, req: Request<GetTagRequest>) -> Result<Response<Tag>, Status> {
-        actor(&self.app, &req)?;
+        let who = actor(&self.app, &req)?;
         let r = req.into_inner();
         let (t, n) = self
             .app
-            .get_tag(&r.name, linearizable(r.consistency))
+            .get_tag(&who, &r.name, linearizable(r.consistency))
             .await
             .map_err(status)?;
         Ok(Response::new(tag_to_proto(&t, n)))
@@ -41,11 +41,11 @@ impl TagService for TagApi {
         &self,
         req: Request<ListTagsRequest>,
     ) -> Result<Response<ListTagsResponse>, Status> {
-        actor(&self.app, &req)?;
+        let who = actor(&self.app, &req)?;
         let r = req.into_inner();
         let tags = self
             .app
-            .list_tags(linearizable(r.consistency))
+            .list_tags(&who, linearizable(r.consistency))
             .await
             .map_err(status)?;
         Ok(Response::new(ListTagsResponse {

@@ -27,11 +27,11 @@ impl ZoneService for ZoneApi {
     }
 
     async fn get_zone(&self, req: Request<GetZoneRequest>) -> Result<Response<Zone>, Status> {
-        actor(&self.app, &req)?;
+        let who = actor(&self.app, &req)?;
         let r = req.into_inner();
         let (z, n) = self
             .app
-            .get_zone(&r.name, linearizable(r.consistency))
+            .get_zone(&who, &r.name, linearizable(r.consistency))
             .await
             .map_err(status)?;
         Ok(Response::new(zone_to_proto(&z, &n)))
@@ -41,11 +41,11 @@ impl ZoneService for ZoneApi {
         &self,
         req: Request<ListZonesRequest>,
     ) -> Result<Response<ListZonesResponse>, Status> {
-        actor(&self.app, &req)?;
+        let who = actor(&self.app, &req)?;
         let r = req.into_inner();
         let zones = self
             .app
-            .list_zones(linearizable(r.consistency))
+            .list_zones(&who, linearizable(r.consistency))
             .await
             .map_err(status)?;
         Ok(Response::new(ListZonesResponse {

@@ -3,7 +3,7 @@
 //! one boot, and dies when the boot ends.
 
 use super::App;
-use crate::command::{op, BootTokens, Command, Op, Reply};
+use crate::command::{op, BootTokens, Command, Internal, Op, Principal, Reply};
 use ingot_common::lifecycle::Outcome;
 use ingot_common::model::Inventory;
 use ingot_common::{secret, validate, DomainError, Machine, MachineStatus};
@@ -27,7 +27,7 @@ impl App {
                 "boot_token is required: it is given to the machine by its boot configuration",
             ));
         }
-        self.read(true, |st| {
+        self.read_internal(true, |st| {
             let m = st.machine(system_id).ok_or_else(|| {
                 DomainError::unauthenticated(format!("unknown machine {system_id} or wrong boot token"))
             })?;
@@ -42,7 +42,8 @@ impl App {
     }
 
     async fn agent_write(&self, op: Op) -> Result<Machine, DomainError> {
-        match self.region.write(Command::new(AGENT_ACTOR, op)).await? {
+        let cmd = Command::new(AGENT_ACTOR, Principal::Internal(Internal::Agent), op);
+        match self.region.write(cmd).await? {
             Reply::Machine(m) => Ok(*m),
             other => Err(super::unexpected(other)),
         }

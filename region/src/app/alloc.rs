@@ -84,7 +84,7 @@ impl App {
         for attempt in 0..ATTEMPTS {
             // First round from local state (cheap); after a conflict, from linearizable state.
             let picked = self
-                .read(attempt > 0, |st| {
+                .read(actor, attempt > 0, |st| {
                     if !req.request_id.is_empty() {
                         if let Some(r) = replay(st, &actor.name, &req.request_id) {
                             return r.map(Err);
@@ -101,7 +101,7 @@ impl App {
             if req.dry_run {
                 let n = req.count as usize;
                 let ms = self
-                    .read(false, |st| {
+                    .read(actor, false, |st| {
                         candidates
                             .iter()
                             .take(n)
@@ -394,6 +394,7 @@ mod tests {
         let ids = pick(&s, &req(1, Spread::Any), &mut rng).expect("pick");
         let cmd = |rid: &str, cands: Vec<String>| Command {
             request_id: format!("x-{rid}"),
+            principal: None,
             ts_ms: 10,
             actor: "alice".into(),
             op: Op::Allocate(op::Allocate {

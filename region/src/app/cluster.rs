@@ -2,7 +2,7 @@
 //! cluster-wide settings (deadlines of in-progress statuses).
 
 use super::{Actor, App};
-use crate::command::{op, Op, Reply};
+use crate::command::{op, Internal, Op, Principal, Reply};
 use crate::node::Forwarded;
 use crate::raft::RaftStatus;
 use crate::state::Settings;
@@ -228,6 +228,7 @@ impl App {
         let actor = super::Actor {
             name: format!("join:{name}"),
             role: "region".into(),
+            principal: Principal::Internal(Internal::JoiningRegion),
         };
         let op = Op::AdmitRegion(op::AdmitRegion {
             token_hash: secret::hash(token),
@@ -282,14 +283,15 @@ impl App {
             .leader_op(Forwarded::RemoveRegion {
                 node_id,
                 actor: actor.name.clone(),
+                principal: Some(actor.principal.clone()),
             })
             .await?;
         Ok(())
     }
 
     /// The effective deadline of every in-progress status. Any authenticated caller may read them.
-    pub async fn get_settings(&self) -> Result<Deadlines, DomainError> {
-        self.read(true, |st| effective_deadlines(&st.data.settings))
+    pub async fn get_settings(&self, actor: &Actor) -> Result<Deadlines, DomainError> {
+        self.read(actor, true, |st| effective_deadlines(&st.data.settings))
             .await
     }
 

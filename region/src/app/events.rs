@@ -161,7 +161,7 @@ impl App {
             Some(actor.name.clone())
         };
         let (page, next) = self
-            .read(linearizable, |st| events_page(st, &q, before, limit))
+            .read(actor, linearizable, |st| events_page(st, &q, before, limit))
             .await?;
         Ok((page, next.map(Cursor::encode).unwrap_or_default()))
     }

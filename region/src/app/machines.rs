@@ -203,7 +203,7 @@ impl App {
         key: MachineKey,
         linearizable: bool,
     ) -> Result<Machine, DomainError> {
-        self.read(linearizable, |st| {
+        self.read(actor, linearizable, |st| {
             key.find(st)?
                 .filter(|m| visible(actor, m))
                 .cloned()
@@ -222,7 +222,7 @@ impl App {
         }
         for linearizable in [false, true] {
             let found = self
-                .read(linearizable, |st| {
+                .read_internal(linearizable, |st| {
                     key.find(st).map(|m| m.map(|m| m.system_id.clone()))
                 })
                 .await??;
@@ -311,7 +311,7 @@ impl App {
         key: MachineKey,
     ) -> Result<(String, BootSession), DomainError> {
         actor.require_admin("read boot credentials")?;
-        self.read(true, |st| {
+        self.read(actor, true, |st| {
             let m = key
                 .find(st)?
                 .ok_or_else(|| DomainError::not_found(format!("no machine with {key:?}")))?;
@@ -332,6 +332,7 @@ impl App {
     /// token, the total matching, and the revision the page was read at.
     pub async fn list_machines<T: Send>(
         &self,
+        actor: &Actor,
         q: MachineQuery,
         page_size: u32,
         page_token: &str,
@@ -366,7 +367,7 @@ impl App {
             Some(s)
         };
         let (page, last, more, total, rev) = self
-            .read(linearizable, |st| {
+            .read(actor, linearizable, |st| {
                 let (page, more, total) = st.list_machines(&q, after.as_deref(), limit);
                 let last = page.last().map(|m| m.system_id.clone());
                 let out: Vec<T> = convert_parallel(&page, &|m: &Machine| f(st, m));

@@ -46,11 +46,12 @@ impl App {
     /// A pool and its machines per status.
     pub async fn get_pool(
         &self,
+        actor: &Actor,
         name: &str,
         linearizable: bool,
     ) -> Result<(Pool, StatusCounts), DomainError> {
         required("name", name)?;
-        self.read(linearizable, |st| {
+        self.read(actor, linearizable, |st| {
             st.data
                 .pools
                 .get(name)
@@ -63,9 +64,10 @@ impl App {
     /// All pools, by name, with their machines per status.
     pub async fn list_pools(
         &self,
+        actor: &Actor,
         linearizable: bool,
     ) -> Result<Vec<(Pool, StatusCounts)>, DomainError> {
-        self.read(linearizable, |st| {
+        self.read(actor, linearizable, |st| {
             st.data
                 .pools
                 .values()

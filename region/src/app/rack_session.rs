@@ -10,7 +10,7 @@
 //! a session superseded by a newer one of the same rack ends.
 
 use super::App;
-use crate::command::{op, BootTokens, Command, Op, PowerObservation};
+use crate::command::{op, BootTokens, Command, Internal, Op, PowerObservation, Principal};
 use ingot_common::model::{PowerCommand, RackSession};
 use ingot_common::{secret, DomainError, ErrorCode, NodeId, PowerParams};
 use std::collections::{HashMap, HashSet};
@@ -114,7 +114,7 @@ impl App {
     /// Fails unless rack `name` is registered and not revoked: the check before a session is accepted.
     pub async fn admit_rack_session(&self, name: &str) -> Result<(), DomainError> {
         let known = self
-            .read(false, |st| st.data.racks.get(name).map(|r| r.revoked))
+            .read_internal(false, |st| st.data.racks.get(name).map(|r| r.revoked))
             .await?;
         match known {
             None => Err(DomainError::denied(format!(
@@ -193,7 +193,7 @@ impl RackSessionState {
                 ended_ms: None,
             },
         });
-        let cmd = Command::new(self.actor.as_str(), op);
+        let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
         async move {
             app.region.write(cmd).await?;
             recorded.store(true, Ordering::SeqCst);
@@ -281,7 +281,7 @@ impl RackSessionState {
                 name: self.name.clone(),
                 session_id: self.session_id.clone(),
             });
-            let cmd = Command::new(self.actor.as_str(), op);
+            let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
             let app = self.app.clone();
             tokio::spawn(async move {
                 if let Err(e) = app.region.write(cmd).await {
@@ -315,7 +315,7 @@ impl RackSessionState {
             power_state: r.power_state,
             next_boot: BootTokens::generate(),
         });
-        let cmd = Command::new(self.actor.as_str(), op);
+        let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
         let app = self.app.clone();
         async move {
             if let Some(e) = refused {
@@ -358,7 +358,7 @@ impl RackSessionState {
                 rack: self.name.clone(),
                 items,
             });
-            let cmd = Command::new(self.actor.as_str(), op);
+            let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
             let app = self.app.clone();
             tokio::spawn(async move {
                 if let Err(e) = app.region.write(cmd).await {
@@ -421,7 +421,7 @@ impl RackSessionState {
             session_id: self.session_id,
             last_seen_ms: self.last_seen_ms,
         });
-        let cmd = Command::new(self.actor.as_str(), op);
+        let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
         let app = self.app;
         tokio::spawn(async move {
             let _ = app.region.write(cmd).await;

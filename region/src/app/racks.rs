@@ -3,7 +3,7 @@
 
 use super::machines::MachineKey;
 use super::{Actor, App};
-use crate::command::{op, Op, Reply};
+use crate::command::{op, Internal, Op, Principal, Reply};
 use ingot_common::model::{PowerCommand, PowerCommandState, Rack};
 use ingot_common::pki::{self, Identity};
 use ingot_common::power::PowerAction;
@@ -95,6 +95,7 @@ impl App {
         let actor = Actor {
             name: format!("rack:{name}"),
             role: "rack".into(),
+            principal: Principal::Internal(Internal::EnrollingRack),
         };
         let op = Op::RegisterRack(op::RegisterRack {
             token_hash: secret::hash(token),
@@ -154,7 +155,7 @@ impl App {
         actor.require_admin("list racks")?;
         let grace = self.rack_grace_ms;
         let now = ingot_common::now_ms();
-        self.read(linearizable, |st| {
+        self.read(actor, linearizable, |st| {
             st.data
                 .racks
                 .values()
@@ -241,7 +242,7 @@ impl App {
         let mut first = true;
         loop {
             let c = self
-                .read(first, |st| st.data.power_commands.get(&id).cloned())
+                .read(actor, first, |st| st.data.power_commands.get(&id).cloned())
                 .await?
                 .ok_or_else(|| DomainError::not_found(format!("no power command {id}")))?;
             first = false;

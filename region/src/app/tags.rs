@@ -58,9 +58,14 @@ impl App {
     }
 
     /// A tag and the number of machines carrying it.
-    pub async fn get_tag(&self, name: &str, linearizable: bool) -> Result<(Tag, u64), DomainError> {
+    pub async fn get_tag(
+        &self,
+        actor: &Actor,
+        name: &str,
+        linearizable: bool,
+    ) -> Result<(Tag, u64), DomainError> {
         required("name", name)?;
-        self.read(linearizable, |st| {
+        self.read(actor, linearizable, |st| {
             st.data
                 .tags
                 .get(name)
@@ -71,8 +76,12 @@ impl App {
     }
 
     /// All tags, by name, with their machine counts.
-    pub async fn list_tags(&self, linearizable: bool) -> Result<Vec<(Tag, u64)>, DomainError> {
-        self.read(linearizable, |st| {
+    pub async fn list_tags(
+        &self,
+        actor: &Actor,
+        linearizable: bool,
+    ) -> Result<Vec<(Tag, u64)>, DomainError> {
+        self.read(actor, linearizable, |st| {
             st.data
                 .tags
                 .values()

@@ -4,7 +4,7 @@
 use super::required;
 use super::{Actor, App};
 use crate::command::{op, Op, Reply};
-use crate::state::{ApiToken, State};
+use crate::state::{token_id_of, ApiToken, State, TOKENS_PER_USER_MAX};
 use ingot_common::model::{Role, User};
 use ingot_common::{secret, validate, DomainError};
 
@@ -61,20 +61,13 @@ fn user_info(st: &State, u: &User) -> UserInfo {
             .get(&u.name)
             .map(|s| s.len() as u64)
             .unwrap_or(0),
-        token_count: st
-            .data
-            .tokens
-            .values()
-            .filter(|t| t.name == u.name)
-            .count()
-            .try_into()
-            .unwrap_or(u32::MAX),
+        token_count: st.token_count(&u.name).try_into().unwrap_or(u32::MAX),
     }
 }
 
-fn token_info(t: &ApiToken) -> TokenInfo {
+fn token_info(hash: &str, t: &ApiToken) -> TokenInfo {
     TokenInfo {
-        id: t.id.clone(),
+        id: token_id_of(hash, t),
         user: t.name.clone(),
         description: t.description.clone(),
         created_ms: t.created_ms,
@@ -84,13 +77,22 @@ fn token_info(t: &ApiToken) -> TokenInfo {
 
 /// Tokens of `user` (everyone's when `None`), ordered by user, then creation, then id.
 fn tokens_of(st: &State, user: Option<&str>) -> Vec<TokenInfo> {
-    let mut out: Vec<TokenInfo> = st
-        .data
-        .tokens
-        .values()
-        .filter(|t| user.is_none_or(|u| t.name == u))
-        .map(token_info)
-        .collect();
+    let mut out: Vec<TokenInfo> = match user {
+        Some(u) => st
+            .tokens_by_user
+            .get(u)
+            .into_iter()
+            .flatten()
+            .filter_map(|h| st.data.tokens.get_key_value(h))
+            .map(|(h, t)| token_info(h, t))
+            .collect(),
+        None => st
+            .data
+            .tokens
+            .iter()
+            .map(|(h, t)| token_info(h, t))
+            .collect(),
+    };
     out.sort_by(|a, b| (&a.user, a.created_ms, &a.id).cmp(&(&b.user, b.created_ms, &b.id)));
     out
 }
@@ -130,7 +132,7 @@ fn token_id(st: &State) -> String {
             .filter(|c| c.is_ascii_alphanumeric())
             .take(TOKEN_ID_LEN)
             .collect();
-        if !st.data.tokens.values().any(|t| t.id == id) {
+        if !st.token_ids.contains_key(&id) {
             break;
         }
     }
@@ -141,14 +143,11 @@ impl App {
     /// The caller: name and role from its token, with what it holds. Tokens made before users existed
     /// have no user record; they are shown with the token's role and the creation of their first token.
     pub async fn who_am_i(&self, actor: &Actor) -> Result<UserInfo, DomainError> {
-        self.read(false, |st| {
+        self.read(actor, false, |st| {
             let created_ms = match st.data.users.get(&actor.name) {
                 Some(u) => u.created_ms,
                 None => st
-                    .data
-                    .tokens
-                    .values()
-                    .filter(|t| t.name == actor.name)
+                    .tokens_of_user(&actor.name)
                     .map(|t| t.created_ms)
                     .min()
                     .unwrap_or(0),
@@ -187,7 +186,7 @@ impl App {
         linearizable: bool,
     ) -> Result<Vec<UserInfo>, DomainError> {
         actor.require_admin("list users")?;
-        self.read(linearizable, |st| {
+        self.read(actor, linearizable, |st| {
             st.data.users.values().map(|u| user_info(st, u)).collect()
         })
         .await
@@ -244,6 +243,13 @@ impl App {
         let secret = secret::generate("ingot_");
         let id = {
             let st = crate::locks::read(&self.region.state);
+            // Fail fast on the cap; the apply step has the final word.
+            let held = st.token_count(&user);
+            if held >= TOKENS_PER_USER_MAX {
+                return Err(DomainError::exhausted(format!(
+                    "user '{user}' holds {held} tokens, the most allowed ({TOKENS_PER_USER_MAX}); revoke unused ones first (ingot tokens list, ingot tokens revoke ID)"
+                )));
+            }
             token_id(&st)
         };
         // Creation time and expiry come from one clock reading, the one the command carries.
@@ -285,7 +291,7 @@ impl App {
             validate::name("user", user)?;
         }
         let scope = token_scope(actor, user, all)?;
-        self.read(linearizable, |st| tokens_of(st, scope.as_deref()))
+        self.read(actor, linearizable, |st| tokens_of(st, scope.as_deref()))
             .await
     }
 
@@ -295,11 +301,7 @@ impl App {
         required("id", &id)?;
         let owner = {
             let st = crate::locks::read(&self.region.state);
-            st.data
-                .tokens
-                .values()
-                .find(|t| t.id == id)
-                .map(|t| t.name.clone())
+            st.token_by_id(&id).map(|(_, t)| t.name.clone())
         };
         if owner.is_some_and(|o| o != actor.name) {
             actor.require_admin("revoke other users' tokens")?;
@@ -321,11 +323,15 @@ mod tests {
         Actor {
             name: name.into(),
             role: role.into(),
+            principal: crate::command::Principal::Token {
+                id: format!("{name}-t"),
+                user: name.into(),
+            },
         }
     }
 
     fn token(st: &mut State, hash: &str, id: &str, user: &str, created_ms: u64) {
-        st.data.tokens.insert(
+        st.put_token(
             hash.into(),
             ApiToken {
                 name: user.into(),

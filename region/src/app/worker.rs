@@ -4,7 +4,7 @@
 //! the status it saw, so a late agent report and the worker can never both win.
 
 use super::App;
-use crate::command::{op, BootTokens, Command, Op};
+use crate::command::{op, BootTokens, Command, Internal, Op, Principal};
 use ingot_common::lifecycle::Outcome;
 use ingot_common::MachineStatus;
 use std::time::Duration;
@@ -31,9 +31,25 @@ pub async fn run(app: App, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         if !leader {
             continue;
         }
+        // A log written by older versions switches to requiring principals at the first command of
+        // an upgraded leader (apply::authz): send one at once, an empty BMC assignment, harmless to
+        // every version.
+        if !crate::locks::read(&app.region.state)
+            .data
+            .principals_required
+        {
+            let op = Op::AssignBmcs(op::AssignBmcs {
+                moves: Vec::new(),
+                lease_ms: app.rack_grace_ms,
+            });
+            let cmd = Command::new(REGION_ACTOR, Principal::Internal(Internal::Region), op);
+            if let Err(e) = app.region.write(cmd).await {
+                tracing::debug!("switching the log to principals: {e}");
+            }
+        }
         // Proposed together: the proposer packs them into few log entries.
         let writes = due(&app, ingot_common::now_ms()).into_iter().map(|op| {
-            let cmd = Command::new(REGION_ACTOR, op);
+            let cmd = Command::new(REGION_ACTOR, Principal::Internal(Internal::Region), op);
             let region = app.region.clone();
             async move {
                 if let Err(e) = region.write(cmd).await {
@@ -49,7 +65,7 @@ pub async fn run(app: App, mut shutdown: tokio::sync::watch::Receiver<bool>) {
                 moves,
                 lease_ms: app.rack_grace_ms,
             });
-            let cmd = Command::new(REGION_ACTOR, op);
+            let cmd = Command::new(REGION_ACTOR, Principal::Internal(Internal::Region), op);
             if let Err(e) = app.region.write(cmd).await {
                 tracing::debug!("BMC assignment: {e}");
             }

@@ -47,11 +47,12 @@ impl App {
     /// A zone and its machines per status.
     pub async fn get_zone(
         &self,
+        actor: &Actor,
         name: &str,
         linearizable: bool,
     ) -> Result<(Zone, StatusCounts), DomainError> {
         required("name", name)?;
-        self.read(linearizable, |st| {
+        self.read(actor, linearizable, |st| {
             st.data
                 .zones
                 .get(name)
@@ -64,9 +65,10 @@ impl App {
     /// All zones with their machines per status.
     pub async fn list_zones(
         &self,
+        actor: &Actor,
         linearizable: bool,
     ) -> Result<Vec<(Zone, StatusCounts)>, DomainError> {
-        self.read(linearizable, |st| {
+        self.read(actor, linearizable, |st| {
             st.data
                 .zones
                 .values()

@@ -23,7 +23,7 @@ pub(super) fn bootstrap(ctx: &ApplyCtx, state: &mut State, op: &op::Bootstrap) -
         ca: op.ca.clone(),
         created_ms: now,
     });
-    state.data.tokens.insert(
+    state.put_token(
         op.admin_token_hash.clone(),
         ApiToken {
             name: "admin".into(),

@@ -17,6 +17,7 @@ fn cmd(actor: &str, ts: u64, op: Op) -> Command {
         ts_ms: ts,
         actor: actor.into(),
         op,
+        principal: None,
     }
 }
 

@@ -8,6 +8,7 @@
 //! One handler per operation, taking the operation's own struct ([`crate::command::op`]) and an
 //! `ApplyCtx` (actor, time, revision). Modules form layers, each using only the ones below it:
 //! - this module: dispatch, and [`apply_once`]'s deduplication of retried requests;
+//! - `authz`: who may run each operation (a table), checked before the handler runs;
 //! - handlers, one module per family of operations: `cluster` (bootstrap, regions, settings),
 //!   `machines`, `alloc`, `zones`, `pools`, `tags`, `users` (and tokens), `racks`, `power`;
 //! - shared steps: `status` (the one place a machine's status is set, and outcomes), which returns the
@@ -15,6 +16,7 @@
 //! - leaves: `ctx`, `events` (the `EventBuilder`), `lookup`, `tagging`.
 
 pub mod alloc;
+pub mod authz;
 mod cluster;
 mod ctx;
 mod events;
@@ -68,6 +70,7 @@ pub fn apply_once(state: &mut State, cmd: &Command, rev: u64) -> Response {
 /// Applies `cmd` to `state`; `rev` is this change's revision (see [`crate::command::revision`]). A
 /// returned error leaves `state` unchanged.
 pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
+    authz::authorize(state, cmd)?;
     let ctx = &ApplyCtx::new(cmd, rev);
     match &cmd.op {
         Op::Bootstrap(op) => cluster::bootstrap(ctx, state, op),
@@ -132,6 +135,7 @@ mod tests {
         };
         let cmd = Command {
             request_id: String::new(),
+            principal: None,
             ts_ms: 1,
             actor: "t".into(),
             op: Op::Bootstrap(op::Bootstrap {
@@ -161,6 +165,7 @@ mod tests {
             s,
             &Command {
                 request_id: String::new(),
+                principal: None,
                 ts_ms: idx,
                 actor: "t".into(),
                 op,
@@ -201,6 +206,7 @@ mod tests {
             &mut s,
             &Command {
                 request_id: String::new(),
+                principal: None,
                 ts_ms: 3,
                 actor: "t".into(),
                 op: upd(99)
@@ -212,6 +218,7 @@ mod tests {
             &mut s,
             &Command {
                 request_id: String::new(),
+                principal: None,
                 ts_ms: 3,
                 actor: "t".into(),
                 op: upd(2),
@@ -228,6 +235,7 @@ mod tests {
             &mut s,
             &Command {
                 request_id: String::new(),
+                principal: None,
                 ts_ms: 4,
                 actor: "t".into(),
                 op,
@@ -244,6 +252,7 @@ mod tests {
             &mut s,
             &Command {
                 request_id: String::new(),
+                principal: None,
                 ts_ms: 5,
                 actor: "t".into(),
                 op
@@ -258,6 +267,7 @@ mod tests {
             &mut s,
             &Command {
                 request_id: String::new(),
+                principal: None,
                 ts_ms: 5,
                 actor: "t".into(),
                 op
@@ -278,6 +288,7 @@ mod tests {
             &mut s,
             &Command {
                 request_id: String::new(),
+                principal: None,
                 ts_ms: 2,
                 actor: "t".into(),
                 op,
@@ -297,6 +308,7 @@ mod tests {
             &mut s,
             &Command {
                 request_id: String::new(),
+                principal: None,
                 ts_ms: 3,
                 actor: "t".into(),
                 op: admit("r2"),
@@ -309,6 +321,7 @@ mod tests {
             &mut s,
             &Command {
                 request_id: String::new(),
+                principal: None,
                 ts_ms: 4,
                 actor: "t".into(),
                 op: admit("r3")
@@ -324,6 +337,7 @@ mod tests {
             &mut s,
             &Command {
                 request_id: String::new(),
+                principal: None,
                 ts_ms: 5,
                 actor: "t".into(),
                 op,
@@ -341,6 +355,7 @@ mod tests {
             &mut s,
             &Command {
                 request_id: String::new(),
+                principal: None,
                 ts_ms: 11,
                 actor: "t".into(),
                 op,
@@ -362,6 +377,7 @@ mod dedup_tests {
         let mut s = State::default();
         let cmd = |id: &str, name: &str| Command {
             request_id: id.into(),
+            principal: None,
             ts_ms: 1,
             actor: "t".into(),
             op: Op::CreateZone(op::CreateZone {
@@ -382,13 +398,42 @@ pub(crate) mod invariant_tests;
 /// What the apply tests share: an admin command and the first entry of a one-region cluster.
 #[cfg(test)]
 pub(crate) mod test_support {
-    use crate::command::{op, Command, Op};
+    use crate::command::{op, Command, Internal, Op, Principal};
     use ingot_common::RegionInfo;
+
+    /// A command from the holder of token `id`, acting as `user`, at time `ts`: what the API edge
+    /// makes. [`bootstrap`]'s admin token has id `admin-init` and user `admin`.
+    pub(crate) fn by_token(ts: u64, id: &str, user: &str, op: Op) -> Command {
+        Command {
+            actor: user.into(),
+            principal: Some(Principal::Token {
+                id: id.into(),
+                user: user.into(),
+            }),
+            ..cmd(ts, op)
+        }
+    }
+
+    /// A command from internal proposer `who` (actor `actor`) at time `ts`.
+    pub(crate) fn internal(ts: u64, who: Internal, actor: &str, op: Op) -> Command {
+        Command {
+            actor: actor.into(),
+            principal: Some(Principal::Internal(who)),
+            ..cmd(ts, op)
+        }
+    }
+
+    /// [`bootstrap`] as `ingot-region init` proposes it, at time 1: from it on, the log requires
+    /// principals.
+    pub(crate) fn init() -> Command {
+        internal(1, Internal::Init, "init", bootstrap())
+    }
 
     /// A command from `admin` at time `ts`.
     pub(crate) fn cmd(ts: u64, op: Op) -> Command {
         Command {
             request_id: String::new(),
+            principal: None,
             ts_ms: ts,
             actor: "admin".into(),
             op,
