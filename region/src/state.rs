@@ -148,6 +148,15 @@ pub struct Data {
     /// Id of the next power command (serialized as `next_command_id`, its earlier name).
     #[serde(default, rename = "next_command_id")]
     pub next_power_command_id: u64,
+    /// Serial (lowercase hex) of the certificate issued to each admitted region and registered rack, by
+    /// the certificate's common name (`region-<id>`, `rack-<name>`): what goes on `revoked_serials` when
+    /// the region is removed or the rack revoked.
+    #[serde(default)]
+    pub cert_serials: BTreeMap<String, String>,
+    /// Serials of certificates the cluster listener refuses: those of removed regions and revoked racks
+    /// (a certificate stays valid for years; its holder's standing does not).
+    #[serde(default)]
+    pub revoked_serials: BTreeSet<String>,
 }
 
 /// How often a region records a rack session's heartbeat in the log (ms); liveness allows for this lag.

@@ -15,7 +15,7 @@
 //! - leaves: `ctx`, `events` (the `EventBuilder`), `lookup`, `tagging`.
 
 pub mod alloc;
-mod cluster;
+pub(crate) mod cluster;
 mod ctx;
 mod events;
 mod lookup;
@@ -23,7 +23,7 @@ mod machines;
 mod pools;
 mod power;
 pub mod queue;
-mod racks;
+pub(crate) mod racks;
 mod status;
 mod tagging;
 mod tags;
