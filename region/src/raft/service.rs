@@ -101,7 +101,7 @@ pub fn refuse_revoked(
 /// Refuses the certificate with serial `serial` if it is on `revoked`.
 pub fn check_not_revoked(serial: &str, revoked: &BTreeSet<String>) -> Result<(), Status> {
     if revoked.contains(serial) {
-        return Err(Status::unauthenticated(format!(
+        return Err(Status::permission_denied(format!(
             "certificate {serial} was revoked (its region was removed from the cluster or its rack \
              revoked): join or register again with a new token"
         )));
@@ -319,7 +319,7 @@ mod tests {
         let revoked: BTreeSet<String> = [pki::serial_for("old")].into();
         assert!(check_not_revoked(&pki::serial_for("new"), &revoked).is_ok());
         let e = check_not_revoked(&pki::serial_for("old"), &revoked).unwrap_err();
-        assert_eq!(e.code(), Code::Unauthenticated);
+        assert_eq!(e.code(), Code::PermissionDenied);
         assert!(e.message().contains("revoked"), "{e}");
     }
 }
