@@ -31,6 +31,9 @@ pub enum PkiError {
     /// A SAN entry is not a DNS name or IP address.
     #[error("'{0}' cannot be put in a certificate: use a DNS name or an IP address")]
     BadSan(String),
+    /// A serial number given to [`ClusterCa::sign_csr_with_serial`] is not what [`serial_for`] makes.
+    #[error("'{0}' is not a certificate serial: use pki::serial_for to make one")]
+    BadSerial(String),
 }
 
 fn rc(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
@@ -114,7 +117,34 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&b)
 }
 
-fn leaf_params(id: &Identity) -> Result<CertificateParams, PkiError> {
+/// The serial number of the certificate issued on the strength of the single-use token whose hash is
+/// `token_hash`, as lowercase hex (how the revocation list names certificates).
+///
+/// Derived, not random, so the apply step (which must be deterministic and never sees the certificate,
+/// signed afterwards by the admitting region) can record which serial belongs to which region or rack, and
+/// put it on the revocation list when that region is removed or that rack revoked. A token is used once,
+/// so each serial is issued once; it is a SHA-256 of a secret's hash, so it is still unpredictable to
+/// anyone who does not hold the token.
+pub fn serial_for(token_hash: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("ingot certificate serial\0{token_hash}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    // Positive (DER INTEGER) and without a leading zero byte, so the DER bytes are exactly these 16.
+    b[0] = (b[0] & 0x7f) | 0x40;
+    hex::encode(b)
+}
+
+/// The serial number of a DER certificate as lowercase hex without leading zero bytes: the form
+/// [`serial_for`] makes and the revocation list holds.
+pub fn serial_hex(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let raw = cert.tbs_certificate.raw_serial();
+    let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
+    Some(hex::encode(&raw[first..]))
+}
+
+fn leaf_params(id: &Identity, serial: SerialNumber) -> Result<CertificateParams, PkiError> {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, id.common_name.clone());
@@ -143,7 +173,7 @@ fn leaf_params(id: &Identity) -> Result<CertificateParams, PkiError> {
     let (nb, na) = validity(5 * 365);
     p.not_before = nb;
     p.not_after = na;
-    p.serial_number = Some(random_serial());
+    p.serial_number = Some(serial);
     p.use_authority_key_identifier_extension = true;
     Ok(p)
 }
@@ -184,9 +214,33 @@ impl ClusterCa {
     /// Signs a CSR for `id`. Only the CSR's public key is used (after its self-signature is verified); the
     /// names in the certificate are the ones the cluster chose, never the ones the requester asked for.
     pub fn sign_csr(&self, csr_pem: &str, id: &Identity) -> Result<String, PkiError> {
+        self.sign_csr_serial(csr_pem, id, random_serial())
+    }
+
+    /// [`Self::sign_csr`] with the serial number `serial` (lowercase hex, as [`serial_for`] makes it), so
+    /// the replicated state knows the certificate's serial and can revoke it.
+    pub fn sign_csr_with_serial(
+        &self,
+        csr_pem: &str,
+        id: &Identity,
+        serial: &str,
+    ) -> Result<String, PkiError> {
+        let bytes = hex::decode(serial)
+            .ok()
+            .filter(|b| !b.is_empty() && b.len() <= 20 && b[0] != 0 && b[0] < 0x80)
+            .ok_or_else(|| PkiError::BadSerial(serial.to_string()))?;
+        self.sign_csr_serial(csr_pem, id, SerialNumber::from_slice(&bytes))
+    }
+
+    fn sign_csr_serial(
+        &self,
+        csr_pem: &str,
+        id: &Identity,
+        serial: SerialNumber,
+    ) -> Result<String, PkiError> {
         let csr =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(rc("parsing the CSR"))?;
-        let cert = leaf_params(id)?
+        let cert = leaf_params(id, serial)?
             .signed_by(&csr.public_key, &self.issuer()?)
             .map_err(rc("signing the CSR"))?;
         Ok(cert.pem())
@@ -195,7 +249,7 @@ impl ClusterCa {
     /// Issues a key and certificate for `id` in one step (for the first region, created by `init`).
     pub fn issue(&self, id: &Identity) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate().map_err(rc("generating a key"))?;
-        let cert = leaf_params(id)?
+        let cert = leaf_params(id, random_serial())?
             .signed_by(&key, &self.issuer()?)
             .map_err(rc("signing a certificate"))?;
         Ok((cert.pem(), key.serialize_pem()))
@@ -287,6 +341,30 @@ mod tests {
             "{sans}"
         );
         assert!(ca.sign_csr("not a csr", &Identity::region(1, &[])).is_err());
+    }
+
+    #[test]
+    fn a_certificate_carries_the_serial_the_cluster_chose() {
+        let ca = ClusterCa::generate("c1").unwrap();
+        let (_key, csr) = new_csr("rack-r1").unwrap();
+        let serial = serial_for("some-token-hash");
+        assert_eq!(serial.len(), 32);
+        assert_eq!(serial, serial_for("some-token-hash"), "deterministic");
+        assert_ne!(serial, serial_for("another-token-hash"));
+        let cert = ca
+            .sign_csr_with_serial(&csr, &Identity::rack("r1"), &serial)
+            .unwrap();
+        let der = first_cert_der(&cert).unwrap();
+        assert_eq!(serial_hex(&der).as_deref(), Some(serial.as_str()));
+        // A random serial is read back too, and differs.
+        let other = first_cert_der(&ca.sign_csr(&csr, &Identity::rack("r1")).unwrap()).unwrap();
+        assert_ne!(serial_hex(&other).unwrap(), serial);
+        for bad in ["", "zz", "00ff", "ff00"] {
+            assert!(matches!(
+                ca.sign_csr_with_serial(&csr, &Identity::rack("r1"), bad),
+                Err(PkiError::BadSerial(_))
+            ));
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::datadir::{DataDir, RegionIdentity};
 use crate::node::Region;
 use crate::raft::network::{NetworkFactory, Peers, MAX_MESSAGE};
-use crate::raft::service::RaftServer;
+use crate::raft::service::{refuse_revoked, RaftServer};
 use crate::raft::store::{open_db, LogStore, OpenError, StateMachineStore};
 use crate::raft::{Raft, RaftTuning};
 use ingot_proto::rack::v1::rack_session_service_server::RackSessionServiceServer;
@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
@@ -167,23 +168,28 @@ pub async fn start(
     };
 
     // Cluster listener: mutual TLS; only certificates from the cluster CA get past the handshake. Regions
-    // use RaftService (CN region-<id> required), racks RackSessionService (CN rack-<name> required).
+    // use RaftService (CN region-<id> of a current member required), racks RackSessionService (CN
+    // rack-<name> of a registered, unrevoked rack required).
     let raft_tls = ServerTlsConfig::new()
         .identity(server_identity.clone())
         .client_ca_root(Certificate::from_pem(&tls.ca_pem));
+    // Both services refuse certificates on the replicated revocation list, per request (see
+    // raft::service for why not in the handshake).
     let raft_svc = RaftServiceServer::new(RaftServer {
         region: region.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
+    let revocation = refuse_revoked(region.state.clone());
     let raft_server = Server::builder()
         .tls_config(raft_tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-        .add_service(raft_svc)
-        .add_service(RackSessionServiceServer::new(RackSessionServer {
-            app: app.clone(),
-        }));
+        .add_service(InterceptedService::new(raft_svc, revocation.clone()))
+        .add_service(RackSessionServiceServer::with_interceptor(
+            RackSessionServer { app: app.clone() },
+            revocation,
+        ));
     let raft_rx = rx.clone();
     let t1 = tokio::spawn(async move {
         if let Err(e) = raft_server
@@ -219,6 +225,7 @@ pub async fn start(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let attempts = Arc::new(crate::api::cluster::FailedAttempts::default());
     let encoded = Arc::new(crate::app::encoded::EncodedMachines::new(
         crate::api::machines::encode_basic,
     ));
@@ -240,12 +247,18 @@ pub async fn start(
         .add_service(TagServiceServer::new(TagApi { app: app.clone() }))
         .add_service(UserServiceServer::new(UserApi { app: app.clone() }))
         .add_service(EventServiceServer::new(EventApi { app: app.clone() }))
-        .add_service(RackServiceServer::new(RackApi { app: app.clone() }))
+        .add_service(RackServiceServer::new(RackApi {
+            app: app.clone(),
+            attempts: attempts.clone(),
+        }))
         .add_service(
             AgentServiceServer::new(AgentApi { app: app.clone() })
                 .max_decoding_message_size(MAX_MESSAGE),
         )
-        .add_service(ClusterServiceServer::new(ClusterApi { app: app.clone() }));
+        .add_service(ClusterServiceServer::new(ClusterApi {
+            app: app.clone(),
+            attempts,
+        }));
     let worker = tokio::spawn(crate::app::worker::run(app.clone(), shutdown.subscribe()));
     tokio::spawn(encoded.follow(app));
     let t2 = tokio::spawn(async move {

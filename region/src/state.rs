@@ -164,6 +164,15 @@ pub struct Data {
     /// did (see `apply::authz`).
     #[serde(default)]
     pub principals_required: bool,
+    /// Serial (lowercase hex) of the certificate issued to each admitted region and registered rack, by
+    /// the certificate's common name (`region-<id>`, `rack-<name>`): what goes on `revoked_serials` when
+    /// the region is removed or the rack revoked.
+    #[serde(default)]
+    pub cert_serials: BTreeMap<String, String>,
+    /// Serials of certificates the cluster listener refuses: those of removed regions and revoked racks
+    /// (a certificate stays valid for years; its holder's standing does not).
+    #[serde(default)]
+    pub revoked_serials: BTreeSet<String>,
 }
 
 /// How often a region records a rack session's heartbeat in the log (ms); liveness allows for this lag.

@@ -225,6 +225,8 @@ async fn removing_and_listing_regions() {
         !out.status.success() && err.contains("removed from the cluster"),
         "{err}"
     );
+    // Its certificate (CA-signed, valid for years) no longer admits it to any RaftService RPC.
+    refused_on_every_raft_rpc(&tc, leader, victim, victim_id).await;
     // The two remaining regions still form a working cluster.
     tc.clients_to(leader)
         .machines()
@@ -239,6 +241,77 @@ async fn removing_and_listing_regions() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
+}
+
+/// Calls every RaftService RPC on region `at` with the certificate of the removed region `removed` (node
+/// `removed_id`): each must be refused for who the caller is, before its payload is even looked at.
+async fn refused_on_every_raft_rpc(tc: &TestCluster, at: usize, removed: usize, removed_id: u64) {
+    use ingot_proto::raft::v1::raft_service_client::RaftServiceClient;
+    use ingot_proto::raft::v1::*;
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+    let dd = &tc.cluster.region(removed).data_dir;
+    let tls = ingot_tests::cluster_tls(
+        &read(dd.join("tls/ca.crt")),
+        Some((
+            &read(dd.join("tls/region.crt")),
+            &read(dd.join("tls/region.key")),
+        )),
+    );
+    let ch = tonic::transport::Endpoint::from_shared(format!(
+        "https://{}",
+        tc.cluster.region(at).raft_addr
+    ))
+    .unwrap()
+    .tls_config(tls)
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let mut c = RaftServiceClient::new(ch);
+    let payload = || RaftPayload {
+        json: b"{}".to_vec(),
+    };
+    let answers: Vec<(&str, Result<(), tonic::Status>)> = vec![
+        ("Status", c.status(StatusRequest {}).await.map(|_| ())),
+        (
+            "ReadIndex",
+            c.read_index(ReadIndexRequest {}).await.map(|_| ()),
+        ),
+        ("Forward", c.forward(payload()).await.map(|_| ())),
+        (
+            "AppendEntries",
+            c.append_entries(payload()).await.map(|_| ()),
+        ),
+        ("Vote", c.vote(payload()).await.map(|_| ())),
+        (
+            "InstallSnapshot",
+            c.install_snapshot(SnapshotChunk::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "Join",
+            c.join(JoinRequest {
+                node_id: removed_id,
+            })
+            .await
+            .map(|_| ()),
+        ),
+        (
+            "Leave",
+            c.leave(LeaveRequest {
+                node_id: removed_id,
+                reason: String::new(),
+            })
+            .await
+            .map(|_| ()),
+        ),
+    ];
+    for (rpc, r) in answers {
+        let e = r.expect_err(rpc);
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{rpc}: {e}");
+        eprintln!("{rpc} with a removed region's certificate: {}", e.message());
+    }
 }
 
 async fn region_status(tc: &TestCluster, via: usize, of: usize) -> ingot_proto::v1::Region {

@@ -639,3 +639,88 @@ fn scopeguard_cont(tc: &TestCluster, i: usize) -> impl Drop + '_ {
     }
     Cont(tc, i)
 }
+
+/// The last log index of the only region, as ListRegions reports it.
+async fn last_log_index(c: &ingot_client::Clients) -> u64 {
+    let r = c
+        .cluster()
+        .list_regions(ListRegionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    r.regions[0].last_log_index
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_join_and_enrollment_tokens_never_reach_the_log_and_are_rate_limited() {
+    let tc = TestCluster::start("bad-tokens", 1, &[]).await.unwrap();
+    let c = tc.clients();
+    let before = last_log_index(&c).await;
+    let (_key, region_csr) = pki::new_csr("region-x").unwrap();
+    let (_key, rack_csr) = pki::new_csr("rack-rx").unwrap();
+    let join = |token: &str, raft_addr: String| JoinRegionRequest {
+        token: token.into(),
+        name: "intruder".into(),
+        csr_pem: region_csr.clone(),
+        raft_addr,
+        api_addr: "127.0.0.1:9".into(),
+    };
+    // An address of unbounded length is refused before anything is proposed, naming the field.
+    let huge = format!("h:{}", "9".repeat(100_000));
+    let e = c
+        .cluster()
+        .join_region(join("ingotjoin_made_up", huge))
+        .await
+        .unwrap_err();
+    assert!(
+        e.code() == Code::InvalidArgument && e.message().contains("raft_addr"),
+        "{e}"
+    );
+    // Bad enrollment and join tokens: refused, then rate-limited; the log does not move.
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..100 {
+        let e = if i % 2 == 0 {
+            c.racks()
+                .register_rack(RegisterRackRequest {
+                    token: format!("ingotrack_made_up_{i}"),
+                    name: "rx".into(),
+                    zone: "default".into(),
+                    csr_pem: rack_csr.clone(),
+                })
+                .await
+                .map(|_| ())
+                .unwrap_err()
+        } else {
+            c.cluster()
+                .join_region(join(
+                    &format!("ingotjoin_made_up_{i}"),
+                    "127.0.0.1:8".into(),
+                ))
+                .await
+                .map(|_| ())
+                .unwrap_err()
+        };
+        if e.code() == Code::ResourceExhausted {
+            assert!(e.message().contains("retry in"), "{e}");
+        } else {
+            assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+        }
+        *codes.entry(format!("{:?}", e.code())).or_default() += 1;
+    }
+    eprintln!("100 bad-token calls: {codes:?}");
+    let after = last_log_index(&c).await;
+    assert_eq!(
+        after, before,
+        "bad tokens must not become log entries ({codes:?})"
+    );
+    let limited = codes.get("ResourceExhausted").copied().unwrap_or(0);
+    assert!(limited >= 80, "the rate limit kicks in: {codes:?}");
+    // The budget refills: after a while the peer may try again (and is told why it failed).
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let e = c
+        .cluster()
+        .join_region(join("ingotjoin_made_up", "127.0.0.1:8".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+}

@@ -1,17 +1,21 @@
 //! `ingot.v1.RackService`: rack enrollment and status.
 
+use super::cluster::FailedAttempts;
 use super::{actor, linearizable, status};
 use crate::app::racks::RackView;
 use crate::app::App;
 use ingot_proto::convert::{rack_to_proto, timestamp};
 use ingot_proto::v1::rack_service_server::RackService;
 use ingot_proto::v1::*;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// RackService over [`App`].
 pub struct RackApi {
     /// The application.
     pub app: App,
+    /// Failed `RegisterRack` attempts per peer (shared with `JoinRegion`).
+    pub attempts: Arc<FailedAttempts>,
 }
 
 fn view(v: &RackView) -> Rack {
@@ -42,12 +46,14 @@ impl RackService for RackApi {
         req: Request<RegisterRackRequest>,
     ) -> Result<Response<RegisterRackResponse>, Status> {
         // Authenticated by the enrollment token in the request, not by a bearer token.
-        let r = req.into_inner();
-        let a = self
-            .app
-            .register_rack(&r.token, &r.name, &r.zone, &r.csr_pem)
-            .await
-            .map_err(status)?;
+        let r = req.get_ref();
+        let call = async {
+            self.app
+                .register_rack(&r.token, &r.name, &r.zone, &r.csr_pem)
+                .await
+                .map_err(status)
+        };
+        let a = self.attempts.guard(&req, call).await?;
         Ok(Response::new(RegisterRackResponse {
             cert_pem: a.cert_pem,
             ca_pem: a.ca_pem,

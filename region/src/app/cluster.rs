@@ -2,10 +2,11 @@
 //! cluster-wide settings (deadlines of in-progress statuses).
 
 use super::{Actor, App};
+use crate::apply::cluster::{join_token_error, token_standing, TokenStanding};
 use crate::command::{op, Internal, Op, Principal, Reply};
 use crate::node::Forwarded;
 use crate::raft::RaftStatus;
-use crate::state::Settings;
+use crate::state::{Data, Settings};
 use ingot_common::lifecycle;
 use ingot_common::pki::{self, Identity};
 use ingot_common::{secret, validate, DomainError, MachineStatus, NodeId};
@@ -15,6 +16,75 @@ use std::time::Duration;
 /// Seconds a machine may stay in each in-progress status before it fails: what `GetSettings` and
 /// `UpdateSettings` answer.
 pub type Deadlines = BTreeMap<MachineStatus, u64>;
+
+/// Longest CSR accepted from a joining region or registering rack (a P-256 CSR is under 1 KiB).
+pub const MAX_CSR_LEN: usize = 16 * 1024;
+
+/// Refuses a CSR longer than [`MAX_CSR_LEN`] before it is parsed.
+pub(super) fn check_csr_len(csr_pem: &str) -> Result<(), DomainError> {
+    if csr_pem.len() > MAX_CSR_LEN {
+        return Err(DomainError::invalid(
+            "csr_pem",
+            format!(
+                "{} bytes long; at most {MAX_CSR_LEN} (a PEM certificate signing request)",
+                csr_pem.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Longest `host:port` accepted for a region's listener address (a DNS name is at most 253 bytes).
+pub const MAX_ADDR_LEN: usize = 260;
+
+/// Checks that `addr` is `host:port` (a DNS name, an IPv4 address or a bracketed IPv6 address, and a
+/// port 1-65535) of at most [`MAX_ADDR_LEN`] bytes; errors name `field`. Checked before proposing; apply
+/// does not check again, so entries written before this check existed replay to the same result.
+pub fn check_host_port(field: &str, addr: &str) -> Result<(), DomainError> {
+    let bad = |why: &str| DomainError::invalid(field, why.to_string());
+    if addr.len() > MAX_ADDR_LEN {
+        return Err(bad(&format!(
+            "{} bytes long; at most {MAX_ADDR_LEN} (host:port)",
+            addr.len()
+        )));
+    }
+    let shown = || addr.escape_debug().to_string();
+    let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
+        let (h, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| bad(&format!("'{}' is not [ipv6]:port", shown())))?;
+        h.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| bad(&format!("'{h}' is not an IPv6 address")))?;
+        (None, p)
+    } else {
+        let (h, p) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| bad(&format!("'{}' is not host:port", shown())))?;
+        (Some(h), p)
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
+        _ => return Err(bad(&format!("'{}': the port must be 1-65535", shown()))),
+    }
+    if let Some(h) = host {
+        let dns_name = !h.is_empty()
+            && h.len() <= 253
+            && h.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if h.parse::<std::net::Ipv4Addr>().is_err() && !dns_name {
+            return Err(bad(&format!(
+                "'{}' is not host:port (host: a DNS name, an IPv4 address or [an IPv6 address])",
+                shown()
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// How long `ListRegions` waits for each region's status.
 const STATUS_WAIT: Duration = Duration::from_millis(1500);
@@ -216,22 +286,20 @@ impl App {
             ));
         }
         validate::dns_label("name", name)?;
-        for (field, a) in [("raft_addr", raft_addr), ("api_addr", api_addr)] {
-            if a.parse::<std::net::SocketAddr>().is_err() && !a.contains(':') {
-                return Err(DomainError::invalid(
-                    field,
-                    format!("'{a}' is not host:port"),
-                ));
-            }
-        }
+        check_host_port("raft_addr", raft_addr)?;
+        check_host_port("api_addr", api_addr)?;
+        check_csr_len(csr_pem)?;
         pki::check_csr(csr_pem).map_err(|e| DomainError::invalid("csr_pem", e.to_string()))?;
+        let token_hash = secret::hash(token);
+        self.check_token_before_proposing(|d| &d.join_tokens, &token_hash, join_token_error)
+            .await?;
         let actor = super::Actor {
             name: format!("join:{name}"),
             role: "region".into(),
             principal: Principal::Internal(Internal::JoiningRegion),
         };
         let op = Op::AdmitRegion(op::AdmitRegion {
-            token_hash: secret::hash(token),
+            token_hash: token_hash.clone(),
             name: name.to_string(),
             raft_addr: raft_addr.to_string(),
             api_addr: api_addr.to_string(),
@@ -249,9 +317,10 @@ impl App {
         };
         let cert_pem = ca
             .ca
-            .sign_csr(
+            .sign_csr_with_serial(
                 csr_pem,
                 &Identity::region(info.node_id, &[raft_addr, api_addr]),
+                &pki::serial_for(&token_hash),
             )
             .map_err(|e| DomainError::internal(format!("signing the certificate failed: {e}")))?;
         let raft_addrs = self
@@ -271,6 +340,28 @@ impl App {
             ca_pem: ca.ca.cert_pem,
             raft_addrs,
         })
+    }
+
+    /// Refuses a single-use token (join or enrollment: `tokens` picks its map) that local state says is
+    /// unknown, used or expired, before anything is proposed: a bad token never becomes a log entry. A
+    /// token not valid locally is looked up once more after a linearizable barrier (it may have been
+    /// created through another region a moment ago). Apply checks again and has the final word.
+    pub(super) async fn check_token_before_proposing(
+        &self,
+        tokens: fn(&Data) -> &BTreeMap<String, u64>,
+        token_hash: &str,
+        error: fn(&TokenStanding) -> DomainError,
+    ) -> Result<(), DomainError> {
+        let standing = |st: &crate::state::State| {
+            token_standing(tokens(&st.data), token_hash, ingot_common::now_ms())
+        };
+        if let TokenStanding::Valid(_) = self.read_internal(false, standing).await? {
+            return Ok(());
+        }
+        match self.read_internal(true, standing).await? {
+            TokenStanding::Valid(_) => Ok(()),
+            other => Err(error(&other)),
+        }
     }
 
     /// Removes a region from the membership.
@@ -352,6 +443,43 @@ mod tests {
             ]
         );
         assert!(parse_deadlines(&BTreeMap::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn addresses_are_host_port_and_bounded() {
+        for ok in [
+            "127.0.0.1:7000",
+            "[::1]:7001",
+            "region-2.example.com:443",
+            "localhost:1",
+        ] {
+            check_host_port("raft_addr", ok).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        }
+        let long = format!("{}:1", "a".repeat(MAX_ADDR_LEN));
+        for bad in [
+            "",
+            "host",
+            "host:",
+            "host:0",
+            "host:65536",
+            "host:+1",
+            ":80",
+            "a b:80",
+            "[::1:80",
+            "[nope]:80",
+            "-x:80",
+            "x..y:80",
+            "1.2.3.4:5:6",
+            "h\n:1",
+            long.as_str(),
+        ] {
+            let e = check_host_port("api_addr", bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad}");
+            assert_eq!(e.field.as_deref(), Some("api_addr"), "{bad}");
+        }
+        assert!(check_csr_len(&"x".repeat(MAX_CSR_LEN)).is_ok());
+        let e = check_csr_len(&"x".repeat(MAX_CSR_LEN + 1)).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("csr_pem"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use super::machines::MachineKey;
 use super::{Actor, App};
+use crate::apply::racks::rack_token_error;
 use crate::command::{op, Internal, Op, Principal, Reply};
 use ingot_common::model::{PowerCommand, PowerCommandState, Rack};
 use ingot_common::pki::{self, Identity};
@@ -83,6 +84,7 @@ impl App {
         }
         validate::dns_label("name", name)?;
         validate::dns_label("zone", zone)?;
+        super::cluster::check_csr_len(csr_pem)?;
         let cn = pki::csr_common_name(csr_pem)
             .map_err(|e| DomainError::invalid("csr_pem", e.to_string()))?;
         let want = format!("rack-{name}");
@@ -92,13 +94,16 @@ impl App {
                 format!("the CSR is for '{cn}', not '{want}': a rack can only enroll under its own name"),
             ));
         }
+        let token_hash = secret::hash(token);
+        self.check_token_before_proposing(|d| &d.rack_tokens, &token_hash, rack_token_error)
+            .await?;
         let actor = Actor {
             name: format!("rack:{name}"),
             role: "rack".into(),
             principal: Principal::Internal(Internal::EnrollingRack),
         };
         let op = Op::RegisterRack(op::RegisterRack {
-            token_hash: secret::hash(token),
+            token_hash: token_hash.clone(),
             name: name.to_string(),
             zone: zone.to_string(),
         });
@@ -123,7 +128,11 @@ impl App {
         };
         let cert_pem = ca
             .ca
-            .sign_csr(csr_pem, &Identity::rack(name))
+            .sign_csr_with_serial(
+                csr_pem,
+                &Identity::rack(name),
+                &pki::serial_for(&token_hash),
+            )
             .map_err(|e| DomainError::internal(format!("signing the certificate failed: {e}")))?;
         Ok(RackAdmission {
             cert_pem,

@@ -17,7 +17,7 @@
 
 pub mod alloc;
 pub mod authz;
-mod cluster;
+pub(crate) mod cluster;
 mod ctx;
 mod events;
 mod lookup;
@@ -25,7 +25,7 @@ mod machines;
 mod pools;
 mod power;
 pub mod queue;
-mod racks;
+pub(crate) mod racks;
 mod status;
 mod tagging;
 mod tags;

@@ -1,13 +1,15 @@
 //! Rack controllers in the apply step: enrollment, sessions and BMC ownership (the power command queue is
 //! in [`super::queue`]).
 
+use super::cluster::{revoke_certificate, token_standing, TokenStanding};
 use super::ctx::ApplyCtx;
 use super::events::EventBuilder;
 use super::queue;
 use crate::command::{op, Reply, Response};
 use crate::state::State;
 use ingot_common::model::{EventLevel, Rack};
-use ingot_common::{secret, validate, DomainError};
+use ingot_common::pki;
+use ingot_common::{validate, DomainError};
 use std::collections::BTreeSet;
 
 /// Records an enrollment token; expired ones are forgotten.
@@ -25,27 +27,37 @@ pub(super) fn create_token(
     Ok(Reply::Done)
 }
 
-/// Consumes a token and records the rack.
+/// The error for an enrollment token that is not [`TokenStanding::Valid`].
+pub(crate) fn rack_token_error(standing: &TokenStanding) -> DomainError {
+    match standing {
+        TokenStanding::Expired(_) => DomainError::unauthenticated(
+            "enrollment token expired: create a new one with `ingot racks token create`",
+        ),
+        _ => DomainError::unauthenticated(
+            "enrollment token unknown or already used: create a new one with `ingot racks token create`",
+        ),
+    }
+}
+
+/// The common name of rack `name`'s certificate.
+pub(crate) fn rack_common_name(name: &str) -> String {
+    format!("rack-{name}")
+}
+
+/// Consumes a token and records the rack, with the serial of the certificate its registering region
+/// signs for it.
 pub(super) fn register(ctx: &ApplyCtx, state: &mut State, op: &op::RegisterRack) -> Response {
     let (name, zone) = (&op.name, &op.zone);
     let now = ctx.ts_ms;
-    let Some((stored, exp)) = state
-        .data
-        .rack_tokens
-        .iter()
-        .find(|(h, _)| secret::hashes_equal(h, &op.token_hash))
-        .map(|(h, e)| (h.clone(), *e))
-    else {
-        return Err(DomainError::unauthenticated(
-            "enrollment token unknown or already used: create a new one with `ingot racks token create`",
-        ));
+    let stored = match token_standing(&state.data.rack_tokens, &op.token_hash, now) {
+        TokenStanding::Valid(h) => h,
+        standing => {
+            if let TokenStanding::Expired(h) = &standing {
+                state.data.rack_tokens.remove(h);
+            }
+            return Err(rack_token_error(&standing));
+        }
     };
-    if exp <= now {
-        state.data.rack_tokens.remove(&stored);
-        return Err(DomainError::unauthenticated(
-            "enrollment token expired: create a new one with `ingot racks token create`",
-        ));
-    }
     validate::dns_label("name", name)?;
     if !state.data.zones.contains_key(zone) {
         return Err(DomainError::not_found(format!(
@@ -67,13 +79,18 @@ pub(super) fn register(ctx: &ApplyCtx, state: &mut State, op: &op::RegisterRack)
         session: None,
     };
     state.data.racks.insert(name.clone(), r.clone());
+    state
+        .data
+        .cert_serials
+        .insert(rack_common_name(name), pki::serial_for(&op.token_hash));
     EventBuilder::new("rack.register")
         .message(format!("{name} in zone {zone}"))
         .record(ctx, state);
     Ok(Reply::Rack(Box::new(r)))
 }
 
-/// Revokes a rack: its session ends and its BMCs become free for other racks.
+/// Revokes a rack: its session ends, its certificate goes on the revocation list and its BMCs become
+/// free for other racks.
 pub(super) fn revoke(ctx: &ApplyCtx, state: &mut State, op: &op::RevokeRack) -> Response {
     let name = &op.name;
     let Some(mut r) = state.data.racks.get(name).cloned() else {
@@ -84,6 +101,7 @@ pub(super) fn revoke(ctx: &ApplyCtx, state: &mut State, op: &op::RevokeRack) -> 
     r.revoked = true;
     r.session = None;
     state.data.racks.insert(name.clone(), r.clone());
+    revoke_certificate(state, &rack_common_name(name));
     release_bmcs(ctx, state, name);
     EventBuilder::new("rack.revoke")
         .level(EventLevel::Warning)
@@ -298,6 +316,33 @@ mod tests {
         apply(&mut s, &cmd(12, tok("t3", 100)), 7).expect("token");
         let e = apply(&mut s, &cmd(13, reg("t3", "rack-a")), 8).unwrap_err();
         assert_eq!(e.code, ErrorCode::AlreadyExists);
+    }
+
+    #[test]
+    fn a_revoked_racks_certificate_goes_on_the_revocation_list() {
+        let mut s = cluster();
+        let tok = Op::CreateRackToken(op::CreateRackToken {
+            token_hash: "t1".into(),
+            expires_ms: 100,
+        });
+        apply(&mut s, &cmd(2, tok), 2).expect("token");
+        let reg = Op::RegisterRack(op::RegisterRack {
+            token_hash: "t1".into(),
+            name: "ra".into(),
+            zone: "default".into(),
+        });
+        apply(&mut s, &cmd(3, reg), 3).expect("register");
+        let serial = ingot_common::pki::serial_for("t1");
+        assert_eq!(s.data.cert_serials.get("rack-ra"), Some(&serial));
+        assert!(s.data.revoked_serials.is_empty());
+        apply(
+            &mut s,
+            &cmd(4, Op::RevokeRack(op::RevokeRack { name: "ra".into() })),
+            4,
+        )
+        .expect("revoke");
+        assert!(s.data.revoked_serials.contains(&serial));
+        assert!(!s.data.cert_serials.contains_key("rack-ra"));
     }
 
     #[test]
