@@ -10,7 +10,7 @@ use crate::api::{
 use crate::app::App;
 use crate::datadir::{DataDir, RegionIdentity};
 use crate::node::Region;
-use crate::raft::network::{NetworkFactory, Peers, MAX_MESSAGE};
+use crate::raft::network::{NetworkFactory, Peers, MAX_MESSAGE, MAX_REPLY};
 use crate::raft::service::RaftServer;
 use crate::raft::store::{open_db, LogStore, OpenError, StateMachineStore};
 use crate::raft::{Raft, RaftTuning};
@@ -32,6 +32,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+
+/// Largest request the API listener (and a rack session's messages) decodes. The largest legitimate
+/// ones, with every field at its cap (`ingot_common::validate::limits`): an agent's inventory (~0.5 MB),
+/// a machine with 64 power parameters of 4 KiB (~0.3 MB), a deployment's 64 KiB user data, a rack's
+/// power observations. Bulk data (OS images, later) is streamed in chunks, never sent as one message. A
+/// larger request is refused by gRPC before it is read, with OUT_OF_RANGE.
+pub const API_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 /// Why a region could not start.
 #[derive(Debug, thiserror::Error)]
@@ -169,15 +176,16 @@ pub async fn start(
         region: region.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE)
-    .max_encoding_message_size(MAX_MESSAGE);
+    .max_encoding_message_size(MAX_REPLY);
     let raft_server = Server::builder()
         .tls_config(raft_tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .add_service(raft_svc)
-        .add_service(RackSessionServiceServer::new(RackSessionServer {
-            app: app.clone(),
-        }));
+        .add_service(
+            RackSessionServiceServer::new(RackSessionServer { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        );
     let raft_rx = rx.clone();
     let t1 = tokio::spawn(async move {
         if let Err(e) = raft_server
@@ -227,19 +235,40 @@ pub async fn start(
                 app: app.clone(),
                 encoded: encoded.clone(),
             })
-            .max_decoding_message_size(MAX_MESSAGE),
+            .max_decoding_message_size(API_MAX_MESSAGE),
         )
-        .add_service(ZoneServiceServer::new(ZoneApi { app: app.clone() }))
-        .add_service(PoolServiceServer::new(PoolApi { app: app.clone() }))
-        .add_service(TagServiceServer::new(TagApi { app: app.clone() }))
-        .add_service(UserServiceServer::new(UserApi { app: app.clone() }))
-        .add_service(EventServiceServer::new(EventApi { app: app.clone() }))
-        .add_service(RackServiceServer::new(RackApi { app: app.clone() }))
+        .add_service(
+            ZoneServiceServer::new(ZoneApi { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            PoolServiceServer::new(PoolApi { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            TagServiceServer::new(TagApi { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            UserServiceServer::new(UserApi { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            EventServiceServer::new(EventApi { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            RackServiceServer::new(RackApi { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        )
         .add_service(
             AgentServiceServer::new(AgentApi { app: app.clone() })
-                .max_decoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(API_MAX_MESSAGE),
         )
-        .add_service(ClusterServiceServer::new(ClusterApi { app: app.clone() }));
+        .add_service(
+            ClusterServiceServer::new(ClusterApi { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        );
     let worker = tokio::spawn(crate::app::worker::run(app.clone(), shutdown.subscribe()));
     tokio::spawn(encoded.follow(app));
     let t2 = tokio::spawn(async move {

@@ -215,15 +215,11 @@ impl App {
                 "required: create one with `ingot cluster join-token`",
             ));
         }
+        validate::bytes("token", token, validate::limits::TOKEN)?;
         validate::dns_label("name", name)?;
-        for (field, a) in [("raft_addr", raft_addr), ("api_addr", api_addr)] {
-            if a.parse::<std::net::SocketAddr>().is_err() && !a.contains(':') {
-                return Err(DomainError::invalid(
-                    field,
-                    format!("'{a}' is not host:port"),
-                ));
-            }
-        }
+        validate::address("raft_addr", raft_addr)?;
+        validate::address("api_addr", api_addr)?;
+        validate::bytes("csr_pem", csr_pem, validate::limits::PEM)?;
         pki::check_csr(csr_pem).map_err(|e| DomainError::invalid("csr_pem", e.to_string()))?;
         let actor = super::Actor {
             name: format!("join:{name}"),
