@@ -13,7 +13,7 @@ use std::fmt;
 
 /// The most entries accepted in each name list (tags, zones, pools and their negations): more is
 /// certainly a client bug, and the bound keeps matching cheap.
-pub const MAX_LIST_LEN: usize = 64;
+pub const MAX_LIST_LEN: usize = crate::validate::limits::NAME_LIST;
 
 /// The most storage requests in one allocation: the disk matching is a search over requests.
 pub const MAX_STORAGE_REQUESTS: usize = 32;
@@ -102,6 +102,7 @@ pub fn cost(m: &Machine) -> u64 {
 /// Example: `root:100(ssd),data:2T(rotary,sas),500`. An empty string asks for nothing. Errors name the
 /// entry (`storage[1]`) and quote the expected syntax.
 pub fn parse_storage(field: &str, s: &str) -> Result<Vec<StorageRequest>, DomainError> {
+    crate::validate::bytes(field, s, crate::validate::limits::STORAGE_TEXT)?;
     let s = s.trim();
     if s.is_empty() {
         return Ok(Vec::new());
@@ -262,6 +263,11 @@ fn check_names(field: &str, list: &[String]) -> Result<(), DomainError> {
         ));
     }
     for (i, name) in list.iter().enumerate() {
+        crate::validate::bytes(
+            &format!("{field}[{i}]"),
+            name,
+            crate::validate::limits::NAME,
+        )?;
         if name.trim().is_empty() {
             return Err(DomainError::invalid(
                 format!("{field}[{i}]"),
@@ -303,6 +309,9 @@ impl Constraints {
         if !self.arch.is_empty() {
             crate::validate::arch("constraints.arch", &self.arch)?;
         }
+        use crate::validate::{bytes, limits};
+        bytes("constraints.hostname", &self.hostname, limits::DNS_LABEL)?;
+        bytes("constraints.system_id", &self.system_id, limits::KEY)?;
         let lists: [(&str, &[String]); 6] = [
             ("constraints.tags", &self.tags),
             ("constraints.not_tags", &self.not_tags),
@@ -354,6 +363,11 @@ impl Constraints {
                     format!("'{}' is used twice; labels must be unique", r.label),
                 ));
             }
+            bytes(
+                &format!("constraints.storage[{i}].label"),
+                &r.label,
+                limits::NAME,
+            )?;
             check_names(&format!("constraints.storage[{i}].tags"), &r.tags)?;
         }
         Ok(())
@@ -1102,6 +1116,61 @@ mod tests {
             }),
             "constraints.arch"
         );
+    }
+
+    /// Constraint names, hostname, system id, storage labels and the storage text have byte caps: the
+    /// constraints are carried into the log by `Allocate`.
+    #[test]
+    fn constraint_strings_are_bounded_in_bytes() {
+        use crate::validate::limits::{DNS_LABEL, KEY, NAME, STORAGE_TEXT};
+        let err = |k: Constraints| k.validate().unwrap_err();
+        assert!(Constraints {
+            tags: vec!["t".repeat(NAME)],
+            hostname: "h".repeat(DNS_LABEL),
+            system_id: "s".repeat(KEY),
+            ..c()
+        }
+        .validate()
+        .is_ok());
+        let e = err(Constraints {
+            tags: vec!["a".into(), format!("{}é", "t".repeat(NAME - 1))],
+            ..c()
+        });
+        assert_eq!(e.message, "constraints.tags[1]: 65 bytes, at most 64");
+        let e = err(Constraints {
+            zones: vec!["z".repeat(100_000)],
+            ..c()
+        });
+        assert_eq!(e.field.as_deref(), Some("constraints.zones[0]"));
+        assert!(e.message.len() < 100, "no echo of the value: {}", e.message);
+        let field = |k: Constraints| err(k).field.unwrap();
+        assert_eq!(
+            field(Constraints {
+                hostname: "h".repeat(DNS_LABEL + 1),
+                ..c()
+            }),
+            "constraints.hostname"
+        );
+        assert_eq!(
+            field(Constraints {
+                system_id: "s".repeat(KEY + 1),
+                ..c()
+            }),
+            "constraints.system_id"
+        );
+        assert_eq!(
+            field(Constraints {
+                storage: vec![req(&"l".repeat(NAME + 1), 1, &[])],
+                ..c()
+            }),
+            "constraints.storage[0].label"
+        );
+        let at = format!("1({})", vec!["t"; (STORAGE_TEXT - 3) / 2].join(","));
+        let at = format!("{at}{}", " ".repeat(STORAGE_TEXT - at.len()));
+        assert_eq!(at.len(), STORAGE_TEXT);
+        assert!(parse_storage("constraints.storage", &at).is_ok());
+        let e = parse_storage("constraints.storage", &format!("{at} ")).unwrap_err();
+        assert_eq!(e.message, "constraints.storage: 4097 bytes, at most 4096");
     }
 
     /// Disk sizes come from the agent (hostile input): their total saturates instead of overflowing, which

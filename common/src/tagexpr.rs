@@ -38,7 +38,7 @@ use crate::DomainError;
 use std::cmp::Ordering;
 
 /// The longest accepted definition, in bytes: definitions are stored in every replicated tag record.
-pub const MAX_SOURCE_LEN: usize = 4096;
+pub const MAX_SOURCE_LEN: usize = crate::validate::limits::TAG_DEFINITION;
 
 /// The deepest accepted nesting of parentheses, `!` and function calls: parsing and evaluation recurse
 /// once per level, and the bound keeps both far from the end of any thread's stack.

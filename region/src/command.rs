@@ -228,6 +228,18 @@ pub type Responses = Vec<Response>;
 /// Most commands in one log entry.
 pub const MAX_BATCH: usize = 1024;
 
+/// Largest command the proposer accepts, in bytes of its JSON (the form the log stores and replicates).
+/// Every request field is capped at the API edge (`ingot_common::validate::limits`), which keeps the
+/// largest legitimate command (an inventory with every string at its cap, JSON-escaped at worst) near
+/// 2.5 MB; this cap is the defence in depth that keeps any entry within one Raft message
+/// (`raft::network::MAX_MESSAGE`).
+pub const COMMAND_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// A log entry's byte budget: the proposer closes a batch before the next command would take it past
+/// this (a single command up to [`COMMAND_MAX_BYTES`] still makes an entry of its own). Typical commands
+/// are a few hundred bytes, so [`MAX_BATCH`] of them fit easily; the budget only binds for large ones.
+pub const BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+
 /// The revision of a change: log index and position in the entry's batch, so every change has its own,
 /// increasing with the log (`index * 10_000 + position`).
 pub fn revision(index: u64, position: usize) -> u64 {

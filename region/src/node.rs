@@ -2,7 +2,10 @@
 //! [`Region::write`] (propose a command wherever the leader is) and [`Region::read_barrier`] (make a local
 //! read linearizable). Membership changes ([`Region::leader_op`]) run on the leader, forwarded if needed.
 
-use crate::command::{op, Batch, Command, Op, Principal, Reply, Response, MAX_BATCH};
+use crate::command::{
+    op, Batch, Command, Op, Principal, Reply, Response, BATCH_MAX_BYTES, COMMAND_MAX_BYTES,
+    MAX_BATCH,
+};
 use crate::raft::network::Peers;
 use crate::raft::store::SharedState;
 use crate::raft::Raft;
@@ -84,23 +87,20 @@ pub type Proposal = (Command, oneshot::Sender<ForwardReply>);
 /// (p99 13 ms), 2 → ~6,900/s, 4 → ~6,700/s: fewer, larger entries mean fewer fsyncs and replication rounds.
 const PROPOSALS_IN_FLIGHT: usize = 1;
 
-/// The proposer: takes queued commands, packs all that are waiting (up to [`MAX_BATCH`]) into one log
-/// entry, and proposes it, with at most [`PROPOSALS_IN_FLIGHT`] entries in flight. openraft 0.9 appends and
-/// fsyncs once per proposal, so this is what lets one fsync and one replication round serve many writes.
+/// The proposer: takes queued commands, packs all that are waiting (up to [`MAX_BATCH`] commands and
+/// [`BATCH_MAX_BYTES`], see [`next_batch`]) into one log entry, and proposes it, with at most
+/// [`PROPOSALS_IN_FLIGHT`] entries in flight. openraft 0.9 appends and fsyncs once per proposal, so this is
+/// what lets one fsync and one replication round serve many writes.
 pub async fn run_proposer(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
     let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT));
+    let mut carry = None;
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else { return };
-        let mut items = vec![first];
-        while items.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => items.push(p),
-                Err(_) => break,
-            }
-        }
+        let Some(items) = next_batch(&mut rx, &mut carry).await else {
+            return;
+        };
         let raft = raft.clone();
         tokio::spawn(async move {
             let batch = Batch(items.iter().map(|(c, _)| c.clone()).collect());
@@ -137,6 +137,91 @@ pub async fn run_proposer(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
             }
             drop(permit);
         });
+    }
+}
+
+/// A proposal and its command's encoded size.
+type Measured = (Proposal, usize);
+
+/// The commands of the next log entry: waits for one, then takes every proposal already queued while the
+/// entry stays within [`MAX_BATCH`] commands and [`BATCH_MAX_BYTES`] of JSON. The first proposal that does
+/// not fit waits in `carry` and opens the next entry. A command over [`COMMAND_MAX_BYTES`] is answered
+/// with an error at once and never proposed. `None` once the channel is closed and drained.
+async fn next_batch(
+    rx: &mut mpsc::Receiver<Proposal>,
+    carry: &mut Option<Measured>,
+) -> Option<Vec<Proposal>> {
+    let mut items: Vec<Proposal> = Vec::new();
+    // The entry's JSON array: "[" and "]", and a comma before every command but the first.
+    let mut bytes = 2;
+    while items.len() < MAX_BATCH {
+        let (p, size) = match carry.take() {
+            Some(m) => m,
+            None => {
+                let p = if items.is_empty() {
+                    rx.recv().await?
+                } else {
+                    match rx.try_recv() {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    }
+                };
+                match measure(p) {
+                    Some(m) => m,
+                    None => continue,
+                }
+            }
+        };
+        let added = size + usize::from(!items.is_empty());
+        if !items.is_empty() && bytes + added > BATCH_MAX_BYTES {
+            *carry = Some((p, size));
+            break;
+        }
+        bytes += added;
+        items.push(p);
+    }
+    Some(items)
+}
+
+/// The proposal with its command's size in bytes of JSON, or `None` after answering a command larger than
+/// [`COMMAND_MAX_BYTES`] with an error (no log entry may exceed what one Raft message carries).
+fn measure(p: Proposal) -> Option<Measured> {
+    let size = encoded_len(&p.0);
+    if size <= COMMAND_MAX_BYTES {
+        return Some((p, size));
+    }
+    let (cmd, tx) = p;
+    // Only on this rare path: the operation's name, for the message.
+    let name = serde_json::to_value(&cmd.op)
+        .ok()
+        .and_then(|v| v.as_object().and_then(|o| o.keys().next().cloned()))
+        .unwrap_or_default();
+    tracing::warn!(op = %name, actor = %cmd.actor, bytes = size, "refused an oversized command");
+    let _ = tx.send(ForwardReply::Done(Err(DomainError::exhausted(format!(
+        "the {name} command from {} is {size} bytes, over the {COMMAND_MAX_BYTES}-byte limit of one log entry; a request field escaped its limit at the API edge (a bug in this region: please report it)",
+        cmd.actor
+    )))));
+    None
+}
+
+/// The length of `cmd`'s JSON (what the log stores and replicates), counted without building it.
+pub fn encoded_len(cmd: &Command) -> usize {
+    /// A writer that only counts.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Serializing a command cannot fail (string keys only); a failure would count as oversized.
+    match serde_json::to_writer(&mut c, cmd) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX,
     }
 }
 
@@ -424,5 +509,114 @@ impl Region {
             .map_err(|_| "timeout".to_string())?
             .map_err(|s| s.message().to_string())?;
         Ok(r.into_inner().index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command whose JSON is about `bytes` long.
+    fn command(bytes: usize) -> Command {
+        Command::new(
+            "admin",
+            Principal::Internal(crate::command::Internal::Init),
+            Op::CreateZone(op::CreateZone {
+                name: "z".into(),
+                description: "x".repeat(bytes),
+            }),
+        )
+    }
+
+    /// Queues `sizes` and returns the answer receivers.
+    fn queue(tx: &mpsc::Sender<Proposal>, sizes: &[usize]) -> Vec<oneshot::Receiver<ForwardReply>> {
+        sizes
+            .iter()
+            .map(|s| {
+                let (atx, arx) = oneshot::channel();
+                tx.try_send((command(*s), atx)).unwrap();
+                arx
+            })
+            .collect()
+    }
+
+    fn descriptions(batch: &[Proposal]) -> Vec<usize> {
+        batch
+            .iter()
+            .map(|(c, _)| match &c.op {
+                Op::CreateZone(z) => z.description.len(),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    const MIB: usize = 1024 * 1024;
+
+    /// The next batch, failing (instead of waiting forever) when none is ready.
+    async fn batch(
+        rx: &mut mpsc::Receiver<Proposal>,
+        carry: &mut Option<Measured>,
+    ) -> Vec<Proposal> {
+        tokio::time::timeout(Duration::from_secs(5), next_batch(rx, carry))
+            .await
+            .expect("a batch is ready")
+            .expect("the channel is open")
+    }
+
+    /// A batch closes before the next command would take it over the byte budget; that command opens the
+    /// next batch. The count cap still holds for small commands.
+    #[tokio::test]
+    async fn batches_are_capped_in_bytes_and_in_count() {
+        let (tx, mut rx) = mpsc::channel(4096);
+        let mut carry = None;
+        let sizes = [5 * MIB / 2, MIB, MIB, 2 * MIB, 100];
+        let _answers = queue(&tx, &sizes);
+        let mut batches = Vec::new();
+        for _ in 0..2 {
+            let b = batch(&mut rx, &mut carry).await;
+            let total: usize = b.iter().map(|(c, _)| encoded_len(c) + 1).sum();
+            assert!(total <= BATCH_MAX_BYTES, "{total}");
+            batches.push(descriptions(&b));
+        }
+        // 2.5 + 1 + 1 MiB would pass 4 MiB: the third command opens the second entry.
+        assert_eq!(
+            batches,
+            vec![vec![5 * MIB / 2, MIB], vec![MIB, 2 * MIB, 100]]
+        );
+        assert!(carry.is_none());
+        let _answers = queue(&tx, &[10; MAX_BATCH + 6]);
+        assert_eq!(batch(&mut rx, &mut carry).await.len(), MAX_BATCH);
+        assert_eq!(batch(&mut rx, &mut carry).await.len(), 6);
+        drop(tx);
+        assert!(next_batch(&mut rx, &mut carry).await.is_none());
+    }
+
+    /// A command over the per-command cap is answered with a clear error and never proposed; the commands
+    /// around it are.
+    #[tokio::test]
+    async fn an_oversized_command_is_refused_not_proposed() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut carry = None;
+        let mut answers = queue(&tx, &[10, COMMAND_MAX_BYTES, 20]);
+        let b = batch(&mut rx, &mut carry).await;
+        assert_eq!(descriptions(&b), vec![10, 20]);
+        match answers.remove(1).try_recv() {
+            Ok(ForwardReply::Done(Err(e))) => {
+                assert_eq!(e.code, ingot_common::ErrorCode::ResourceExhausted);
+                assert!(
+                    e.message.contains("CreateZone command from admin is"),
+                    "{e}"
+                );
+                assert!(e.message.contains("4194304-byte limit"), "{e}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Exactly at the cap is accepted (its own entry).
+        let at = command(0);
+        let overhead = encoded_len(&at);
+        let _a = queue(&tx, &[COMMAND_MAX_BYTES - overhead]);
+        let b = batch(&mut rx, &mut carry).await;
+        assert_eq!(b.len(), 1);
+        assert_eq!(encoded_len(&b[0].0), COMMAND_MAX_BYTES);
     }
 }

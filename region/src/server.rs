@@ -10,7 +10,7 @@ use crate::api::{
 use crate::app::App;
 use crate::datadir::{DataDir, RegionIdentity};
 use crate::node::Region;
-use crate::raft::network::{NetworkFactory, Peers, MAX_MESSAGE};
+use crate::raft::network::{NetworkFactory, Peers, MAX_MESSAGE, MAX_REPLY};
 use crate::raft::service::{refuse_revoked, RaftServer};
 use crate::raft::store::{open_db, LogStore, OpenError, StateMachineStore};
 use crate::raft::{Raft, RaftTuning};
@@ -33,6 +33,13 @@ use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+
+/// Largest request the API listener (and a rack session's messages) decodes. The largest legitimate
+/// ones, with every field at its cap (`ingot_common::validate::limits`): an agent's inventory (~0.5 MB),
+/// a machine with 64 power parameters of 4 KiB (~0.3 MB), a deployment's 64 KiB user data, a rack's
+/// power observations. Bulk data (OS images, later) is streamed in chunks, never sent as one message. A
+/// larger request is refused by gRPC before it is read, with OUT_OF_RANGE.
+pub const API_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 /// Why a region could not start.
 #[derive(Debug, thiserror::Error)]
@@ -179,15 +186,16 @@ pub async fn start(
         region: region.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE)
-    .max_encoding_message_size(MAX_MESSAGE);
+    .max_encoding_message_size(MAX_REPLY);
     let revocation = refuse_revoked(region.state.clone());
     let raft_server = Server::builder()
         .tls_config(raft_tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .add_service(InterceptedService::new(raft_svc, revocation.clone()))
-        .add_service(RackSessionServiceServer::with_interceptor(
-            RackSessionServer { app: app.clone() },
+        .add_service(InterceptedService::new(
+            RackSessionServiceServer::new(RackSessionServer { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
             revocation,
         ));
     let raft_rx = rx.clone();
@@ -240,25 +248,46 @@ pub async fn start(
                 app: app.clone(),
                 encoded: encoded.clone(),
             })
-            .max_decoding_message_size(MAX_MESSAGE),
+            .max_decoding_message_size(API_MAX_MESSAGE),
         )
-        .add_service(ZoneServiceServer::new(ZoneApi { app: app.clone() }))
-        .add_service(PoolServiceServer::new(PoolApi { app: app.clone() }))
-        .add_service(TagServiceServer::new(TagApi { app: app.clone() }))
-        .add_service(UserServiceServer::new(UserApi { app: app.clone() }))
-        .add_service(EventServiceServer::new(EventApi { app: app.clone() }))
-        .add_service(RackServiceServer::new(RackApi {
-            app: app.clone(),
-            attempts: attempts.clone(),
-        }))
+        .add_service(
+            ZoneServiceServer::new(ZoneApi { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            PoolServiceServer::new(PoolApi { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            TagServiceServer::new(TagApi { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            UserServiceServer::new(UserApi { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            EventServiceServer::new(EventApi { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            RackServiceServer::new(RackApi {
+                app: app.clone(),
+                attempts: attempts.clone(),
+            })
+            .max_decoding_message_size(API_MAX_MESSAGE),
+        )
         .add_service(
             AgentServiceServer::new(AgentApi { app: app.clone() })
-                .max_decoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(API_MAX_MESSAGE),
         )
-        .add_service(ClusterServiceServer::new(ClusterApi {
-            app: app.clone(),
-            attempts,
-        }));
+        .add_service(
+            ClusterServiceServer::new(ClusterApi {
+                app: app.clone(),
+                attempts,
+            })
+            .max_decoding_message_size(API_MAX_MESSAGE),
+        );
     let worker = tokio::spawn(crate::app::worker::run(app.clone(), shutdown.subscribe()));
     tokio::spawn(encoded.follow(app));
     let t2 = tokio::spawn(async move {

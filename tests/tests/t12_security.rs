@@ -342,6 +342,171 @@ async fn bad_input_gets_a_status_naming_the_field() {
     assert!(e.code() == Code::InvalidArgument && e.message().contains("page_token"));
 }
 
+/// Every string and list that can reach the Raft log has a byte cap, checked at the API edge: an
+/// oversized field is INVALID_ARGUMENT naming it (and never echoed back), and a request over the API's
+/// 4 MiB message limit is refused by gRPC before it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_fields_are_refused_naming_the_field() {
+    let tc = TestCluster::start("bounds", 1, &[]).await.unwrap();
+    let c = tc.clients();
+    let mut m = c.machines();
+    let invalid = |r: Result<(), tonic::Status>, want: &str| {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{want}: {e}");
+        assert!(
+            e.message().starts_with(want),
+            "want '{want}', got '{}'",
+            e.message()
+        );
+        assert!(
+            e.message().len() < 300,
+            "the value is not echoed: {} bytes",
+            e.message().len()
+        );
+    };
+    let first = m.create_machine(machine(40, 0)).await.unwrap().into_inner();
+    let me = || Some(ingot_tests::by_id(&first.system_id));
+
+    // Allocation constraints (carried into the log by Allocate).
+    let r = m
+        .allocate(AllocateRequest {
+            request_id: "bounds-1".into(),
+            constraints: Some(Constraints {
+                tags: vec!["gpu".into(), "t".repeat(100)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ());
+    invalid(r, "constraints.tags[1]: 100 bytes, at most 64");
+    let r = m
+        .allocate(AllocateRequest {
+            request_id: "bounds-2".into(),
+            constraints: Some(Constraints {
+                storage: format!("root:100({})", "s".repeat(5000)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ());
+    invalid(r, "constraints.storage: 5010 bytes, at most 4096");
+    // Machine keys and names that select objects (carried by actions, updates and deletes).
+    let r = m
+        .delete_machine(DeleteMachineRequest {
+            system_id: "s".repeat(300),
+            expected_revision: 0,
+        })
+        .await
+        .map(|_| ());
+    invalid(r, "system_id: 300 bytes, at most 256");
+    let r = m
+        .power(PowerRequest {
+            machine: Some(MachineRef {
+                key: Some(machine_ref::Key::SystemId("é".repeat(200))),
+            }),
+            action: "on".into(),
+            wait_seconds: 0,
+        })
+        .await
+        .map(|_| ());
+    invalid(r, "machine.system_id: 400 bytes, at most 256");
+    let r = m
+        .tag_machine(TagMachineRequest {
+            machine: me(),
+            tags: vec!["t".into(); 65],
+        })
+        .await
+        .map(|_| ());
+    invalid(r, "tags: 65 entries, at most 64");
+    let r = m
+        .deploy(DeployRequest {
+            machine: me(),
+            user_data: "u".repeat(3 * 1024 * 1024),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ());
+    invalid(r, "user_data: 3145728 bytes, at most 65536");
+    let r = c
+        .zones()
+        .update_zone(UpdateZoneRequest {
+            name: "z".repeat(10_000),
+            description: Some("d".into()),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ());
+    invalid(r, "name: 10000 bytes, at most 256");
+    // The agent's inventory: every string, named to the entry (checked before the boot token).
+    let mut inv = ingot_tests::small_inventory();
+    inv.disks = (0..4)
+        .map(|i| Disk {
+            name: format!("sd{i}"),
+            size_gib: 100,
+            ..Default::default()
+        })
+        .collect();
+    inv.disks[3].model = "m".repeat(300);
+    let r = c
+        .agent()
+        .report_inventory(ReportInventoryRequest {
+            system_id: first.system_id.clone(),
+            boot_token: "boot_x".into(),
+            inventory: Some(inv),
+        })
+        .await
+        .map(|_| ());
+    invalid(r, "inventory.disks[3].model: 300 bytes, at most 256");
+    // Joining regions: addresses are host:port of bounded length (with a valid token, so the address
+    // is what is refused).
+    let token = c
+        .cluster()
+        .create_join_token(CreateJoinTokenRequest { ttl_seconds: 60 })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let r = c
+        .cluster()
+        .join_region(JoinRegionRequest {
+            token,
+            name: "r9".into(),
+            csr_pem: String::new(),
+            raft_addr: format!("{}:7001", "h".repeat(300)),
+            api_addr: "127.0.0.1:7000".into(),
+        })
+        .await
+        .map(|_| ());
+    invalid(r, "raft_addr: 305 bytes, at most 259");
+
+    // Over the API's message limit: refused by gRPC, before any field is looked at.
+    let e = m
+        .create_machine(CreateMachineRequest {
+            description: "x".repeat(5 * 1024 * 1024),
+            ..machine(40, 1)
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "a 5 MiB request: {e}"
+    );
+    assert!(e.message().contains("too large"), "{e}");
+    // Still writable, and the refused requests left nothing behind.
+    let after = m
+        .get_machine(GetMachineRequest {
+            key: Some(get_machine_request::Key::SystemId(first.system_id.clone())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after.tags.is_empty());
+    m.create_machine(machine(40, 2)).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_tokens_are_single_use_and_data_dirs_are_checked() {
     let tc = TestCluster::start("join-dirs", 2, &[]).await.unwrap();

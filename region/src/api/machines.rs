@@ -40,7 +40,7 @@ pub fn encode_basic(m: &ingot_common::Machine) -> bytes::Bytes {
 }
 
 fn machine_key(r: Option<MachineRef>) -> Result<MachineKey, Status> {
-    match r.and_then(|r| r.key) {
+    let key = match r.and_then(|r| r.key) {
         Some(machine_ref::Key::SystemId(s)) => Ok(MachineKey::SystemId(s)),
         Some(machine_ref::Key::Consumer(s)) => Ok(MachineKey::Consumer(s)),
         Some(machine_ref::Key::ProviderId(s)) => Ok(MachineKey::ProviderId(s)),
@@ -49,7 +49,9 @@ fn machine_key(r: Option<MachineRef>) -> Result<MachineKey, Status> {
             "machine",
             "set one of system_id, consumer, provider_id or hostname",
         ))),
-    }
+    }?;
+    key.check("machine").map_err(status)?;
+    Ok(key)
 }
 
 /// Filters from the proto, parsed; `who` limits what non-admins see.
@@ -185,6 +187,7 @@ impl MachineService for MachineApi {
                 )))
             }
         };
+        key.check("").map_err(status)?;
         let m = self
             .app
             .get_machine(&who, key, linearizable(r.consistency))

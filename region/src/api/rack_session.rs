@@ -9,7 +9,8 @@ use super::status;
 use crate::app::rack_session::{PowerCommandResult, RackHello, RackSessionState};
 use crate::app::App;
 use crate::command::PowerObservation;
-use ingot_common::pki;
+use ingot_common::validate::{self, limits};
+use ingot_common::{pki, DomainError};
 use ingot_proto::convert::{bmc_to_rack, power_command_to_rack};
 use ingot_proto::rack::v1::rack_session_service_server::RackSessionService;
 use ingot_proto::rack::v1::{
@@ -77,26 +78,44 @@ fn msg(m: region_message::Msg) -> Result<RegionMessage, Status> {
     Ok(RegionMessage { msg: Some(m) })
 }
 
-/// A monitor reading as the log records it.
-fn observation(i: ingot_proto::rack::v1::PowerObservation) -> PowerObservation {
-    PowerObservation {
-        system_id: i.system_id,
-        power_state: i.power_state,
-        error_kind: i.error_kind,
-        message: i.message,
-        observed_ms: i.observed_ms,
+/// Monitor readings as the log records them, bounded ([`validate::power_report`], the machine key, and
+/// the driver's message cut to [`limits::TEXT`]); a reading out of bounds is the rack's bug and refused,
+/// naming it (`observations.items[3].system_id`).
+fn observations(
+    items: Vec<ingot_proto::rack::v1::PowerObservation>,
+) -> Result<Vec<PowerObservation>, DomainError> {
+    let mut out = Vec::with_capacity(items.len());
+    for (n, i) in items.into_iter().enumerate() {
+        let field = format!("observations.items[{n}]");
+        validate::bytes(&format!("{field}.system_id"), &i.system_id, limits::KEY)?;
+        validate::power_report(&field, &i.error_kind, &i.power_state)?;
+        let mut message = i.message;
+        validate::truncate_text(&mut message, limits::TEXT);
+        out.push(PowerObservation {
+            system_id: i.system_id,
+            power_state: i.power_state,
+            error_kind: i.error_kind,
+            message,
+            observed_ms: i.observed_ms,
+        });
     }
+    Ok(out)
 }
 
-/// A power command's result as the rack sent it.
-fn power_command_result(r: ingot_proto::rack::v1::PowerCommandResult) -> PowerCommandResult {
-    PowerCommandResult {
+/// A power command's result as the rack sent it, bounded like [`observations`].
+fn power_command_result(
+    r: ingot_proto::rack::v1::PowerCommandResult,
+) -> Result<PowerCommandResult, DomainError> {
+    validate::power_report("power_command_result", &r.error_kind, &r.power_state)?;
+    let mut message = r.message;
+    validate::truncate_text(&mut message, limits::TEXT);
+    Ok(PowerCommandResult {
         id: r.id,
         success: r.success,
         error_kind: r.error_kind,
-        message: r.message,
+        message,
         power_state: r.power_state,
-    }
+    })
 }
 
 /// Sends every pending power command due on this session; an error status ends the session (revoked,
@@ -138,6 +157,10 @@ async fn run(
             return;
         }
     };
+    if let Err(e) = validate::rack_hello(&hello.version, &hello.services, &hello.drivers) {
+        let _ = tx.send(Err(status(e))).await;
+        return;
+    }
     let (mut session, w) = app.start_rack_session(name);
     let welcome = Welcome {
         region_id: w.region_id,
@@ -189,7 +212,14 @@ async fn run(
                         rack_message::Msg::Heartbeat(_) => session.heartbeat(),
                         rack_message::Msg::PowerCommandResult(r) => {
                             let id = r.id;
-                            let record = session.record_power_command_result(power_command_result(r));
+                            let r = match power_command_result(r) {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    let _ = tx.send(Err(status(e))).await;
+                                    break;
+                                }
+                            };
+                            let record = session.record_power_command_result(r);
                             let tx = tx.clone();
                             tokio::spawn(async move {
                                 match record.await {
@@ -200,9 +230,13 @@ async fn run(
                                 }
                             });
                         }
-                        rack_message::Msg::Observations(o) => {
-                            session.observed(o.items.into_iter().map(observation));
-                        }
+                        rack_message::Msg::Observations(o) => match observations(o.items) {
+                            Ok(items) => session.observed(items),
+                            Err(e) => {
+                                let _ = tx.send(Err(status(e))).await;
+                                break;
+                            }
+                        },
                         rack_message::Msg::Hello(_) => {}
                     }
                 }
@@ -230,4 +264,52 @@ async fn run(
         }
     }
     session.end();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ingot_proto::rack::v1 as rack;
+
+    #[test]
+    fn rack_reports_are_bounded_at_the_edge() {
+        let long_text = format!("{}é", "m".repeat(limits::TEXT - 1));
+        let r = power_command_result(rack::PowerCommandResult {
+            id: 7,
+            error_kind: "bmc".into(),
+            message: long_text.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            r.message,
+            "m".repeat(limits::TEXT - 1),
+            "cut at a character boundary"
+        );
+        let e = power_command_result(rack::PowerCommandResult {
+            error_kind: "k".repeat(limits::WORD + 1),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("power_command_result.error_kind"));
+        let item = |system_id: String, power_state: &str| rack::PowerObservation {
+            system_id,
+            power_state: power_state.into(),
+            message: long_text.clone(),
+            ..Default::default()
+        };
+        let ok = observations(vec![item("m1".into(), "on")]).unwrap();
+        assert_eq!(ok[0].message.len(), limits::TEXT - 1);
+        let e = observations(vec![
+            item("m1".into(), "on"),
+            item("s".repeat(limits::KEY + 1), "on"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("observations.items[1].system_id"));
+        let e = observations(vec![item("m1".into(), &"o".repeat(limits::WORD + 1))]).unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("observations.items[0].power_state")
+        );
+    }
 }

@@ -19,9 +19,8 @@ impl App {
         system_id: &str,
         token: &str,
     ) -> Result<(String, MachineStatus), DomainError> {
-        if system_id.is_empty() {
-            return Err(DomainError::invalid("system_id", "required"));
-        }
+        validate::key("system_id", system_id)?;
+        validate::bytes("boot_token", token, validate::limits::TOKEN)?;
         if token.is_empty() {
             return Err(DomainError::unauthenticated(
                 "boot_token is required: it is given to the machine by its boot configuration",

@@ -68,9 +68,7 @@ impl App {
                 format!("{} is out of range 1-{MAX_COUNT}", req.count),
             ));
         }
-        if req.consumer.len() > 256 {
-            return Err(DomainError::invalid("consumer", "at most 256 bytes"));
-        }
+        validate::bytes("consumer", &req.consumer, validate::limits::CONSUMER)?;
         if let Spread::MinZones(k) = req.spread {
             if k == 0 || k > req.count {
                 return Err(DomainError::invalid(

@@ -17,75 +17,6 @@ use std::time::Duration;
 /// `UpdateSettings` answer.
 pub type Deadlines = BTreeMap<MachineStatus, u64>;
 
-/// Longest CSR accepted from a joining region or registering rack (a P-256 CSR is under 1 KiB).
-pub const MAX_CSR_LEN: usize = 16 * 1024;
-
-/// Refuses a CSR longer than [`MAX_CSR_LEN`] before it is parsed.
-pub(super) fn check_csr_len(csr_pem: &str) -> Result<(), DomainError> {
-    if csr_pem.len() > MAX_CSR_LEN {
-        return Err(DomainError::invalid(
-            "csr_pem",
-            format!(
-                "{} bytes long; at most {MAX_CSR_LEN} (a PEM certificate signing request)",
-                csr_pem.len()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Longest `host:port` accepted for a region's listener address (a DNS name is at most 253 bytes).
-pub const MAX_ADDR_LEN: usize = 260;
-
-/// Checks that `addr` is `host:port` (a DNS name, an IPv4 address or a bracketed IPv6 address, and a
-/// port 1-65535) of at most [`MAX_ADDR_LEN`] bytes; errors name `field`. Checked before proposing; apply
-/// does not check again, so entries written before this check existed replay to the same result.
-pub fn check_host_port(field: &str, addr: &str) -> Result<(), DomainError> {
-    let bad = |why: &str| DomainError::invalid(field, why.to_string());
-    if addr.len() > MAX_ADDR_LEN {
-        return Err(bad(&format!(
-            "{} bytes long; at most {MAX_ADDR_LEN} (host:port)",
-            addr.len()
-        )));
-    }
-    let shown = || addr.escape_debug().to_string();
-    let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
-        let (h, p) = rest
-            .split_once("]:")
-            .ok_or_else(|| bad(&format!("'{}' is not [ipv6]:port", shown())))?;
-        h.parse::<std::net::Ipv6Addr>()
-            .map_err(|_| bad(&format!("'{h}' is not an IPv6 address")))?;
-        (None, p)
-    } else {
-        let (h, p) = addr
-            .rsplit_once(':')
-            .ok_or_else(|| bad(&format!("'{}' is not host:port", shown())))?;
-        (Some(h), p)
-    };
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
-        _ => return Err(bad(&format!("'{}': the port must be 1-65535", shown()))),
-    }
-    if let Some(h) = host {
-        let dns_name = !h.is_empty()
-            && h.len() <= 253
-            && h.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-            });
-        if h.parse::<std::net::Ipv4Addr>().is_err() && !dns_name {
-            return Err(bad(&format!(
-                "'{}' is not host:port (host: a DNS name, an IPv4 address or [an IPv6 address])",
-                shown()
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// How long `ListRegions` waits for each region's status.
 const STATUS_WAIT: Duration = Duration::from_millis(1500);
 
@@ -285,10 +216,11 @@ impl App {
                 "required: create one with `ingot cluster join-token`",
             ));
         }
+        validate::bytes("token", token, validate::limits::TOKEN)?;
         validate::dns_label("name", name)?;
-        check_host_port("raft_addr", raft_addr)?;
-        check_host_port("api_addr", api_addr)?;
-        check_csr_len(csr_pem)?;
+        validate::address("raft_addr", raft_addr)?;
+        validate::address("api_addr", api_addr)?;
+        validate::bytes("csr_pem", csr_pem, validate::limits::PEM)?;
         pki::check_csr(csr_pem).map_err(|e| DomainError::invalid("csr_pem", e.to_string()))?;
         let token_hash = secret::hash(token);
         self.check_token_before_proposing(|d| &d.join_tokens, &token_hash, join_token_error)
@@ -443,43 +375,6 @@ mod tests {
             ]
         );
         assert!(parse_deadlines(&BTreeMap::new()).unwrap().is_empty());
-    }
-
-    #[test]
-    fn addresses_are_host_port_and_bounded() {
-        for ok in [
-            "127.0.0.1:7000",
-            "[::1]:7001",
-            "region-2.example.com:443",
-            "localhost:1",
-        ] {
-            check_host_port("raft_addr", ok).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
-        }
-        let long = format!("{}:1", "a".repeat(MAX_ADDR_LEN));
-        for bad in [
-            "",
-            "host",
-            "host:",
-            "host:0",
-            "host:65536",
-            "host:+1",
-            ":80",
-            "a b:80",
-            "[::1:80",
-            "[nope]:80",
-            "-x:80",
-            "x..y:80",
-            "1.2.3.4:5:6",
-            "h\n:1",
-            long.as_str(),
-        ] {
-            let e = check_host_port("api_addr", bad).unwrap_err();
-            assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad}");
-            assert_eq!(e.field.as_deref(), Some("api_addr"), "{bad}");
-        }
-        assert!(check_csr_len(&"x".repeat(MAX_CSR_LEN)).is_ok());
-        let e = check_csr_len(&"x".repeat(MAX_CSR_LEN + 1)).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("csr_pem"));
     }
 
     #[test]

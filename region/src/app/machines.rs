@@ -95,6 +95,25 @@ pub enum MachineKey {
 }
 
 impl MachineKey {
+    /// Fails unless the key is at most [`validate::limits::KEY`] bytes (an empty system id is refused
+    /// by [`App::resolve`]); `message` is the request message holding the key (`machine`; empty when
+    /// the key's fields are the request's own).
+    pub fn check(&self, message: &str) -> Result<(), DomainError> {
+        let (kind, s) = match self {
+            MachineKey::SystemId(s) => ("system_id", s),
+            MachineKey::Mac(s) => ("mac", s),
+            MachineKey::Hostname(s) => ("hostname", s),
+            MachineKey::Consumer(s) => ("consumer", s),
+            MachineKey::ProviderId(s) => ("provider_id", s),
+        };
+        let field = if message.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{message}.{kind}")
+        };
+        validate::bytes(&field, s, validate::limits::KEY)
+    }
+
     /// The machine this key names in `st`, if any.
     pub fn find<'a>(&self, st: &'a State) -> Result<Option<&'a Machine>, DomainError> {
         Ok(match self {
@@ -215,9 +234,7 @@ impl App {
     /// The system id `key` names, read from local state (the apply step re-checks everything).
     pub async fn resolve(&self, key: &MachineKey) -> Result<String, DomainError> {
         if let MachineKey::SystemId(id) = key {
-            if id.is_empty() {
-                return Err(DomainError::invalid("machine.system_id", "required"));
-            }
+            validate::key("machine.system_id", id)?;
             return Ok(id.clone());
         }
         for linearizable in [false, true] {
@@ -254,15 +271,14 @@ impl App {
                 if args.tags.is_empty() {
                     return Err(DomainError::invalid("tags", "name at least one tag"));
                 }
+                validate::entries("tags", args.tags.len(), validate::limits::NAME_LIST)?;
                 for (i, t) in args.tags.iter().enumerate() {
                     validate::name(&format!("tags[{i}]"), t)?;
                 }
             }
             Action::Deploy => {
                 if let Some(d) = &args.deploy {
-                    if d.user_data.len() > 64 * 1024 {
-                        return Err(DomainError::invalid("user_data", "at most 64 KiB"));
-                    }
+                    validate::bytes("user_data", &d.user_data, validate::limits::USER_DATA)?;
                     for (f, v) in [("osystem", &d.osystem), ("distro_series", &d.distro_series)] {
                         if !v.is_empty() {
                             validate::name(f, v)?;
@@ -392,6 +408,7 @@ impl App {
         c: MachineChange,
     ) -> Result<Machine, DomainError> {
         actor.require_admin("change machines")?;
+        validate::key("system_id", &system_id)?;
         if let Some(h) = &c.hostname {
             validate::dns_label("hostname", h)?;
         }
@@ -432,9 +449,7 @@ impl App {
         expected_revision: u64,
     ) -> Result<(), DomainError> {
         actor.require_admin("delete machines")?;
-        if system_id.is_empty() {
-            return Err(DomainError::invalid("system_id", "required"));
-        }
+        validate::key("system_id", &system_id)?;
         self.region
             .write(self.command(
                 actor,
@@ -445,5 +460,30 @@ impl App {
             ))
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use validate::limits::KEY;
+
+    #[test]
+    fn machine_keys_are_bounded_and_named() {
+        assert!(MachineKey::Consumer("c".repeat(KEY))
+            .check("machine")
+            .is_ok());
+        let e = MachineKey::Consumer("c".repeat(KEY + 1))
+            .check("machine")
+            .unwrap_err();
+        assert_eq!(e.message, "machine.consumer: 257 bytes, at most 256");
+        let e = MachineKey::SystemId(format!("{}é", "s".repeat(KEY - 1)))
+            .check("")
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("system_id"));
+        let e = MachineKey::ProviderId("p".repeat(5 * 1024 * 1024))
+            .check("machine")
+            .unwrap_err();
+        assert!(e.message.len() < 100, "no echo: {}", e.message.len());
     }
 }

@@ -39,13 +39,11 @@ pub(crate) fn unexpected(reply: Reply) -> DomainError {
     ))
 }
 
-/// Fails with InvalidArgument naming `field` when `value` is empty (a name that selects the object).
+/// Fails with InvalidArgument naming `field` when `value` (a name that selects the object) is empty or
+/// longer than [`ingot_common::validate::limits::KEY`] bytes: it is carried into the log by updates and
+/// deletes, and no stored name is longer.
 pub(crate) fn required(field: &str, value: &str) -> Result<(), DomainError> {
-    if value.is_empty() {
-        Err(DomainError::invalid(field, "required"))
-    } else {
-        Ok(())
-    }
+    ingot_common::validate::key(field, value)
 }
 
 /// Who is calling, resolved from a bearer token.

@@ -137,5 +137,9 @@ mod tests {
         let e = required("name", "").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("name"));
         assert!(required("name", "x").is_ok());
+        let at = "n".repeat(ingot_common::validate::limits::KEY);
+        assert!(required("name", &at).is_ok());
+        let e = required("name", &format!("{at}n")).unwrap_err();
+        assert_eq!(e.message, "name: 257 bytes, at most 256");
     }
 }

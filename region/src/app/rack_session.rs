@@ -31,6 +31,10 @@ const RESEND_AFTER: Duration = Duration::from_secs(10);
 pub const MAX_OBSERVATIONS: usize = 20_000;
 /// Longest observation message kept, in characters.
 const MAX_OBSERVATION_MESSAGE: usize = 1000;
+/// Most observations in one `PowerObserved` command: with every field at its cap (a message of
+/// `limits::TEXT` bytes, escaped at worst 6x in JSON) a command stays under ~2.5 MB, below the
+/// proposer's per-command cap (`command::COMMAND_MAX_BYTES`); a typical reading is ~100 bytes.
+pub const OBSERVATIONS_PER_COMMAND: usize = 256;
 
 /// What a rack says about itself when it opens a session.
 #[derive(Debug, Clone, Default)]
@@ -333,7 +337,8 @@ impl RackSessionState {
     }
 
     /// Records the power states the rack's monitor read (at most [`MAX_OBSERVATIONS`], messages cut to
-    /// 1,000 characters), once the session is recorded. Readings of BMCs the rack does not own are
+    /// 1,000 characters), once the session is recorded: in commands of at most
+    /// [`OBSERVATIONS_PER_COMMAND`], proposed in order. Readings of BMCs the rack does not own are
     /// dropped before they are proposed (apply drops them too).
     pub fn observed(&self, items: impl IntoIterator<Item = PowerObservation>) {
         let st = crate::locks::read(&self.app.region.state);
@@ -354,15 +359,22 @@ impl RackSessionState {
             .collect();
         drop(st);
         if self.recorded() && !items.is_empty() {
-            let op = Op::PowerObserved(op::PowerObserved {
-                rack: self.name.clone(),
-                items,
-            });
-            let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
+            let cmds: Vec<Command> = items
+                .chunks(OBSERVATIONS_PER_COMMAND)
+                .map(|chunk| {
+                    let op = Op::PowerObserved(op::PowerObserved {
+                        rack: self.name.clone(),
+                        items: chunk.to_vec(),
+                    });
+                    Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op)
+                })
+                .collect();
             let app = self.app.clone();
             tokio::spawn(async move {
-                if let Err(e) = app.region.write(cmd).await {
-                    tracing::debug!("recording power observations: {e}");
+                for cmd in cmds {
+                    if let Err(e) = app.region.write(cmd).await {
+                        tracing::debug!("recording power observations: {e}");
+                    }
                 }
             });
         }

@@ -82,9 +82,10 @@ impl App {
                 "required: create one with `ingot racks token create`",
             ));
         }
+        validate::bytes("token", token, validate::limits::TOKEN)?;
         validate::dns_label("name", name)?;
         validate::dns_label("zone", zone)?;
-        super::cluster::check_csr_len(csr_pem)?;
+        validate::bytes("csr_pem", csr_pem, validate::limits::PEM)?;
         let cn = pki::csr_common_name(csr_pem)
             .map_err(|e| DomainError::invalid("csr_pem", e.to_string()))?;
         let want = format!("rack-{name}");

@@ -2,11 +2,13 @@
 //! and by write forwarding. Raft messages travel as serde-JSON bytes; snapshot chunks as raw bytes.
 
 use super::{RaftStatus, TypeConfig};
+use crate::command::{BATCH_MAX_BYTES, COMMAND_MAX_BYTES};
 use ingot_common::NodeId;
 use ingot_proto::raft::v1::raft_service_client::RaftServiceClient;
 use ingot_proto::raft::v1::{RaftPayload, SnapshotChunk, StatusRequest};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -20,9 +22,36 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-/// Largest gRPC message between regions (snapshot chunks are 1 MiB; append batches are bounded by
-/// `max_payload_entries`).
-pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Largest gRPC request a region sends or accepts on the Raft listener. What travels: AppendEntries (up to
+/// `max_payload_entries` entries of at most [`BATCH_MAX_BYTES`] each — more than this is split by
+/// answering openraft with `PayloadTooLarge`, see [`entries_hint`]), a forwarded command (at most
+/// [`COMMAND_MAX_BYTES`]), snapshot chunks (1 MiB). Twice the largest entry leaves room for the JSON
+/// envelope and at least two full entries per message.
+pub const MAX_MESSAGE: usize = 8 * 1024 * 1024;
+
+/// Largest gRPC reply on the Raft listener: a forwarded write's answer can hold every machine of an
+/// allocation (up to 1,000 machines with their inventories), which only the leader — a member, over
+/// mutual TLS — sends. Requests, what any certificate holder can push, stay within [`MAX_MESSAGE`].
+pub const MAX_REPLY: usize = 64 * 1024 * 1024;
+
+const _: () = assert!(
+    COMMAND_MAX_BYTES + 64 * 1024 <= MAX_MESSAGE && BATCH_MAX_BYTES + 64 * 1024 <= MAX_MESSAGE,
+    "a log entry must fit one Raft message"
+);
+
+/// Bytes of an AppendEntries request that are not its JSON (protobuf framing, gRPC header).
+const FRAMING: usize = 64;
+
+/// When an AppendEntries of `entries` entries encodes to `bytes` of JSON over [`MAX_MESSAGE`], how many
+/// entries to send instead (aiming at half the limit, so one split usually suffices). `None` when it fits,
+/// or when a single entry cannot be split (the proposer's caps keep every entry well below the limit).
+pub fn entries_hint(entries: usize, bytes: usize) -> Option<u64> {
+    if bytes + FRAMING <= MAX_MESSAGE || entries <= 1 {
+        return None;
+    }
+    let fit = (entries as u128 * (MAX_MESSAGE / 2) as u128 / bytes as u128) as usize;
+    Some(fit.clamp(1, entries - 1) as u64)
+}
 
 /// Connections to the other regions, keyed by node id and address.
 pub struct Peers {
@@ -77,7 +106,7 @@ impl Peers {
 
 fn client(ch: Channel) -> RaftServiceClient<Channel> {
     RaftServiceClient::new(ch)
-        .max_decoding_message_size(MAX_MESSAGE)
+        .max_decoding_message_size(MAX_REPLY)
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
@@ -169,6 +198,15 @@ impl RaftNetwork<TypeConfig> for Network {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
         let json = serde_json::to_vec(&rpc).map_err(net_err)?;
+        if let Some(hint) = entries_hint(rpc.entries.len(), json.len()) {
+            tracing::debug!(
+                entries = rpc.entries.len(),
+                bytes = json.len(),
+                hint,
+                "append entries over the message limit: split"
+            );
+            return Err(PayloadTooLarge::new_entries_hint(hint).into());
+        }
         let bytes = self
             .call(&option, |mut c| async move {
                 c.append_entries(RaftPayload { json }).await
@@ -220,5 +258,23 @@ impl RaftNetwork<TypeConfig> for Network {
     /// hear from the leader well within its election timeout, or it campaigns with a stale log.
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(Duration::from_millis(100)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_entries_over_the_limit_are_split() {
+        assert_eq!(entries_hint(512, 1024), None);
+        assert_eq!(entries_hint(512, MAX_MESSAGE - FRAMING), None);
+        // Twice the limit: a quarter of the entries (half the limit) per message.
+        assert_eq!(entries_hint(512, 2 * MAX_MESSAGE), Some(128));
+        // Never all of them, never none.
+        assert_eq!(entries_hint(2, MAX_MESSAGE), Some(1));
+        assert_eq!(entries_hint(10, 1000 * MAX_MESSAGE), Some(1));
+        // One entry cannot be split: it is sent (and cannot be over the limit, see the proposer's caps).
+        assert_eq!(entries_hint(1, 2 * MAX_MESSAGE), None);
     }
 }
