@@ -12,7 +12,7 @@
 //! Authentication: a bearer `token`, else HTTP basic with `username` / `password`. URLs are quoted in
 //! messages without their query string (it may hold a secret); tokens and passwords never are.
 
-use super::http::{excerpt, redact_url, transport_error, ClientCache};
+use super::http::{excerpt, read_body, redact_url, transport_error, ClientCache, BODY_MAX};
 use super::{DriverError, PowerDriver, PowerOutcome, PowerRequest, PowerState};
 use ingot_common::power::PowerAction;
 use ingot_common::power::{DriverParams, WebhookParams};
@@ -175,7 +175,7 @@ impl Hook<'_> {
         }
     }
 
-    /// Sends one request with the configured credentials and reads the whole answer.
+    /// Sends one request with the configured credentials and reads the answer (at most [`BODY_MAX`] bytes).
     async fn send(&self, method: Method, url: &str) -> Result<(u16, Vec<u8>, String), DriverError> {
         let what = format!("{method} {}", redact_url(url));
         let mut rb = self.client.request(method.clone(), url);
@@ -192,11 +192,7 @@ impl Hook<'_> {
             .await
             .map_err(|e| transport_error(&what, &e, self.p.timeout_ms))?;
         let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| transport_error(&what, &e, self.p.timeout_ms))?
-            .to_vec();
+        let body = read_body(resp, &what, BODY_MAX, self.p.timeout_ms).await?;
         Ok((status, body, what))
     }
 
