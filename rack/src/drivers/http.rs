@@ -309,7 +309,7 @@ pub fn excerpt(body: &[u8], max: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -325,7 +325,7 @@ mod tests {
 
     /// A server on 127.0.0.1 that answers every connection with `head` and then `chunk` forever (or until
     /// the reader hangs up; an empty `chunk`: just `head`); returns its base URL.
-    async fn endless(head: &'static str, chunk: &'static [u8]) -> String {
+    pub(crate) async fn endless(head: &'static str, chunk: &'static [u8]) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", l.local_addr().unwrap());

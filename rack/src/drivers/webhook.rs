@@ -286,3 +286,44 @@ fn check(key: &str, status: u16, body: &[u8], what: &str) -> Result<(), DriverEr
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status page that never ends: the query is refused at [`BODY_MAX`] with a bmc error naming the
+    /// (redacted) URL and the cap, long before the timeout, instead of reading until memory or time runs out.
+    #[tokio::test]
+    async fn an_endless_status_page_is_refused_at_the_cap() {
+        let base = crate::drivers::http::tests::endless(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n",
+            &[b'z'; 8192],
+        )
+        .await;
+        let params: HashMap<String, String> = [
+            ("on_url", format!("{base}/on")),
+            ("off_url", format!("{base}/off")),
+            ("query_url", format!("{base}/status?token=secret")),
+            ("timeout_ms", "20000".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let t0 = Instant::now();
+        let e = WebhookDriver::default()
+            .run(&PowerRequest {
+                command_id: 1,
+                system_id: "m1".into(),
+                action: PowerAction::Query,
+                params,
+            })
+            .await
+            .unwrap_err();
+        let DriverError::Bmc(m) = &e else {
+            panic!("{e:?}")
+        };
+        assert!(m.contains(&format!("GET {base}/status")), "{m}");
+        assert!(m.contains("1048576 bytes") && !m.contains("secret"), "{m}");
+        assert!(t0.elapsed() < Duration::from_secs(10), "{m}");
+    }
+}
