@@ -19,8 +19,48 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-/// How long a write or a linearizable read waits for a leader before answering `Unavailable`.
+/// How long a write or a linearizable read waits for a leader before answering `Unavailable`. Every
+/// attempt of a write (local proposal or forward) ends by then, so this is the retry horizon of a
+/// request id: [`crate::apply::DEDUP_WINDOW_MS`] covers it.
 pub const LEADER_WAIT: Duration = Duration::from_secs(8);
+
+/// How far (ms) a command's `ts_ms` may be from the proposing leader's clock (ahead of it; behind it, this
+/// plus [`LEADER_WAIT`], the age a retried command can reach). A region whose clock is further off has its
+/// writes refused with `FAILED_PRECONDITION` naming both clocks, so one bad clock cannot push the
+/// replicated apply clock ahead and expire the answers that make retries safe.
+pub const CLOCK_SKEW_MAX_MS: u64 = 3_000;
+
+/// Whether the leader takes `cmd` into the log, judged from its own clock `now_ms` and its applied
+/// `state`: the command's stamp must be within [`CLOCK_SKEW_MAX_MS`] of the clock (older by up to
+/// [`LEADER_WAIT`] more for retries), and a new request id needs room in the dedup table (the apply step
+/// makes the same check, deterministically; this keeps refused requests out of the log).
+pub fn admit(cmd: &Command, now_ms: u64, state: &crate::state::State) -> Result<(), DomainError> {
+    let oldest = LEADER_WAIT.as_millis() as u64 + CLOCK_SKEW_MAX_MS;
+    if cmd.ts_ms > now_ms.saturating_add(CLOCK_SKEW_MAX_MS) {
+        return Err(DomainError::precondition(format!(
+            "the region that took this request stamped it {} ms ahead of the leader's clock (more than the {CLOCK_SKEW_MAX_MS} ms allowed), so the leader refused it; synchronize the regions' clocks (NTP) or send the request to another region",
+            cmd.ts_ms - now_ms
+        )));
+    }
+    if cmd.ts_ms.saturating_add(oldest) < now_ms {
+        return Err(DomainError::precondition(format!(
+            "the region that took this request stamped it {} ms behind the leader's clock (more than the {oldest} ms a request and its retries may take), so the leader refused it; synchronize the regions' clocks (NTP) or send the request to another region",
+            now_ms - cmd.ts_ms
+        )));
+    }
+    let d = &state.data;
+    if !cmd.request_id.is_empty()
+        && d.recent.len() >= crate::apply::DEDUP_MAX
+        && !d.recent.contains_key(&cmd.request_id)
+    {
+        return Err(DomainError::exhausted(format!(
+            "the cluster is answering {} requests of the last {} ms (the most it remembers for retries); retry in a few seconds",
+            crate::apply::DEDUP_MAX,
+            crate::apply::DEDUP_WINDOW_MS
+        )));
+    }
+    Ok(())
+}
 
 /// Work only the leader can do, sent by followers over `RaftService.Forward`.
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -243,21 +283,36 @@ impl Region {
         let mut last_err = String::from("no leader elected yet");
         let mut delay = Duration::from_millis(20);
         loop {
-            let hint = match self.local_leader_op(&op).await {
-                ForwardReply::Done(r) => return r,
-                ForwardReply::NotLeader(id, addr) => (id, addr),
+            // A write's attempts end by the deadline, so its retries stay within LEADER_WAIT (the
+            // dedup window's premise); membership changes take as long as they need.
+            let left = match op {
+                Forwarded::Write(_) => Some(deadline.saturating_duration_since(Instant::now())),
+                _ => None,
+            };
+            let local = match left {
+                Some(left) => tokio::time::timeout(left, self.local_leader_op(&op)).await,
+                None => Ok(self.local_leader_op(&op).await),
+            };
+            let hint = match local {
+                Ok(ForwardReply::Done(r)) => return r,
+                Ok(ForwardReply::NotLeader(id, addr)) => (id, addr),
+                Err(_) => {
+                    last_err = "this region's proposal was not committed in time".into();
+                    (None, None)
+                }
             };
             match hint {
-                (Some(id), Some(addr)) if id != self.id => match self.forward(id, &addr, &op).await
-                {
-                    Ok(ForwardReply::Done(r)) => return r,
-                    Ok(ForwardReply::NotLeader(..)) => {
-                        last_err = format!("region {id} is no longer the leader")
+                (Some(id), Some(addr)) if id != self.id => {
+                    match self.forward(id, &addr, &op, left).await {
+                        Ok(ForwardReply::Done(r)) => return r,
+                        Ok(ForwardReply::NotLeader(..)) => {
+                            last_err = format!("region {id} is no longer the leader")
+                        }
+                        Err(e) => {
+                            last_err = format!("leader region {id} at {addr} did not answer: {e}")
+                        }
                     }
-                    Err(e) => {
-                        last_err = format!("leader region {id} at {addr} did not answer: {e}")
-                    }
-                },
+                }
                 _ => {}
             }
             if Instant::now() + delay > deadline {
@@ -297,12 +352,13 @@ impl Region {
         id: NodeId,
         addr: &str,
         op: &Forwarded,
+        left: Option<Duration>,
     ) -> Result<ForwardReply, String> {
         let mut c = self.peers.client(id, addr).map_err(|e| e.to_string())?;
         let json = serde_json::to_vec(op).map_err(|e| e.to_string())?;
         let timeout = match op {
             Forwarded::AddVoter { .. } => Duration::from_secs(300),
-            _ => LEADER_WAIT,
+            _ => left.unwrap_or(LEADER_WAIT).min(LEADER_WAIT),
         };
         let r = tokio::time::timeout(timeout, c.forward(RaftPayload { json }))
             .await
@@ -445,6 +501,14 @@ impl Region {
 
     /// Hands `cmd` to the proposer (group commit) and waits for its result on this region's Raft node.
     async fn propose(&self, cmd: Command) -> ForwardReply {
+        let admitted = admit(
+            &cmd,
+            ingot_common::now_ms(),
+            &crate::locks::read(&self.state),
+        );
+        if let Err(e) = admitted {
+            return ForwardReply::Done(Err(e));
+        }
         let (tx, rx) = oneshot::channel();
         if self.proposals.send((cmd, tx)).await.is_err() {
             return ForwardReply::Done(Err(DomainError::unavailable(
@@ -618,5 +682,59 @@ mod tests {
         let b = batch(&mut rx, &mut carry).await;
         assert_eq!(b.len(), 1);
         assert_eq!(encoded_len(&b[0].0), COMMAND_MAX_BYTES);
+    }
+
+    use crate::command::Reply;
+    use crate::state::State;
+    use ingot_common::ErrorCode;
+
+    fn stamped(id: &str, ts_ms: u64) -> Command {
+        Command {
+            request_id: id.into(),
+            ts_ms,
+            actor: "admin".into(),
+            principal: None,
+            op: Op::DeleteZone(op::DeleteZone { name: "z".into() }),
+        }
+    }
+
+    /// The leader refuses a command stamped by a clock more than CLOCK_SKEW_MAX_MS ahead of its own (or
+    /// older than a retry can be), and the caller reads which way the clocks differ and what to do.
+    #[test]
+    fn the_proposer_refuses_a_command_from_a_skewed_clock() {
+        let s = State::default();
+        let now = 1_000_000;
+        assert!(admit(&stamped("ok", now), now, &s).is_ok());
+        assert!(admit(&stamped("ahead-ok", now + CLOCK_SKEW_MAX_MS), now, &s).is_ok());
+        let retry_age = LEADER_WAIT.as_millis() as u64;
+        assert!(admit(&stamped("retry", now - retry_age), now, &s).is_ok());
+        let e = admit(&stamped("ahead", now + CLOCK_SKEW_MAX_MS + 1), now, &s).unwrap_err();
+        assert_eq!(e.code, ErrorCode::FailedPrecondition);
+        assert!(e.message.contains("ahead of the leader's clock"), "{e:?}");
+        assert!(e.message.contains("NTP"), "{e:?}");
+        let behind = now - retry_age - CLOCK_SKEW_MAX_MS - 1;
+        let e = admit(&stamped("behind", behind), now, &s).unwrap_err();
+        assert_eq!(e.code, ErrorCode::FailedPrecondition);
+        assert!(e.message.contains("behind the leader's clock"), "{e:?}");
+    }
+
+    /// A full dedup table: new requests are refused before the log; retries of remembered ones pass.
+    #[test]
+    fn the_proposer_refuses_new_requests_when_the_dedup_table_is_full() {
+        let mut s = State::default();
+        for i in 0..crate::apply::DEDUP_MAX {
+            s.data.recent.insert(format!("f{i}"), Ok(Reply::Done));
+        }
+        let now = 1_000_000;
+        let e = admit(&stamped("new", now), now, &s).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ResourceExhausted);
+        assert!(admit(&stamped("f7", now), now, &s).is_ok());
+    }
+
+    /// The dedup window covers a write's retry horizon plus the clock skew either way, with a margin.
+    #[test]
+    fn the_dedup_window_covers_the_retry_horizon_and_the_skew() {
+        let horizon = LEADER_WAIT.as_millis() as u64 + 2 * CLOCK_SKEW_MAX_MS;
+        assert!(crate::apply::DEDUP_WINDOW_MS >= horizon + 5_000);
     }
 }

@@ -122,6 +122,11 @@ pub struct Data {
     pub recent: HashMap<String, crate::command::Response>,
     /// (apply time, request id) in apply order, to expire `recent` deterministically.
     pub recent_order: VecDeque<(u64, String)>,
+    /// The apply clock (ms since epoch): the largest `ts_ms` of any applied command. Apply time is
+    /// `max(ts_ms, apply_clock_ms)`, so it never goes backwards when a proposer's clock does, and the
+    /// dedup window (`recent`) is measured by it, not by any one proposer's clock.
+    #[serde(default)]
+    pub apply_clock_ms: u64,
     /// Resource pools by name.
     #[serde(default)]
     pub pools: BTreeMap<String, Pool>,

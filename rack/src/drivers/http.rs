@@ -255,6 +255,44 @@ impl WithoutUrl for reqwest::Error {
     }
 }
 
+/// The most bytes of a Redfish or webhook answer the rack reads. The largest legitimate answers (a
+/// ComputerSystem with its links, a webhook status page) are a few KiB; a misbehaving or hostile endpoint
+/// must not make the rack hold an endless body in memory.
+pub const BODY_MAX: usize = 1 << 20;
+
+/// Reads the body of `resp` (answering `what`, e.g. "GET https://bmc/redfish/v1/") but at most `max`
+/// bytes: a larger body (by its Content-Length, or once more than `max` bytes arrived) is a `bmc` error
+/// naming the request, the endpoint and the cap, and the rest is not read.
+pub async fn read_body(
+    mut resp: reqwest::Response,
+    what: &str,
+    max: usize,
+    timeout_ms: u64,
+) -> Result<Vec<u8>, DriverError> {
+    let too_big = |size: String| {
+        DriverError::Bmc(format!(
+            "{what}: the endpoint answered {size}, more than the {max} bytes the rack reads; refused              without reading it. Check that the address points at the BMC's (or webhook's) API and not at              a file or another service"
+        ))
+    };
+    if let Some(len) = resp.content_length() {
+        if len > max as u64 {
+            return Err(too_big(format!("a body of {len} bytes (Content-Length)")));
+        }
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| transport_error(what, &e, timeout_ms))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(too_big(format!("more than {max} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// At most `max` bytes of `body` as text (cut at a character boundary, lossy for non-UTF-8), for messages
 /// that quote what a server answered.
 pub fn excerpt(body: &[u8], max: usize) -> String {
@@ -271,7 +309,7 @@ pub fn excerpt(body: &[u8], max: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -283,6 +321,77 @@ mod tests {
         assert_eq!(redact_url("http://h"), "http://h");
         assert_eq!(excerpt("héllo".as_bytes(), 2), "h…");
         assert_eq!(excerpt(b" ok ", 200), "ok");
+    }
+
+    /// A server on 127.0.0.1 that answers every connection with `head` and then `chunk` forever (or until
+    /// the reader hangs up; an empty `chunk`: just `head`); returns its base URL.
+    pub(crate) async fn endless(head: &'static str, chunk: &'static [u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = c.read(&mut buf).await;
+                    if c.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    while !chunk.is_empty() && c.write_all(chunk).await.is_ok() {}
+                });
+            }
+        });
+        base
+    }
+
+    /// An endless chunked body and a huge Content-Length: both refused at the cap, naming the request and
+    /// the cap, in well under the timeout (the body is not read to its end).
+    #[tokio::test]
+    async fn an_oversized_body_is_refused_at_the_cap() {
+        let client = ClientCache::default().get(true, "", 10_000).unwrap();
+        // Chunked: each chunk is 4 KiB of 'x' ("1000" hex), forever.
+        static CHUNK: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let chunk = CHUNK.get_or_init(|| {
+            let mut c = b"1000\r\n".to_vec();
+            c.extend(std::iter::repeat_n(b'x', 4096));
+            c.extend_from_slice(b"\r\n");
+            c
+        });
+        let chunked = endless(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            chunk,
+        )
+        .await;
+        let sized = endless(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n",
+            &[b'y'; 4096],
+        )
+        .await;
+        for base in [chunked, sized] {
+            let url = format!("{base}/redfish/v1/");
+            let what = format!("GET {url}");
+            let t0 = std::time::Instant::now();
+            let resp = client.get(&url).send().await.unwrap();
+            let e = read_body(resp, &what, BODY_MAX, 10_000).await.unwrap_err();
+            let DriverError::Bmc(m) = e else {
+                panic!("{e:?}")
+            };
+            assert!(m.contains(&what) && m.contains("1048576 bytes"), "{m}");
+            assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+        }
+        // A body within the cap is read whole.
+        let small = endless(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+            b"",
+        )
+        .await;
+        let resp = client.get(&small).send().await.unwrap();
+        assert_eq!(
+            read_body(resp, "GET small", BODY_MAX, 10_000)
+                .await
+                .unwrap(),
+            b"{}"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! Clients (connection pools) are shared per TLS setting (see [`super::http`]); nothing is built per command.
 //! Passwords and tokens never appear in messages or logs.
 
-use super::http::{excerpt, redact_url, transport_error, ClientCache};
+use super::http::{excerpt, read_body, redact_url, transport_error, ClientCache, BODY_MAX};
 use super::{DriverError, PowerDriver, PowerOutcome, PowerRequest, PowerState};
 use ingot_common::power::PowerAction;
 use ingot_common::power::{DriverParams, RedfishAuth, RedfishParams};
@@ -360,7 +360,8 @@ impl Bmc<'_> {
         format!("{}\n{}", self.p.address, self.p.username)
     }
 
-    /// Sends one request and reads the whole answer; transport failures become `unreachable` errors.
+    /// Sends one request and reads the answer (at most [`BODY_MAX`] bytes); transport failures become
+    /// `unreachable` errors.
     async fn raw(
         &self,
         method: Method,
@@ -399,11 +400,7 @@ impl Bmc<'_> {
             .map_err(|e| transport_error(&what, &e, self.p.timeout_ms))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| transport_error(&what, &e, self.p.timeout_ms))?
-            .to_vec();
+        let body = read_body(resp, &what, BODY_MAX, self.p.timeout_ms).await?;
         Ok(Reply {
             status,
             headers,

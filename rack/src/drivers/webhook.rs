@@ -12,7 +12,7 @@
 //! Authentication: a bearer `token`, else HTTP basic with `username` / `password`. URLs are quoted in
 //! messages without their query string (it may hold a secret); tokens and passwords never are.
 
-use super::http::{excerpt, redact_url, transport_error, ClientCache};
+use super::http::{excerpt, read_body, redact_url, transport_error, ClientCache, BODY_MAX};
 use super::{DriverError, PowerDriver, PowerOutcome, PowerRequest, PowerState};
 use ingot_common::power::PowerAction;
 use ingot_common::power::{DriverParams, WebhookParams};
@@ -175,7 +175,7 @@ impl Hook<'_> {
         }
     }
 
-    /// Sends one request with the configured credentials and reads the whole answer.
+    /// Sends one request with the configured credentials and reads the answer (at most [`BODY_MAX`] bytes).
     async fn send(&self, method: Method, url: &str) -> Result<(u16, Vec<u8>, String), DriverError> {
         let what = format!("{method} {}", redact_url(url));
         let mut rb = self.client.request(method.clone(), url);
@@ -192,11 +192,7 @@ impl Hook<'_> {
             .await
             .map_err(|e| transport_error(&what, &e, self.p.timeout_ms))?;
         let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| transport_error(&what, &e, self.p.timeout_ms))?
-            .to_vec();
+        let body = read_body(resp, &what, BODY_MAX, self.p.timeout_ms).await?;
         Ok((status, body, what))
     }
 
@@ -288,5 +284,46 @@ fn check(key: &str, status: u16, body: &[u8], what: &str) -> Result<(), DriverEr
             "{what} ({key}) answered HTTP {status}: {}",
             excerpt(body, 200)
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status page that never ends: the query is refused at [`BODY_MAX`] with a bmc error naming the
+    /// (redacted) URL and the cap, long before the timeout, instead of reading until memory or time runs out.
+    #[tokio::test]
+    async fn an_endless_status_page_is_refused_at_the_cap() {
+        let base = crate::drivers::http::tests::endless(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n",
+            &[b'z'; 8192],
+        )
+        .await;
+        let params: HashMap<String, String> = [
+            ("on_url", format!("{base}/on")),
+            ("off_url", format!("{base}/off")),
+            ("query_url", format!("{base}/status?token=secret")),
+            ("timeout_ms", "20000".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let t0 = Instant::now();
+        let e = WebhookDriver::default()
+            .run(&PowerRequest {
+                command_id: 1,
+                system_id: "m1".into(),
+                action: PowerAction::Query,
+                params,
+            })
+            .await
+            .unwrap_err();
+        let DriverError::Bmc(m) = &e else {
+            panic!("{e:?}")
+        };
+        assert!(m.contains(&format!("GET {base}/status")), "{m}");
+        assert!(m.contains("1048576 bytes") && !m.contains("secret"), "{m}");
+        assert!(t0.elapsed() < Duration::from_secs(10), "{m}");
     }
 }
