@@ -37,6 +37,8 @@ const SLACK_MS: u64 = 50;
 const ID_GAP: u64 = 20;
 /// Most power command ids read.
 const MAX_COMMANDS: u64 = 200_000;
+/// How far (ms) from an unexplained BMC action a command's window may be to be named in the report.
+const NEAR_MS: u64 = 5_000;
 /// Most violations of one check reported in full (the rest are counted in one line).
 const MAX_DETAILS: usize = 50;
 
@@ -517,9 +519,15 @@ fn at_most_once(
             match best {
                 Some((k, _)) => used[k] = true,
                 None => {
+                    // The commands that could have caused it, had they not been used already: those
+                    // whose window comes within NEAR_MS of it.
                     let near: Vec<String> = cmds
                         .iter()
-                        .filter(|(c, ..)| explains(&c.action, a))
+                        .filter(|(c, start, end)| {
+                            explains(&c.action, a)
+                                && start.saturating_sub(NEAR_MS) <= a.at_ms
+                                && a.at_ms <= end.saturating_add(NEAR_MS)
+                        })
                         .map(|(c, ..)| {
                             format!(
                                 "#{} {} {} rack={} created={:?} done={:?} {}",
@@ -535,7 +543,8 @@ fn at_most_once(
                         .collect();
                     found.push(format!(
                         "BMC of {} ({}) accepted {} {}{} at {} ms, which no power command of the record \
-                         explains once (a command run twice?); commands that could: [{}]",
+                         explains once (a command run twice?); commands near it that could, each \
+                         already matched to another action: [{}]",
                         s.hostname,
                         s.system_id,
                         a.kind,
