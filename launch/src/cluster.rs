@@ -292,8 +292,8 @@ impl LocalCluster {
             }
             for i in 1..=opts.regions {
                 cluster.links.push(RegionLinks {
-                    api: LinkProxy::bind(&format!("region-{i}/api")).await?,
-                    raft: LinkProxy::bind(&format!("region-{i}/raft")).await?,
+                    api: LinkProxy::bind(&format!("region-{i}/api"))?,
+                    raft: LinkProxy::bind(&format!("region-{i}/raft"))?,
                 });
             }
         }

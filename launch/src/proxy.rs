@@ -56,8 +56,24 @@ struct Shared {
     severed: AtomicU64,
 }
 
+/// The runtime every link runs on: its own threads, so a busy or blocked test or benchmark runtime never
+/// delays the cluster's traffic (a stalled proxy would be an unplanned partition).
+fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RT: std::sync::OnceLock<std::io::Result<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    let rt = RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ingot-link-proxy")
+            .enable_all()
+            .build()
+    });
+    rt.as_ref()
+        .map_err(|e| anyhow::anyhow!("cannot start the link proxies' runtime (threads): {e}"))
+}
+
 /// A TCP proxy on `127.0.0.1:0` in front of one listener. Dropping it stops accepting and resets every
-/// connection it carries. Must be created inside a Tokio runtime (it spawns its tasks there).
+/// connection it carries. It runs on its own runtime (threads named `ingot-link-proxy`).
 pub struct LinkProxy {
     name: String,
     addr: SocketAddr,
@@ -79,10 +95,10 @@ impl std::fmt::Debug for LinkProxy {
 impl LinkProxy {
     /// Listens on a free loopback port; `name` (e.g. `region-2/raft`) is for messages. Connections are
     /// reset until [`LinkProxy::set_backend`] names where they go.
-    pub async fn bind(name: &str) -> Result<LinkProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
+    pub fn bind(name: &str) -> Result<LinkProxy> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .with_context(|| format!("cannot listen on 127.0.0.1:0 for the {name} proxy"))?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             backend: Mutex::new(None),
@@ -92,7 +108,12 @@ impl LinkProxy {
             severed: AtomicU64::new(0),
         });
         let s = Arc::clone(&shared);
-        let accept = tokio::spawn(async move {
+        let rt = runtime()?;
+        let accept = rt.spawn(async move {
+            // Registered with the proxies' runtime, where it is polled.
+            let Ok(listener) = TcpListener::from_std(listener) else {
+                return;
+            };
             loop {
                 let Ok((conn, _)) = listener.accept().await else {
                     // Out of descriptors, typically: back off instead of spinning.
@@ -269,7 +290,7 @@ mod tests {
 
     #[tokio::test]
     async fn forwards_blackholes_heals_and_severs() {
-        let p = LinkProxy::bind("test").await.unwrap();
+        let p = LinkProxy::bind("test").unwrap();
         // No backend yet: the connection is reset.
         let mut c = TcpStream::connect(p.addr()).await.unwrap();
         assert_eq!(roundtrip(&mut c, b"x", Duration::from_secs(2)).await, None);

@@ -108,32 +108,38 @@ pub(crate) async fn all(
             BTreeMap::new()
         }
     };
+    // A record that cannot be read is reported once, as unrecovered, and the checks that need it are
+    // skipped rather than reporting every write as lost.
     let events = match sim_events(c, world).await {
-        Ok(e) => e,
+        Ok(e) => Some(e),
         Err(e) => {
             push(&mut found, ViolationKind::Unrecovered, format!("{e:#}"));
-            BTreeMap::new()
+            None
         }
     };
-    log.line(&format!(
-        "read {} events of {} simulated machines",
-        events.values().map(Vec::len).sum::<usize>(),
-        events.len()
-    ));
+    if let Some(events) = &events {
+        log.line(&format!(
+            "read {} events of {} simulated machines",
+            events.values().map(Vec::len).sum::<usize>(),
+            events.len()
+        ));
+    }
     let commands = match power_commands(c).await {
-        Ok(v) => v,
+        Ok(v) => Some(v),
         Err(e) => {
             push(&mut found, ViolationKind::Unrecovered, format!("{e:#}"));
-            Vec::new()
+            None
         }
     };
-    found.power_commands = commands.len() as u64;
+    found.power_commands = commands.as_ref().map_or(0, |c| c.len() as u64);
     found.bmc_actions = actions.values().map(|v| v.len() as u64).sum();
 
     let mut v = Vec::new();
-    lost_writes(c, world, record, &events, &commands, &mut v).await;
-    two_owners(&events, &mut v);
-    at_most_once(world, &actions, &commands, &mut v);
+    if let (Some(events), Some(commands)) = (&events, &commands) {
+        lost_writes(c, world, record, events, commands, &mut v).await;
+        two_owners(events, &mut v);
+        at_most_once(world, &actions, commands, &mut v);
+    }
     repeated_on_racks(cluster, &mut v);
     panics(cluster, &mut v);
     found.violations.extend(v);
@@ -174,6 +180,7 @@ async fn lost_writes(
         )
     };
     let mut lost = Vec::new();
+    let mut unreadable = Vec::new();
     let mut tags_of: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for (id, t) in &tags {
         tags_of.entry(id).or_default().insert(t);
@@ -182,9 +189,16 @@ async fn lost_writes(
         let got = read_retry("reading a created machine", || get_machine(c, &m.system_id)).await;
         let got = match got {
             Ok(g) => g,
-            Err(e) => {
+            Err(e) if format!("{e:#}").contains("(NotFound)") => {
                 lost.push(format!(
                     "machine {} ({}) acknowledged as created: {e:#}",
+                    m.hostname, m.system_id
+                ));
+                continue;
+            }
+            Err(e) => {
+                unreadable.push(format!(
+                    "machine {} ({}) could not be read to check it: {e:#}",
                     m.hostname, m.system_id
                 ));
                 continue;
@@ -293,6 +307,7 @@ async fn lost_writes(
         }
     }
     cap(v, ViolationKind::LostWrite, lost);
+    cap(v, ViolationKind::Unrecovered, unreadable);
 }
 
 /// Every event of each simulated machine, oldest first.

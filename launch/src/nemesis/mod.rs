@@ -351,7 +351,15 @@ impl RunLog {
 
     /// Writes one line, prefixed with the seconds since the run started.
     pub(crate) fn line(&self, text: &str) {
-        let line = format!("[{:8.3}] {text}", self.start.elapsed().as_secs_f64());
+        let utc_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        // Seconds since the start, and the wall clock (ms since the epoch) to find the moment in the
+        // processes' logs.
+        let line = format!(
+            "[{:8.3} @{utc_ms}] {text}",
+            self.start.elapsed().as_secs_f64()
+        );
         if self.verbose {
             eprintln!("nemesis {line}");
         }
