@@ -243,6 +243,9 @@ pub struct NemesisReport {
     pub acked: BTreeMap<OpKind, u64>,
     /// Operations that failed or timed out (not acknowledged), by kind.
     pub unacked: BTreeMap<OpKind, u64>,
+    /// Failed client calls by operation (`get`: a tenant's read of its machine): count and the latest
+    /// error, to tell an unavailable cluster from a stuck workload.
+    pub errors: BTreeMap<String, (u64, String)>,
     /// Power commands in the record and BMC actions compared with them.
     pub power_commands: u64,
     /// BMC actions (resets, boot override changes) the simulator recorded.
@@ -292,6 +295,10 @@ impl NemesisReport {
             })
             .collect();
         let _ = writeln!(s, "{}; acknowledged/issued)", parts.join(", "));
+        for (what, (n, last)) in &self.errors {
+            let last: String = last.chars().take(160).collect();
+            let _ = writeln!(s, "  failed {what}: {n} (latest: {last})");
+        }
         let _ = writeln!(
             s,
             "power commands in the record: {}; BMC actions checked against them: {}",
@@ -445,6 +452,7 @@ pub async fn run(cluster: &LocalCluster, opts: &NemesisOptions) -> Result<Nemesi
     }
     report.acked = record.acked();
     report.unacked = record.unacked();
+    report.errors = record.errors();
     log.line("workload stopped; checking the record");
     let found = check::all(cluster, &world, &record, &log).await;
     report.power_commands = found.power_commands;

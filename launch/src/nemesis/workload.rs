@@ -319,6 +319,8 @@ pub(crate) struct RecordData {
     pub(crate) actions: Vec<ActionAck>,
     /// Power commands.
     pub(crate) powers: Vec<PowerAck>,
+    /// Failed calls by operation: count and latest error.
+    errors: BTreeMap<String, (u64, String)>,
 }
 
 impl Record {
@@ -331,6 +333,19 @@ impl Record {
         let mut d = self.data();
         let map = if acked { &mut d.acked } else { &mut d.unacked };
         *map.entry(kind).or_default() += 1;
+    }
+
+    /// Remembers the latest error of `what` (an operation kind, or `get` for the tenants' reads).
+    pub(crate) fn note_error(&self, what: &str, error: String) {
+        let mut d = self.data();
+        let e = d.errors.entry(what.to_string()).or_default();
+        e.0 += 1;
+        e.1 = error;
+    }
+
+    /// Failed calls by operation: how many, and the latest error.
+    pub(crate) fn errors(&self) -> BTreeMap<String, (u64, String)> {
+        self.data().errors.clone()
     }
 
     /// Acknowledged operations by kind.
@@ -351,11 +366,18 @@ async fn counted<T>(
     call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
 ) -> Option<T> {
     let r = match tokio::time::timeout(CALL, call).await {
-        Ok(Ok(r)) => Some(r.into_inner()),
-        _ => None,
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Err(_) => Err(format!("no answer within {CALL:?}")),
     };
-    record.count(kind, r.is_some());
-    r
+    record.count(kind, r.is_ok());
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            record.note_error(kind.as_str(), e);
+            None
+        }
+    }
 }
 
 /// Starts the writer and one task per tenant; they run until `stop` is set.
@@ -511,10 +533,16 @@ async fn tenant_loop(t: Tenant, k: usize, seed: u64, record: Arc<Record>, stop: 
                         ) =>
                     {
                         record.count(OpKind::Allocate, false);
+                        record.note_error("allocate", format!("{:?}: {}", s.code(), s.message()));
                         break;
                     }
-                    _ => {
+                    other => {
                         record.count(OpKind::Allocate, false);
+                        let e = match other {
+                            Ok(Err(s)) => format!("{:?}: {}", s.code(), s.message()),
+                            _ => format!("no answer within {CALL:?}"),
+                        };
+                        record.note_error("allocate", e);
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
@@ -542,10 +570,24 @@ async fn tenant_loop(t: Tenant, k: usize, seed: u64, record: Arc<Record>, stop: 
             continue;
         };
         let id = h.system_id.clone();
-        let Ok(cur) = get_machine(&t.clients, &id).await else {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            continue;
+        let cur = match get_machine(&t.clients, &id).await {
+            Ok(m) => m,
+            Err(e) => {
+                record.note_error("get", format!("{e:#}"));
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
         };
+        if cur.owner == t.name && h.since.elapsed() > HOLD_MAX {
+            record.note_error(
+                "hold",
+                format!(
+                    "gave {id} up after {HOLD_MAX:?} in status {:?} ({})",
+                    cur.status(),
+                    cur.status_message
+                ),
+            );
+        }
         if cur.owner != t.name || h.since.elapsed() > HOLD_MAX {
             // Released (and maybe allocated by someone else since): done with it.
             held = None;
