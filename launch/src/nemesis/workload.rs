@@ -572,6 +572,11 @@ async fn tenant_loop(t: Tenant, k: usize, seed: u64, record: Arc<Record>, stop: 
         let id = h.system_id.clone();
         let cur = match get_machine(&t.clients, &id).await {
             Ok(m) => m,
+            // A user sees only its own machines (and Ready ones): gone from view means released.
+            Err(e) if format!("{e:#}").contains("(NotFound)") => {
+                held = None;
+                continue;
+            }
             Err(e) => {
                 record.note_error("get", format!("{e:#}"));
                 tokio::time::sleep(Duration::from_millis(300)).await;
