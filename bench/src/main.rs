@@ -16,6 +16,9 @@
 //!
 //! With `--racks` it runs the rack-controller benchmark instead (see [`racks`]): session failover after a
 //! region SIGKILL, BMC ownership moves after a rack SIGKILL, and the regions' cost per connected rack.
+//!
+//! With `--nemesis --minutes N [--seed S]` it runs the nemesis instead (see [`nemesis`]): faults
+//! injected at random under a client workload, then the invariants checked from the record.
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -28,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod alloc;
+mod nemesis;
 mod power;
 mod racks;
 
@@ -135,6 +139,16 @@ struct Args {
     /// --power: IPMI queries per client (0 skips the IPMI comparison).
     #[arg(long, default_value_t = 50)]
     ipmi_queries: usize,
+    /// Run the nemesis instead: 3 proxied regions, 2 racks and simulated machines under clients while
+    /// processes are killed, stopped and restarted and links cut; then the invariants are checked.
+    #[arg(long)]
+    nemesis: bool,
+    /// --nemesis: minutes of faults.
+    #[arg(long, default_value_t = 2.0)]
+    minutes: f64,
+    /// --nemesis: seed of every random choice (default: random; printed).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 /// The `p` quantile (0..=1) of sorted samples; zero when there are none.
@@ -357,6 +371,14 @@ async fn main() -> Result<()> {
             sweeps: a.sweeps,
             concurrency: a.poll_concurrency,
             ipmi_queries: a.ipmi_queries,
+        })
+        .await;
+    }
+    if a.nemesis {
+        return nemesis::run(&nemesis::NemesisArgs {
+            minutes: a.minutes,
+            seed: a.seed,
+            dir: a.dir.clone(),
         })
         .await;
     }

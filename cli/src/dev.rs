@@ -85,6 +85,7 @@ pub async fn run(ctx: &Ctx, cmd: DevCmd) -> Result<()> {
                 region_args,
                 rack_args,
                 detach: true,
+                proxied: false,
             };
             let sims = Sims {
                 count: sims as usize,

@@ -4,6 +4,7 @@
 //! `impl LocalCluster` blocks of those modules.
 
 use crate::process::{is_process_of, log_tail, send_signal, write_atomic, POLL};
+use crate::proxy::LinkProxy;
 use crate::rack::{LocalRack, RackSlot, StoppedRack};
 use anyhow::{anyhow, bail, Context, Result};
 use ingot_client::config::{shell_quote, ENV_CA, ENV_ENDPOINTS, ENV_TOKEN};
@@ -48,6 +49,11 @@ pub struct LocalClusterOptions {
     /// Let the regions outlive this process (`ingot dev up`): they get their own process group, and
     /// dropping the [`LocalCluster`] leaves them running.
     pub detach: bool,
+    /// Put a [`LinkProxy`] in front of each region's API and cluster (Raft) listener and make the
+    /// regions advertise the proxies: every connection to a region (peers' Raft and forwarded writes,
+    /// rack sessions, [`LocalCluster::endpoints`] clients, the simulator's agent) crosses one, so a test
+    /// can cut it ([`LocalCluster::links`]). The proxies live in this process: not with `detach`.
+    pub proxied: bool,
 }
 
 impl LocalClusterOptions {
@@ -61,8 +67,18 @@ impl LocalClusterOptions {
             region_args: Vec::new(),
             rack_args: Vec::new(),
             detach: false,
+            proxied: false,
         }
     }
+}
+
+/// The two proxies in front of one region of a [`LocalClusterOptions::proxied`] cluster.
+#[derive(Debug)]
+pub struct RegionLinks {
+    /// In front of the client API listener (the address the region advertises as its API).
+    pub api: LinkProxy,
+    /// In front of the cluster listener: Raft, forwarded writes and rack sessions.
+    pub raft: LinkProxy,
 }
 
 /// What one region of a local cluster is: identity, addresses, files and current process.
@@ -194,6 +210,8 @@ pub struct LocalCluster {
     /// The `ingot-sim` process this handle started ([`LocalCluster::start_sims`]), killed on drop unless
     /// detached.
     pub(crate) simulator_child: Mutex<Option<Child>>,
+    /// Region `i`'s proxies at index `i - 1` ([`LocalClusterOptions::proxied`]); empty otherwise.
+    links: Vec<RegionLinks>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -263,8 +281,33 @@ impl LocalCluster {
             racks: Mutex::new(Vec::new()),
             save_lock: Mutex::new(()),
             simulator_child: Mutex::new(None),
+            links: Vec::new(),
         };
         let detach = opts.detach;
+        if opts.proxied {
+            if detach {
+                bail!(
+                    "a proxied local cluster cannot be detached: its proxies live in this process"
+                );
+            }
+            for i in 1..=opts.regions {
+                cluster.links.push(RegionLinks {
+                    api: LinkProxy::bind(&format!("region-{i}/api"))?,
+                    raft: LinkProxy::bind(&format!("region-{i}/raft"))?,
+                });
+            }
+        }
+        // `--advertise-*` for region `i` when proxied.
+        let advertise = |c: &LocalCluster, i: usize| -> Vec<String> {
+            c.links.get(i - 1).map_or_else(Vec::new, |l| {
+                vec![
+                    "--advertise-api".into(),
+                    l.api.addr().to_string(),
+                    "--advertise-raft".into(),
+                    l.raft.addr().to_string(),
+                ]
+            })
+        };
 
         progress(Progress::Step("starting region-1".into()));
         let listen = [
@@ -273,9 +316,11 @@ impl LocalCluster {
             "--listen-raft",
             "127.0.0.1:0",
         ];
+        let adv = advertise(&cluster, 1);
         cluster.spawn_new(1, detach, |d, name| {
             let mut a = vec!["init".into(), "--data-dir".into(), d, "--name".into(), name];
             a.extend(listen.iter().map(|s| s.to_string()));
+            a.extend(adv);
             a
         })?;
         progress(Progress::Ready(cluster.wait_ready(1).await?));
@@ -313,11 +358,13 @@ impl LocalCluster {
             progress(Progress::Step(format!("joining region-{i}")));
             let seeds = cluster.endpoints().join(",");
             let ca = cluster.ca_path.to_string_lossy().into_owned();
+            let adv = advertise(&cluster, i);
             cluster.spawn_new(i, detach, |d, name| {
                 let mut a: Vec<String> = vec!["join".into(), "--data-dir".into(), d];
                 a.extend(["--name".into(), name, "--region".into(), seeds.clone()]);
                 a.extend(["--token".into(), token.clone(), "--ca".into(), ca.clone()]);
                 a.extend(listen.iter().map(|s| s.to_string()));
+                a.extend(adv);
                 a
             })?;
             progress(Progress::Ready(cluster.wait_ready(i).await?));
@@ -370,6 +417,7 @@ impl LocalCluster {
             ),
             save_lock: Mutex::new(()),
             simulator_child: Mutex::new(None),
+            links: Vec::new(),
         })
     }
 
@@ -408,9 +456,22 @@ impl LocalCluster {
         self.detach
     }
 
-    /// `https://api_addr` of every region, in index order (dead ones included).
+    /// The client endpoint of every region, in index order (dead ones included): `https://api_addr`,
+    /// or the region's API proxy in a [`LocalClusterOptions::proxied`] cluster.
     pub fn endpoints(&self) -> Vec<String> {
+        if !self.links.is_empty() {
+            return self
+                .links
+                .iter()
+                .map(|l| format!("https://{}", l.api.addr()))
+                .collect();
+        }
         self.regions().iter().map(LocalRegion::endpoint).collect()
+    }
+
+    /// Region `i`'s proxies, in a [`LocalClusterOptions::proxied`] cluster.
+    pub fn links(&self, i: usize) -> Option<&RegionLinks> {
+        i.checked_sub(1).and_then(|k| self.links.get(k))
     }
 
     /// Configuration reaching every region with the admin token.
@@ -785,6 +846,15 @@ impl LocalCluster {
                     }
                     if !run.raft_addr.is_empty() {
                         s.info.raft_addr = run.raft_addr;
+                    }
+                    if let Some(l) = self.links.get(i - 1) {
+                        // The region's real listeners, once it published them.
+                        if let Ok(a) = s.info.api_addr.parse() {
+                            l.api.set_backend(a);
+                        }
+                        if let Ok(a) = s.info.raft_addr.parse() {
+                            l.raft.set_backend(a);
+                        }
                     }
                     if run.ready {
                         return Ok(s.info.clone());

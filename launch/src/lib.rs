@@ -11,6 +11,10 @@
 //!   enrolls one (enrollment token, `ingot-rack register`, `ingot-rack run`).
 //! - `simulator`: one `ingot-sim` process ([`LocalSimulator`]) serving simulated machines with their own
 //!   BMCs, and their enlistment ([`LocalCluster::enlist_sims`]).
+//! - `proxy`: [`LinkProxy`], a cuttable TCP link in front of a region listener
+//!   ([`LocalClusterOptions::proxied`]).
+//! - [`nemesis`]: the nemesis run — clients, faults (SIGKILL, SIGSTOP, cut links) and the checks of its
+//!   record — shared by the whole-stack test `t19_nemesis` and `ingot-bench --nemesis`.
 //! - `process`: the plumbing they share — signalling a pid only after checking `/proc/PID/cmdline`, log
 //!   tails, atomic file writes.
 //!
@@ -33,15 +37,18 @@
 //! a Tokio runtime, as its [`ingot_client::Clients`] are.
 
 mod cluster;
+pub mod nemesis;
 mod process;
+mod proxy;
 mod rack;
 mod simulator;
 
 pub use cluster::{
     is_region_process, resolve_bin_dir, LocalCluster, LocalClusterOptions, LocalRegion, Progress,
-    StopOutcome, StopReport, StoppedRegion, CLUSTER_FILE, ENV_FILE, READY_TIMEOUT, REGION_BIN,
-    STOP_GRACE,
+    RegionLinks, StopOutcome, StopReport, StoppedRegion, CLUSTER_FILE, ENV_FILE, READY_TIMEOUT,
+    REGION_BIN, STOP_GRACE,
 };
 pub use process::log_tail;
+pub use proxy::{LinkProxy, LinkState, LinkStats};
 pub use rack::{is_rack_process, LocalRack, StoppedRack, RACK_BIN, RACK_READY_TIMEOUT};
 pub use simulator::{is_simulator_process, LocalSimulator, SimulatedMachine, SIMULATOR_BIN};

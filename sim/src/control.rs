@@ -2,7 +2,9 @@
 //! `ingot-sim fault` / `ingot-sim list` inspect the machines and turn fault knobs — the hand of the
 //! operator in the data centre, outside Redfish.
 //!
-//! - `GET /machines` — every machine: [`MachineView`] (identity, power, boot override, faults, counters).
+//! - `GET /machines` — every machine: [`MachineView`] (identity, power, boot override, faults, counters —
+//!   among them every reset and boot override change the BMC accepted, with its time, which the nemesis
+//!   run compares with the regions' power commands).
 //! - `GET /machines/{hostname}` — one machine.
 //! - `PUT /machines/{hostname}/faults` with a [`Faults`] object (missing fields are off) — replaces the
 //!   machine's faults; `{}` clears them.

@@ -44,6 +44,6 @@ pub use control::ControlClient;
 pub use error::SimError;
 pub use fleet::Fleet;
 pub use machine::{
-    AgentCounters, BootEnabled, BootTarget, Faults, MachineView, PowerState, ResetType, SimMachine,
-    SimMachineInfo,
+    AgentCounters, BmcAction, BmcActionRecord, BootEnabled, BootTarget, Counters, Faults,
+    MachineView, PowerState, ResetType, SimMachine, SimMachineInfo, ACTIONS_MAX,
 };

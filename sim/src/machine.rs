@@ -209,6 +209,14 @@ impl ResetType {
         (ResetType::Nmi, "Nmi"),
     ];
 
+    /// Redfish spelling.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(t, _)| *t == self)
+            .map_or("Nmi", |(_, n)| n)
+    }
+
     /// Parses the Redfish spelling.
     pub fn parse(s: &str) -> Option<ResetType> {
         Self::ALL.iter().find(|(_, n)| *n == s).map(|(t, _)| *t)
@@ -298,6 +306,40 @@ pub struct AgentCounters {
     pub last_error: Option<String>,
 }
 
+/// Most BMC actions kept per machine in [`Counters::actions`] (older ones are dropped and counted in
+/// [`Counters::actions_dropped`]): a nemesis run of hours issues a few thousand per machine at most.
+pub const ACTIONS_MAX: usize = 10_000;
+
+/// A state-changing operation a BMC accepted: what a power command's driver does to the machine. A
+/// duplicate of one of these (a command run twice) is what at-most-once must rule out.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BmcAction {
+    /// A reset (Redfish `ComputerSystem.Reset`, IPMI Chassis Control), by its Redfish `ResetType` spelling.
+    Reset {
+        /// `On`, `ForceOff`, `GracefulShutdown`, `ForceRestart`, `GracefulRestart`, `PowerCycle`, `Nmi`.
+        reset_type: String,
+    },
+    /// A change of the boot override (Redfish PATCH of `Boot`, IPMI Set System Boot Options).
+    BootOverride {
+        /// The override's target after the change.
+        target: BootTarget,
+        /// How long it lasts after the change.
+        enabled: BootEnabled,
+    },
+}
+
+/// One accepted [`BmcAction`] and when: the simulator's per-BMC record that a checker compares with the
+/// power commands the regions recorded (each command may explain at most one action).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BmcActionRecord {
+    /// When the BMC accepted it (ms since the Unix epoch, the simulator's clock).
+    pub at_ms: u64,
+    /// What it was.
+    #[serde(flatten)]
+    pub action: BmcAction,
+}
+
 /// Request and action counters, so tests and the benchmark can see what reached each BMC.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(default)]
@@ -312,6 +354,13 @@ pub struct Counters {
     pub boots: u64,
     /// Boots from the network.
     pub pxe_boots: u64,
+    /// Boot override changes accepted (Redfish PATCH of `Boot`, IPMI boot flags).
+    pub boot_overrides: u64,
+    /// The newest [`ACTIONS_MAX`] state-changing actions the BMC accepted (resets and boot override
+    /// changes), oldest first.
+    pub actions: Vec<BmcActionRecord>,
+    /// Actions dropped from `actions` because it was full.
+    pub actions_dropped: u64,
     /// The agent's work.
     pub agent: AgentCounters,
 }
@@ -339,6 +388,22 @@ struct State {
     mode: BootMode,
     last_boot: Option<BootTarget>,
     agent: AgentCounters,
+    /// The newest accepted actions (at most [`ACTIONS_MAX`]).
+    actions: std::collections::VecDeque<BmcActionRecord>,
+    /// How many were dropped from `actions`.
+    actions_dropped: u64,
+}
+
+/// Appends `action` (now) to the machine's action record, dropping the oldest beyond [`ACTIONS_MAX`].
+fn record_action(st: &mut State, action: BmcAction) {
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    if st.actions.len() >= ACTIONS_MAX {
+        st.actions.pop_front();
+        st.actions_dropped += 1;
+    }
+    st.actions.push_back(BmcActionRecord { at_ms, action });
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (the state stays consistent:
@@ -370,6 +435,7 @@ pub struct SimMachine {
     resets: AtomicU64,
     boots: AtomicU64,
     pxe_boots: AtomicU64,
+    boot_overrides: AtomicU64,
 }
 
 impl std::fmt::Debug for SimMachine {
@@ -404,6 +470,8 @@ impl SimMachine {
                 mode,
                 last_boot: None,
                 agent: AgentCounters::default(),
+                actions: std::collections::VecDeque::new(),
+                actions_dropped: 0,
             }),
             faults: watch::channel(Faults::default()).0,
             epoch: watch::channel(0).0,
@@ -415,6 +483,7 @@ impl SimMachine {
             resets: AtomicU64::new(0),
             boots: AtomicU64::new(0),
             pxe_boots: AtomicU64::new(0),
+            boot_overrides: AtomicU64::new(0),
         }
     }
 
@@ -442,6 +511,9 @@ impl SimMachine {
                 resets: self.resets.load(Ordering::Relaxed),
                 boots: self.boots.load(Ordering::Relaxed),
                 pxe_boots: self.pxe_boots.load(Ordering::Relaxed),
+                boot_overrides: self.boot_overrides.load(Ordering::Relaxed),
+                actions: st.actions.iter().cloned().collect(),
+                actions_dropped: st.actions_dropped,
                 agent: st.agent.clone(),
             },
         }
@@ -467,6 +539,7 @@ impl SimMachine {
         enabled: Option<BootEnabled>,
         mode: Option<BootMode>,
     ) {
+        self.boot_overrides.fetch_add(1, Ordering::Relaxed);
         let mut st = lock(&self.state);
         if let Some(t) = target {
             st.target = t;
@@ -484,6 +557,11 @@ impl SimMachine {
         if let Some(m) = mode {
             st.mode = m;
         }
+        let action = BmcAction::BootOverride {
+            target: st.target,
+            enabled: st.enabled,
+        };
+        record_action(&mut st, action);
     }
 
     /// The fault knobs in effect.
@@ -521,6 +599,12 @@ impl SimMachine {
     /// A reset action the BMC accepted: applied after the fleet's power delay (at once when it is 0).
     pub fn reset(self: &Arc<Self>, reset: ResetType) {
         self.resets.fetch_add(1, Ordering::Relaxed);
+        record_action(
+            &mut lock(&self.state),
+            BmcAction::Reset {
+                reset_type: reset.as_str().to_string(),
+            },
+        );
         if self.power_delay.is_zero() {
             self.apply_reset(reset);
         } else {
@@ -675,6 +759,36 @@ mod tests {
         m.reset(ResetType::ForceOff);
         m.reset(ResetType::Nmi);
         assert_eq!(*rx.borrow(), 3);
+    }
+
+    #[tokio::test]
+    async fn accepted_actions_are_recorded_in_order() {
+        let m = machine();
+        m.set_boot_override(Some(BootTarget::Pxe), None, None);
+        m.reset(ResetType::PowerCycle);
+        // The power button is not a BMC action.
+        m.press_power(false);
+        let c = m.view().counters;
+        assert_eq!((c.resets, c.boot_overrides, c.actions_dropped), (1, 1, 0));
+        assert_eq!(
+            c.actions
+                .iter()
+                .map(|a| a.action.clone())
+                .collect::<Vec<_>>(),
+            vec![
+                BmcAction::BootOverride {
+                    target: BootTarget::Pxe,
+                    enabled: BootEnabled::Once
+                },
+                BmcAction::Reset {
+                    reset_type: "PowerCycle".into()
+                },
+            ]
+        );
+        assert!(c.actions[0].at_ms > 0 && c.actions[0].at_ms <= c.actions[1].at_ms);
+        let json = serde_json::to_value(&c.actions[1]).unwrap();
+        assert_eq!(json["kind"], "reset");
+        assert_eq!(json["reset_type"], "PowerCycle");
     }
 
     #[test]

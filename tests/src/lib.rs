@@ -9,7 +9,8 @@
 //! reflection), `t13_peers` (grpcurl and Python grpcio), `t14_cli` (the `ingot` binary and `ingot dev
 //! up`), `t15_lifecycle` (the machine lifecycle, events, tags, users, `Watch`), `t16_allocation`
 //! (concurrent allocation and request semantics), `t17_racks` (rack controllers: failover and refusals)
-//! and `t18_power` (power through rack, driver and BMC, with `ingot-sim` and `ipmi_sim`). Run one with
+//! `t18_power` (power through rack, driver and BMC, with `ingot-sim` and `ipmi_sim`) and `t19_nemesis`
+//! (faults at random under clients, then the invariants checked from the record). Run one with
 //! `cargo test -p ingot-tests --test all -- t17_racks`.
 //!
 //! This library holds what they share: [`TestCluster`] and test directories, machine and inventory
@@ -67,6 +68,21 @@ impl TestCluster {
         let cluster = LocalCluster::start(opts)
             .await
             .with_context(|| format!("starting {regions} regions in {}", dir.display()))?;
+        Ok(TestCluster { cluster, dir })
+    }
+
+    /// Starts a cluster with the options `make` builds for the test's directory (e.g.
+    /// [`ingot_launch::nemesis::NemesisOptions::cluster_options`]).
+    pub async fn start_from(
+        name: &str,
+        make: impl FnOnce(PathBuf) -> LocalClusterOptions,
+    ) -> Result<TestCluster> {
+        let dir = test_dir(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let opts = make(dir.clone());
+        let cluster = LocalCluster::start(opts)
+            .await
+            .with_context(|| format!("starting a cluster in {}", dir.display()))?;
         Ok(TestCluster { cluster, dir })
     }
 
