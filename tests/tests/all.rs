@@ -12,3 +12,4 @@ mod t15_lifecycle;
 mod t16_allocation;
 mod t17_racks;
 mod t18_power;
+mod t20_fuzz;
