@@ -278,7 +278,7 @@ impl Gen {
     pub fn string(&mut self, field: &str, kind: Kind) -> String {
         let roll = self
             .rng
-            .gen_range(0..if self.in_huge_list { 930 } else { 1000 });
+            .gen_range(0..if self.in_huge_list { 860 } else { 1000 });
         let (class, s) = match roll {
             0..=299 => match self.known_string(kind) {
                 Some(s) => ("known", s),
@@ -406,7 +406,8 @@ impl Gen {
         self.rng.gen()
     }
 
-    /// A list of `item`s: empty, a few, or (rarely) a huge one of up to 100,000 entries.
+    /// A list of `item`s: empty, a few, or (rarely) a huge one of 20,000 short entries (a few MiB: above
+    /// any sensible cap, yet quick to make in a debug build).
     pub fn list<T>(&mut self, field: &str, mut item: impl FnMut(&mut Gen) -> T) -> Vec<T> {
         let n = match self
             .rng
@@ -415,7 +416,7 @@ impl Gen {
             0..=5 => 0,
             6..=16 => self.rng.gen_range(1..4),
             17 | 18 => self.rng.gen_range(100..2_000),
-            _ => 100_000,
+            _ => 20_000,
         };
         if n >= 100 {
             self.note(field, "huge-list");
