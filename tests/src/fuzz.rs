@@ -744,6 +744,57 @@ fn parse_proto(text: &str) -> Vec<Rpc> {
     out
 }
 
+/// Where the fuzzer's 1 MiB and 8 MiB filler strings (runs of `m` or `g`) were stored under `dir` (a
+/// region's data directory: its Raft log, blobs and snapshots): for each, the file and the name of the
+/// command (`"op":{"Name"`) that carried it, when the text shows one. A value that size reaching the log
+/// means no byte cap was checked before proposing.
+pub fn oversized_in_data_dir(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let Ok(b) = std::fs::read(&p) else {
+                continue;
+            };
+            let mut i = 0;
+            while i < b.len() {
+                let c = b[i];
+                if c != b'm' && c != b'g' {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < b.len() && b[i] == c {
+                    i += 1;
+                }
+                if i - start >= MIB {
+                    let before = &b[start.saturating_sub(4096)..start];
+                    let text = String::from_utf8_lossy(before);
+                    let op = text
+                        .rfind("\"op\":{\"")
+                        .map(|k| {
+                            text[k + 7..]
+                                .chars()
+                                .take_while(|ch| ch.is_ascii_alphanumeric())
+                                .collect::<String>()
+                        })
+                        .unwrap_or_else(|| "unknown command".to_string());
+                    out.push((p.clone(), op));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The lines of `path` (a process log) that report a panic (`panicked at`), without colour sequences.
 pub fn panics_in_log(path: &Path) -> Vec<String> {
     crate::log_lines(path, "panicked")

@@ -24,7 +24,9 @@
 use ingot_proto::rack::v1 as rk;
 use ingot_proto::raft::v1 as rf;
 use ingot_proto::v1::*;
-use ingot_tests::fuzz::{panics_in_log, proto_rpcs, Gen, Kind, Known, RawCodec, Rpc};
+use ingot_tests::fuzz::{
+    oversized_in_data_dir, panics_in_log, proto_rpcs, Gen, Kind, Known, RawCodec, Rpc,
+};
 use ingot_tests::{
     by_id, cluster_tls, commission_to_ready, error_chain, machine, rack_cert, sim_machine,
     small_inventory, user_token, TestCluster,
@@ -1980,6 +1982,19 @@ async fn every_rpc_survives_random_and_boundary_values() {
         for l in panics_in_log(&r.log_path) {
             after.push(format!("region {} panicked: {l}", r.index));
         }
+    }
+    // A 1 MiB or 8 MiB string that reached the Raft log or the state went in without a byte cap.
+    let mut oversized: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+    for r in tc.cluster.regions() {
+        for (_, op) in oversized_in_data_dir(&r.data_dir) {
+            oversized.entry(op).or_default().insert(r.index);
+        }
+    }
+    for (op, regions) in &oversized {
+        after.push(format!(
+            "a fuzz string of 1 MiB or more reached the Raft log/state in command {op} (data dirs of regions \
+             {regions:?}): no byte cap before proposing"
+        ));
     }
     for rack in tc.cluster.racks() {
         if !tc.cluster.is_rack_running(&rack.name) {
