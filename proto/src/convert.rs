@@ -497,14 +497,26 @@ pub fn event_to_proto(e: &Event) -> v1::Event {
     }
 }
 
-/// A protobuf `Timestamp` as milliseconds since the epoch (negative times clamp to 0).
+/// A protobuf `Timestamp` as milliseconds since the epoch (negative times clamp to 0, times past
+/// `u64::MAX` ms saturate: the value comes from the network).
 pub fn timestamp_ms(t: &prost_types::Timestamp) -> u64 {
-    (t.seconds.max(0) as u64) * 1000 + (t.nanos.max(0) as u64) / 1_000_000
+    (t.seconds.max(0) as u64)
+        .saturating_mul(1000)
+        .saturating_add((t.nanos.max(0) as u64) / 1_000_000)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamp_ms_saturates_at_the_limits() {
+        // i64::MAX seconds (a ListEvents `since` from the API fuzzer) overflowed and panicked a debug build.
+        let t = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        assert_eq!(timestamp_ms(&t(i64::MAX, i32::MAX)), u64::MAX);
+        assert_eq!(timestamp_ms(&t(i64::MIN, i32::MIN)), 0);
+        assert_eq!(timestamp_ms(&t(1, 500_000_000)), 1_500);
+    }
 
     #[test]
     fn every_status_roundtrips() {

@@ -18,6 +18,8 @@
 //! BMC state files, mutual-TLS clients), and log helpers.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
+pub mod fuzz;
+
 use anyhow::{Context, Result};
 use ingot_client::Clients;
 use ingot_launch::{log_tail, LocalCluster, LocalClusterOptions};
@@ -421,6 +423,11 @@ pub async fn wait_status(
 /// (at most 5 s) until every region of `clients` accepts the new token, since tokens are checked against
 /// each region's local state.
 pub async fn user_clients(clients: &Clients, name: &str) -> Result<Clients> {
+    Ok(user_token(clients, name).await?.0)
+}
+
+/// [`user_clients`], also returning the token's secret (for callers that build their own channels).
+pub async fn user_token(clients: &Clients, name: &str) -> Result<(Clients, String)> {
     use ingot_proto::v1::{CreateTokenRequest, CreateUserRequest, Role, WhoAmIRequest};
     clients
         .users()
@@ -459,7 +466,7 @@ pub async fn user_clients(clients: &Clients, name: &str) -> Result<Clients> {
             }
         }
     }
-    Ok(as_user)
+    Ok((as_user, secret))
 }
 
 /// Every event matching `req` (its page token and size are managed here), newest first, walking pages of
@@ -773,7 +780,7 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// The lines of a rack's log containing `needle`, without colour sequences.
+/// The lines of a process log containing `needle`, without colour sequences.
 pub fn log_lines(path: &std::path::Path, needle: &str) -> Vec<String> {
     strip_ansi(&std::fs::read_to_string(path).unwrap_or_default())
         .lines()

@@ -13,3 +13,4 @@ mod t16_allocation;
 mod t17_racks;
 mod t18_power;
 mod t19_nemesis;
+mod t20_fuzz;
