@@ -3,7 +3,9 @@
 //! stopped. Its racks ([`crate::rack`]) and simulated machines ([`crate::simulator`]) are added by the
 //! `impl LocalCluster` blocks of those modules.
 
-use crate::process::{is_process_of, log_tail, send_signal, write_atomic, POLL};
+use crate::process::{
+    create_private_dir, is_process_of, log_tail, send_signal, write_atomic, POLL,
+};
 use crate::rack::{LocalRack, RackSlot, StoppedRack};
 use anyhow::{anyhow, bail, Context, Result};
 use ingot_client::config::{shell_quote, ENV_CA, ENV_ENDPOINTS, ENV_TOKEN};
@@ -742,8 +744,7 @@ impl LocalCluster {
     }
 
     fn spawn(&self, info: &LocalRegion, args: &[String], detach: bool) -> Result<Child> {
-        std::fs::create_dir_all(&info.data_dir)
-            .with_context(|| format!("cannot create {}", info.data_dir.display()))?;
+        create_private_dir(&info.data_dir)?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
