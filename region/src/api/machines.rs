@@ -4,6 +4,7 @@ use super::{actor, linearizable, status};
 use crate::app::alloc::{AllocateRequest as AllocReq, Spread};
 use crate::app::encoded::EncodedMachines;
 use crate::app::machines::{MachineChange, MachineKey, NewMachine};
+use crate::app::views;
 use crate::app::watch::WatchItem;
 use crate::app::{Actor, App};
 use crate::command::ActionArgs;
@@ -129,7 +130,11 @@ impl MachineApi {
             .act(who, key, action, expected_revision, args)
             .await
             .map_err(status)?;
-        Ok(Response::new(machine_to_proto(&m, false, true)))
+        Ok(Response::new(machine_to_proto(
+            &views::machine(who, &m),
+            false,
+            true,
+        )))
     }
 }
 
@@ -159,7 +164,11 @@ impl MachineService for MachineApi {
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(machine_to_proto(&m, false, true)))
+        Ok(Response::new(machine_to_proto(
+            &views::machine(&who, &m),
+            false,
+            true,
+        )))
     }
 
     async fn get_machine(
@@ -190,6 +199,7 @@ impl MachineService for MachineApi {
             .get_machine(&who, key, linearizable(r.consistency))
             .await
             .map_err(status)?;
+        let m = views::machine(&who, &m);
         Ok(Response::new(machine_to_proto(&m, r.include_secrets, full)))
     }
 
@@ -201,6 +211,7 @@ impl MachineService for MachineApi {
         let r = req.into_inner();
         let q = query(r.filter, &who)?;
         let full = full_view_from_proto(r.view, false).map_err(status)?;
+        let user = views::viewer(&who);
         // The basic view is served from each machine's cached encoding; the full one is converted.
         let (page, next, total, revision) = self
             .app
@@ -210,8 +221,16 @@ impl MachineService for MachineApi {
                 &r.page_token,
                 linearizable(r.consistency),
                 |_st, m| {
+                    // The cache holds the admin's basic view; a user's differs only for the machines
+                    // `views::basic_view_redacted` names, which are encoded for this caller alone.
                     if full {
-                        Err(Box::new(machine_to_proto(m, false, true)))
+                        Err(Box::new(machine_to_proto(
+                            &views::machine(&who, m),
+                            false,
+                            true,
+                        )))
+                    } else if user.is_some_and(|u| views::basic_view_redacted(u, m)) {
+                        Ok(encode_basic(&views::machine(&who, m)))
                     } else {
                         Ok(self.encoded.get(m))
                     }
@@ -260,7 +279,11 @@ impl MachineService for MachineApi {
             .update_machine(&who, r.system_id, change)
             .await
             .map_err(status)?;
-        Ok(Response::new(machine_to_proto(&m, false, true)))
+        Ok(Response::new(machine_to_proto(
+            &views::machine(&who, &m),
+            false,
+            true,
+        )))
     }
 
     async fn delete_machine(
@@ -334,7 +357,7 @@ impl MachineService for MachineApi {
         Ok(Response::new(AllocateResponse {
             machines: ms
                 .iter()
-                .map(|m| machine_to_proto(m, false, false))
+                .map(|m| machine_to_proto(&views::machine(&who, m), false, false))
                 .collect(),
             replayed,
         }))
