@@ -150,6 +150,19 @@ pub struct Data {
     pub next_power_command_id: u64,
 }
 
+/// Boot tokens of state written by an older version were stored in plaintext: keep only their hash (the
+/// same on every replica, so the state stays identical), and the next snapshot holds no plaintext.
+fn hash_legacy_boot_tokens(data: &mut Data) {
+    for m in data.machines.values_mut() {
+        if let Some(b) = m.boot.as_mut() {
+            if !b.legacy_token.is_empty() {
+                b.token_hash = ingot_common::secret::hash(&b.legacy_token);
+                b.legacy_token = String::new();
+            }
+        }
+    }
+}
+
 /// How often a region records a rack session's heartbeat in the log (ms); liveness allows for this lag.
 pub const HEARTBEAT_RECORD_MS: u64 = 1_000;
 
@@ -205,6 +218,7 @@ impl State {
             data,
             ..Default::default()
         };
+        hash_legacy_boot_tokens(&mut s.data);
         let machines: Vec<Machine> = s.data.machines.values().cloned().collect();
         for m in &machines {
             s.index(m);

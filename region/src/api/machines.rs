@@ -510,11 +510,11 @@ impl MachineService for MachineApi {
         let who = actor(&self.app, &req)?;
         let r = req.into_inner();
         let key = machine_key(r.machine)?;
-        let (system_id, b) = self.app.boot_credentials(&who, key).await.map_err(status)?;
+        let (system_id, b, token) = self.app.boot_credentials(&who, key).await.map_err(status)?;
         Ok(Response::new(BootCredentials {
             system_id,
             boot_id: b.boot_id,
-            token: b.token,
+            token,
             purpose: b.purpose,
         }))
     }
