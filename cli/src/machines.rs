@@ -75,7 +75,8 @@ pub enum MachinesCmd {
     Tag(TagArgs),
     /// Remove manual tags from a machine (admin): untag [ID] TAG...
     Untag(TagArgs),
-    /// Print the machine's current per-boot credentials (admin): what the in-band agent presents
+    /// Issue and print credentials for the machine's current boot (admin): what the in-band agent
+    /// presents; the token is shown once and replaces the boot's earlier one
     BootCredentials {
         #[command(flatten)]
         target: Target,

@@ -267,9 +267,15 @@ pub struct Allocation {
 pub struct BootSession {
     /// Random id of this boot.
     pub boot_id: String,
-    /// The per-boot token, handed to the machine through its boot configuration (by the rack). Results
-    /// reported with any other token are refused.
-    pub token: String,
+    /// SHA-256 hex of the per-boot token (like API tokens, only the hash is replicated). The token is made
+    /// and shown once when the boot's credentials are issued (`GetBootCredentials`, handed to the machine
+    /// through its boot configuration); reports with any other token are refused. Empty until issued.
+    #[serde(default)]
+    pub token_hash: String,
+    /// A plaintext token written by a version that stored it (snapshots, log entries): hashed into
+    /// `token_hash` when the state is loaded, never written again.
+    #[serde(default, rename = "token", skip_serializing)]
+    pub legacy_token: String,
     /// What the boot is for: `commissioning`, `testing`, `deploying`, `erasing`, `rescue`.
     pub purpose: String,
     /// When it started.

@@ -40,8 +40,10 @@ fn rc(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
     move |source| PkiError::Rcgen { what, source }
 }
 
-/// The CA certificate and key, PEM-encoded. Stored in the replicated state and in the first region's data
-/// directory.
+/// The CA certificate and key, PEM-encoded. The key lives in the replicated state (memory, the bootstrap
+/// log entry and snapshots in each region's `db/`, mode 0700) and, only until the bootstrap command is
+/// applied, in the first region's `bootstrap.json` (0600); certificates and join replies carry only
+/// `cert_pem`.
 #[derive(Serialize, Deserialize, Clone)]
 pub struct ClusterCa {
     /// CA certificate, PEM.

@@ -3,7 +3,9 @@
 //! stopped. Its racks ([`crate::rack`]) and simulated machines ([`crate::simulator`]) are added by the
 //! `impl LocalCluster` blocks of those modules.
 
-use crate::process::{is_process_of, log_tail, send_signal, write_atomic, POLL};
+use crate::process::{
+    create_private_dir, is_process_of, log_tail, send_signal, write_atomic, POLL,
+};
 use crate::proxy::LinkProxy;
 use crate::rack::{LocalRack, RackSlot, StoppedRack};
 use anyhow::{anyhow, bail, Context, Result};
@@ -803,8 +805,7 @@ impl LocalCluster {
     }
 
     fn spawn(&self, info: &LocalRegion, args: &[String], detach: bool) -> Result<Child> {
-        std::fs::create_dir_all(&info.data_dir)
-            .with_context(|| format!("cannot create {}", info.data_dir.display()))?;
+        create_private_dir(&info.data_dir)?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)

@@ -19,7 +19,7 @@
 //!   tails, atomic file writes.
 //!
 //! Directory layout (`DIR` = [`LocalClusterOptions::dir`]):
-//! - `DIR/region-N/`: the data directory of region N (`run.json`, `admin.token`, `tls/`, ...), plus
+//! - `DIR/region-N/` (mode 0700, like `DIR/rack-NAME/` and `DIR/sim/`): the data directory of region N (`run.json`, `admin.token`, `tls/`, ...), plus
 //!   `region.log`, its stdout and stderr (appended across restarts).
 //! - `DIR/env`: shell-sourceable `INGOT_ENDPOINTS`, `INGOT_CA`, `INGOT_TOKEN` (mode 0600).
 //! - `DIR/rack-NAME/`: the data directory of rack controller NAME (`rack.json`, `tls/`, ...), plus

@@ -60,6 +60,19 @@ pub fn log_tail(path: &Path) -> String {
     }
 }
 
+/// Creates `dir` (and missing parents) and makes it mode 0700: the data directories of regions and racks
+/// and the simulator's directory hold keys and tokens. Tightens a directory that already existed.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))
+}
+
 /// Writes `path` with `mode` through a temporary file and a rename, so that another process (`ingot dev
 /// down`, a later `LocalCluster::load`) never reads half a file.
 pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
@@ -88,4 +101,27 @@ pub(crate) fn open_log(path: &Path) -> Result<(Stdio, Stdio)> {
         .try_clone()
         .with_context(|| format!("cannot open {}", path.display()))?;
     Ok((Stdio::from(f), Stdio::from(g)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn private_dirs_are_0700_even_when_they_existed() {
+        let t = std::env::temp_dir().join(format!("ingot-launch-private-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&t);
+        let fresh = t.join("a/region-1");
+        create_private_dir(&fresh).unwrap();
+        let old = t.join("rack-r1");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&old).unwrap();
+        for d in [fresh, old] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+        std::fs::remove_dir_all(&t).unwrap();
+    }
 }

@@ -161,8 +161,7 @@ impl LocalCluster {
                 dir.display()
             );
         }
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::process::create_private_dir(&dir)?;
         let log = dir.join(RACK_LOG);
 
         progress(Progress::Step(format!("creating zone {zone} for {name}")));

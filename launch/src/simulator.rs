@@ -99,8 +99,7 @@ impl LocalCluster {
                 );
             }
         }
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::process::create_private_dir(&dir)?;
         for f in ["machines.json", "control.url"] {
             let _ = std::fs::remove_file(dir.join(f));
         }

@@ -195,11 +195,33 @@ impl DataDir {
         })
     }
 
-    /// Writes the three PEM files of `tls/` (the key with mode 0600).
+    /// Writes the three PEM files of `tls/` (the key with mode 0600), after making the data directory and
+    /// `tls/` private ([`DataDir::secure`]).
     pub fn save_tls(&self, tls: &TlsFiles) -> Result<(), ConfigError> {
+        self.secure()?;
         write_atomic(&self.ca_path(), tls.ca_pem.as_bytes(), false)?;
         write_atomic(&self.cert_path(), tls.cert_pem.as_bytes(), false)?;
         write_atomic(&self.key_path(), tls.key_pem.as_bytes(), true)
+    }
+}
+
+impl DataDir {
+    /// Creates the data directory and `tls/` if missing and makes both mode 0700: the key is 0600 itself,
+    /// and the done-log and rack.json (BMC results, region addresses) are nobody else's business either.
+    /// A launcher may have created the directory with its umask before `register` ran.
+    pub fn secure(&self) -> Result<(), ConfigError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        for dir in [self.root.clone(), self.root.join(TLS_DIR)] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                })
+                .map_err(|e| write_err(&dir, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -231,11 +253,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), Conf
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(if private { 0o600 } else { 0o644 });
     }
+    // A temporary file left by a crash would keep its old mode: start from a new one.
+    let _ = std::fs::remove_file(&tmp);
     let result = (|| {
         let mut f = opts.open(&tmp)?;
         f.write_all(bytes)?;
@@ -263,6 +287,10 @@ mod tests {
             Err(ConfigError::NotRegistered { .. })
         ));
         dd.ensure_fresh().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        // The launcher made the directory with a permissive umask before `register` ran.
+        std::fs::create_dir_all(d.path()).unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let rack = RackConfig {
             name: "r1".into(),
             zone: "default".into(),
@@ -280,12 +308,10 @@ mod tests {
             key_pem: "key".into(),
         })
         .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dd.key_path())
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dd.key_path()), 0o600, "tls/rack.key");
+        assert_eq!(mode(d.path()), 0o700, "the data directory");
+        assert_eq!(mode(&d.path().join(TLS_DIR)), 0o700, "tls/");
         assert_eq!(dd.load_tls().unwrap().key_pem, "key");
     }
 }

@@ -124,6 +124,7 @@ pub enum Op {
     PowerResult(op::PowerResult),
     PowerObserved(op::PowerObserved),
     AssignBmcs(op::AssignBmcs),
+    IssueBootToken(op::IssueBootToken),
 }
 
 /// The error field that marks an allocation conflict: a candidate was taken between the proposer's
@@ -136,16 +137,19 @@ pub const CONFLICT_FIELD: &str = "candidates";
 pub struct BootTokens {
     /// Random boot id.
     pub boot_id: String,
-    /// Random per-boot token.
+    /// A plaintext per-boot token, from a proposer that still put one in the log; new commands leave it
+    /// empty (the token is issued later, and only its hash is logged: [`op::IssueBootToken`]). The apply
+    /// step stores only its hash. (Always written, empty, so old entries round-trip byte for byte.)
+    #[serde(default)]
     pub token: String,
 }
 
 impl BootTokens {
-    /// Fresh random credentials.
+    /// A fresh random boot id; the boot's token is issued when its credentials are read.
     pub fn generate() -> BootTokens {
         BootTokens {
             boot_id: ingot_common::secret::generate(""),
-            token: ingot_common::secret::generate("boot_"),
+            token: String::new(),
         }
     }
 }

@@ -10,6 +10,10 @@
 //! db/             sled: Raft log, vote, snapshots
 //! run.json        pid, addresses, readiness of the running process (for tools and tests)
 //! ```
+//!
+//! The directory, `tls/` and `db/` are mode 0700 ([`DataDir::secure`]): `db/` holds the replicated state,
+//! which includes the cluster CA key and the hashes of every token, and sled creates its files with the
+//! process umask; a directory nobody else can enter keeps them private whatever that umask is.
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -134,16 +138,22 @@ impl DataDir {
         self.root.join("run.json")
     }
 
-    /// Fails unless no region lives here yet; creates the directory.
+    /// Fails unless no region lives here yet; creates the directory and `tls/` (mode 0700, also when the
+    /// directory existed already: a launcher may have made it with its umask).
     pub fn ensure_fresh(&self) -> Result<(), DataDirError> {
         if self.identity_path().exists() || self.db_path().exists() {
             return Err(DataDirError::NotEmpty(self.root.display().to_string()));
         }
-        std::fs::create_dir_all(self.root.join("tls")).map_err(|source| DataDirError::Io {
-            what: "creating",
-            path: self.root.clone(),
-            source,
-        })
+        private_dir(&self.root)?;
+        private_dir(&self.root.join("tls"))
+    }
+
+    /// Makes the directory, `tls/` and `db/` mode 0700, creating the missing ones. Runs before the
+    /// database is opened at every start, so a directory made by an older version is tightened too.
+    pub fn secure(&self) -> Result<(), DataDirError> {
+        private_dir(&self.root)?;
+        private_dir(&self.root.join("tls"))?;
+        private_dir(&self.db_path())
     }
 
     /// Reads identity.json.
@@ -196,8 +206,30 @@ impl DataDir {
     }
 }
 
+/// Mode of the data directory and of `tls/` and `db/`: only the region's user may enter.
+const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of files holding a key or a token.
+const SECRET_FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (and its parents) if missing and sets its mode to [`PRIVATE_DIR_MODE`].
+fn private_dir(dir: &Path) -> Result<(), DataDirError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |what, source| DataDirError::Io {
+        what,
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+        .map_err(|e| io("creating", e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+        .map_err(|e| io("setting mode 0700 on", e))
+}
+
 fn write_atomic(p: &Path, contents: &[u8], secret: bool) -> Result<(), DataDirError> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = p.with_extension("tmp");
     let io = |what, source| DataDirError::Io {
         what,
@@ -207,14 +239,65 @@ fn write_atomic(p: &Path, contents: &[u8], secret: bool) -> Result<(), DataDirEr
     if let Some(dir) = p.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
     }
+    // A temporary file left by a crash keeps its old mode when opened again: start from a new one.
+    let _ = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     if secret {
-        opts.mode(0o600);
+        opts.mode(SECRET_FILE_MODE);
     }
     let mut f = opts.open(&tmp).map_err(|e| io("creating", e))?;
+    if secret {
+        f.set_permissions(std::fs::Permissions::from_mode(SECRET_FILE_MODE))
+            .map_err(|e| io("setting mode 0600 on", e))?;
+    }
     f.write_all(contents).map_err(|e| io("writing", e))?;
     f.sync_all().map_err(|e| io("syncing", e))?;
     std::fs::rename(&tmp, p).map_err(|e| io("renaming into", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("exists").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn directories_are_private_and_secret_files_0600() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path().join("region");
+        // A launcher created the directory with a permissive mode before `init` ran.
+        std::fs::create_dir(&root).expect("mkdir");
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let dd = DataDir::new(&root);
+        dd.ensure_fresh().expect("fresh");
+        assert_eq!(mode(&root), 0o700, "data directory");
+        assert_eq!(mode(&root.join("tls")), 0o700, "tls/");
+        dd.secure().expect("secure");
+        assert_eq!(mode(&dd.db_path()), 0o700, "db/");
+        // A stale temporary file with a wide mode does not lend it to a key.
+        std::fs::write(dd.key_path().with_extension("tmp"), b"old").expect("stale tmp");
+        std::fs::set_permissions(
+            dd.key_path().with_extension("tmp"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+        dd.write(&dd.key_path(), b"key", true).expect("key");
+        dd.write(&dd.admin_token_path(), b"token", true)
+            .expect("token");
+        assert_eq!(mode(&dd.key_path()), 0o600, "tls/region.key");
+        assert_eq!(mode(&dd.admin_token_path()), 0o600, "admin.token");
+        // A directory made by an older version (0755 everywhere) is tightened at the next start.
+        for d in [&root, &root.join("tls"), &dd.db_path()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        dd.secure().expect("secure");
+        for d in [&root, &root.join("tls"), &dd.db_path()] {
+            assert_eq!(mode(d), 0o700, "{}", d.display());
+        }
+    }
 }

@@ -265,6 +265,7 @@ async fn init(c: Common) -> Result<()> {
     };
     dd.write_identity(&identity)?;
     let tls = TlsFiles::load(&dd)?;
+    dd.secure()?;
     let running = start(&dd, &identity, &tls, api, raft, &c.tuning.raft()).await?;
     finish_bootstrap(&dd, &running, &identity).await?;
     tracing::info!(cluster_id, api = %api_addr, raft = %raft_addr, "cluster created; admin token in {}", dd.admin_token_path().display());
@@ -370,6 +371,7 @@ async fn join(c: Common, regions: Vec<String>, token: String, ca_file: PathBuf) 
     dd.write_identity(&identity)?;
     publish(&dd, a.node_id, &api, &raft, false)?;
     let tlsf = TlsFiles::load(&dd)?;
+    dd.secure()?;
     let running = start(&dd, &identity, &tlsf, api, raft, &c.tuning.raft()).await?;
     tracing::info!(node_id = a.node_id, cluster_id = %a.cluster_id, "admitted; asking to become a voter");
     become_member(&tlsf, &a.raft_addrs, a.node_id).await?;
@@ -438,6 +440,7 @@ async fn run(
         raft.local_addr()?.to_string(),
     );
     let tls = TlsFiles::load(&dd)?;
+    dd.secure()?;
     let running = start(&dd, &identity, &tls, api, raft, &tuning.raft()).await?;
     finish_bootstrap(&dd, &running, &identity).await?;
     if !identity.joined {

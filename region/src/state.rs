@@ -180,6 +180,19 @@ pub struct Data {
     pub revoked_serials: BTreeSet<String>,
 }
 
+/// Boot tokens of state written by an older version were stored in plaintext: keep only their hash (the
+/// same on every replica, so the state stays identical), and the next snapshot holds no plaintext.
+fn hash_legacy_boot_tokens(data: &mut Data) {
+    for m in data.machines.values_mut() {
+        if let Some(b) = m.boot.as_mut() {
+            if !b.legacy_token.is_empty() {
+                b.token_hash = ingot_common::secret::hash(&b.legacy_token);
+                b.legacy_token = String::new();
+            }
+        }
+    }
+}
+
 /// How often a region records a rack session's heartbeat in the log (ms); liveness allows for this lag.
 pub const HEARTBEAT_RECORD_MS: u64 = 1_000;
 
@@ -244,6 +257,7 @@ impl State {
             data,
             ..Default::default()
         };
+        hash_legacy_boot_tokens(&mut s.data);
         let machines: Vec<Machine> = s.data.machines.values().cloned().collect();
         for m in &machines {
             s.index(m);

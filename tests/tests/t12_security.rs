@@ -889,3 +889,223 @@ async fn bad_join_and_enrollment_tokens_never_reach_the_log_and_are_rate_limited
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
 }
+
+/// BMC details no user may see, in any machine view.
+const BMC_SECRETS: [&str; 6] = [
+    "hunter22",
+    "bmc-77.example",
+    "ops:",
+    "10.77.0.2",
+    "bmcadmin77",
+    "pw-77",
+];
+
+/// Fails if the debug form of `what` shows any of `needles`.
+fn assert_hides(who: &str, what: &impl std::fmt::Debug, needles: &[&str]) {
+    let text = format!("{what:?}");
+    for n in needles {
+        assert!(!text.contains(n), "{who} was shown {n:?}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_see_no_other_users_allocation_and_no_bmc_details() {
+    use ingot_tests::{ready_machine, small_inventory, user_clients};
+    use tokio_stream::StreamExt;
+    let tc = TestCluster::start("leaks", 1, &[]).await.unwrap();
+    let c = tc.clients();
+    let m1 = ready_machine(&c, 12, 1, small_inventory()).await.unwrap();
+    let m2 = ready_machine(&c, 12, 2, small_inventory()).await.unwrap();
+    let alice = user_clients(&c, "alice").await.unwrap();
+    let bob = user_clients(&c, "bob").await.unwrap();
+
+    // Bob watches everything he may see; the pool's machines change while he watches.
+    let mut watch = bob
+        .machines()
+        .watch(WatchRequest {
+            view: MachineView::Full as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let params = |kv: &[(&str, &str)]| {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let powers = [
+        (
+            &m1.system_id,
+            PowerParameters {
+                driver: "webhook".into(),
+                params: params(&[
+                    ("on_url", "https://ops:hunter22@bmc-77.example:8443/on"),
+                    ("off_url", "https://ops:hunter22@bmc-77.example:8443/off"),
+                    (
+                        "query_url",
+                        "https://ops:hunter22@bmc-77.example:8443/state",
+                    ),
+                    ("username", "bmcadmin77"),
+                ]),
+            },
+        ),
+        (
+            &m2.system_id,
+            PowerParameters {
+                driver: "ipmi".into(),
+                params: params(&[
+                    ("address", "10.77.0.2"),
+                    ("username", "bmcadmin77"),
+                    ("password", "pw-77"),
+                ]),
+            },
+        ),
+    ];
+    for (id, power) in powers {
+        c.machines()
+            .update_machine(UpdateMachineRequest {
+                system_id: id.clone(),
+                power: Some(power),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let got = alice
+        .machines()
+        .allocate(AllocateRequest {
+            request_id: "alice-req-1".into(),
+            consumer: "alice-consumer".into(),
+            count: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.machines.len(), 2);
+    assert_hides("alice (allocate)", &got, &BMC_SECRETS);
+
+    // Bob's watch: both machines as they left his view, without Alice's name, consumer or request id.
+    let mut left = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while left < 2 {
+        let item = tokio::time::timeout_at(deadline, watch.next())
+            .await
+            .expect("bob's watch shows both machines being allocated")
+            .unwrap()
+            .unwrap();
+        assert_hides(
+            "bob (watch)",
+            &item,
+            &[
+                &["alice", "alice-consumer", "alice-req-1"][..],
+                &BMC_SECRETS[..],
+            ]
+            .concat(),
+        );
+        if item
+            .machine
+            .as_ref()
+            .is_some_and(|m| m.status == MachineStatus::Allocated as i32)
+        {
+            left += 1;
+        }
+    }
+
+    // Alice's own machines: her allocation, but no BMC address, username or URL, in any view.
+    for view in [MachineView::Basic, MachineView::Full] {
+        let list = alice
+            .machines()
+            .list_machines(ListMachinesRequest {
+                view: view as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(list.machines.len() + list.encoded_machines.len(), 2);
+        assert_hides("alice (list)", &list, &BMC_SECRETS);
+        assert!(format!("{list:?}").contains("alice-consumer"));
+    }
+    for m in [&m1, &m2] {
+        let mine = alice
+            .machines()
+            .get_machine(GetMachineRequest {
+                key: Some(get_machine_request::Key::SystemId(m.system_id.clone())),
+                view: MachineView::Full as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(mine.owner, "alice");
+        assert_hides("alice (get)", &mine, &BMC_SECRETS);
+        // The admin still sees them (the control experiment).
+        let admin = ingot_tests::get(&c, &m.system_id).await.unwrap();
+        assert!(
+            format!("{admin:?}").contains("bmcadmin77"),
+            "an admin sees the BMC username: {admin:?}"
+        );
+    }
+    let mut alice_watch = alice
+        .machines()
+        .watch(WatchRequest {
+            from_revision: 1,
+            view: MachineView::Full as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = 0;
+    while seen < 4 {
+        let item = tokio::time::timeout(std::time::Duration::from_secs(10), alice_watch.next())
+            .await
+            .expect("alice's watch replays the history")
+            .unwrap()
+            .unwrap();
+        assert_hides("alice (watch)", &item, &BMC_SECRETS);
+        seen += 1;
+    }
+    for (who, clients) in [("alice", &alice), ("bob", &bob)] {
+        let events = ingot_tests::all_events(&clients, ListEventsRequest::default(), 100, 10)
+            .await
+            .unwrap();
+        assert_hides(&format!("{who} (events)"), &events, &BMC_SECRETS);
+        if who == "bob" {
+            assert_hides("bob (events)", &events, &["alice-consumer", "alice-req-1"]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_directories_and_key_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tc = TestCluster::start("modes", 1, &[]).await.unwrap();
+    let rack = tc.cluster.add_rack("rm", "zm").await.unwrap();
+    let dd = tc.cluster.region(1).data_dir.clone();
+    let mode = |p: std::path::PathBuf| {
+        std::fs::metadata(&p)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for d in [
+        dd.clone(),
+        dd.join("db"),
+        dd.join("tls"),
+        rack.dir.clone(),
+        rack.dir.join("tls"),
+    ] {
+        assert_eq!(mode(d.clone()), 0o700, "{} must be private", d.display());
+    }
+    for f in [
+        dd.join("tls/region.key"),
+        dd.join("admin.token"),
+        rack.dir.join("tls/rack.key"),
+    ] {
+        assert_eq!(mode(f.clone()), 0o600, "{} must be 0600", f.display());
+    }
+}

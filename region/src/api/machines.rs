@@ -4,6 +4,7 @@ use super::{actor, linearizable, status};
 use crate::app::alloc::{AllocateRequest as AllocReq, Spread};
 use crate::app::encoded::EncodedMachines;
 use crate::app::machines::{MachineChange, MachineKey, NewMachine};
+use crate::app::views;
 use crate::app::watch::WatchItem;
 use crate::app::{Actor, App};
 use crate::command::ActionArgs;
@@ -131,7 +132,11 @@ impl MachineApi {
             .act(who, key, action, expected_revision, args)
             .await
             .map_err(status)?;
-        Ok(Response::new(machine_to_proto(&m, false, true)))
+        Ok(Response::new(machine_to_proto(
+            &views::machine(who, &m),
+            false,
+            true,
+        )))
     }
 }
 
@@ -161,7 +166,11 @@ impl MachineService for MachineApi {
             )
             .await
             .map_err(status)?;
-        Ok(Response::new(machine_to_proto(&m, false, true)))
+        Ok(Response::new(machine_to_proto(
+            &views::machine(&who, &m),
+            false,
+            true,
+        )))
     }
 
     async fn get_machine(
@@ -193,6 +202,7 @@ impl MachineService for MachineApi {
             .get_machine(&who, key, linearizable(r.consistency))
             .await
             .map_err(status)?;
+        let m = views::machine(&who, &m);
         Ok(Response::new(machine_to_proto(&m, r.include_secrets, full)))
     }
 
@@ -204,6 +214,7 @@ impl MachineService for MachineApi {
         let r = req.into_inner();
         let q = query(r.filter, &who)?;
         let full = full_view_from_proto(r.view, false).map_err(status)?;
+        let user = views::viewer(&who);
         // The basic view is served from each machine's cached encoding; the full one is converted.
         let (page, next, total, revision) = self
             .app
@@ -214,8 +225,16 @@ impl MachineService for MachineApi {
                 &r.page_token,
                 linearizable(r.consistency),
                 |_st, m| {
+                    // The cache holds the admin's basic view; a user's differs only for the machines
+                    // `views::basic_view_redacted` names, which are encoded for this caller alone.
                     if full {
-                        Err(Box::new(machine_to_proto(m, false, true)))
+                        Err(Box::new(machine_to_proto(
+                            &views::machine(&who, m),
+                            false,
+                            true,
+                        )))
+                    } else if user.is_some_and(|u| views::basic_view_redacted(u, m)) {
+                        Ok(encode_basic(&views::machine(&who, m)))
                     } else {
                         Ok(self.encoded.get(m))
                     }
@@ -264,7 +283,11 @@ impl MachineService for MachineApi {
             .update_machine(&who, r.system_id, change)
             .await
             .map_err(status)?;
-        Ok(Response::new(machine_to_proto(&m, false, true)))
+        Ok(Response::new(machine_to_proto(
+            &views::machine(&who, &m),
+            false,
+            true,
+        )))
     }
 
     async fn delete_machine(
@@ -338,7 +361,7 @@ impl MachineService for MachineApi {
         Ok(Response::new(AllocateResponse {
             machines: ms
                 .iter()
-                .map(|m| machine_to_proto(m, false, false))
+                .map(|m| machine_to_proto(&views::machine(&who, m), false, false))
                 .collect(),
             replayed,
         }))
@@ -491,11 +514,11 @@ impl MachineService for MachineApi {
         let who = actor(&self.app, &req)?;
         let r = req.into_inner();
         let key = machine_key(r.machine)?;
-        let (system_id, b) = self.app.boot_credentials(&who, key).await.map_err(status)?;
+        let (system_id, b, token) = self.app.boot_credentials(&who, key).await.map_err(status)?;
         Ok(Response::new(BootCredentials {
             system_id,
             boot_id: b.boot_id,
-            token: b.token,
+            token,
             purpose: b.purpose,
         }))
     }

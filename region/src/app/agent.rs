@@ -31,7 +31,12 @@ impl App {
                 DomainError::unauthenticated(format!("unknown machine {system_id} or wrong boot token"))
             })?;
             match &m.boot {
-                Some(b) if secret::hashes_equal(&b.token, token) => Ok((b.boot_id.clone(), m.status)),
+                Some(b)
+                    if !b.token_hash.is_empty()
+                        && secret::hashes_equal(&b.token_hash, &secret::hash(token)) =>
+                {
+                    Ok((b.boot_id.clone(), m.status))
+                }
                 _ => Err(DomainError::unauthenticated(format!(
                     "the boot token is not valid for the current boot of machine {system_id} (a finished or superseded boot cannot report)"
                 ))),

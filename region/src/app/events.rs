@@ -160,8 +160,19 @@ impl App {
         } else {
             Some(actor.name.clone())
         };
+        let user = q.visible_to.clone();
         let (page, next) = self
-            .read(actor, linearizable, |st| events_page(st, &q, before, limit))
+            .read(actor, linearizable, |st| {
+                let (page, next) = events_page(st, &q, before, limit);
+                let page = page
+                    .into_iter()
+                    .map(|e| {
+                        let m = st.machine(&e.system_id);
+                        super::views::event_for(user.as_deref(), e, m)
+                    })
+                    .collect::<Vec<_>>();
+                (page, next)
+            })
             .await?;
         Ok((page, next.map(Cursor::encode).unwrap_or_default()))
     }

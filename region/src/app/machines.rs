@@ -320,13 +320,35 @@ impl App {
         }
     }
 
-    /// The current per-boot credentials of a machine (admin): what the boot path gives the agent.
+    /// Issues credentials for the current boot of a machine (admin): what the boot path gives the agent.
+    /// The token is made here and returned once; only its hash reaches the log ([`op::IssueBootToken`]),
+    /// and it replaces the boot's earlier token. Returns the system id, the boot and the token.
     pub async fn boot_credentials(
         &self,
         actor: &Actor,
         key: MachineKey,
-    ) -> Result<(String, BootSession), DomainError> {
+    ) -> Result<(String, BootSession, String), DomainError> {
         actor.require_admin("read boot credentials")?;
+        let (system_id, boot) = self.current_boot(actor, &key).await?;
+        let token = secret::generate("boot_");
+        let op = Op::IssueBootToken(op::IssueBootToken {
+            system_id: system_id.clone(),
+            boot_id: boot.boot_id.clone(),
+            token_hash: secret::hash(&token),
+        });
+        let m = machine(self.region.write(self.command(actor, op)).await?)?;
+        let boot = m.boot.ok_or_else(|| {
+            DomainError::precondition(format!("machine {system_id} has no boot any more"))
+        })?;
+        Ok((system_id, boot, token))
+    }
+
+    /// The machine `key` names and its current boot, read linearizably.
+    async fn current_boot(
+        &self,
+        actor: &Actor,
+        key: &MachineKey,
+    ) -> Result<(String, BootSession), DomainError> {
         self.read(actor, true, |st| {
             let m = key
                 .find(st)?

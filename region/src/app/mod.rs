@@ -12,6 +12,7 @@ pub mod rack_session;
 pub mod racks;
 pub mod tags;
 pub mod users;
+pub mod views;
 pub mod watch;
 pub mod worker;
 pub mod zones;

@@ -66,11 +66,11 @@ impl App {
                             let was = matching.contains(&c.machine.system_id);
                             if c.deleted {
                                 if now_matches || was {
-                                    items.push(WatchItem::Delete(c.revision, c.machine.clone()));
+                                    items.push(WatchItem::Delete(c.revision, seen(&q, &c.machine)));
                                 }
                                 matching.remove(&c.machine.system_id);
                             } else if now_matches || was {
-                                items.push(WatchItem::Put(c.revision, c.machine.clone()));
+                                items.push(WatchItem::Put(c.revision, seen(&q, &c.machine)));
                                 if now_matches {
                                     matching.insert(c.machine.system_id.clone());
                                 } else {
@@ -108,6 +108,16 @@ impl App {
             }
         });
         Ok(rx)
+    }
+}
+
+/// The machine as the watcher may see it: a non-admin's watch shows a machine once more as it leaves the
+/// filter (someone else allocated it), without that user's name, consumer and request id, and never
+/// with BMC details ([`super::views`]).
+fn seen(q: &MachineQuery, m: &Arc<Machine>) -> Arc<Machine> {
+    match super::views::machine_for(q.visible_to.as_deref(), m) {
+        std::borrow::Cow::Borrowed(_) => m.clone(),
+        std::borrow::Cow::Owned(v) => Arc::new(v),
     }
 }
 

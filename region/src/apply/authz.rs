@@ -76,6 +76,7 @@ fn rule(op: &Op) -> (Rule<'_>, &'static str) {
         Op::PowerResult(_) => (Rule::Internal(&[I::Rack]), "report power results"),
         Op::PowerObserved(_) => (Rule::Internal(&[I::Rack]), "report power observations"),
         Op::AssignBmcs(_) => (Rule::Internal(&[I::Region]), "assign BMCs to racks"),
+        Op::IssueBootToken(_) => (Rule::Admins, "issue boot credentials"),
     }
 }
 

@@ -397,6 +397,24 @@ pub(super) fn report_progress(
     Ok(Reply::Machine(Box::new(m)))
 }
 
+/// Sets the token hash of the machine's current boot (admin only: the token opens the boot's reports).
+pub(super) fn issue_boot_token(
+    ctx: &ApplyCtx,
+    state: &mut State,
+    op: &op::IssueBootToken,
+) -> Response {
+    if !state.is_admin(ctx.actor) {
+        return Err(DomainError::denied("only admins may read boot credentials"));
+    }
+    let mut m = current_boot(state, &op.system_id, &op.boot_id)?.clone();
+    if let Some(b) = m.boot.as_mut() {
+        b.token_hash = op.token_hash.clone();
+    }
+    m.revision = ctx.rev;
+    state.put_machine(m.clone());
+    Ok(Reply::Machine(Box::new(m)))
+}
+
 /// Fails if `hostname` belongs to a machine other than `except`.
 fn check_hostname_free(
     state: &State,
@@ -425,5 +443,130 @@ fn check_mac_free(
             format!("macs[{i}]: {mac} already belongs to machine {owner}"),
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod boot_token_tests {
+    use crate::apply::apply;
+    use crate::apply::test_support::{bootstrap, cmd};
+    use crate::command::{op, ActionArgs, BootTokens, Command, Op};
+    use crate::state::State;
+    use ingot_common::lifecycle::Action;
+    use ingot_common::{secret, ErrorCode, PowerParams};
+
+    /// A cluster with machine m1 commissioning, started by a command `boot` (as its proposer made it).
+    fn commissioning(boot: BootTokens) -> (State, u64) {
+        let mut s = State::default();
+        let ops = vec![
+            bootstrap(),
+            Op::CreateMachine(op::CreateMachine {
+                system_id: "m1".into(),
+                hostname: "m1".into(),
+                arch: "amd64/generic".into(),
+                zone: "default".into(),
+                macs: vec!["52:54:00:00:00:01".parse().expect("mac")],
+                power: PowerParams::default(),
+                description: String::new(),
+                pool: None,
+            }),
+            Op::MachineAction(op::MachineAction {
+                system_id: "m1".into(),
+                action: Action::Commission,
+                expected_revision: 0,
+                args: ActionArgs {
+                    boot,
+                    ..Default::default()
+                },
+            }),
+        ];
+        let mut rev = 0;
+        for op in ops {
+            rev += 1;
+            apply(&mut s, &cmd(rev, op), rev).expect("setup");
+        }
+        (s, rev)
+    }
+
+    fn issue(boot_id: &str, token: &str) -> Op {
+        Op::IssueBootToken(op::IssueBootToken {
+            system_id: "m1".into(),
+            boot_id: boot_id.into(),
+            token_hash: secret::hash(token),
+        })
+    }
+
+    #[test]
+    fn only_the_hash_of_a_boot_token_is_replicated() {
+        let (mut s, rev) = commissioning(BootTokens::generate());
+        let boot_id = s
+            .machine("m1")
+            .and_then(|m| m.boot.clone())
+            .expect("boot")
+            .boot_id;
+        assert_eq!(
+            s.machine("m1")
+                .and_then(|m| m.boot.clone())
+                .expect("boot")
+                .token_hash,
+            "",
+            "no token before one is issued"
+        );
+        let token = "boot_the-plaintext";
+        let op = issue(&boot_id, token);
+        assert!(
+            !serde_json::to_string(&op).expect("json").contains(token),
+            "the log entry holds no plaintext"
+        );
+        apply(&mut s, &cmd(rev + 1, op), rev + 1).expect("issue");
+        let b = s.machine("m1").and_then(|m| m.boot.clone()).expect("boot");
+        assert_eq!(b.token_hash, secret::hash(token));
+        let snapshot = serde_json::to_string(&s.data).expect("json");
+        assert!(!snapshot.contains(token), "the snapshot holds no plaintext");
+        // Only an admin may issue, and only for the current boot.
+        let mut as_user = cmd(rev + 2, issue(&boot_id, "boot_other"));
+        as_user.actor = "mallory".into();
+        let e = apply(&mut s, &as_user, rev + 2).expect_err("non-admin");
+        assert_eq!(e.code, ErrorCode::PermissionDenied);
+        let e = apply(
+            &mut s,
+            &cmd(rev + 3, issue("old-boot", "boot_other")),
+            rev + 3,
+        )
+        .expect_err("another boot");
+        assert_eq!(e.code, ErrorCode::Unauthenticated);
+    }
+
+    #[test]
+    fn plaintext_boot_tokens_of_older_versions_are_stored_hashed() {
+        // A log entry from a proposer that still sent the token: the apply step keeps only its hash.
+        let old: Command = serde_json::from_str(
+            r#"{"request_id":"r","ts_ms":3,"actor":"admin","op":{"MachineAction":{"system_id":"m1","action":"Commission","expected_revision":0,"args":{"boot":{"boot_id":"b1","token":"boot_old"}}}}}"#,
+        )
+        .expect("an old command still parses");
+        let Op::MachineAction(a) = old.op else {
+            panic!("not an action")
+        };
+        let (s, _) = commissioning(a.args.boot);
+        let b = s.machine("m1").and_then(|m| m.boot.clone()).expect("boot");
+        assert_eq!(b.token_hash, secret::hash("boot_old"));
+        assert!(!serde_json::to_string(&s.data)
+            .expect("json")
+            .contains("boot_old"));
+
+        // A snapshot from an older version, with the plaintext in the machine's boot: loads hashed.
+        let mut data = serde_json::to_value(&s.data).expect("json");
+        data["machines"]["m1"]["boot"] = serde_json::json!({
+            "boot_id": "b1", "token": "boot_snap", "purpose": "commissioning", "started_ms": 3
+        });
+        let loaded = State::from_data(serde_json::from_value(data).expect("an old snapshot loads"));
+        let b = loaded
+            .machine("m1")
+            .and_then(|m| m.boot.clone())
+            .expect("boot");
+        assert_eq!(b.token_hash, secret::hash("boot_snap"));
+        assert!(!serde_json::to_string(&loaded.data)
+            .expect("json")
+            .contains("boot_snap"));
     }
 }

@@ -159,6 +159,7 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
         Op::PowerResult(op) => power::result(ctx, state, op),
         Op::PowerObserved(op) => power::observed(ctx, state, op),
         Op::AssignBmcs(op) => racks::assign_bmcs(ctx, state, op),
+        Op::IssueBootToken(op) => machines::issue_boot_token(ctx, state, op),
     }
 }
 

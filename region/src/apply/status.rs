@@ -58,7 +58,13 @@ pub(super) fn transition(
     };
     m.boot = lifecycle::boot_purpose(to).map(|purpose| BootSession {
         boot_id: boot.boot_id.clone(),
-        token: boot.token.clone(),
+        // Only a command from an older proposer carries a token; it is stored hashed all the same.
+        token_hash: if boot.token.is_empty() {
+            String::new()
+        } else {
+            ingot_common::secret::hash(&boot.token)
+        },
+        legacy_token: String::new(),
         purpose: purpose.to_string(),
         started_ms: now,
     });

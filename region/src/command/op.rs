@@ -418,3 +418,15 @@ pub struct AssignBmcs {
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }
+
+/// Issues the per-boot token of a machine's current boot (admin; `GetBootCredentials`): only the hash is
+/// logged, the proposer returns the token once. A new token replaces the boot's previous one.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct IssueBootToken {
+    /// The machine.
+    pub system_id: String,
+    /// The boot the token is for: refused if the machine has moved on to another boot.
+    pub boot_id: String,
+    /// SHA-256 hex of the new token.
+    pub token_hash: String,
+}
