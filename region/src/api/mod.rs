@@ -33,7 +33,21 @@ pub fn status(e: DomainError) -> Status {
         ErrorCode::OutOfRange => Code::OutOfRange,
         ErrorCode::ResourceExhausted => Code::ResourceExhausted,
     };
-    Status::new(code, e.message)
+    Status::new(code, clip(e.message))
+}
+
+/// Longest status message sent: messages may quote what the caller sent, and a status travels in an
+/// HTTP/2 header — one that quoted a 1 MiB field would exceed the client's header limit and reach it as a
+/// dropped connection instead of an answer.
+pub const STATUS_MESSAGE_MAX: usize = 2048;
+
+/// `message` cut to [`STATUS_MESSAGE_MAX`] bytes (at a character boundary, marked with "…").
+pub fn clip(mut message: String) -> String {
+    if message.len() > STATUS_MESSAGE_MAX {
+        ingot_common::validate::truncate_text(&mut message, STATUS_MESSAGE_MAX - "…".len());
+        message.push('…');
+    }
+    message
 }
 
 /// Authenticates the caller of `req` by its bearer token.
@@ -48,4 +62,23 @@ pub fn actor<T>(app: &App, req: &Request<T>) -> Result<Actor, Status> {
 /// True unless the request asked for a stale read.
 pub fn linearizable(consistency: i32) -> bool {
     consistency != ReadConsistency::Stale as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message quoting a 1 MiB field is cut, at a character boundary, so the status still fits a header.
+    #[test]
+    fn status_messages_are_clipped() {
+        let e = DomainError::invalid("name", format!("'{}' is not a name", "é".repeat(1 << 19)));
+        let s = status(e);
+        assert!(
+            s.message().len() <= STATUS_MESSAGE_MAX,
+            "{}",
+            s.message().len()
+        );
+        assert!(s.message().ends_with('…'));
+        assert_eq!(clip("short".into()), "short");
+    }
 }

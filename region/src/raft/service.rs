@@ -118,8 +118,9 @@ fn json<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
-    serde_json::from_slice(b)
-        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+    serde_json::from_slice(b).map_err(|e| {
+        Status::invalid_argument(crate::api::clip(format!("undecodable raft message: {e}")))
+    })
 }
 
 #[tonic::async_trait]
