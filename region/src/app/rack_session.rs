@@ -52,6 +52,9 @@ pub struct RackWelcome {
     pub region_name: String,
     /// This session's id (a new one per connection).
     pub session_id: String,
+    /// The rack's lease (`--rack-grace-ms`): its BMCs move only after this long without a recorded
+    /// heartbeat, so the rack acts only within a safe fraction of it after an acknowledged one.
+    pub lease_ms: u32,
     /// How often the rack should beat.
     pub heartbeat_ms: u32,
     /// Cluster listener of every region, for reconnection.
@@ -137,6 +140,7 @@ impl App {
             region_name: self.region.name.clone(),
             session_id: session_id.clone(),
             heartbeat_ms: HEARTBEAT_MS,
+            lease_ms: u32::try_from(self.rack_grace_ms).unwrap_or(u32::MAX),
             endpoints: endpoints.clone(),
         };
         let state = RackSessionState {
@@ -274,21 +278,22 @@ impl RackSessionState {
 
     /// Records a heartbeat when the session is recorded and the last one is [`HEARTBEAT_RECORD`] old (the
     /// rack beats more often than the log needs).
-    pub fn heartbeat(&mut self) {
-        if self.recorded() && self.last_record.elapsed() >= HEARTBEAT_RECORD {
-            self.last_record = Instant::now();
-            let op = Op::RackHeartbeat(op::RackHeartbeat {
-                name: self.name.clone(),
-                session_id: self.session_id.clone(),
-            });
-            let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
-            let app = self.app.clone();
-            tokio::spawn(async move {
-                if let Err(e) = app.region.write(cmd).await {
-                    tracing::debug!("recording a rack heartbeat: {e}");
-                }
-            });
+    /// Returns the write that records it when one is due (every [`HEARTBEAT_RECORD`]); the caller runs
+    /// it and, once it succeeds, acknowledges the heartbeat to the rack (its lease runs from it).
+    pub fn heartbeat(
+        &mut self,
+    ) -> Option<impl Future<Output = Result<(), DomainError>> + Send + 'static> {
+        if !(self.recorded() && self.last_record.elapsed() >= HEARTBEAT_RECORD) {
+            return None;
         }
+        self.last_record = Instant::now();
+        let op = Op::RackHeartbeat(op::RackHeartbeat {
+            name: self.name.clone(),
+            session_id: self.session_id.clone(),
+        });
+        let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
+        let app = self.app.clone();
+        Some(async move { app.region.write(cmd).await.map(|_| ()) })
     }
 
     /// Records a power command's result through Raft. `Ok` means the rack may forget it: recorded now
