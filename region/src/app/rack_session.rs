@@ -200,6 +200,10 @@ impl RackSessionState {
         let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
         async move {
             app.region.write(cmd).await?;
+            // This region's state catches up with the log at least to the record before anything is
+            // delivered (`due_power_commands`): a lagging region must not hand a woken rack a command
+            // the leader already moved to another rack before the rack's lease was renewed.
+            app.region.read_barrier(true).await?;
             recorded.store(true, Ordering::SeqCst);
             Ok(())
         }
@@ -214,7 +218,8 @@ impl RackSessionState {
         self.last_seen_ms = ingot_common::now_ms();
     }
 
-    /// The pending power commands this session has not sent yet for machines whose BMC the rack owns;
+    /// The pending power commands this session has not sent yet for machines whose BMC the rack owns (none
+    /// until the session is recorded and this region caught up with the record);
     /// PermissionDenied when the rack was revoked or another session of it took over (the session ends).
     pub fn due_power_commands(&mut self) -> Result<Vec<DuePowerCommand>, DomainError> {
         let name = self.name.as_str();
@@ -238,6 +243,10 @@ impl RackSessionState {
                 }
                 _ => {}
             }
+        }
+        if !recorded {
+            // Nothing before the session is recorded and this region caught up (see `record_start`).
+            return Ok(Vec::new());
         }
         self.sent
             .retain(|id, _| st.pending_power_commands.contains(id));
