@@ -84,6 +84,16 @@ impl PowerAction {
             })
     }
 
+    /// Whether running it a second time leaves the machine as running it once would. A rack that was
+    /// interrupted (killed, restarted) after starting a command but before recording its result may re-run
+    /// an idempotent action when the command is re-delivered; any other action it must not repeat
+    /// blindly: a second `cycle` reboots a machine that already rebooted (and may be installing), and
+    /// `soft-off` is a power-button press on many BMCs, which powers on a machine the first press already
+    /// turned off. `on`, `off`, the boot-device settings and `query` only set or read a state.
+    pub fn idempotent(self) -> bool {
+        !matches!(self, PowerAction::Cycle | PowerAction::SoftOff)
+    }
+
     /// Whether running it twice could do harm (a second cycle reboots a machine again): such an action is
     /// never re-sent blindly.
     pub fn changes_power(self) -> bool {
@@ -543,6 +553,11 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", a.as_str()));
             assert_eq!(PowerAction::parse("action", a.as_str()).expect("parse"), a);
         }
+        let repeatable: Vec<PowerAction> = PowerAction::ALL
+            .into_iter()
+            .filter(|a| !a.idempotent())
+            .collect();
+        assert_eq!(repeatable, vec![PowerAction::SoftOff, PowerAction::Cycle]);
         let e = PowerAction::parse("action", "reboot").expect_err("not an action");
         assert!(e.to_string().contains("soft-off"), "{e}");
     }

@@ -12,12 +12,19 @@
 //! 1 s).
 //!
 //! Commands run through the [`Runner`], which outlives sessions: results of commands still running when a
-//! session breaks are sent on the next one, and the durable done-store answers re-deliveries.
+//! session breaks are sent on the next one, and the durable done-store answers re-deliveries. Two guards
+//! keep a power action from running twice on a BMC:
+//! - the done-store's intent records: a non-idempotent action (cycle, soft-off) started before a crash
+//!   and re-delivered after it is not run again; the rack reads the power state and answers `interrupted`;
+//! - the lease ([`Lease`]): the region moves a silent rack's BMCs (and their commands) to another rack
+//!   after its rack grace, so a rack starts a command only while the region has recorded one of its
+//!   heartbeats recently enough; otherwise it drops the command unanswered and reconnects.
 
 use crate::config::{ConfigError, DataDir, RackConfig, TlsFiles};
-use crate::done::{DoneError, DoneRecord, DoneStore, KEEP_RESULTS};
-use crate::drivers::Drivers;
+use crate::done::{DoneError, DoneRecord, DoneStore, StartRecord, KEEP_RESULTS};
+use crate::drivers::{Drivers, PowerRequest, PowerState};
 use crate::monitor::{Monitor, MonitorConfig};
+use ingot_common::power::PowerAction;
 use ingot_proto::rack::v1::rack_message::Msg as RackMsg;
 use ingot_proto::rack::v1::rack_session_service_client::RackSessionServiceClient;
 use ingot_proto::rack::v1::region_message::Msg as RegionMsg;
@@ -25,10 +32,10 @@ use ingot_proto::rack::v1::{
     Heartbeat, Hello, PowerCommand, PowerCommandResult, PowerObservation, PowerObservations,
     RackMessage, Welcome,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -165,14 +172,177 @@ fn done_record(r: &PowerCommandResult, done_ms: u64) -> DoneRecord {
     }
 }
 
+/// The part of the region's lease a rack uses: it starts a command only while the heartbeat the region
+/// last recorded was sent less than this long ago (two thirds of `Welcome.lease_ms`).
+///
+/// Why this is safe: the region moves a rack's BMCs (and re-routes their pending commands) only after it
+/// has recorded no heartbeat of the rack for its whole rack grace (`lease_ms`; one recording interval
+/// more while the session is open). A recorded heartbeat carries the region's time of receipt, which is
+/// after the rack sent it, and the rack reckons from sending, on its monotonic clock: its view of the
+/// lease ends before the region's. The remaining third is the margin for what happens after the check:
+/// the driver's round trips until the BMC acts, scheduling delays, and clocks running at slightly
+/// different rates. A stopped process (SIGSTOP, a long GC-like stall) does not stop the monotonic clock,
+/// so a rack that wakes after its BMCs moved sees the gap at the check and does not act.
+fn usable(lease: Duration) -> Duration {
+    lease * 2 / 3
+}
+
+/// Most heartbeats remembered while waiting for their acknowledgement (a region that records one per
+/// second acknowledges far fewer; older ones can only be late).
+const UNACKED_MAX: usize = 1024;
+
+/// Where a session's lease stands, by [`Lease::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseCheck {
+    /// Commands may start.
+    Held,
+    /// The session is new and the region has not recorded it yet; it may still, for this long.
+    Pending(Duration),
+    /// The last recorded heartbeat (or the Hello, if none was recorded) is this old: too old to act.
+    Expired(Duration),
+}
+
+/// One session's lease on the rack's BMCs, as the rack reckons it: when the region last recorded (and
+/// acknowledged, `HeartbeatAck`) a heartbeat of this session, by when the rack sent it.
+struct Lease {
+    /// The region's rack grace (`Welcome.lease_ms`); `None`: the region does not say (an older region),
+    /// and the rack does not fence itself.
+    length: Option<Duration>,
+    /// When the Hello was sent: a session the region never recorded holds no lease once
+    /// [`usable`] has passed since.
+    opened: Instant,
+    /// Heartbeats sent and not acknowledged yet, oldest first, with when they were sent (0: the Hello).
+    unacked: Mutex<VecDeque<(u64, Instant)>>,
+    /// When the latest acknowledged heartbeat was sent; `None` before the first acknowledgement. A
+    /// watch, so a command waiting for a new session's first acknowledgement wakes when it comes.
+    renewed: watch::Sender<Option<Instant>>,
+    /// Notified when a command was refused for want of a lease: the session ends and the rack reconnects
+    /// (the new session's region re-delivers what is still this rack's).
+    fenced: Notify,
+}
+
+impl Lease {
+    /// The lease of a session whose Hello was sent at `opened`, with the region's `lease_ms` (0: none).
+    fn new(lease_ms: u32, opened: Instant) -> Lease {
+        Lease {
+            length: (lease_ms > 0).then(|| Duration::from_millis(u64::from(lease_ms))),
+            opened,
+            unacked: Mutex::new(VecDeque::from([(0, opened)])),
+            renewed: watch::Sender::new(None),
+            fenced: Notify::new(),
+        }
+    }
+
+    /// Remembers that heartbeat `seq` was sent at `at`.
+    fn sent(&self, seq: u64, at: Instant) {
+        if self.length.is_none() {
+            return;
+        }
+        let mut q = lock(&self.unacked);
+        q.push_back((seq, at));
+        while q.len() > UNACKED_MAX {
+            q.pop_front();
+        }
+    }
+
+    /// The region recorded heartbeat `seq`: the lease runs from when it was sent.
+    fn acked(&self, seq: u64) {
+        let at = {
+            let mut q = lock(&self.unacked);
+            let at = q.iter().find(|(s, _)| *s == seq).map(|(_, at)| *at);
+            q.retain(|(s, _)| *s > seq);
+            at
+        };
+        if let Some(at) = at {
+            self.renewed.send_if_modified(|r| {
+                if r.is_some_and(|old| old >= at) {
+                    return false;
+                }
+                *r = Some(at);
+                true
+            });
+        }
+    }
+
+    /// Where the lease stands now.
+    fn check(&self) -> LeaseCheck {
+        let Some(length) = self.length else {
+            return LeaseCheck::Held;
+        };
+        let limit = usable(length);
+        match *self.renewed.borrow() {
+            Some(at) if at.elapsed() < limit => LeaseCheck::Held,
+            Some(at) => LeaseCheck::Expired(at.elapsed()),
+            None => match limit.checked_sub(self.opened.elapsed()) {
+                Some(left) if !left.is_zero() => LeaseCheck::Pending(left),
+                _ => LeaseCheck::Expired(self.opened.elapsed()),
+            },
+        }
+    }
+
+    /// Waits while the session is new and unrecorded; `Err(why)` when the lease is not held.
+    async fn wait_held(&self) -> Result<(), String> {
+        let mut renewed = self.renewed.subscribe();
+        loop {
+            match self.check() {
+                LeaseCheck::Held => return Ok(()),
+                LeaseCheck::Pending(left) => {
+                    // Woken by an acknowledgement, or re-checked (then expired) when time is up.
+                    let _ = tokio::time::timeout(left, renewed.changed()).await;
+                }
+                LeaseCheck::Expired(age) => return Err(self.expired_text(age)),
+            }
+        }
+    }
+
+    /// Why a command does not start, for the log.
+    fn expired_text(&self, age: Duration) -> String {
+        format!(
+            "the region last recorded this rack's heartbeat {} ms ago (sent then), more than {} ms, two thirds of the region's rack grace of {} ms: its BMCs and their commands may have moved to another rack",
+            age.as_millis(),
+            self.length.map(usable).unwrap_or_default().as_millis(),
+            self.length.unwrap_or_default().as_millis()
+        )
+    }
+}
+
+/// The result for a command whose non-idempotent action this rack (an earlier process of it) started but
+/// never recorded a result for: it is not run again, whatever the BMC did; `read` is what the power query
+/// found now.
+fn interrupted_result(
+    cmd: &PowerCommand,
+    started: &StartRecord,
+    read: Result<PowerState, String>,
+) -> PowerCommandResult {
+    let (state, seen) = match read {
+        Ok(st) => (st, format!("the BMC now reports power {}", st.as_str())),
+        Err(e) => (
+            PowerState::Unknown,
+            format!("reading the power state failed too ({e})"),
+        ),
+    };
+    PowerCommandResult {
+        id: cmd.id,
+        success: false,
+        error_kind: "interrupted".into(),
+        message: format!(
+            "the rack stopped (crash or restart) after starting {} at {} ms and before recording its result: the BMC may or may not have acted, and {} is not repeated blindly; {seen}. Check the machine and issue the command again if it is still needed",
+            started.action, started.started_ms, started.action
+        ),
+        power_state: state.as_str().to_string(),
+    }
+}
+
 /// Runs commands exactly once across sessions: the done-store, the ids in flight, the concurrency limit,
 /// and the outbox of results for whichever session is current.
 struct Runner {
-    /// Finished commands (durable). Checked before anything runs.
+    /// Finished commands (durable), and started non-idempotent ones. Checked before anything runs.
     done: Mutex<DoneStore>,
-    /// Ids running now: a re-delivery of one of them is ignored (its result will follow). Locked while the
+    /// Ids in flight: a re-delivery of one of them is not run again (its result will follow). `Some`
+    /// while the command waits to start, with the lease of the session that delivered it last (a
+    /// re-delivery on a newer session replaces it); `None` once its driver runs. Locked while the
     /// done-store is checked, so a command finishing concurrently is seen in one or the other.
-    running: Mutex<HashSet<u64>>,
+    running: Mutex<HashMap<u64, Option<Arc<Lease>>>>,
     /// At most `capacity` drivers at once.
     permits: Arc<Semaphore>,
     /// The power drivers.
@@ -182,20 +352,38 @@ struct Runner {
 }
 
 impl Runner {
-    /// Handles a delivered power command: `Some(result)` to send now if it was done before; otherwise
-    /// starts it (unless it is already running) and its result arrives through the outbox.
-    fn on_power_command(self: &Arc<Self>, cmd: PowerCommand) -> Option<PowerCommandResult> {
+    /// Handles a power command delivered on the session holding `lease`: `Some(result)` to send now if it
+    /// was done before; otherwise starts it (unless it is already running) and its result arrives through
+    /// the outbox — or never, when the lease is gone before it starts (it is re-delivered).
+    fn on_power_command(
+        self: &Arc<Self>,
+        cmd: PowerCommand,
+        lease: &Arc<Lease>,
+    ) -> Option<PowerCommandResult> {
         let mut running = lock(&self.running);
         if let Some(rec) = lock(&self.done).get(cmd.id) {
             tracing::info!(id = cmd.id, "command already done: resending its result");
             return Some(sent_result(rec));
         }
-        if !running.insert(cmd.id) {
-            tracing::debug!(
-                id = cmd.id,
-                "command already running: ignoring the re-delivery"
-            );
-            return None;
+        match running.get_mut(&cmd.id) {
+            Some(Some(waiting)) => {
+                tracing::debug!(
+                    id = cmd.id,
+                    "command re-delivered before it started: it starts under this session's lease"
+                );
+                *waiting = lease.clone();
+                return None;
+            }
+            Some(None) => {
+                tracing::debug!(
+                    id = cmd.id,
+                    "command already running: ignoring the re-delivery"
+                );
+                return None;
+            }
+            None => {
+                running.insert(cmd.id, Some(lease.clone()));
+            }
         }
         drop(running);
         tracing::info!(
@@ -208,11 +396,123 @@ impl Runner {
         let me = self.clone();
         tokio::spawn(async move {
             let permit = me.permits.clone().acquire_owned().await;
-            let result = me.drivers.execute(&cmd).await;
+            let result = me.run_once(&cmd).await;
             drop(permit);
-            me.finish(result).await;
+            // `None`: run_once forgot the command already; it is re-delivered.
+            if let Some(result) = result {
+                me.finish(result).await;
+            }
         });
         None
+    }
+
+    /// The lease command `id` starts under: that of the session that delivered it last.
+    fn lease_of(&self, id: u64) -> Option<Arc<Lease>> {
+        lock(&self.running).get(&id).cloned().flatten()
+    }
+
+    /// Whether command `id` may start now (`wait`: also waits for a new session to be recorded). If not,
+    /// it is forgotten (so a re-delivery starts afresh), its session ends (the rack reconnects), and the
+    /// answer is false.
+    async fn may_start(&self, cmd: &PowerCommand, wait: bool) -> bool {
+        loop {
+            let Some(lease) = self.lease_of(cmd.id) else {
+                return false;
+            };
+            let held = if wait {
+                lease.wait_held().await
+            } else {
+                match lease.check() {
+                    LeaseCheck::Held => Ok(()),
+                    LeaseCheck::Pending(_) => {
+                        Err("the region has not recorded this session yet".into())
+                    }
+                    LeaseCheck::Expired(age) => Err(lease.expired_text(age)),
+                }
+            };
+            let Err(why) = held else {
+                return true;
+            };
+            {
+                let mut running = lock(&self.running);
+                if let Some(Some(newer)) = running.get(&cmd.id) {
+                    if !Arc::ptr_eq(newer, &lease) {
+                        // Re-delivered on a newer session meanwhile: its lease decides.
+                        continue;
+                    }
+                }
+                running.remove(&cmd.id);
+            }
+            tracing::warn!(
+                id = cmd.id,
+                action = %cmd.action,
+                system_id = %cmd.system_id,
+                "not starting the command: {why}; reconnecting (the region re-delivers it if it is still this rack's)"
+            );
+            lease.fenced.notify_one();
+            return false;
+        }
+    }
+
+    /// Runs `cmd` once, guarded: `None` when it must not start (no lease, or its intent could not be
+    /// made durable): it is forgotten, stays unanswered and is re-delivered. A non-idempotent action that an earlier
+    /// process started without recording a result is not run again: its result says `interrupted`.
+    async fn run_once(self: &Arc<Self>, cmd: &PowerCommand) -> Option<PowerCommandResult> {
+        if !self.may_start(cmd, true).await {
+            return None;
+        }
+        let action = PowerAction::parse("action", &cmd.action).ok();
+        if let Some(action) = action.filter(|a| !a.idempotent()) {
+            let earlier = lock(&self.done).started(cmd.id).cloned();
+            if let Some(started) = earlier {
+                tracing::warn!(
+                    id = cmd.id,
+                    action = %action,
+                    "command was started before and has no result: reading the power state instead of repeating it"
+                );
+                lock(&self.running).insert(cmd.id, None);
+                let req = PowerRequest {
+                    command_id: cmd.id,
+                    system_id: cmd.system_id.clone(),
+                    action: PowerAction::Query,
+                    params: cmd.params.clone(),
+                };
+                let read = self
+                    .drivers
+                    .run(&cmd.driver, &req)
+                    .await
+                    .map(|o| o.state)
+                    .map_err(|e| format!("{}: {e}", e.kind()));
+                return Some(interrupted_result(cmd, &started, read));
+            }
+            let intent = StartRecord {
+                id: cmd.id,
+                started_ms: ingot_common::now_ms(),
+                action: action.as_str().to_string(),
+            };
+            let me = self.clone();
+            let stored = tokio::task::spawn_blocking(move || lock(&me.done).start(intent)).await;
+            let failed = match stored {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(format!("recording the intent failed: {e}")),
+            };
+            if let Some(e) = failed {
+                lock(&self.running).remove(&cmd.id);
+                tracing::error!(
+                    id = cmd.id,
+                    "{e}; not running {action}: without a durable intent a crash could make it run twice (it is re-delivered)"
+                );
+                return None;
+            }
+            // Right before the driver: the fsync took time. Refused here, the intent stays and a
+            // re-delivery answers `interrupted` (the action never ran, but the rack cannot tell).
+            if !self.may_start(cmd, false).await {
+                return None;
+            }
+        }
+        lock(&self.running).insert(cmd.id, None);
+        Some(self.drivers.execute(cmd).await)
     }
 
     /// Records a result (append + fsync) and only then queues it for sending.
@@ -317,7 +617,7 @@ pub async fn run(cfg: SessionConfig, shutdown: watch::Receiver<bool>) -> Result<
     let drivers = Drivers::default();
     let runner = Arc::new(Runner {
         done: Mutex::new(done),
-        running: Mutex::new(HashSet::new()),
+        running: Mutex::new(HashMap::new()),
         permits: Arc::new(Semaphore::new(cfg.capacity.max(1) as usize)),
         drivers: drivers.clone(),
         outbox,
@@ -488,6 +788,8 @@ async fn session_once(
         cluster,
         shutdown,
     } = links;
+    // Before the Hello is sent: the lease, once the region records the session, runs from no later.
+    let hello_at = Instant::now();
     let opened = tokio::select! {
         r = tokio::time::timeout(cfg.welcome_timeout, open(cfg, tls, ep)) => r,
         _ = stopped(shutdown) => return Ended::Shutdown,
@@ -513,6 +815,7 @@ async fn session_once(
     if let Some(r) = &welcome.regions {
         cluster.update_endpoints(&r.endpoints);
     }
+    let lease = Arc::new(Lease::new(welcome.lease_ms, hello_at));
     // A new region may know less than the last one: report every power state once more.
     monitor.reset_reported();
     let mut period = cfg.heartbeat.max(Duration::from_millis(10));
@@ -535,6 +838,9 @@ async fn session_once(
         tokio::select! {
             biased;
             _ = stopped(shutdown) => return Ended::Shutdown,
+            _ = lease.fenced.notified() => {
+                return Ended::Broke("a command found the lease expired".to_string());
+            }
             m = inbound.next() => {
                 let msg = match m {
                     Some(Ok(m)) => m,
@@ -543,7 +849,7 @@ async fn session_once(
                 };
                 match msg.msg {
                     Some(RegionMsg::PowerCommand(cmd)) => {
-                        if let Some(r) = runner.on_power_command(cmd) {
+                        if let Some(r) = runner.on_power_command(cmd, &lease) {
                             if let Err(e) = send(RackMsg::PowerCommandResult(r)).await {
                                 return Ended::Broke(e);
                             }
@@ -553,6 +859,7 @@ async fn session_once(
                         // Results stay in the done-store (compacted at start), so nothing to forget here.
                         tracing::debug!(ids = a.ids.len(), "region recorded results");
                     }
+                    Some(RegionMsg::HeartbeatAck(a)) => lease.acked(a.seq),
                     Some(RegionMsg::Regions(r)) => cluster.update_endpoints(&r.endpoints),
                     Some(RegionMsg::Bmcs(b)) => {
                         tracing::info!(bmcs = b.bmcs.len(), "BMC list from the region");
@@ -579,10 +886,69 @@ async fn session_once(
             }
             _ = ticker.tick() => {
                 seq += 1;
+                lease.sent(seq, Instant::now());
                 if let Err(e) = send(RackMsg::Heartbeat(Heartbeat { seq })).await {
                     return Ended::Broke(e);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_runs_from_the_sending_of_the_acknowledged_heartbeat() {
+        let t0 = Instant::now() - Duration::from_millis(500);
+        // A 600 ms lease: usable for 400 ms from a recorded heartbeat's sending.
+        let lease = Lease::new(600, t0);
+        // Not recorded yet and 500 ms since the Hello: too late to wait for it.
+        assert!(matches!(lease.check(), LeaseCheck::Expired(_)));
+        lease.sent(1, t0 + Duration::from_millis(100));
+        let sent2 = Instant::now() - Duration::from_millis(50);
+        lease.sent(2, sent2);
+        // The Hello's acknowledgement renews from the Hello: still too old.
+        lease.acked(0);
+        assert!(matches!(lease.check(), LeaseCheck::Expired(_)));
+        // Heartbeat 2's does; a late acknowledgement of 1 does not move it back.
+        lease.acked(2);
+        assert_eq!(lease.check(), LeaseCheck::Held);
+        lease.acked(1);
+        assert_eq!(*lease.renewed.borrow(), Some(sent2));
+        assert_eq!(lease.check(), LeaseCheck::Held);
+        assert!(lock(&lease.unacked).is_empty());
+
+        // A new session waits for its first acknowledgement, for at most 400 ms.
+        let fresh = Lease::new(600, Instant::now());
+        assert!(matches!(fresh.check(), LeaseCheck::Pending(d) if d <= Duration::from_millis(400)));
+        // An older region that sends no lease: never fenced.
+        let old = Lease::new(0, t0 - Duration::from_secs(3600));
+        assert_eq!(old.check(), LeaseCheck::Held);
+    }
+
+    #[test]
+    fn the_interrupted_result_says_what_the_bmc_reports() {
+        let cmd = PowerCommand {
+            id: 111,
+            system_id: "m1".into(),
+            action: "cycle".into(),
+            driver: "file".into(),
+            params: Default::default(),
+        };
+        let started = StartRecord {
+            id: 111,
+            started_ms: 7,
+            action: "cycle".into(),
+        };
+        let r = interrupted_result(&cmd, &started, Ok(PowerState::On));
+        assert_eq!(
+            (r.success, r.error_kind.as_str(), r.power_state.as_str()),
+            (false, "interrupted", "on")
+        );
+        let r = interrupted_result(&cmd, &started, Err("unreachable: no answer".into()));
+        assert_eq!(r.power_state, "unknown");
+        assert!(r.message.contains("no answer"), "{}", r.message);
     }
 }

@@ -8,7 +8,8 @@ use ingot_proto::rack::v1::rack_session_service_server::{
 };
 use ingot_proto::rack::v1::region_message::Msg as RegionMsg;
 use ingot_proto::rack::v1::{
-    Hello, PowerCommand, PowerCommandResult, RackMessage, RegionMessage, Regions, Welcome,
+    HeartbeatAck, Hello, PowerCommand, PowerCommandResult, RackMessage, RegionMessage, Regions,
+    Welcome,
 };
 use ingot_proto::v1::rack_service_server::{RackService, RackServiceServer};
 use ingot_proto::v1::{
@@ -239,6 +240,7 @@ impl RackSessionService for FakeRegion {
                 region_name: format!("fake{id}"),
                 session_id: format!("s{id}"),
                 heartbeat_ms: 0,
+                lease_ms: 0,
                 regions: Some(Regions { endpoints }),
             };
             for m in [RegionMsg::Welcome(welcome), RegionMsg::PowerCommand(cmd)] {
@@ -505,5 +507,244 @@ async fn notices_a_silent_region_by_keepalive_and_fails_over() {
     };
     assert_eq!(r2, r);
     assert_eq!(ops_with_id(&state_dir, 7), 1);
+    stop_rack(rack).await;
+}
+
+// ---------------------------------------------------------------- once means once
+
+/// One session as a test drives it: what to send the rack, and what the rack sends.
+struct Driven {
+    tx: mpsc::Sender<Result<RegionMessage, Status>>,
+    inbound: Streaming<RackMessage>,
+}
+
+impl Driven {
+    async fn send(&self, m: RegionMsg) {
+        self.tx
+            .send(Ok(RegionMessage { msg: Some(m) }))
+            .await
+            .unwrap();
+    }
+
+    /// Waits for the Hello and answers Welcome with `lease_ms` (heartbeats every 50 ms).
+    async fn welcome(&mut self, lease_ms: u32) {
+        let m = tokio::time::timeout(Duration::from_secs(5), self.inbound.message())
+            .await
+            .expect("no Hello within 5 s")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(m.msg, Some(RackMsg::Hello(_))), "{m:?}");
+        self.send(RegionMsg::Welcome(Welcome {
+            region_id: 1,
+            region_name: "driven".into(),
+            session_id: "s".into(),
+            heartbeat_ms: 50,
+            lease_ms,
+            regions: None,
+        }))
+        .await;
+    }
+
+    /// The next power command result within `limit`, skipping heartbeats; `None` if the stream ends or
+    /// nothing comes.
+    async fn result(&mut self, limit: Duration) -> Option<PowerCommandResult> {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let m = tokio::time::timeout_at(until, self.inbound.message()).await;
+            match m {
+                Ok(Ok(Some(RackMessage {
+                    msg: Some(RackMsg::PowerCommandResult(r)),
+                }))) => return Some(r),
+                Ok(Ok(Some(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// A RackSessionService that hands every session to the test.
+struct DrivenRegion {
+    sessions: mpsc::UnboundedSender<Driven>,
+}
+
+#[tonic::async_trait]
+impl RackSessionService for DrivenRegion {
+    type SessionStream = ReceiverStream<Result<RegionMessage, Status>>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<RackMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let (tx, rx) = mpsc::channel(256);
+        let _ = self.sessions.send(Driven {
+            tx,
+            inbound: req.into_inner(),
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// A driven region on a fresh port and a rack data directory pointing at it.
+async fn driven(
+    ca: &ClusterCa,
+    root: &std::path::Path,
+) -> (DataDir, mpsc::UnboundedReceiver<Driven>) {
+    let (l, a) = listener().await;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        Server::builder()
+            .tls_config(server_tls(ca, 1, true))
+            .unwrap()
+            .add_service(RackSessionServiceServer::new(DrivenRegion { sessions: tx }))
+            .serve_with_incoming(TcpListenerStream::new(l)),
+    );
+    (rack_dir(ca, root, &a), rx)
+}
+
+async fn next_session(rx: &mut mpsc::UnboundedReceiver<Driven>) -> Driven {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("no session within 5 s")
+        .unwrap()
+}
+
+fn ops_other_than_query(state_dir: &std::path::Path, id: u64) -> usize {
+    file::read_state(state_dir, "m1")
+        .unwrap()
+        .ops
+        .iter()
+        .filter(|o| o.id == id && o.action != "query")
+        .count()
+}
+
+/// Nemesis finding: rack `rb` started `cycle` #111, was SIGKILLed before recording its result, and cycled
+/// the machine again when the command was re-delivered after its restart. Now the intent in done.log
+/// stops the second run: the rack reads the power state and answers `interrupted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cycle_started_before_a_crash_is_not_run_again() {
+    provider();
+    let ca = ClusterCa::generate("t").unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let state_dir = d.path().join("bmc");
+    let (dd, mut sessions) = driven(&ca, d.path()).await;
+    // What the killed rack left: an older result, and the intent of #111 without a result.
+    std::fs::write(
+        dd.done_log(),
+        "{\"id\":110,\"success\":true,\"error_kind\":\"\",\"message\":\"ok\",\"power_state\":\"on\",\"done_ms\":1}\n\
+         {\"id\":111,\"started_ms\":2,\"action\":\"cycle\"}\n",
+    )
+    .unwrap();
+    let rack = start_rack(dd.clone());
+    let mut s = next_session(&mut sessions).await;
+    s.welcome(0).await;
+    let mut cycle = sim_command(111, &state_dir);
+    cycle.action = "cycle".into();
+    s.send(RegionMsg::PowerCommand(cycle.clone())).await;
+    let r = s
+        .result(Duration::from_secs(5))
+        .await
+        .expect("a result for #111");
+    assert_eq!(r.id, 111);
+    assert!(!r.success, "{r:?}");
+    assert_eq!(r.error_kind, "interrupted", "{r:?}");
+    assert_eq!(r.power_state, "off", "the power state read: {r:?}");
+    assert!(
+        r.message.contains("issue the command again"),
+        "{}",
+        r.message
+    );
+    assert_eq!(ops_other_than_query(&state_dir, 111), 0, "cycle ran again");
+    // The answer is final: another re-delivery gets the same result without touching the BMC.
+    s.send(RegionMsg::PowerCommand(cycle)).await;
+    assert_eq!(s.result(Duration::from_secs(5)).await, Some(r));
+    // A cycle never started before runs once and is recorded.
+    let mut fresh = sim_command(112, &state_dir);
+    fresh.action = "cycle".into();
+    s.send(RegionMsg::PowerCommand(fresh)).await;
+    let r = s
+        .result(Duration::from_secs(5))
+        .await
+        .expect("a result for #112");
+    assert!(r.success && r.power_state == "on", "{r:?}");
+    assert_eq!(ops_other_than_query(&state_dir, 112), 1);
+    stop_rack(rack).await;
+    let log = std::fs::read_to_string(dd.done_log()).unwrap();
+    assert!(
+        log.contains("\"started_ms\""),
+        "the intent of #112 was written: {log}"
+    );
+}
+
+/// Nemesis finding: rack `ra` received `boot-pxe` #52, was SIGSTOPped past the region's rack grace (the
+/// region moved the BMC and another rack ran #52), then woke and ran it too. Now a rack starts a command
+/// only while the region recorded one of its heartbeats recently enough; otherwise it drops the command
+/// unanswered and reconnects, and runs it on the new session once that session is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rack_whose_lease_ran_out_does_not_run_a_delivered_command() {
+    provider();
+    let ca = ClusterCa::generate("t").unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let state_dir = d.path().join("bmc");
+    let (dd, mut sessions) = driven(&ca, d.path()).await;
+    let rack = start_rack(dd);
+    let mut cmd = sim_command(52, &state_dir);
+    cmd.action = "boot-pxe".into();
+
+    // The session is recorded (Hello acknowledged), then no heartbeat is: after two thirds of the
+    // 600 ms lease the rack must not act on #52 any more.
+    let mut s = next_session(&mut sessions).await;
+    s.welcome(600).await;
+    s.send(RegionMsg::HeartbeatAck(HeartbeatAck { seq: 0 }))
+        .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    s.send(RegionMsg::PowerCommand(cmd.clone())).await;
+    assert_eq!(
+        s.result(Duration::from_secs(2)).await,
+        None,
+        "ran #52 without a lease"
+    );
+    assert_eq!(ops_with_id(&state_dir, 52), 0);
+
+    // It reconnected. On the new session #52 arrives before the session is recorded: it waits for the
+    // acknowledgement, then runs once.
+    let mut s2 = next_session(&mut sessions).await;
+    s2.welcome(600).await;
+    s2.send(RegionMsg::PowerCommand(cmd.clone())).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        ops_with_id(&state_dir, 52),
+        0,
+        "ran before the session was recorded"
+    );
+    s2.send(RegionMsg::HeartbeatAck(HeartbeatAck { seq: 0 }))
+        .await;
+    let r = s2
+        .result(Duration::from_secs(5))
+        .await
+        .expect("a result for #52");
+    assert!(r.success, "{r:?}");
+    assert_eq!(ops_with_id(&state_dir, 52), 1);
+    // Heartbeats keep the lease: acknowledged as they come, a command long after the Hello still runs.
+    let mut seen = 0;
+    let until = Instant::now() + Duration::from_millis(900);
+    while Instant::now() < until {
+        if let Ok(Ok(Some(RackMessage {
+            msg: Some(RackMsg::Heartbeat(h)),
+        }))) = tokio::time::timeout(Duration::from_millis(200), s2.inbound.message()).await
+        {
+            s2.send(RegionMsg::HeartbeatAck(HeartbeatAck { seq: h.seq }))
+                .await;
+            seen += 1;
+        }
+    }
+    assert!(seen >= 5, "heartbeats every 50 ms, saw {seen}");
+    let mut later = sim_command(53, &state_dir);
+    later.action = "on".into();
+    s2.send(RegionMsg::PowerCommand(later)).await;
+    let r = s2
+        .result(Duration::from_secs(5))
+        .await
+        .expect("a result for #53");
+    assert!(r.success, "{r:?}");
     stop_rack(rack).await;
 }

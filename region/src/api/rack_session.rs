@@ -14,7 +14,8 @@ use ingot_common::{pki, DomainError};
 use ingot_proto::convert::{bmc_to_rack, power_command_to_rack};
 use ingot_proto::rack::v1::rack_session_service_server::RackSessionService;
 use ingot_proto::rack::v1::{
-    rack_message, region_message, Ack, Bmcs, RackMessage, RegionMessage, Regions, Welcome,
+    rack_message, region_message, Ack, Bmcs, HeartbeatAck, RackMessage, RegionMessage, Regions,
+    Welcome,
 };
 use std::pin::Pin;
 use std::time::Duration;
@@ -167,6 +168,7 @@ async fn run(
         region_name: w.region_name,
         session_id: w.session_id,
         heartbeat_ms: w.heartbeat_ms,
+        lease_ms: w.lease_ms,
         regions: Some(Regions {
             endpoints: w.endpoints,
         }),
@@ -184,7 +186,16 @@ async fn run(
         let record = session.record_start(hello);
         let tx = tx.clone();
         tokio::spawn(async move {
-            if let Err(e) = record.await {
+            let recorded = record.await;
+            if recorded.is_ok() {
+                // The Hello (seq 0) is recorded: the rack's lease starts.
+                let _ = tx
+                    .send(msg(region_message::Msg::HeartbeatAck(HeartbeatAck {
+                        seq: 0,
+                    })))
+                    .await;
+            }
+            if let Err(e) = recorded {
                 tracing::warn!("recording the rack session failed: {e}");
                 let _ = tx
                     .send(Err(Status::unavailable(format!(
@@ -209,7 +220,19 @@ async fn run(
                 Ok(Some(RackMessage { msg: Some(m) })) => {
                     session.seen();
                     match m {
-                        rack_message::Msg::Heartbeat(_) => session.heartbeat(),
+                        rack_message::Msg::Heartbeat(h) => if let Some(record) = session.heartbeat() {
+                            // Acknowledged once recorded: the rack's lease runs from this heartbeat.
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                match record.await {
+                                    Ok(()) => {
+                                        let ack = HeartbeatAck { seq: h.seq };
+                                        let _ = tx.send(msg(region_message::Msg::HeartbeatAck(ack))).await;
+                                    }
+                                    Err(e) => tracing::debug!("recording a rack heartbeat: {e}"),
+                                }
+                            });
+                        },
                         rack_message::Msg::PowerCommandResult(r) => {
                             let id = r.id;
                             let r = match power_command_result(r) {

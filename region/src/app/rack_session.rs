@@ -56,6 +56,9 @@ pub struct RackWelcome {
     pub region_name: String,
     /// This session's id (a new one per connection).
     pub session_id: String,
+    /// The rack's lease (`--rack-grace-ms`): its BMCs move only after this long without a recorded
+    /// heartbeat, so the rack acts only within a safe fraction of it after an acknowledged one.
+    pub lease_ms: u32,
     /// How often the rack should beat.
     pub heartbeat_ms: u32,
     /// Cluster listener of every region, for reconnection.
@@ -141,6 +144,7 @@ impl App {
             region_name: self.region.name.clone(),
             session_id: session_id.clone(),
             heartbeat_ms: HEARTBEAT_MS,
+            lease_ms: u32::try_from(self.rack_grace_ms).unwrap_or(u32::MAX),
             endpoints: endpoints.clone(),
         };
         let state = RackSessionState {
@@ -200,6 +204,10 @@ impl RackSessionState {
         let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
         async move {
             app.region.write(cmd).await?;
+            // This region's state catches up with the log at least to the record before anything is
+            // delivered (`due_power_commands`): a lagging region must not hand a woken rack a command
+            // the leader already moved to another rack before the rack's lease was renewed.
+            app.region.read_barrier(true).await?;
             recorded.store(true, Ordering::SeqCst);
             Ok(())
         }
@@ -214,7 +222,8 @@ impl RackSessionState {
         self.last_seen_ms = ingot_common::now_ms();
     }
 
-    /// The pending power commands this session has not sent yet for machines whose BMC the rack owns;
+    /// The pending power commands this session has not sent yet for machines whose BMC the rack owns (none
+    /// until the session is recorded and this region caught up with the record);
     /// PermissionDenied when the rack was revoked or another session of it took over (the session ends).
     pub fn due_power_commands(&mut self) -> Result<Vec<DuePowerCommand>, DomainError> {
         let name = self.name.as_str();
@@ -238,6 +247,10 @@ impl RackSessionState {
                 }
                 _ => {}
             }
+        }
+        if !recorded {
+            // Nothing before the session is recorded and this region caught up (see `record_start`).
+            return Ok(Vec::new());
         }
         self.sent
             .retain(|id, _| st.pending_power_commands.contains(id));
@@ -278,21 +291,22 @@ impl RackSessionState {
 
     /// Records a heartbeat when the session is recorded and the last one is [`HEARTBEAT_RECORD`] old (the
     /// rack beats more often than the log needs).
-    pub fn heartbeat(&mut self) {
-        if self.recorded() && self.last_record.elapsed() >= HEARTBEAT_RECORD {
-            self.last_record = Instant::now();
-            let op = Op::RackHeartbeat(op::RackHeartbeat {
-                name: self.name.clone(),
-                session_id: self.session_id.clone(),
-            });
-            let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
-            let app = self.app.clone();
-            tokio::spawn(async move {
-                if let Err(e) = app.region.write(cmd).await {
-                    tracing::debug!("recording a rack heartbeat: {e}");
-                }
-            });
+    /// Returns the write that records it when one is due (every [`HEARTBEAT_RECORD`]); the caller runs
+    /// it and, once it succeeds, acknowledges the heartbeat to the rack (its lease runs from it).
+    pub fn heartbeat(
+        &mut self,
+    ) -> Option<impl Future<Output = Result<(), DomainError>> + Send + 'static> {
+        if !(self.recorded() && self.last_record.elapsed() >= HEARTBEAT_RECORD) {
+            return None;
         }
+        self.last_record = Instant::now();
+        let op = Op::RackHeartbeat(op::RackHeartbeat {
+            name: self.name.clone(),
+            session_id: self.session_id.clone(),
+        });
+        let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
+        let app = self.app.clone();
+        Some(async move { app.region.write(cmd).await.map(|_| ()) })
     }
 
     /// Records a power command's result through Raft. `Ok` means the rack may forget it: recorded now
