@@ -1069,7 +1069,7 @@ async fn users_see_no_other_users_allocation_and_no_bmc_details() {
         seen += 1;
     }
     for (who, clients) in [("alice", &alice), ("bob", &bob)] {
-        let events = ingot_tests::all_events(&clients, ListEventsRequest::default(), 100, 10)
+        let events = ingot_tests::all_events(clients, ListEventsRequest::default(), 100, 10)
             .await
             .unwrap();
         assert_hides(&format!("{who} (events)"), &events, &BMC_SECRETS);
