@@ -220,10 +220,12 @@ impl MachineService for MachineApi {
             .app
             .list_machines(
                 &who,
-                q,
-                r.page_size,
-                &r.page_token,
-                linearizable(r.consistency),
+                crate::app::machines::MachinePage {
+                    query: q,
+                    page_size: r.page_size,
+                    page_token: &r.page_token,
+                    linearizable: linearizable(r.consistency),
+                },
                 |_st, m| {
                     // The cache holds the admin's basic view; a user's differs only for the machines
                     // `views::basic_view_redacted` names, which are encoded for this caller alone.

@@ -155,6 +155,18 @@ fn machine(r: Reply) -> Result<Machine, DomainError> {
     }
 }
 
+/// Which page of machines [`App::list_machines`] reads, and how.
+pub struct MachinePage<'a> {
+    /// Which machines.
+    pub query: MachineQuery,
+    /// Machines per page (0: 500; at most `MAX_PAGE`).
+    pub page_size: u32,
+    /// The previous page's token, or empty for the first page.
+    pub page_token: &'a str,
+    /// Read after a read barrier (true) or from this region's state as it is.
+    pub linearizable: bool,
+}
+
 impl App {
     /// Enlists a machine. The system id is chosen here; on the (rare) collision the command is retried
     /// with a fresh id.
@@ -371,12 +383,15 @@ impl App {
     pub async fn list_machines<T: Send>(
         &self,
         actor: &Actor,
-        q: MachineQuery,
-        page_size: u32,
-        page_token: &str,
-        linearizable: bool,
+        page: MachinePage<'_>,
         f: impl Fn(&State, &Machine) -> T + Sync,
     ) -> Result<(Vec<T>, String, u64, u64), DomainError> {
+        let MachinePage {
+            query: q,
+            page_size,
+            page_token,
+            linearizable,
+        } = page;
         let limit = match page_size {
             0 => 500,
             n if n > MAX_PAGE => {
