@@ -1109,3 +1109,57 @@ async fn data_directories_and_key_files_are_private() {
         assert_eq!(mode(f.clone()), 0o600, "{} must be 0600", f.display());
     }
 }
+
+/// An open watch is as good as its token now, not when it opened: revoking the token ends the stream
+/// with UNAUTHENTICATED, and demoting its admin ends it with PERMISSION_DENIED (the client reconnects
+/// and sees what a user may see).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_watch_ends_when_its_token_is_revoked_or_its_role_changes() {
+    let tc = TestCluster::start("watch-revoke", 1, &[]).await.unwrap();
+    let admin = tc.clients();
+    let (carol_id, carol_secret) = user_with_token(&admin, "carol", Role::User).await;
+    let (_, dave_secret) = user_with_token(&admin, "dave", Role::Admin).await;
+    let open = |secret: String| {
+        let c = tc.clients().with_token(&secret).unwrap();
+        async move {
+            c.machines()
+                .watch(WatchRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let mut carol = open(carol_secret).await;
+    let mut dave = open(dave_secret).await;
+    // Drains a stream until it ends with an error, or fails after 10 s.
+    async fn ended(s: &mut tonic::Streaming<WatchResponse>) -> tonic::Status {
+        let r = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match s.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("the stream ended without a reason"),
+                    Err(e) => return e,
+                }
+            }
+        })
+        .await;
+        r.expect("the watch must end once its token no longer holds")
+    }
+    admin
+        .users()
+        .revoke_token(RevokeTokenRequest { id: carol_id })
+        .await
+        .unwrap();
+    let e = ended(&mut carol).await;
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    admin
+        .users()
+        .update_user(UpdateUserRequest {
+            name: "dave".into(),
+            role: Role::User as i32,
+        })
+        .await
+        .unwrap();
+    let e = ended(&mut dave).await;
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+}

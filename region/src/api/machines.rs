@@ -562,7 +562,11 @@ impl MachineService for MachineApi {
         let r = req.into_inner();
         let q = query(r.filter, &who)?;
         let full = full_view_from_proto(r.view, false).map_err(status)?;
-        let rx = self.app.watch(r.from_revision, q).await.map_err(status)?;
+        let rx = self
+            .app
+            .watch(&who, r.from_revision, q)
+            .await
+            .map_err(status)?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         let out = tokio_stream::StreamExt::map(stream, move |item| match item {
             Ok(WatchItem::Put(rev, m)) => Ok(WatchResponse {

@@ -78,7 +78,7 @@ impl Actor {
 impl Actor {
     /// Fails unless this actor's token still acts for the same user with the same role in `st`, at
     /// `now_ms`: the re-check of a linearizable read on state at least as new as its read index.
-    fn still_holds(&self, st: &State, now_ms: u64) -> Result<(), DomainError> {
+    pub(crate) fn still_holds(&self, st: &State, now_ms: u64) -> Result<(), DomainError> {
         let Principal::Token { id, .. } = &self.principal else {
             return Ok(());
         };

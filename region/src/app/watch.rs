@@ -28,13 +28,17 @@ pub enum WatchItem {
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 impl App {
-    /// Starts a watch after `from` (0: from now). Items arrive on the returned channel; the watch stops
-    /// when the receiver is dropped. Fails at once with `OutOfRange` when `from` is no longer retained.
+    /// Starts a watch for `actor` after `from` (0: from now). Items arrive on the returned channel; the
+    /// watch stops when the receiver is dropped. Fails at once with `OutOfRange` when `from` is no longer
+    /// retained. The caller's token is checked again on every batch: a revoked or expired token, or a
+    /// changed role, ends the stream with the reason (the client reconnects, with what it may now see).
     pub async fn watch(
         &self,
+        actor: &super::Actor,
         from: u64,
         q: MachineQuery,
     ) -> Result<mpsc::Receiver<Result<WatchItem, DomainError>>, DomainError> {
+        let actor = actor.clone();
         // Make sure this region has applied everything acknowledged before the call.
         self.region.read_barrier(true).await?;
         let mut applied = self.region.applied.subscribe();
@@ -56,7 +60,9 @@ impl App {
             loop {
                 let batch: Result<(Vec<WatchItem>, u64), DomainError> = {
                     let st = crate::locks::read(&state);
-                    if last < st.changes_floor {
+                    if let Err(e) = actor.still_holds(&st, ingot_common::now_ms()) {
+                        Err(e)
+                    } else if last < st.changes_floor {
                         Err(out_of_range(last, st.changes_floor))
                     } else {
                         let i = st.changes.partition_point(|c| c.revision <= last);
