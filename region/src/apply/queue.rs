@@ -114,6 +114,16 @@ pub(super) fn reroute(
             continue;
         }
         let from = route(c, Some(m)).map(str::to_string);
+        // A cycle or soft-off whose rack lost its lease may already be on its way to the BMC (a rack
+        // stopped mid-request finishes it when it wakes): it is never moved and run again elsewhere,
+        // it ends as interrupted, for the operator to check and re-issue.
+        if let Some(f) = from.as_deref().filter(|f| {
+            Some(*f) != to && !c.action.idempotent() && !state.rack_live(f, ctx.ts_ms, lease_ms)
+        }) {
+            let f = f.to_string();
+            interrupt(ctx, state, m, *id, &f);
+            continue;
+        }
         let (rack, fenced_from) = match from {
             None => (to.map(str::to_string), None),
             Some(f) if Some(f.as_str()) == to => (Some(f), None),
@@ -154,6 +164,30 @@ pub(super) fn reroute(
             ))
             .record(ctx, state);
     }
+}
+
+/// Ends pending command `id` (a non-idempotent action routed to rack `from`, whose lease ran out) as
+/// failed with `interrupted`: it may or may not have reached the BMC, so it is neither moved nor repeated.
+fn interrupt(ctx: &ApplyCtx, state: &mut State, m: &Machine, id: u64, from: &str) {
+    let Some(c) = state.data.power_commands.get_mut(&id) else {
+        return;
+    };
+    c.state = PowerCommandState::Failed;
+    c.error_kind = "interrupted".into();
+    c.message = format!(
+        "rack {from} lost its lease with this {} pending; it may have reached the BMC before the rack stopped, and a {} is never repeated blindly: check the machine's power and issue it again",
+        c.action, c.action
+    );
+    c.done_ms = Some(ctx.ts_ms);
+    let action = c.action;
+    state.pending_power_commands.remove(&id);
+    EventBuilder::new(format!("power.{action}.result"))
+        .level(EventLevel::Error)
+        .machine(m)
+        .message(format!(
+            "command {id} interrupted: rack {from} lost its lease with it pending; not moved to another rack (a {action} is not repeated blindly)"
+        ))
+        .record(ctx, state);
 }
 
 /// Drivers whose power work goes through a rack to a real BMC (and so gets lifecycle power plans and

@@ -659,5 +659,37 @@ mod tests {
             "the finished one keeps its reporter"
         );
         assert_eq!(s.data.power_commands[&id2].rack.as_deref(), Some("ra"));
+
+        // A cycle pending on a rack whose lease ran out may already be on its way to the BMC (a rack
+        // stopped mid-request finishes it when it wakes; the nemesis saw two cycles): it is not moved to
+        // the next rack but ends as interrupted.
+        let Reply::PowerCommand(c) = run(
+            &mut s,
+            later + 8,
+            Op::QueuePower(op::QueuePower {
+                system_id: "m1".into(),
+                action: PowerAction::Cycle,
+            }),
+        )
+        .expect("queue a cycle") else {
+            panic!()
+        };
+        let dead_later = later + 8 + LEASE + crate::state::HEARTBEAT_RECORD_MS + 1;
+        run(
+            &mut s,
+            dead_later,
+            Op::AssignBmcs(op::AssignBmcs {
+                moves: vec![("m1".into(), None)],
+                lease_ms: LEASE,
+            }),
+        )
+        .expect("ra's lease ran out too");
+        let c = &s.data.power_commands[&c.id];
+        assert_eq!(
+            (c.state, c.error_kind.as_str(), c.rack.as_deref()),
+            (PowerCommandState::Failed, "interrupted", Some("ra")),
+            "{c:?}"
+        );
+        assert!(!s.pending_power_commands.contains(&c.id));
     }
 }
