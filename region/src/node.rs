@@ -14,7 +14,7 @@ use ingot_proto::raft::v1::{RaftPayload, ReadIndexRequest};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -270,6 +270,18 @@ fn leader_hint(f: &ForwardToLeader<NodeId, BasicNode>) -> (Option<NodeId>, Optio
 }
 
 impl Region {
+    /// The current Raft membership (voters and learners): each node's id and Raft/cluster address.
+    pub fn members(&self) -> BTreeMap<NodeId, String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    }
+
     /// Proposes `cmd` and returns its apply result. Works on any region: a follower forwards to the leader.
     /// Retries across leader changes until [`LEADER_WAIT`]; retrying is safe because a command's
     /// request id makes the state machine apply it at most once.

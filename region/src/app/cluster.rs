@@ -255,16 +255,7 @@ impl App {
                 &pki::serial_for(&token_hash),
             )
             .map_err(|e| DomainError::internal(format!("signing the certificate failed: {e}")))?;
-        let raft_addrs = self
-            .region
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(_, n)| n.addr.clone())
-            .collect();
+        let raft_addrs = self.cluster_endpoints();
         Ok(Admission {
             node_id: info.node_id,
             cluster_id: ca.cluster_id,

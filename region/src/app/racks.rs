@@ -145,15 +145,7 @@ impl App {
 
     /// The cluster (Raft + rack session) listener of every region member.
     pub fn cluster_endpoints(&self) -> Vec<String> {
-        self.region
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(_, n)| n.addr.clone())
-            .collect()
+        self.region.members().into_values().collect()
     }
 
     /// Every rack with its liveness and counts.

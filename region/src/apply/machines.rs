@@ -460,16 +460,7 @@ mod boot_token_tests {
         let mut s = State::default();
         let ops = vec![
             bootstrap(),
-            Op::CreateMachine(op::CreateMachine {
-                system_id: "m1".into(),
-                hostname: "m1".into(),
-                arch: "amd64/generic".into(),
-                zone: "default".into(),
-                macs: vec!["52:54:00:00:00:01".parse().expect("mac")],
-                power: PowerParams::default(),
-                description: String::new(),
-                pool: None,
-            }),
+            crate::apply::test_support::create_m1(PowerParams::default()),
             Op::MachineAction(op::MachineAction {
                 system_id: "m1".into(),
                 action: Action::Commission,

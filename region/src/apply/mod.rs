@@ -618,6 +618,20 @@ pub(crate) mod test_support {
         }
     }
 
+    /// Enlists machine `m1` (zone `default`, MAC 52:54:00:00:00:01) with `power`.
+    pub(crate) fn create_m1(power: ingot_common::PowerParams) -> Op {
+        Op::CreateMachine(op::CreateMachine {
+            system_id: "m1".into(),
+            hostname: "m1".into(),
+            arch: "amd64/generic".into(),
+            zone: "default".into(),
+            macs: vec!["52:54:00:00:00:01".parse().expect("mac")],
+            power,
+            description: String::new(),
+            pool: None,
+        })
+    }
+
     /// The bootstrap of cluster `c` with region `r1` (node 1).
     pub(crate) fn bootstrap() -> Op {
         Op::Bootstrap(op::Bootstrap {

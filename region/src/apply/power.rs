@@ -317,18 +317,9 @@ mod tests {
                 name: "ra".into(),
                 zone: "default".into(),
             }),
-            Op::CreateMachine(op::CreateMachine {
-                system_id: "m1".into(),
-                hostname: "m1".into(),
-                arch: "amd64/generic".into(),
-                zone: "default".into(),
-                macs: vec!["52:54:00:00:00:01".parse().expect("mac")],
-                power: PowerParams {
-                    driver: "ipmi".into(),
-                    params: [("address".to_string(), "10.0.0.1".to_string())].into(),
-                },
-                description: String::new(),
-                pool: None,
+            crate::apply::test_support::create_m1(PowerParams {
+                driver: "ipmi".into(),
+                params: [("address".to_string(), "10.0.0.1".to_string())].into(),
             }),
             Op::AssignBmcs(op::AssignBmcs {
                 moves: vec![("m1".into(), Some("ra".into()))],

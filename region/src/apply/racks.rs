@@ -377,18 +377,9 @@ mod tests {
             &mut s,
             &cmd(
                 4,
-                Op::CreateMachine(op::CreateMachine {
-                    system_id: "m1".into(),
-                    hostname: "m1".into(),
-                    arch: "amd64/generic".into(),
-                    zone: "default".into(),
-                    macs: vec!["52:54:00:00:00:01".parse().expect("mac")],
-                    power: PowerParams {
-                        driver: "sim".into(),
-                        params: [("state_dir".to_string(), "/tmp/bmc".to_string())].into(),
-                    },
-                    description: String::new(),
-                    pool: None,
+                crate::apply::test_support::create_m1(PowerParams {
+                    driver: "sim".into(),
+                    params: [("state_dir".to_string(), "/tmp/bmc".to_string())].into(),
                 }),
             ),
             4,
@@ -541,18 +532,9 @@ mod tests {
         run(
             &mut s,
             11,
-            Op::CreateMachine(op::CreateMachine {
-                system_id: "m1".into(),
-                hostname: "m1".into(),
-                arch: "amd64/generic".into(),
-                zone: "default".into(),
-                macs: vec!["52:54:00:00:00:01".parse().expect("mac")],
-                power: PowerParams {
-                    driver: "ipmi".into(),
-                    params: [("address".to_string(), "10.0.0.1".to_string())].into(),
-                },
-                description: String::new(),
-                pool: None,
+            crate::apply::test_support::create_m1(PowerParams {
+                driver: "ipmi".into(),
+                params: [("address".to_string(), "10.0.0.1".to_string())].into(),
             }),
         )
         .expect("machine");

@@ -225,16 +225,7 @@ impl RaftServer {
     /// The calling region's node id, once it is known to be one `callers` admits.
     fn caller<T>(&self, req: &Request<T>, callers: Callers) -> Result<NodeId, Status> {
         let caller = caller_region(req)?;
-        let members: BTreeSet<NodeId> = self
-            .region
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect();
+        let members: BTreeSet<NodeId> = self.region.members().into_keys().collect();
         let next_node_id = crate::locks::read(&self.region.state).data.next_node_id;
         check_caller(caller, callers, &members, next_node_id)?;
         Ok(caller)
