@@ -388,6 +388,14 @@ impl State {
         self.data.tokens.insert(hash, t);
     }
 
+    /// The hashes of `user`'s API tokens (a copy: callers change the tokens while walking them).
+    pub fn token_hashes_of(&self, user: &str) -> Vec<String> {
+        self.tokens_by_user
+            .get(user)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Removes the API token stored under `hash`, with its index entries.
     pub fn remove_token(&mut self, hash: &str) -> Option<ApiToken> {
         let t = self.data.tokens.remove(hash)?;

@@ -54,12 +54,7 @@ pub(super) fn update(ctx: &ApplyCtx, state: &mut State, op: &op::UpdateUser) -> 
     }
     u.role = role;
     state.data.users.insert(name.clone(), u.clone());
-    let hashes: Vec<String> = state
-        .tokens_by_user
-        .get(name)
-        .map(|s| s.iter().cloned().collect())
-        .unwrap_or_default();
-    for h in hashes {
+    for h in state.token_hashes_of(name) {
         if let Some(t) = state.data.tokens.get_mut(&h) {
             t.role = role.as_str().to_string();
         }
@@ -90,12 +85,7 @@ pub(super) fn delete(ctx: &ApplyCtx, state: &mut State, op: &op::DeleteUser) -> 
         )));
     }
     state.data.users.remove(name);
-    let hashes: Vec<String> = state
-        .tokens_by_user
-        .get(name)
-        .map(|s| s.iter().cloned().collect())
-        .unwrap_or_default();
-    for h in hashes {
+    for h in state.token_hashes_of(name) {
         state.remove_token(&h);
     }
     EventBuilder::new("user.delete")
