@@ -3,6 +3,7 @@
 //! Everything here is shared by the region (which stores and applies it), the CLI and tests:
 //! - [`mac`]: MAC addresses, parsed from every notation operators paste and printed one way.
 //! - [`model`]: machines, zones, regions — the replicated records.
+//! - [`net`]: boot networks — subnets, leases, PXE client architectures — shared by region and rack.
 //! - [`lifecycle`]: the machine transition table — the only source of truth for legal actions.
 //! - [`validate`]: the field rules every write must pass, each failure naming its field.
 //! - [`error`]: [`error::DomainError`], the error a command's apply returns, mapped to a gRPC status.
@@ -18,6 +19,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod mac;
 pub mod model;
+pub mod net;
 pub mod pki;
 pub mod power;
 pub mod secret;

@@ -17,9 +17,13 @@
 //! - [`peers`] — third-party BMC implementations (ipmi_sim, sushy-tools) started on loopback for tests and
 //!   benchmarks.
 //!
+//! - [`boot`] — the boot path on the rack's boot networks: DHCP (codec, engine, server), the lease table,
+//!   the offline lease journal.
+//!
 //! The wire protocol is `proto/ingot/rack/v1/rack.proto` (session) and `proto/ingot/v1/rack.proto`
 //! (enrollment); the CLI contract is in `rack/README.md`.
 
+pub mod boot;
 pub mod config;
 pub mod done;
 pub mod drivers;

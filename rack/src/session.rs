@@ -871,6 +871,8 @@ async fn session_once(
                             cluster.update_endpoints(&r.endpoints);
                         }
                     }
+                    // The boot path's messages (served by `boot::service`, wired in by issue 11's work).
+                    Some(RegionMsg::BootConfig(_) | RegionMsg::Leases(_) | RegionMsg::LeasesCommitted(_)) => {}
                     None => tracing::debug!("empty region message ignored"),
                 }
             }

@@ -261,6 +261,8 @@ async fn run(
                             }
                         },
                         rack_message::Msg::Hello(_) => {}
+                        // The boot path's messages (recorded by `app::leases`, wired in by issue 11's work).
+                        rack_message::Msg::LeaseCommit(_) | rack_message::Msg::Enlist(_) => {}
                     }
                 }
                 Ok(Some(RackMessage { msg: None })) => {}

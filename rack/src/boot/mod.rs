@@ -1,0 +1,55 @@
+//! The boot path a rack serves on its boot networks (issue 11: DHCP; TFTP, HTTP and images follow).
+//!
+//! One module per protocol, each split into a pure codec (parse/build, no I/O, fuzzed) and a server
+//! (sockets, timers) that asks a small lookup for answers — smee's layout. What the rack serves from is
+//! only what a region told it over the session ([`BootConfig`], leases) and what it recorded itself (its
+//! lease journal).
+//!
+//! - [`dhcp`] — DHCPv4: `codec` (packets ↔ typed requests/replies, on dhcproto), `engine` (the decision:
+//!   which address, which options, which boot file, what to commit, what to enlist — pure, no I/O),
+//!   `server` (UDP sockets bound to the boot interfaces, ports 67 and 4011, rate limits).
+//! - [`leases`] — the rack's lease table: the region's leases of the subnets it serves, its own offers and
+//!   not-yet-committed leases; picks addresses (sticky per MAC), expires offers.
+//! - [`service`] — the glue: feeds region messages into the engine, batches lease commits to the region,
+//!   holds ACKs until their batch is committed, journals renewals while cut off from every region and
+//!   replays them when a session is back.
+//! - [`journal`] — the fsynced, append-only journal of leases acknowledged while offline.
+
+pub mod dhcp;
+pub mod journal;
+pub mod leases;
+pub mod service;
+
+use ingot_common::net::Subnet;
+use ingot_common::Mac;
+use std::collections::HashMap;
+
+/// This rack's role on a subnet (from `BootConfig.subnets[].role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubnetRole {
+    /// Serves the subnet while its session is alive.
+    Primary,
+    /// Serves the subnet while the primary's session is gone.
+    Secondary,
+}
+
+/// A subnet as this rack serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedSubnet {
+    /// The subnet's settings, as the region validated them.
+    pub subnet: Subnet,
+    /// This rack's role on it.
+    pub role: SubnetRole,
+    /// Whether this rack answers on it now (the region decides, from recorded heartbeats).
+    pub active: bool,
+}
+
+/// What the region told this rack to serve (the `BootConfig` session message in domain types); replaced
+/// whole on every new message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootConfig {
+    /// Every subnet this rack is primary or secondary of.
+    pub subnets: Vec<ServedSubnet>,
+    /// Every MAC the cluster knows, with its machine's system id.
+    pub known: HashMap<Mac, String>,
+}
