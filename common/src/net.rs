@@ -23,7 +23,11 @@ pub struct Cidr {
 impl Cidr {
     /// The netmask (`/24` → 255.255.255.0), for DHCP option 1.
     pub fn mask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0))
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix))
+                .unwrap_or(0),
+        )
     }
     /// Whether `ip` lies inside the network (network and broadcast addresses included).
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
@@ -163,9 +167,7 @@ impl FromStr for SubnetMode {
             "managed" => Ok(SubnetMode::Managed),
             "proxy" => Ok(SubnetMode::Proxy),
             "off" => Ok(SubnetMode::Off),
-            _ => Err(format!(
-                "{s:?} is not a subnet mode: managed, proxy or off"
-            )),
+            _ => Err(format!("{s:?} is not a subnet mode: managed, proxy or off")),
         }
     }
 }
@@ -372,10 +374,7 @@ mod tests {
         let r: Ipv4Range = "10.20.0.100-10.20.0.199".parse().expect("range");
         assert_eq!(r.len(), 100);
         assert!("10.20.0.9-10.20.0.2".parse::<Ipv4Range>().is_err());
-        assert_eq!(
-            "10.20.0.9".parse::<Ipv4Range>().expect("single").len(),
-            1
-        );
+        assert_eq!("10.20.0.9".parse::<Ipv4Range>().expect("single").len(), 1);
         assert_eq!(ClientArch::from_code(7), ClientArch::UefiX64);
         assert_eq!("uefi-x64".parse::<ClientArch>(), Ok(ClientArch::UefiX64));
     }

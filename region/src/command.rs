@@ -125,6 +125,11 @@ pub enum Op {
     PowerObserved(op::PowerObserved),
     AssignBmcs(op::AssignBmcs),
     IssueBootToken(op::IssueBootToken),
+    CreateSubnet(op::CreateSubnet),
+    UpdateSubnet(op::UpdateSubnet),
+    DeleteSubnet(op::DeleteSubnet),
+    CommitLeases(op::CommitLeases),
+    EnlistMachines(op::EnlistMachines),
 }
 
 /// The error field that marks an allocation conflict: a candidate was taken between the proposer's

@@ -178,6 +178,15 @@ pub struct Data {
     /// (a certificate stays valid for years; its holder's standing does not).
     #[serde(default)]
     pub revoked_serials: BTreeSet<String>,
+    /// Boot networks racks serve, by CIDR text (`10.20.0.0/24`; a string key so the snapshot's JSON map
+    /// has string keys). Never overlapping.
+    #[serde(default)]
+    pub subnets: BTreeMap<String, ingot_common::net::Subnet>,
+    /// DHCP leases of every subnet, by address (subnets never overlap, so an address names one lease).
+    /// Written by racks in batches (`Op::CommitLeases`); kept after expiry as each MAC's sticky address
+    /// until the address is needed by another MAC.
+    #[serde(default)]
+    pub leases: BTreeMap<std::net::Ipv4Addr, ingot_common::net::Lease>,
 }
 
 /// Boot tokens of state written by an older version were stored in plaintext: keep only their hash (the

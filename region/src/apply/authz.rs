@@ -77,6 +77,11 @@ fn rule(op: &Op) -> (Rule<'_>, &'static str) {
         Op::PowerObserved(_) => (Rule::Internal(&[I::Rack]), "report power observations"),
         Op::AssignBmcs(_) => (Rule::Internal(&[I::Region]), "assign BMCs to racks"),
         Op::IssueBootToken(_) => (Rule::Admins, "issue boot credentials"),
+        Op::CreateSubnet(_) => (Rule::Admins, "create subnets"),
+        Op::UpdateSubnet(_) => (Rule::Admins, "change subnets"),
+        Op::DeleteSubnet(_) => (Rule::Admins, "delete subnets"),
+        Op::CommitLeases(_) => (Rule::Internal(&[I::Rack]), "record DHCP leases"),
+        Op::EnlistMachines(_) => (Rule::Internal(&[I::Rack]), "enlist PXE-booted machines"),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod authz;
 pub(crate) mod cluster;
 mod ctx;
 mod events;
+mod leases;
 mod lookup;
 mod machines;
 mod pools;
@@ -27,6 +28,7 @@ mod power;
 pub mod queue;
 pub(crate) mod racks;
 mod status;
+mod subnets;
 mod tagging;
 mod tags;
 mod users;
@@ -160,6 +162,11 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
         Op::PowerObserved(op) => power::observed(ctx, state, op),
         Op::AssignBmcs(op) => racks::assign_bmcs(ctx, state, op),
         Op::IssueBootToken(op) => machines::issue_boot_token(ctx, state, op),
+        Op::CreateSubnet(op) => subnets::create(ctx, state, op),
+        Op::UpdateSubnet(op) => subnets::update(ctx, state, op),
+        Op::DeleteSubnet(op) => subnets::delete(ctx, state, op),
+        Op::CommitLeases(op) => leases::commit(ctx, state, op),
+        Op::EnlistMachines(op) => leases::enlist(ctx, state, op),
     }
 }
 

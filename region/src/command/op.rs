@@ -9,6 +9,7 @@ use super::{ActionArgs, BootTokens, PowerObservation};
 use ingot_common::constraints::Constraints;
 use ingot_common::lifecycle::{self, Action};
 use ingot_common::model::{Inventory, RackSession, Role};
+use ingot_common::net::{Cidr, ClientArch, Lease, Subnet};
 use ingot_common::pki::ClusterCa;
 use ingot_common::power::PowerAction;
 use ingot_common::{Mac, MachineStatus, PowerParams, RegionInfo};
@@ -429,4 +430,61 @@ pub struct IssueBootToken {
     pub boot_id: String,
     /// SHA-256 hex of the new token.
     pub token_hash: String,
+}
+
+/// Creates a boot network; apply checks it against every other subnet (no overlap) and the racks it names.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct CreateSubnet {
+    /// The subnet, validated at the API edge (`ingot_common::validate`-style field checks).
+    pub subnet: Subnet,
+}
+
+/// Replaces a subnet's settings (its CIDR stays: it is the identity).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct UpdateSubnet {
+    /// The subnet's new settings; `subnet.cidr` names the subnet changed.
+    pub subnet: Subnet,
+}
+
+/// Deletes a subnet and its leases.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DeleteSubnet {
+    /// The subnet.
+    pub cidr: Cidr,
+}
+
+/// Records a batch of DHCP leases a rack handed out, released or saw declined. Each is checked in apply
+/// (the rack serves the subnet, the address is inside it and not held by another MAC); refused ones are
+/// named in the reply, the rest recorded.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct CommitLeases {
+    /// The rack that sends them (authenticated by its session's certificate).
+    pub rack: String,
+    /// The rack's batch number (echoed back; not used by apply).
+    pub batch: u64,
+    /// The leases, bounded in count by the session.
+    pub leases: Vec<Lease>,
+}
+
+/// Enlists unknown MACs that PXE-booted on a rack's subnet as New machines (once per MAC: a MAC already
+/// known is skipped).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct EnlistMachines {
+    /// The rack that saw them; the machines go to its zone.
+    pub rack: String,
+    /// One per MAC; system ids chosen by the proposer.
+    pub machines: Vec<EnlistMac>,
+}
+
+/// One MAC to enlist.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct EnlistMac {
+    /// The new machine's id (picked by the proposing region).
+    pub system_id: String,
+    /// The MAC that PXE-booted.
+    pub mac: Mac,
+    /// The firmware it booted with (DHCP option 93).
+    pub arch: ClientArch,
+    /// The subnet it booted on.
+    pub subnet: Cidr,
 }
