@@ -44,6 +44,10 @@ pub struct LocalRack {
     pub pid: u32,
     /// File receiving the stdout and stderr of the rack's processes.
     pub log: PathBuf,
+    /// Flags for this rack's `ingot-rack run` only, after the cluster's `rack_args` (e.g. its
+    /// `--boot-interface`s); kept across restarts.
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 /// One rack line of the [`LocalCluster::stop_all_report`] report.
@@ -138,11 +142,32 @@ impl LocalCluster {
         self.add_rack_with_progress(name, zone, |_| {}).await
     }
 
+    /// [`LocalCluster::add_rack`] with flags for this rack's `ingot-rack run` only (after the cluster's
+    /// `rack_args`), e.g. `--boot-interface IF`: racks of one cluster serve different interfaces.
+    pub async fn add_rack_with_args(
+        &self,
+        name: &str,
+        zone: &str,
+        args: &[String],
+    ) -> Result<LocalRack> {
+        self.add_rack_inner(name, zone, args, |_| {}).await
+    }
+
     /// [`LocalCluster::add_rack`], reporting each step to `progress`.
     pub async fn add_rack_with_progress(
         &self,
         name: &str,
         zone: &str,
+        progress: impl FnMut(Progress) + Send,
+    ) -> Result<LocalRack> {
+        self.add_rack_inner(name, zone, &[], progress).await
+    }
+
+    async fn add_rack_inner(
+        &self,
+        name: &str,
+        zone: &str,
+        rack_args: &[String],
         mut progress: impl FnMut(Progress) + Send,
     ) -> Result<LocalRack> {
         check_name(name)?;
@@ -266,6 +291,7 @@ impl LocalCluster {
             dir,
             pid: 0,
             log,
+            args: rack_args.to_vec(),
         };
         let (child, offset) = self.spawn_rack(&info)?;
         let info = LocalRack {
@@ -399,6 +425,7 @@ impl LocalCluster {
             .arg("--data-dir")
             .arg(&info.dir)
             .args(&self.rack_args)
+            .args(&info.args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -542,6 +569,7 @@ mod tests {
             dir: "/tmp/x/rack-rack-1".into(),
             pid: 42,
             log: "/tmp/x/rack-rack-1/rack.log".into(),
+            args: vec!["--boot-interface".into(), "eth1".into()],
         };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<LocalRack>(&text).unwrap(), r);
