@@ -19,6 +19,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 pub mod fuzz;
+pub mod netns;
 
 use anyhow::{Context, Result};
 use ingot_client::Clients;
