@@ -476,6 +476,13 @@ pub struct NsProcess {
 }
 
 impl NsProcess {
+    /// Takes charge of `child`, a process already started in a namespace (e.g. with its stdout sent to
+    /// a file of its own): it is stopped on drop like a [`Netns::spawn`]ed one. `log` is where its
+    /// messages go.
+    pub fn adopt(child: std::process::Child, what: String, log: PathBuf) -> NsProcess {
+        NsProcess { child, what, log }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
