@@ -747,12 +747,14 @@ fn peers_alone_against_dnsmasq() {
     let pf = dir.join("dhclient.pid");
     cl.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
     cl.set_mac("eth0", "02:29:00:00:00:01").unwrap();
-    let out = cl
-        .exec_timeout(
+    // In the foreground (-d): a daemonized dhclient would be orphaned when the namespace's drop kills it.
+    let mut dh = cl
+        .spawn(
             "dhclient",
             &[
                 "-4",
                 "-1",
+                "-d",
                 "-v",
                 "-sf",
                 ds.to_str().unwrap(),
@@ -762,16 +764,16 @@ fn peers_alone_against_dnsmasq() {
                 pf.to_str().unwrap(),
                 "eth0",
             ],
-            Duration::from_secs(20),
+            &dir.join("dhclient.out"),
         )
         .unwrap();
-    let ev = wait_event(&dlog, 0, &["BOUND"], Duration::from_secs(1))
-        .unwrap_or_else(|| panic!("dhclient not bound: {out:?}"));
+    let ev = wait_event(&dlog, 0, &["BOUND"], Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("dhclient not bound: {}", dh.log_text()));
     assert!(
         in_range(ev[1].parse().unwrap(), "10.29.0.100", "10.29.0.150"),
         "{ev:?}"
     );
-    // dhclient -1 daemonizes once bound; the namespace's drop kills it.
+    dh.stop(Duration::from_secs(1));
 
     let c = Client::on(&cl, "eth0");
     let l = c
