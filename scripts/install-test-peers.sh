@@ -9,6 +9,12 @@
 #   apt          openipmi (ipmi_sim, OpenIPMI's IPMI 2.0 LAN BMC simulator) and ipmitool (tests of the ipmi
 #                driver), and python3-venv, only if creating the venv fails without it (`apt-get update` runs at
 #                most once, and only when something has to be installed)
+#                the boot network's peers (t22_dhcp, `ingot-bench --dhcp`): udhcpc busybox isc-dhcp-client
+#                dhcping isc-dhcp-relay dnsmasq-base (dnsmasq's binary without its system service) kea-admin
+#                (perfdhcp) kea-dhcp4-server nmap tcpdump qemu-system-x86 ipxe-qemu ovmf iproute2; the tests find
+#                them on PATH and in /usr/sbin, and run them only inside network namespaces they create. No
+#                service is started by the install (a policy-rc.d that refuses is put in place for the
+#                install when none exists, then removed): kea and the relay must not run on the host.
 #   env file     ${INGOT_PEERS_HOME}/env exporting INGOT_PEER_PYTHON, INGOT_PEER_GRPCURL, INGOT_PEER_SUSHY,
 #                INGOT_PEER_IPMI_SIM and INGOT_PEER_IPMITOOL; `source` it.
 #
@@ -60,6 +66,31 @@ venv_works() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys' >
 
 # 0. IPMI peers from Debian
 apt_ensure openipmi ipmitool
+
+# 0b. DHCP / PXE peers from Debian, with their services kept from starting on the host.
+DHCP_PEERS=(udhcpc busybox isc-dhcp-client dhcping isc-dhcp-relay dnsmasq-base kea-admin kea-dhcp4-server nmap
+  tcpdump qemu-system-x86 ipxe-qemu ovmf iproute2)
+POLICY=/usr/sbin/policy-rc.d
+policy_added=0
+dhcp_missing=0
+for p in "${DHCP_PEERS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || dhcp_missing=1
+done
+if [ "$dhcp_missing" -eq 1 ] && [ "$(id -u)" -eq 0 ] && [ ! -e "$POLICY" ]; then
+  printf '#!/bin/sh\n# install-test-peers.sh: no services started while the test peers install\nexit 101\n' >"$POLICY"
+  chmod 755 "$POLICY"
+  policy_added=1
+  trap 'rm -f "$POLICY"' EXIT
+fi
+apt_rc=0
+apt_ensure "${DHCP_PEERS[@]}" || apt_rc=$?
+if [ "$policy_added" -eq 1 ]; then rm -f "$POLICY"; trap - EXIT; fi
+[ "$apt_rc" -eq 0 ] || { say "installing the DHCP/PXE peers failed"; exit 1; }
+for b in udhcpc dhclient dhcping dhcrelay dnsmasq perfdhcp kea-dhcp4 nmap tcpdump qemu-system-x86_64; do
+  PATH=$PATH:/usr/sbin:/sbin command -v "$b" >/dev/null || { say "$b not found after installing the DHCP/PXE peers"; exit 1; }
+done
+[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || { say "OVMF firmware missing after installing ovmf"; exit 1; }
+say "ok: DHCP/PXE peers (udhcpc, dhclient, dhcping, dhcrelay, dnsmasq, perfdhcp, kea-dhcp4, nmap, tcpdump, qemu, OVMF)"
 command -v ipmi_sim >/dev/null || { say "ipmi_sim not on PATH after installing openipmi"; exit 1; }
 command -v ipmitool >/dev/null || { say "ipmitool not on PATH after installing it"; exit 1; }
 
