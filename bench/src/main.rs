@@ -17,6 +17,9 @@
 //! With `--racks` it runs the rack-controller benchmark instead (see [`racks`]): session failover after a
 //! region SIGKILL, BMC ownership moves after a rack SIGKILL, and the regions' cost per connected rack.
 //!
+//! With `--dhcp` it runs the DHCP benchmark instead (see [`dhcp`]): Kea's perfdhcp against ingot-rack and
+//! against kea-dhcp4 in the same namespaces, stepping the rate up, and the rack's RSS with many leases.
+//!
 //! With `--nemesis --minutes N [--seed S]` it runs the nemesis instead (see [`nemesis`]): faults
 //! injected at random under a client workload, then the invariants checked from the record.
 
@@ -31,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod alloc;
+mod dhcp;
 mod nemesis;
 mod power;
 mod racks;
@@ -149,6 +153,23 @@ struct Args {
     /// --nemesis: seed of every random choice (default: random; printed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Run the DHCP benchmark instead (root): perfdhcp against ingot-rack and kea-dhcp4, then the rack's RSS
+    /// with `--dhcp-leases` more leases.
+    #[arg(long)]
+    dhcp: bool,
+    /// --dhcp: offered rates (DORA/s), stepped up until drops reach 0.1 %.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "500,1000,2000,4000,6000,8000"
+    )]
+    dhcp_rates: Vec<u64>,
+    /// --dhcp: seconds per rate step.
+    #[arg(long, default_value_t = 5)]
+    dhcp_seconds: u64,
+    /// --dhcp: distinct MACs driven through ingot-rack for the RSS figure (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    dhcp_leases: u64,
 }
 
 /// The `p` quantile (0..=1) of sorted samples; zero when there are none.
@@ -417,6 +438,24 @@ async fn main() -> Result<()> {
             let _ = std::fs::remove_dir_all(&dir);
         }
         racks::report(&o, &figures?, profile, a.regions);
+        return Ok(());
+    }
+
+    if a.dhcp {
+        let o = dhcp::DhcpOpts {
+            rates: a.dhcp_rates.clone(),
+            seconds: a.dhcp_seconds.max(1),
+            leases: a.dhcp_leases,
+            dir: dir.join("dhcp"),
+        };
+        let figures = dhcp::run(&cluster, &o).await;
+        drop(cluster);
+        if figures.is_err() {
+            eprintln!("== keeping {} (region, rack and peer logs)", dir.display());
+        } else if a.dir.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        dhcp::report(&o, &figures?, profile, a.regions);
         return Ok(());
     }
 

@@ -145,6 +145,22 @@ pub fn mac_str(m: &[u8; 6]) -> String {
         .join(":")
 }
 
+/// One end of a veth pair: its interface name and, if any, its address (CIDR notation).
+#[derive(Clone, Copy, Debug)]
+pub struct End<'a> {
+    /// Interface name (at most [`IFNAME_MAX`] characters).
+    pub name: &'a str,
+    /// Address to give it, e.g. `10.20.0.2/24`.
+    pub addr: Option<&'a str>,
+}
+
+impl<'a> End<'a> {
+    /// Interface `name` with `addr` (or none).
+    pub fn new(name: &'a str, addr: Option<&'a str>) -> End<'a> {
+        End { name, addr }
+    }
+}
+
 /// One test's set of names: every namespace and root interface it creates carries the same random
 /// suffix (`ingot-<sfx>-<tag>`), so it never touches another test's or anyone else's.
 #[derive(Clone, Debug)]
@@ -173,19 +189,17 @@ impl Lab {
     }
 
     /// A veth pair from the root namespace into `ns`: root end [`Lab::name`]`(tag)` with `root_addr`
-    /// (CIDR notation, e.g. `10.20.0.1/24`, or none), the other end `ns_if` inside `ns` with `ns_addr`
-    /// (or none), both up.
+    /// (CIDR notation, e.g. `10.20.0.1/24`, or none), the other end `there` inside `ns`, both up.
     pub fn root_veth(
         &self,
         tag: &str,
         root_addr: Option<&str>,
         ns: &Netns,
-        ns_if: &str,
-        ns_addr: Option<&str>,
+        there: End<'_>,
     ) -> Result<RootLink> {
         let root = self.name(tag);
         ip(&[
-            "link", "add", &root, "type", "veth", "peer", "name", ns_if, "netns", &ns.name,
+            "link", "add", &root, "type", "veth", "peer", "name", there.name, "netns", &ns.name,
         ])?;
         let link = RootLink { name: root.clone() };
         if let Some(a) = root_addr {
@@ -194,10 +208,10 @@ impl Lab {
         // No IPv6 on the root end: no router solicitations or DAD traffic from us on the test link.
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{root}/disable_ipv6"), "1");
         ip(&["link", "set", &root, "up"])?;
-        if let Some(a) = ns_addr {
-            ns.ip(&["addr", "add", a, "dev", ns_if])?;
+        if let Some(a) = there.addr {
+            ns.ip(&["addr", "add", a, "dev", there.name])?;
         }
-        ns.ip(&["link", "set", ns_if, "up"])?;
+        ns.ip(&["link", "set", there.name, "up"])?;
         Ok(link)
     }
 }
@@ -330,36 +344,29 @@ impl Netns {
         self.ip(&["link", "set", br, "up"])
     }
 
-    /// A veth pair from this namespace to `other`: `here_if` here, `there_if` in `other`, both up, each
-    /// with its address (CIDR) if given.
-    pub fn veth_to(
-        &self,
-        here_if: &str,
-        here_addr: Option<&str>,
-        other: &Netns,
-        there_if: &str,
-        there_addr: Option<&str>,
-    ) -> Result<()> {
+    /// A veth pair from this namespace to `other`: `here` here, `there` in `other`, both up, each with
+    /// its address if given.
+    pub fn veth_to(&self, here: End<'_>, other: &Netns, there: End<'_>) -> Result<()> {
         self.ip(&[
             "link",
             "add",
-            here_if,
+            here.name,
             "type",
             "veth",
             "peer",
             "name",
-            there_if,
+            there.name,
             "netns",
             &other.name,
         ])?;
-        if let Some(a) = here_addr {
-            self.ip(&["addr", "add", a, "dev", here_if])?;
+        if let Some(a) = here.addr {
+            self.ip(&["addr", "add", a, "dev", here.name])?;
         }
-        if let Some(a) = there_addr {
-            other.ip(&["addr", "add", a, "dev", there_if])?;
+        if let Some(a) = there.addr {
+            other.ip(&["addr", "add", a, "dev", there.name])?;
         }
-        self.ip(&["link", "set", here_if, "up"])?;
-        other.ip(&["link", "set", there_if, "up"])
+        self.ip(&["link", "set", here.name, "up"])?;
+        other.ip(&["link", "set", there.name, "up"])
     }
 
     /// Enslaves `port` (an interface in this namespace) to bridge `br`.
@@ -603,8 +610,7 @@ mod tests {
                     "hr",
                     Some("10.250.7.1/24"),
                     &ns,
-                    "eth0",
-                    Some("10.250.7.2/24"),
+                    End::new("eth0", Some("10.250.7.2/24")),
                 )
                 .unwrap();
             root_name = link.name.clone();

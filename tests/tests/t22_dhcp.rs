@@ -23,7 +23,7 @@
 //! Each needs root and its peers (scripts/install-test-peers.sh); under CI a missing one fails the test,
 //! elsewhere the test is skipped with the reason printed.
 
-use ingot_tests::netns::{self, Lab, Netns, NsProcess};
+use ingot_tests::netns::{self, End, Lab, Netns, NsProcess};
 use ingot_tests::{wait_racks_connected, RackLogsOnPanic, TestCluster};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -465,14 +465,14 @@ fn lease_of(tc: &TestCluster, cidr: &str, ip: Ipv4Addr) -> LeaseView {
     })
 }
 
-/// Polls (every 200 ms, at most `limit`) until the lease of `ip` satisfies `pred`; the last value seen.
+/// Polls (every 200 ms, at most 5 s) until the lease of `ip` satisfies `pred`; the last value seen.
 fn wait_lease(
     tc: &TestCluster,
     cidr: &str,
     ip: Ipv4Addr,
-    limit: Duration,
     pred: impl Fn(&LeaseView) -> bool,
 ) -> Result<LeaseView, LeaseView> {
+    let limit = Duration::from_secs(5);
     let t0 = Instant::now();
     loop {
         let l = lease_of(tc, cidr, ip);
@@ -672,8 +672,12 @@ fn peers_alone_against_dnsmasq() {
     let lab = Lab::new();
     let srv = lab.netns("srv").unwrap();
     let cl = lab.netns("cl").unwrap();
-    srv.veth_to("s0", Some("10.29.0.1/24"), &cl, "eth0", None)
-        .unwrap();
+    srv.veth_to(
+        End::new("s0", Some("10.29.0.1/24")),
+        &cl,
+        End::new("eth0", None),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("dnsmasq.conf"),
         format!(
@@ -800,17 +804,26 @@ async fn clients_dora_renew_release_dhcping_relay() {
     // Direct link: root ingot-XXXX-r1 (10.20.0.1) <-> ns cl eth0.
     let cl = lab.netns("cl").unwrap();
     let l1 = lab
-        .root_veth("r1", Some("10.20.0.1/24"), &cl, "eth0", None)
+        .root_veth("r1", Some("10.20.0.1/24"), &cl, End::new("eth0", None))
         .unwrap();
     // Relayed link: root ingot-XXXX-r2 (10.21.0.1) <-> ns rl up0 (10.21.0.2); rl down0 (10.22.0.1) <->
     // ns c2 eth0.
     let rl = lab.netns("rl").unwrap();
     let l2 = lab
-        .root_veth("r2", Some("10.21.0.1/24"), &rl, "up0", Some("10.21.0.2/24"))
+        .root_veth(
+            "r2",
+            Some("10.21.0.1/24"),
+            &rl,
+            End::new("up0", Some("10.21.0.2/24")),
+        )
         .unwrap();
     let c2 = lab.netns("c2").unwrap();
-    rl.veth_to("down0", Some("10.22.0.1/24"), &c2, "eth0", None)
-        .unwrap();
+    rl.veth_to(
+        End::new("down0", Some("10.22.0.1/24")),
+        &c2,
+        End::new("eth0", None),
+    )
+    .unwrap();
     // The rack answers a relay at its giaddr: route the relayed subnet to the relay (the route goes with
     // the interface).
     netns::ip(&[
@@ -923,7 +936,7 @@ async fn clients_dora_renew_release_dhcping_relay() {
         "router/dns: {ev:?}"
     );
     let lease = tokio::task::block_in_place(|| {
-        wait_lease(&tc, "10.20.0.0/24", ip, Duration::from_secs(5), |l| {
+        wait_lease(&tc, "10.20.0.0/24", ip, |l| {
             l.as_ref()
                 .is_some_and(|(mac, st)| *mac == norm_mac(known) && st == "bound")
         })
@@ -963,7 +976,7 @@ async fn clients_dora_renew_release_dhcping_relay() {
     tokio::task::block_in_place(|| wait_event(&ulog, n, &["deconfig"], Duration::from_secs(10)))
         .unwrap_or_else(|| panic!("udhcpc did not release: {}", udhcpc.log_text()));
     let released = tokio::task::block_in_place(|| {
-        wait_lease(&tc, "10.20.0.0/24", ip, Duration::from_secs(5), |l| {
+        wait_lease(&tc, "10.20.0.0/24", ip, |l| {
             l.as_ref().is_none_or(|(_, st)| st != "bound")
         })
     });
@@ -1057,7 +1070,7 @@ async fn clients_dora_renew_release_dhcping_relay() {
     cl.exec_timeout("dhclient", &r, Duration::from_secs(20))
         .unwrap();
     let released = tokio::task::block_in_place(|| {
-        wait_lease(&tc, "10.20.0.0/24", dip, Duration::from_secs(5), |l| {
+        wait_lease(&tc, "10.20.0.0/24", dip, |l| {
             l.as_ref().is_none_or(|(_, st)| st != "bound")
         })
     });
@@ -1157,11 +1170,12 @@ async fn proxy_mode_next_to_dnsmasq() {
     lan.ip(&["addr", "add", "10.23.0.2/24", "dev", "br0"])
         .unwrap();
     let link = lab
-        .root_veth("px", Some("10.23.0.1/24"), &lan, "rk0", None)
+        .root_veth("px", Some("10.23.0.1/24"), &lan, End::new("rk0", None))
         .unwrap();
     lan.attach("rk0", "br0").unwrap();
     let pc = lab.netns("pc").unwrap();
-    lan.veth_to("c0", None, &pc, "eth0", None).unwrap();
+    lan.veth_to(End::new("c0", None), &pc, End::new("eth0", None))
+        .unwrap();
     lan.attach("c0", "br0").unwrap();
     std::fs::write(
         dir.join("dnsmasq.conf"),
@@ -1341,15 +1355,16 @@ async fn ha_secondary_takes_over_without_duplicates() {
     let lan = lab.netns("lan").unwrap();
     lan.bridge("br0").unwrap();
     let la = lab
-        .root_veth("ha", Some("10.24.0.1/24"), &lan, "ra0", None)
+        .root_veth("ha", Some("10.24.0.1/24"), &lan, End::new("ra0", None))
         .unwrap();
     let lb = lab
-        .root_veth("hb", Some("10.24.0.2/24"), &lan, "rb0", None)
+        .root_veth("hb", Some("10.24.0.2/24"), &lan, End::new("rb0", None))
         .unwrap();
     lan.attach("ra0", "br0").unwrap();
     lan.attach("rb0", "br0").unwrap();
     let hc = lab.netns("hc").unwrap();
-    lan.veth_to("c0", None, &hc, "eth0", None).unwrap();
+    lan.veth_to(End::new("c0", None), &hc, End::new("eth0", None))
+        .unwrap();
     lan.attach("c0", "br0").unwrap();
     tc.cluster
         .add_rack_with_args("ra", "z1", &rack_args(&[&la.name]))
@@ -1535,7 +1550,7 @@ async fn qemu_bios_and_uefi_get_their_boot_file_and_enlist() {
     let vm = lab.netns("vm").unwrap();
     vm.bridge("br0").unwrap();
     let link = lab
-        .root_veth("vm", Some("10.25.0.1/24"), &vm, "up0", None)
+        .root_veth("vm", Some("10.25.0.1/24"), &vm, End::new("up0", None))
         .unwrap();
     vm.attach("up0", "br0").unwrap();
     for tap in ["tap0", "tap1"] {
@@ -1729,7 +1744,7 @@ async fn malformed_flood_and_discover_storm() {
     let lab = Lab::new();
     let fl = lab.netns("fl").unwrap();
     let link = lab
-        .root_veth("fl", Some("10.26.0.1/24"), &fl, "eth0", None)
+        .root_veth("fl", Some("10.26.0.1/24"), &fl, End::new("eth0", None))
         .unwrap();
     tc.cluster
         .add_rack_with_args("r1", "z1", &rack_args(&[&link.name]))
