@@ -17,6 +17,8 @@
 //! With `--racks` it runs the rack-controller benchmark instead (see [`racks`]): session failover after a
 //! region SIGKILL, BMC ownership moves after a rack SIGKILL, and the regions' cost per connected rack.
 //!
+//! With `--dhcp-fuzz --cases N [--seed S]` it runs the DHCP fuzzer instead (see [`dhcp_fuzz`]).
+//!
 //! With `--nemesis --minutes N [--seed S]` it runs the nemesis instead (see [`nemesis`]): faults
 //! injected at random under a client workload, then the invariants checked from the record.
 
@@ -31,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod alloc;
+mod dhcp_fuzz;
 mod nemesis;
 mod power;
 mod racks;
@@ -146,9 +149,16 @@ struct Args {
     /// --nemesis: minutes of faults.
     #[arg(long, default_value_t = 2.0)]
     minutes: f64,
-    /// --nemesis: seed of every random choice (default: random; printed).
+    /// --nemesis, --dhcp-fuzz: seed of every random choice (default: random; printed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Run the DHCP fuzzer instead (no cluster): `--cases` random and mutated datagrams through the
+    /// rack's DHCP parser, engine and reply builder.
+    #[arg(long)]
+    dhcp_fuzz: bool,
+    /// --dhcp-fuzz: datagrams to feed.
+    #[arg(long, default_value_t = 10_000_000)]
+    cases: u64,
 }
 
 /// The `p` quantile (0..=1) of sorted samples; zero when there are none.
@@ -365,6 +375,12 @@ fn etcd_figures(failovers: usize) -> Result<Vec<(String, String)>> {
 async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let a = Args::parse();
+    if a.dhcp_fuzz {
+        return dhcp_fuzz::run(&dhcp_fuzz::FuzzOpts {
+            cases: a.cases,
+            seed: a.seed.unwrap_or_else(rand::random),
+        });
+    }
     if a.power {
         return power::run(&power::PowerOpts {
             bmcs: a.bmcs,
