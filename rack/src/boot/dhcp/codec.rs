@@ -605,7 +605,8 @@ fn bounded(s: &str) -> Vec<u8> {
 }
 
 /// Encodes a reply. Never panics: over-long texts are cut to what their field holds. The datagram is
-/// padded to [`MIN_REPLY_LEN`] bytes; option 82 is placed last, as relays expect.
+/// padded to [`MIN_REPLY_LEN`] bytes; option 82 is placed last, as relays expect. Empty only if
+/// dhcproto refused to encode (never seen; the fuzzer checks every reply decodes).
 pub fn build(reply: &Reply) -> Vec<u8> {
     let mut msg = v4::Message::default();
     msg.set_opcode(Opcode::BootReply)
@@ -685,7 +686,11 @@ pub fn build(reply: &Reply) -> Vec<u8> {
         o.insert(DhcpOption::Message(m));
     }
     msg.set_opts(o);
-    let mut out = msg.to_vec().unwrap_or_default();
+    // Encoding into a Vec cannot fail with the options above; should dhcproto ever refuse, the caller
+    // gets an empty datagram (the server sends nothing) rather than a panic.
+    let Ok(mut out) = msg.to_vec() else {
+        return Vec::new();
+    };
     // Option 82 is appended by hand, last before End (dhcproto would re-encode it from its parsed
     // form; the relay wants its own bytes back).
     if let Some(info) = reply

@@ -674,6 +674,8 @@ impl Engine {
             hostname: req.hostname.clone().unwrap_or_default(),
             rack: String::new(),
         };
+        // An offer of another address to this MAC is moot now.
+        self.table.forget_offer(cidr, req.mac);
         self.table.record_pending(&lease);
         let r = self.lease_reply(ReplyKind::Ack, req, subnet, via, ip);
         Outcome {

@@ -768,3 +768,26 @@ proptest! {
         check(&mut e, &p, &v)?;
     }
 }
+
+#[test]
+fn selecting_another_address_than_offered_releases_the_offer() {
+    let mut e = engine();
+    let offered = reply(&handle(&mut e, &discover(mac(1)), via(MANAGED), NOW))
+        .0
+        .yiaddr();
+    let wanted = ip(10, 20, 0, 170);
+    let out = handle(
+        &mut e,
+        &request(mac(1))
+            .with(54, MANAGED.octets())
+            .with(50, wanted.octets()),
+        via(MANAGED),
+        NOW,
+    );
+    assert_eq!(reply(&out).0.yiaddr(), wanted);
+    // The first offer's address is free for the next client at once.
+    let next = reply(&handle(&mut e, &discover(mac(2)), via(MANAGED), NOW))
+        .0
+        .yiaddr();
+    assert_eq!(next, offered);
+}
