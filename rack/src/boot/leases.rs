@@ -80,14 +80,18 @@ impl LeaseView {
 /// An offer's hold on an address.
 #[derive(Debug, Clone, Copy)]
 struct Hold {
+    /// The MAC it was offered to.
     mac: Mac,
+    /// When the hold ends (ms).
     until_ms: u64,
 }
 
 /// One address the table knows something about.
 #[derive(Debug, Default)]
 struct Slot {
+    /// The region's lease of the address, or this rack's uncommitted one.
     lease: Option<LeaseView>,
+    /// This rack's live offer of it, if any (offers override nothing: they sit beside the lease).
     offer: Option<Hold>,
     /// The key under which it sits in `Pool::reusable`, if it does.
     reuse_key: Option<u64>,
@@ -96,10 +100,13 @@ struct Slot {
 /// The parts of a subnet that decide which addresses may be handed out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Shape {
+    /// The network (its network and broadcast addresses are never handed out).
     cidr: Cidr,
+    /// The router, never handed out.
     gateway: Option<u32>,
-    /// Dynamic ranges, sorted, as (first, last).
+    /// Dynamic ranges, sorted, as (first, last): the only addresses handed out.
     dynamic: Vec<(u32, u32)>,
+    /// Reserved ranges as (first, last), never handed out even if a dynamic range overlaps them.
     reserved: Vec<(u32, u32)>,
 }
 
@@ -157,7 +164,9 @@ impl Shape {
 /// One subnet's addresses.
 #[derive(Debug)]
 struct Pool {
+    /// Which addresses may be handed out.
     shape: Shape,
+    /// Every address with a lease or an offer.
     slots: HashMap<u32, Slot>,
     /// Each MAC's latest lease address (its sticky choice); checked against the slot on use.
     by_mac: HashMap<Mac, u32>,
@@ -370,7 +379,9 @@ impl Pool {
 /// The lease table of every subnet this rack serves (see the module doc).
 #[derive(Debug, Default)]
 pub struct LeaseTable {
+    /// One pool per subnet served.
     pools: HashMap<Cidr, Pool>,
+    /// Addresses examined by allocations (see [`LeaseTable::probes`]).
     probes: u64,
 }
 
@@ -463,8 +474,8 @@ impl LeaseTable {
         })
     }
 
-    /// Picks an address for `mac` on `subnet` (see the module doc for the order); with `fresh` false
-    /// only its offer or sticky address. Does not hold it: [`LeaseTable::hold_offer`] or
+    /// Picks an address for `mac` on `subnet` (see the module doc for the order; [`LeaseTable::sticky`]
+    /// is its first two steps alone). Does not hold it: [`LeaseTable::hold_offer`] or
     /// [`LeaseTable::record_pending`] does.
     pub fn allocate(
         &mut self,
@@ -472,14 +483,10 @@ impl LeaseTable {
         mac: Mac,
         requested: Option<Ipv4Addr>,
         now_ms: u64,
-        fresh: bool,
     ) -> Option<Ipv4Addr> {
         if let Some(ip) = self.sticky(subnet, mac, now_ms) {
             self.probes += 1;
             return Some(ip);
-        }
-        if !fresh {
-            return None;
         }
         let pool = self.pools.get_mut(&subnet)?;
         if let Some(r) = requested {
@@ -693,7 +700,7 @@ mod tests {
         req: Option<Ipv4Addr>,
         now: u64,
     ) -> Option<Ipv4Addr> {
-        let a = t.allocate(c, m, req, now, true)?;
+        let a = t.allocate(c, m, req, now)?;
         t.hold_offer(c, a, m, now);
         Some(a)
     }

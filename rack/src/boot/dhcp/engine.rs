@@ -167,20 +167,39 @@ impl Outcome {
     }
 }
 
+/// One datagram being answered on a managed subnet: what every step of the decision reads.
+struct Exchange<'a> {
+    /// The parsed request.
+    req: &'a Request,
+    /// The subnet it is answered on.
+    subnet: &'a Subnet,
+    /// How it arrived.
+    via: &'a Via,
+    /// The time of arrival (ms since the epoch).
+    now_ms: u64,
+}
+
 /// Per-second packet counts per MAC.
 #[derive(Debug, Default)]
 struct Flood {
+    /// The second (ms / 1000) the counts are for; a new second starts them over.
     second: u64,
+    /// Packets per MAC this second.
     counts: HashMap<Mac, u32>,
+    /// MACs in the order first seen this second: the eviction order at [`MAX_FLOOD_MACS`].
     order: VecDeque<Mac>,
 }
 
 /// MACs enlisted lately, and this second's enlistment count.
 #[derive(Debug, Default)]
 struct Enlisted {
+    /// When each MAC was last enlisted (ms).
     last_ms: HashMap<Mac, u64>,
+    /// (when, MAC) in enlistment order: expiry and eviction order.
     order: VecDeque<(u64, Mac)>,
+    /// The second `this_second` counts.
     second: u64,
+    /// Enlistments in that second (at most [`MAX_ENLIST_PER_S`]).
     this_second: u32,
 }
 
@@ -201,12 +220,19 @@ impl Enlisted {
 /// The DHCP engine of one rack (see the module doc).
 #[derive(Debug)]
 pub struct Engine {
+    /// Boot files, HTTP port, flood limit.
     settings: EngineSettings,
+    /// The subnets the region told this rack to serve (shared with each decision without a copy).
     subnets: Vec<Arc<ServedSubnet>>,
+    /// MACs the cluster knows (not enlisted; sticky even offline).
     known: HashMap<Mac, String>,
+    /// Leases and offers.
     table: LeaseTable,
+    /// Whether a region is reachable.
     online: bool,
+    /// Per-MAC packet budget.
     flood: Flood,
+    /// Enlistment memory and rate.
     enlisted: Enlisted,
 }
 
@@ -322,7 +348,12 @@ impl Engine {
         let mut out = match (via.port, subnet.mode) {
             (ServerPort::ProxyDhcp, _) => self.boot_server(&req, via),
             (ServerPort::Dhcp, SubnetMode::Proxy) => self.proxy_offer(&req, via),
-            (ServerPort::Dhcp, _) => self.managed(&req, subnet, via, now_ms),
+            (ServerPort::Dhcp, _) => self.managed(&Exchange {
+                req: &req,
+                subnet,
+                via,
+                now_ms,
+            }),
         };
         out.enlist = enlist;
         out
@@ -500,14 +531,8 @@ impl Engine {
     }
 
     /// An OFFER or ACK of `ip` with the subnet's and the boot options.
-    fn lease_reply(
-        &self,
-        kind: ReplyKind,
-        req: &Request,
-        subnet: &Subnet,
-        via: &Via,
-        ip: Ipv4Addr,
-    ) -> Reply {
+    fn lease_reply(&self, kind: ReplyKind, x: &Exchange<'_>, ip: Ipv4Addr) -> Reply {
+        let (req, subnet, via) = (x.req, x.subnet, x.via);
         let mut r = Self::reply(kind, req, via);
         r.yiaddr = ip;
         r.ciaddr = req.ciaddr;
@@ -517,11 +542,11 @@ impl Engine {
         r
     }
 
-    fn managed(&mut self, req: &Request, subnet: &Subnet, via: &Via, now_ms: u64) -> Outcome {
+    fn managed(&mut self, x: &Exchange<'_>) -> Outcome {
+        let (req, subnet, via, now_ms) = (x.req, x.subnet, x.via, x.now_ms);
         let cidr = subnet.cidr;
         match req.kind {
             ClientMessage::Discover => {
-                let fresh = self.online;
                 if !self.online
                     && !self.known.contains_key(&req.mac)
                     && !self.table.holds_active(cidr, req.mac, now_ms)
@@ -530,10 +555,12 @@ impl Engine {
                         "offline: only known machines and current leases are answered",
                     );
                 }
-                let Some(ip) = self
-                    .table
-                    .allocate(cidr, req.mac, req.requested_ip, now_ms, fresh)
-                else {
+                let ip = if self.online {
+                    self.table.allocate(cidr, req.mac, req.requested_ip, now_ms)
+                } else {
+                    self.table.sticky(cidr, req.mac, now_ms)
+                };
+                let Some(ip) = ip else {
                     return Outcome::drop(if self.online {
                         "no free address in the subnet's dynamic ranges"
                     } else {
@@ -541,7 +568,7 @@ impl Engine {
                     });
                 };
                 self.table.hold_offer(cidr, ip, req.mac, now_ms);
-                let r = self.lease_reply(ReplyKind::Offer, req, subnet, via, ip);
+                let r = self.lease_reply(ReplyKind::Offer, x, ip);
                 Outcome {
                     reply: Some(Self::send(&r, req, via)),
                     ..Outcome::default()
@@ -567,7 +594,7 @@ impl Engine {
                 } else {
                     return Outcome::drop("REQUEST without server id, ciaddr or requested address");
                 };
-                self.confirm(req, subnet, via, ip, now_ms)
+                self.confirm(x, ip)
             }
             ClientMessage::Decline | ClientMessage::Release => {
                 if req.server_id.is_some_and(|s| s != via.local_ip) {
@@ -624,14 +651,8 @@ impl Engine {
     /// A REQUEST for `ip`: ACK (with its commit) if the address is the client's or free to give, NAK
     /// if it is not the client's to have, silence while offline for an address this rack cannot vouch
     /// for.
-    fn confirm(
-        &mut self,
-        req: &Request,
-        subnet: &Subnet,
-        via: &Via,
-        ip: Ipv4Addr,
-        now_ms: u64,
-    ) -> Outcome {
+    fn confirm(&mut self, x: &Exchange<'_>, ip: Ipv4Addr) -> Outcome {
+        let (req, subnet, via, now_ms) = (x.req, x.subnet, x.via, x.now_ms);
         let cidr = subnet.cidr;
         if !cidr.contains(ip) {
             return Outcome {
@@ -677,7 +698,7 @@ impl Engine {
         // An offer of another address to this MAC is moot now.
         self.table.forget_offer(cidr, req.mac);
         self.table.record_pending(&lease);
-        let r = self.lease_reply(ReplyKind::Ack, req, subnet, via, ip);
+        let r = self.lease_reply(ReplyKind::Ack, x, ip);
         Outcome {
             reply: Some(Self::send(&r, req, via)),
             commit: Some(lease),
