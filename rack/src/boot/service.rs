@@ -1061,12 +1061,16 @@ pub fn lease_to_proto(l: &Lease) -> proto::Lease {
 
 /// A lease from the wire; `Err` names the bad field.
 pub fn lease_from_proto(l: &proto::Lease) -> Result<Lease, String> {
+    let ip: Ipv4Addr =
+        l.ip.parse()
+            .map_err(|_| format!("ip {:?} is not an IPv4 address", l.ip))?;
+    let subnet: Cidr = l.subnet.parse().map_err(|e| format!("subnet: {e}"))?;
+    if !subnet.contains(ip) {
+        return Err(format!("ip {ip} is outside its subnet {subnet}"));
+    }
     Ok(Lease {
-        ip: l
-            .ip
-            .parse()
-            .map_err(|_| format!("ip {:?} is not an IPv4 address", l.ip))?,
-        subnet: l.subnet.parse().map_err(|e| format!("subnet: {e}"))?,
+        ip,
+        subnet,
         mac: l.mac.parse().map_err(|e| format!("mac: {e}"))?,
         state: l
             .state

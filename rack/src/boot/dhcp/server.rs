@@ -140,31 +140,20 @@ pub struct Server {
     listeners: Vec<Listener>,
 }
 
-/// The interface's first IPv4 address.
+/// The interface's first IPv4 address. Called after a socket was bound to the interface, so a missing
+/// interface was reported already (`ENODEV`); here none means no IPv4 address (if-addrs lists only
+/// interfaces with an address).
 fn ipv4_of(interface: &str) -> Result<Ipv4Addr, ServerError> {
     let all = if_addrs::get_if_addrs().map_err(|source| ServerError::Interfaces { source })?;
-    let mut found = false;
-    for i in all.iter().filter(|i| i.name == interface) {
-        found = true;
-        if let if_addrs::IfAddr::V4(v4) = &i.addr {
-            return Ok(v4.ip);
-        }
-    }
-    // getifaddrs lists an interface without addresses only through its link entry, which if-addrs
-    // skips: ask the kernel for the name directly before calling it missing.
-    if found
-        || std::path::Path::new("/sys/class/net")
-            .join(interface)
-            .exists()
-    {
-        Err(ServerError::NoIpv4 {
+    all.iter()
+        .filter(|i| i.name == interface)
+        .find_map(|i| match &i.addr {
+            if_addrs::IfAddr::V4(v4) => Some(v4.ip),
+            _ => None,
+        })
+        .ok_or_else(|| ServerError::NoIpv4 {
             interface: interface.to_string(),
         })
-    } else {
-        Err(ServerError::NoInterface {
-            interface: interface.to_string(),
-        })
-    }
 }
 
 /// Maps a socket error at step `what` to the startup error that says what to do.
@@ -248,16 +237,16 @@ impl Server {
             if !seen.insert(interface.as_str()) {
                 continue;
             }
+            // Binding first reports a missing interface (ENODEV) or missing privileges as such.
+            let dhcp = bind_one(interface, cfg.dhcp_port)?;
+            let proxy = bind_one(interface, cfg.proxy_dhcp_port)?;
             let local_ip = ipv4_of(interface)?;
-            for (port, number) in [
-                (ServerPort::Dhcp, cfg.dhcp_port),
-                (ServerPort::ProxyDhcp, cfg.proxy_dhcp_port),
-            ] {
+            for (port, socket) in [(ServerPort::Dhcp, dhcp), (ServerPort::ProxyDhcp, proxy)] {
                 listeners.push(Listener {
                     interface: interface.clone(),
                     local_ip,
                     port,
-                    socket: bind_one(interface, number)?,
+                    socket,
                 });
             }
         }
