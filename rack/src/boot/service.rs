@@ -654,11 +654,16 @@ impl Committer {
             }
         };
         at(self.pending_since.map(|t| t + w));
-        at(self.offline_since.map(|t| t + w));
+        // While a compaction runs the group waits for its report (which wakes the loop anyway).
+        if !self.compacting {
+            at(self.offline_since.map(|t| t + w));
+        }
         if self.session.is_some() {
             at(self.enlist_since.map(|t| t + w));
-            at(self.retry_at);
-            if self.in_flight.len() < self.settings.max_in_flight {
+            if self.retry_at.is_some() {
+                // The session's queue was full or closing: nothing to send before then.
+                at(self.retry_at);
+            } else if self.in_flight.len() < self.settings.max_in_flight {
                 at(self.queued.front().map(|b| b.not_before.unwrap_or(now)));
             }
             at(self
@@ -851,8 +856,9 @@ impl Committer {
                     break;
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
-                    // The session is ending; its guard tells us so.
+                    // The session is ending; its guard tells us so (until then, look again shortly).
                     self.queued.push_front(b);
+                    self.retry_at = Some(now + Duration::from_millis(5));
                     break;
                 }
             }
