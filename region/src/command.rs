@@ -218,6 +218,8 @@ pub enum Reply {
     /// are part of snapshots (the dedup window).
     #[serde(rename = "Command")]
     PowerCommand(Box<PowerCommand>),
+    /// A boot network as created or changed.
+    Subnet(Box<ingot_common::net::Subnet>),
 }
 
 /// The answer to one command.
