@@ -6,9 +6,10 @@
 //! rack serves its subnet, the address is a host address of the subnet outside its reserved ranges, and no
 //! other MAC holds it; a refused lease is named in the reply with why, the rest are recorded. Committing
 //! the same lease again changes nothing (a re-sent batch, a journal replayed twice), and a lease older
-//! than the one recorded for its MAC and address never replaces it: `start_ms` orders a MAC's records,
-//! so a rack commits a release or a decline with `start_ms` = when it happened. No event per lease: a
-//! boot storm must not flood the event log.
+//! than the one recorded for its MAC and address never replaces it: `start_ms` orders a MAC's records
+//! (a batch is applied oldest first), so a rack commits a release or a decline with `start_ms` = when it
+//! happened; a release of an address whose record is another MAC's changes nothing. No event per lease:
+//! a boot storm must not flood the event log.
 
 use super::ctx::ApplyCtx;
 use super::machines::insert_new;
@@ -100,6 +101,10 @@ fn verdict(state: &State, rack: &str, l: &Lease) -> Verdict {
     }
     if let Some(old) = state.data.leases.get(&l.ip) {
         if old.mac != l.mac {
+            if l.state == LeaseState::Released {
+                // The address's record is another MAC's now: this MAC has nothing there to give back.
+                return Verdict::Unchanged;
+            }
             if old.state != LeaseState::Released && old.expires_ms > l.start_ms {
                 return Verdict::Refused(format!(
                     "held by {} ({}) until {} ms since the epoch, {} s after this lease's start",
@@ -118,11 +123,12 @@ fn verdict(state: &State, rack: &str, l: &Lease) -> Verdict {
             o.ip != l.ip
                 && o.subnet == l.subnet
                 && o.state == LeaseState::Bound
-                && o.start_ms > l.start_ms
+                && o.start_ms >= l.start_ms
         });
         if let Some(o) = newer {
+            // (An equal start is a tie the recorded one wins, so a batch committed twice ends the same.)
             return Verdict::Refused(format!(
-                "superseded: {} holds {} on {} since later ({} ms since the epoch)",
+                "superseded: {} holds {} on {} since as late ({} ms since the epoch)",
                 l.mac, o.ip, l.subnet, o.start_ms
             ));
         }
@@ -144,7 +150,10 @@ pub(super) fn commit(ctx: &ApplyCtx, state: &mut State, op: &op::CommitLeases) -
     serving_rack(state, &op.rack)?;
     let by: Arc<str> = Arc::from(op.rack.as_str());
     let mut refused = Vec::new();
-    for l in &op.leases {
+    // Oldest first (stable): a MAC's records are ordered by `start_ms`, whatever order the batch has.
+    let mut leases: Vec<&Lease> = op.leases.iter().collect();
+    leases.sort_by_key(|l| l.start_ms);
+    for l in leases {
         let l = Lease {
             rack: op.rack.clone(),
             ..l.clone()
@@ -603,6 +612,15 @@ mod tests {
         );
         assert!(r[0].reason.starts_with("superseded"), "{r:?}");
         assert_eq!(s.data.leases[&ip(101)].state, LeaseState::Bound);
+        // Two addresses for one MAC at the same moment: the first wins, also when the batch comes again.
+        let twice = vec![
+            lease(110, 2, LeaseState::Bound, 5_000),
+            lease(111, 2, LeaseState::Bound, 5_000),
+        ];
+        assert_eq!(commit(&mut s, "r1", 14, twice.clone()).len(), 1);
+        let leases = s.data.leases.clone();
+        assert_eq!(commit(&mut s, "r1", 15, twice).len(), 1);
+        assert_eq!(s.data.leases, leases);
     }
 
     #[test]
