@@ -97,6 +97,18 @@ pub struct EnlistRequest {
     pub subnet: Cidr,
 }
 
+/// When a session looks at the state: the wall clock that liveness is judged by, the region's rack grace,
+/// and the monotonic clock that paces sending.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick {
+    /// Now, ms since the epoch (compared with recorded heartbeats).
+    pub now_ms: u64,
+    /// How long a rack stays live after its last recorded heartbeat (`--rack-grace-ms`).
+    pub grace_ms: u64,
+    /// Now, monotonic ([`KNOWN_MIN_INTERVAL`]).
+    pub now: Instant,
+}
+
 /// Whether the primary of `s` is live now.
 fn primary_live(st: &State, s: &Subnet, now_ms: u64, grace_ms: u64) -> bool {
     s.primary
@@ -203,15 +215,9 @@ impl BootFeed {
     /// The configuration to send `rack` now, if it differs from the one last sent: its subnets (roles,
     /// active flags) compared on every call, the known MACs by version only (no list is built for
     /// nothing) and at most every [`KNOWN_MIN_INTERVAL`] when nothing else changed.
-    pub fn config_changed(
-        &mut self,
-        st: &State,
-        rack: &str,
-        now_ms: u64,
-        grace_ms: u64,
-        now: Instant,
-    ) -> Option<RackBootConfig> {
-        let subnets = served_subnets(st, rack, now_ms, grace_ms);
+    pub fn config_changed(&mut self, st: &State, rack: &str, tick: Tick) -> Option<RackBootConfig> {
+        let now = tick.now;
+        let subnets = served_subnets(st, rack, tick.now_ms, tick.grace_ms);
         let version = st.boot.macs_version;
         let subnets_changed = self.subnets.as_ref() != Some(&subnets);
         let macs_changed = self.macs_version != Some(version);
@@ -400,6 +406,14 @@ mod tests {
         );
     }
 
+    fn tick(now_ms: u64, now: Instant) -> Tick {
+        Tick {
+            now_ms,
+            grace_ms: GRACE,
+            now,
+        }
+    }
+
     fn flags(st: &State, rack: &str, now: u64) -> Vec<(String, SubnetRole, bool)> {
         served_subnets(st, rack, now, GRACE)
             .into_iter()
@@ -465,16 +479,16 @@ mod tests {
         let t0 = Instant::now();
         let mut feed = BootFeed::new(t0);
         let first = feed
-            .config_changed(&st, "s", 2_000, GRACE, t0)
+            .config_changed(&st, "s", tick(2_000, t0))
             .expect("first");
         assert!(!first.subnets[0].active && first.known.is_empty());
         assert!(
-            feed.config_changed(&st, "s", 2_500, GRACE, t0).is_none(),
+            feed.config_changed(&st, "s", tick(2_500, t0)).is_none(),
             "unchanged"
         );
         // The primary dies: sent at once.
         let c = feed
-            .config_changed(&st, "s", 20_000, GRACE, t0)
+            .config_changed(&st, "s", tick(20_000, t0))
             .expect("take over");
         assert!(c.subnets[0].active);
         // A machine appears: sent, but not more often than KNOWN_MIN_INTERVAL for MAC changes alone.
@@ -482,9 +496,9 @@ mod tests {
             crate::app::zones::tests::machine("m1", "default", ingot_common::MachineStatus::New);
         m.macs = vec![Mac([0x52, 0x54, 0, 0, 0, 1])];
         st.put_machine(m);
-        assert!(feed.config_changed(&st, "s", 20_000, GRACE, t0).is_none());
+        assert!(feed.config_changed(&st, "s", tick(20_000, t0)).is_none());
         let c = feed
-            .config_changed(&st, "s", 20_000, GRACE, t0 + KNOWN_MIN_INTERVAL)
+            .config_changed(&st, "s", tick(20_000, t0 + KNOWN_MIN_INTERVAL))
             .expect("known MACs");
         assert_eq!(
             c.known,
@@ -495,11 +509,11 @@ mod tests {
         m.description = "x".into();
         st.put_machine(m);
         assert!(feed
-            .config_changed(&st, "s", 20_000, GRACE, t0 + KNOWN_MIN_INTERVAL * 5)
+            .config_changed(&st, "s", tick(20_000, t0 + KNOWN_MIN_INTERVAL * 5))
             .is_none());
         // A subnet change is sent at once.
         st.data.subnets.get_mut(NET).expect("net").domain = "lab.example".into();
-        assert!(feed.config_changed(&st, "s", 20_000, GRACE, t0).is_some());
+        assert!(feed.config_changed(&st, "s", tick(20_000, t0)).is_some());
     }
 
     fn lease(last: u8, mac: u8, rack: &str) -> Lease {
@@ -529,7 +543,7 @@ mod tests {
         let t0 = Instant::now();
         let mut feed = BootFeed::new(t0);
         assert!(feed.leases_due(&st, "s").is_empty(), "no config sent yet");
-        feed.config_changed(&st, "s", 2_000, GRACE, t0)
+        feed.config_changed(&st, "s", tick(2_000, t0))
             .expect("config");
         // Session start: all of them (the standby secondary too, so it is warm when it takes over).
         let full = feed.leases_due(&st, "s");
@@ -546,7 +560,7 @@ mod tests {
         assert!(!d[0].full);
         assert_eq!(d[0].leases, vec![lease(101, 2, "p")], "once, its latest");
         // The secondary becomes active: everything again.
-        feed.config_changed(&st, "s", 20_000, GRACE, t0)
+        feed.config_changed(&st, "s", tick(20_000, t0))
             .expect("take over");
         let full = feed.leases_due(&st, "s");
         assert!(full.len() == 1 && full[0].full && full[0].leases.len() == 3);
@@ -576,7 +590,7 @@ mod tests {
             st.put_lease(l, 5, None);
         }
         let mut feed = BootFeed::new(Instant::now());
-        feed.config_changed(&st, "p", 2_000, GRACE, Instant::now());
+        feed.config_changed(&st, "p", tick(2_000, Instant::now()));
         let msgs = feed.leases_due(&st, "p");
         let sizes: Vec<(bool, usize)> = msgs.iter().map(|m| (m.full, m.leases.len())).collect();
         assert_eq!(

@@ -9,7 +9,7 @@
 //! [`HEARTBEAT_RECORD`] so the leader knows which racks are alive. A revoked rack's session is cut at once;
 //! a session superseded by a newer one of the same rack ends.
 
-use super::boot::{BootFeed, EnlistRequest, LeasesUpdate, RackBootConfig};
+use super::boot::{BootFeed, EnlistRequest, LeasesUpdate, RackBootConfig, Tick};
 use super::App;
 use crate::command::op::{MAX_LEASES_PER_COMMIT, MAX_LEASE_HOSTNAME};
 use crate::command::{
@@ -455,13 +455,12 @@ impl RackSessionState {
             return None;
         }
         let st = crate::locks::read(&self.app.region.state);
-        self.boot.config_changed(
-            &st,
-            &self.name,
-            ingot_common::now_ms(),
-            self.app.rack_grace_ms,
-            Instant::now(),
-        )
+        let tick = Tick {
+            now_ms: ingot_common::now_ms(),
+            grace_ms: self.app.rack_grace_ms,
+            now: Instant::now(),
+        };
+        self.boot.config_changed(&st, &self.name, tick)
     }
 
     /// The leases to send the rack now (see [`BootFeed::leases_due`]): call after
