@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod alloc;
+pub mod boot;
 pub mod cluster;
 pub mod encoded;
 pub mod events;
