@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ingot/v1/event.proto",
         "ingot/v1/agent.proto",
         "ingot/v1/rack.proto",
+        "ingot/v1/subnet.proto",
     ];
     let internal = ["ingot/raft/v1/raft.proto", "ingot/rack/v1/rack.proto"];
     println!("cargo:rerun-if-changed=ingot");

@@ -17,6 +17,8 @@
 //! With `--racks` it runs the rack-controller benchmark instead (see [`racks`]): session failover after a
 //! region SIGKILL, BMC ownership moves after a rack SIGKILL, and the regions' cost per connected rack.
 //!
+//! With `--dhcp-fuzz --cases N [--seed S]` it runs the DHCP fuzzer instead (see [`dhcp_fuzz`]).
+//!
 //! With `--dhcp` it runs the DHCP benchmark instead (see [`dhcp`]): Kea's perfdhcp against ingot-rack and
 //! against kea-dhcp4 in the same namespaces, stepping the rate up, and the rack's RSS with many leases.
 //!
@@ -35,6 +37,7 @@ use std::time::{Duration, Instant};
 
 mod alloc;
 mod dhcp;
+mod dhcp_fuzz;
 mod nemesis;
 mod power;
 mod racks;
@@ -150,9 +153,16 @@ struct Args {
     /// --nemesis: minutes of faults.
     #[arg(long, default_value_t = 2.0)]
     minutes: f64,
-    /// --nemesis: seed of every random choice (default: random; printed).
+    /// --nemesis, --dhcp-fuzz: seed of every random choice (default: random; printed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Run the DHCP fuzzer instead (no cluster): `--cases` random and mutated datagrams through the
+    /// rack's DHCP parser, engine and reply builder.
+    #[arg(long)]
+    dhcp_fuzz: bool,
+    /// --dhcp-fuzz: datagrams to feed.
+    #[arg(long, default_value_t = 10_000_000)]
+    cases: u64,
     /// Run the DHCP benchmark instead (root): perfdhcp against ingot-rack and kea-dhcp4, then the rack's RSS
     /// with `--dhcp-leases` more leases.
     #[arg(long)]
@@ -386,6 +396,12 @@ fn etcd_figures(failovers: usize) -> Result<Vec<(String, String)>> {
 async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let a = Args::parse();
+    if a.dhcp_fuzz {
+        return dhcp_fuzz::run(&dhcp_fuzz::FuzzOpts {
+            cases: a.cases,
+            seed: a.seed.unwrap_or_else(rand::random),
+        });
+    }
     if a.power {
         return power::run(&power::PowerOpts {
             bmcs: a.bmcs,

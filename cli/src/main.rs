@@ -3,7 +3,8 @@
 //!
 //! Layout: this file holds the command tree's root and error reporting; each command group lives in its
 //! own module ([`machines`] with [`actions`], [`allocate`] and [`power`], [`zones`], [`pools`], [`tags`],
-//! [`users`], [`events`], [`settings`], [`watch`], [`agent`], [`racks`], [`cluster`], [`dev`]). They share
+//! [`users`], [`events`], [`settings`], [`watch`], [`agent`], [`racks`], [`subnets`], [`leases`],
+//! [`cluster`], [`dev`]). They share
 //! leaf modules that import no command module: [`ctx`] (the global flags and the connection), [`target`]
 //! (how a machine argument is resolved), [`output`] (tables, JSON and timestamps) and [`parse`] (sizes,
 //! durations, times and settings). Every API command is
@@ -33,6 +34,7 @@ mod cluster;
 mod ctx;
 mod dev;
 mod events;
+mod leases;
 mod machines;
 mod output;
 mod parse;
@@ -40,6 +42,7 @@ mod pools;
 mod power;
 mod racks;
 mod settings;
+mod subnets;
 mod tags;
 mod target;
 mod users;
@@ -95,6 +98,12 @@ enum Command {
     /// Rack controllers: list, show, enrollment tokens, revoke (admin)
     #[command(subcommand)]
     Racks(racks::RacksCmd),
+    /// Boot networks the racks serve (DHCP, PXE): admins change them, anyone may list them
+    #[command(subcommand)]
+    Subnets(subnets::SubnetsCmd),
+    /// DHCP leases on the subnets
+    #[command(subcommand)]
+    Leases(leases::LeasesCmd),
     /// Region controllers: membership, health, join tokens
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
@@ -117,6 +126,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Watch(a) => watch::run(&ctx, a).await,
         Command::Agent(c) => agent::run(&ctx, c).await,
         Command::Racks(c) => racks::run(&ctx, c).await,
+        Command::Subnets(c) => subnets::run(&ctx, c).await,
+        Command::Leases(c) => leases::run(&ctx, c).await,
         Command::Cluster(c) => cluster::run(&ctx, c).await,
         Command::Dev(c) => dev::run(&ctx, c).await,
     }
@@ -255,6 +266,17 @@ mod tests {
             "ingot racks token create",
             "ingot racks token create --ttl 30m --name rack-9 --zone z --data-dir /srv/rack",
             "ingot racks revoke rack-1",
+            "ingot subnets create 10.20.0.0/24 --gateway 10.20.0.1 --dns 10.20.0.1 --dns 10.20.0.2 --domain lab.example --dynamic 10.20.0.100-10.20.0.199 --dynamic 10.20.0.200-10.20.0.210 --reserved 10.20.0.2-10.20.0.9 --vlan 0 --mode managed --primary rack-1 --secondary rack-2 --lease-time 1h --pxe-lease-time 30s",
+            "ingot subnets create 10.30.0.0/16 --mode proxy",
+            "ingot subnets list",
+            "ingot subnets list --stale",
+            "ingot subnets show 10.20.0.0/24",
+            "ingot subnets update 10.20.0.0/24 --mode off --lease-time 1d --pxe-lease-time 10m",
+            "ingot subnets update 10.20.0.0/24 --no-gateway --no-secondary --no-dns --no-domain --no-dynamic --no-reserved",
+            "ingot subnets update 10.20.0.0/24 --no-primary --no-secondary",
+            "ingot subnets delete 10.20.0.0/24",
+            "ingot leases list",
+            "ingot leases list --subnet 10.20.0.0/24 --mac 52:54:00:00:00:01",
             "ingot machines power on abc123",
             "ingot machines power soft-off abc123 --wait",
             "ingot machines power boot-pxe --hostname n1 --wait --wait-timeout 2m",
@@ -285,6 +307,13 @@ mod tests {
             "ingot machines set-power abc123 --param a=b",
             "ingot racks token create --ttl forever",
             "ingot racks show",
+            "ingot subnets create",
+            "ingot subnets create 10.20.0.0/24 --mode dhcp",
+            "ingot subnets create 10.20.0.0/24 --lease-time 1y",
+            "ingot subnets update 10.20.0.0/24 --gateway 10.20.0.1 --no-gateway",
+            "ingot subnets update 10.20.0.0/24 --dns 10.20.0.1 --no-dns",
+            "ingot subnets create 10.20.0.0/24 --no-gateway",
+            "ingot leases list 10.20.0.0/24",
         ];
         for line in bad {
             assert!(

@@ -3,8 +3,8 @@
 
 use comfy_table::{presets, Table};
 use ingot_proto::v1::{
-    EraseMode, Event, EventLevel, Inventory, Machine, Pool, PowerCommand, Rack, Region, RegionRole,
-    Role, Tag, Token, User, Zone,
+    EraseMode, Event, EventLevel, Inventory, Lease, Machine, MachineAddress, Pool, PowerCommand,
+    Rack, Region, RegionRole, Role, Subnet, Tag, Token, User, Zone,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -370,6 +370,8 @@ pub struct MachineJson<'a> {
     power_error: &'a str,
     power_checked_at: Option<String>,
     inventory: Option<InventoryJson<'a>>,
+    /// The machine's DHCP leases (only `machines show` fills them).
+    addresses: Vec<AddressJson<'a>>,
     created_at: Option<String>,
     updated_at: Option<String>,
     revision: u64,
@@ -448,6 +450,7 @@ pub fn machine_json(m: &Machine) -> MachineJson<'_> {
         power_error: &m.power_error,
         power_checked_at: ts_json(&m.power_checked_at),
         inventory: m.inventory.as_deref().map(inventory_json),
+        addresses: m.addresses.iter().map(address_json).collect(),
         created_at: ts_json(&m.created_at),
         updated_at: ts_json(&m.updated_at),
         revision: m.revision,
@@ -561,6 +564,7 @@ pub fn machine_record(m: &Machine) -> Table {
         ("memory", mib(m.memory_mib)),
         ("storage", gib(m.storage_gib)),
         ("macs", m.macs.join("\n")),
+        ("addresses", dash(&addresses(&m.addresses))),
         ("power driver", dash(&power.driver)),
         ("power params", dash(&params)),
         ("power state", dash(&m.power_state)),
@@ -1047,6 +1051,181 @@ pub fn region_json(r: &Region, leader_id: u64) -> RegionJson<'_> {
     }
 }
 
+/// `--json` of one of a machine's addresses.
+#[derive(Serialize)]
+pub struct AddressJson<'a> {
+    ip: &'a str,
+    subnet: &'a str,
+    mac: &'a str,
+    state: &'a str,
+    expires: Option<String>,
+}
+
+/// A machine's address as JSON.
+pub fn address_json(a: &MachineAddress) -> AddressJson<'_> {
+    AddressJson {
+        ip: &a.ip,
+        subnet: &a.subnet,
+        mac: &a.mac,
+        state: &a.state,
+        expires: ts_json(&a.expires),
+    }
+}
+
+/// A machine's addresses, one a line: `10.20.0.100 on 10.20.0.0/24 (52:54:00:00:00:01, bound until
+/// 2026-01-01T00:00:00Z)`.
+pub fn addresses(list: &[MachineAddress]) -> String {
+    list.iter()
+        .map(|a| {
+            format!(
+                "{} on {} ({}, {} until {})",
+                a.ip,
+                a.subnet,
+                a.mac,
+                a.state,
+                ts(&a.expires)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `--json` of a subnet.
+#[derive(Serialize)]
+pub struct SubnetJson<'a> {
+    cidr: &'a str,
+    gateway: &'a str,
+    dns: &'a [String],
+    domain: &'a str,
+    dynamic: &'a [String],
+    reserved: &'a [String],
+    vlan: u32,
+    mode: &'a str,
+    primary: &'a str,
+    secondary: &'a str,
+    lease_time_s: u32,
+    pxe_lease_time_s: u32,
+    lease_count: u64,
+}
+
+/// A subnet as JSON.
+pub fn subnet_json(s: &Subnet) -> SubnetJson<'_> {
+    SubnetJson {
+        cidr: &s.cidr,
+        gateway: &s.gateway,
+        dns: &s.dns,
+        domain: &s.domain,
+        dynamic: &s.dynamic,
+        reserved: &s.reserved,
+        vlan: s.vlan,
+        mode: &s.mode,
+        primary: &s.primary,
+        secondary: &s.secondary,
+        lease_time_s: s.lease_time_s,
+        pxe_lease_time_s: s.pxe_lease_time_s,
+        lease_count: s.lease_count,
+    }
+}
+
+/// Column headers of [`subnet_row`].
+pub const SUBNET_HEADER: [&str; 9] = [
+    "CIDR",
+    "MODE",
+    "GATEWAY",
+    "DYNAMIC",
+    "VLAN",
+    "PRIMARY",
+    "SECONDARY",
+    "LEASE TIME",
+    "LEASES",
+];
+
+/// One subnet as a list row.
+pub fn subnet_row(s: &Subnet) -> Vec<String> {
+    vec![
+        s.cidr.clone(),
+        s.mode.clone(),
+        dash(&s.gateway),
+        dash(&s.dynamic.join(",")),
+        s.vlan.to_string(),
+        dash(&s.primary),
+        dash(&s.secondary),
+        format!(
+            "{} (pxe {})",
+            duration(u64::from(s.lease_time_s)),
+            duration(u64::from(s.pxe_lease_time_s))
+        ),
+        s.lease_count.to_string(),
+    ]
+}
+
+/// One subnet in full, as a field/value table.
+pub fn subnet_record(s: &Subnet) -> Table {
+    record(vec![
+        ("cidr", s.cidr.clone()),
+        ("mode", s.mode.clone()),
+        ("gateway", dash(&s.gateway)),
+        ("dns", dash(&s.dns.join(", "))),
+        ("domain", dash(&s.domain)),
+        ("dynamic", dash(&s.dynamic.join("\n"))),
+        ("reserved", dash(&s.reserved.join("\n"))),
+        ("vlan", s.vlan.to_string()),
+        ("primary", dash(&s.primary)),
+        ("secondary", dash(&s.secondary)),
+        ("lease time", duration(u64::from(s.lease_time_s))),
+        ("pxe lease time", duration(u64::from(s.pxe_lease_time_s))),
+        ("leases", s.lease_count.to_string()),
+    ])
+}
+
+/// `--json` of a lease.
+#[derive(Serialize)]
+pub struct LeaseJson<'a> {
+    ip: &'a str,
+    subnet: &'a str,
+    mac: &'a str,
+    state: &'a str,
+    start: Option<String>,
+    expires: Option<String>,
+    hostname: &'a str,
+    rack: &'a str,
+    system_id: &'a str,
+}
+
+/// A lease as JSON.
+pub fn lease_json(l: &Lease) -> LeaseJson<'_> {
+    LeaseJson {
+        ip: &l.ip,
+        subnet: &l.subnet,
+        mac: &l.mac,
+        state: &l.state,
+        start: ts_json(&l.start),
+        expires: ts_json(&l.expires),
+        hostname: &l.hostname,
+        rack: &l.rack,
+        system_id: &l.system_id,
+    }
+}
+
+/// Column headers of [`lease_row`].
+pub const LEASE_HEADER: [&str; 8] = [
+    "IP", "SUBNET", "MAC", "STATE", "EXPIRES", "MACHINE", "HOSTNAME", "RACK",
+];
+
+/// One lease as a list row.
+pub fn lease_row(l: &Lease) -> Vec<String> {
+    vec![
+        l.ip.clone(),
+        l.subnet.clone(),
+        l.mac.clone(),
+        l.state.clone(),
+        ts(&l.expires),
+        dash(&l.system_id),
+        dash(&l.hostname),
+        dash(&l.rack),
+    ]
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1242,6 +1421,13 @@ mod tests {
             power_state: "on".into(),
             power_error: "".into(),
             power_checked_at: at(1_700_000_030),
+            addresses: vec![MachineAddress {
+                ip: "10.20.0.100".into(),
+                subnet: "10.20.0.0/24".into(),
+                mac: "52:54:00:00:00:01".into(),
+                state: "bound".into(),
+                expires: at(1_700_003_600),
+            }],
         }
     }
 

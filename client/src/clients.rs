@@ -9,6 +9,7 @@ use ingot_proto::v1::event_service_client::EventServiceClient;
 use ingot_proto::v1::machine_service_client::MachineServiceClient;
 use ingot_proto::v1::pool_service_client::PoolServiceClient;
 use ingot_proto::v1::rack_service_client::RackServiceClient;
+use ingot_proto::v1::subnet_service_client::SubnetServiceClient;
 use ingot_proto::v1::tag_service_client::TagServiceClient;
 use ingot_proto::v1::user_service_client::UserServiceClient;
 use ingot_proto::v1::zone_service_client::ZoneServiceClient;
@@ -35,6 +36,8 @@ pub type ZoneClient = ZoneServiceClient<AuthChannel>;
 pub type ClusterClient = ClusterServiceClient<AuthChannel>;
 /// `ingot.v1.RackService` client that sends the bearer token.
 pub type RackClient = RackServiceClient<AuthChannel>;
+/// `ingot.v1.SubnetService` client that sends the bearer token.
+pub type SubnetClient = SubnetServiceClient<AuthChannel>;
 /// `ingot.v1.PoolService` client that sends the bearer token.
 pub type PoolClient = PoolServiceClient<AuthChannel>;
 /// `ingot.v1.TagService` client that sends the bearer token.
@@ -180,6 +183,12 @@ impl Clients {
     /// The rack service (enrollment tokens, rack controllers and their connection state).
     pub fn racks(&self) -> RackClient {
         RackServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The subnet service (boot networks and their DHCP leases).
+    pub fn subnets(&self) -> SubnetClient {
+        SubnetServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
     }
 

@@ -23,9 +23,11 @@ pub struct Cidr {
 impl Cidr {
     /// The netmask (`/24` → 255.255.255.0), for DHCP option 1.
     pub fn mask(&self) -> Ipv4Addr {
+        // A prefix beyond /32 (only from unchecked input: see `check`) gives an empty mask, never a panic.
         Ipv4Addr::from(
-            u32::MAX
-                .checked_shl(32 - u32::from(self.prefix))
+            32u32
+                .checked_sub(u32::from(self.prefix))
+                .and_then(|host_bits| u32::MAX.checked_shl(host_bits))
                 .unwrap_or(0),
         )
     }
@@ -357,6 +359,225 @@ pub fn parse_ipv4(field: &str, s: &str) -> Result<Ipv4Addr, DomainError> {
         .map_err(|_| DomainError::invalid(field, format!("{s:?} is not an IPv4 address")))
 }
 
+/// Most DNS servers a subnet hands out: DHCP option 6 carries at most 63 addresses in one option, and
+/// no client uses more than a few; 16 is generous.
+pub const MAX_DNS_SERVERS: usize = 16;
+/// Most dynamic (and, separately, reserved) ranges of one subnet: every range is checked against every
+/// other on each write and every DHCP answer may walk them, so they stay few.
+pub const MAX_RANGES: usize = 64;
+/// Most subnets a cluster holds: each write checks the new one against all others for overlap, and every
+/// rack session's boot configuration carries its racks' subnets.
+pub const MAX_SUBNETS: usize = 4096;
+/// Longest DNS domain (RFC 1035: 253 characters in text form).
+pub const MAX_DOMAIN_LEN: usize = 253;
+/// Largest 802.1Q VLAN id (4095 is reserved).
+pub const MAX_VLAN: u16 = 4094;
+/// Shortest lease of ordinary clients (s): shorter ones make every client renew all the time, and every
+/// renewal is a replicated write.
+pub const MIN_LEASE_TIME_S: u32 = 60;
+/// Longest lease of ordinary clients (s): 30 days; a machine that left keeps its address no longer.
+pub const MAX_LEASE_TIME_S: u32 = 30 * 24 * 3600;
+/// Shortest PXE lease (s): a firmware needs its address for the few seconds of its download.
+pub const MIN_PXE_LEASE_TIME_S: u32 = 10;
+/// Longest PXE lease (s): one day.
+pub const MAX_PXE_LEASE_TIME_S: u32 = 24 * 3600;
+/// Longest text of a CIDR, address or range a request may carry (`255.255.255.255-255.255.255.255` is
+/// 31 bytes): longer text is refused before it is parsed or quoted in an error.
+pub const MAX_ADDRESS_TEXT: usize = 64;
+
+/// Fails unless `s` is at most [`MAX_ADDRESS_TEXT`] bytes (so an error may quote it).
+fn short(field: &str, s: &str) -> Result<(), DomainError> {
+    crate::validate::bytes(field, s, MAX_ADDRESS_TEXT)
+}
+
+/// Parses a field that must be a CIDR (`10.20.0.0/24`, host bits zero, prefix /8../30), naming it on
+/// failure.
+pub fn parse_cidr(field: &str, s: &str) -> Result<Cidr, DomainError> {
+    short(field, s)?;
+    s.trim().parse().map_err(|e| DomainError::invalid(field, e))
+}
+
+/// Parses a field that must be an address range (`FIRST-LAST`, or one address), naming it on failure.
+pub fn parse_range(field: &str, s: &str) -> Result<Ipv4Range, DomainError> {
+    short(field, s)?;
+    s.parse().map_err(|e| DomainError::invalid(field, e))
+}
+
+impl SubnetMode {
+    /// Parses the wire spelling; an empty value is the default ([`SubnetMode::Managed`]).
+    pub fn parse(field: &str, s: &str) -> Result<SubnetMode, DomainError> {
+        short(field, s)?;
+        if s.is_empty() {
+            return Ok(SubnetMode::default());
+        }
+        s.parse().map_err(|e| DomainError::invalid(field, e))
+    }
+}
+
+impl Cidr {
+    /// Fails unless the prefix is /8../30 and the host bits are zero (what parsing guarantees; checked
+    /// again for a value that arrived already structured, e.g. from the log).
+    pub fn check(&self, field: &str) -> Result<(), DomainError> {
+        self.to_string()
+            .parse::<Cidr>()
+            .map(|_| ())
+            .map_err(|e| DomainError::invalid(field, e))
+    }
+}
+
+/// Whether `s` is a DNS name: dot-separated labels of 1-63 letters, digits or '-' (not starting or
+/// ending with '-'), at most [`MAX_DOMAIN_LEN`] bytes, no trailing dot.
+fn dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_DOMAIN_LEN
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+impl Subnet {
+    /// Checks every rule that needs no other state, naming the field at fault (`dynamic[1]`,
+    /// `gateway`, `pxe_lease_time_s`): the API edge runs it to fail fast and the apply step runs it again
+    /// as the authority. What needs state — no overlap with another subnet, the racks exist — is
+    /// checked by the apply step.
+    ///
+    /// Rules: the CIDR is a network (host bits zero, /8../30); every dynamic and reserved range lies
+    /// inside it and holds neither its network nor its broadcast address, and no two ranges share an
+    /// address; the gateway lies inside it, is neither the network nor the broadcast address and is
+    /// in no range; at most [`MAX_DNS_SERVERS`] DNS servers (unicast addresses) and [`MAX_RANGES`]
+    /// ranges of each kind; the domain is empty or a DNS name; the VLAN is 0..=[`MAX_VLAN`]; rack
+    /// names are DNS labels, a secondary needs a primary and differs from it; lease times are within
+    /// [`MIN_LEASE_TIME_S`]..=[`MAX_LEASE_TIME_S`] and [`MIN_PXE_LEASE_TIME_S`]..=[`MAX_PXE_LEASE_TIME_S`].
+    pub fn validate(&self) -> Result<(), DomainError> {
+        let c = self.cidr;
+        c.check("cidr")?;
+        let (network, broadcast) = (c.network, c.broadcast());
+        let mut all: Vec<(String, Ipv4Range)> = Vec::new();
+        for (kind, ranges) in [("dynamic", &self.dynamic), ("reserved", &self.reserved)] {
+            crate::validate::entries(kind, ranges.len(), MAX_RANGES)?;
+            for (i, r) in ranges.iter().enumerate() {
+                let field = format!("{kind}[{i}]");
+                if r.start > r.end {
+                    return Err(DomainError::invalid(
+                        field,
+                        format!("{r}: the first address is after the last"),
+                    ));
+                }
+                if !c.contains(r.start) || !c.contains(r.end) {
+                    return Err(DomainError::invalid(
+                        field,
+                        format!("{r} is not inside {c}"),
+                    ));
+                }
+                for (what, ip) in [("network", network), ("broadcast", broadcast)] {
+                    if r.contains(ip) {
+                        return Err(DomainError::invalid(
+                            field,
+                            format!("{r} holds {ip}, the {what} address of {c}; start after it and end before the broadcast address"),
+                        ));
+                    }
+                }
+                if let Some((other, o)) = all.iter().find(|(_, o)| o.overlaps(r)) {
+                    return Err(DomainError::invalid(
+                        field,
+                        format!("{r} overlaps {other} ({o}); ranges may not share an address"),
+                    ));
+                }
+                all.push((field, *r));
+            }
+        }
+        if let Some(g) = self.gateway {
+            if !c.contains(g) {
+                return Err(DomainError::invalid(
+                    "gateway",
+                    format!("{g} is not inside {c}"),
+                ));
+            }
+            if g == network || g == broadcast {
+                return Err(DomainError::invalid(
+                    "gateway",
+                    format!("{g} is the network or broadcast address of {c}, not a host"),
+                ));
+            }
+            if let Some((field, r)) = all.iter().find(|(_, r)| r.contains(g)) {
+                return Err(DomainError::invalid(
+                    "gateway",
+                    format!("{g} is inside {field} ({r}): take it out of the range, or pick another gateway"),
+                ));
+            }
+        }
+        crate::validate::entries("dns", self.dns.len(), MAX_DNS_SERVERS)?;
+        for (i, d) in self.dns.iter().enumerate() {
+            if d.is_unspecified() || d.is_broadcast() || d.is_multicast() {
+                return Err(DomainError::invalid(
+                    format!("dns[{i}]"),
+                    format!("{d} is not the address of a DNS server"),
+                ));
+            }
+        }
+        if !self.domain.is_empty() && !dns_name(&self.domain) {
+            crate::validate::bytes("domain", &self.domain, MAX_DOMAIN_LEN)?;
+            return Err(DomainError::invalid(
+                "domain",
+                format!("'{}' is not a DNS name (labels of letters, digits and '-', separated by dots, e.g. lab.example)", self.domain.escape_debug()),
+            ));
+        }
+        if self.vlan > MAX_VLAN {
+            return Err(DomainError::invalid(
+                "vlan",
+                format!(
+                    "{} is not a VLAN id: use 0 (untagged) to {MAX_VLAN}",
+                    self.vlan
+                ),
+            ));
+        }
+        for (field, rack) in [("primary", &self.primary), ("secondary", &self.secondary)] {
+            if let Some(r) = rack {
+                crate::validate::dns_label(field, r)?;
+            }
+        }
+        if self.secondary.is_some() && self.primary.is_none() {
+            return Err(DomainError::invalid(
+                "secondary",
+                "a secondary rack needs a primary rack: set the primary (or make this rack the primary)",
+            ));
+        }
+        if self.secondary.is_some() && self.secondary == self.primary {
+            return Err(DomainError::invalid(
+                "secondary",
+                "the secondary rack is the primary rack too: name another rack, or none",
+            ));
+        }
+        let bounded = |field: &str, v: u32, min: u32, max: u32| {
+            if (min..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(DomainError::invalid(
+                    field,
+                    format!("{v} s is outside {min}..={max} s"),
+                ))
+            }
+        };
+        bounded(
+            "lease_time_s",
+            self.lease_time_s,
+            MIN_LEASE_TIME_S,
+            MAX_LEASE_TIME_S,
+        )?;
+        bounded(
+            "pxe_lease_time_s",
+            self.pxe_lease_time_s,
+            MIN_PXE_LEASE_TIME_S,
+            MAX_PXE_LEASE_TIME_S,
+        )?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,5 +598,132 @@ mod tests {
         assert_eq!("10.20.0.9".parse::<Ipv4Range>().expect("single").len(), 1);
         assert_eq!(ClientArch::from_code(7), ClientArch::UefiX64);
         assert_eq!("uefi-x64".parse::<ClientArch>(), Ok(ClientArch::UefiX64));
+    }
+
+    fn lab() -> Subnet {
+        Subnet {
+            cidr: "10.20.0.0/24".parse().expect("cidr"),
+            gateway: Some(Ipv4Addr::new(10, 20, 0, 1)),
+            dns: vec![Ipv4Addr::new(10, 20, 0, 1)],
+            domain: "lab.example".into(),
+            dynamic: vec!["10.20.0.100-10.20.0.199".parse().expect("range")],
+            reserved: vec!["10.20.0.2-10.20.0.9".parse().expect("range")],
+            vlan: 0,
+            mode: SubnetMode::Managed,
+            primary: Some("rack-1".into()),
+            secondary: Some("rack-2".into()),
+            lease_time_s: DEFAULT_LEASE_TIME_S,
+            pxe_lease_time_s: DEFAULT_PXE_LEASE_TIME_S,
+        }
+    }
+
+    /// The field `f` makes `validate` name.
+    fn refused(f: impl FnOnce(&mut Subnet)) -> String {
+        let mut s = lab();
+        f(&mut s);
+        let e = s.validate().expect_err("refused");
+        assert_eq!(e.code, crate::ErrorCode::InvalidArgument, "{e:?}");
+        let field = e.field.clone().expect("field");
+        assert!(e.message.starts_with(&field), "{e:?}");
+        field
+    }
+
+    fn range(s: &str) -> Ipv4Range {
+        s.parse().expect("range")
+    }
+
+    #[test]
+    fn a_subnet_is_validated_field_by_field() {
+        lab().validate().expect("the lab subnet is valid");
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        assert_eq!(
+            refused(|s| s.cidr = Cidr {
+                network: ip("10.20.0.5"),
+                prefix: 24
+            }),
+            "cidr"
+        );
+        assert_eq!(refused(|s| s.cidr.prefix = 31), "cidr");
+        assert_eq!(
+            refused(|s| s.dynamic[0] = range("10.20.1.1-10.20.1.9")),
+            "dynamic[0]"
+        );
+        assert_eq!(
+            refused(|s| s.dynamic[0] = range("10.20.0.200-10.20.0.255")),
+            "dynamic[0]"
+        );
+        assert_eq!(
+            refused(|s| s.reserved[0] = range("10.20.0.0-10.20.0.9")),
+            "reserved[0]"
+        );
+        assert_eq!(
+            refused(|s| s.dynamic[0] = Ipv4Range {
+                start: ip("10.20.0.9"),
+                end: ip("10.20.0.2")
+            }),
+            "dynamic[0]"
+        );
+        assert_eq!(
+            refused(|s| s.reserved.push(range("10.20.0.150-10.20.0.160"))),
+            "reserved[1]"
+        );
+        assert_eq!(
+            refused(|s| s.dynamic.push(range("10.20.0.199-10.20.0.210"))),
+            "dynamic[1]"
+        );
+        assert_eq!(refused(|s| s.gateway = Some(ip("10.20.1.1"))), "gateway");
+        assert_eq!(refused(|s| s.gateway = Some(ip("10.20.0.0"))), "gateway");
+        assert_eq!(refused(|s| s.gateway = Some(ip("10.20.0.5"))), "gateway");
+        assert_eq!(refused(|s| s.gateway = Some(ip("10.20.0.120"))), "gateway");
+        assert_eq!(refused(|s| s.dns = vec![ip("10.0.0.1"); 17]), "dns");
+        assert_eq!(refused(|s| s.dns.push(ip("0.0.0.0"))), "dns[1]");
+        assert_eq!(refused(|s| s.domain = "bad domain".into()), "domain");
+        assert_eq!(refused(|s| s.domain = "a".repeat(254)), "domain");
+        assert_eq!(refused(|s| s.domain = "x.-y".into()), "domain");
+        assert_eq!(
+            refused(|s| s.dynamic = vec![range("10.20.0.100"); 65]),
+            "dynamic"
+        );
+        assert_eq!(refused(|s| s.vlan = 4095), "vlan");
+        assert_eq!(refused(|s| s.primary = Some("Rack 1".into())), "primary");
+        assert_eq!(refused(|s| s.primary = None), "secondary");
+        assert_eq!(
+            refused(|s| s.secondary = Some("rack-1".into())),
+            "secondary"
+        );
+        assert_eq!(refused(|s| s.lease_time_s = 59), "lease_time_s");
+        assert_eq!(refused(|s| s.lease_time_s = 30 * 86400 + 1), "lease_time_s");
+        assert_eq!(refused(|s| s.pxe_lease_time_s = 9), "pxe_lease_time_s");
+        assert_eq!(refused(|s| s.pxe_lease_time_s = 86401), "pxe_lease_time_s");
+
+        // What is allowed: no gateway, no ranges, a bare primary, a one-address range, the bounds.
+        let mut s = lab();
+        s.gateway = None;
+        s.dynamic.clear();
+        s.reserved = vec![range("10.20.0.254")];
+        s.secondary = None;
+        s.domain = String::new();
+        s.vlan = 4094;
+        s.lease_time_s = MIN_LEASE_TIME_S;
+        s.pxe_lease_time_s = MAX_PXE_LEASE_TIME_S;
+        s.validate().expect("valid");
+    }
+
+    #[test]
+    fn text_fields_parse_naming_the_field_and_never_echo_long_input() {
+        assert_eq!(parse_cidr("cidr", "10.20.0.0/24").map(|c| c.prefix), Ok(24));
+        let e = parse_cidr("cidr", "10.20.0.1/24").expect_err("host bits");
+        assert_eq!(e.field.as_deref(), Some("cidr"));
+        assert!(e.message.contains("10.20.0.0/24"), "{}", e.message);
+        let long = "1".repeat(10_000);
+        let e = parse_range("dynamic[3]", &long).expect_err("long");
+        assert_eq!(e.field.as_deref(), Some("dynamic[3]"));
+        assert!(e.message.len() < 200, "{}", e.message);
+        assert_eq!(SubnetMode::parse("mode", ""), Ok(SubnetMode::Managed));
+        assert_eq!(SubnetMode::parse("mode", "proxy"), Ok(SubnetMode::Proxy));
+        assert_eq!(
+            SubnetMode::parse("mode", "dhcp").map_err(|e| e.field),
+            Err(Some("mode".to_string()))
+        );
     }
 }

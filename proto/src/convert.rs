@@ -9,6 +9,10 @@ use ingot_common::model::{
     Disk, EraseMode, Event, EventLevel, Firmware, Inventory, Nic, Pool, PowerCommand, Rack, Role,
     Tag, User,
 };
+use ingot_common::net::{
+    parse_cidr, parse_ipv4, parse_range, Ipv4Range, Lease, Subnet, SubnetMode,
+    DEFAULT_LEASE_TIME_S, DEFAULT_PXE_LEASE_TIME_S,
+};
 use ingot_common::{DomainError, Machine, MachineStatus, PowerParams, Zone};
 use std::collections::BTreeMap;
 
@@ -163,6 +167,8 @@ pub fn machine_to_proto(m: &Machine, include_secrets: bool, full: bool) -> v1::M
         power_state: m.power_state.clone(),
         power_error: m.power_error.clone(),
         power_checked_at: (m.power_checked_ms > 0).then(|| timestamp(m.power_checked_ms)),
+        // Filled by GetMachine only, from the leases (see machine.proto).
+        addresses: Vec::new(),
     }
 }
 
@@ -505,6 +511,123 @@ pub fn timestamp_ms(t: &prost_types::Timestamp) -> u64 {
         .saturating_add((t.nanos.max(0) as u64) / 1_000_000)
 }
 
+/// Domain subnet → proto, with how many leases it holds.
+pub fn subnet_to_proto(s: &Subnet, lease_count: u64) -> v1::Subnet {
+    let text = |v: &[Ipv4Range]| v.iter().map(|r| r.to_string()).collect();
+    v1::Subnet {
+        cidr: s.cidr.to_string(),
+        gateway: s.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        dns: s.dns.iter().map(|d| d.to_string()).collect(),
+        domain: s.domain.clone(),
+        dynamic: text(&s.dynamic),
+        reserved: text(&s.reserved),
+        vlan: u32::from(s.vlan),
+        mode: s.mode.as_str().to_string(),
+        primary: s.primary.clone().unwrap_or_default(),
+        secondary: s.secondary.clone().unwrap_or_default(),
+        lease_time_s: s.lease_time_s,
+        pxe_lease_time_s: s.pxe_lease_time_s,
+        lease_count,
+    }
+}
+
+/// A list of DNS server addresses from request text (`field[i]` names a bad one; at most
+/// [`ingot_common::net::MAX_DNS_SERVERS`], counted before anything is parsed).
+pub fn dns_from_proto(field: &str, v: &[String]) -> Result<Vec<std::net::Ipv4Addr>, DomainError> {
+    ingot_common::validate::entries(field, v.len(), ingot_common::net::MAX_DNS_SERVERS)?;
+    v.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let f = format!("{field}[{i}]");
+            ingot_common::validate::bytes(&f, d, ingot_common::net::MAX_ADDRESS_TEXT)?;
+            parse_ipv4(&f, d)
+        })
+        .collect()
+}
+
+/// A list of `FIRST-LAST` ranges from request text (`field[i]` names a bad one; at most
+/// [`ingot_common::net::MAX_RANGES`], counted before anything is parsed).
+pub fn ranges_from_proto(field: &str, v: &[String]) -> Result<Vec<Ipv4Range>, DomainError> {
+    ingot_common::validate::entries(field, v.len(), ingot_common::net::MAX_RANGES)?;
+    v.iter()
+        .enumerate()
+        .map(|(i, r)| parse_range(&format!("{field}[{i}]"), r))
+        .collect()
+}
+
+/// An optional gateway from request text: empty is none.
+pub fn gateway_from_proto(s: &str) -> Result<Option<std::net::Ipv4Addr>, DomainError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    ingot_common::validate::bytes("gateway", s, ingot_common::net::MAX_ADDRESS_TEXT)?;
+    parse_ipv4("gateway", s).map(Some)
+}
+
+/// An optional rack name from request text: empty is none (the name's rules are `Subnet::validate`'s).
+pub fn rack_from_proto(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// A VLAN id from the wire's `uint32`, naming the field when it cannot be one.
+pub fn vlan_from_proto(v: u32) -> Result<u16, DomainError> {
+    u16::try_from(v).map_err(|_| {
+        DomainError::invalid(
+            "vlan",
+            format!("{v} is not a VLAN id: use 0 (untagged) to 4094"),
+        )
+    })
+}
+
+/// Proto subnet (a create request) → domain subnet, each field parsed and named on failure; an empty
+/// mode is managed and zero lease times take the defaults. The field rules are checked too
+/// (`Subnet::validate`), so the result is a valid subnet.
+pub fn subnet_from_proto(p: v1::Subnet) -> Result<Subnet, DomainError> {
+    let default = |v: u32, d: u32| if v == 0 { d } else { v };
+    let s = Subnet {
+        cidr: parse_cidr("cidr", &p.cidr)?,
+        gateway: gateway_from_proto(&p.gateway)?,
+        dns: dns_from_proto("dns", &p.dns)?,
+        domain: p.domain,
+        dynamic: ranges_from_proto("dynamic", &p.dynamic)?,
+        reserved: ranges_from_proto("reserved", &p.reserved)?,
+        vlan: vlan_from_proto(p.vlan)?,
+        mode: SubnetMode::parse("mode", &p.mode)?,
+        primary: rack_from_proto(&p.primary),
+        secondary: rack_from_proto(&p.secondary),
+        lease_time_s: default(p.lease_time_s, DEFAULT_LEASE_TIME_S),
+        pxe_lease_time_s: default(p.pxe_lease_time_s, DEFAULT_PXE_LEASE_TIME_S),
+    };
+    s.validate()?;
+    Ok(s)
+}
+
+/// Domain lease → proto, with the system id of the machine holding its MAC (empty: none known).
+pub fn lease_to_proto(l: &Lease, system_id: &str) -> v1::Lease {
+    v1::Lease {
+        ip: l.ip.to_string(),
+        subnet: l.subnet.to_string(),
+        mac: l.mac.to_string(),
+        state: l.state.as_str().to_string(),
+        start: Some(timestamp(l.start_ms)),
+        expires: Some(timestamp(l.expires_ms)),
+        hostname: l.hostname.clone(),
+        rack: l.rack.clone(),
+        system_id: system_id.to_string(),
+    }
+}
+
+/// Domain lease → the address a machine shows.
+pub fn lease_to_address(l: &Lease) -> v1::MachineAddress {
+    v1::MachineAddress {
+        ip: l.ip.to_string(),
+        subnet: l.subnet.to_string(),
+        mac: l.mac.to_string(),
+        state: l.state.as_str().to_string(),
+        expires: Some(timestamp(l.expires_ms)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,5 +648,71 @@ mod tests {
         }
         assert_eq!(status_from_proto(0), None);
         assert_eq!(status_from_proto(999), None);
+    }
+
+    #[test]
+    fn a_create_request_becomes_a_valid_subnet_or_names_its_field() {
+        let p = v1::Subnet {
+            cidr: "10.20.0.0/24".into(),
+            gateway: "10.20.0.1".into(),
+            dns: vec!["10.20.0.1".into()],
+            domain: "lab.example".into(),
+            dynamic: vec!["10.20.0.100-10.20.0.199".into()],
+            reserved: vec!["10.20.0.2-10.20.0.9".into()],
+            vlan: 7,
+            mode: String::new(),
+            primary: "rack-1".into(),
+            secondary: String::new(),
+            lease_time_s: 0,
+            pxe_lease_time_s: 0,
+            lease_count: 0,
+        };
+        let s = subnet_from_proto(p.clone()).expect("valid");
+        assert_eq!(s.mode, SubnetMode::Managed);
+        assert_eq!(s.lease_time_s, DEFAULT_LEASE_TIME_S);
+        assert_eq!(s.secondary, None);
+        let back = subnet_to_proto(&s, 3);
+        assert_eq!(back.lease_count, 3);
+        assert_eq!(
+            subnet_from_proto(back).expect("round trip"),
+            s,
+            "what Get shows creates the same subnet"
+        );
+        let field = |f: fn(&mut v1::Subnet)| {
+            let mut q = p.clone();
+            f(&mut q);
+            subnet_from_proto(q).expect_err("refused").field
+        };
+        assert_eq!(
+            field(|q| q.cidr = "10.20.0.1/24".into()).as_deref(),
+            Some("cidr")
+        );
+        assert_eq!(
+            field(|q| q.gateway = "x".into()).as_deref(),
+            Some("gateway")
+        );
+        assert_eq!(
+            field(|q| q.dns.push("1.2.3".into())).as_deref(),
+            Some("dns[1]")
+        );
+        assert_eq!(
+            field(|q| q.dns = vec!["1.1.1.1".into(); 100]).as_deref(),
+            Some("dns")
+        );
+        assert_eq!(
+            field(|q| q.dynamic[0] = "a-b".into()).as_deref(),
+            Some("dynamic[0]")
+        );
+        assert_eq!(
+            field(|q| q.reserved.push("10.20.0.150".into())).as_deref(),
+            Some("reserved[1]")
+        );
+        assert_eq!(field(|q| q.vlan = 70_000).as_deref(), Some("vlan"));
+        assert_eq!(field(|q| q.vlan = 4095).as_deref(), Some("vlan"));
+        assert_eq!(field(|q| q.mode = "dhcp".into()).as_deref(), Some("mode"));
+        assert_eq!(
+            field(|q| q.lease_time_s = 5).as_deref(),
+            Some("lease_time_s")
+        );
     }
 }

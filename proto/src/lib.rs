@@ -2,8 +2,8 @@
 //!
 //! Packages are split by audience:
 //! - [`v1`] (`ingot.v1`): the public client API — machines and their lifecycle, allocation, power,
-//!   zones, pools, tags, users and tokens, events, racks, the agent's reports, cluster membership and
-//!   settings.
+//!   zones, pools, tags, users and tokens, events, racks, subnets and their DHCP leases, the agent's
+//!   reports, cluster membership and settings.
 //! - [`raft::v1`] (`ingot.raft.v1`): region <-> region; only on the mutual-TLS Raft listener. Its payloads
 //!   are serde-JSON bytes (and one status message) that the region's `raft` module reads and writes.
 //! - [`rack::v1`] (`ingot.rack.v1`): rack controller <-> region — the session's hello, heartbeats, power

@@ -13,6 +13,7 @@ const CA_CRT: &str = "ca.crt";
 const RACK_CRT: &str = "rack.crt";
 const RACK_KEY: &str = "rack.key";
 const DONE_LOG: &str = "done.log";
+const LEASE_JOURNAL: &str = "leases.journal";
 
 /// Why reading or writing the data directory failed. Every variant names the file and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +143,11 @@ impl DataDir {
     /// `done.log`: the durable record of finished commands (see [`crate::done`]).
     pub fn done_log(&self) -> PathBuf {
         self.root.join(DONE_LOG)
+    }
+
+    /// `leases.journal`: leases acknowledged while no region was reachable (see [`crate::boot::journal`]).
+    pub fn lease_journal(&self) -> PathBuf {
+        self.root.join(LEASE_JOURNAL)
     }
 
     /// Fails with [`ConfigError::AlreadyRegistered`] if a rack was registered here before.

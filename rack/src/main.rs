@@ -3,6 +3,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use ingot_rack::boot::dhcp::engine::{BootFiles, Engine, EngineSettings};
+use ingot_rack::boot::dhcp::server::{ListenerConfig, PacketHandler, Server};
+use ingot_rack::boot::journal::{self, Journal};
+use ingot_rack::boot::service::{BootService, ServiceSettings};
 use ingot_rack::config::DataDir;
 use ingot_rack::register::{register, RegisterArgs};
 use ingot_rack::session::{self, SessionConfig};
@@ -66,7 +70,78 @@ enum Cmd {
         /// lost packet).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
         poll_failures: u32,
+        #[command(flatten)]
+        boot: BootArgs,
     },
+}
+
+/// The boot path's flags of `run`: where to serve DHCP and which boot files to name.
+#[derive(clap::Args)]
+struct BootArgs {
+    /// Serve DHCP (ports --dhcp-port and --proxy-dhcp-port) on this interface; repeat for several. The
+    /// rack binds only on the interfaces named here; without any it serves no DHCP. Each needs an IPv4
+    /// address (the rack's on that boot network).
+    #[arg(long = "boot-interface", value_name = "IF")]
+    interfaces: Vec<String>,
+    /// UDP port of the DHCP server.
+    #[arg(long, default_value_t = 67)]
+    dhcp_port: u16,
+    /// UDP port of the ProxyDHCP service PXE clients ask for boot options.
+    #[arg(long, default_value_t = 4011)]
+    proxy_dhcp_port: u16,
+    /// TCP port of the rack's boot HTTP server, used in the iPXE and UEFI HTTP-boot URLs handed out.
+    #[arg(long, default_value_t = 5248)]
+    http_port: u16,
+    /// Boot file (TFTP path) for legacy BIOS PXE clients.
+    #[arg(long, default_value = "undionly.kpxe")]
+    boot_file_bios: String,
+    /// Boot file (TFTP path) for UEFI x86-64 PXE clients.
+    #[arg(long, default_value = "snponly.efi")]
+    boot_file_uefi: String,
+    /// Boot file (TFTP path) for UEFI arm64 PXE clients; without it they are answered with no boot file.
+    #[arg(long)]
+    boot_file_uefi_arm64: Option<String>,
+}
+
+/// Binds the DHCP sockets (failing at once, naming the interface, if one cannot be), opens the lease
+/// journal and starts the boot service and the server; `None` when no boot interface is given.
+fn start_boot(
+    args: BootArgs,
+    dir: &DataDir,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<std::sync::Arc<BootService>>> {
+    if args.interfaces.is_empty() {
+        return Ok(None);
+    }
+    let server = Server::bind(&ListenerConfig {
+        interfaces: args.interfaces,
+        dhcp_port: args.dhcp_port,
+        proxy_dhcp_port: args.proxy_dhcp_port,
+    })?;
+    let journal = Journal::open(&dir.lease_journal(), journal::MAX_ENTRIES)?;
+    let engine = Engine::new(EngineSettings {
+        boot_files: BootFiles {
+            bios: args.boot_file_bios,
+            uefi_x64: args.boot_file_uefi,
+            uefi_arm64: args.boot_file_uefi_arm64,
+        },
+        http_port: args.http_port,
+        ..EngineSettings::default()
+    });
+    let service = BootService::start(
+        ServiceSettings::default(),
+        Box::new(engine),
+        journal,
+        shutdown.clone(),
+    );
+    let handler: std::sync::Arc<dyn PacketHandler> = service.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = server.run(handler, stop).await {
+            tracing::error!("DHCP server stopped: {e}");
+        }
+    });
+    Ok(Some(service))
 }
 
 /// Raises the soft open-file limit to the hard one: every kept IPMI session and pooled Redfish connection
@@ -148,6 +223,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             poll_interval_ms,
             poll_concurrency,
             poll_failures,
+            boot,
         } => {
             let mut cfg = SessionConfig::load(
                 DataDir::new(&data_dir),
@@ -161,6 +237,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             };
             cfg.validate()?;
             let (tx, rx) = tokio::sync::watch::channel(false);
+            cfg.boot = start_boot(boot, &cfg.dir, &rx)?;
             tokio::spawn(async move {
                 wait_for_signal().await;
                 tracing::info!("signal received, stopping");

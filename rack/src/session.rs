@@ -20,6 +20,7 @@
 //!   after its rack grace, so a rack starts a command only while the region has recorded one of its
 //!   heartbeats recently enough; otherwise it drops the command unanswered and reconnects.
 
+use crate::boot::service::BootService;
 use crate::config::{ConfigError, DataDir, RackConfig, TlsFiles};
 use crate::done::{DoneError, DoneRecord, DoneStore, StartRecord, KEEP_RESULTS};
 use crate::drivers::{Drivers, PowerRequest, PowerState};
@@ -40,8 +41,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-/// The services this rack offers today (sent in `Hello`).
+/// The services every rack offers (sent in `Hello`).
 pub const SERVICES: [&str; 1] = ["power"];
+/// The service a rack with boot interfaces adds in `Hello`.
+pub const DHCP_SERVICE: &str = "dhcp";
 
 /// Why the session loop could not start. Once started it never fails: it retries until shut down.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,10 @@ pub struct SessionConfig {
     pub welcome_timeout: Duration,
     /// Pacing of the power monitor (`--poll-interval-ms`, `--poll-concurrency`).
     pub monitor: MonitorConfig,
+    /// The boot service when the rack serves boot interfaces (`--boot-interface`): told when sessions
+    /// open and close, fed the region's boot messages, and sending lease commits and enlistments on the
+    /// session. `None`: the rack serves power only.
+    pub boot: Option<Arc<BootService>>,
 }
 
 impl SessionConfig {
@@ -108,6 +115,7 @@ impl SessionConfig {
             keepalive_timeout: Duration::from_secs(1),
             welcome_timeout: Duration::from_secs(2),
             monitor: MonitorConfig::default(),
+            boot: None,
         })
     }
 }
@@ -688,12 +696,16 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|v| *v).await.is_ok();
 }
 
-/// What `Hello` says about this rack.
-fn hello(capacity: u32) -> RackMessage {
+/// What `Hello` says about this rack (`dhcp`: it serves boot interfaces).
+fn hello(capacity: u32, dhcp: bool) -> RackMessage {
+    let mut services: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
+    if dhcp {
+        services.push(DHCP_SERVICE.to_string());
+    }
     RackMessage {
         msg: Some(RackMsg::Hello(Hello {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            services: SERVICES.iter().map(|s| s.to_string()).collect(),
+            services,
             capacity,
             drivers: Drivers::NAMES.iter().map(|s| s.to_string()).collect(),
         })),
@@ -728,7 +740,7 @@ async fn open(
         .await
         .map_err(|e| format!("connecting: {}", crate::register::error_chain(&e)))?;
     let (tx, rx) = mpsc::channel(256);
-    tx.send(hello(cfg.capacity))
+    tx.send(hello(cfg.capacity, cfg.boot.is_some()))
         .await
         .map_err(|_| "the outgoing stream closed before Hello".to_string())?;
     let mut client = RackSessionServiceClient::new(channel);
@@ -816,6 +828,8 @@ async fn session_once(
         cluster.update_endpoints(&r.endpoints);
     }
     let lease = Arc::new(Lease::new(welcome.lease_ms, hello_at));
+    // Lease commits and enlistments go out on this session until it ends (the guard's drop says so).
+    let _boot_session = cfg.boot.as_ref().map(|b| b.session_opened(tx.clone()));
     // A new region may know less than the last one: report every power state once more.
     monitor.reset_reported();
     let mut period = cfg.heartbeat.max(Duration::from_millis(10));
@@ -871,8 +885,13 @@ async fn session_once(
                             cluster.update_endpoints(&r.endpoints);
                         }
                     }
-                    // The boot path's messages (served by `boot::service`, wired in by issue 11's work).
-                    Some(RegionMsg::BootConfig(_) | RegionMsg::Leases(_) | RegionMsg::LeasesCommitted(_)) => {}
+                    // The boot path's messages: the boot service's (ignored by a rack without boot
+                    // interfaces).
+                    Some(m @ (RegionMsg::BootConfig(_) | RegionMsg::Leases(_) | RegionMsg::LeasesCommitted(_))) => {
+                        if let Some(boot) = &cfg.boot {
+                            boot.on_region_message(m);
+                        }
+                    }
                     None => tracing::debug!("empty region message ignored"),
                 }
             }

@@ -1,8 +1,12 @@
 //! The rack controller's integration tests, one binary for the crate (each file is a module): enrollment
 //! and session failover against fake regions, and the power drivers against real or local BMCs. Run one
-//! file's tests with `cargo test -p ingot-rack --test all -- webhook`.
+//! file's tests with `cargo test -p ingot-rack --test all -- webhook`. The boot path: `boot_service` (commit
+//! batching, held replies, re-sends, the offline journal; no sockets) and `boot_server` (the DHCP sockets in
+//! network namespaces the test creates, as root).
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
+mod boot_server;
+mod boot_service;
 mod failover;
 mod ipmi_peer;
 mod redfish_peer;

@@ -748,3 +748,126 @@ async fn a_rack_whose_lease_ran_out_does_not_run_a_delivered_command() {
     assert!(r.success, "{r:?}");
     stop_rack(rack).await;
 }
+
+// ---------------------------------------------------------------- the boot messages on the session
+
+/// The next LeaseCommit the rack sends on `s` within 5 s (heartbeats skipped).
+async fn lease_commit(s: &mut Driven) -> ingot_proto::rack::v1::LeaseCommit {
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(until, s.inbound.message()).await {
+            Ok(Ok(Some(RackMessage {
+                msg: Some(RackMsg::LeaseCommit(c)),
+            }))) => return c,
+            Ok(Ok(Some(_))) => continue,
+            other => panic!("no LeaseCommit within 5 s: {other:?}"),
+        }
+    }
+}
+
+/// A rack with a boot service: its Hello says `dhcp`, the region's BootConfig reaches the engine, a
+/// lease commit goes out on the session, and a batch unanswered when the session breaks is sent again on
+/// the next one, whose answer releases the held ACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_session_carries_the_boot_messages_and_resends_a_lost_batch() {
+    use crate::boot_service::{packet, FakeEngine, FakeSink};
+    use dhcproto::v4::MessageType;
+    use ingot_rack::boot::dhcp::server::{PacketHandler, ReplySink};
+    use ingot_rack::boot::journal::{Journal, MAX_ENTRIES};
+    use ingot_rack::boot::service::{BootService, ServiceSettings};
+    provider();
+    let ca = ClusterCa::generate("t").unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let (dd, mut sessions) = driven(&ca, d.path()).await;
+    let (engine, log) = FakeEngine::new();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let journal = Journal::open(&dd.lease_journal(), MAX_ENTRIES).unwrap();
+    let svc = BootService::start(
+        ServiceSettings::default(),
+        Box::new(engine),
+        journal,
+        rx.clone(),
+    );
+    let mut cfg = SessionConfig::load(dd, Duration::from_millis(100), 4).unwrap();
+    cfg.boot = Some(svc.clone());
+    let task = tokio::spawn(session::run(cfg, rx));
+
+    let mut s = next_session(&mut sessions).await;
+    let hello = tokio::time::timeout(Duration::from_secs(5), s.inbound.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(RackMsg::Hello(h)) = hello.msg else {
+        panic!("expected Hello: {hello:?}")
+    };
+    assert_eq!(h.services, vec!["power".to_string(), "dhcp".to_string()]);
+    s.send(RegionMsg::Welcome(Welcome {
+        region_id: 1,
+        region_name: "driven".into(),
+        session_id: "s".into(),
+        heartbeat_ms: 50,
+        lease_ms: 0,
+        regions: None,
+    }))
+    .await;
+    s.send(RegionMsg::BootConfig(ingot_proto::rack::v1::BootConfig {
+        subnets: vec![ingot_proto::rack::v1::SubnetConfig {
+            cidr: "10.99.0.0/24".into(),
+            role: "primary".into(),
+            active: true,
+            ..Default::default()
+        }],
+        known: vec![],
+    }))
+    .await;
+    let t0 = Instant::now();
+    while log.lock().unwrap().configs.is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "BootConfig never reached the engine"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The session is up: the engine was told (offline at start, then online).
+    assert_eq!(log.lock().unwrap().online, vec![false, true]);
+
+    let sink = Arc::new(FakeSink::default());
+    let reply: Arc<dyn ReplySink> = sink.clone();
+    svc.handle(
+        &packet(MessageType::Request, 1, false, false),
+        &crate::boot_service::via(),
+        &reply,
+    );
+    let first = lease_commit(&mut s).await;
+    assert_eq!(first.leases.len(), 1);
+    // The region dies before answering.
+    let _ = s.tx.send(Err(Status::unavailable("region dying"))).await;
+    drop(s);
+    let mut s2 = next_session(&mut sessions).await;
+    s2.welcome(0).await;
+    let again = lease_commit(&mut s2).await;
+    assert_eq!((again.batch, &again.leases), (first.batch, &first.leases));
+    assert!(
+        sink.sent.lock().unwrap().is_empty(),
+        "no ACK before the commit"
+    );
+    s2.send(RegionMsg::LeasesCommitted(
+        ingot_proto::rack::v1::LeasesCommitted {
+            batch: again.batch,
+            refused: vec![],
+            error: String::new(),
+        },
+    ))
+    .await;
+    let t0 = Instant::now();
+    while sink.count(MessageType::Ack) != 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no ACK after the commit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(log.lock().unwrap().committed.len(), 1);
+    stop_rack((stop, task)).await;
+}

@@ -218,6 +218,20 @@ pub enum Reply {
     /// are part of snapshots (the dedup window).
     #[serde(rename = "Command")]
     PowerCommand(Box<PowerCommand>),
+    /// A boot network as created or changed.
+    Subnet(Box<ingot_common::net::Subnet>),
+    /// The leases of an `Op::CommitLeases` that were refused, each with why; every other lease of the
+    /// batch is recorded.
+    LeasesCommitted(Vec<RefusedLease>),
+}
+
+/// A lease a rack's commit could not record, and why (the rack answers that client with DHCPNAK).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RefusedLease {
+    /// The lease's address.
+    pub ip: std::net::Ipv4Addr,
+    /// Why, for the rack's log and the operator (e.g. `held by 52:54:00:00:00:01 until ...`).
+    pub reason: String,
 }
 
 /// The answer to one command.

@@ -5,7 +5,7 @@
 use crate::api::rack_session::RackSessionServer;
 use crate::api::{
     agent::AgentApi, cluster::ClusterApi, events::EventApi, machines::MachineApi, pools::PoolApi,
-    racks::RackApi, tags::TagApi, users::UserApi, zones::ZoneApi,
+    racks::RackApi, subnets::SubnetApi, tags::TagApi, users::UserApi, zones::ZoneApi,
 };
 use crate::app::App;
 use crate::datadir::{DataDir, RegionIdentity};
@@ -22,6 +22,7 @@ use ingot_proto::v1::event_service_server::EventServiceServer;
 use ingot_proto::v1::machine_service_server::MachineServiceServer;
 use ingot_proto::v1::pool_service_server::PoolServiceServer;
 use ingot_proto::v1::rack_service_server::RackServiceServer;
+use ingot_proto::v1::subnet_service_server::SubnetServiceServer;
 use ingot_proto::v1::tag_service_server::TagServiceServer;
 use ingot_proto::v1::user_service_server::UserServiceServer;
 use ingot_proto::v1::zone_service_server::ZoneServiceServer;
@@ -223,6 +224,7 @@ pub async fn start(
     health.set_serving::<EventServiceServer<EventApi>>().await;
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
     health.set_serving::<RackServiceServer<RackApi>>().await;
+    health.set_serving::<SubnetServiceServer<SubnetApi>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ingot_proto::V1_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -279,6 +281,10 @@ pub async fn start(
         )
         .add_service(
             AgentServiceServer::new(AgentApi { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            SubnetServiceServer::new(SubnetApi { app: app.clone() })
                 .max_decoding_message_size(API_MAX_MESSAGE),
         )
         .add_service(

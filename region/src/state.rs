@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
+mod boot;
+pub use boot::{serves, BootIndex, LeaseChange, LEASE_CHANGES_MAX};
+
 /// Cluster-wide identity, set by the bootstrap command.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct ClusterMeta {
@@ -257,6 +260,8 @@ pub struct State {
     /// Every change after this revision is in `changes` (older ones were dropped, or predate the
     /// snapshot this state was loaded from).
     pub changes_floor: u64,
+    /// The boot path's indexes (leases by MAC, recent lease changes, the known-MAC version).
+    pub boot: BootIndex,
 }
 
 impl State {
@@ -288,6 +293,7 @@ impl State {
             s.index_token(&h, &t);
         }
         s.changes_floor = s.data.revision;
+        s.boot = BootIndex::from_data(&s.data);
         s.pending_power_commands = s
             .data
             .power_commands
@@ -326,7 +332,11 @@ impl State {
 
     /// Stores `m` (new or changed) with every index updated, and records the change for watchers.
     pub fn put_machine(&mut self, m: Machine) {
-        if let Some(old) = self.data.machines.get(&m.system_id).cloned() {
+        let old = self.data.machines.get(&m.system_id).cloned();
+        if old.as_ref().is_none_or(|o| o.macs != m.macs) {
+            self.boot.macs_changed();
+        }
+        if let Some(old) = old {
             self.unindex(&old);
         }
         self.index(&m);
@@ -337,6 +347,7 @@ impl State {
     /// Removes a machine with its index entries, recording the deletion for watchers.
     pub fn remove_machine(&mut self, id: &str) -> Option<Machine> {
         let m = self.data.machines.remove(id)?;
+        self.boot.macs_changed();
         self.unindex(&m);
         self.record_change(true, &m);
         Some(m)

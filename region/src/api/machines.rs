@@ -14,8 +14,8 @@ use ingot_common::model::DeploySpec;
 use ingot_common::power::PowerAction;
 use ingot_common::DomainError;
 use ingot_proto::convert::{
-    constraints_from_proto, erase_from_proto, full_view_from_proto, machine_to_proto,
-    power_command_to_proto, power_from_proto, status_from_proto,
+    constraints_from_proto, erase_from_proto, full_view_from_proto, lease_to_address,
+    machine_to_proto, power_command_to_proto, power_from_proto, status_from_proto,
 };
 use ingot_proto::v1::machine_service_server::MachineService;
 use ingot_proto::v1::{get_machine_request::Key, machine_ref, watch_response, *};
@@ -197,13 +197,15 @@ impl MachineService for MachineApi {
             }
         };
         key.check("").map_err(status)?;
-        let m = self
+        let (m, addresses) = self
             .app
-            .get_machine(&who, key, linearizable(r.consistency))
+            .get_machine_with_addresses(&who, key, linearizable(r.consistency))
             .await
             .map_err(status)?;
         let m = views::machine(&who, &m);
-        Ok(Response::new(machine_to_proto(&m, r.include_secrets, full)))
+        let mut out = machine_to_proto(&m, r.include_secrets, full);
+        out.addresses = addresses.iter().map(lease_to_address).collect();
+        Ok(Response::new(out))
     }
 
     async fn list_machines(

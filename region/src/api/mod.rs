@@ -10,6 +10,7 @@ pub mod machines;
 pub mod pools;
 pub mod rack_session;
 pub mod racks;
+pub mod subnets;
 pub mod tags;
 pub mod users;
 pub mod zones;

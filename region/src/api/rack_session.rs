@@ -6,18 +6,25 @@
 //! [`crate::app::rack_session`].
 
 use super::status;
+use crate::app::boot::{
+    EnlistRequest, LeasesUpdate, RackBootConfig, ServedSubnet, ENLIST_PER_MESSAGE,
+};
 use crate::app::rack_session::{PowerCommandResult, RackHello, RackSessionState};
 use crate::app::App;
+use crate::command::op::MAX_LEASES_PER_COMMIT;
 use crate::command::PowerObservation;
+use ingot_common::net::{Cidr, ClientArch, Lease, LeaseState};
 use ingot_common::validate::{self, limits};
-use ingot_common::{pki, DomainError};
+use ingot_common::{pki, DomainError, Mac};
 use ingot_proto::convert::{bmc_to_rack, power_command_to_rack};
+use ingot_proto::rack::v1 as rack;
 use ingot_proto::rack::v1::rack_session_service_server::RackSessionService;
 use ingot_proto::rack::v1::{
     rack_message, region_message, Ack, Bmcs, HeartbeatAck, RackMessage, RegionMessage, Regions,
     Welcome,
 };
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -119,6 +126,145 @@ fn power_command_result(
     })
 }
 
+/// Most lease batches of one session being recorded at once: batches are recorded concurrently (the
+/// proposer packs them into shared log entries); past this many the session stops reading from the rack
+/// until one is answered (back-pressure, not a drop).
+const COMMITS_IN_FLIGHT: usize = 256;
+/// Longest text of a malformed lease's address echoed back in its refusal.
+const ECHO_MAX: usize = 64;
+
+/// A lease as the rack sent it, parsed (its `rack` field is ignored: the session stamps it); a malformed
+/// one is refused naming the field, with its address echoed (cut to [`ECHO_MAX`] bytes).
+fn lease_from_rack(l: rack::Lease) -> Result<Lease, rack::RefusedLease> {
+    let refuse = |ip: String, reason: String| {
+        let mut ip = ip;
+        validate::truncate_text(&mut ip, ECHO_MAX);
+        rack::RefusedLease { ip, reason }
+    };
+    let ip = match l.ip.trim().parse() {
+        Ok(ip) => ip,
+        Err(_) => return Err(refuse(l.ip, "ip: not an IPv4 address".into())),
+    };
+    let subnet: Cidr = match l.subnet.parse() {
+        Ok(c) => c,
+        Err(e) => return Err(refuse(l.ip, format!("subnet: {e}"))),
+    };
+    let mac: Mac = match l.mac.parse() {
+        Ok(m) => m,
+        Err(e) => return Err(refuse(l.ip, format!("mac: {e}"))),
+    };
+    let state: LeaseState = match l.state.parse() {
+        Ok(s) => s,
+        Err(e) => return Err(refuse(l.ip, format!("state: {e}"))),
+    };
+    // Cut here already: the rack may relay whatever a client sent in option 12.
+    let mut hostname = l.hostname;
+    validate::truncate_text(&mut hostname, crate::command::op::MAX_LEASE_HOSTNAME);
+    Ok(Lease {
+        ip,
+        subnet,
+        mac,
+        state,
+        start_ms: l.start_ms,
+        expires_ms: l.expires_ms,
+        hostname,
+        rack: String::new(),
+    })
+}
+
+/// A lease as a rack receives it.
+fn lease_to_rack(l: &Lease) -> rack::Lease {
+    rack::Lease {
+        ip: l.ip.to_string(),
+        subnet: l.subnet.to_string(),
+        mac: l.mac.to_string(),
+        state: l.state.as_str().into(),
+        start_ms: l.start_ms,
+        expires_ms: l.expires_ms,
+        hostname: l.hostname.clone(),
+        rack: l.rack.clone(),
+    }
+}
+
+/// A subnet as a rack receives it in its `BootConfig`.
+fn subnet_to_rack(s: &ServedSubnet) -> rack::SubnetConfig {
+    let n = &s.subnet;
+    rack::SubnetConfig {
+        cidr: n.cidr.to_string(),
+        gateway: n.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        dns: n.dns.iter().map(|d| d.to_string()).collect(),
+        domain: n.domain.clone(),
+        dynamic: n.dynamic.iter().map(|r| r.to_string()).collect(),
+        reserved: n.reserved.iter().map(|r| r.to_string()).collect(),
+        vlan: u32::from(n.vlan),
+        mode: n.mode.as_str().into(),
+        lease_time_s: n.lease_time_s,
+        pxe_lease_time_s: n.pxe_lease_time_s,
+        role: s.role.as_str().into(),
+        active: s.active,
+    }
+}
+
+/// The `BootConfig` message.
+fn boot_config_to_rack(c: &RackBootConfig) -> rack::BootConfig {
+    rack::BootConfig {
+        subnets: c.subnets.iter().map(subnet_to_rack).collect(),
+        known: c
+            .known
+            .iter()
+            .map(|(mac, id)| rack::KnownMac {
+                mac: mac.to_string(),
+                system_id: id.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// A `Leases` message.
+fn leases_to_rack(u: &LeasesUpdate) -> rack::Leases {
+    rack::Leases {
+        subnet: u.subnet.to_string(),
+        full: u.full,
+        leases: u.leases.iter().map(lease_to_rack).collect(),
+    }
+}
+
+/// The enlistment requests of an `Enlist` message: at most [`ENLIST_PER_MESSAGE`] read; a malformed one
+/// (MAC, subnet) is dropped with a debug log (an unknown architecture is `other`).
+fn enlist_from_rack(macs: Vec<rack::EnlistMac>) -> Vec<EnlistRequest> {
+    macs.into_iter()
+        .take(ENLIST_PER_MESSAGE)
+        .filter_map(|e| {
+            let (Ok(mac), Ok(subnet)) = (e.mac.parse::<Mac>(), e.subnet.parse::<Cidr>()) else {
+                tracing::debug!("malformed enlistment request dropped (mac or subnet)");
+                return None;
+            };
+            let arch = e.arch.parse().unwrap_or(ClientArch::Other);
+            Some(EnlistRequest { mac, arch, subnet })
+        })
+        .collect()
+}
+
+/// Sends the boot configuration and the leases due on this session; false when the stream is closed.
+async fn send_boot(
+    session: &mut RackSessionState,
+    tx: &mpsc::Sender<Result<RegionMessage, Status>>,
+) -> bool {
+    if let Some(c) = session.boot_config_changed() {
+        let m = region_message::Msg::BootConfig(boot_config_to_rack(&c));
+        if tx.send(msg(m)).await.is_err() {
+            return false;
+        }
+    }
+    for u in session.leases_due() {
+        let m = region_message::Msg::Leases(leases_to_rack(&u));
+        if tx.send(msg(m)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Sends every pending power command due on this session; an error status ends the session (revoked,
 /// superseded, or the stream closed).
 async fn send_due_power_commands(
@@ -207,6 +353,7 @@ async fn run(
     }
     let mut applied = session.applied();
     let mut poll = tokio::time::interval(POLL);
+    let commits = Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT));
     loop {
         // Cut, superseded, or something to deliver?
         if let Err(cut) = send_due_power_commands(&mut session, &tx).await {
@@ -261,8 +408,53 @@ async fn run(
                             }
                         },
                         rack_message::Msg::Hello(_) => {}
-                        // The boot path's messages (recorded by `app::leases`, wired in by issue 11's work).
-                        rack_message::Msg::LeaseCommit(_) | rack_message::Msg::Enlist(_) => {}
+                        rack_message::Msg::LeaseCommit(c) => {
+                            let batch = c.batch;
+                            if c.leases.len() > MAX_LEASES_PER_COMMIT {
+                                // Refused whole, unparsed: nothing recorded (the rack's bug; it logs it).
+                                let answer = rack::LeasesCommitted {
+                                    batch,
+                                    refused: Vec::new(),
+                                    error: format!(
+                                        "lease_commit.leases: {} leases in one batch, at most {MAX_LEASES_PER_COMMIT}: send smaller batches",
+                                        c.leases.len()
+                                    ),
+                                };
+                                if tx.send(msg(region_message::Msg::LeasesCommitted(answer))).await.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                            let Ok(permit) = commits.clone().acquire_owned().await else { break };
+                            let mut refused = Vec::new();
+                            let mut leases = Vec::with_capacity(c.leases.len());
+                            for l in c.leases {
+                                match lease_from_rack(l) {
+                                    Ok(l) => leases.push(l),
+                                    Err(r) => refused.push(r),
+                                }
+                            }
+                            let record = session.commit_leases(batch, leases);
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                let answer = match record.await {
+                                    Ok(r) => {
+                                        refused.extend(r.into_iter().map(|x| rack::RefusedLease {
+                                            ip: x.ip.to_string(),
+                                            reason: x.reason,
+                                        }));
+                                        rack::LeasesCommitted { batch, refused, error: String::new() }
+                                    }
+                                    Err(e) => {
+                                        tracing::debug!("recording lease batch {batch}: {e}");
+                                        rack::LeasesCommitted { batch, refused: Vec::new(), error: e.to_string() }
+                                    }
+                                };
+                                drop(permit);
+                                let _ = tx.send(msg(region_message::Msg::LeasesCommitted(answer))).await;
+                            });
+                        }
+                        rack_message::Msg::Enlist(e) => session.enlist(enlist_from_rack(e.macs)),
                     }
                 }
                 Ok(Some(RackMessage { msg: None })) => {}
@@ -283,6 +475,9 @@ async fn run(
                     if tx.send(msg(region_message::Msg::Regions(Regions { endpoints }))).await.is_err() {
                         break;
                     }
+                }
+                if !send_boot(&mut session, &tx).await {
+                    break;
                 }
             }
             _ = tx.closed() => break,
@@ -336,5 +531,72 @@ mod tests {
             e.field.as_deref(),
             Some("observations.items[0].power_state")
         );
+    }
+
+    #[test]
+    fn hostile_boot_messages_are_parsed_bounded_and_never_panic() {
+        let good = rack::Lease {
+            ip: "10.20.0.100".into(),
+            subnet: "10.20.0.0/24".into(),
+            mac: "52-54-00-00-00-01".into(),
+            state: "bound".into(),
+            start_ms: 1,
+            expires_ms: 2,
+            hostname: format!(
+                "{}é",
+                "h".repeat(crate::command::op::MAX_LEASE_HOSTNAME - 1)
+            ),
+            rack: "someone else".into(),
+        };
+        let l = lease_from_rack(good.clone()).expect("good");
+        assert_eq!(
+            l.hostname.len(),
+            crate::command::op::MAX_LEASE_HOSTNAME - 1,
+            "cut at a boundary"
+        );
+        assert_eq!(
+            l.rack, "",
+            "the session stamps the rack, not the rack's message"
+        );
+        assert_eq!(lease_to_rack(&l).mac, "52:54:00:00:00:01");
+        let bad = |f: &dyn Fn(&mut rack::Lease)| {
+            let mut x = good.clone();
+            f(&mut x);
+            lease_from_rack(x).unwrap_err()
+        };
+        let r = bad(&|x| x.ip = "9".repeat(100_000));
+        assert!(
+            r.ip.len() <= ECHO_MAX && r.reason.starts_with("ip:"),
+            "{r:?}"
+        );
+        assert!(bad(&|x| x.subnet = "10.20.0.1/24".into())
+            .reason
+            .starts_with("subnet:"));
+        assert!(bad(&|x| x.mac = "zz".into()).reason.starts_with("mac:"));
+        assert!(bad(&|x| x.state = "stolen".into())
+            .reason
+            .starts_with("state:"));
+        let ask = |mac: &str, subnet: &str| rack::EnlistMac {
+            mac: mac.into(),
+            arch: "uefi-x64".into(),
+            subnet: subnet.into(),
+        };
+        let asks = vec![
+            ask("52:54:00:00:00:01", "10.20.0.0/24"),
+            ask("nope", "10.20.0.0/24"),
+            ask("52:54:00:00:00:02", "10.20.0.0"),
+            rack::EnlistMac {
+                arch: "vax".into(),
+                ..ask("52:54:00:00:00:03", "10.20.0.0/24")
+            },
+        ];
+        let got = enlist_from_rack(asks);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[0].arch, got[1].arch),
+            (ClientArch::UefiX64, ClientArch::Other)
+        );
+        let many = vec![ask("52:54:00:00:00:01", "10.20.0.0/24"); ENLIST_PER_MESSAGE * 3];
+        assert_eq!(enlist_from_rack(many).len(), ENLIST_PER_MESSAGE);
     }
 }

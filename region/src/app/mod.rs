@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod alloc;
+pub mod boot;
 pub mod cluster;
 pub mod encoded;
 pub mod events;
@@ -10,6 +11,7 @@ pub mod machines;
 pub mod pools;
 pub mod rack_session;
 pub mod racks;
+pub mod subnets;
 pub mod tags;
 pub mod users;
 pub mod views;

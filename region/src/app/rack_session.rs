@@ -9,9 +9,14 @@
 //! [`HEARTBEAT_RECORD`] so the leader knows which racks are alive. A revoked rack's session is cut at once;
 //! a session superseded by a newer one of the same rack ends.
 
+use super::boot::{BootFeed, EnlistRequest, LeasesUpdate, RackBootConfig, Tick};
 use super::App;
-use crate::command::{op, BootTokens, Command, Internal, Op, PowerObservation, Principal};
+use crate::command::op::{MAX_LEASES_PER_COMMIT, MAX_LEASE_HOSTNAME};
+use crate::command::{
+    op, BootTokens, Command, Internal, Op, PowerObservation, Principal, RefusedLease, Reply,
+};
 use ingot_common::model::{PowerCommand, RackSession};
+use ingot_common::net::Lease;
 use ingot_common::{secret, DomainError, ErrorCode, NodeId, PowerParams};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -115,6 +120,8 @@ pub struct RackSessionState {
     last_endpoints: Vec<String>,
     /// Fingerprint of the BMC list last sent (0: none yet, so the first check sends it).
     last_bmcs: u64,
+    /// The boot configuration and leases sent, and the enlistment rate limit.
+    boot: BootFeed,
 }
 
 impl App {
@@ -158,6 +165,7 @@ impl App {
             last_seen_ms: ingot_common::now_ms(),
             last_endpoints: endpoints,
             last_bmcs: 0,
+            boot: BootFeed::new(Instant::now()),
         };
         (state, welcome)
     }
@@ -437,6 +445,95 @@ impl RackSessionState {
         }
         self.last_endpoints = now.clone();
         Some(now)
+    }
+
+    /// The boot configuration to send the rack, when it changed since last sent (see
+    /// [`BootFeed::config_changed`]); nothing before the session is recorded and this region caught up
+    /// with the record, so a lagging region never tells a secondary to take over from a live primary.
+    pub fn boot_config_changed(&mut self) -> Option<RackBootConfig> {
+        if !self.recorded() {
+            return None;
+        }
+        let st = crate::locks::read(&self.app.region.state);
+        let tick = Tick {
+            now_ms: ingot_common::now_ms(),
+            grace_ms: self.app.rack_grace_ms,
+            now: Instant::now(),
+        };
+        self.boot.config_changed(&st, &self.name, tick)
+    }
+
+    /// The leases to send the rack now (see [`BootFeed::leases_due`]): call after
+    /// [`RackSessionState::boot_config_changed`] on the same tick.
+    pub fn leases_due(&mut self) -> Vec<LeasesUpdate> {
+        if !self.recorded() {
+            return Vec::new();
+        }
+        let st = crate::locks::read(&self.app.region.state);
+        self.boot.leases_due(&st, &self.name)
+    }
+
+    /// Records a batch of the rack's leases through Raft (at most [`MAX_LEASES_PER_COMMIT`], hostnames
+    /// cut to [`MAX_LEASE_HOSTNAME`] bytes, each stamped with this rack): answers the refused ones with
+    /// why. Batches are independent: the caller runs each on its own task, and the proposer packs those in
+    /// flight into one log entry. An error means nothing was recorded (the rack sends the batch again).
+    pub fn commit_leases(
+        &self,
+        batch: u64,
+        mut leases: Vec<Lease>,
+    ) -> impl Future<Output = Result<Vec<RefusedLease>, DomainError>> + Send + 'static {
+        let too_many = leases.len() > MAX_LEASES_PER_COMMIT;
+        let count = leases.len();
+        for l in &mut leases {
+            ingot_common::validate::truncate_text(&mut l.hostname, MAX_LEASE_HOSTNAME);
+            l.rack = self.name.clone();
+        }
+        let op = Op::CommitLeases(op::CommitLeases {
+            rack: self.name.clone(),
+            batch,
+            leases,
+        });
+        let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
+        let app = self.app.clone();
+        async move {
+            if too_many {
+                return Err(DomainError::invalid(
+                    "lease_commit.leases",
+                    format!("{count} leases in one batch, at most {MAX_LEASES_PER_COMMIT}: send smaller batches"),
+                ));
+            }
+            if count == 0 {
+                return Ok(Vec::new());
+            }
+            match app.region.write(cmd).await? {
+                Reply::LeasesCommitted(refused) => Ok(refused),
+                other => Err(super::unexpected(other)),
+            }
+        }
+    }
+
+    /// Enlists the unknown MACs the rack saw PXE-boot: filtered, rate-limited and given system ids by
+    /// [`BootFeed::enlist`], then proposed on a task of their own (apply skips any MAC that became known
+    /// meanwhile; a failure is logged, and the rack asks again).
+    pub fn enlist(&mut self, asks: Vec<EnlistRequest>) {
+        let machines = {
+            let st = crate::locks::read(&self.app.region.state);
+            self.boot.enlist(&st, &self.name, asks, Instant::now())
+        };
+        if machines.is_empty() {
+            return;
+        }
+        let op = Op::EnlistMachines(op::EnlistMachines {
+            rack: self.name.clone(),
+            machines,
+        });
+        let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = app.region.write(cmd).await {
+                tracing::debug!("enlisting PXE-booted machines: {e}");
+            }
+        });
     }
 
     /// Ends the session: records when the rack was last heard (its BMCs stay for the grace time after).

@@ -41,15 +41,35 @@ pub(crate) fn fleet(n: usize) -> State {
         )
         .expect("user");
     }
-    // The rack that drives the rack-driven machines, registered so its results are accepted.
-    s.data.racks.insert(
-        RACK.into(),
-        ingot_common::model::Rack {
-            name: RACK.into(),
-            zone: "default".into(),
-            registered_ms: 1,
-            revoked: false,
-            session: None,
+    // The rack that drives the rack-driven machines, registered so its results are accepted; it and a
+    // second rack serve a small boot network (so random lease commits collide).
+    for r in [RACK, RACK2] {
+        s.data.racks.insert(
+            r.into(),
+            ingot_common::model::Rack {
+                name: r.into(),
+                zone: "default".into(),
+                registered_ms: 1,
+                revoked: false,
+                session: None,
+            },
+        );
+    }
+    s.data.subnets.insert(
+        NET.into(),
+        ingot_common::net::Subnet {
+            cidr: NET.parse().expect("cidr"),
+            gateway: Some([10, 20, 0, 1].into()),
+            dns: vec![],
+            domain: String::new(),
+            dynamic: vec!["10.20.0.4-10.20.0.14".parse().expect("range")],
+            reserved: vec!["10.20.0.2-10.20.0.3".parse().expect("range")],
+            vlan: 0,
+            mode: Default::default(),
+            primary: Some(RACK.into()),
+            secondary: Some(RACK2.into()),
+            lease_time_s: 3,
+            pxe_lease_time_s: 3,
         },
     );
     for i in 0..n {
@@ -88,10 +108,17 @@ pub(crate) enum Step {
     Alloc(usize, usize, u32),
     /// The rack's result for the k-th pending power command: (k, success, power state on/off).
     Power(usize, bool, bool),
+    /// Rack r (rk1, rk2, or an unknown one) commits leases: (MAC m, address .a of [`NET`], state s,
+    /// start t seconds) each.
+    Leases(usize, Vec<(u8, u8, usize, u64)>),
 }
 
 /// The rack that drives the fleet's rack-driven machines.
 const RACK: &str = "rk1";
+/// The secondary rack of the fleet's boot network.
+const RACK2: &str = "rk2";
+/// The fleet's boot network (16 addresses: collisions are frequent).
+const NET: &str = "10.20.0.0/28";
 
 /// Generates [`Step`]s.
 pub(crate) fn step() -> impl Strategy<Value = Step> {
@@ -103,6 +130,8 @@ pub(crate) fn step() -> impl Strategy<Value = Step> {
         1 => (0..3usize, 0..4usize, 1..3u32).prop_map(|(u, r, c)| Step::Alloc(u, r, c)),
         2 => (0..4usize, proptest::bool::weighted(0.8), any::<bool>())
             .prop_map(|(k, ok, on)| Step::Power(k, ok, on)),
+        2 => (0..3usize, prop::collection::vec((0..5u8, 0..17u8, 0..3usize, 0..8u64), 1..5))
+            .prop_map(|(r, ls)| Step::Leases(r, ls)),
     ]
 }
 
@@ -143,6 +172,30 @@ fn check(s: &State) {
             .get(&MachineStatus::Ready)
             .map(|x| x.len())
             .unwrap_or(0)
+    );
+    check_leases(s);
+}
+
+/// Leases: each recorded by a rack serving its subnet, on a host address outside the reserved ranges;
+/// at most one bound address per MAC and subnet; the MAC index agrees with the data.
+fn check_leases(s: &State) {
+    use ingot_common::net::LeaseState;
+    let mut bound: std::collections::HashSet<(ingot_common::Mac, String)> = Default::default();
+    for l in s.data.leases.values() {
+        let n = s.data.subnets.get(&l.subnet.to_string()).expect("subnet");
+        assert!(crate::state::serves(n, &l.rack), "{l:?}");
+        assert!(n.cidr.contains(l.ip) && l.ip != n.cidr.network && l.ip != n.cidr.broadcast());
+        assert!(!n.reserved.iter().any(|r| r.contains(l.ip)) && n.gateway != Some(l.ip));
+        if l.state == LeaseState::Bound {
+            assert!(
+                bound.insert((l.mac, l.subnet.to_string())),
+                "two bound for {l:?}"
+            );
+        }
+    }
+    assert_eq!(
+        crate::state::BootIndex::from_data(&s.data).by_mac,
+        s.boot.by_mac
     );
 }
 
@@ -284,6 +337,59 @@ pub(crate) fn play(
                         token: format!("t{rev}"),
                     },
                 })
+            }
+            Step::Leases(r, ls) => {
+                use ingot_common::net::LeaseState;
+                let rack = [RACK, RACK2, "rk9"][r];
+                let leases = ls
+                    .into_iter()
+                    .map(|(m, a, st, t)| ingot_common::net::Lease {
+                        ip: [10, 20, 0, a].into(),
+                        subnet: NET.parse().expect("cidr"),
+                        mac: ingot_common::Mac([0x52, 0x54, 0, 0, 1, m]),
+                        state: [
+                            LeaseState::Bound,
+                            LeaseState::Released,
+                            LeaseState::Declined,
+                        ][st],
+                        start_ms: t * 1000,
+                        expires_ms: t * 1000 + 3000,
+                        hostname: String::new(),
+                        rack: rack.into(),
+                    })
+                    .collect();
+                let c = Command {
+                    principal: Some(crate::command::Principal::Internal(
+                        crate::command::Internal::Rack,
+                    )),
+                    ..cmd(
+                        &format!("rack:{rack}"),
+                        rev,
+                        Op::CommitLeases(op::CommitLeases {
+                            rack: rack.into(),
+                            batch: rev,
+                            leases,
+                        }),
+                    )
+                };
+                let before = s.data.leases.clone();
+                let first = apply(s, &c, rev);
+                let after = s.data.leases.clone();
+                // A batch recorded whole and committed again changes nothing. (With refusals it may: a
+                // lease refused the first time is recorded when the batch itself freed its address, as
+                // a new commit would be. A lease the batch itself took over may be refused the second
+                // time: it is already recorded otherwise.)
+                let again = apply(s, &c, rev);
+                if matches!(&first, Ok(crate::command::Reply::LeasesCommitted(r)) if r.is_empty()) {
+                    prop_assert_eq!(&after, &s.data.leases);
+                }
+                let _ = again;
+                if rack == "rk9" {
+                    prop_assert!(first.is_err() && again.is_err());
+                    prop_assert_eq!(&before, &after);
+                }
+                each(s)?;
+                continue;
             }
             Step::Alloc(_u, r, count) => {
                 let cands: Vec<String> = s

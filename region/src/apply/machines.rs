@@ -15,6 +15,18 @@ use ingot_common::{validate, DomainError, Mac, Machine, MachineStatus};
 
 /// Enlists a machine in status New.
 pub(super) fn create(ctx: &ApplyCtx, state: &mut State, op: &op::CreateMachine) -> Response {
+    let m = insert_new(ctx, state, op, String::new())?;
+    Ok(Reply::Machine(Box::new(m)))
+}
+
+/// Checks and stores a new machine in status New with its `enlist` event (text `message`): machine
+/// creation by API and enlistment by PXE boot (`leases::enlist`) alike. A refusal changes nothing.
+pub(super) fn insert_new(
+    ctx: &ApplyCtx,
+    state: &mut State,
+    op: &op::CreateMachine,
+    message: String,
+) -> Result<Machine, DomainError> {
     let op::CreateMachine {
         system_id,
         hostname,
@@ -92,9 +104,10 @@ pub(super) fn create(ctx: &ApplyCtx, state: &mut State, op: &op::CreateMachine) 
     EventBuilder::new("enlist")
         .machine(&m)
         .entered(MachineStatus::New)
+        .message(message)
         .record(ctx, state);
     state.put_machine(m.clone());
-    Ok(Reply::Machine(Box::new(m)))
+    Ok(m)
 }
 
 /// Changes a machine's descriptive fields.

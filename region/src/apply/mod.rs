@@ -10,7 +10,7 @@
 //! - this module: dispatch, and [`apply_once`]'s deduplication of retried requests;
 //! - `authz`: who may run each operation (a table), checked before the handler runs;
 //! - handlers, one module per family of operations: `cluster` (bootstrap, regions, settings),
-//!   `machines`, `alloc`, `zones`, `pools`, `tags`, `users` (and tokens), `racks`, `power`;
+//!   `machines`, `alloc`, `zones`, `pools`, `tags`, `users` (and tokens), `racks`, `power`, `subnets`;
 //! - shared steps: `status` (the one place a machine's status is set, and outcomes), which returns the
 //!   power plan of a move for `queue` (the power command queue) to queue;
 //! - leaves: `ctx`, `events` (the `EventBuilder`), `lookup`, `tagging`.

@@ -89,8 +89,8 @@ pub(super) fn register(ctx: &ApplyCtx, state: &mut State, op: &op::RegisterRack)
     Ok(Reply::Rack(Box::new(r)))
 }
 
-/// Revokes a rack: its session ends, its certificate goes on the revocation list and its BMCs become
-/// free for other racks.
+/// Revokes a rack: its session ends, its certificate goes on the revocation list, its BMCs become
+/// free for other racks and it loses its roles in subnets (`subnets::forget_rack`).
 pub(super) fn revoke(ctx: &ApplyCtx, state: &mut State, op: &op::RevokeRack) -> Response {
     let name = &op.name;
     let Some(mut r) = state.data.racks.get(name).cloned() else {
@@ -103,6 +103,7 @@ pub(super) fn revoke(ctx: &ApplyCtx, state: &mut State, op: &op::RevokeRack) -> 
     state.data.racks.insert(name.clone(), r.clone());
     revoke_certificate(state, &rack_common_name(name));
     release_bmcs(ctx, state, name);
+    super::subnets::forget_rack(ctx, state, name);
     EventBuilder::new("rack.revoke")
         .level(EventLevel::Warning)
         .message(name.clone())

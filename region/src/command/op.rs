@@ -453,6 +453,14 @@ pub struct DeleteSubnet {
     pub cidr: Cidr,
 }
 
+/// Most leases in one [`CommitLeases`]: a rack batches what it handed out in a few milliseconds, and a
+/// batch of this many stays far below the proposer's per-command cap (a lease is ~250 bytes of JSON).
+pub const MAX_LEASES_PER_COMMIT: usize = 1024;
+/// Longest hostname a lease records, in bytes (option 12 allows 255; the rack cuts longer ones).
+pub const MAX_LEASE_HOSTNAME: usize = 64;
+/// Most MACs in one [`EnlistMachines`].
+pub const MAX_ENLIST_PER_OP: usize = 256;
+
 /// Records a batch of DHCP leases a rack handed out, released or saw declined. Each is checked in apply
 /// (the rack serves the subnet, the address is inside it and not held by another MAC); refused ones are
 /// named in the reply, the rest recorded.
