@@ -11,8 +11,8 @@
 //! REQUEST-ACK drops ÷ DISCOVERs), and the REQUEST→ACK delay p50/p99 from perfdhcp's per-exchange
 //! timestamps (`-x t`): for ingot-rack that is the lease-commit latency, since the rack holds an ACK until
 //! its lease is committed by a majority of regions. The rate steps up until drops reach 0.1 %; the best
-//! passing step is the "DORA/s at < 0.1 % drops". Then ingot-rack's RSS before and after `leases` more
-//! distinct MACs.
+//! passing step is the "DORA/s at < 0.1 % drops". Before ingot-rack's steps (whose last one overloads
+//! it), its RSS is read before and after `leases` distinct MACs at 1,000/s.
 //!
 //! Needs root, perfdhcp and kea-dhcp4 (scripts/install-test-peers.sh). Every perfdhcp run is bounded by
 //! `-n`, `-p` and `timeout`; only processes started here are stopped, by PID; the namespace and veth go
@@ -35,6 +35,8 @@ const SERVER: &str = "10.32.0.1";
 const SERVER_CIDR: &str = "10.32.0.1/14";
 const CLIENT_CIDR: &str = "10.32.0.2/14";
 const POOL: (&str, &str) = ("10.32.1.0", "10.35.255.250");
+/// Rate of the RSS phase, /s (well under what a debug build on 2 cores sustains).
+const RSS_RATE: u64 = 1000;
 /// Drops ratio (%) a step must stay under to count.
 const MAX_DROPS_PCT: f64 = 0.1;
 
@@ -102,7 +104,7 @@ pub struct DhcpFigures {
     pub ingot: Vec<Step>,
     /// kea-dhcp4's steps.
     pub kea: Vec<Step>,
-    /// ingot-rack's RSS (KiB) before the RSS phase, with the leases of the steps.
+    /// ingot-rack's RSS (KiB) before the RSS phase (serving, no leases yet).
     pub rss_before_kib: u64,
     /// ingot-rack's RSS (KiB) after it.
     pub rss_after_kib: u64,
@@ -438,43 +440,22 @@ pub async fn run(cluster: &LocalCluster, o: &DhcpOpts) -> Result<DhcpFigures> {
             rack.log.display()
         );
     }
-    let ns2 = &ns;
-    f.ingot = tokio::task::block_in_place(|| steps(ns2, o, "ingot-rack", 0x20))?;
-
-    // 3. RSS with many leases: `leases` more distinct MACs at half the best passing rate (≤ 5,000/s), once
-    // the rack and regions have caught up with the overload step (at most 60 s).
+    // 3. RSS with many leases, on the healthy cluster (before the rate steps, whose last step overloads
+    // it): `leases` distinct MACs at RSS_RATE/s.
     let pid = cluster.rack("bd").map(|r| r.pid).unwrap_or(rack.pid);
-    let mut total: u64 = f.ingot.iter().map(|s| s.acks).sum();
+    f.rss_before_kib = netns::rss_kib(pid);
+    let mut total = 0;
     if o.leases > 0 {
-        match wait_answering(&ns, o, 0x3f, Duration::from_secs(60))? {
-            Some(w) => eprintln!(
-                "== recovered from the overload step in {} ms",
-                w.as_millis()
-            ),
-            None => {
-                eprintln!("== WARNING: ingot-rack still ACKs nothing 60 s after the overload step")
-            }
-        }
-        f.rss_before_kib = netns::rss_kib(pid);
-        let rate = (f
-            .ingot
-            .iter()
-            .filter(|s| s.passes())
-            .map(|s| s.rate)
-            .max()
-            .unwrap_or(500)
-            / 2)
-        .clamp(200, 5000);
-        let secs = o.leases.div_ceil(rate) + 5;
+        let secs = o.leases.div_ceil(RSS_RATE) + 5;
         eprintln!(
-            "== {} more distinct MACs at {rate}/s (≤ {secs} s) for the RSS figure",
+            "== {} distinct MACs at {RSS_RATE}/s (≤ {secs} s) for the RSS figure",
             o.leases
         );
         let s = tokio::task::block_in_place(|| {
             perfdhcp(&Perf {
                 ns: &ns,
                 dev: "eth0",
-                rate,
+                rate: RSS_RATE,
                 seconds: secs,
                 clients: o.leases,
                 tag: 0x40,
@@ -482,12 +463,16 @@ pub async fn run(cluster: &LocalCluster, o: &DhcpOpts) -> Result<DhcpFigures> {
                 out: &o.dir.join("perfdhcp-rss.out"),
             })
         })?;
+        eprintln!("   {} ACKed, drops {:.3} %", s.acks, s.drops_pct());
         total += s.acks;
         f.rss_run = Some(s);
-    } else {
-        f.rss_before_kib = netns::rss_kib(pid);
     }
     f.rss_after_kib = netns::rss_kib(pid);
+
+    // 4. The rate steps.
+    let ns2 = &ns;
+    f.ingot = tokio::task::block_in_place(|| steps(ns2, o, "ingot-rack", 0x20))?;
+    total += f.ingot.iter().map(|s| s.acks).sum::<u64>();
     f.leases_total = total;
     Ok(f)
 }
@@ -548,7 +533,7 @@ pub fn report(o: &DhcpOpts, f: &DhcpFigures, profile: &str, regions: usize) {
     );
     if let Some(r) = &f.rss_run {
         println!(
-            "  ingot-rack RSS: {:.1} MiB before, {:.1} MiB after {} more distinct MACs ({} ACKed at {}/s, drops {:.3} %); {} leases in all",
+            "  ingot-rack RSS: {:.1} MiB serving no lease, {:.1} MiB after {} distinct MACs ({} ACKed at {}/s, drops {:.3} %); {} leases in all at the end",
             f.rss_before_kib as f64 / 1024.0,
             f.rss_after_kib as f64 / 1024.0,
             o.leases,
