@@ -386,6 +386,7 @@ async fn batches_lost_with_the_session_or_unanswered_are_sent_again() {
     let d = tempfile::tempdir().unwrap();
     let settings = ServiceSettings {
         resend_after: Duration::from_millis(300),
+        rack: "r1".into(),
         ..ServiceSettings::default()
     };
     let rig = Rig::start(d.path(), settings);
@@ -396,6 +397,7 @@ async fn batches_lost_with_the_session_or_unanswered_are_sent_again() {
     }
     let first = next_commit(&mut rx, Duration::from_secs(5)).await.unwrap();
     assert_eq!(first.leases.len(), 10);
+    assert!(first.leases.iter().all(|l| l.rack == "r1"), "{first:?}");
     // Unanswered on this session: sent again after resend_after, same batch and leases.
     let again = next_commit(&mut rx, Duration::from_secs(5)).await.unwrap();
     assert_eq!((again.batch, again.leases.len()), (first.batch, 10));
