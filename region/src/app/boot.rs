@@ -572,6 +572,68 @@ mod tests {
         assert!(full.len() == 1 && full[0].full && full[0].leases.len() == 4);
     }
 
+    /// Through the apply step: what the primary commits reaches the secondary's session as a change, and
+    /// the primary's own session sends back only what it did not write itself (the release its move caused).
+    #[test]
+    fn committed_leases_reach_the_other_racks_session() {
+        use crate::apply::apply;
+        use crate::apply::test_support::{init, internal};
+        use crate::command::{Internal, Op};
+        let mut st = State::default();
+        apply(&mut st, &init(), 1).expect("bootstrap");
+        st.data
+            .subnets
+            .insert(NET.into(), subnet(NET, Some("p"), Some("s")));
+        rack(&mut st, "p", Some(1_000), None);
+        rack(&mut st, "s", Some(1_000), None);
+        let t0 = Instant::now();
+        let (mut fp, mut fs) = (BootFeed::new(t0), BootFeed::new(t0));
+        for (f, r) in [(&mut fp, "p"), (&mut fs, "s")] {
+            f.config_changed(&st, r, tick(2_000, t0)).expect("config");
+            assert!(f.leases_due(&st, r)[0].full);
+        }
+        let commit = |st: &mut State, rev: u64, leases: Vec<Lease>| {
+            let op = Op::CommitLeases(op::CommitLeases {
+                rack: "p".into(),
+                batch: rev,
+                leases,
+            });
+            apply(st, &internal(5, Internal::Rack, "rack:p", op), rev).expect("commit");
+            st.data.revision = rev;
+        };
+        commit(&mut st, 10, vec![lease(100, 1, "p")]);
+        let d = fs.leases_due(&st, "s");
+        assert_eq!((d.len(), d[0].full, d[0].leases.len()), (1, false, 1));
+        assert!(
+            fp.leases_due(&st, "p").is_empty(),
+            "its own commit is not echoed"
+        );
+        // The MAC moves: the primary wrote .101 itself, but the release of .100 is derived: sent to both.
+        commit(
+            &mut st,
+            11,
+            vec![Lease {
+                start_ms: 5,
+                expires_ms: 10,
+                ..lease(101, 1, "p")
+            }],
+        );
+        let ips = |u: Vec<LeasesUpdate>| -> Vec<(u8, LeaseState)> {
+            u.into_iter()
+                .flat_map(|m| m.leases)
+                .map(|l| (l.ip.octets()[3], l.state))
+                .collect()
+        };
+        assert_eq!(
+            ips(fp.leases_due(&st, "p")),
+            vec![(100, LeaseState::Released)]
+        );
+        assert_eq!(
+            ips(fs.leases_due(&st, "s")),
+            vec![(100, LeaseState::Released), (101, LeaseState::Bound)]
+        );
+    }
+
     #[test]
     fn a_large_subnet_is_sent_in_messages_of_at_most_4096() {
         let mut st = State::default();
