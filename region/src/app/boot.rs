@@ -64,7 +64,8 @@ pub struct ServedSubnet {
     pub active: bool,
 }
 
-/// What a rack is told to serve (the `BootConfig` session message); replaces the previous one.
+/// What a rack is told to serve (the `BootConfig` session message); replaces the previous one. A rack
+/// that serves no subnet gets no known MACs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RackBootConfig {
     /// Every subnet the rack is primary or secondary of, in CIDR order.
@@ -175,7 +176,8 @@ fn chunks(subnet: Cidr, full: bool, leases: Vec<Lease>, out: &mut Vec<LeasesUpda
 pub struct BootFeed {
     /// The subnets last sent (`None`: nothing sent yet).
     subnets: Option<Vec<ServedSubnet>>,
-    /// `State::boot.macs_version` of the known-MAC list last sent.
+    /// `State::boot.macs_version` of the known-MAC list last sent (`None`: none sent, or an empty one to a
+    /// rack that serves no subnet).
     macs_version: Option<u64>,
     /// When a configuration was last sent.
     sent_at: Option<Instant>,
@@ -218,9 +220,10 @@ impl BootFeed {
     pub fn config_changed(&mut self, st: &State, rack: &str, tick: Tick) -> Option<RackBootConfig> {
         let now = tick.now;
         let subnets = served_subnets(st, rack, tick.now_ms, tick.grace_ms);
-        let version = st.boot.macs_version;
+        // A rack that serves no subnet needs no MACs (a power-only rack is not sent the fleet's list).
+        let version = (!subnets.is_empty()).then_some(st.boot.macs_version);
         let subnets_changed = self.subnets.as_ref() != Some(&subnets);
-        let macs_changed = self.macs_version != Some(version);
+        let macs_changed = self.macs_version != version;
         if !subnets_changed && !macs_changed {
             return None;
         }
@@ -232,11 +235,11 @@ impl BootFeed {
             return None;
         }
         self.subnets = Some(subnets.clone());
-        self.macs_version = Some(version);
+        self.macs_version = version;
         self.sent_at = Some(now);
         Some(RackBootConfig {
             subnets,
-            known: known_macs(st),
+            known: version.map(|_| known_macs(st)).unwrap_or_default(),
         })
     }
 
@@ -514,6 +517,17 @@ mod tests {
         // A subnet change is sent at once.
         st.data.subnets.get_mut(NET).expect("net").domain = "lab.example".into();
         assert!(feed.config_changed(&st, "s", tick(20_000, t0)).is_some());
+        // A rack that serves no subnet is told so once, without the fleet's MACs, and not again when
+        // machines change.
+        let mut power_only = BootFeed::new(t0);
+        let c = power_only
+            .config_changed(&st, "x", tick(20_000, t0))
+            .expect("first");
+        assert!(c.subnets.is_empty() && c.known.is_empty());
+        st.remove_machine("m1");
+        assert!(power_only
+            .config_changed(&st, "x", tick(20_000, t0 + KNOWN_MIN_INTERVAL * 9))
+            .is_none());
     }
 
     fn lease(last: u8, mac: u8, rack: &str) -> Lease {
