@@ -14,3 +14,4 @@ mod t17_racks;
 mod t18_power;
 mod t19_nemesis;
 mod t20_fuzz;
+mod t21_subnets;
