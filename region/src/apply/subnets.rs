@@ -81,7 +81,7 @@ pub(super) fn delete(ctx: &ApplyCtx, state: &mut State, op: &op::DeleteSubnet) -
     if state.data.subnets.remove(&key).is_none() {
         return Err(not_found(&op.cidr));
     }
-    let leases = remove_leases(state, &op.cidr);
+    let leases = state.remove_leases_in(&op.cidr, ctx.rev);
     EventBuilder::new("subnet.delete")
         .message(format!("{key} ({leases} lease(s) deleted)"))
         .record(ctx, state);
@@ -148,21 +148,6 @@ fn check_racks(state: &State, s: &Subnet) -> Result<(), DomainError> {
         }
     }
     Ok(())
-}
-
-/// Deletes the leases of the addresses in `cidr` (subnets never overlap, so they are all its own);
-/// returns how many.
-fn remove_leases(state: &mut State, cidr: &Cidr) -> usize {
-    let ips: Vec<std::net::Ipv4Addr> = state
-        .data
-        .leases
-        .range(cidr.network..=cidr.broadcast())
-        .map(|(ip, _)| *ip)
-        .collect();
-    for ip in &ips {
-        state.data.leases.remove(ip);
-    }
-    ips.len()
 }
 
 /// A subnet in an event's words.
@@ -412,7 +397,7 @@ mod tests {
             ("10.20.1.100", "10.20.1.0/24"),
         ] {
             let l = lease(ip, cidr);
-            s.data.leases.insert(l.ip, l);
+            s.put_lease(l, 1, None);
         }
         run(&mut s, &mut rev, delete("10.20.0.0/24")).expect("delete");
         let left: Vec<String> = s.data.leases.keys().map(|ip| ip.to_string()).collect();
