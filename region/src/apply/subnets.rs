@@ -579,7 +579,7 @@ mod tests {
                         let ip: Ipv4Addr = ip.parse().expect("ip");
                         if let Some(n) = s.data.subnets.values().find(|n| n.cidr.contains(ip)) {
                             let l = lease(&ip.to_string(), &n.cidr.to_string());
-                            s.data.leases.insert(ip, l);
+                            s.put_lease(l, 1, None);
                         }
                         continue;
                     }
