@@ -404,10 +404,13 @@ pub async fn run(cluster: &LocalCluster, o: &DhcpOpts) -> Result<DhcpFigures> {
     // 2. ingot-rack serving the same interface, leases committed to the regions.
     eprintln!("== ingot-rack on {} ({} regions)", link.name, cluster.len());
     let rack = cluster
-        .add_rack_with_args(
+        .add_boot_rack(
             "bd",
             "zbench-dhcp",
-            &["--boot-interface".to_string(), link.name.clone()],
+            ingot_launch::RackBoot {
+                interfaces: vec![link.name.clone()],
+                ..Default::default()
+            },
         )
         .await?;
     ingot(

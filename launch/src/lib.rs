@@ -50,5 +50,5 @@ pub use cluster::{
 };
 pub use process::log_tail;
 pub use proxy::{LinkProxy, LinkState, LinkStats};
-pub use rack::{is_rack_process, LocalRack, StoppedRack, RACK_BIN, RACK_READY_TIMEOUT};
+pub use rack::{is_rack_process, LocalRack, RackBoot, StoppedRack, RACK_BIN, RACK_READY_TIMEOUT};
 pub use simulator::{is_simulator_process, LocalSimulator, SimulatedMachine, SIMULATOR_BIN};

@@ -44,10 +44,52 @@ pub struct LocalRack {
     pub pid: u32,
     /// File receiving the stdout and stderr of the rack's processes.
     pub log: PathBuf,
-    /// Flags for this rack's `ingot-rack run` only, after the cluster's `rack_args` (e.g. its
-    /// `--boot-interface`s); kept across restarts.
+    /// The boot interfaces it serves DHCP on, and its boot ports (kept across restarts).
     #[serde(default)]
-    pub args: Vec<String>,
+    pub boot: RackBoot,
+}
+
+/// A rack's boot-path flags of `ingot-rack run`: which interfaces it serves DHCP on and on which ports.
+/// The default serves none (a power-only rack).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RackBoot {
+    /// `--boot-interface`, each: interfaces the test (or developer) created for this rack, with an IPv4
+    /// address. The rack process runs in the launcher's network namespace (it must reach the regions on
+    /// loopback), so these are e.g. one end of a veth pair whose other end is in a client namespace.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// `--dhcp-port` when not 67.
+    #[serde(default)]
+    pub dhcp_port: Option<u16>,
+    /// `--proxy-dhcp-port` when not 4011: two racks on one host's interfaces can share a port (each
+    /// socket is bound to its interface), but tests may want their own.
+    #[serde(default)]
+    pub proxy_dhcp_port: Option<u16>,
+    /// `--http-port` when not 5248.
+    #[serde(default)]
+    pub http_port: Option<u16>,
+}
+
+impl RackBoot {
+    /// The `ingot-rack run` flags.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        for i in &self.interfaces {
+            a.push("--boot-interface".to_string());
+            a.push(i.clone());
+        }
+        for (flag, port) in [
+            ("--dhcp-port", self.dhcp_port),
+            ("--proxy-dhcp-port", self.proxy_dhcp_port),
+            ("--http-port", self.http_port),
+        ] {
+            if let Some(p) = port {
+                a.push(flag.to_string());
+                a.push(p.to_string());
+            }
+        }
+        a
+    }
 }
 
 /// One rack line of the [`LocalCluster::stop_all_report`] report.
@@ -142,15 +184,10 @@ impl LocalCluster {
         self.add_rack_with_progress(name, zone, |_| {}).await
     }
 
-    /// [`LocalCluster::add_rack`] with flags for this rack's `ingot-rack run` only (after the cluster's
-    /// `rack_args`), e.g. `--boot-interface IF`: racks of one cluster serve different interfaces.
-    pub async fn add_rack_with_args(
-        &self,
-        name: &str,
-        zone: &str,
-        args: &[String],
-    ) -> Result<LocalRack> {
-        self.add_rack_inner(name, zone, args, |_| {}).await
+    /// [`LocalCluster::add_rack`] for a rack that serves DHCP on `boot`'s interfaces (it fails to start,
+    /// with the rack's message in the error, if one is missing or has no IPv4 address).
+    pub async fn add_boot_rack(&self, name: &str, zone: &str, boot: RackBoot) -> Result<LocalRack> {
+        self.add_rack_full(name, zone, boot, |_| {}).await
     }
 
     /// [`LocalCluster::add_rack`], reporting each step to `progress`.
@@ -160,14 +197,16 @@ impl LocalCluster {
         zone: &str,
         progress: impl FnMut(Progress) + Send,
     ) -> Result<LocalRack> {
-        self.add_rack_inner(name, zone, &[], progress).await
+        self.add_rack_full(name, zone, RackBoot::default(), progress)
+            .await
     }
 
-    async fn add_rack_inner(
+    /// Adds a rack with `boot` flags, reporting each step to `progress`.
+    async fn add_rack_full(
         &self,
         name: &str,
         zone: &str,
-        rack_args: &[String],
+        boot: RackBoot,
         mut progress: impl FnMut(Progress) + Send,
     ) -> Result<LocalRack> {
         check_name(name)?;
@@ -291,7 +330,7 @@ impl LocalCluster {
             dir,
             pid: 0,
             log,
-            args: rack_args.to_vec(),
+            boot,
         };
         let (child, offset) = self.spawn_rack(&info)?;
         let info = LocalRack {
@@ -425,7 +464,7 @@ impl LocalCluster {
             .arg("--data-dir")
             .arg(&info.dir)
             .args(&self.rack_args)
-            .args(&info.args)
+            .args(info.boot.args())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -569,9 +608,23 @@ mod tests {
             dir: "/tmp/x/rack-rack-1".into(),
             pid: 42,
             log: "/tmp/x/rack-rack-1/rack.log".into(),
-            args: vec!["--boot-interface".into(), "eth1".into()],
+            boot: RackBoot {
+                interfaces: vec!["isvb1".into()],
+                dhcp_port: Some(6767),
+                ..RackBoot::default()
+            },
         };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<LocalRack>(&text).unwrap(), r);
+        assert_eq!(
+            r.boot.args(),
+            ["--boot-interface", "isvb1", "--dhcp-port", "6767"]
+        );
+        // Records written before racks served DHCP still load.
+        let old = r#"{"name":"r","zone":"z","dir":"/d","pid":1,"log":"/d/rack.log"}"#;
+        assert_eq!(
+            serde_json::from_str::<LocalRack>(old).unwrap().boot,
+            RackBoot::default()
+        );
     }
 }

@@ -108,6 +108,7 @@ struct BootArgs {
 fn start_boot(
     args: BootArgs,
     dir: &DataDir,
+    rack: &str,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<std::sync::Arc<BootService>>> {
     if args.interfaces.is_empty() {
@@ -129,7 +130,10 @@ fn start_boot(
         ..EngineSettings::default()
     });
     let service = BootService::start(
-        ServiceSettings::default(),
+        ServiceSettings {
+            rack: rack.to_string(),
+            ..ServiceSettings::default()
+        },
         Box::new(engine),
         journal,
         shutdown.clone(),
@@ -237,7 +241,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             };
             cfg.validate()?;
             let (tx, rx) = tokio::sync::watch::channel(false);
-            cfg.boot = start_boot(boot, &cfg.dir, &rx)?;
+            cfg.boot = start_boot(boot, &cfg.dir, &cfg.rack.name, &rx)?;
             tokio::spawn(async move {
                 wait_for_signal().await;
                 tracing::info!("signal received, stopping");

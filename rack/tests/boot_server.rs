@@ -58,7 +58,13 @@ impl Nets {
             eprintln!("boot_server: skipped (needs root to create network namespaces)");
             return None;
         }
-        let p = std::process::id() % 100_000;
+        // Unique per test of this process (tests run in parallel): pid and a counter.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let p = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let n = Nets {
             server: format!("isv-s-{p}"),
             client: format!("isv-c-{p}"),
@@ -299,5 +305,104 @@ async fn discover_and_request_get_offer_and_ack_on_the_boot_interface_only() {
         .expect("the server stops on shutdown")
         .unwrap()
         .unwrap();
+    drop(nets);
+}
+
+/// A hand-built DISCOVER and REQUEST answered by the rack's real engine through the server and the
+/// service: OFFER of the first dynamic address, then the ACK of it once the (fake) region committed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_engine_answers_dora_through_the_server_after_the_commit() {
+    use dhcproto::v4::{DhcpOption, Flags};
+    use dhcproto::Encodable;
+    use ingot_proto::rack::v1 as proto;
+    use ingot_proto::rack::v1::region_message::Msg as RegionMsg;
+    use ingot_rack::boot::dhcp::engine::{Engine, EngineSettings};
+    let Some(nets) = Nets::create() else {
+        return;
+    };
+    let boot_if = nets.boot.0.clone();
+    let server = in_netns(&nets.server, move || {
+        Server::bind(&ListenerConfig {
+            interfaces: vec![boot_if],
+            ..ListenerConfig::default()
+        })
+        .unwrap()
+    });
+    let d = tempfile::tempdir().unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let journal = Journal::open(&d.path().join("leases.journal"), MAX_ENTRIES).unwrap();
+    let svc = BootService::start(
+        ServiceSettings::default(),
+        Box::new(Engine::new(EngineSettings::default())),
+        journal,
+        stopped.clone(),
+    );
+    let (tx, rx) = mpsc::channel(1024);
+    let _session = svc.session_opened(tx);
+    let batches = answer_all(svc.clone(), rx, HashSet::new());
+    svc.on_region_message(RegionMsg::BootConfig(proto::BootConfig {
+        subnets: vec![proto::SubnetConfig {
+            cidr: "10.99.0.0/24".into(),
+            dynamic: vec!["10.99.0.100-10.99.0.199".into()],
+            mode: "managed".into(),
+            role: "primary".into(),
+            active: true,
+            lease_time_s: 3600,
+            pxe_lease_time_s: 30,
+            ..Default::default()
+        }],
+        known: vec![],
+    }));
+    svc.on_region_message(RegionMsg::Leases(proto::Leases {
+        subnet: "10.99.0.0/24".into(),
+        full: true,
+        leases: vec![],
+    }));
+    let handler: Arc<dyn PacketHandler> = svc.clone();
+    let serving = tokio::spawn(server.run(handler, stopped.clone()));
+    let b = nets.boot.1.clone();
+    let client = in_netns(&nets.client, move || client_socket(&b));
+    let client = UdpSocket::from_std(client).unwrap();
+    let chaddr = [2, 0, 0, 0, 0, 9];
+    let request = |xid: u32, kind: MessageType| {
+        let mut m = Message::new_with_id(
+            xid,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &chaddr,
+        );
+        m.set_flags(Flags::default().set_broadcast());
+        m.opts_mut().insert(DhcpOption::MessageType(kind));
+        m
+    };
+    let discover = request(77, MessageType::Discover);
+    client
+        .send_to(&discover.to_vec().unwrap(), broadcast(67))
+        .await
+        .unwrap();
+    let (offer, _) = reply(&client, Duration::from_secs(5)).await.expect("OFFER");
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 99, 0, 100));
+    let mut req = request(78, MessageType::Request);
+    req.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    req.opts_mut()
+        .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 99, 0, 1)));
+    client
+        .send_to(&req.to_vec().unwrap(), broadcast(67))
+        .await
+        .unwrap();
+    let (ack, _) = reply(&client, Duration::from_secs(5)).await.expect("ACK");
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr(), offer.yiaddr());
+    assert_eq!(
+        *batches.lock().unwrap(),
+        vec![1],
+        "one lease, one batch, before the ACK"
+    );
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
     drop(nets);
 }

@@ -871,3 +871,36 @@ async fn the_session_carries_the_boot_messages_and_resends_a_lost_batch() {
     assert_eq!(log.lock().unwrap().committed.len(), 1);
     stop_rack((stop, task)).await;
 }
+
+/// `ingot-rack run --boot-interface` with an interface this host does not have stops at once, before the
+/// "running" line, naming the interface.
+#[tokio::test]
+async fn run_with_a_missing_boot_interface_fails_naming_it() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let dd = rack_dir(&ca, d.path(), "127.0.0.1:1");
+    let missing = format!("isvx{}", std::process::id() % 100_000);
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ingot-rack"))
+            .arg("run")
+            .arg("--data-dir")
+            .arg(dd.root())
+            .args(["--boot-interface", &missing])
+            .output(),
+    )
+    .await
+    .expect("ingot-rack run should stop at once")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(!stdout.contains("running"), "{stdout}");
+    // Without root the first failure is the privilege, also naming the interface.
+    let expected = if rustix::process::geteuid().is_root() {
+        format!("boot interface {missing} does not exist")
+    } else {
+        format!("on boot interface {missing} (port 67) is not permitted")
+    };
+    assert!(stderr.contains(&expected), "{stderr}");
+}

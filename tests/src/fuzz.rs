@@ -76,6 +76,8 @@ pub enum Kind {
     Pem,
     /// A tag definition expression.
     TagExpr,
+    /// IPv4 network text: a CIDR, an address or an address range (subnets' fields).
+    Net,
 }
 
 /// A source of random and boundary values for one call.
@@ -121,6 +123,36 @@ const POWER_WORDS: &[&str] = &[
     "bmc",
 ];
 const DRIVERS: &[&str] = &["ipmi", "redfish", "webhook", "manual", "sim", ""];
+/// Network texts at and past the edges of what subnets accept (`10.99.0.0/24` is the fuzz fixture's
+/// subnet).
+const NETS: &[&str] = &[
+    "10.99.0.0/24",
+    "10.99.0.1",
+    "10.99.0.100-10.99.0.199",
+    "10.99.0.0-10.99.0.255",
+    "10.99.0.200-10.99.0.100",
+    "10.99.0.5/24",
+    "10.0.0.0/8",
+    "0.0.0.0/0",
+    "255.255.255.255/32",
+    "10.0.0.0/7",
+    "10.0.0.0/31",
+    "10.0.0.0/33",
+    "10.0.0.0/255",
+    "10.0.0.0/-1",
+    "10.0.0.0/",
+    "/24",
+    "10.0.0.256/24",
+    "4294967296.0.0.0/8",
+    "0.0.0.0",
+    "255.255.255.255",
+    "224.0.0.1",
+    "10.99.0.1-",
+    "-10.99.0.1",
+    "10.99.0.1--10.99.0.2",
+    "fd00::/64",
+    "::1",
+];
 const TAG_EXPRS: &[&str] = &[
     "cpu_count >= 16",
     "memory_mib >= 65536 && any(disks, size_gib >= 900 && !rotational)",
@@ -246,6 +278,7 @@ impl Gen {
             Kind::StatusName => STATUS_NAMES.iter().map(|s| s.to_string()).collect(),
             Kind::Driver => DRIVERS.iter().map(|s| s.to_string()).collect(),
             Kind::TagExpr => TAG_EXPRS.iter().map(|s| s.to_string()).collect(),
+            Kind::Net => NETS.iter().map(|s| s.to_string()).collect(),
         };
         if list.is_empty() {
             None
@@ -268,6 +301,7 @@ impl Gen {
             ),
             Kind::Addr => format!("127.0.0.1:{}", n % 65536),
             Kind::SystemId => format!("{:06x}", n % 0x100_0000),
+            Kind::Net => format!("10.{}.{}.0/24", (n >> 8) % 256, n % 256),
             _ => format!("fz{n:x}"),
         }
     }

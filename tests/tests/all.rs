@@ -14,4 +14,5 @@ mod t17_racks;
 mod t18_power;
 mod t19_nemesis;
 mod t20_fuzz;
+mod t21_subnets;
 mod t22_dhcp;

@@ -507,6 +507,52 @@ fn action(g: &mut Gen) -> MachineActionRequest {
     }
 }
 
+/// A subnet's fields: network texts at and past the edges, valid modes half of the time, known racks.
+fn subnet_message(g: &mut Gen) -> Subnet {
+    Subnet {
+        cidr: g.string("cidr", Kind::Net),
+        gateway: g.string("gateway", Kind::Net),
+        dns: g.list("dns", |g| g.string("dns[]", Kind::Net)),
+        domain: g.string("domain", Kind::Text),
+        dynamic: g.list("dynamic", |g| g.string("dynamic[]", Kind::Net)),
+        reserved: g.list("reserved", |g| g.string("reserved[]", Kind::Net)),
+        vlan: g.u32("vlan"),
+        mode: subnet_mode(g),
+        primary: g.string("primary", Kind::Rack),
+        secondary: g.string("secondary", Kind::Rack),
+        lease_time_s: g.u32("lease_time_s"),
+        pxe_lease_time_s: g.u32("pxe_lease_time_s"),
+        lease_count: g.u64("lease_count"),
+    }
+}
+
+fn subnet_mode(g: &mut Gen) -> String {
+    if g.chance(0.5) {
+        g.pick(&["managed", "proxy", "off", ""]).to_string()
+    } else {
+        g.string("mode", Kind::Text)
+    }
+}
+
+/// An update's list: absent, or a list of network texts.
+fn opt_net_list(g: &mut Gen, field: &str) -> Option<TextList> {
+    if g.chance(0.4) {
+        None
+    } else {
+        Some(TextList {
+            values: g.list(field, |g| g.string(field, Kind::Net)),
+        })
+    }
+}
+
+fn opt_u32(g: &mut Gen, field: &str) -> Option<u32> {
+    if g.chance(0.4) {
+        None
+    } else {
+        Some(g.u32(field))
+    }
+}
+
 fn opt_string(g: &mut Gen, field: &str, kind: Kind) -> Option<String> {
     if g.chance(0.3) {
         None
@@ -618,6 +664,7 @@ async fn typed_call(ctx: &Ctx, call: &Call, g: &mut Gen) -> Outcome {
     use pool_service_client::PoolServiceClient as Pools;
     use rack_service_client::RackServiceClient as Racks;
     use rf::raft_service_client::RaftServiceClient as Raft;
+    use subnet_service_client::SubnetServiceClient as Subnets;
     use tag_service_client::TagServiceClient as Tags;
     use user_service_client::UserServiceClient as Users;
     use zone_service_client::ZoneServiceClient as Zones;
@@ -1145,6 +1192,91 @@ async fn typed_call(ctx: &Ctx, call: &Call, g: &mut Gen) -> Outcome {
                 kind: g.string("kind", Kind::Text),
             }
         ),
+        // ---- SubnetService
+        ("ingot.v1.SubnetService", "CreateSubnet") => unary!(
+            ctx,
+            call,
+            g,
+            Subnets<Channel>,
+            create_subnet,
+            CreateSubnetRequest {
+                subnet: if g.chance(0.1) {
+                    None
+                } else {
+                    Some(subnet_message(g))
+                },
+            }
+        ),
+        ("ingot.v1.SubnetService", "GetSubnet") => unary!(
+            ctx,
+            call,
+            g,
+            Subnets<Channel>,
+            get_subnet,
+            GetSubnetRequest {
+                cidr: g.string("cidr", Kind::Net),
+                consistency: consistency(g),
+            }
+        ),
+        ("ingot.v1.SubnetService", "ListSubnets") => unary!(
+            ctx,
+            call,
+            g,
+            Subnets<Channel>,
+            list_subnets,
+            ListSubnetsRequest {
+                consistency: consistency(g),
+            }
+        ),
+        ("ingot.v1.SubnetService", "UpdateSubnet") => unary!(
+            ctx,
+            call,
+            g,
+            Subnets<Channel>,
+            update_subnet,
+            UpdateSubnetRequest {
+                cidr: g.string("cidr", Kind::Net),
+                gateway: opt_string(g, "gateway", Kind::Net),
+                dns: opt_net_list(g, "dns"),
+                domain: opt_string(g, "domain", Kind::Text),
+                dynamic: opt_net_list(g, "dynamic"),
+                reserved: opt_net_list(g, "reserved"),
+                vlan: opt_u32(g, "vlan"),
+                mode: if g.chance(0.4) {
+                    None
+                } else {
+                    Some(subnet_mode(g))
+                },
+                primary: opt_string(g, "primary", Kind::Rack),
+                secondary: opt_string(g, "secondary", Kind::Rack),
+                lease_time_s: opt_u32(g, "lease_time_s"),
+                pxe_lease_time_s: opt_u32(g, "pxe_lease_time_s"),
+            }
+        ),
+        ("ingot.v1.SubnetService", "DeleteSubnet") => unary!(
+            ctx,
+            call,
+            g,
+            Subnets<Channel>,
+            delete_subnet,
+            DeleteSubnetRequest {
+                cidr: g.string("cidr", Kind::Net),
+            }
+        ),
+        ("ingot.v1.SubnetService", "ListLeases") => unary!(
+            ctx,
+            call,
+            g,
+            Subnets<Channel>,
+            list_leases,
+            ListLeasesRequest {
+                subnet: g.string("subnet", Kind::Net),
+                mac: g.string("mac", Kind::Mac),
+                consistency: consistency(g),
+                page_size: g.u32("page_size"),
+                page_token: g.string("page_token", Kind::Net),
+            }
+        ),
         // ---- RackService
         ("ingot.v1.RackService", "CreateEnrollmentToken") => unary!(
             ctx,
@@ -1598,6 +1730,7 @@ fn all_rpcs() -> Vec<Rpc> {
         event_service_server::SERVICE_NAME,
         agent_service_server::SERVICE_NAME,
         rack_service_server::SERVICE_NAME,
+        subnet_service_server::SERVICE_NAME,
         rk::rack_session_service_server::SERVICE_NAME,
         rf::raft_service_server::SERVICE_NAME,
     ]
@@ -1641,7 +1774,7 @@ fn all_rpcs() -> Vec<Rpc> {
 fn every_rpc_in_proto_is_enumerated() {
     let rpcs = all_rpcs();
     assert!(
-        rpcs.len() >= 73,
+        rpcs.len() >= 79,
         "only {} RPCs parsed: {rpcs:?}",
         rpcs.len()
     );
@@ -1692,6 +1825,18 @@ async fn fixture(tc: &TestCluster, sim_dir: &std::path::Path) -> Ctx {
             .await
             .unwrap();
     }
+    c.subnets()
+        .create_subnet(CreateSubnetRequest {
+            subnet: Some(Subnet {
+                cidr: "10.99.0.0/24".into(),
+                gateway: "10.99.0.1".into(),
+                dynamic: vec!["10.99.0.100-10.99.0.199".into()],
+                primary: "fz-rack".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
     let (user, user_secret) = user_token(c, "fz-user").await.unwrap();
     c.users()
         .create_user(CreateUserRequest {

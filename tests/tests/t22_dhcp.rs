@@ -23,6 +23,7 @@
 //! Each needs root and its peers (scripts/install-test-peers.sh); under CI a missing one fails the test,
 //! elsewhere the test is skipped with the reason printed.
 
+use ingot_launch::RackBoot;
 use ingot_tests::netns::{self, End, Lab, Netns, NsProcess};
 use ingot_tests::{wait_racks_connected, RackLogsOnPanic, TestCluster};
 use std::collections::BTreeMap;
@@ -399,17 +400,16 @@ fn ingot(tc: &TestCluster, args: &[&str]) -> String {
     text
 }
 
-/// Flags of a rack serving `ifaces` (its HTTP port picked at random so that racks of parallel tests do
-/// not collide in the root namespace).
-fn rack_args(ifaces: &[&str]) -> Vec<String> {
-    let mut a = Vec::new();
-    for i in ifaces {
-        a.push("--boot-interface".to_string());
-        a.push(i.to_string());
+/// The boot flags of a rack serving `ifaces` (its HTTP port picked at random so that racks of parallel
+/// tests do not name the same one).
+fn boot(ifaces: &[&str]) -> RackBoot {
+    RackBoot {
+        interfaces: ifaces.iter().map(|i| i.to_string()).collect(),
+        http_port: Some(
+            20_000 + u16::from_str_radix(&netns::random_hex(4), 16).unwrap_or(0) % 20_000,
+        ),
+        ..RackBoot::default()
     }
-    let port = 20_000 + u16::from_str_radix(&netns::random_hex(4), 16).unwrap_or(0) % 20_000;
-    a.push(format!("--http-port={port}"));
-    a
 }
 
 async fn cluster(name: &str, regions: usize) -> TestCluster {
@@ -839,7 +839,7 @@ async fn clients_dora_renew_release_dhcping_relay() {
     .unwrap();
 
     tc.cluster
-        .add_rack_with_args("r1", "z1", &rack_args(&[&l1.name, &l2.name]))
+        .add_boot_rack("r1", "z1", boot(&[&l1.name, &l2.name]))
         .await
         .unwrap();
     ingot(
@@ -1197,7 +1197,7 @@ async fn proxy_mode_next_to_dnsmasq() {
         .unwrap();
 
     tc.cluster
-        .add_rack_with_args("r1", "z1", &rack_args(&[&link.name]))
+        .add_boot_rack("r1", "z1", boot(&[&link.name]))
         .await
         .unwrap();
     ingot(
@@ -1368,11 +1368,11 @@ async fn ha_secondary_takes_over_without_duplicates() {
         .unwrap();
     lan.attach("c0", "br0").unwrap();
     tc.cluster
-        .add_rack_with_args("ra", "z1", &rack_args(&[&la.name]))
+        .add_boot_rack("ra", "z1", boot(&[&la.name]))
         .await
         .unwrap();
     tc.cluster
-        .add_rack_with_args("rb", "z1", &rack_args(&[&lb.name]))
+        .add_boot_rack("rb", "z1", boot(&[&lb.name]))
         .await
         .unwrap();
     ingot(
@@ -1560,7 +1560,7 @@ async fn qemu_bios_and_uefi_get_their_boot_file_and_enlist() {
         vm.attach(tap, "br0").unwrap();
     }
     tc.cluster
-        .add_rack_with_args("r1", "z1", &rack_args(&[&link.name]))
+        .add_boot_rack("r1", "z1", boot(&[&link.name]))
         .await
         .unwrap();
     ingot(
@@ -1748,7 +1748,7 @@ async fn malformed_flood_and_discover_storm() {
         .root_veth("fl", Some("10.26.0.1/16"), &fl, End::new("eth0", None))
         .unwrap();
     tc.cluster
-        .add_rack_with_args("r1", "z1", &rack_args(&[&link.name]))
+        .add_boot_rack("r1", "z1", boot(&[&link.name]))
         .await
         .unwrap();
     ingot(

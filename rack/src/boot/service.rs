@@ -136,6 +136,9 @@ pub struct ServiceSettings {
     pub expire_every: Duration,
     /// Most commits waiting in the rack ([`MAX_OUTSTANDING`]).
     pub max_outstanding: usize,
+    /// This rack's name, written into the leases it commits and journals (`Lease.rack`; the region sets
+    /// it again from the session's identity).
+    pub rack: String,
 }
 
 impl Default for ServiceSettings {
@@ -149,6 +152,7 @@ impl Default for ServiceSettings {
             retry_failed_after: Duration::from_millis(500),
             expire_every: Duration::from_secs(1),
             max_outstanding: MAX_OUTSTANDING,
+            rack: String::new(),
         }
     }
 }
@@ -513,13 +517,16 @@ impl BootService {
                 c.drop_for("enlist-queue-full");
             }
         }
-        let Some(lease) = outcome.commit else {
+        let Some(mut lease) = outcome.commit else {
             if let Some(r) = outcome.reply {
                 send_reply(c, sink.as_ref(), &r);
             }
             return;
         };
         bump(&c.commits, 1);
+        if lease.rack.is_empty() {
+            lease.rack.clone_from(&self.settings.rack);
+        }
         if self.shared.outstanding.load(Ordering::Relaxed) >= self.settings.max_outstanding {
             c.drop_for("commit-queue-full");
             return;

@@ -64,7 +64,8 @@ pub struct ServedSubnet {
     pub active: bool,
 }
 
-/// What a rack is told to serve (the `BootConfig` session message); replaces the previous one.
+/// What a rack is told to serve (the `BootConfig` session message); replaces the previous one. A rack
+/// that serves no subnet gets no known MACs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RackBootConfig {
     /// Every subnet the rack is primary or secondary of, in CIDR order.
@@ -175,7 +176,8 @@ fn chunks(subnet: Cidr, full: bool, leases: Vec<Lease>, out: &mut Vec<LeasesUpda
 pub struct BootFeed {
     /// The subnets last sent (`None`: nothing sent yet).
     subnets: Option<Vec<ServedSubnet>>,
-    /// `State::boot.macs_version` of the known-MAC list last sent.
+    /// `State::boot.macs_version` of the known-MAC list last sent (`None`: none sent, or an empty one to a
+    /// rack that serves no subnet).
     macs_version: Option<u64>,
     /// When a configuration was last sent.
     sent_at: Option<Instant>,
@@ -218,9 +220,10 @@ impl BootFeed {
     pub fn config_changed(&mut self, st: &State, rack: &str, tick: Tick) -> Option<RackBootConfig> {
         let now = tick.now;
         let subnets = served_subnets(st, rack, tick.now_ms, tick.grace_ms);
-        let version = st.boot.macs_version;
+        // A rack that serves no subnet needs no MACs (a power-only rack is not sent the fleet's list).
+        let version = (!subnets.is_empty()).then_some(st.boot.macs_version);
         let subnets_changed = self.subnets.as_ref() != Some(&subnets);
-        let macs_changed = self.macs_version != Some(version);
+        let macs_changed = self.macs_version != version;
         if !subnets_changed && !macs_changed {
             return None;
         }
@@ -232,11 +235,11 @@ impl BootFeed {
             return None;
         }
         self.subnets = Some(subnets.clone());
-        self.macs_version = Some(version);
+        self.macs_version = version;
         self.sent_at = Some(now);
         Some(RackBootConfig {
             subnets,
-            known: known_macs(st),
+            known: version.map(|_| known_macs(st)).unwrap_or_default(),
         })
     }
 
@@ -514,6 +517,17 @@ mod tests {
         // A subnet change is sent at once.
         st.data.subnets.get_mut(NET).expect("net").domain = "lab.example".into();
         assert!(feed.config_changed(&st, "s", tick(20_000, t0)).is_some());
+        // A rack that serves no subnet is told so once, without the fleet's MACs, and not again when
+        // machines change.
+        let mut power_only = BootFeed::new(t0);
+        let c = power_only
+            .config_changed(&st, "x", tick(20_000, t0))
+            .expect("first");
+        assert!(c.subnets.is_empty() && c.known.is_empty());
+        st.remove_machine("m1");
+        assert!(power_only
+            .config_changed(&st, "x", tick(20_000, t0 + KNOWN_MIN_INTERVAL * 9))
+            .is_none());
     }
 
     fn lease(last: u8, mac: u8, rack: &str) -> Lease {
@@ -570,6 +584,68 @@ mod tests {
         st.boot = crate::state::BootIndex::from_data(&st.data);
         let full = feed.leases_due(&st, "s");
         assert!(full.len() == 1 && full[0].full && full[0].leases.len() == 4);
+    }
+
+    /// Through the apply step: what the primary commits reaches the secondary's session as a change, and
+    /// the primary's own session sends back only what it did not write itself (the release its move caused).
+    #[test]
+    fn committed_leases_reach_the_other_racks_session() {
+        use crate::apply::apply;
+        use crate::apply::test_support::{init, internal};
+        use crate::command::{Internal, Op};
+        let mut st = State::default();
+        apply(&mut st, &init(), 1).expect("bootstrap");
+        st.data
+            .subnets
+            .insert(NET.into(), subnet(NET, Some("p"), Some("s")));
+        rack(&mut st, "p", Some(1_000), None);
+        rack(&mut st, "s", Some(1_000), None);
+        let t0 = Instant::now();
+        let (mut fp, mut fs) = (BootFeed::new(t0), BootFeed::new(t0));
+        for (f, r) in [(&mut fp, "p"), (&mut fs, "s")] {
+            f.config_changed(&st, r, tick(2_000, t0)).expect("config");
+            assert!(f.leases_due(&st, r)[0].full);
+        }
+        let commit = |st: &mut State, rev: u64, leases: Vec<Lease>| {
+            let op = Op::CommitLeases(op::CommitLeases {
+                rack: "p".into(),
+                batch: rev,
+                leases,
+            });
+            apply(st, &internal(5, Internal::Rack, "rack:p", op), rev).expect("commit");
+            st.data.revision = rev;
+        };
+        commit(&mut st, 10, vec![lease(100, 1, "p")]);
+        let d = fs.leases_due(&st, "s");
+        assert_eq!((d.len(), d[0].full, d[0].leases.len()), (1, false, 1));
+        assert!(
+            fp.leases_due(&st, "p").is_empty(),
+            "its own commit is not echoed"
+        );
+        // The MAC moves: the primary wrote .101 itself, but the release of .100 is derived: sent to both.
+        commit(
+            &mut st,
+            11,
+            vec![Lease {
+                start_ms: 5,
+                expires_ms: 10,
+                ..lease(101, 1, "p")
+            }],
+        );
+        let ips = |u: Vec<LeasesUpdate>| -> Vec<(u8, LeaseState)> {
+            u.into_iter()
+                .flat_map(|m| m.leases)
+                .map(|l| (l.ip.octets()[3], l.state))
+                .collect()
+        };
+        assert_eq!(
+            ips(fp.leases_due(&st, "p")),
+            vec![(100, LeaseState::Released)]
+        );
+        assert_eq!(
+            ips(fs.leases_due(&st, "s")),
+            vec![(100, LeaseState::Released), (101, LeaseState::Bound)]
+        );
     }
 
     #[test]

@@ -123,15 +123,14 @@ fn lease_count(st: &State, cidr: &Cidr) -> u64 {
 
 /// The leases of `m`'s MACs, in address order (a walk of every lease: see the module doc).
 pub fn addresses_of(st: &State, m: &Machine) -> Vec<Lease> {
-    if m.macs.is_empty() {
-        return Vec::new();
-    }
-    st.data
-        .leases
-        .values()
-        .filter(|l| m.macs.contains(&l.mac))
+    let mut out: Vec<Lease> = m
+        .macs
+        .iter()
+        .flat_map(|mac| st.leases_of_mac(mac))
         .cloned()
-        .collect()
+        .collect();
+    out.sort_by_key(|l| l.ip);
+    out
 }
 
 /// The machine a lease's MAC belongs to, if `actor` may see it; `Err(())` when the lease is hidden from
@@ -389,7 +388,7 @@ mod tests {
             ("10.0.1.11", "52:54:00:00:00:01"),
         ] {
             let l = lease(ip, mac);
-            st.data.leases.insert(l.ip, l);
+            st.put_lease(l, 1, None);
         }
         st
     }

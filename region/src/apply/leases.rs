@@ -8,10 +8,11 @@
 //! the same lease again changes nothing (a re-sent batch, a journal replayed twice), and a lease older
 //! than the one recorded for its MAC and address never replaces it: `start_ms` orders a MAC's records
 //! (a batch is applied oldest first), so a rack commits a release or a decline with `start_ms` = when it
-//! happened; a release of an address whose record is another MAC's changes nothing. No event per lease:
-//! a boot storm must not flood the event log.
+//! happened; a release of an address whose record is another MAC's changes nothing. No event per lease
+//! (a boot storm must not flood the event log): only a machine's first address on a subnet gets one.
 
 use super::ctx::ApplyCtx;
+use super::events::EventBuilder;
 use super::machines::insert_new;
 use crate::command::op::{MAX_ENLIST_PER_OP, MAX_LEASES_PER_COMMIT, MAX_LEASE_HOSTNAME};
 use crate::command::{op, RefusedLease, Reply, Response};
@@ -183,12 +184,33 @@ pub(super) fn commit(ctx: &ApplyCtx, state: &mut State, op: &op::CommitLeases) -
                         };
                         state.put_lease(released, ctx.rev, None);
                     }
+                    first_address_event(ctx, state, &l);
                 }
                 state.put_lease(l, ctx.rev, Some(by.clone()));
             }
         }
     }
     Ok(Reply::LeasesCommitted(refused))
+}
+
+/// One event when a machine's MAC is bound an address on a subnet for the first time (no record of the
+/// MAC on that subnet yet: records are kept as sticky addresses, so renewals and moves add none): the
+/// machine's history shows where it booted, and a boot storm adds at most one event per machine and
+/// subnet. Call before `l` is stored.
+fn first_address_event(ctx: &ApplyCtx, state: &mut State, l: &Lease) {
+    if state.leases_of_mac(&l.mac).any(|o| o.subnet == l.subnet) {
+        return;
+    }
+    let Some(m) = state.machine_by_mac(&l.mac).cloned() else {
+        return;
+    };
+    EventBuilder::new("lease")
+        .machine(&m)
+        .message(format!(
+            "{} bound to {} on {} by rack {}",
+            l.ip, l.mac, l.subnet, l.rack
+        ))
+        .record(ctx, state);
 }
 
 /// Enlists unknown PXE-booted MACs as New machines in the rack's zone, one event each. A MAC that is
@@ -411,8 +433,44 @@ mod tests {
             vec![lease(100, 3, LeaseState::Bound, late + 2)]
         )
         .is_empty());
-        // No event per lease.
-        assert!(s.data.events.iter().all(|e| !e.kind.contains("lease")));
+        // No event per lease (none of these MACs is a machine's).
+        assert!(s.data.events.iter().all(|e| e.kind != "lease"));
+    }
+
+    #[test]
+    fn a_machines_first_address_on_a_subnet_is_one_event() {
+        let mut s = cluster();
+        let m1 = crate::apply::test_support::create_m1(PowerParams::default());
+        apply(
+            &mut s,
+            &crate::apply::test_support::by_token(3, "admin-init", "admin", m1),
+            3,
+        )
+        .expect("m1");
+        let leases = |s: &State| s.data.events.iter().filter(|e| e.kind == "lease").count();
+        commit(
+            &mut s,
+            "r1",
+            10,
+            vec![lease(100, 1, LeaseState::Bound, 1_000)],
+        );
+        assert_eq!(leases(&s), 1);
+        let e = s.data.events.back().expect("event");
+        assert_eq!(e.system_id, "m1");
+        assert_eq!(
+            e.message,
+            "10.20.0.100 bound to 52:54:00:00:00:01 on 10.20.0.0/24 by rack r1"
+        );
+        // Renewals, moves and a storm of DISCOVERs add none.
+        for (rev, last, start) in [(11, 100, 2_000), (12, 101, 3_000), (13, 100, 4_000)] {
+            commit(
+                &mut s,
+                "r2",
+                rev,
+                vec![lease(last, 1, LeaseState::Bound, start)],
+            );
+        }
+        assert_eq!(leases(&s), 1);
     }
 
     #[test]

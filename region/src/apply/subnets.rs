@@ -81,7 +81,7 @@ pub(super) fn delete(ctx: &ApplyCtx, state: &mut State, op: &op::DeleteSubnet) -
     if state.data.subnets.remove(&key).is_none() {
         return Err(not_found(&op.cidr));
     }
-    let leases = remove_leases(state, &op.cidr);
+    let leases = state.remove_leases_in(&op.cidr, ctx.rev);
     EventBuilder::new("subnet.delete")
         .message(format!("{key} ({leases} lease(s) deleted)"))
         .record(ctx, state);
@@ -148,21 +148,6 @@ fn check_racks(state: &State, s: &Subnet) -> Result<(), DomainError> {
         }
     }
     Ok(())
-}
-
-/// Deletes the leases of the addresses in `cidr` (subnets never overlap, so they are all its own);
-/// returns how many.
-fn remove_leases(state: &mut State, cidr: &Cidr) -> usize {
-    let ips: Vec<std::net::Ipv4Addr> = state
-        .data
-        .leases
-        .range(cidr.network..=cidr.broadcast())
-        .map(|(ip, _)| *ip)
-        .collect();
-    for ip in &ips {
-        state.data.leases.remove(ip);
-    }
-    ips.len()
 }
 
 /// A subnet in an event's words.
@@ -412,7 +397,7 @@ mod tests {
             ("10.20.1.100", "10.20.1.0/24"),
         ] {
             let l = lease(ip, cidr);
-            s.data.leases.insert(l.ip, l);
+            s.put_lease(l, 1, None);
         }
         run(&mut s, &mut rev, delete("10.20.0.0/24")).expect("delete");
         let left: Vec<String> = s.data.leases.keys().map(|ip| ip.to_string()).collect();
@@ -524,5 +509,100 @@ mod tests {
         }
         let e = err(run(&mut s, &mut rev, create(subnet("11.0.0.0/24"))));
         assert_eq!(e.code, ErrorCode::ResourceExhausted, "{e:?}");
+    }
+
+    /// One random step of the property test.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Create(Subnet),
+        Update(Subnet),
+        Delete(String),
+        Revoke(&'static str),
+        Lease(String),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        // Networks of 10.0.0.0/16 at three sizes, so that creates overlap often.
+        let cidr =
+            (prop_oneof![Just(22u8), Just(24u8), Just(26u8)], 0u32..16).prop_map(|(p, i)| {
+                let size = 1u32 << (32 - u32::from(p));
+                let net =
+                    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + (i * size) % (1 << 16));
+                format!("{net}/{p}")
+            });
+        let rack = prop_oneof![
+            Just(None),
+            Just(Some("ra")),
+            Just(Some("rb")),
+            Just(Some("rc")),
+            Just(Some("rz"))
+        ];
+        let net = (cidr.clone(), rack.clone(), rack, any::<bool>()).prop_map(|(c, p, sec, gw)| {
+            let mut s = subnet(&c);
+            s.primary = p.map(String::from);
+            s.secondary = sec.map(String::from);
+            if gw {
+                s.gateway = Some(Ipv4Addr::from(u32::from(s.cidr.network) + 1));
+            }
+            s
+        });
+        prop_oneof![
+            4 => net.clone().prop_map(Step::Create),
+            2 => net.prop_map(Step::Update),
+            1 => cidr.clone().prop_map(Step::Delete),
+            1 => prop_oneof![Just("ra"), Just("rb"), Just("rc")].prop_map(Step::Revoke),
+            2 => (cidr, 0u32..64).prop_map(|(c, i)| {
+                let c: ingot_common::net::Cidr = c.parse().expect("cidr");
+                Step::Lease(Ipv4Addr::from(u32::from(c.network) + i).to_string())
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Random creates, updates, deletes, rack revocations and leases (inserted the way a rack's commit
+        /// would, only inside a subnet): afterwards no two subnets share an address, every stored subnet
+        /// passes its own rules and names only registered, unrevoked racks, and every lease lies in a
+        /// subnet. A refused command changes nothing.
+        #[test]
+        fn random_subnet_commands_keep_invariants(steps in proptest::collection::vec(step(), 1..60)) {
+            let (mut s, mut rev) = racks();
+            for st in steps {
+                let before = (s.data.subnets.clone(), s.data.leases.len());
+                let r = match st {
+                    Step::Create(n) => run(&mut s, &mut rev, create(n)),
+                    Step::Update(n) => run(&mut s, &mut rev, update(n)),
+                    Step::Delete(c) => run(&mut s, &mut rev, delete(&c)),
+                    Step::Revoke(r) => run(&mut s, &mut rev, Op::RevokeRack(op::RevokeRack { name: r.into() })),
+                    Step::Lease(ip) => {
+                        let ip: Ipv4Addr = ip.parse().expect("ip");
+                        if let Some(n) = s.data.subnets.values().find(|n| n.cidr.contains(ip)) {
+                            let l = lease(&ip.to_string(), &n.cidr.to_string());
+                            s.put_lease(l, 1, None);
+                        }
+                        continue;
+                    }
+                };
+                if r.is_err() {
+                    proptest::prop_assert_eq!(&before.0, &s.data.subnets, "{:?}", r);
+                    proptest::prop_assert_eq!(before.1, s.data.leases.len());
+                }
+                let all: Vec<&Subnet> = s.data.subnets.values().collect();
+                for (i, a) in all.iter().enumerate() {
+                    proptest::prop_assert!(a.validate().is_ok(), "{:?}", a);
+                    proptest::prop_assert_eq!(&s.data.subnets[&a.cidr.to_string()], *a);
+                    for b in &all[i + 1..] {
+                        proptest::prop_assert!(!a.cidr.overlaps(&b.cidr), "{} and {}", a.cidr, b.cidr);
+                    }
+                    for r in [&a.primary, &a.secondary].into_iter().flatten() {
+                        proptest::prop_assert!(s.data.racks.get(r).is_some_and(|r| !r.revoked), "{} names {}", a.cidr, r);
+                    }
+                }
+                for l in s.data.leases.values() {
+                    proptest::prop_assert!(all.iter().any(|n| n.cidr.contains(l.ip) && n.cidr == l.subnet), "{:?}", l);
+                }
+            }
+        }
     }
 }

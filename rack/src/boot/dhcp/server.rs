@@ -317,11 +317,15 @@ async fn receive_loop(
     });
     // One byte more than the largest packet read: a datagram that fills it was longer (and truncated).
     let mut buf = vec![0u8; MAX_PACKET + 1];
+    let mut errors_in_row = 0u32;
     loop {
         let got = tokio::select! {
             r = socket.recv_from(&mut buf) => r,
             _ = shutdown.wait_for(|v| *v) => return,
         };
+        if got.is_ok() {
+            errors_in_row = 0;
+        }
         match got {
             Ok((n, _)) if n > MAX_PACKET => handler.dropped("too-large"),
             Ok((n, SocketAddr::V4(source))) => {
@@ -337,8 +341,14 @@ async fn receive_loop(
                 // ICMP errors of earlier sends surface here (ECONNREFUSED): not fatal for a server.
                 tracing::debug!("DHCP receive: {e}");
                 handler.dropped("receive-error");
-                // A persistent error must not spin the loop.
-                tokio::task::yield_now().await;
+                // A persistent error (the interface went away) must not spin the loop; single ones
+                // (an ICMP error per unanswered unicast reply) must not slow it.
+                errors_in_row = errors_in_row.saturating_add(1);
+                if errors_in_row >= 100 {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
             }
         }
     }
