@@ -605,3 +605,47 @@ async fn region_boot_messages_reach_the_engine_and_bad_parts_are_skipped() {
     drop(log);
     let _ = rig.stop.send(true);
 }
+
+/// Load shedding: a lease whose client stopped waiting for its ACK while its batch queued behind a slow
+/// region is never sent to the region (its address is forgotten by the engine); the batch in flight is
+/// still answered normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_whose_client_gave_up_while_queued_are_not_committed() {
+    let d = tempfile::tempdir().unwrap();
+    let settings = ServiceSettings {
+        hold_reply: Duration::from_millis(100),
+        max_in_flight: 1,
+        ..ServiceSettings::default()
+    };
+    let rig = Rig::start(d.path(), settings);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let _session = rig.svc.session_opened(tx);
+    rig.send(&packet(MessageType::Request, 1, false, false));
+    let first = next_commit(&mut rx, Duration::from_secs(5)).await.unwrap();
+    // A second client's REQUEST queues behind the unanswered first batch, and gives up.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    rig.send(&packet(MessageType::Request, 2, false, false));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rig.svc.on_region_message(committed(first.batch, &[]));
+    eventually("the shed lease counted", || {
+        rig.svc
+            .counters()
+            .drops
+            .get("expired-before-commit")
+            .is_some_and(|n| *n == 1)
+    })
+    .await;
+    assert!(
+        next_commit(&mut rx, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing else is sent to the region"
+    );
+    assert_eq!(rig.log.lock().unwrap().committed.len(), 1);
+    assert_eq!(
+        rig.log.lock().unwrap().refused.len(),
+        1,
+        "the engine forgets the shed lease's address"
+    );
+    let _ = rig.stop.send(true);
+}

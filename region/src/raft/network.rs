@@ -148,6 +148,15 @@ pub struct Network {
 
 type RpcErr<E> = RPCError<NodeId, BasicNode, E>;
 
+/// The shortest time a Raft RPC is given. openraft 0.9 gives an AppendEntries half a heartbeat interval
+/// (50 ms at our 100 ms), which a follower on a busy 2-core machine misses when the entries are large (a
+/// DHCP boot storm commits hundreds of leases per entry): the leader then sends the same entries again
+/// while the follower still works on the first copy, commits stall, and the cluster fell into repeated
+/// elections (`ingot-bench --dhcp` at 2,000 DORA/s, debug build). 300 ms is half the minimum election
+/// timeout: a follower still hears from a live leader well before it would campaign, and a dead
+/// follower only delays its own replication stream (each target has its own).
+pub const RPC_TIMEOUT_FLOOR: Duration = Duration::from_millis(300);
+
 fn net_err<E: std::error::Error>(e: impl std::fmt::Display) -> RpcErr<E> {
     RPCError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
 }
@@ -180,12 +189,12 @@ impl Network {
             .peers
             .client(self.target, &self.addr)
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        match tokio::time::timeout(option.hard_ttl(), f(c)).await {
+        let ttl = option.hard_ttl().max(RPC_TIMEOUT_FLOOR);
+        match tokio::time::timeout(ttl, f(c)).await {
             Ok(r) => Ok(r?.into_inner().json),
             Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                "no answer from region {} within {:?}",
+                "no answer from region {} within {ttl:?}",
                 self.target,
-                option.hard_ttl()
             ))),
         }
     }
