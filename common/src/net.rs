@@ -174,6 +174,38 @@ impl FromStr for SubnetMode {
     }
 }
 
+/// A rack's role on a subnet: one enum for the region (which decides who answers) and the rack (which is
+/// told). Its `as_str` is the wire spelling of `SubnetConfig.role`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum SubnetRole {
+    /// Serves the subnet while its session is alive (and it announced DHCP).
+    Primary,
+    /// Serves the subnet while the primary does not.
+    Secondary,
+}
+
+impl SubnetRole {
+    /// The wire spelling (`primary`, `secondary`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SubnetRole::Primary => "primary",
+            SubnetRole::Secondary => "secondary",
+        }
+    }
+}
+
+impl FromStr for SubnetRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "primary" => Ok(SubnetRole::Primary),
+            "secondary" => Ok(SubnetRole::Secondary),
+            _ => Err(format!("{s:?} is not a role: primary or secondary")),
+        }
+    }
+}
+
 /// A boot network: what a rack needs to answer DHCP on it. Identified by its CIDR (unique, never
 /// overlapping another subnet's).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -213,6 +245,10 @@ pub struct Subnet {
     /// Lease time for PXE clients (firmware and iPXE: they renew or move on in seconds), seconds.
     pub pxe_lease_time_s: u32,
 }
+
+/// The service a rack names in its session Hello when it serves DHCP (it was given boot interfaces): the
+/// region lets a primary answer on its subnets only then.
+pub const DHCP_SERVICE: &str = "dhcp";
 
 /// Default lease time (1 h), as MAAS and Kea use.
 pub const DEFAULT_LEASE_TIME_S: u32 = 3600;

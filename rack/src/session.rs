@@ -43,8 +43,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// The services every rack offers (sent in `Hello`).
 pub const SERVICES: [&str; 1] = ["power"];
-/// The service a rack with boot interfaces adds in `Hello`.
-pub const DHCP_SERVICE: &str = "dhcp";
+/// The service a rack with boot interfaces adds in `Hello` (one spelling, shared with the region).
+pub use ingot_common::net::DHCP_SERVICE;
 
 /// Why the session loop could not start. Once started it never fails: it retries until shut down.
 #[derive(Debug, thiserror::Error)]

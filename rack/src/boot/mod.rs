@@ -21,17 +21,9 @@ pub mod leases;
 pub mod service;
 
 use ingot_common::net::Subnet;
+pub use ingot_common::net::SubnetRole;
 use ingot_common::Mac;
 use std::collections::HashMap;
-
-/// This rack's role on a subnet (from `BootConfig.subnets[].role`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubnetRole {
-    /// Serves the subnet while its session is alive.
-    Primary,
-    /// Serves the subnet while the primary's session is gone.
-    Secondary,
-}
 
 /// A subnet as this rack serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1193,15 +1193,7 @@ pub fn subnet_from_proto(c: &proto::SubnetConfig) -> Result<ServedSubnet, String
     } else {
         c.mode.parse().map_err(|e| format!("mode: {e}"))?
     };
-    let role = match c.role.as_str() {
-        "primary" => SubnetRole::Primary,
-        "secondary" => SubnetRole::Secondary,
-        other => {
-            return Err(format!(
-                "role: {other:?} is not a role: primary or secondary"
-            ))
-        }
-    };
+    let role: SubnetRole = c.role.parse().map_err(|e| format!("role: {e}"))?;
     let or_default = |v: u32, d: u32| if v == 0 { d } else { v };
     Ok(ServedSubnet {
         subnet: Subnet {

@@ -5,7 +5,8 @@
 //! calls it on the session's poll tick; everything here reads a [`State`] and is tested on one.
 //!
 //! HA: which rack answers on a subnet is decided here from the replicated heartbeats, the same way BMC
-//! ownership is: the primary while it is live ([`State::rack_live`] with the region's rack grace), the
+//! ownership is: the primary while it is live ([`State::rack_live`] with the region's rack grace) and its
+//! session announced DHCP ([`DHCP_SERVICE`]), the
 //! secondary while the primary is not (or there is none); nobody in mode off. Every session re-evaluates
 //! it on its poll tick, so a secondary is told to take over at most a tick after the primary's liveness
 //! ran out (within the rack grace + one heartbeat record + one tick of the primary's death), and to stop
@@ -13,7 +14,8 @@
 
 use crate::command::op;
 use crate::state::State;
-use ingot_common::net::{Cidr, ClientArch, Lease, Subnet, SubnetMode};
+pub use ingot_common::net::SubnetRole;
+use ingot_common::net::{Cidr, ClientArch, Lease, Subnet, SubnetMode, DHCP_SERVICE};
 use ingot_common::{secret, Mac};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -33,25 +35,6 @@ pub const ENLIST_PER_MESSAGE: usize = 1024;
 /// an enlistment storm the list would otherwise be rebuilt and resent on every tick. Subnet and HA changes
 /// are sent at once.
 pub const KNOWN_MIN_INTERVAL: Duration = Duration::from_secs(2);
-
-/// A rack's role on a subnet. The wire spelling is [`SubnetRole::as_str`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubnetRole {
-    /// Serves the subnet while its session is alive.
-    Primary,
-    /// Serves the subnet while the primary's session is gone.
-    Secondary,
-}
-
-impl SubnetRole {
-    /// The wire spelling (`primary`, `secondary`).
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            SubnetRole::Primary => "primary",
-            SubnetRole::Secondary => "secondary",
-        }
-    }
-}
 
 /// A subnet as one rack serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,11 +93,18 @@ pub struct Tick {
     pub now: Instant,
 }
 
-/// Whether the primary of `s` is live now.
+/// Whether the primary of `s` answers now: live, and its session announced DHCP. A primary running
+/// without boot interfaces (misconfigured, or an older rack) would otherwise hold the subnet while
+/// serving nobody, and its secondary would stand by forever.
 fn primary_live(st: &State, s: &Subnet, now_ms: u64, grace_ms: u64) -> bool {
-    s.primary
-        .as_deref()
-        .is_some_and(|p| st.rack_live(p, now_ms, grace_ms))
+    s.primary.as_deref().is_some_and(|p| {
+        st.rack_live(p, now_ms, grace_ms)
+            && st.data.racks.get(p).is_some_and(|r| {
+                r.session
+                    .as_ref()
+                    .is_some_and(|sess| sess.services.iter().any(|x| x == DHCP_SERVICE))
+            })
+    })
 }
 
 /// Every subnet `rack` is primary or secondary of, with its role and whether it answers now (see the
@@ -399,7 +389,7 @@ mod tests {
                     region_id: 1,
                     region_name: "r1".into(),
                     version: "1".into(),
-                    services: vec![],
+                    services: vec!["power".into(), DHCP_SERVICE.into()],
                     drivers: vec![],
                     connected_ms: hb,
                     last_heartbeat_ms: hb,
@@ -464,6 +454,16 @@ mod tests {
         // A revoked primary is not live.
         st.data.racks.get_mut("p").expect("p").revoked = true;
         assert!(s(&st, 50_100)[0].2);
+        // A live primary that announced no DHCP (run without --boot-interface) leaves the subnet to the
+        // secondary.
+        if let Some(sess) = st.data.racks.get_mut("p").and_then(|r| r.session.as_mut()) {
+            sess.services.retain(|x| x != DHCP_SERVICE);
+        }
+        assert!(
+            !p(&st, 50_100)[0].2 && s(&st, 50_100)[0].2,
+            "a primary without dhcp"
+        );
+        rack(&mut st, "p", Some(50_000), None);
         // Mode off: nobody answers.
         st.data.subnets.get_mut(NET).expect("net").mode = SubnetMode::Off;
         st.data.racks.get_mut("p").expect("p").revoked = false;
