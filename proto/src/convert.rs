@@ -10,8 +10,8 @@ use ingot_common::model::{
     Tag, User,
 };
 use ingot_common::net::{
-    parse_cidr, parse_ipv4, parse_range, Ipv4Range, Lease, Subnet, SubnetMode,
-    DEFAULT_LEASE_TIME_S, DEFAULT_PXE_LEASE_TIME_S,
+    parse_cidr, parse_ipv4, parse_range, Ipv4Range, Lease, LeaseState, Subnet, SubnetMode,
+    SubnetRole, DEFAULT_LEASE_TIME_S, DEFAULT_PXE_LEASE_TIME_S,
 };
 use ingot_common::{DomainError, Machine, MachineStatus, PowerParams, Zone};
 use std::collections::BTreeMap;
@@ -626,6 +626,96 @@ pub fn lease_to_address(l: &Lease) -> v1::MachineAddress {
         state: l.state.as_str().to_string(),
         expires: Some(timestamp(l.expires_ms)),
     }
+}
+
+/// A lease as the rack session carries it, both ways (`LeaseCommit`, `Leases`).
+pub fn lease_to_rack(l: &Lease) -> rack::Lease {
+    rack::Lease {
+        ip: l.ip.to_string(),
+        subnet: l.subnet.to_string(),
+        mac: l.mac.to_string(),
+        state: l.state.as_str().into(),
+        start_ms: l.start_ms,
+        expires_ms: l.expires_ms,
+        hostname: l.hostname.clone(),
+        rack: l.rack.clone(),
+    }
+}
+
+/// A lease from the rack session, each field parsed and named on failure (`ip: ...`, `subnet: ...`,
+/// `mac: ...`, `state: ...`). Sizes and meaning (hostname length, the address inside its subnet) are the
+/// receiver's to check: the region refuses in apply, the rack skips.
+pub fn lease_from_rack(l: &rack::Lease) -> Result<Lease, DomainError> {
+    Ok(Lease {
+        ip: parse_ipv4("ip", &l.ip)?,
+        subnet: parse_cidr("subnet", &l.subnet)?,
+        mac: l
+            .mac
+            .parse()
+            .map_err(|e| DomainError::invalid("mac", format!("{e}")))?,
+        state: l
+            .state
+            .parse::<LeaseState>()
+            .map_err(|e| DomainError::invalid("state", e))?,
+        start_ms: l.start_ms,
+        expires_ms: l.expires_ms,
+        hostname: l.hostname.clone(),
+        rack: l.rack.clone(),
+    })
+}
+
+/// A subnet as a rack is told to serve it (`BootConfig.subnets`): its settings, the rack's role and
+/// whether it answers now. The racks' names stay in the region.
+pub fn subnet_config_to_rack(n: &Subnet, role: SubnetRole, active: bool) -> rack::SubnetConfig {
+    rack::SubnetConfig {
+        cidr: n.cidr.to_string(),
+        gateway: n.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        dns: n.dns.iter().map(|d| d.to_string()).collect(),
+        domain: n.domain.clone(),
+        dynamic: n.dynamic.iter().map(|r| r.to_string()).collect(),
+        reserved: n.reserved.iter().map(|r| r.to_string()).collect(),
+        vlan: u32::from(n.vlan),
+        mode: n.mode.as_str().into(),
+        lease_time_s: n.lease_time_s,
+        pxe_lease_time_s: n.pxe_lease_time_s,
+        role: role.as_str().into(),
+        active,
+    }
+}
+
+/// The rack's side of [`subnet_config_to_rack`]: settings, role and `active`, each field parsed with the
+/// same parsers as a create request and named on failure; zero lease times take the defaults.
+pub fn subnet_config_from_rack(
+    c: &rack::SubnetConfig,
+) -> Result<(Subnet, SubnetRole, bool), DomainError> {
+    let default = |v: u32, d: u32| if v == 0 { d } else { v };
+    let cidr = parse_cidr("cidr", &c.cidr)?;
+    let vlan = vlan_from_proto(c.vlan)?;
+    if vlan > 4094 {
+        return Err(DomainError::invalid(
+            "vlan",
+            format!("{vlan} is not a VLAN id: use 0 (untagged) to 4094"),
+        ));
+    }
+    let subnet = Subnet {
+        cidr,
+        gateway: gateway_from_proto(c.gateway.trim())?,
+        dns: dns_from_proto("dns", &c.dns)?,
+        domain: c.domain.clone(),
+        dynamic: ranges_from_proto("dynamic", &c.dynamic)?,
+        reserved: ranges_from_proto("reserved", &c.reserved)?,
+        vlan,
+        mode: SubnetMode::parse("mode", &c.mode)?,
+        primary: None,
+        secondary: None,
+        lease_time_s: default(c.lease_time_s, DEFAULT_LEASE_TIME_S),
+        pxe_lease_time_s: default(c.pxe_lease_time_s, DEFAULT_PXE_LEASE_TIME_S),
+    };
+    let role: SubnetRole = c
+        .role
+        .parse()
+        .map_err(|e| DomainError::invalid("role", e))?;
+    Ok((subnet, role, c.active))
 }
 
 #[cfg(test)]

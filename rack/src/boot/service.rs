@@ -40,11 +40,8 @@
 use super::dhcp::engine::{EnlistRequest, Outcome, Outgoing, Via};
 use super::dhcp::server::{PacketHandler, ReplySink};
 use super::journal::Journal;
-use super::{BootConfig, ServedSubnet, SubnetRole};
-use ingot_common::net::{
-    Cidr, Ipv4Range, Lease, LeaseState, Subnet, SubnetMode, DEFAULT_LEASE_TIME_S,
-    DEFAULT_PXE_LEASE_TIME_S,
-};
+use super::{BootConfig, ServedSubnet};
+use ingot_common::net::{Cidr, Lease};
 use ingot_common::Mac;
 use ingot_proto::rack::v1 as proto;
 use ingot_proto::rack::v1::rack_message::Msg as RackMsg;
@@ -884,7 +881,11 @@ impl Committer {
             let msg = RackMessage {
                 msg: Some(RackMsg::LeaseCommit(proto::LeaseCommit {
                     batch: b.id,
-                    leases: b.entries.iter().map(|e| lease_to_proto(&e.lease)).collect(),
+                    leases: b
+                        .entries
+                        .iter()
+                        .map(|e| ingot_proto::convert::lease_to_rack(&e.lease))
+                        .collect(),
                 })),
             };
             match session.tx.try_send(msg) {
@@ -1101,42 +1102,17 @@ impl Committer {
     }
 }
 
-/// The wire form of a lease (`rack` is set by the region).
-pub fn lease_to_proto(l: &Lease) -> proto::Lease {
-    proto::Lease {
-        ip: l.ip.to_string(),
-        subnet: l.subnet.to_string(),
-        mac: l.mac.to_string(),
-        state: l.state.as_str().to_string(),
-        start_ms: l.start_ms,
-        expires_ms: l.expires_ms,
-        hostname: l.hostname.clone(),
-        rack: l.rack.clone(),
-    }
-}
-
-/// A lease from the wire; `Err` names the bad field.
+/// A lease from the wire; `Err` names the bad field (one parser with the region:
+/// `ingot_proto::convert::lease_from_rack`), and a lease outside its own subnet is refused too.
 pub fn lease_from_proto(l: &proto::Lease) -> Result<Lease, String> {
-    let ip: Ipv4Addr =
-        l.ip.parse()
-            .map_err(|_| format!("ip {:?} is not an IPv4 address", l.ip))?;
-    let subnet: Cidr = l.subnet.parse().map_err(|e| format!("subnet: {e}"))?;
-    if !subnet.contains(ip) {
-        return Err(format!("ip {ip} is outside its subnet {subnet}"));
+    let lease = ingot_proto::convert::lease_from_rack(l).map_err(|e| e.message)?;
+    if !lease.subnet.contains(lease.ip) {
+        return Err(format!(
+            "ip {} is outside its subnet {}",
+            lease.ip, lease.subnet
+        ));
     }
-    Ok(Lease {
-        ip,
-        subnet,
-        mac: l.mac.parse().map_err(|e| format!("mac: {e}"))?,
-        state: l
-            .state
-            .parse::<LeaseState>()
-            .map_err(|e| format!("state: {e}"))?,
-        start_ms: l.start_ms,
-        expires_ms: l.expires_ms,
-        hostname: l.hostname.clone(),
-        rack: l.rack.clone(),
-    })
+    Ok(lease)
 }
 
 /// The well-formed leases of a `Leases` message (of `subnet`, when given); others are logged and skipped.
@@ -1159,59 +1135,12 @@ fn leases_from_proto(leases: &[proto::Lease], subnet: Option<Cidr>) -> Vec<Lease
 
 /// A subnet as the region sent it, parsed with the common parsers; `Err` names the bad field.
 pub fn subnet_from_proto(c: &proto::SubnetConfig) -> Result<ServedSubnet, String> {
-    let cidr: Cidr = c.cidr.parse().map_err(|e| format!("cidr: {e}"))?;
-    let gateway = if c.gateway.trim().is_empty() {
-        None
-    } else {
-        Some(ingot_common::net::parse_ipv4("gateway", &c.gateway).map_err(|e| e.to_string())?)
-    };
-    let dns = c
-        .dns
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            ingot_common::net::parse_ipv4(&format!("dns[{i}]"), d).map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let ranges = |field: &str, list: &[String]| {
-        list.iter()
-            .enumerate()
-            .map(|(i, r)| {
-                r.parse::<Ipv4Range>()
-                    .map_err(|e| format!("{field}[{i}]: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()
-    };
-    let dynamic = ranges("dynamic", &c.dynamic)?;
-    let reserved = ranges("reserved", &c.reserved)?;
-    let vlan = u16::try_from(c.vlan)
-        .ok()
-        .filter(|v| *v <= 4094)
-        .ok_or_else(|| format!("vlan: {} is not a VLAN id (0..=4094)", c.vlan))?;
-    let mode: SubnetMode = if c.mode.is_empty() {
-        SubnetMode::default()
-    } else {
-        c.mode.parse().map_err(|e| format!("mode: {e}"))?
-    };
-    let role: SubnetRole = c.role.parse().map_err(|e| format!("role: {e}"))?;
-    let or_default = |v: u32, d: u32| if v == 0 { d } else { v };
+    let (subnet, role, active) =
+        ingot_proto::convert::subnet_config_from_rack(c).map_err(|e| e.message)?;
     Ok(ServedSubnet {
-        subnet: Subnet {
-            cidr,
-            gateway,
-            dns,
-            domain: c.domain.clone(),
-            dynamic,
-            reserved,
-            vlan,
-            mode,
-            primary: None,
-            secondary: None,
-            lease_time_s: or_default(c.lease_time_s, DEFAULT_LEASE_TIME_S),
-            pxe_lease_time_s: or_default(c.pxe_lease_time_s, DEFAULT_PXE_LEASE_TIME_S),
-        },
+        subnet,
         role,
-        active: c.active,
+        active,
     })
 }
 
@@ -1244,6 +1173,7 @@ pub fn boot_config_from_proto(b: proto::BootConfig) -> BootConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ingot_common::net::{LeaseState, SubnetRole, DEFAULT_LEASE_TIME_S};
 
     #[test]
     fn subnets_parse_and_bad_ones_are_skipped() {
@@ -1305,8 +1235,11 @@ mod tests {
             hostname: "h".into(),
             rack: String::new(),
         };
-        assert_eq!(lease_from_proto(&lease_to_proto(&l)).unwrap(), l);
-        let mut w = lease_to_proto(&l);
+        assert_eq!(
+            lease_from_proto(&ingot_proto::convert::lease_to_rack(&l)).unwrap(),
+            l
+        );
+        let mut w = ingot_proto::convert::lease_to_rack(&l);
         w.state = "stolen".into();
         assert!(lease_from_proto(&w).unwrap_err().starts_with("state"));
     }

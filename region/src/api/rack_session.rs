@@ -6,17 +6,17 @@
 //! [`crate::app::rack_session`].
 
 use super::status;
-use crate::app::boot::{
-    EnlistRequest, LeasesUpdate, RackBootConfig, ServedSubnet, ENLIST_PER_MESSAGE,
-};
+use crate::app::boot::{EnlistRequest, LeasesUpdate, RackBootConfig, ENLIST_PER_MESSAGE};
 use crate::app::rack_session::{PowerCommandResult, RackHello, RackSessionState};
 use crate::app::App;
 use crate::command::op::MAX_LEASES_PER_COMMIT;
 use crate::command::PowerObservation;
-use ingot_common::net::{Cidr, ClientArch, Lease, LeaseState};
+use ingot_common::net::{Cidr, ClientArch, Lease};
 use ingot_common::validate::{self, limits};
 use ingot_common::{pki, DomainError, Mac};
-use ingot_proto::convert::{bmc_to_rack, power_command_to_rack};
+use ingot_proto::convert::{
+    bmc_to_rack, lease_to_rack, power_command_to_rack, subnet_config_to_rack,
+};
 use ingot_proto::rack::v1 as rack;
 use ingot_proto::rack::v1::rack_session_service_server::RackSessionService;
 use ingot_proto::rack::v1::{
@@ -136,79 +136,28 @@ const ECHO_MAX: usize = 64;
 /// A lease as the rack sent it, parsed (its `rack` field is ignored: the session stamps it); a malformed
 /// one is refused naming the field, with its address echoed (cut to [`ECHO_MAX`] bytes).
 fn lease_from_rack(l: rack::Lease) -> Result<Lease, rack::RefusedLease> {
-    let refuse = |ip: String, reason: String| {
-        let mut ip = ip;
+    let mut lease = ingot_proto::convert::lease_from_rack(&l).map_err(|e| {
+        let mut ip = l.ip.clone();
         validate::truncate_text(&mut ip, ECHO_MAX);
-        rack::RefusedLease { ip, reason }
-    };
-    let ip = match l.ip.trim().parse() {
-        Ok(ip) => ip,
-        Err(_) => return Err(refuse(l.ip, "ip: not an IPv4 address".into())),
-    };
-    let subnet: Cidr = match l.subnet.parse() {
-        Ok(c) => c,
-        Err(e) => return Err(refuse(l.ip, format!("subnet: {e}"))),
-    };
-    let mac: Mac = match l.mac.parse() {
-        Ok(m) => m,
-        Err(e) => return Err(refuse(l.ip, format!("mac: {e}"))),
-    };
-    let state: LeaseState = match l.state.parse() {
-        Ok(s) => s,
-        Err(e) => return Err(refuse(l.ip, format!("state: {e}"))),
-    };
+        rack::RefusedLease {
+            ip,
+            reason: e.message,
+        }
+    })?;
     // Cut here already: the rack may relay whatever a client sent in option 12.
-    let mut hostname = l.hostname;
-    validate::truncate_text(&mut hostname, crate::command::op::MAX_LEASE_HOSTNAME);
-    Ok(Lease {
-        ip,
-        subnet,
-        mac,
-        state,
-        start_ms: l.start_ms,
-        expires_ms: l.expires_ms,
-        hostname,
-        rack: String::new(),
-    })
-}
-
-/// A lease as a rack receives it.
-fn lease_to_rack(l: &Lease) -> rack::Lease {
-    rack::Lease {
-        ip: l.ip.to_string(),
-        subnet: l.subnet.to_string(),
-        mac: l.mac.to_string(),
-        state: l.state.as_str().into(),
-        start_ms: l.start_ms,
-        expires_ms: l.expires_ms,
-        hostname: l.hostname.clone(),
-        rack: l.rack.clone(),
-    }
-}
-
-/// A subnet as a rack receives it in its `BootConfig`.
-fn subnet_to_rack(s: &ServedSubnet) -> rack::SubnetConfig {
-    let n = &s.subnet;
-    rack::SubnetConfig {
-        cidr: n.cidr.to_string(),
-        gateway: n.gateway.map(|g| g.to_string()).unwrap_or_default(),
-        dns: n.dns.iter().map(|d| d.to_string()).collect(),
-        domain: n.domain.clone(),
-        dynamic: n.dynamic.iter().map(|r| r.to_string()).collect(),
-        reserved: n.reserved.iter().map(|r| r.to_string()).collect(),
-        vlan: u32::from(n.vlan),
-        mode: n.mode.as_str().into(),
-        lease_time_s: n.lease_time_s,
-        pxe_lease_time_s: n.pxe_lease_time_s,
-        role: s.role.as_str().into(),
-        active: s.active,
-    }
+    validate::truncate_text(&mut lease.hostname, crate::command::op::MAX_LEASE_HOSTNAME);
+    lease.rack = String::new();
+    Ok(lease)
 }
 
 /// The `BootConfig` message.
 fn boot_config_to_rack(c: &RackBootConfig) -> rack::BootConfig {
     rack::BootConfig {
-        subnets: c.subnets.iter().map(subnet_to_rack).collect(),
+        subnets: c
+            .subnets
+            .iter()
+            .map(|s| subnet_config_to_rack(&s.subnet, s.role, s.active))
+            .collect(),
         known: c
             .known
             .iter()
