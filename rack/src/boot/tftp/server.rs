@@ -155,6 +155,62 @@ pub fn resolve(root: &Path, filename: &str) -> Result<PathBuf, PathError> {
     Ok(full)
 }
 
+/// Why the TFTP socket of a boot interface could not be bound; each names the interface and says what
+/// to do.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// No IPv4 address on the interface (or no such interface): TFTP is served on the rack's address.
+    #[error("boot interface {interface} has no IPv4 address or does not exist (see `ip addr`): TFTP is served on the rack's address there; fix --boot-interface")]
+    NoIpv4 {
+        /// The interface asked for.
+        interface: String,
+    },
+    /// The interfaces could not be listed.
+    #[error("listing the host's network interfaces failed: {source}")]
+    Interfaces {
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The port is taken or privileged.
+    #[error("binding TFTP on boot interface {interface} ({addr}) failed: {source}; port 69 needs root or CAP_NET_BIND_SERVICE, and no other TFTP server (tftpd-hpa, dnsmasq) may hold it")]
+    Bind {
+        /// The interface.
+        interface: String,
+        /// The address and port tried.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds UDP `port` on `interface`'s first IPv4 address (PXE clients send requests to the rack's address
+/// on their network; the transfer sockets then bind the same address). Non-blocking, ready for
+/// `UdpSocket::from_std`; needs no runtime.
+pub fn bind(interface: &str, port: u16) -> Result<std::net::UdpSocket, BindError> {
+    let all = if_addrs::get_if_addrs().map_err(|source| BindError::Interfaces { source })?;
+    let ip = all
+        .iter()
+        .filter(|i| i.name == interface)
+        .find_map(|i| match &i.addr {
+            if_addrs::IfAddr::V4(v4) => Some(v4.ip),
+            _ => None,
+        })
+        .ok_or_else(|| BindError::NoIpv4 {
+            interface: interface.to_string(),
+        })?;
+    let addr = SocketAddr::new(ip.into(), port);
+    let err = |source| BindError::Bind {
+        interface: interface.to_string(),
+        addr,
+        source,
+    };
+    let socket = std::net::UdpSocket::bind(addr).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    Ok(socket)
+}
+
 /// Serves requests arriving on `socket` until `shutdown` turns true, then stops every transfer and
 /// returns once their tasks ended. Fails only if the socket cannot be read or its address not known.
 pub async fn run(
@@ -200,6 +256,11 @@ pub async fn run(
             }
             Ok(_) => {
                 // A DATA/ACK/ERROR for a transfer that ended, or a stray packet: RFC 1350 says ignore.
+                bump(&counters.malformed);
+                continue;
+            }
+            Err(codec::DecodeError::Opcode(_) | codec::DecodeError::Truncated { .. }) => {
+                // Not a TFTP request at all: no answer, so a spoofed source gets nothing reflected to it.
                 bump(&counters.malformed);
                 continue;
             }
@@ -263,7 +324,8 @@ pub async fn run(
             drop(permit);
         });
     }
-    sessions.shutdown().await;
+    // Every session watches `shutdown` too and ends at once: wait for them, so none outlives `run`.
+    while sessions.join_next().await.is_some() {}
     Ok(())
 }
 
@@ -566,5 +628,34 @@ impl Link {
             timeout = (timeout * 2).min(self.max_timeout);
         }
         Err(End::Silent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
+    use super::*;
+
+    #[test]
+    fn binds_the_interface_address_and_names_a_missing_one() {
+        let s = bind("lo", 0).unwrap();
+        assert_eq!(s.local_addr().unwrap().ip(), std::net::Ipv4Addr::LOCALHOST);
+        let e = bind("itf-none0", 0).unwrap_err().to_string();
+        assert!(e.contains("itf-none0"), "{e}");
+    }
+
+    #[test]
+    fn resolve_refuses_what_leaves_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"x").unwrap();
+        assert!(resolve(dir.path(), "a").is_ok());
+        assert!(resolve(dir.path(), "./a").is_ok());
+        for bad in ["../a", "/etc/passwd", "x/../../a", "a\0"] {
+            assert!(
+                matches!(resolve(dir.path(), bad), Err(PathError::Outside(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(resolve(dir.path(), "b"), Err(PathError::NotFound)));
     }
 }
