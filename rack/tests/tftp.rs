@@ -3,7 +3,8 @@
 //! sha256 of what they fetched; and against a hand-built client (the crate's codec) for what no client
 //! does on request: path traversal, absolute paths and a symlink out of the root refused, a WRQ refused,
 //! 50 concurrent downloads, a transfer abandoned mid-way (by ERROR and by silence) freeing its session,
-//! "busy" past the session bound, and block numbers rolling over with a window.
+//! "busy" past the session bound, block numbers rolling over with a window, and a window sent again
+//! after a timeout or from the first block a client did not acknowledge.
 //!
 //! Peer policy: a missing client (install them with `scripts/install-test-peers.sh`) fails the test under
 //! CI (`CI` or `INGOT_REQUIRE_PEERS` set) and skips it elsewhere, printing why.
@@ -396,6 +397,10 @@ async fn abandoned_transfers_free_their_session() {
     assert!(msg.contains("busy"), "{msg}");
     s.idle().await;
     assert_eq!(s.counters.timed_out.load(Ordering::Relaxed), 1);
+    assert!(
+        s.counters.retransmits.load(Ordering::Relaxed) >= 1,
+        "block 2 was sent again"
+    );
     // An ERROR from the client ends the transfer at once.
     let (sock, _, from) = request(s.addr, false, "f.bin", Options::default()).await;
     sock.connect(from).await.unwrap();
@@ -461,5 +466,58 @@ async fn windowed_transfer_rolls_block_numbers_over() {
     assert_eq!(got, std::fs::read(&src).unwrap());
     s.idle().await;
     assert_eq!(s.counters.completed.load(Ordering::Relaxed), 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_blocks_are_sent_again_from_the_first_unacknowledged() {
+    let s = Running::start(|c| {
+        c.initial_timeout = Duration::from_millis(200);
+        c.max_timeout = Duration::from_millis(400);
+    })
+    .await;
+    // 12 full blocks of 8 bytes and a last one of 4.
+    let src = s.random_file("w.bin", 100);
+    let options = Options {
+        blksize: Some(8),
+        windowsize: Some(4),
+        ..Options::default()
+    };
+    let (sock, oack, from) = request(s.addr, false, "w.bin", options).await;
+    sock.connect(from).await.unwrap();
+    assert!(matches!(codec::parse(&oack).unwrap(), Packet::Oack(_)));
+    sock.send(&codec::build_ack(0)).await.unwrap();
+    let mut window = Vec::new();
+    for _ in 0..4 {
+        window.push(data(&sock).await.0);
+    }
+    assert_eq!(window, [1, 2, 3, 4]);
+    // Silence: the whole window comes again after the timeout.
+    window.clear();
+    for _ in 0..4 {
+        window.push(data(&sock).await.0);
+    }
+    assert_eq!(window, [1, 2, 3, 4]);
+    // "Blocks 3 and 4 were lost": the client acknowledges 2, the server goes on from 3.
+    sock.send(&codec::build_ack(2)).await.unwrap();
+    window.clear();
+    for _ in 0..4 {
+        window.push(data(&sock).await.0);
+    }
+    assert_eq!(window, [3, 4, 5, 6]);
+    let mut got: Vec<u8> = std::fs::read(&src).unwrap()[..48].to_vec();
+    sock.send(&codec::build_ack(6)).await.unwrap();
+    for expect in 7..=13u16 {
+        let (block, d) = data(&sock).await;
+        assert_eq!(block, expect);
+        got.extend_from_slice(&d);
+        if block == 10 || block == 13 {
+            sock.send(&codec::build_ack(block)).await.unwrap();
+        }
+    }
+    assert_eq!(got, std::fs::read(&src).unwrap());
+    s.idle().await;
+    assert_eq!(s.counters.completed.load(Ordering::Relaxed), 1);
+    assert!(s.counters.retransmits.load(Ordering::Relaxed) >= 6);
     s.stop().await;
 }

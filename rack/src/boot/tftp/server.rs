@@ -490,12 +490,16 @@ impl Session {
             base_timeout,
             max_timeout: self.config.max_timeout.max(base_timeout),
             max_tries: self.config.max_tries.max(1),
+            counters: self.counters.clone(),
         };
 
         if options.any() {
             let oack = codec::build_oack(&options);
             // Block 0 acknowledges the OACK.
-            match link.exchange(&[oack], |b| (b == 0).then_some(0)).await {
+            match link
+                .exchange(&[oack], false, |b| (b == 0).then_some(0))
+                .await
+            {
                 Ok(_) => {}
                 Err(end) => return end,
             }
@@ -545,16 +549,13 @@ impl Session {
                     bump(&self.counters.retransmits);
                 }
                 sent_once = sent_once.max(number);
-                self.counters
-                    .bytes_sent
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 packets.push(p);
             }
             let first = next_unacked;
             let count = packets.len() as u64;
             // An ACK of any block in the window (or of the one before it: nothing new arrived) counts.
             let acked = link
-                .exchange(&packets, |b| {
+                .exchange(&packets, true, |b| {
                     (0..=count)
                         .map(|i| first - 1 + i)
                         .find(|k| *k as u16 == b)
@@ -580,20 +581,31 @@ struct Link {
     base_timeout: Duration,
     max_timeout: Duration,
     max_tries: u32,
+    counters: Arc<TftpCounters>,
 }
 
 impl Link {
-    /// Sends `packets`, then waits for an ACK that `accept` maps to a block it counts (returned);
+    /// Sends `packets` (DATA when `data`, for the counters), then waits for an ACK that `accept` maps to a block it counts (returned);
     /// resends all of them on each timeout, doubling it, up to `max_tries`. An ACK that is not accepted
     /// (a duplicate) is ignored and not answered, which avoids the Sorcerer's Apprentice bug.
     async fn exchange(
         &mut self,
         packets: &[Vec<u8>],
+        data: bool,
         accept: impl Fn(u16) -> Option<u64>,
     ) -> Result<u64, End> {
         let mut timeout = self.base_timeout;
-        for _ in 0..self.max_tries {
+        for attempt in 0..self.max_tries {
             for p in packets {
+                if data {
+                    let payload = p.len().saturating_sub(4) as u64;
+                    self.counters
+                        .bytes_sent
+                        .fetch_add(payload, Ordering::Relaxed);
+                    if attempt > 0 {
+                        bump(&self.counters.retransmits);
+                    }
+                }
                 if let Err(e) = self.socket.send(p).await {
                     // ECONNREFUSED: the client's port is closed (it gave up).
                     if e.kind() == std::io::ErrorKind::ConnectionRefused {
