@@ -165,6 +165,20 @@ async fn curl_downloads_5_mib() {
         client(&curl, &args).await;
         assert_eq!(sha256(&out), sha256(&src), "curl {extra:?}");
     }
+    // A missing file: curl exits with 68 (CURLE_TFTP_NOTFOUND) on the server's ERROR 1, sent from the
+    // transfer's port.
+    let out = tokio::process::Command::new(&curl)
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            &format!("tftp://{}/missing", s.addr),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(68), "{err}");
     s.idle().await;
     assert_eq!(s.counters.completed.load(Ordering::Relaxed), 2);
     s.stop().await;

@@ -285,32 +285,11 @@ pub async fn run(
             );
             continue;
         };
-        let path = match resolve(&config.root, &request.filename) {
-            Ok(p) => p,
-            Err(e) => {
-                let code = match e {
-                    PathError::NotFound => {
-                        bump(&counters.not_found);
-                        ErrorCode::FileNotFound
-                    }
-                    PathError::Outside(_) => {
-                        bump(&counters.access_denied);
-                        ErrorCode::AccessViolation
-                    }
-                    PathError::Root { .. } => {
-                        bump(&counters.io_errors);
-                        ErrorCode::NotDefined
-                    }
-                };
-                tracing::info!(%peer, file = %request.filename, "TFTP refused: {e}");
-                reply(code, &e.to_string());
-                continue;
-            }
-        };
+        // The filename is resolved in the session's task (it touches the disk): this loop never waits
+        // for a file system, and a refusal comes from the transfer's own port like any reply.
         let session = Session {
             peer,
             local_ip,
-            path,
             request,
             config: config.clone(),
             counters: counters.clone(),
@@ -335,8 +314,6 @@ struct Session {
     peer: SocketAddr,
     /// The address the request came to; the transfer socket binds it with port 0.
     local_ip: std::net::IpAddr,
-    /// The resolved file.
-    path: PathBuf,
     /// The request, with the client's options.
     request: Request,
     /// Timeouts, bounds.
@@ -347,6 +324,8 @@ struct Session {
 
 /// How a transfer ended (for counters and logs).
 enum End {
+    /// The filename was refused (counted where it was refused).
+    Refused(PathError),
     Done,
     Aborted(String),
     Silent,
@@ -418,7 +397,7 @@ impl Session {
             End::Aborted(_) => bump(&c.client_aborted),
             End::Silent => bump(&c.timed_out),
             End::Io(_) => bump(&c.io_errors),
-            End::Shutdown => {}
+            End::Refused(_) | End::Shutdown => {}
         }
         let file = &self.request.filename;
         match end {
@@ -430,6 +409,7 @@ impl Session {
                 tracing::info!(peer = %self.peer, %file, "TFTP transfer ended: client silent")
             }
             End::Io(e) => tracing::warn!(peer = %self.peer, %file, "TFTP transfer failed: {e}"),
+            End::Refused(e) => tracing::info!(peer = %self.peer, %file, "TFTP refused: {e}"),
             End::Shutdown => {}
         }
     }
@@ -461,7 +441,31 @@ impl Session {
         if let Err(e) = socket.connect(self.peer).await {
             return End::Io(e);
         }
-        let file = match tokio::fs::File::open(&self.path).await {
+        let (root, name) = (self.config.root.clone(), self.request.filename.clone());
+        let path = match tokio::task::spawn_blocking(move || resolve(&root, &name)).await {
+            Ok(Ok(path)) => path,
+            Ok(Err(e)) => {
+                let c = &self.counters;
+                let code = match e {
+                    PathError::NotFound => {
+                        bump(&c.not_found);
+                        ErrorCode::FileNotFound
+                    }
+                    PathError::Outside(_) => {
+                        bump(&c.access_denied);
+                        ErrorCode::AccessViolation
+                    }
+                    PathError::Root { .. } => {
+                        bump(&c.io_errors);
+                        ErrorCode::NotDefined
+                    }
+                };
+                let _ = socket.send(&codec::build_error(code, &e.to_string())).await;
+                return End::Refused(e);
+            }
+            Err(e) => return End::Io(std::io::Error::other(e)),
+        };
+        let file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) => {
                 let _ = socket
