@@ -535,3 +535,27 @@ async fn lost_blocks_are_sent_again_from_the_first_unacknowledged() {
     assert!(s.counters.retransmits.load(Ordering::Relaxed) >= 6);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_windows_are_lowered_in_the_oack() {
+    let s = Running::start(|_| {}).await;
+    s.random_file("f.bin", 1000);
+    for (blksize, asked, granted) in [(8, 65535, 4096), (65464, 100, 16), (1468, 8, 8)] {
+        let options = Options {
+            blksize: Some(blksize),
+            windowsize: Some(asked),
+            ..Options::default()
+        };
+        let (sock, oack, from) = request(s.addr, false, "f.bin", options).await;
+        let Packet::Oack(o) = codec::parse(&oack).unwrap() else {
+            panic!("expected an OACK")
+        };
+        assert_eq!(o.windowsize, Some(granted), "blksize {blksize}");
+        sock.send_to(&codec::build_error(ErrorCode::NotDefined, "done"), from)
+            .await
+            .unwrap();
+    }
+    s.idle().await;
+    assert_eq!(s.counters.client_aborted.load(Ordering::Relaxed), 3);
+    s.stop().await;
+}

@@ -9,7 +9,8 @@
 //!   before touching the disk; the rest is joined to the root, canonicalized (resolving symlinks) and
 //!   must still lie under the canonical root, so a symlink leaving the root is refused too.
 //! - **Bounded.** At most [`TftpConfig::max_sessions`] transfers at once (more get ERROR 0 "busy"); each
-//!   holds one window of blocks in memory, itself capped at [`MAX_WINDOW_BYTES`] (a larger windowsize is
+//!   holds one window of blocks in memory, itself capped at [`MAX_WINDOW_BYTES`] and [`MAX_WINDOW_BLOCKS`]
+//!   (a larger windowsize is
 //!   lowered in the OACK, which RFC 7440 allows), so memory does not depend on file size. Retransmission
 //!   backs off exponentially and gives up after [`TftpConfig::max_tries`] silent timeouts.
 //! - **Windowed (RFC 7440)** and **rolling over**: block numbers wrap from 65535 to 0, so files larger
@@ -33,6 +34,9 @@ use tokio::task::JoinSet;
 /// Most bytes of file data one transfer holds (its window of unacknowledged blocks): 1 MiB keeps 256
 /// sessions under 256 MiB whatever the clients ask, and still fills 16 blocks of 65464 bytes.
 pub const MAX_WINDOW_BYTES: usize = 1 << 20;
+/// Most blocks in one window, whatever their size: each block is its own buffer and its own datagram in
+/// a burst, so small blocks must not multiply (65535 windows of 8-byte blocks would be 65535 allocations).
+pub const MAX_WINDOW_BLOCKS: usize = 4096;
 /// Largest datagram read on any socket: a DATA of the largest block size, so nothing legal is cut.
 const MAX_DATAGRAM: usize = codec::MAX_BLKSIZE as usize + 4;
 
@@ -419,7 +423,8 @@ impl Session {
         let asked = &self.request.options;
         let blksize = asked.blksize;
         let block = usize::from(blksize.unwrap_or(codec::DEFAULT_BLKSIZE));
-        let window_cap = u16::try_from((MAX_WINDOW_BYTES / block).max(1)).unwrap_or(u16::MAX);
+        let blocks = (MAX_WINDOW_BYTES / block).clamp(1, MAX_WINDOW_BLOCKS);
+        let window_cap = u16::try_from(blocks).unwrap_or(u16::MAX);
         Options {
             blksize,
             // Asked for with 0 in an RRQ; known only in octet mode.
