@@ -559,3 +559,42 @@ async fn large_windows_are_lowered_in_the_oack() {
     assert_eq!(s.counters.client_aborted.load(Ordering::Relaxed), 3);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_sharing_counters_share_the_session_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f.bin"), vec![7u8; 10_000]).unwrap();
+    let counters = Arc::new(TftpCounters::default());
+    let (stop, rx) = watch::channel(false);
+    let mut addrs = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let mut config = TftpConfig::new(dir.path());
+        config.max_sessions = 1;
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(socket.local_addr().unwrap());
+        tasks.push(tokio::spawn(run(
+            socket,
+            config,
+            counters.clone(),
+            rx.clone(),
+        )));
+    }
+    // A transfer on the first server takes the one slot...
+    let (sock, first, from) = request(addrs[0], false, "f.bin", Options::default()).await;
+    assert!(matches!(
+        codec::parse(&first).unwrap(),
+        Packet::Data { block: 1, .. }
+    ));
+    // ...so the second server is busy.
+    let (_, reply, _) = request(addrs[1], false, "f.bin", Options::default()).await;
+    assert!(error_code(&reply).1.contains("busy"));
+    sock.send_to(&codec::build_error(ErrorCode::NotDefined, "done"), from)
+        .await
+        .unwrap();
+    stop.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(counters.active.load(Ordering::Relaxed), 0);
+}

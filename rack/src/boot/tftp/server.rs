@@ -8,7 +8,8 @@
 //! - **Nothing outside the root.** A filename that is absolute, has a `..` component or a NUL is refused
 //!   before touching the disk; the rest is joined to the root, canonicalized (resolving symlinks) and
 //!   must still lie under the canonical root, so a symlink leaving the root is refused too.
-//! - **Bounded.** At most [`TftpConfig::max_sessions`] transfers at once (more get ERROR 0 "busy"); each
+//! - **Bounded.** At most [`TftpConfig::max_sessions`] transfers at once across every server sharing one
+//!   [`TftpCounters`] (more get ERROR 0 "busy"); each
 //!   holds one window of blocks in memory, itself capped at [`MAX_WINDOW_BYTES`] and [`MAX_WINDOW_BLOCKS`]
 //!   (a larger windowsize is
 //!   lowered in the OACK, which RFC 7440 allows), so memory does not depend on file size. Retransmission
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// Most bytes of file data one transfer holds (its window of unacknowledged blocks): 1 MiB keeps 256
@@ -74,7 +75,8 @@ impl TftpConfig {
 pub struct TftpCounters {
     /// Datagrams received on the request socket.
     pub requests: AtomicU64,
-    /// Transfers running now.
+    /// Transfers running now. Also the session bound: servers sharing one `TftpCounters` (one per boot
+    /// interface in `ingot-rack run`) share `max_sessions`.
     pub active: AtomicU64,
     /// Transfers that ended with the last block acknowledged.
     pub completed: AtomicU64,
@@ -102,6 +104,29 @@ pub struct TftpCounters {
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One of the `max_sessions` transfer slots, counted in `active`; given back on drop (also if a session
+/// task ended abnormally).
+struct Slot(Arc<TftpCounters>);
+
+impl Slot {
+    fn take(counters: &Arc<TftpCounters>, max: usize) -> Option<Slot> {
+        let max = max as u64;
+        counters
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (a < max).then_some(a + 1)
+            })
+            .ok()
+            .map(|_| Slot(counters.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Why a filename was refused, with the TFTP error it is answered with.
@@ -225,7 +250,6 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let local_ip = socket.local_addr()?.ip();
     let config = Arc::new(config);
-    let permits = Arc::new(Semaphore::new(config.max_sessions));
     let mut sessions = JoinSet::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -281,7 +305,7 @@ pub async fn run(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let Some(slot) = Slot::take(&counters, config.max_sessions) else {
             bump(&counters.busy);
             reply(
                 ErrorCode::NotDefined,
@@ -300,11 +324,8 @@ pub async fn run(
         };
         let stop = shutdown.clone();
         sessions.spawn(async move {
-            session.counters.active.fetch_add(1, Ordering::Relaxed);
-            let counters = session.counters.clone();
             session.run(stop).await;
-            counters.active.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
+            drop(slot);
         });
     }
     // Every session watches `shutdown` too and ends at once: wait for them, so none outlives `run`.
