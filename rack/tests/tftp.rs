@@ -598,3 +598,75 @@ async fn servers_sharing_counters_share_the_session_bound() {
     }
     assert_eq!(counters.active.load(Ordering::Relaxed), 0);
 }
+
+/// A free UDP port on loopback (bound and released; the race with another process is tolerated here).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `ingot-rack run --boot-interface lo --tftp-root DIR` serves DIR over TFTP on lo's address (the rack
+/// has no region to talk to; TFTP does not need one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingot_rack_run_serves_its_tftp_root() {
+    let Some(curl) = peer("curl") else { return };
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ingot_rack_run_serves_its_tftp_root needs root (SO_BINDTODEVICE on lo) under CI"
+        );
+        eprintln!(
+            "SKIPPED: ingot_rack_run_serves_its_tftp_root needs root (SO_BINDTODEVICE on lo)"
+        );
+        return;
+    }
+    let ca = ingot_common::pki::ClusterCa::generate("t").unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let dd = crate::failover::rack_dir(&ca, d.path(), "127.0.0.1:1");
+    let root = d.path().join("tftp");
+    std::fs::create_dir(&root).unwrap();
+    let mut data = vec![0u8; 300_000];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
+    std::fs::write(root.join("snponly.efi"), &data).unwrap();
+    let tftp_port = free_udp_port().to_string();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ingot-rack"))
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dd.root())
+        .args(["--boot-interface", "lo"])
+        .args(["--dhcp-port", &free_udp_port().to_string()])
+        .args(["--proxy-dhcp-port", &free_udp_port().to_string()])
+        .arg("--tftp-root")
+        .arg(&root)
+        .args(["--tftp-port", &tftp_port])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("ingot-rack prints its running line")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(line.contains("running"), "{line}");
+    let out = d.path().join("got.efi");
+    client(
+        &curl,
+        &[
+            "-sS",
+            "--fail",
+            "-o",
+            out.to_str().unwrap(),
+            &format!("tftp://127.0.0.1:{tftp_port}/snponly.efi"),
+        ],
+    )
+    .await;
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    child.kill().await.unwrap();
+}
