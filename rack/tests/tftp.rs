@@ -670,3 +670,26 @@ async fn ingot_rack_run_serves_its_tftp_root() {
     assert_eq!(std::fs::read(&out).unwrap(), data);
     child.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_client_timeouts_are_declined() {
+    let s = Running::start(|_| {}).await;
+    s.random_file("f.bin", 1000);
+    for (asked, granted) in [(2, Some(2)), (10, Some(10)), (255, None)] {
+        let options = Options {
+            timeout_s: Some(asked),
+            blksize: Some(1024),
+            ..Options::default()
+        };
+        let (sock, oack, from) = request(s.addr, false, "f.bin", options).await;
+        let Packet::Oack(o) = codec::parse(&oack).unwrap() else {
+            panic!("expected an OACK")
+        };
+        assert_eq!(o.timeout_s, granted, "timeout {asked}");
+        sock.send_to(&codec::build_error(ErrorCode::NotDefined, "done"), from)
+            .await
+            .unwrap();
+    }
+    s.idle().await;
+    s.stop().await;
+}

@@ -38,6 +38,10 @@ pub const MAX_WINDOW_BYTES: usize = 1 << 20;
 /// Most blocks in one window, whatever their size: each block is its own buffer and its own datagram in
 /// a burst, so small blocks must not multiply (65535 windows of 8-byte blocks would be 65535 allocations).
 pub const MAX_WINDOW_BLOCKS: usize = 4096;
+/// Longest retransmission timeout a client may choose, in seconds: RFC 2349 lets it ask up to 255 s, but a
+/// silent client then holds a session slot for `max_tries` × 255 s; a larger ask is declined (left out of
+/// the OACK) and the server's own timing applies.
+pub const MAX_CLIENT_TIMEOUT_S: u8 = 10;
 /// Largest datagram read on any socket: a DATA of the largest block size, so nothing legal is cut.
 const MAX_DATAGRAM: usize = codec::MAX_BLKSIZE as usize + 4;
 
@@ -453,7 +457,7 @@ impl Session {
                 .tsize
                 .filter(|_| self.request.mode == Mode::Octet)
                 .map(|_| size),
-            timeout_s: asked.timeout_s,
+            timeout_s: asked.timeout_s.filter(|t| *t <= MAX_CLIENT_TIMEOUT_S),
             windowsize: asked.windowsize.map(|w| w.min(window_cap)),
         }
     }
