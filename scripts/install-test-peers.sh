@@ -15,6 +15,7 @@
 #                them on PATH and in /usr/sbin, and run them only inside network namespaces they create. No
 #                service is started by the install (a policy-rc.d that refuses is put in place for the
 #                install when none exists, then removed): kea and the relay must not run on the host.
+#                the TFTP clients (rack tests `tftp`): curl atftp tftp-hpa (clients only, no server packages)
 #   env file     ${INGOT_PEERS_HOME}/env exporting INGOT_PEER_PYTHON, INGOT_PEER_GRPCURL, INGOT_PEER_SUSHY,
 #                INGOT_PEER_IPMI_SIM and INGOT_PEER_IPMITOOL; `source` it.
 #
@@ -91,6 +92,13 @@ for b in udhcpc dhclient dhcping dhcrelay dnsmasq perfdhcp kea-dhcp4 nmap tcpdum
 done
 [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || { say "OVMF firmware missing after installing ovmf"; exit 1; }
 say "ok: DHCP/PXE peers (udhcpc, dhclient, dhcping, dhcrelay, dnsmasq, perfdhcp, kea-dhcp4, nmap, tcpdump, qemu, OVMF)"
+# 0c. TFTP clients from Debian (the packages hold no server, so nothing to keep from starting).
+TFTP_PEERS=(curl atftp tftp-hpa)
+apt_ensure "${TFTP_PEERS[@]}" || { say "installing the TFTP clients failed"; exit 1; }
+for b in curl atftp tftp; do
+  command -v "$b" >/dev/null || { say "$b not found after installing the TFTP clients"; exit 1; }
+done
+say "ok: TFTP clients (curl, atftp, tftp-hpa's tftp)"
 command -v ipmi_sim >/dev/null || { say "ipmi_sim not on PATH after installing openipmi"; exit 1; }
 command -v ipmitool >/dev/null || { say "ipmitool not on PATH after installing it"; exit 1; }
 

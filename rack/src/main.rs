@@ -101,6 +101,49 @@ struct BootArgs {
     /// Boot file (TFTP path) for UEFI arm64 PXE clients; without it they are answered with no boot file.
     #[arg(long)]
     boot_file_uefi_arm64: Option<String>,
+    /// Serve this directory over TFTP (read-only, nothing outside it) on each --boot-interface's IPv4
+    /// address, port --tftp-port: the boot files named above (Debian's `ipxe` package puts them in
+    /// /usr/lib/ipxe). Without it the rack serves no TFTP.
+    #[arg(long, value_name = "DIR")]
+    tftp_root: Option<std::path::PathBuf>,
+    /// UDP port of the TFTP server.
+    #[arg(long, default_value_t = 69)]
+    tftp_port: u16,
+}
+
+/// Binds TFTP on every boot interface (failing at once, naming the interface) and serves `root` there
+/// until shutdown; one set of counters for all of them.
+fn start_tftp(
+    root: std::path::PathBuf,
+    interfaces: &[String],
+    port: u16,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    use ingot_rack::boot::tftp::server::{bind, run, TftpConfig, TftpCounters};
+    anyhow::ensure!(
+        root.is_dir(),
+        "--tftp-root {} is not a directory: create it, or install Debian's ipxe package and use /usr/lib/ipxe",
+        root.display()
+    );
+    let counters = std::sync::Arc::new(TftpCounters::default());
+    let mut seen = std::collections::HashSet::new();
+    for interface in interfaces {
+        if !seen.insert(interface.as_str()) {
+            continue;
+        }
+        let socket = bind(interface, port)?;
+        let socket = tokio::net::UdpSocket::from_std(socket)
+            .with_context(|| format!("registering the TFTP socket of {interface}"))?;
+        tracing::info!(%interface, addr = ?socket.local_addr().ok(), root = %root.display(), "TFTP listening");
+        let (config, counters, stop) = (TftpConfig::new(&root), counters.clone(), shutdown.clone());
+        let interface = interface.clone();
+        tokio::spawn(async move {
+            if let Err(e) = run(socket, config, counters, stop).await {
+                tracing::error!(%interface, "TFTP server stopped: {e}");
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Binds the DHCP sockets (failing at once, naming the interface, if one cannot be), opens the lease
@@ -112,7 +155,14 @@ fn start_boot(
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<std::sync::Arc<BootService>>> {
     if args.interfaces.is_empty() {
+        anyhow::ensure!(
+            args.tftp_root.is_none(),
+            "--tftp-root needs at least one --boot-interface to serve on"
+        );
         return Ok(None);
+    }
+    if let Some(root) = args.tftp_root.clone() {
+        start_tftp(root, &args.interfaces, args.tftp_port, shutdown)?;
     }
     let server = Server::bind(&ListenerConfig {
         interfaces: args.interfaces,

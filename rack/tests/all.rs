@@ -2,7 +2,8 @@
 //! and session failover against fake regions, and the power drivers against real or local BMCs. Run one
 //! file's tests with `cargo test -p ingot-rack --test all -- webhook`. The boot path: `boot_service` (commit
 //! batching, held replies, re-sends, the offline journal; no sockets) and `boot_server` (the DHCP sockets in
-//! network namespaces the test creates, as root).
+//! network namespaces the test creates, as root); `tftp` (the TFTP server on loopback against curl, atftp, tftp-hpa
+//! and a hand-built client).
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 mod boot_server;
@@ -10,4 +11,5 @@ mod boot_service;
 mod failover;
 mod ipmi_peer;
 mod redfish_peer;
+mod tftp;
 mod webhook;

@@ -300,7 +300,7 @@ fn serve_fake(ca: &ClusterCa, l: TcpListener, fake: FakeRegion) {
 }
 
 /// A registered rack data directory (certificate from `ca`) that knows only `first`.
-fn rack_dir(ca: &ClusterCa, root: &std::path::Path, first: &str) -> DataDir {
+pub(crate) fn rack_dir(ca: &ClusterCa, root: &std::path::Path, first: &str) -> DataDir {
     let dd = DataDir::new(root.join("rack"));
     let (cert_pem, key_pem) = ca
         .issue(&PkiIdentity {

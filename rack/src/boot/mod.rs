@@ -14,11 +14,13 @@
 //!   holds ACKs until their batch is committed, journals renewals while cut off from every region and
 //!   replays them when a session is back.
 //! - [`journal`] — the fsynced, append-only journal of leases acknowledged while offline.
+//! - [`tftp`] — TFTP (issue 12): a read-only server for the boot files under one root (`codec`, `server`).
 
 pub mod dhcp;
 pub mod journal;
 pub mod leases;
 pub mod service;
+pub mod tftp;
 
 use ingot_common::net::Subnet;
 pub use ingot_common::net::SubnetRole;
