@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ingot/v1/agent.proto",
         "ingot/v1/rack.proto",
         "ingot/v1/subnet.proto",
+        "ingot/v1/image.proto",
     ];
     let internal = ["ingot/raft/v1/raft.proto", "ingot/rack/v1/rack.proto"];
     println!("cargo:rerun-if-changed=ingot");

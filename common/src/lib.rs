@@ -3,6 +3,7 @@
 //! Everything here is shared by the region (which stores and applies it), the CLI and tests:
 //! - [`mac`]: MAC addresses, parsed from every notation operators paste and printed one way.
 //! - [`model`]: machines, zones, regions — the replicated records.
+//! - [`image`]: boot images, content-addressed blobs, and what a MAC should boot ([`image::BootIntent`]).
 //! - [`net`]: boot networks — subnets, leases, PXE client architectures — shared by region and rack.
 //! - [`lifecycle`]: the machine transition table — the only source of truth for legal actions.
 //! - [`validate`]: the field rules every write must pass, each failure naming its field.
@@ -16,6 +17,7 @@
 
 pub mod constraints;
 pub mod error;
+pub mod image;
 pub mod lifecycle;
 pub mod mac;
 pub mod model;

@@ -130,6 +130,10 @@ pub enum Op {
     DeleteSubnet(op::DeleteSubnet),
     CommitLeases(op::CommitLeases),
     EnlistMachines(op::EnlistMachines),
+    PutImage(op::PutImage),
+    DeleteImage(op::DeleteImage),
+    RecordBlobs(op::RecordBlobs),
+    RecordBootEvents(op::RecordBootEvents),
 }
 
 /// The error field that marks an allocation conflict: a candidate was taken between the proposer's

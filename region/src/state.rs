@@ -190,6 +190,13 @@ pub struct Data {
     /// until the address is needed by another MAC.
     #[serde(default)]
     pub leases: BTreeMap<std::net::Ipv4Addr, ingot_common::net::Lease>,
+    /// Boot images by name (`Op::PutImage`); their bytes are blobs held by regions ([`Data::blob_holders`]).
+    #[serde(default)]
+    pub images: BTreeMap<String, ingot_common::image::Image>,
+    /// Which regions hold a verified copy of each blob an image references (`Op::PutImage`,
+    /// `Op::RecordBlobs`): where regions and racks fetch from, and whether an upload reached a majority.
+    #[serde(default)]
+    pub blob_holders: BTreeMap<ingot_common::image::BlobId, BTreeSet<ingot_common::NodeId>>,
 }
 
 /// Boot tokens of state written by an older version were stored in plaintext: keep only their hash (the

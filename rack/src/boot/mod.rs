@@ -16,6 +16,7 @@
 //! - [`journal`] — the fsynced, append-only journal of leases acknowledged while offline.
 //! - [`tftp`] — TFTP (issue 12): a read-only server for the boot files under one root (`codec`, `server`).
 
+pub mod cache;
 pub mod dhcp;
 pub mod journal;
 pub mod leases;

@@ -357,6 +357,8 @@ async fn run(
                             }
                         },
                         rack_message::Msg::Hello(_) => {}
+                        // Filled in by the boot-path work (issue 12): answered, recorded.
+                        rack_message::Msg::BootIntentRequest(_) | rack_message::Msg::BootEvents(_) => {}
                         rack_message::Msg::LeaseCommit(c) => {
                             let batch = c.batch;
                             if c.leases.len() > MAX_LEASES_PER_COMMIT {

@@ -82,6 +82,13 @@ fn rule(op: &Op) -> (Rule<'_>, &'static str) {
         Op::DeleteSubnet(_) => (Rule::Admins, "delete subnets"),
         Op::CommitLeases(_) => (Rule::Internal(&[I::Rack]), "record DHCP leases"),
         Op::EnlistMachines(_) => (Rule::Internal(&[I::Rack]), "enlist PXE-booted machines"),
+        Op::PutImage(_) => (Rule::Admins, "upload images"),
+        Op::DeleteImage(_) => (Rule::Admins, "delete images"),
+        Op::RecordBlobs(_) => (
+            Rule::Internal(&[I::Region]),
+            "record which regions hold image blobs",
+        ),
+        Op::RecordBootEvents(_) => (Rule::Internal(&[I::Rack]), "record network boot steps"),
     }
 }
 

@@ -17,9 +17,11 @@
 
 pub mod alloc;
 pub mod authz;
+mod boot_events;
 pub(crate) mod cluster;
 mod ctx;
 mod events;
+mod images;
 mod leases;
 mod lookup;
 mod machines;
@@ -167,6 +169,10 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
         Op::DeleteSubnet(op) => subnets::delete(ctx, state, op),
         Op::CommitLeases(op) => leases::commit(ctx, state, op),
         Op::EnlistMachines(op) => leases::enlist(ctx, state, op),
+        Op::PutImage(op) => images::put(ctx, state, op),
+        Op::DeleteImage(op) => images::delete(ctx, state, op),
+        Op::RecordBlobs(op) => images::record_blobs(ctx, state, op),
+        Op::RecordBootEvents(op) => boot_events::record(ctx, state, op),
     }
 }
 

@@ -496,3 +496,64 @@ pub struct EnlistMac {
     /// The subnet it booted on.
     pub subnet: Cidr,
 }
+
+/// Most blobs one [`RecordBlobs`] names (an image has at most 16 files; a region catching up after a
+/// restart reports in batches of this many).
+pub const MAX_BLOBS_PER_RECORD: usize = 256;
+/// Most boot events in one [`RecordBootEvents`] (the rack batches at most this many per message).
+pub const MAX_BOOT_EVENTS_PER_OP: usize = 256;
+/// Longest boot event detail, in bytes (the rack cuts longer ones).
+pub const MAX_BOOT_EVENT_DETAIL: usize = 200;
+
+/// Records an uploaded image: its metadata, and that the uploading region holds (and verified) every
+/// blob of it. Other regions then copy the blobs and report them with [`RecordBlobs`].
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct PutImage {
+    /// The image (validated by the proposer and again in apply; the name must be free).
+    pub image: ingot_common::image::Image,
+    /// The region that received the upload and holds every blob.
+    pub holder: ingot_common::NodeId,
+}
+
+/// Deletes an image (refused while a Deploying machine uses it). Blobs no image references any more
+/// are then removed by every region.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DeleteImage {
+    /// The image.
+    pub name: String,
+}
+
+/// A region reports which blobs it now holds (copied and verified) and which it lost (its copy was
+/// missing or corrupt): the image's `held_by`, and where other regions and racks fetch from.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct RecordBlobs {
+    /// The reporting region (authenticated by the cluster listener's certificate).
+    pub region: ingot_common::NodeId,
+    /// Blobs it holds, verified.
+    pub held: Vec<ingot_common::image::BlobId>,
+    /// Blobs it no longer holds.
+    #[serde(default)]
+    pub lost: Vec<ingot_common::image::BlobId>,
+}
+
+/// Steps of network boots a rack saw, recorded as machine events (or events of an unknown MAC).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct RecordBootEvents {
+    /// The rack that saw them.
+    pub rack: String,
+    /// The steps, oldest first; bounded by [`MAX_BOOT_EVENTS_PER_OP`].
+    pub events: Vec<BootEventRecord>,
+}
+
+/// One boot step of a MAC.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct BootEventRecord {
+    /// The booting MAC (the event goes to its machine when one has it).
+    pub mac: Mac,
+    /// What happened.
+    pub step: ingot_common::image::BootStep,
+    /// Details, at most [`MAX_BOOT_EVENT_DETAIL`] bytes.
+    pub detail: String,
+    /// When the rack saw it.
+    pub at_ms: u64,
+}
