@@ -272,6 +272,17 @@ impl Lease {
         }
     }
 
+    /// How long the lease lasts from now at most, if nothing renews it: the region may move this rack's
+    /// commands once that has passed. `None`: no lease (an older region), no bound.
+    fn left(&self) -> Option<Duration> {
+        let length = self.length?;
+        let since = match *self.renewed.borrow() {
+            Some(at) => at.elapsed(),
+            None => self.opened.elapsed(),
+        };
+        Some(length.saturating_sub(since))
+    }
+
     /// Where the lease stands now.
     fn check(&self) -> LeaseCheck {
         let Some(length) = self.length else {
@@ -338,6 +349,47 @@ fn interrupted_result(
             started.action, started.started_ms, started.action
         ),
         power_state: state.as_str().to_string(),
+    }
+}
+
+/// Runs a started driver call while the lease it started under lasts. A call still running when the
+/// lease ends (a BMC that answers after 5 s while the region moved the command to another rack after
+/// its grace) is abandoned and fails: otherwise two racks would each run, and report, one command. The
+/// lease is re-read as it is renewed, so a long call on a healthy session is never cut.
+async fn bounded_by_lease(
+    cmd: &PowerCommand,
+    lease: Option<&Lease>,
+    call: impl std::future::Future<Output = PowerCommandResult>,
+) -> PowerCommandResult {
+    let Some(lease) = lease else {
+        return call.await;
+    };
+    tokio::pin!(call);
+    loop {
+        let Some(left) = lease.left() else {
+            return call.await;
+        };
+        if left.is_zero() {
+            tracing::warn!(
+                id = cmd.id,
+                action = %cmd.action,
+                "the BMC did not answer before the rack's lease ended: abandoning the call"
+            );
+            return PowerCommandResult {
+                id: cmd.id,
+                success: false,
+                error_kind: "unreachable".into(),
+                message: format!(
+                    "the BMC did not answer {} before this rack's lease on it ended (the region may give the command to another rack): check the BMC's network and load",
+                    cmd.action
+                ),
+                power_state: PowerState::Unknown.as_str().to_string(),
+            };
+        }
+        tokio::select! {
+            r = &mut call => return r,
+            _ = tokio::time::sleep(left) => {}
+        }
     }
 }
 
@@ -519,8 +571,10 @@ impl Runner {
                 return None;
             }
         }
+        // The lease it starts under bounds the driver call (a re-delivery from now on is ignored).
+        let lease = self.lease_of(cmd.id);
         lock(&self.running).insert(cmd.id, None);
-        Some(self.drivers.execute(cmd).await)
+        Some(bounded_by_lease(cmd, lease.as_deref(), self.drivers.execute(cmd)).await)
     }
 
     /// Records a result (append + fsync) and only then queues it for sending.
@@ -920,6 +974,66 @@ async fn session_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cmd() -> PowerCommand {
+        PowerCommand {
+            id: 7,
+            system_id: "m".into(),
+            action: "off".into(),
+            driver: "redfish".into(),
+            params: Default::default(),
+        }
+    }
+
+    fn ok() -> PowerCommandResult {
+        PowerCommandResult {
+            id: 7,
+            success: true,
+            error_kind: String::new(),
+            message: String::new(),
+            power_state: "off".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_driver_call_outliving_the_lease_is_abandoned() {
+        // Recorded once, never renewed: the 300 ms lease ends while the BMC takes 5 s.
+        let lease = Lease::new(300, Instant::now());
+        lease.acked(0);
+        let t = Instant::now();
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            ok()
+        };
+        let r = bounded_by_lease(&cmd(), Some(&lease), slow).await;
+        assert!(!r.success);
+        assert_eq!(r.error_kind, "unreachable");
+        assert!(r.message.contains("lease"), "{}", r.message);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_long_driver_call_on_a_renewed_lease_completes() {
+        let lease = Arc::new(Lease::new(300, Instant::now()));
+        lease.acked(0);
+        let renew = {
+            let lease = lease.clone();
+            tokio::spawn(async move {
+                for seq in 1..=20 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    lease.sent(seq, Instant::now());
+                    lease.acked(seq);
+                }
+            })
+        };
+        let slow = async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            ok()
+        };
+        let r = bounded_by_lease(&cmd(), Some(&lease), slow).await;
+        assert!(r.success, "{r:?}");
+        renew.abort();
+    }
 
     #[test]
     fn lease_runs_from_the_sending_of_the_acknowledged_heartbeat() {
