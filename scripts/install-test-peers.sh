@@ -16,8 +16,10 @@
 #                service is started by the install (a policy-rc.d that refuses is put in place for the
 #                install when none exists, then removed): kea and the relay must not run on the host.
 #                the TFTP clients (rack tests `tftp`): curl atftp tftp-hpa (clients only, no server packages)
+#                the PXE boot payload (t26_pxe_boot): a Debian kernel and a static busybox from `apt-get download`,
+#                unpacked into ${INGOT_PEERS_HOME}/pxe (vmlinuz, busybox), and cpio
 #   env file     ${INGOT_PEERS_HOME}/env exporting INGOT_PEER_PYTHON, INGOT_PEER_GRPCURL, INGOT_PEER_SUSHY,
-#                INGOT_PEER_IPMI_SIM and INGOT_PEER_IPMITOOL; `source` it.
+#                INGOT_PEER_IPMI_SIM, INGOT_PEER_IPMITOOL and INGOT_PEER_PXE; `source` it.
 #
 # Rust tests run with plain `cargo test` (no cargo-nextest): nothing to download, and cargo's closing lines are
 # what CI reads. Idempotent: a second run prints "ok" lines and changes nothing. Registries used: PyPI, Debian.
@@ -99,6 +101,30 @@ for b in curl atftp tftp; do
   command -v "$b" >/dev/null || { say "$b not found after installing the TFTP clients"; exit 1; }
 done
 say "ok: TFTP clients (curl, atftp, tftp-hpa's tftp)"
+# 0d. The PXE boot payload of the boot tests (t26_pxe_boot): a Debian kernel and a static busybox, fetched from the
+# Debian registry with `apt-get download` and unpacked into $PEERS_HOME/pxe (nothing is installed: busybox-static
+# would replace the busybox package), and cpio to pack the initramfs.
+apt_ensure cpio || { say "installing cpio failed"; exit 1; }
+PXE=$PEERS_HOME/pxe
+if [ -s "$PXE/vmlinuz" ] && [ -x "$PXE/busybox" ]; then
+  say "ok: PXE payload $PXE/vmlinuz and $PXE/busybox"
+else
+  kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  if [ -z "$kpkg" ] && [ "$APT_UPDATED" -eq 0 ]; then
+    say "running: apt-get update"; apt-get update -qq; APT_UPDATED=1
+    kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  fi
+  [ -n "$kpkg" ] || { say "no linux-image package behind linux-image-amd64 in the apt lists"; exit 1; }
+  rm -rf "$PXE/deb" "$PXE/x"; mkdir -p "$PXE/deb" "$PXE/x"
+  say "running: apt-get download $kpkg busybox-static (into $PXE/deb)"
+  (cd "$PXE/deb" && apt-get download -qq "$kpkg" busybox-static) || { say "apt-get download failed"; exit 1; }
+  dpkg-deb --fsys-tarfile "$PXE"/deb/linux-image-*.deb | tar -x -C "$PXE/x" --wildcards './boot/vmlinuz-*'
+  dpkg-deb -x "$PXE"/deb/busybox-static_*.deb "$PXE/x"
+  cp "$(ls "$PXE"/x/boot/vmlinuz-* | head -1)" "$PXE/vmlinuz"
+  cp "$PXE/x/bin/busybox" "$PXE/busybox"
+  rm -rf "$PXE/deb" "$PXE/x"
+  say "ok: PXE payload $PXE/vmlinuz ($kpkg) and $PXE/busybox (static)"
+fi
 command -v ipmi_sim >/dev/null || { say "ipmi_sim not on PATH after installing openipmi"; exit 1; }
 command -v ipmitool >/dev/null || { say "ipmitool not on PATH after installing it"; exit 1; }
 
@@ -170,8 +196,8 @@ say "ok: sushy-emulator $("$PY" -c 'import importlib.metadata as m; print(m.vers
 
 ENV_FILE=$PEERS_HOME/env
 tmp=$(mktemp "$PEERS_HOME/env.XXXXXX")
-printf 'export INGOT_PEER_PYTHON=%q\nexport INGOT_PEER_GRPCURL=%q\nexport INGOT_PEER_SUSHY=%q\nexport INGOT_PEER_IPMI_SIM=%q\nexport INGOT_PEER_IPMITOOL=%q\n' \
-  "$PY" "$GRPCURL" "$SUSHY" "$(command -v ipmi_sim)" "$(command -v ipmitool)" >"$tmp"
+printf 'export INGOT_PEER_PYTHON=%q\nexport INGOT_PEER_GRPCURL=%q\nexport INGOT_PEER_SUSHY=%q\nexport INGOT_PEER_IPMI_SIM=%q\nexport INGOT_PEER_IPMITOOL=%q\nexport INGOT_PEER_PXE=%q\n' \
+  "$PY" "$GRPCURL" "$SUSHY" "$(command -v ipmi_sim)" "$(command -v ipmitool)" "$PXE" >"$tmp"
 chmod 0644 "$tmp"
 mv -f "$tmp" "$ENV_FILE"
 say "wrote $ENV_FILE: INGOT_PEER_PYTHON=$PY INGOT_PEER_GRPCURL=$GRPCURL"
