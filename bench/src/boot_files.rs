@@ -140,7 +140,9 @@ impl Peer {
 /// A free port on loopback (bound and released; a race with another process is tolerated here).
 fn free_port(udp: bool) -> Result<u16> {
     Ok(if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port()
+        std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
     } else {
         std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -355,7 +357,9 @@ async fn download(http: &reqwest::Client, url: &str, want: &[u8]) -> Result<u64,
         .map_err(|e| format!("GET {url} body: {e}"))?
     {
         if want.get(off..off + chunk.len()) != Some(&chunk[..]) {
-            return Err(format!("GET {url}: the body differs from the file at {off}"));
+            return Err(format!(
+                "GET {url}: the body differs from the file at {off}"
+            ));
         }
         off += chunk.len();
     }
@@ -539,9 +543,11 @@ pub async fn run(o: &BootFilesOpts) -> Result<BootFilesFigures> {
     for &clients in &o.http_clients {
         eprintln!("== HTTP, {clients} clients × {} downloads", o.http_rounds);
         let nginx_rate = match &nginx {
-            Ok(_) => Ok(http_case(&nginx_url, clients, o.http_rounds, want.clone(), max, None)
-                .await
-                .0),
+            Ok(_) => Ok(
+                http_case(&nginx_url, clients, o.http_rounds, want.clone(), max, None)
+                    .await
+                    .0,
+            ),
             Err(e) => Err(format!("{e:#}")),
         };
         let rack_rate = match &rack_answers {
@@ -659,10 +665,7 @@ pub fn report(o: &BootFilesOpts, f: &BootFilesFigures, profile: &str) {
             r.clients,
             cell(&r.rack),
             hpa,
-            ratio(
-                Some(r.rack.mib_s()),
-                r.hpa.as_ref().map(|h| h.mib_s())
-            )
+            ratio(Some(r.rack.mib_s()), r.hpa.as_ref().map(|h| h.mib_s()))
         );
         for (who, rate) in [("ingot-rack", Some(&r.rack)), ("tftpd-hpa", r.hpa.as_ref())] {
             if let Some(e) = rate.and_then(|r| r.error.as_ref()) {
@@ -670,7 +673,10 @@ pub fn report(o: &BootFilesOpts, f: &BootFilesFigures, profile: &str) {
             }
         }
     }
-    if f.tftp.iter().any(|r| r.hpa.as_ref().is_some_and(|h| h.no_window)) {
+    if f.tftp
+        .iter()
+        .any(|r| r.hpa.as_ref().is_some_and(|h| h.no_window))
+    {
         println!("  * the server left windowsize out of its OACK (tftpd-hpa 5.2 has no RFC 7440): one block per ACK");
     }
     println!("HTTP (one reqwest client, keep-alive, bodies streamed and checked; {} downloads per client)", o.http_rounds);
@@ -701,7 +707,9 @@ pub fn report(o: &BootFilesOpts, f: &BootFilesFigures, profile: &str) {
                         notes.push(format!("{who}, HTTP, {} clients: {e}", r.clients));
                     }
                 }
-                Err(why) => notes.push(format!("{who}, HTTP, {} clients skipped: {why}", r.clients)),
+                Err(why) => {
+                    notes.push(format!("{who}, HTTP, {} clients skipped: {why}", r.clients))
+                }
             }
         }
     }

@@ -91,6 +91,23 @@ pub enum FetchError {
     },
 }
 
+/// Receive buffer asked for (the kernel caps it at `net.core.rmem_max`): a window of 16 blocks of 8 KiB
+/// overflows the usual 208 KiB default on loopback, and a lost tail of a window costs a whole timeout.
+pub const RECV_BUFFER: usize = 4 << 20;
+
+/// A non-blocking UDP socket on `bind` with a [`RECV_BUFFER`] receive buffer (best effort).
+fn socket(bind: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    let _ = s.set_recv_buffer_size(RECV_BUFFER);
+    s.set_nonblocking(true)?;
+    s.bind(&bind.into())?;
+    UdpSocket::from_std(s.into())
+}
+
 /// Fetches `filename` from the server at `server` in octet mode, handing each block's bytes and their
 /// offset to `sink` in order.
 pub async fn fetch(
@@ -113,7 +130,7 @@ pub async fn fetch(
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let sock = UdpSocket::bind(bind).await.map_err(io)?;
+    let sock = socket(bind).map_err(io)?;
     let request = codec::build_request(
         false,
         &Request {
