@@ -70,6 +70,8 @@ pub struct Rate {
     pub secs: f64,
     /// The server did not take the windowsize asked for (tftpd-hpa 5.2).
     pub no_window: bool,
+    /// TFTP: times a client waited a whole timeout (1 s) for the server (a lost packet, a stall).
+    pub timeouts: u64,
     /// First failure, for the report.
     pub error: Option<String>,
 }
@@ -122,18 +124,44 @@ pub struct BootFilesFigures {
     pub rss_clients: usize,
 }
 
-/// A process the bench started; stopped (SIGKILL to its PID) and reaped on drop.
+/// A process the bench started. [`Peer::stop`] sends SIGTERM to its PID (nginx's master then stops its
+/// workers; a SIGKILL would orphan them), waits up to 5 s, then SIGKILLs it; dropping it unstopped (an
+/// error path) sends SIGTERM.
 struct Peer {
     name: &'static str,
     child: Child,
 }
 
 impl Peer {
+    fn term(&self) {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+
     async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             eprintln!("   stopping {} (pid {pid})", self.name);
         }
-        let _ = self.child.kill().await;
+        self.term();
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.term();
+        }
     }
 }
 
@@ -219,6 +247,7 @@ async fn tftp_case(addr: SocketAddr, case: TftpCase, want: Arc<Vec<u8>>, max: Du
             Ok(Some(Ok(Ok(f)))) => {
                 rate.done += 1;
                 rate.bytes += f.bytes;
+                rate.timeouts += f.timeouts;
                 if case.windowsize.is_some() && f.accepted.windowsize.is_none() {
                     rate.no_window = true;
                 }
@@ -385,7 +414,6 @@ async fn start_tftpd(root: &Path, port: u16, logs: &Path) -> Result<Peer> {
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err)
-        .kill_on_drop(true)
         .spawn()
         .context("starting in.tftpd")?;
     let peer = Peer {
@@ -437,7 +465,6 @@ async fn start_nginx(www: &Path, port: u16, dir: &Path) -> Result<Peer> {
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err)
-        .kill_on_drop(true)
         .spawn()
         .context("starting nginx")?;
     let mut peer = Peer {
@@ -631,6 +658,9 @@ fn cell(r: &Rate) -> String {
     if r.no_window {
         s.push('*');
     }
+    if r.timeouts > 0 {
+        s.push_str(&format!(" ({} t/o)", r.timeouts));
+    }
     if r.failed > 0 {
         s.push_str(&format!(" ({} failed)", r.failed));
     }
@@ -678,6 +708,12 @@ pub fn report(o: &BootFilesOpts, f: &BootFilesFigures, profile: &str) {
         .any(|r| r.hpa.as_ref().is_some_and(|h| h.no_window))
     {
         println!("  * the server left windowsize out of its OACK (tftpd-hpa 5.2 has no RFC 7440): one block per ACK");
+    }
+    if f.tftp
+        .iter()
+        .any(|r| r.rack.timeouts > 0 || r.hpa.as_ref().is_some_and(|h| h.timeouts > 0))
+    {
+        println!("  t/o: 1 s timeouts the clients waited out (a lost datagram or a stalled server; each costs 1 s)");
     }
     println!("HTTP (one reqwest client, keep-alive, bodies streamed and checked; {} downloads per client)", o.http_rounds);
     println!(
