@@ -195,6 +195,12 @@ fn start_boot(
         );
         return Ok(None);
     }
+    let server = Server::bind(&ListenerConfig {
+        interfaces: args.interfaces.clone(),
+        dhcp_port: args.dhcp_port,
+        proxy_dhcp_port: args.proxy_dhcp_port,
+    })?;
+    // TFTP after DHCP's sockets, so a missing interface is reported by DHCP's bind, as before.
     // The rack's image cache (`<data dir>/cache`): bootloader files are served from it over TFTP.
     let cache = std::sync::Arc::new(ImageCache::new(dir.root().join("cache")));
     let tftp_root = args.tftp_root();
@@ -204,11 +210,6 @@ fn start_boot(
             "no TFTP: --no-tftp, or no --tftp-root and no {DEFAULT_TFTP_ROOT} (install Debian's ipxe package)"
         ),
     }
-    let server = Server::bind(&ListenerConfig {
-        interfaces: args.interfaces,
-        dhcp_port: args.dhcp_port,
-        proxy_dhcp_port: args.proxy_dhcp_port,
-    })?;
     let journal = Journal::open(&dir.lease_journal(), journal::MAX_ENTRIES)?;
     let engine = Engine::new(EngineSettings {
         boot_files: BootFiles {
