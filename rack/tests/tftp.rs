@@ -861,3 +861,77 @@ async fn bootloaders_from_the_cache_come_before_the_root() {
     );
     s.stop().await;
 }
+
+/// Without --tftp-root, `ingot-rack run --boot-interface lo` serves Debian's iPXE binaries from
+/// /usr/lib/ipxe (the `ipxe` package); with --no-tftp it serves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingot_rack_run_serves_usr_lib_ipxe_by_default() {
+    let ipxe = Path::new("/usr/lib/ipxe/undionly.kpxe");
+    if !ipxe.is_file() {
+        let reason =
+            "Debian's ipxe package is not installed (scripts/install-test-peers.sh installs it)";
+        if std::env::var_os("CI").is_some() || std::env::var_os("INGOT_REQUIRE_PEERS").is_some() {
+            panic!("required test peer missing in CI: {reason}");
+        }
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ingot_rack_run_serves_usr_lib_ipxe_by_default needs root (SO_BINDTODEVICE on lo) under CI"
+        );
+        eprintln!("SKIPPED: ingot_rack_run_serves_usr_lib_ipxe_by_default needs root");
+        return;
+    }
+    let ca = ingot_common::pki::ClusterCa::generate("t").unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let dd = crate::failover::rack_dir(&ca, d.path(), "127.0.0.1:1");
+    for no_tftp in [false, true] {
+        let tftp_port = free_udp_port();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ingot-rack"));
+        cmd.arg("run")
+            .arg("--data-dir")
+            .arg(dd.root())
+            .args(["--boot-interface", "lo"])
+            .args(["--dhcp-port", &free_udp_port().to_string()])
+            .args(["--proxy-dhcp-port", &free_udp_port().to_string()])
+            .args(["--tftp-port", &tftp_port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if no_tftp {
+            cmd.arg("--no-tftp");
+        }
+        let mut child = cmd.spawn().unwrap();
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("ingot-rack prints its running line")
+            .unwrap()
+            .unwrap_or_default();
+        assert!(line.contains("running"), "{line}");
+        let mut opts = FetchOptions::new(Options {
+            blksize: Some(1468),
+            ..Options::default()
+        });
+        opts.timeout = Duration::from_millis(300);
+        opts.max_tries = 3;
+        let mut got = Vec::new();
+        let r = fetch(
+            SocketAddr::from(([127, 0, 0, 1], tftp_port)),
+            "undionly.kpxe",
+            &opts,
+            |_, d| got.extend_from_slice(d),
+        )
+        .await;
+        if no_tftp {
+            assert!(matches!(r, Err(FetchError::Silent { .. })), "{r:?}");
+        } else {
+            r.unwrap();
+            assert_eq!(got, std::fs::read(ipxe).unwrap());
+        }
+        child.kill().await.unwrap();
+    }
+}
