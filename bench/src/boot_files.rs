@@ -52,8 +52,11 @@ pub struct BootFilesOpts {
 /// One TFTP case: how the file was asked for.
 #[derive(Clone, Copy, Debug)]
 struct TftpCase {
+    /// blksize asked for.
     blksize: u16,
+    /// windowsize asked for (`None`: not asked, one block per ACK).
     windowsize: Option<u16>,
+    /// Clients fetching at once, each the whole file once.
     clients: usize,
 }
 
@@ -128,7 +131,9 @@ pub struct BootFilesFigures {
 /// workers; a SIGKILL would orphan them), waits up to 5 s, then SIGKILLs it; dropping it unstopped (an
 /// error path) sends SIGTERM.
 struct Peer {
+    /// For the log line.
     name: &'static str,
+    /// The process (its PID is what is signalled).
     child: Child,
 }
 

@@ -514,8 +514,11 @@ struct Progress {
 
 /// A file open for a transfer.
 struct Opened {
+    /// The open file, at offset 0.
     file: tokio::fs::File,
+    /// Its length: tsize in the OACK, size in the transfer's events.
     size: u64,
+    /// Cache or root, for the events.
     origin: FileOrigin,
     /// The cache's handle on a cached blob: it is not evicted while the transfer runs.
     _hold: Option<CachedBlob>,
@@ -523,7 +526,9 @@ struct Opened {
 
 /// Reads blocks from the file, converting netascii on the way.
 struct Source {
+    /// The file, read [`READ_BUFFER`] bytes at a time.
     file: BufReader<tokio::fs::File>,
+    /// Octet, or netascii to convert.
     mode: Mode,
     /// Netascii bytes produced but not yet put into a block.
     pending: VecDeque<u8>,
