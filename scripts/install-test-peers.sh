@@ -18,6 +18,10 @@
 #                the TFTP clients (rack tests `tftp`): curl atftp tftp-hpa (clients only, no server packages)
 #                the PXE boot payload (t26_pxe_boot): a Debian kernel and a static busybox from `apt-get download`,
 #                unpacked into ${INGOT_PEERS_HOME}/pxe (vmlinuz, busybox), and cpio
+#                the boot-file peers (`ingot-bench --boot-files`): tftpd-hpa and nginx-light (nginx where there is
+#                no nginx-light), started by the bench on 127.0.0.1 and stopped by PID — never as services (the
+#                same refusing policy-rc.d is put in place for their install) — and ipxe (Debian's iPXE
+#                binaries in /usr/lib/ipxe: ingot-rack's default TFTP root)
 #   env file     ${INGOT_PEERS_HOME}/env exporting INGOT_PEER_PYTHON, INGOT_PEER_GRPCURL, INGOT_PEER_SUSHY,
 #                INGOT_PEER_IPMI_SIM, INGOT_PEER_IPMITOOL and INGOT_PEER_PXE; `source` it.
 #
@@ -101,7 +105,7 @@ for b in curl atftp tftp; do
   command -v "$b" >/dev/null || { say "$b not found after installing the TFTP clients"; exit 1; }
 done
 say "ok: TFTP clients (curl, atftp, tftp-hpa's tftp)"
-# 0d. The PXE boot payload of the boot tests (t26_pxe_boot): a Debian kernel and a static busybox, fetched from the
+# 0e. The PXE boot payload of the boot tests (t26_pxe_boot): a Debian kernel and a static busybox, fetched from the
 # Debian registry with `apt-get download` and unpacked into $PEERS_HOME/pxe (nothing is installed: busybox-static
 # would replace the busybox package), and cpio to pack the initramfs.
 apt_ensure cpio || { say "installing cpio failed"; exit 1; }
@@ -125,6 +129,30 @@ else
   rm -rf "$PXE/deb" "$PXE/x"
   say "ok: PXE payload $PXE/vmlinuz ($kpkg) and $PXE/busybox (static)"
 fi
+# 0d. Boot-file peers from Debian: servers the bench starts itself, so their services must not start here.
+NGINX_PKG=nginx-light
+apt-cache show nginx-light >/dev/null 2>&1 || NGINX_PKG=nginx
+BOOT_PEERS=(ipxe tftpd-hpa "$NGINX_PKG")
+boot_missing=0
+for p in "${BOOT_PEERS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || boot_missing=1
+done
+policy_added=0
+if [ "$boot_missing" -eq 1 ] && [ "$(id -u)" -eq 0 ] && [ ! -e "$POLICY" ]; then
+  printf '#!/bin/sh\n# install-test-peers.sh: no services started while the test peers install\nexit 101\n' >"$POLICY"
+  chmod 755 "$POLICY"
+  policy_added=1
+  trap 'rm -f "$POLICY"' EXIT
+fi
+apt_rc=0
+apt_ensure "${BOOT_PEERS[@]}" || apt_rc=$?
+if [ "$policy_added" -eq 1 ]; then rm -f "$POLICY"; trap - EXIT; fi
+[ "$apt_rc" -eq 0 ] || { say "installing the boot-file peers failed"; exit 1; }
+for b in in.tftpd nginx; do
+  PATH=$PATH:/usr/sbin:/sbin command -v "$b" >/dev/null || { say "$b not found after installing the boot-file peers"; exit 1; }
+done
+[ -f /usr/lib/ipxe/undionly.kpxe ] || { say "/usr/lib/ipxe/undionly.kpxe missing after installing ipxe"; exit 1; }
+say "ok: boot-file peers (tftpd-hpa's in.tftpd, nginx, iPXE binaries in /usr/lib/ipxe)"
 command -v ipmi_sim >/dev/null || { say "ipmi_sim not on PATH after installing openipmi"; exit 1; }
 command -v ipmitool >/dev/null || { say "ipmitool not on PATH after installing it"; exit 1; }
 

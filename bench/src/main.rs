@@ -22,6 +22,11 @@
 //! With `--dhcp` it runs the DHCP benchmark instead (see [`dhcp`]): Kea's perfdhcp against ingot-rack and
 //! against kea-dhcp4 in the same namespaces, stepping the rate up, and the rack's RSS with many leases.
 //!
+//! With `--tftp-fuzz --cases N [--seed S]` it runs the TFTP fuzzer instead (see [`tftp_fuzz`]).
+//!
+//! With `--boot-files` it runs the boot-file benchmark instead (see [`boot_files`]): a file over TFTP from
+//! ingot-rack and tftpd-hpa, and over HTTP from the rack and nginx, with the same clients.
+//!
 //! With `--nemesis --minutes N [--seed S]` it runs the nemesis instead (see [`nemesis`]): faults
 //! injected at random under a client workload, then the invariants checked from the record.
 
@@ -36,11 +41,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod alloc;
+mod boot_files;
 mod dhcp;
 mod dhcp_fuzz;
 mod nemesis;
 mod power;
 mod racks;
+mod tftp_fuzz;
 
 #[derive(Parser)]
 #[command(
@@ -153,14 +160,18 @@ struct Args {
     /// --nemesis: minutes of faults.
     #[arg(long, default_value_t = 2.0)]
     minutes: f64,
-    /// --nemesis, --dhcp-fuzz: seed of every random choice (default: random; printed).
+    /// --nemesis, --dhcp-fuzz, --tftp-fuzz: seed of every random choice (default: random; printed).
     #[arg(long)]
     seed: Option<u64>,
     /// Run the DHCP fuzzer instead (no cluster): `--cases` random and mutated datagrams through the
     /// rack's DHCP parser, engine and reply builder.
     #[arg(long)]
     dhcp_fuzz: bool,
-    /// --dhcp-fuzz: datagrams to feed.
+    /// Run the TFTP fuzzer instead (no cluster): `--cases` random and mutated datagrams through the
+    /// rack's TFTP codec and the server's option negotiation.
+    #[arg(long)]
+    tftp_fuzz: bool,
+    /// --dhcp-fuzz, --tftp-fuzz: datagrams to feed.
     #[arg(long, default_value_t = 10_000_000)]
     cases: u64,
     /// Run the DHCP benchmark instead (root): perfdhcp against ingot-rack and kea-dhcp4, then the rack's RSS
@@ -180,6 +191,26 @@ struct Args {
     /// --dhcp: distinct MACs driven through ingot-rack for the RSS figure (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     dhcp_leases: u64,
+    /// Run the boot-file benchmark instead (root): a file over TFTP from ingot-rack and tftpd-hpa
+    /// (blksize 1468 and 8192, with and without windowsize 16) and over HTTP from the rack and nginx,
+    /// with the same clients, and the rack's RSS during the largest HTTP run.
+    #[arg(long)]
+    boot_files: bool,
+    /// --boot-files: size of the file served, MiB.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    size_mib: u64,
+    /// --boot-files: concurrent TFTP clients, per case.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    boot_tftp_clients: Vec<usize>,
+    /// --boot-files: concurrent HTTP clients, per case.
+    #[arg(long, value_delimiter = ',', default_value = "1,50")]
+    boot_http_clients: Vec<usize>,
+    /// --boot-files: downloads each HTTP client makes per case.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    boot_http_rounds: u64,
+    /// --boot-files: longest one case may run, seconds (then it is cut and says so).
+    #[arg(long, default_value_t = 120)]
+    boot_max_seconds: u64,
 }
 
 /// The `p` quantile (0..=1) of sorted samples; zero when there are none.
@@ -402,6 +433,12 @@ async fn main() -> Result<()> {
             seed: a.seed.unwrap_or_else(rand::random),
         });
     }
+    if a.tftp_fuzz {
+        return tftp_fuzz::run(&tftp_fuzz::FuzzOpts {
+            cases: a.cases,
+            seed: a.seed.unwrap_or_else(rand::random),
+        });
+    }
     if a.power {
         return power::run(&power::PowerOpts {
             bmcs: a.bmcs,
@@ -423,6 +460,30 @@ async fn main() -> Result<()> {
         std::env::temp_dir().join(format!("ingot-bench-{}", std::process::id()))
     });
     let _ = std::fs::remove_dir_all(&dir);
+    if a.boot_files {
+        let bin = ingot_launch::resolve_bin_dir(None)?;
+        let profile = if bin.ends_with("release") && !cfg!(debug_assertions) {
+            "release"
+        } else {
+            "debug (use --release for real figures)"
+        };
+        let o = boot_files::BootFilesOpts {
+            size_mib: a.size_mib,
+            tftp_clients: a.boot_tftp_clients.clone(),
+            http_clients: a.boot_http_clients.clone(),
+            http_rounds: a.boot_http_rounds,
+            max_seconds: a.boot_max_seconds,
+            dir: dir.clone(),
+        };
+        let figures = boot_files::run(&o).await;
+        if figures.is_err() {
+            eprintln!("== keeping {} (cluster, rack and peer logs)", dir.display());
+        } else if a.dir.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        boot_files::report(&o, &figures?, profile);
+        return Ok(());
+    }
     let mut opts = LocalClusterOptions::new(&dir, a.regions);
     opts.region_args = a.region_args.clone();
     if a.racks {

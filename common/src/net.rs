@@ -249,6 +249,8 @@ pub struct Subnet {
 /// The service a rack names in its session Hello when it serves DHCP (it was given boot interfaces): the
 /// region lets a primary answer on its subnets only then.
 pub const DHCP_SERVICE: &str = "dhcp";
+/// The service a rack that serves TFTP on its boot interfaces announces in its session's `Hello`.
+pub const TFTP_SERVICE: &str = "tftp";
 
 /// Default lease time (1 h), as MAAS and Kea use.
 pub const DEFAULT_LEASE_TIME_S: u32 = 3600;

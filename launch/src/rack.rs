@@ -68,6 +68,12 @@ pub struct RackBoot {
     /// `--http-port` when not 5248.
     #[serde(default)]
     pub http_port: Option<u16>,
+    /// `--tftp-root` (default: the rack's own, /usr/lib/ipxe when it exists).
+    #[serde(default)]
+    pub tftp_root: Option<PathBuf>,
+    /// `--tftp-port` when not 69.
+    #[serde(default)]
+    pub tftp_port: Option<u16>,
 }
 
 impl RackBoot {
@@ -82,11 +88,16 @@ impl RackBoot {
             ("--dhcp-port", self.dhcp_port),
             ("--proxy-dhcp-port", self.proxy_dhcp_port),
             ("--http-port", self.http_port),
+            ("--tftp-port", self.tftp_port),
         ] {
             if let Some(p) = port {
                 a.push(flag.to_string());
                 a.push(p.to_string());
             }
+        }
+        if let Some(root) = &self.tftp_root {
+            a.push("--tftp-root".to_string());
+            a.push(root.to_string_lossy().into_owned());
         }
         a
     }

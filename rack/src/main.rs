@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use ingot_rack::boot::cache::ImageCache;
 use ingot_rack::boot::dhcp::engine::{BootFiles, Engine, EngineSettings};
 use ingot_rack::boot::dhcp::server::{ListenerConfig, PacketHandler, Server};
 use ingot_rack::boot::journal::{self, Journal};
@@ -102,19 +103,41 @@ struct BootArgs {
     #[arg(long)]
     boot_file_uefi_arm64: Option<String>,
     /// Serve this directory over TFTP (read-only, nothing outside it) on each --boot-interface's IPv4
-    /// address, port --tftp-port: the boot files named above (Debian's `ipxe` package puts them in
-    /// /usr/lib/ipxe). Without it the rack serves no TFTP.
+    /// address, port --tftp-port: the boot files named above. Bootloader files the region told this rack
+    /// about are served from the image cache first, by name. Default: /usr/lib/ipxe when that directory
+    /// exists (Debian's `ipxe` package installs the iPXE binaries there), so a rack serves iPXE out of
+    /// the box; without it (and without this flag) the rack serves no TFTP.
     #[arg(long, value_name = "DIR")]
     tftp_root: Option<std::path::PathBuf>,
     /// UDP port of the TFTP server.
     #[arg(long, default_value_t = 69)]
     tftp_port: u16,
+    /// Serve no TFTP even though /usr/lib/ipxe exists (another TFTP server holds the port).
+    #[arg(long, conflicts_with = "tftp_root")]
+    no_tftp: bool,
 }
 
-/// Binds TFTP on every boot interface (failing at once, naming the interface) and serves `root` there
-/// until shutdown; one set of counters for all of them.
+/// Where Debian's `ipxe` package installs the iPXE binaries: the TFTP root when --tftp-root is not given.
+const DEFAULT_TFTP_ROOT: &str = "/usr/lib/ipxe";
+
+impl BootArgs {
+    /// The TFTP root to serve: --tftp-root, else /usr/lib/ipxe if it is a directory; `None`: no TFTP.
+    fn tftp_root(&self) -> Option<PathBuf> {
+        if self.no_tftp {
+            return None;
+        }
+        self.tftp_root.clone().or_else(|| {
+            let d = PathBuf::from(DEFAULT_TFTP_ROOT);
+            d.is_dir().then_some(d)
+        })
+    }
+}
+
+/// Binds TFTP on every boot interface (failing at once, naming the interface) and serves the cache's
+/// bootloader files and `root` there until shutdown; one set of counters for all of them.
 fn start_tftp(
     root: std::path::PathBuf,
+    cache: &std::sync::Arc<ImageCache>,
     interfaces: &[String],
     port: u16,
     shutdown: &tokio::sync::watch::Receiver<bool>,
@@ -135,7 +158,9 @@ fn start_tftp(
         let socket = tokio::net::UdpSocket::from_std(socket)
             .with_context(|| format!("registering the TFTP socket of {interface}"))?;
         tracing::info!(%interface, addr = ?socket.local_addr().ok(), root = %root.display(), "TFTP listening");
-        let (config, counters, stop) = (TftpConfig::new(&root), counters.clone(), shutdown.clone());
+        let mut config = TftpConfig::new(&root);
+        config.bootloaders = Some(cache.clone());
+        let (counters, stop) = (counters.clone(), shutdown.clone());
         let interface = interface.clone();
         tokio::spawn(async move {
             if let Err(e) = run(socket, config, counters, stop).await {
@@ -146,14 +171,23 @@ fn start_tftp(
     Ok(())
 }
 
+/// What [`start_boot`] started.
+struct BootStarted {
+    /// The DHCP boot service.
+    service: std::sync::Arc<BootService>,
+    /// Whether TFTP serves (announced in `Hello`).
+    tftp: bool,
+}
+
 /// Binds the DHCP sockets (failing at once, naming the interface, if one cannot be), opens the lease
-/// journal and starts the boot service and the server; `None` when no boot interface is given.
+/// journal and starts the boot service and the server, and TFTP when it has a root; `None` when no boot
+/// interface is given.
 fn start_boot(
     args: BootArgs,
     dir: &DataDir,
     rack: &str,
     shutdown: &tokio::sync::watch::Receiver<bool>,
-) -> Result<Option<std::sync::Arc<BootService>>> {
+) -> Result<Option<BootStarted>> {
     if args.interfaces.is_empty() {
         anyhow::ensure!(
             args.tftp_root.is_none(),
@@ -161,14 +195,21 @@ fn start_boot(
         );
         return Ok(None);
     }
-    if let Some(root) = args.tftp_root.clone() {
-        start_tftp(root, &args.interfaces, args.tftp_port, shutdown)?;
-    }
     let server = Server::bind(&ListenerConfig {
-        interfaces: args.interfaces,
+        interfaces: args.interfaces.clone(),
         dhcp_port: args.dhcp_port,
         proxy_dhcp_port: args.proxy_dhcp_port,
     })?;
+    // TFTP after DHCP's sockets, so a missing interface is reported by DHCP's bind, as before.
+    // The rack's image cache (`<data dir>/cache`): bootloader files are served from it over TFTP.
+    let cache = std::sync::Arc::new(ImageCache::new(dir.root().join("cache")));
+    let tftp_root = args.tftp_root();
+    match &tftp_root {
+        Some(root) => start_tftp(root.clone(), &cache, &args.interfaces, args.tftp_port, shutdown)?,
+        None => tracing::info!(
+            "no TFTP: --no-tftp, or no --tftp-root and no {DEFAULT_TFTP_ROOT} (install Debian's ipxe package)"
+        ),
+    }
     let journal = Journal::open(&dir.lease_journal(), journal::MAX_ENTRIES)?;
     let engine = Engine::new(EngineSettings {
         boot_files: BootFiles {
@@ -195,7 +236,10 @@ fn start_boot(
             tracing::error!("DHCP server stopped: {e}");
         }
     });
-    Ok(Some(service))
+    Ok(Some(BootStarted {
+        service,
+        tftp: tftp_root.is_some(),
+    }))
 }
 
 /// Raises the soft open-file limit to the hard one: every kept IPMI session and pooled Redfish connection
@@ -291,7 +335,10 @@ async fn real_main(cli: Cli) -> Result<()> {
             };
             cfg.validate()?;
             let (tx, rx) = tokio::sync::watch::channel(false);
-            cfg.boot = start_boot(boot, &cfg.dir, &cfg.rack.name, &rx)?;
+            if let Some(started) = start_boot(boot, &cfg.dir, &cfg.rack.name, &rx)? {
+                cfg.boot = Some(started.service);
+                cfg.tftp = started.tftp;
+            }
             tokio::spawn(async move {
                 wait_for_signal().await;
                 tracing::info!("signal received, stopping");

@@ -45,6 +45,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 pub const SERVICES: [&str; 1] = ["power"];
 /// The service a rack with boot interfaces adds in `Hello` (one spelling, shared with the region).
 pub use ingot_common::net::DHCP_SERVICE;
+/// The service a rack serving TFTP adds in `Hello`.
+pub use ingot_common::net::TFTP_SERVICE;
 
 /// Why the session loop could not start. Once started it never fails: it retries until shut down.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,8 @@ pub struct SessionConfig {
     /// open and close, fed the region's boot messages, and sending lease commits and enlistments on the
     /// session. `None`: the rack serves power only.
     pub boot: Option<Arc<BootService>>,
+    /// Whether the rack serves TFTP on its boot interfaces (announced in `Hello` as [`TFTP_SERVICE`]).
+    pub tftp: bool,
 }
 
 impl SessionConfig {
@@ -116,6 +120,7 @@ impl SessionConfig {
             welcome_timeout: Duration::from_secs(2),
             monitor: MonitorConfig::default(),
             boot: None,
+            tftp: false,
         })
     }
 }
@@ -750,11 +755,14 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|v| *v).await.is_ok();
 }
 
-/// What `Hello` says about this rack (`dhcp`: it serves boot interfaces).
-fn hello(capacity: u32, dhcp: bool) -> RackMessage {
+/// What `Hello` says about this rack (`dhcp`: it serves boot interfaces; `tftp`: and TFTP on them).
+fn hello(capacity: u32, dhcp: bool, tftp: bool) -> RackMessage {
     let mut services: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
     if dhcp {
         services.push(DHCP_SERVICE.to_string());
+    }
+    if tftp {
+        services.push(TFTP_SERVICE.to_string());
     }
     RackMessage {
         msg: Some(RackMsg::Hello(Hello {
@@ -794,7 +802,7 @@ async fn open(
         .await
         .map_err(|e| format!("connecting: {}", crate::register::error_chain(&e)))?;
     let (tx, rx) = mpsc::channel(256);
-    tx.send(hello(cfg.capacity, cfg.boot.is_some()))
+    tx.send(hello(cfg.capacity, cfg.boot.is_some(), cfg.tftp))
         .await
         .map_err(|_| "the outgoing stream closed before Hello".to_string())?;
     let mut client = RackSessionServiceClient::new(channel);
@@ -1033,6 +1041,20 @@ mod tests {
         let r = bounded_by_lease(&cmd(), Some(&lease), slow).await;
         assert!(r.success, "{r:?}");
         renew.abort();
+    }
+
+    #[test]
+    fn hello_announces_dhcp_and_tftp_when_served() {
+        let services = |dhcp, tftp| match hello(4, dhcp, tftp).msg {
+            Some(RackMsg::Hello(h)) => h.services,
+            other => panic!("not a Hello: {other:?}"),
+        };
+        assert_eq!(services(false, false), vec!["power"]);
+        assert_eq!(services(true, false), vec!["power", DHCP_SERVICE]);
+        assert_eq!(
+            services(true, true),
+            vec!["power", DHCP_SERVICE, TFTP_SERVICE]
+        );
     }
 
     #[test]

@@ -4,13 +4,20 @@
 //! does on request: path traversal, absolute paths and a symlink out of the root refused, a WRQ refused,
 //! 50 concurrent downloads, a transfer abandoned mid-way (by ERROR and by silence) freeing its session,
 //! "busy" past the session bound, block numbers rolling over with a window, and a window sent again
-//! after a timeout or from the first block a client did not acknowledge.
+//! after a timeout or from the first block a client did not acknowledge; and with the crate's own client
+//! (`tftp::client`): the transfer hook's events, and bootloader files served from the image cache (a
+//! fake [`Bootloaders`]) before the root.
 //!
 //! Peer policy: a missing client (install them with `scripts/install-test-peers.sh`) fails the test under
 //! CI (`CI` or `INGOT_REQUIRE_PEERS` set) and skips it elsewhere, printing why.
 
+use ingot_common::image::BlobId;
+use ingot_rack::boot::tftp::client::{fetch, FetchError, FetchOptions};
 use ingot_rack::boot::tftp::codec::{self, ErrorCode, Mode, Options, Packet, Request};
-use ingot_rack::boot::tftp::server::{run, TftpConfig, TftpCounters};
+use ingot_rack::boot::tftp::server::{
+    run, BootloaderFile, Bootloaders, FileOrigin, OpenFuture, TftpConfig, TftpCounters,
+    TransferEvent, TransferHook, TransferOutcome,
+};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -692,4 +699,239 @@ async fn long_client_timeouts_are_declined() {
     }
     s.idle().await;
     s.stop().await;
+}
+
+/// Collects the transfer hook's events.
+fn recorder() -> (TransferHook, Arc<std::sync::Mutex<Vec<TransferEvent>>>) {
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let hook = TransferHook::new(move |e| sink.lock().unwrap().push(e));
+    (hook, events)
+}
+
+/// The transfer hook is told when a transfer starts and finishes (with the bytes acknowledged), when the
+/// client aborts it mid-way, and when a request is refused; the crate's client fetches with a window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_hook_reports_start_finish_abort_and_refusal() {
+    let (hook, events) = recorder();
+    let s = Running::start(|c| c.on_transfer = Some(hook)).await;
+    let path = s.random_file("f.bin", 100_000);
+    let want = std::fs::read(&path).unwrap();
+    let mut got = Vec::new();
+    let opts = FetchOptions::new(Options {
+        blksize: Some(1468),
+        windowsize: Some(16),
+        tsize: Some(0),
+        ..Options::default()
+    });
+    let fetched = fetch(s.addr, "f.bin", &opts, |off, d| {
+        assert_eq!(off as usize, got.len());
+        got.extend_from_slice(d)
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, want);
+    assert_eq!(fetched.bytes, 100_000);
+    assert_eq!(fetched.accepted.windowsize, Some(16));
+    assert_eq!(fetched.accepted.tsize, Some(100_000));
+    s.idle().await;
+    {
+        let e = events.lock().unwrap();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0].outcome, TransferOutcome::Started);
+        assert_eq!(e[0].file, "f.bin");
+        assert_eq!(e[0].origin, Some(FileOrigin::Root));
+        assert_eq!(e[0].size, Some(100_000));
+        assert_eq!(e[0].bytes, 0);
+        assert_eq!(e[1].outcome, TransferOutcome::Finished);
+        assert_eq!(e[1].bytes, 100_000);
+        assert_eq!(e[1].client, e[0].client);
+        assert!(e[1].client.ip().is_loopback());
+    }
+    // Refused: no such file.
+    let err = fetch(s.addr, "missing.efi", &opts, |_, _| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Refused { code: 1, .. }), "{err}");
+    // Aborted: the client takes one block and sends an ERROR.
+    let (sock, first, from) = request(s.addr, false, "f.bin", Options::default()).await;
+    sock.connect(from).await.unwrap();
+    assert!(matches!(
+        codec::parse(&first).unwrap(),
+        Packet::Data { block: 1, .. }
+    ));
+    sock.send(&codec::build_ack(1)).await.unwrap();
+    assert_eq!(data(&sock).await.0, 2);
+    sock.send(&codec::build_error(ErrorCode::NotDefined, "user cancelled"))
+        .await
+        .unwrap();
+    s.idle().await;
+    let e = events.lock().unwrap().clone();
+    assert_eq!(e.len(), 5, "{e:?}");
+    assert!(
+        matches!(&e[2].outcome, TransferOutcome::Refused { reason } if reason.contains("not found")),
+        "{e:?}"
+    );
+    assert_eq!((e[2].origin, e[2].size), (None, None));
+    assert_eq!(e[3].outcome, TransferOutcome::Started);
+    assert!(
+        matches!(&e[4].outcome, TransferOutcome::Aborted { reason } if reason.contains("user cancelled")),
+        "{e:?}"
+    );
+    assert_eq!(e[4].bytes, 512, "block 1 was acknowledged, block 2 was not");
+    s.stop().await;
+}
+
+/// Bootloader files by name, like the image cache: a map from name to a file on disk.
+#[derive(Debug)]
+struct FakeBootloaders(std::collections::HashMap<String, Result<(PathBuf, BlobId), String>>);
+
+impl Bootloaders for FakeBootloaders {
+    fn open<'a>(&'a self, name: &'a str) -> OpenFuture<'a> {
+        Box::pin(async move {
+            Some(self.0.get(name)?.clone().map(|(path, blob)| {
+                let file = std::fs::File::open(path).unwrap();
+                let len = file.metadata().unwrap().len();
+                BootloaderFile {
+                    file,
+                    len,
+                    blob,
+                    hold: None,
+                }
+            }))
+        })
+    }
+}
+
+/// A bootloader file the cache knows is served from the cache before the root's file of the same name;
+/// one the cache knows but cannot serve comes from the root; the rest from the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootloaders_from_the_cache_come_before_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let cached = dir.path().join("blob");
+    std::fs::write(&cached, vec![7u8; 3000]).unwrap();
+    let blob = BlobId([9; 32]);
+    let fake = FakeBootloaders(
+        [
+            ("snponly.efi".to_string(), Ok((cached.clone(), blob))),
+            ("broken.efi".to_string(), Err("still fetching".to_string())),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let (hook, events) = recorder();
+    let s = Running::start(|c| {
+        c.bootloaders = Some(Arc::new(fake));
+        c.on_transfer = Some(hook);
+    })
+    .await;
+    s.random_file("snponly.efi", 1000);
+    let broken = s.random_file("broken.efi", 2000);
+    let plain = s.random_file("undionly.kpxe", 4000);
+    let get = |name: &'static str| async move {
+        let mut got = Vec::new();
+        fetch(
+            s.addr,
+            name,
+            &FetchOptions::new(Options::default()),
+            |_, d| got.extend_from_slice(d),
+        )
+        .await
+        .unwrap();
+        got
+    };
+    assert_eq!(get("snponly.efi").await, vec![7u8; 3000]);
+    assert_eq!(get("broken.efi").await, std::fs::read(broken).unwrap());
+    assert_eq!(get("undionly.kpxe").await, std::fs::read(plain).unwrap());
+    s.idle().await;
+    assert_eq!(s.counters.from_cache.load(Ordering::Relaxed), 1);
+    let e = events.lock().unwrap().clone();
+    let origins: Vec<_> = e
+        .iter()
+        .filter(|e| e.outcome == TransferOutcome::Finished)
+        .map(|e| (e.file.clone(), e.origin))
+        .collect();
+    assert_eq!(
+        origins,
+        vec![
+            ("snponly.efi".to_string(), Some(FileOrigin::Cache(blob))),
+            ("broken.efi".to_string(), Some(FileOrigin::Root)),
+            ("undionly.kpxe".to_string(), Some(FileOrigin::Root)),
+        ]
+    );
+    s.stop().await;
+}
+
+/// Without --tftp-root, `ingot-rack run --boot-interface lo` serves Debian's iPXE binaries from
+/// /usr/lib/ipxe (the `ipxe` package); with --no-tftp it serves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingot_rack_run_serves_usr_lib_ipxe_by_default() {
+    let ipxe = Path::new("/usr/lib/ipxe/undionly.kpxe");
+    if !ipxe.is_file() {
+        let reason =
+            "Debian's ipxe package is not installed (scripts/install-test-peers.sh installs it)";
+        if std::env::var_os("CI").is_some() || std::env::var_os("INGOT_REQUIRE_PEERS").is_some() {
+            panic!("required test peer missing in CI: {reason}");
+        }
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ingot_rack_run_serves_usr_lib_ipxe_by_default needs root (SO_BINDTODEVICE on lo) under CI"
+        );
+        eprintln!("SKIPPED: ingot_rack_run_serves_usr_lib_ipxe_by_default needs root");
+        return;
+    }
+    let ca = ingot_common::pki::ClusterCa::generate("t").unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let dd = crate::failover::rack_dir(&ca, d.path(), "127.0.0.1:1");
+    for no_tftp in [false, true] {
+        let tftp_port = free_udp_port();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ingot-rack"));
+        cmd.arg("run")
+            .arg("--data-dir")
+            .arg(dd.root())
+            .args(["--boot-interface", "lo"])
+            .args(["--dhcp-port", &free_udp_port().to_string()])
+            .args(["--proxy-dhcp-port", &free_udp_port().to_string()])
+            .args(["--tftp-port", &tftp_port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if no_tftp {
+            cmd.arg("--no-tftp");
+        }
+        let mut child = cmd.spawn().unwrap();
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("ingot-rack prints its running line")
+            .unwrap()
+            .unwrap_or_default();
+        assert!(line.contains("running"), "{line}");
+        let mut opts = FetchOptions::new(Options {
+            blksize: Some(1468),
+            ..Options::default()
+        });
+        opts.timeout = Duration::from_millis(300);
+        opts.max_tries = 3;
+        let mut got = Vec::new();
+        let r = fetch(
+            SocketAddr::from(([127, 0, 0, 1], tftp_port)),
+            "undionly.kpxe",
+            &opts,
+            |_, d| got.extend_from_slice(d),
+        )
+        .await;
+        if no_tftp {
+            assert!(matches!(r, Err(FetchError::Silent { .. })), "{r:?}");
+        } else {
+            r.unwrap();
+            assert_eq!(got, std::fs::read(ipxe).unwrap());
+        }
+        child.kill().await.unwrap();
+    }
 }

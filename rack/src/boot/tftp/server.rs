@@ -1,4 +1,5 @@
-//! The TFTP server: a read-only file server for boot files under one root directory.
+//! The TFTP server: a read-only file server for boot files — the bootloader files the region told this
+//! rack about (from the image cache, by name) and, after them, the files under one root directory.
 //!
 //! [`run`] reads requests on the bound (well-known) socket and starts one tokio task per transfer on its
 //! own ephemeral UDP socket, connected to the client (RFC 1350's transfer identifiers: the kernel drops
@@ -7,27 +8,37 @@
 //! - **Read-only.** A WRQ is answered with ERROR 2 (access violation).
 //! - **Nothing outside the root.** A filename that is absolute, has a `..` component or a NUL is refused
 //!   before touching the disk; the rest is joined to the root, canonicalized (resolving symlinks) and
-//!   must still lie under the canonical root, so a symlink leaving the root is refused too.
+//!   must still lie under the canonical root, so a symlink leaving the root is refused too. A name the
+//!   image cache knows as a bootloader file ([`ImageCache::bootloader`]) is served from its verified blob
+//!   instead (the name is only a key there, never a path).
 //! - **Bounded.** At most [`TftpConfig::max_sessions`] transfers at once across every server sharing one
 //!   [`TftpCounters`] (more get ERROR 0 "busy"); each
 //!   holds one window of blocks in memory, itself capped at [`MAX_WINDOW_BYTES`] and [`MAX_WINDOW_BLOCKS`]
 //!   (a larger windowsize is
-//!   lowered in the OACK, which RFC 7440 allows), so memory does not depend on file size. Retransmission
+//!   lowered in the OACK, which RFC 7440 allows) plus a [`READ_BUFFER`] of file data, so memory does not
+//!   depend on file size. Retransmission
 //!   backs off exponentially and gives up after [`TftpConfig::max_tries`] silent timeouts.
 //! - **Windowed (RFC 7440)** and **rolling over**: block numbers wrap from 65535 to 0, so files larger
 //!   than 65535 blocks transfer.
+//!
+//! - **Observable.** [`TftpConfig::on_transfer`] is told when a transfer starts, finishes, is aborted or
+//!   is refused ([`TransferEvent`]): what the rack reports as boot events.
 //!
 //! Netascii is converted on the fly (LF → CR LF, CR → CR NUL); its size is then unknown in advance, so
 //! tsize is answered only in octet mode.
 
 use super::codec::{self, ErrorCode, Mode, Options, Packet, Request};
+use crate::boot::cache::{CachedBlob, ImageCache};
+use ingot_common::image::BlobId;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -42,6 +53,9 @@ pub const MAX_WINDOW_BLOCKS: usize = 4096;
 /// silent client then holds a session slot for `max_tries` × 255 s; a larger ask is declined (left out of
 /// the OACK) and the server's own timing applies.
 pub const MAX_CLIENT_TIMEOUT_S: u8 = 10;
+/// Bytes of a file read at once (and buffered) by a transfer: far fewer trips to the blocking pool than
+/// one read per block (a 1,468-byte block would cost one each), at 64 KiB per session.
+pub const READ_BUFFER: usize = 64 << 10;
 /// Largest datagram read on any socket: a DATA of the largest block size, so nothing legal is cut.
 const MAX_DATAGRAM: usize = codec::MAX_BLKSIZE as usize + 4;
 
@@ -50,6 +64,11 @@ const MAX_DATAGRAM: usize = codec::MAX_BLKSIZE as usize + 4;
 pub struct TftpConfig {
     /// The directory served; nothing outside it is ever read.
     pub root: PathBuf,
+    /// Bootloader files served by name before the root is looked at: the rack's image cache (the files
+    /// the region told this rack about, from their verified blobs). `None`: the root only.
+    pub bootloaders: Option<Arc<dyn Bootloaders>>,
+    /// Told about every transfer (started, finished, aborted, refused); `None`: nobody listens.
+    pub on_transfer: Option<TransferHook>,
     /// Transfers running at once; more are refused with "busy" (a PXE client retries).
     pub max_sessions: usize,
     /// First retransmission timeout when the client asks for none (it doubles on every retry).
@@ -66,11 +85,128 @@ impl TftpConfig {
     pub fn new(root: impl Into<PathBuf>) -> TftpConfig {
         TftpConfig {
             root: root.into(),
+            bootloaders: None,
+            on_transfer: None,
             max_sessions: 256,
             initial_timeout: Duration::from_secs(1),
             max_timeout: Duration::from_secs(8),
             max_tries: 5,
         }
+    }
+}
+
+/// A bootloader file found by name, open for a transfer.
+#[derive(Debug)]
+pub struct BootloaderFile {
+    /// The open file, positioned at 0.
+    pub file: std::fs::File,
+    /// Its length in bytes.
+    pub len: u64,
+    /// The blob it holds (reported in [`TransferEvent::origin`]).
+    pub blob: BlobId,
+    /// The cache's handle on the blob, kept for the whole transfer so it is not evicted meanwhile.
+    pub hold: Option<CachedBlob>,
+}
+
+/// The future [`Bootloaders::open`] returns.
+pub type OpenFuture<'a> =
+    Pin<Box<dyn Future<Output = Option<Result<BootloaderFile, String>>> + Send + 'a>>;
+
+/// Where the server looks a filename up before its root: bootloader files by name. The rack's
+/// [`ImageCache`] is one; tests use their own.
+pub trait Bootloaders: Send + Sync + std::fmt::Debug + 'static {
+    /// The file called `name`: `None` when this source has none by that name (the root is tried),
+    /// `Some(Err(why))` when it has one but cannot serve it now (logged; the root is tried).
+    fn open<'a>(&'a self, name: &'a str) -> OpenFuture<'a>;
+}
+
+impl Bootloaders for ImageCache {
+    fn open<'a>(&'a self, name: &'a str) -> OpenFuture<'a> {
+        Box::pin(async move {
+            let wanted = self.bootloader(name)?;
+            let blob = wanted.file.blob;
+            let opened = match ImageCache::open(self, &blob).await {
+                Ok(held) => held
+                    .file
+                    .try_clone()
+                    .map(|file| BootloaderFile {
+                        file,
+                        len: held.len,
+                        blob,
+                        hold: Some(held),
+                    })
+                    .map_err(|e| format!("duplicating the cached blob's file failed: {e}")),
+                Err(e) => Err(e.to_string()),
+            };
+            Some(opened)
+        })
+    }
+}
+
+/// What happened to a transfer, as told to [`TftpConfig::on_transfer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferOutcome {
+    /// The file was found and opened; its first block (or the OACK) goes out next.
+    Started,
+    /// The client acknowledged the last block.
+    Finished,
+    /// The transfer ended before its last block was acknowledged.
+    Aborted {
+        /// Why: the client's ERROR, its silence, an I/O error or the rack stopping.
+        reason: String,
+    },
+    /// The request was refused before any data was sent (no such file, outside the root).
+    Refused {
+        /// The error sent to the client.
+        reason: String,
+    },
+}
+
+/// Where a served file comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOrigin {
+    /// A bootloader blob of the image cache.
+    Cache(BlobId),
+    /// A file under [`TftpConfig::root`].
+    Root,
+}
+
+/// One step of one transfer, for boot events and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferEvent {
+    /// What happened.
+    pub outcome: TransferOutcome,
+    /// The client's address and port.
+    pub client: SocketAddr,
+    /// The filename the client asked for, as sent.
+    pub file: String,
+    /// Where the file was served from; `None` when refused.
+    pub origin: Option<FileOrigin>,
+    /// The file's size in bytes; `None` when refused.
+    pub size: Option<u64>,
+    /// Bytes of the file the client acknowledged so far (netascii: after conversion).
+    pub bytes: u64,
+}
+
+/// The callback of [`TftpConfig::on_transfer`]. It runs on the transfer's task: it must not block (send
+/// the event to a channel, count it).
+#[derive(Clone)]
+pub struct TransferHook(Arc<dyn Fn(TransferEvent) + Send + Sync>);
+
+impl TransferHook {
+    /// A hook calling `f` with every event.
+    pub fn new(f: impl Fn(TransferEvent) + Send + Sync + 'static) -> TransferHook {
+        TransferHook(Arc::new(f))
+    }
+
+    fn call(&self, event: TransferEvent) {
+        (self.0)(event)
+    }
+}
+
+impl std::fmt::Debug for TransferHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransferHook")
     }
 }
 
@@ -84,6 +220,8 @@ pub struct TftpCounters {
     pub active: AtomicU64,
     /// Transfers that ended with the last block acknowledged.
     pub completed: AtomicU64,
+    /// Transfers served from the image cache (bootloader blobs) rather than the root.
+    pub from_cache: AtomicU64,
     /// File bytes sent (retransmissions included).
     pub bytes_sent: AtomicU64,
     /// DATA packets sent again after a timeout or a client's ACK of an earlier block.
@@ -142,6 +280,9 @@ pub enum PathError {
     /// No such file (or not a regular file).
     #[error("file not found")]
     NotFound,
+    /// The file exists but cannot be opened or read (permissions).
+    #[error("the file cannot be read: {0}")]
+    Unreadable(#[source] std::io::Error),
     /// The root itself cannot be resolved.
     #[error("TFTP root {root} cannot be resolved (does it exist?): {source}")]
     Root {
@@ -362,9 +503,32 @@ enum End {
     Shutdown,
 }
 
+/// What a transfer got to before it ended, for its last [`TransferEvent`].
+#[derive(Default)]
+struct Progress {
+    /// Where the file came from and its size, once open.
+    opened: Option<(FileOrigin, u64)>,
+    /// File bytes the client acknowledged.
+    bytes: u64,
+}
+
+/// A file open for a transfer.
+struct Opened {
+    /// The open file, at offset 0.
+    file: tokio::fs::File,
+    /// Its length: tsize in the OACK, size in the transfer's events.
+    size: u64,
+    /// Cache or root, for the events.
+    origin: FileOrigin,
+    /// The cache's handle on a cached blob: it is not evicted while the transfer runs.
+    _hold: Option<CachedBlob>,
+}
+
 /// Reads blocks from the file, converting netascii on the way.
 struct Source {
-    file: tokio::fs::File,
+    /// The file, read [`READ_BUFFER`] bytes at a time.
+    file: BufReader<tokio::fs::File>,
+    /// Octet, or netascii to convert.
     mode: Mode,
     /// Netascii bytes produced but not yet put into a block.
     pending: VecDeque<u8>,
@@ -375,16 +539,18 @@ struct Source {
 }
 
 impl Source {
-    /// The next block of `size` bytes; shorter only at the end of the file.
-    async fn block(&mut self, size: usize) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(size);
+    /// The DATA packet of block `number`: its header and the next `size` bytes of the file (fewer only
+    /// at the end of the file).
+    async fn packet(&mut self, number: u16, size: usize) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(size + 4);
+        codec::build_data(&mut out, number, &[]);
+        let want = size + 4;
         match self.mode {
             Mode::Octet => {
-                while out.len() < size && !self.eof {
-                    let want = size - out.len();
+                while out.len() < want && !self.eof {
                     let start = out.len();
-                    out.resize(size, 0);
-                    let n = self.file.read(&mut out[start..start + want]).await?;
+                    out.resize(want, 0);
+                    let n = self.file.read(&mut out[start..]).await?;
                     out.truncate(start + n);
                     if n == 0 {
                         self.eof = true;
@@ -414,10 +580,32 @@ impl Source {
     }
 }
 
+/// The options answered in the OACK for `request` of a file of `size` bytes: blksize as asked (the codec
+/// checked its range), tsize only in octet mode, a client timeout up to [`MAX_CLIENT_TIMEOUT_S`], and a
+/// window lowered to what [`MAX_WINDOW_BYTES`] and [`MAX_WINDOW_BLOCKS`] allow. Pure (fuzzed).
+pub fn negotiate(request: &Request, size: u64) -> Options {
+    let asked = &request.options;
+    let blksize = asked.blksize;
+    let block = usize::from(blksize.unwrap_or(codec::DEFAULT_BLKSIZE)).max(1);
+    let blocks = (MAX_WINDOW_BYTES / block).clamp(1, MAX_WINDOW_BLOCKS);
+    let window_cap = u16::try_from(blocks).unwrap_or(u16::MAX);
+    Options {
+        blksize,
+        // Asked for with 0 in an RRQ; known only in octet mode.
+        tsize: asked
+            .tsize
+            .filter(|_| request.mode == Mode::Octet)
+            .map(|_| size),
+        timeout_s: asked.timeout_s.filter(|t| *t <= MAX_CLIENT_TIMEOUT_S),
+        windowsize: asked.windowsize.map(|w| w.min(window_cap)),
+    }
+}
+
 impl Session {
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut progress = Progress::default();
         let end = tokio::select! {
-            e = self.transfer() => e,
+            e = self.transfer(&mut progress) => e,
             _ = shutdown.wait_for(|v| *v) => End::Shutdown,
         };
         let c = &self.counters;
@@ -429,6 +617,24 @@ impl Session {
             End::Refused(_) | End::Shutdown => {}
         }
         let file = &self.request.filename;
+        let outcome = match &end {
+            End::Done => TransferOutcome::Finished,
+            End::Refused(e) => TransferOutcome::Refused {
+                reason: e.to_string(),
+            },
+            End::Aborted(why) => TransferOutcome::Aborted {
+                reason: format!("the client gave up: {why}"),
+            },
+            End::Silent => TransferOutcome::Aborted {
+                reason: "the client went silent".into(),
+            },
+            End::Io(e) => TransferOutcome::Aborted {
+                reason: format!("I/O error on the rack: {e}"),
+            },
+            End::Shutdown => TransferOutcome::Aborted {
+                reason: "the rack is stopping".into(),
+            },
+        };
         match end {
             End::Done => tracing::debug!(peer = %self.peer, %file, "TFTP transfer done"),
             End::Aborted(why) => {
@@ -441,28 +647,70 @@ impl Session {
             End::Refused(e) => tracing::info!(peer = %self.peer, %file, "TFTP refused: {e}"),
             End::Shutdown => {}
         }
-    }
-
-    /// The options answered in the OACK, and the window actually used.
-    fn negotiate(&self, size: u64) -> Options {
-        let asked = &self.request.options;
-        let blksize = asked.blksize;
-        let block = usize::from(blksize.unwrap_or(codec::DEFAULT_BLKSIZE));
-        let blocks = (MAX_WINDOW_BYTES / block).clamp(1, MAX_WINDOW_BLOCKS);
-        let window_cap = u16::try_from(blocks).unwrap_or(u16::MAX);
-        Options {
-            blksize,
-            // Asked for with 0 in an RRQ; known only in octet mode.
-            tsize: asked
-                .tsize
-                .filter(|_| self.request.mode == Mode::Octet)
-                .map(|_| size),
-            timeout_s: asked.timeout_s.filter(|t| *t <= MAX_CLIENT_TIMEOUT_S),
-            windowsize: asked.windowsize.map(|w| w.min(window_cap)),
+        // A transfer stopped before its file was open (shutdown, a socket error) was never started:
+        // nothing to report unless it was refused.
+        if progress.opened.is_some() || matches!(outcome, TransferOutcome::Refused { .. }) {
+            self.tell(outcome, &progress);
         }
     }
 
-    async fn transfer(&self) -> End {
+    /// Calls the transfer hook, if any.
+    fn tell(&self, outcome: TransferOutcome, progress: &Progress) {
+        if let Some(hook) = &self.config.on_transfer {
+            hook.call(TransferEvent {
+                outcome,
+                client: self.peer,
+                file: self.request.filename.clone(),
+                origin: progress.opened.map(|(o, _)| o),
+                size: progress.opened.map(|(_, s)| s),
+                bytes: progress.bytes,
+            });
+        }
+    }
+
+    /// Opens the file asked for: a bootloader blob of the image cache by name first, then a file under
+    /// the root. A cached blob that cannot be opened (still fetching, failed verification) is skipped
+    /// with a warning, so the root's copy (Debian's iPXE) still boots the machine.
+    async fn open(&self) -> Result<Opened, PathError> {
+        let name = &self.request.filename;
+        if let Some(source) = &self.config.bootloaders {
+            match source.open(name).await {
+                Some(Ok(b)) => {
+                    bump(&self.counters.from_cache);
+                    return Ok(Opened {
+                        file: tokio::fs::File::from_std(b.file),
+                        size: b.len,
+                        origin: FileOrigin::Cache(b.blob),
+                        _hold: b.hold,
+                    });
+                }
+                Some(Err(why)) => tracing::warn!(
+                    %name,
+                    "TFTP: the image cache cannot serve this bootloader file ({why}); trying the TFTP root"
+                ),
+                None => {}
+            }
+        }
+        let (root, owned) = (self.config.root.clone(), name.clone());
+        let path = match tokio::task::spawn_blocking(move || resolve(&root, &owned)).await {
+            Ok(r) => r?,
+            Err(e) => {
+                return Err(PathError::Unreadable(std::io::Error::other(e)));
+            }
+        };
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(PathError::Unreadable)?;
+        let size = file.metadata().await.map_err(PathError::Unreadable)?.len();
+        Ok(Opened {
+            file,
+            size,
+            origin: FileOrigin::Root,
+            _hold: None,
+        })
+    }
+
+    async fn transfer(&self, progress: &mut Progress) -> End {
         let bind = SocketAddr::new(self.local_ip, 0);
         let socket = match UdpSocket::bind(bind).await {
             Ok(s) => s,
@@ -471,10 +719,9 @@ impl Session {
         if let Err(e) = socket.connect(self.peer).await {
             return End::Io(e);
         }
-        let (root, name) = (self.config.root.clone(), self.request.filename.clone());
-        let path = match tokio::task::spawn_blocking(move || resolve(&root, &name)).await {
-            Ok(Ok(path)) => path,
-            Ok(Err(e)) => {
+        let opened = match self.open().await {
+            Ok(o) => o,
+            Err(e) => {
                 let c = &self.counters;
                 let code = match e {
                     PathError::NotFound => {
@@ -485,33 +732,27 @@ impl Session {
                         bump(&c.access_denied);
                         ErrorCode::AccessViolation
                     }
+                    PathError::Unreadable(_) => {
+                        bump(&c.access_denied);
+                        ErrorCode::AccessViolation
+                    }
                     PathError::Root { .. } => {
                         bump(&c.io_errors);
                         ErrorCode::NotDefined
                     }
                 };
-                let _ = socket.send(&codec::build_error(code, &e.to_string())).await;
+                let message = match &e {
+                    PathError::Unreadable(_) => "the file cannot be read".to_string(),
+                    other => other.to_string(),
+                };
+                let _ = socket.send(&codec::build_error(code, &message)).await;
                 return End::Refused(e);
             }
-            Err(e) => return End::Io(std::io::Error::other(e)),
         };
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = socket
-                    .send(&codec::build_error(
-                        ErrorCode::AccessViolation,
-                        "the file cannot be read",
-                    ))
-                    .await;
-                return End::Io(e);
-            }
-        };
-        let size = match file.metadata().await {
-            Ok(m) => m.len(),
-            Err(e) => return End::Io(e),
-        };
-        let options = self.negotiate(size);
+        let size = opened.size;
+        progress.opened = Some((opened.origin, size));
+        self.tell(TransferOutcome::Started, progress);
+        let options = negotiate(&self.request, size);
         let block_size = usize::from(options.blksize.unwrap_or(codec::DEFAULT_BLKSIZE));
         let window = usize::from(options.windowsize.unwrap_or(1));
         let base_timeout = options
@@ -540,24 +781,25 @@ impl Session {
         }
 
         let mut source = Source {
-            file,
+            file: BufReader::with_capacity(READ_BUFFER, opened.file),
             mode: self.request.mode,
             pending: VecDeque::new(),
             eof: false,
             raw: Vec::new(),
         };
-        // `window_blocks[i]` is block number `next_unacked + i` (a u64 that never wraps; the wire number is
-        // its low 16 bits).
+        // `window_packets[i]` is the DATA packet of block `next_unacked + i` (a u64 that never wraps; the
+        // wire number is its low 16 bits), built once and sent as often as needed.
         let mut next_unacked: u64 = 1;
-        let mut window_blocks: VecDeque<Vec<u8>> = VecDeque::new();
+        let mut window_packets: VecDeque<Vec<u8>> = VecDeque::new();
         let mut last_read = false;
         let mut sent_once: u64 = 0;
         loop {
-            while window_blocks.len() < window && !last_read {
-                match source.block(block_size).await {
-                    Ok(b) => {
-                        last_read = b.len() < block_size;
-                        window_blocks.push_back(b);
+            while window_packets.len() < window && !last_read {
+                let number = next_unacked + window_packets.len() as u64;
+                match source.packet(number as u16, block_size).await {
+                    Ok(p) => {
+                        last_read = p.len() - 4 < block_size;
+                        window_packets.push_back(p);
                     }
                     Err(e) => {
                         let _ = link
@@ -571,25 +813,20 @@ impl Session {
                     }
                 }
             }
-            if window_blocks.is_empty() {
+            if window_packets.is_empty() {
                 return End::Done;
             }
-            let mut packets = Vec::with_capacity(window_blocks.len());
-            for (i, data) in window_blocks.iter().enumerate() {
-                let number = next_unacked + i as u64;
-                let mut p = Vec::with_capacity(data.len() + 4);
-                codec::build_data(&mut p, number as u16, data);
+            let first = next_unacked;
+            let count = window_packets.len() as u64;
+            for number in first..first + count {
                 if number <= sent_once {
                     bump(&self.counters.retransmits);
                 }
-                sent_once = sent_once.max(number);
-                packets.push(p);
             }
-            let first = next_unacked;
-            let count = packets.len() as u64;
+            sent_once = sent_once.max(first + count - 1);
             // An ACK of any block in the window (or of the one before it: nothing new arrived) counts.
             let acked = link
-                .exchange(&packets, true, |b| {
+                .exchange(window_packets.make_contiguous(), true, |b| {
                     (0..=count)
                         .map(|i| first - 1 + i)
                         .find(|k| *k as u16 == b)
@@ -599,7 +836,9 @@ impl Session {
             match acked {
                 Ok(k) => {
                     let done = (k + 1 - first) as usize;
-                    window_blocks.drain(..done.min(window_blocks.len()));
+                    for p in window_packets.drain(..done.min(window_packets.len())) {
+                        progress.bytes += p.len().saturating_sub(4) as u64;
+                    }
                     next_unacked = k + 1;
                 }
                 Err(end) => return end,
