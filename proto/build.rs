@@ -36,6 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // move their inline bytes around (measured: memmove was the top cost of listing).
         .boxed(".ingot.v1.Machine.inventory")
         .boxed(".ingot.v1.Machine.deploy")
+        // The boot intent reply carries three files: boxed, so every session message is not its size.
+        .boxed(".ingot.rack.v1.RegionMessage.msg.boot_intent")
         // Same wire format, hand-written so the region can send pre-encoded machines (see src/wire.rs).
         .extern_path(
             ".ingot.v1.ListMachinesResponse",
