@@ -3,8 +3,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use ingot_rack::boot::cache::{CacheSettings, ImageCache};
 use ingot_rack::boot::dhcp::engine::{BootFiles, Engine, EngineSettings};
 use ingot_rack::boot::dhcp::server::{ListenerConfig, PacketHandler, Server};
+use ingot_rack::boot::fetch::RegionFetcher;
 use ingot_rack::boot::journal::{self, Journal};
 use ingot_rack::boot::service::{BootService, ServiceSettings};
 use ingot_rack::config::DataDir;
@@ -72,6 +74,12 @@ enum Cmd {
         poll_failures: u32,
         #[command(flatten)]
         boot: BootArgs,
+        /// Where the image cache keeps verified blobs (default: <data dir>/cache).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Most bytes of blobs the image cache holds; least recently used ones not in use are evicted.
+        #[arg(long, default_value_t = ingot_rack::boot::cache::DEFAULT_MAX_BYTES)]
+        cache_max_bytes: u64,
     },
 }
 
@@ -198,6 +206,24 @@ fn start_boot(
     Ok(Some(service))
 }
 
+/// Opens the image cache in `dir`, fetching from the regions with the session's identity.
+fn start_cache(
+    cfg: &SessionConfig,
+    dir: PathBuf,
+    max_bytes: u64,
+) -> Result<std::sync::Arc<ImageCache>> {
+    let fetcher = RegionFetcher::new(
+        cfg.dir.clone(),
+        cfg.client_tls(),
+        cfg.rack.cluster_endpoints.clone(),
+    );
+    let cache = ImageCache::new(
+        CacheSettings::new(dir, max_bytes),
+        std::sync::Arc::new(fetcher),
+    )?;
+    Ok(std::sync::Arc::new(cache))
+}
+
 /// Raises the soft open-file limit to the hard one: every kept IPMI session and pooled Redfish connection
 /// holds a socket, and a rack polls thousands of BMCs (the usual soft limit is 1,024).
 fn raise_nofile_limit() {
@@ -278,6 +304,8 @@ async fn real_main(cli: Cli) -> Result<()> {
             poll_concurrency,
             poll_failures,
             boot,
+            cache_dir,
+            cache_max_bytes,
         } => {
             let mut cfg = SessionConfig::load(
                 DataDir::new(&data_dir),
@@ -292,6 +320,14 @@ async fn real_main(cli: Cli) -> Result<()> {
             cfg.validate()?;
             let (tx, rx) = tokio::sync::watch::channel(false);
             cfg.boot = start_boot(boot, &cfg.dir, &cfg.rack.name, &rx)?;
+            let cache = start_cache(
+                &cfg,
+                cache_dir.unwrap_or_else(|| data_dir.join("cache")),
+                cache_max_bytes,
+            )?;
+            if let Some(b) = &cfg.boot {
+                b.attach_cache(cache.clone());
+            }
             tokio::spawn(async move {
                 wait_for_signal().await;
                 tracing::info!("signal received, stopping");
