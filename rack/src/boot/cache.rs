@@ -1029,3 +1029,395 @@ async fn prefetch(core: Arc<Core>, mut version: watch::Receiver<u64>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::fetch::{Fetched, FetchedChunk};
+    use futures::future::BoxFuture;
+    use std::collections::VecDeque;
+    use std::io::Read;
+    use std::sync::atomic::AtomicUsize;
+
+    /// What the fake region does to one attempt.
+    #[derive(Debug, Clone, Copy)]
+    enum Fault {
+        /// One byte flipped.
+        Corrupt,
+        /// The stream ends after this many bytes.
+        BreakAfter(usize),
+        /// Ten bytes too many.
+        Extra,
+        /// NOT_FOUND.
+        NotFound,
+        /// The first chunk announces one byte more.
+        WrongSize,
+    }
+
+    /// A region in memory: serves its blobs in 1,000-byte chunks, after `delay`, with scripted faults
+    /// (one per attempt, in order; then none).
+    #[derive(Default)]
+    struct Fake {
+        blobs: Mutex<HashMap<BlobId, Vec<u8>>>,
+        faults: Mutex<VecDeque<Fault>>,
+        calls: AtomicUsize,
+        offsets: Mutex<Vec<u64>>,
+        delay: Duration,
+    }
+
+    impl Fake {
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    impl BlobFetcher for Fake {
+        fn sources(&self) -> usize {
+            2
+        }
+        fn fetch(
+            &self,
+            blob: BlobId,
+            offset: u64,
+            attempt: usize,
+        ) -> BoxFuture<'static, Result<Fetched, FetchError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            lock(&self.offsets).push(offset);
+            let fault = lock(&self.faults).pop_front();
+            let data = lock(&self.blobs).get(&blob).cloned();
+            let delay = self.delay;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                let endpoint = format!("fake-region-{}", attempt % 2);
+                let Some(all) = data else {
+                    return Err(FetchError::NotFound { endpoint });
+                };
+                let mut size = all.len() as u64;
+                let mut data = all.get(offset as usize..).unwrap_or_default().to_vec();
+                match fault {
+                    Some(Fault::Corrupt) => {
+                        if let Some(b) = data.last_mut() {
+                            *b ^= 0xff;
+                        }
+                    }
+                    Some(Fault::BreakAfter(n)) => data.truncate(n),
+                    Some(Fault::Extra) => data.extend([7u8; 10]),
+                    Some(Fault::NotFound) => return Err(FetchError::NotFound { endpoint }),
+                    Some(Fault::WrongSize) => size += 1,
+                    None => {}
+                }
+                let chunks: Vec<Result<FetchedChunk, FetchError>> = data
+                    .chunks(1000)
+                    .enumerate()
+                    .map(|(i, c)| {
+                        Ok(FetchedChunk {
+                            size: if i == 0 { size } else { 0 },
+                            data: c.to_vec(),
+                        })
+                    })
+                    .collect();
+                Ok(Fetched {
+                    source: endpoint,
+                    chunks: Box::pin(tokio_stream::iter(chunks)),
+                })
+            })
+        }
+    }
+
+    /// Bytes `n` long, distinct per `seed`.
+    fn bytes(seed: u8, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    fn sha(b: &[u8]) -> BlobId {
+        BlobId(Sha256::digest(b).into())
+    }
+
+    fn wanted(name: &str, data: &[u8]) -> WantedFile {
+        WantedFile {
+            image: "ramdisk".into(),
+            kind: ImageKind::Ramdisk,
+            arch: "amd64".into(),
+            file: ImageFile {
+                name: name.into(),
+                blob: sha(data),
+                size: data.len() as u64,
+            },
+        }
+    }
+
+    fn settings(dir: &Path, max_bytes: u64) -> CacheSettings {
+        CacheSettings {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            stall: Duration::from_secs(2),
+            attempts: 4,
+            retry_pause: Duration::from_millis(10),
+            prefetch_retry: Duration::from_millis(200),
+        }
+    }
+
+    fn cache(dir: &Path, max_bytes: u64, fake: &Arc<Fake>) -> ImageCache {
+        ImageCache::new(settings(dir, max_bytes), fake.clone()).unwrap()
+    }
+
+    fn read(b: CachedBlob) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut f = b.file;
+        f.read_to_end(&mut out).unwrap();
+        out
+    }
+
+    /// Adds `data` to the fake and tells the cache about it (a boot intent named it).
+    fn known(c: &ImageCache, fake: &Fake, name: &str, data: &[u8]) -> WantedFile {
+        lock(&fake.blobs).insert(sha(data), data.to_vec());
+        let w = wanted(name, data);
+        c.want(&w);
+        w
+    }
+
+    fn tmp_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join(TMP_DIR)).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_download_is_never_served() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let c = cache(d.path(), 1 << 20, &fake);
+        let data = bytes(1, 5_500);
+        let w = known(&c, &fake, "kernel", &data);
+        // Every region sends corrupt bytes: nothing is served, nothing stays on disk.
+        lock(&fake.faults).extend([Fault::Corrupt; 4]);
+        let e = c.open(&w.file.blob).await.unwrap_err().to_string();
+        assert!(e.contains("corrupt") && e.contains("4 attempts"), "{e}");
+        assert!(!d.path().join(w.file.blob.to_hex()).exists());
+        assert_eq!(tmp_files(d.path()), 0);
+        assert_eq!(c.counters().verification_failures, 4);
+        assert_eq!(c.counters().bytes, 0);
+        // One corrupt copy, then a good one: the good one is served.
+        lock(&fake.faults).push_back(Fault::Corrupt);
+        let b = c.open(&w.file.blob).await.unwrap();
+        assert_eq!(b.len, data.len() as u64);
+        assert_eq!(read(b), data);
+        assert_eq!(c.counters().verification_failures, 5);
+        assert_eq!(fake.calls(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_short_download_is_resumed_from_the_bytes_held() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let c = cache(d.path(), 1 << 20, &fake);
+        let data = bytes(2, 10_000);
+        let w = known(&c, &fake, "initrd", &data);
+        lock(&fake.faults).extend([
+            Fault::BreakAfter(3_000),
+            Fault::NotFound,
+            Fault::BreakAfter(4_000),
+        ]);
+        let b = c.open(&w.file.blob).await.unwrap();
+        assert_eq!(read(b), data);
+        assert_eq!(*lock(&fake.offsets), vec![0, 3_000, 3_000, 7_000]);
+        assert_eq!(c.counters().fetched_bytes, 10_000, "nothing fetched twice");
+        assert_eq!(c.counters().misses, 1);
+        // Now a hit, without a fetch.
+        assert_eq!(read(c.open(&w.file.blob).await.unwrap()), data);
+        assert_eq!(c.counters().hits, 1);
+        assert_eq!(fake.calls(), 4);
+    }
+
+    #[tokio::test]
+    async fn mismatched_sizes_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let c = cache(d.path(), 1 << 20, &fake);
+        let data = bytes(3, 4_000);
+        lock(&fake.blobs).insert(sha(&data), data.clone());
+        // The image says another size than the regions announce: refused every time.
+        let mut w = wanted("kernel", &data);
+        for size in [3_990, 4_010] {
+            w.file.size = size;
+            c.want(&w);
+            let e = c.open(&w.file.blob).await.unwrap_err().to_string();
+            assert!(e.contains("mismatched size"), "{e}");
+        }
+        // Regions that send too much, or stop early (and never send the rest): never served.
+        w.file.size = 4_000;
+        c.want(&w);
+        lock(&fake.faults).extend([Fault::Extra; 4]);
+        let e = c.open(&w.file.blob).await.unwrap_err().to_string();
+        assert!(e.contains("over-long"), "{e}");
+        lock(&fake.faults).extend([Fault::BreakAfter(0); 4]);
+        let e = c.open(&w.file.blob).await.unwrap_err().to_string();
+        assert!(e.contains("short download"), "{e}");
+        assert!(!d.path().join(w.file.blob.to_hex()).exists());
+        assert_eq!(tmp_files(d.path()), 0);
+        assert_eq!(c.counters().bytes, 0);
+        // One region announcing another size, one sending too much: the third is good.
+        lock(&fake.faults).extend([Fault::WrongSize, Fault::Extra]);
+        assert_eq!(read(c.open(&w.file.blob).await.unwrap()), data);
+        // Larger than the whole cache: refused at once, naming the flag.
+        let big = bytes(4, 3_000);
+        let small =
+            ImageCache::new(settings(&d.path().join("small"), 2_000), fake.clone()).unwrap();
+        let wb = known(&small, &fake, "disk", &big);
+        let calls = fake.calls();
+        let e = small.open(&wb.file.blob).await.unwrap_err().to_string();
+        assert!(e.contains("--cache-max-bytes 2000"), "{e}");
+        assert_eq!(fake.calls(), calls);
+        // A blob nobody named is unknown.
+        assert!(matches!(
+            c.open(&sha(b"nobody")).await,
+            Err(CacheError::Unknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn twenty_concurrent_opens_share_one_download() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake {
+            delay: Duration::from_millis(200),
+            ..Fake::default()
+        });
+        let c = Arc::new(cache(d.path(), 1 << 20, &fake));
+        let data = bytes(5, 50_000);
+        let w = known(&c, &fake, "initrd", &data);
+        let opens: Vec<_> = (0..20)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { read(c.open(&w.file.blob).await.unwrap()) })
+            })
+            .collect();
+        for o in opens {
+            assert_eq!(o.await.unwrap(), data);
+        }
+        assert_eq!(fake.calls(), 1);
+        assert_eq!(c.counters().misses, 20);
+    }
+
+    #[tokio::test]
+    async fn eviction_spares_open_and_wanted_blobs() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let c = cache(d.path(), 3_000, &fake);
+        let [a, b, cc, dd, e, f] = [10u8, 11, 12, 13, 14, 15].map(|s| bytes(s, 1_000));
+        // a: wanted by the region (prefetched), the oldest.
+        lock(&fake.blobs).insert(sha(&a), a.clone());
+        c.set_wanted(vec![wanted("a", &a)]);
+        drop(c.open(&sha(&a)).await.unwrap());
+        // b: held open throughout; c: neither.
+        let wb = known(&c, &fake, "b", &b);
+        let held = c.open(&wb.file.blob).await.unwrap();
+        let wc = known(&c, &fake, "c", &cc);
+        drop(c.open(&wc.file.blob).await.unwrap());
+        assert_eq!(c.counters().bytes, 3_000);
+        // d needs room: c goes (a is older, but wanted; b is open).
+        let wd = known(&c, &fake, "d", &dd);
+        drop(c.open(&wd.file.blob).await.unwrap());
+        let on_disk = |x: &[u8]| d.path().join(sha(x).to_hex()).exists();
+        assert!(on_disk(&a) && on_disk(&b) && !on_disk(&cc) && on_disk(&dd));
+        // e: d goes (not wanted) before a.
+        let we = known(&c, &fake, "e", &e);
+        let held_e = c.open(&we.file.blob).await.unwrap();
+        assert!(on_disk(&a) && !on_disk(&dd));
+        // f: only a is neither open nor being fetched: a wanted blob goes for an open that waits.
+        let wf = known(&c, &fake, "f", &f);
+        drop(c.open(&wf.file.blob).await.unwrap());
+        assert!(!on_disk(&a) && on_disk(&b) && on_disk(&e) && on_disk(&f));
+        assert_eq!(c.counters().evictions, 3);
+        // Everything left is open or just used: no room without evicting f, the only closed one.
+        assert_eq!(read(held), b);
+        assert_eq!(read(held_e), e);
+        assert_eq!(c.counters().bytes, 3_000);
+    }
+
+    #[tokio::test]
+    async fn a_prefetch_never_evicts_wanted_blobs() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let c = cache(d.path(), 2_000, &fake);
+        let [a, b, x] = [20u8, 21, 22].map(|s| bytes(s, 1_000));
+        for v in [&a, &b, &x] {
+            lock(&fake.blobs).insert(sha(v), v.clone());
+        }
+        c.set_wanted(vec![wanted("a", &a), wanted("b", &b), wanted("x", &x)]);
+        // Two of three fit; the prefetch of the third does not push out the others.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let n = c.counters();
+        assert_eq!((n.blobs, n.bytes, n.evictions), (2, 2_000, 0), "{n:?}");
+    }
+
+    #[tokio::test]
+    async fn a_blob_corrupted_on_disk_is_verified_again_deleted_and_fetched_again() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let c = cache(d.path(), 1 << 20, &fake);
+        let data = bytes(6, 8_000);
+        let w = known(&c, &fake, "kernel", &data);
+        assert_eq!(read(c.open(&w.file.blob).await.unwrap()), data);
+        // Overwritten in place, same length.
+        let path = d.path().join(w.file.blob.to_hex());
+        std::fs::write(&path, vec![0u8; 8_000]).unwrap();
+        let b = c.open(&w.file.blob).await.unwrap();
+        assert_eq!(read(b), data, "the corrupt bytes are never served");
+        assert_eq!(c.counters().verification_failures, 1);
+        assert_eq!(fake.calls(), 2);
+        // A restart finds the good copy and verifies it on first use, without a fetch.
+        drop(c);
+        let c = cache(d.path(), 1 << 20, &fake);
+        c.want(&w);
+        assert_eq!(read(c.open(&w.file.blob).await.unwrap()), data);
+        assert_eq!(fake.calls(), 2);
+        // Corrupted while the rack was down: found at first use, deleted, fetched again.
+        drop(c);
+        std::fs::write(&path, vec![1u8; 8_000]).unwrap();
+        std::fs::write(d.path().join(TMP_DIR).join("leftover.1"), b"partial").unwrap();
+        let c = cache(d.path(), 1 << 20, &fake);
+        assert_eq!(tmp_files(d.path()), 0, "tmp/ is emptied at start");
+        c.want(&w);
+        assert_eq!(read(c.open(&w.file.blob).await.unwrap()), data);
+        assert_eq!(c.counters().verification_failures, 1);
+        assert_eq!(fake.calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn wanted_bootloaders_are_prefetched_and_found_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let c = cache(d.path(), 1 << 20, &fake);
+        let ipxe = bytes(7, 2_000);
+        lock(&fake.blobs).insert(sha(&ipxe), ipxe.clone());
+        let mut w = wanted("undionly.kpxe", &ipxe);
+        w.kind = ImageKind::Bootloader;
+        w.image = "ipxe".into();
+        c.set_wanted(vec![w.clone()]);
+        assert_eq!(c.bootloader("undionly.kpxe"), Some(w.clone()));
+        assert_eq!(c.bootloader("snponly.efi"), None);
+        for _ in 0..50 {
+            if c.counters().blobs == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(fake.calls(), 1);
+        assert_eq!(read(c.open(&w.file.blob).await.unwrap()), ipxe);
+        assert_eq!(c.counters().hits, 1);
+        // A malformed CacheWanted entry is skipped, naming the field.
+        let m = ingot_proto::rack::v1::CacheWanted {
+            files: vec![ingot_proto::rack::v1::BlobFile {
+                image: "ipxe".into(),
+                name: "../etc/passwd".into(),
+                sha256: w.file.blob.to_hex(),
+                size: 2_000,
+                kind: "bootloader".into(),
+                arch: "amd64".into(),
+            }],
+        };
+        assert!(WantedFile::from_cache_wanted(&m).is_empty());
+        let e = WantedFile::from_rack(&m.files[0]).unwrap_err().to_string();
+        assert!(e.contains("name"), "{e}");
+    }
+}
