@@ -214,3 +214,94 @@ async fn the_cache_fetches_over_mutual_tls_resumes_at_another_region_and_never_s
     assert!(!tmp.path().join("cache").join(other_blob.to_hex()).exists());
     assert!(cache.counters().verification_failures >= 2);
 }
+
+#[tokio::test]
+async fn cache_wanted_from_the_region_is_prefetched_through_the_boot_service() {
+    use ingot_proto::rack::v1::region_message::Msg as RegionMsg;
+    use ingot_proto::rack::v1::{BlobFile, CacheWanted};
+    use ingot_rack::boot::dhcp::engine::{Engine, EngineSettings};
+    use ingot_rack::boot::journal::{Journal, MAX_ENTRIES};
+    use ingot_rack::boot::service::{BootService, ServiceSettings};
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = ClusterCa::generate("test-cluster").unwrap();
+    let data: Vec<u8> = (0..3 * CHUNK / 2).map(|i| (i % 241) as u8).collect();
+    let blob = BlobId(Sha256::digest(&data).into());
+    let region = Arc::new(FakeRegion {
+        data: data.clone(),
+        mode: Mutex::new(Mode::Good),
+        calls: Mutex::new(Vec::new()),
+    });
+    let ep = start_region(&ca, 1, region.clone()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::new(tmp.path().join("rack"));
+    let (cert_pem, key_pem) = ca.issue(&PkiIdentity::rack("r1")).unwrap();
+    dir.save_tls(&TlsFiles {
+        ca_pem: ca.cert_pem.clone(),
+        cert_pem,
+        key_pem,
+    })
+    .unwrap();
+    dir.save_rack(&RackConfig {
+        name: "r1".into(),
+        zone: "default".into(),
+        api_endpoints: vec![],
+        cluster_endpoints: vec![ep],
+        registered_ms: 1,
+    })
+    .unwrap();
+    let cfg = SessionConfig::load(dir.clone(), Duration::from_millis(500), 1).unwrap();
+    let fetcher = RegionFetcher::new(
+        dir.clone(),
+        cfg.client_tls(),
+        cfg.rack.cluster_endpoints.clone(),
+    );
+    let cache = Arc::new(
+        ImageCache::new(
+            CacheSettings::new(tmp.path().join("cache"), 1 << 30),
+            Arc::new(fetcher),
+        )
+        .unwrap(),
+    );
+    let journal = Journal::open(&tmp.path().join("leases.journal"), MAX_ENTRIES).unwrap();
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let svc = BootService::start(
+        ServiceSettings::default(),
+        Box::new(Engine::new(EngineSettings::default())),
+        journal,
+        rx,
+    );
+    svc.attach_cache(cache.clone());
+    let file = |name: &str, sha256: String| BlobFile {
+        image: "ipxe".into(),
+        name: name.into(),
+        sha256,
+        size: data.len() as u64,
+        kind: "bootloader".into(),
+        arch: "amd64".into(),
+    };
+    svc.on_region_message(RegionMsg::CacheWanted(CacheWanted {
+        files: vec![
+            file("undionly.kpxe", blob.to_hex()),
+            // Malformed: skipped, the rest taken.
+            file("bad", "not-a-sha".into()),
+        ],
+    }));
+    let t0 = std::time::Instant::now();
+    while cache.counters().blobs == 0 && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = cache.counters();
+    assert_eq!((c.blobs, c.bytes), (1, data.len() as u64), "{c:?}");
+    assert_eq!(
+        cache.bootloader("undionly.kpxe").map(|w| w.file.blob),
+        Some(blob)
+    );
+    assert!(cache.bootloader("bad").is_none());
+    let b = cache.open(&blob).await.unwrap();
+    assert_eq!(b.len, data.len() as u64);
+    assert_eq!(
+        (cache.counters().hits, region.calls.lock().unwrap().len()),
+        (1, 1)
+    );
+}
