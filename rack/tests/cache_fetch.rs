@@ -179,8 +179,8 @@ async fn the_cache_fetches_over_mutual_tls_resumes_at_another_region_and_never_s
     };
     cache.want(&want);
 
-    // Region 1 has no copy; region 2 breaks after 2 MiB; then region 2 again (the list wraps around)
-    // serves the rest from 2 MiB once it is good.
+    // Region 1 has no copy; region 2 breaks after 2 MiB, then serves the rest from 2 MiB (whichever
+    // region the download starts at).
     let b = cache.open(&blob).await.unwrap();
     let mut got = Vec::new();
     b.file.try_clone().unwrap().read_to_end(&mut got).unwrap();
@@ -189,12 +189,14 @@ async fn the_cache_fetches_over_mutual_tls_resumes_at_another_region_and_never_s
     let c1 = r1.calls.lock().unwrap().clone();
     let c2 = r2.calls.lock().unwrap().clone();
     assert!(c1.iter().all(|(cn, _)| cn == "rack-r1"), "{c1:?}");
-    assert_eq!(c1.first().map(|c| c.1), Some(0));
-    assert_eq!(c2.first(), Some(&("rack-r1".to_string(), 0)));
+    assert!(!c1.is_empty(), "region 1 was never asked");
     assert_eq!(
-        c2.last(),
-        Some(&("rack-r1".to_string(), 2 * CHUNK as u64)),
-        "resumed from the bytes held: {c2:?}"
+        c2,
+        vec![
+            ("rack-r1".to_string(), 0),
+            ("rack-r1".to_string(), 2 * CHUNK as u64)
+        ],
+        "region 2 broke at 2 MiB and was asked for the rest from there"
     );
     assert_eq!(cache.counters().fetched_bytes, data.len() as u64);
     drop(b);

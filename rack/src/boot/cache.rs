@@ -839,7 +839,9 @@ impl Core {
             .dir
             .join(TMP_DIR)
             .join(format!("{}.{n}", blob.to_hex()));
-        let result = self.download_to(want, &what, &tmp).await;
+        // Each download starts at another region: load spreads, and a dead first region does not cost
+        // every download its connect timeout.
+        let result = self.download_to(want, &what, &tmp, n as usize).await;
         if result.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
@@ -851,6 +853,7 @@ impl Core {
         want: &WantedFile,
         what: &str,
         tmp: &Path,
+        first_source: usize,
     ) -> Result<Stamp, String> {
         let blob = want.file.blob;
         let expected = want.file.size;
@@ -866,7 +869,14 @@ impl Core {
                 tokio::time::sleep(self.settings.retry_pause).await;
             }
             let end = self
-                .attempt(blob, expected, attempt, &mut out, &mut hasher, &mut written)
+                .attempt(
+                    blob,
+                    expected,
+                    first_source.wrapping_add(attempt),
+                    &mut out,
+                    &mut hasher,
+                    &mut written,
+                )
                 .await
                 .map_err(io)?;
             let end = match end {
