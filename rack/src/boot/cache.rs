@@ -276,13 +276,18 @@ enum Room {
 enum Failure {
     Unknown,
     Unavailable(String),
+    /// A prefetch found no room without evicting wanted blobs: an open that joined it tries again
+    /// itself (it may evict them).
+    NoRoomForPrefetch(String),
 }
 
 impl Failure {
     fn into_error(self, blob: BlobId) -> CacheError {
         match self {
             Failure::Unknown => CacheError::Unknown(blob),
-            Failure::Unavailable(message) => CacheError::Unavailable { blob, message },
+            Failure::Unavailable(message) | Failure::NoRoomForPrefetch(message) => {
+                CacheError::Unavailable { blob, message }
+            }
         }
     }
 }
@@ -536,8 +541,9 @@ impl ImageCache {
     /// opener waits for the same download), verified again first when the file changed on disk.
     pub async fn open(&self, blob: &BlobId) -> Result<CachedBlob, CacheError> {
         let mut waited = false;
-        // A file that changes between its verification and our open is verified again; a few rounds
-        // settle it unless something keeps rewriting it.
+        // A file that changes between its verification and our open is verified again, and an open that
+        // joined a prefetch which found no room tries again itself; a few rounds settle it unless
+        // something keeps rewriting the file.
         for _ in 0..4 {
             if let Some(b) = self.core.try_open(blob) {
                 let c = &self.core.counters;
@@ -545,11 +551,10 @@ impl ImageCache {
                 return Ok(b);
             }
             waited = true;
-            self.core
-                .clone()
-                .ensure(*blob, Room::Demand)
-                .await
-                .map_err(|f| f.into_error(*blob))?;
+            match self.core.clone().ensure(*blob, Room::Demand).await {
+                Ok(()) | Err(Failure::NoRoomForPrefetch(_)) => {}
+                Err(f) => return Err(f.into_error(*blob)),
+            }
         }
         Err(CacheError::Unavailable {
             blob: *blob,
@@ -796,7 +801,12 @@ impl Core {
                     take += 1;
                 }
                 if freed < need {
-                    return Err(Failure::Unavailable(format!(
+                    let full = if room == Room::Prefetch {
+                        Failure::NoRoomForPrefetch
+                    } else {
+                        Failure::Unavailable
+                    };
+                    return Err(full(format!(
                         "the cache is full: {size} more bytes do not fit in --cache-max-bytes {max} ({} held, {} of them open or {}); try again when downloads finish, or raise --cache-max-bytes",
                         st.used,
                         st.used.saturating_sub(freed),
@@ -1358,6 +1368,13 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let n = c.counters();
         assert_eq!((n.blobs, n.bytes, n.evictions), (2, 2_000, 0), "{n:?}");
+        // An open of the third may evict a wanted blob that is not open.
+        let missing = [&a, &b, &x]
+            .into_iter()
+            .find(|v| !d.path().join(sha(v).to_hex()).exists())
+            .unwrap();
+        assert_eq!(&read(c.open(&sha(missing)).await.unwrap()), missing);
+        assert_eq!(c.counters().evictions, 1);
     }
 
     #[tokio::test]
