@@ -155,11 +155,13 @@ fn start_tftp(
 }
 
 /// Binds the DHCP sockets (failing at once, naming the interface, if one cannot be), opens the lease
-/// journal and starts the boot service and the server; `None` when no boot interface is given.
+/// journal and starts the boot service (which hands the region's `CacheWanted` to `cache`) and the
+/// server; `None` when no boot interface is given.
 fn start_boot(
     args: BootArgs,
     dir: &DataDir,
     rack: &str,
+    cache: &std::sync::Arc<ImageCache>,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<std::sync::Arc<BootService>>> {
     if args.interfaces.is_empty() {
@@ -196,6 +198,7 @@ fn start_boot(
         journal,
         shutdown.clone(),
     );
+    service.attach_cache(cache.clone());
     let handler: std::sync::Arc<dyn PacketHandler> = service.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -319,15 +322,12 @@ async fn real_main(cli: Cli) -> Result<()> {
             };
             cfg.validate()?;
             let (tx, rx) = tokio::sync::watch::channel(false);
-            cfg.boot = start_boot(boot, &cfg.dir, &cfg.rack.name, &rx)?;
             let cache = start_cache(
                 &cfg,
                 cache_dir.unwrap_or_else(|| data_dir.join("cache")),
                 cache_max_bytes,
             )?;
-            if let Some(b) = &cfg.boot {
-                b.attach_cache(cache.clone());
-            }
+            cfg.boot = start_boot(boot, &cfg.dir, &cfg.rack.name, &cache, &rx)?;
             tokio::spawn(async move {
                 wait_for_signal().await;
                 tracing::info!("signal received, stopping");
