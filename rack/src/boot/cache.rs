@@ -34,7 +34,7 @@
 //!   next start.)
 //! - The rack restarts: blobs found in `<dir>` are verified on first use, or at once when wanted.
 
-use super::fetch::{BlobFetcher, FetchError};
+use super::fetch::BlobFetcher;
 use ingot_common::image::{BlobId, ImageFile, ImageKind};
 use ingot_common::DomainError;
 use sha2::{Digest, Sha256};
@@ -214,10 +214,15 @@ pub struct CacheCounters {
 /// The live counters behind [`CacheCounters`].
 #[derive(Default)]
 struct Counters {
+    /// [`CacheCounters::hits`].
     hits: AtomicU64,
+    /// [`CacheCounters::misses`].
     misses: AtomicU64,
+    /// [`CacheCounters::fetched_bytes`].
     fetched_bytes: AtomicU64,
+    /// [`CacheCounters::evictions`].
     evictions: AtomicU64,
+    /// [`CacheCounters::verification_failures`].
     verification_failures: AtomicU64,
 }
 
@@ -229,9 +234,13 @@ fn bump(c: &AtomicU64, n: u64) {
 /// again before it is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
+    /// Length in bytes.
     len: u64,
+    /// Modification time, ns since the epoch.
     mtime_ns: i128,
+    /// Inode number (a file replaced by another has a new one).
     ino: u64,
+    /// Device (with the inode, the file's identity).
     dev: u64,
 }
 
@@ -274,7 +283,9 @@ enum Room {
 /// Why a job failed, shared with every waiter.
 #[derive(Debug, Clone)]
 enum Failure {
+    /// Nobody told the cache about the blob: nothing to fetch it by.
     Unknown,
+    /// Fetching or verifying failed: what and what to do.
     Unavailable(String),
     /// A prefetch found no room without evicting wanted blobs: an open that joined it tries again
     /// itself (it may evict them).
@@ -297,6 +308,7 @@ type Flight = watch::Receiver<Option<Result<(), Failure>>>;
 /// The mutable part, behind one lock held only for map updates (never across I/O or awaits).
 #[derive(Default)]
 struct Inner {
+    /// The blob files in the cache directory.
     blobs: HashMap<BlobId, Entry>,
     /// Bytes of `blobs` plus space reserved for downloads under way.
     used: u64,
@@ -345,17 +357,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// What the handle and the background tasks share.
 struct Core {
+    /// Where and how.
     settings: CacheSettings,
+    /// Where blobs come from.
     fetcher: Arc<dyn BlobFetcher>,
+    /// The maps.
     inner: Mutex<Inner>,
+    /// [`MAX_DOWNLOADS`] permits.
     downloads: Semaphore,
+    /// The counters.
     counters: Counters,
 }
 
 /// Keeps an open blob from eviction.
 struct Pin {
+    /// The cache.
     core: Arc<Core>,
+    /// The pinned blob.
     blob: BlobId,
+    /// Its entry's generation (a newer file of the same blob is not unpinned by this one's end).
     generation: u64,
 }
 
@@ -378,7 +398,9 @@ impl Drop for Pin {
 
 /// Removes a job from the flights when it ends, however it ends (a panic included).
 struct FlightGuard {
+    /// The cache.
     core: Arc<Core>,
+    /// The blob whose job this is.
     blob: BlobId,
 }
 
@@ -975,7 +997,7 @@ impl Core {
                         "{source} ended the stream early (short download: {written} of {expected} bytes)"
                     )))
                 }
-                Some(Err(e)) => return Ok(AttemptEnd::Broken(err_text(&e))),
+                Some(Err(e)) => return Ok(AttemptEnd::Broken(e.to_string())),
                 Some(Ok(c)) => c,
             };
             if chunk.size != 0 && chunk.size != expected {
@@ -996,10 +1018,6 @@ impl Core {
             *written += len;
         }
     }
-}
-
-fn err_text(e: &FetchError) -> String {
-    e.to_string()
 }
 
 /// Lowercase hex of a digest, for logs.
@@ -1053,7 +1071,7 @@ async fn prefetch(core: Arc<Core>, mut version: watch::Receiver<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boot::fetch::{Fetched, FetchedChunk};
+    use crate::boot::fetch::{FetchError, Fetched, FetchedChunk};
     use futures::future::BoxFuture;
     use std::collections::VecDeque;
     use std::io::Read;
