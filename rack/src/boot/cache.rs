@@ -427,7 +427,7 @@ impl std::fmt::Debug for ImageCache {
 }
 
 impl ImageCache {
-    /// Opens the cache in `settings.dir` (created 0700 if missing): empties `tmp/`, takes every file
+    /// Opens the cache in `settings.dir` (created if missing, made 0700): empties `tmp/`, takes every file
     /// named by a SHA-256 as a blob to verify on first use, and starts the prefetch task (needs a tokio
     /// runtime). Blobs come from `fetcher`.
     pub fn new(
@@ -441,12 +441,15 @@ impl ImageCache {
         let dir = settings.dir.clone();
         let tmp = dir.join(TMP_DIR);
         {
-            use std::os::unix::fs::DirBuilderExt;
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(&tmp)
                 .map_err(setup(&tmp))?;
+            // Made earlier with a looser umask: the cache is the rack's business only.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(setup(&dir))?;
         }
         for e in std::fs::read_dir(&tmp).map_err(setup(&tmp))?.flatten() {
             let _ = std::fs::remove_file(e.path());
