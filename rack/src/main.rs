@@ -3,9 +3,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use ingot_rack::boot::cache::ImageCache;
+use ingot_rack::boot::cache::{CacheSettings, ImageCache};
 use ingot_rack::boot::dhcp::engine::{BootFiles, Engine, EngineSettings};
 use ingot_rack::boot::dhcp::server::{ListenerConfig, PacketHandler, Server};
+use ingot_rack::boot::fetch::RegionFetcher;
 use ingot_rack::boot::journal::{self, Journal};
 use ingot_rack::boot::service::{BootService, ServiceSettings};
 use ingot_rack::config::DataDir;
@@ -73,6 +74,12 @@ enum Cmd {
         poll_failures: u32,
         #[command(flatten)]
         boot: BootArgs,
+        /// Where the image cache keeps verified blobs (default: <data dir>/cache).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Most bytes of blobs the image cache holds; least recently used ones not in use are evicted.
+        #[arg(long, default_value_t = ingot_rack::boot::cache::DEFAULT_MAX_BYTES)]
+        cache_max_bytes: u64,
     },
 }
 
@@ -180,12 +187,13 @@ struct BootStarted {
 }
 
 /// Binds the DHCP sockets (failing at once, naming the interface, if one cannot be), opens the lease
-/// journal and starts the boot service and the server, and TFTP when it has a root; `None` when no boot
-/// interface is given.
+/// journal and starts the boot service (which hands the region's `CacheWanted` to `cache`) and the
+/// server, and TFTP when it has a root; `None` when no boot interface is given.
 fn start_boot(
     args: BootArgs,
     dir: &DataDir,
     rack: &str,
+    cache: &std::sync::Arc<ImageCache>,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<BootStarted>> {
     if args.interfaces.is_empty() {
@@ -201,11 +209,9 @@ fn start_boot(
         proxy_dhcp_port: args.proxy_dhcp_port,
     })?;
     // TFTP after DHCP's sockets, so a missing interface is reported by DHCP's bind, as before.
-    // The rack's image cache (`<data dir>/cache`): bootloader files are served from it over TFTP.
-    let cache = std::sync::Arc::new(ImageCache::new(dir.root().join("cache")));
     let tftp_root = args.tftp_root();
     match &tftp_root {
-        Some(root) => start_tftp(root.clone(), &cache, &args.interfaces, args.tftp_port, shutdown)?,
+        Some(root) => start_tftp(root.clone(), cache, &args.interfaces, args.tftp_port, shutdown)?,
         None => tracing::info!(
             "no TFTP: --no-tftp, or no --tftp-root and no {DEFAULT_TFTP_ROOT} (install Debian's ipxe package)"
         ),
@@ -229,6 +235,7 @@ fn start_boot(
         journal,
         shutdown.clone(),
     );
+    service.attach_cache(cache.clone());
     let handler: std::sync::Arc<dyn PacketHandler> = service.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -240,6 +247,24 @@ fn start_boot(
         service,
         tftp: tftp_root.is_some(),
     }))
+}
+
+/// Opens the image cache in `dir`, fetching from the regions with the session's identity.
+fn start_cache(
+    cfg: &SessionConfig,
+    dir: PathBuf,
+    max_bytes: u64,
+) -> Result<std::sync::Arc<ImageCache>> {
+    let fetcher = RegionFetcher::new(
+        cfg.dir.clone(),
+        cfg.client_tls(),
+        cfg.rack.cluster_endpoints.clone(),
+    );
+    let cache = ImageCache::new(
+        CacheSettings::new(dir, max_bytes),
+        std::sync::Arc::new(fetcher),
+    )?;
+    Ok(std::sync::Arc::new(cache))
 }
 
 /// Raises the soft open-file limit to the hard one: every kept IPMI session and pooled Redfish connection
@@ -322,6 +347,8 @@ async fn real_main(cli: Cli) -> Result<()> {
             poll_concurrency,
             poll_failures,
             boot,
+            cache_dir,
+            cache_max_bytes,
         } => {
             let mut cfg = SessionConfig::load(
                 DataDir::new(&data_dir),
@@ -335,7 +362,12 @@ async fn real_main(cli: Cli) -> Result<()> {
             };
             cfg.validate()?;
             let (tx, rx) = tokio::sync::watch::channel(false);
-            if let Some(started) = start_boot(boot, &cfg.dir, &cfg.rack.name, &rx)? {
+            let cache = start_cache(
+                &cfg,
+                cache_dir.unwrap_or_else(|| data_dir.join("cache")),
+                cache_max_bytes,
+            )?;
+            if let Some(started) = start_boot(boot, &cfg.dir, &cfg.rack.name, &cache, &rx)? {
                 cfg.boot = Some(started.service);
                 cfg.tftp = started.tftp;
             }

@@ -128,7 +128,7 @@ impl SessionConfig {
 impl SessionConfig {
     /// Mutual TLS towards regions: present the rack's certificate, verify the region against the cluster
     /// CA under the fixed name `ingot-region` (addresses may change; the name does not).
-    fn client_tls(&self) -> ClientTlsConfig {
+    pub fn client_tls(&self) -> ClientTlsConfig {
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.tls.ca_pem))
             .identity(Identity::from_pem(&self.tls.cert_pem, &self.tls.key_pem))

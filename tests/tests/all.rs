@@ -16,4 +16,5 @@ mod t19_nemesis;
 mod t20_fuzz;
 mod t21_subnets;
 mod t22_dhcp;
+mod t25_rack_cache;
 mod t26_pxe_boot;

@@ -18,6 +18,7 @@
 
 pub mod cache;
 pub mod dhcp;
+pub mod fetch;
 pub mod journal;
 pub mod leases;
 pub mod service;

@@ -331,6 +331,8 @@ pub struct BootService {
     items: mpsc::Sender<Item>,
     control: mpsc::UnboundedSender<Control>,
     generation: AtomicU64,
+    /// The image cache, told what the region wants held (`CacheWanted`).
+    cache: std::sync::OnceLock<Arc<super::cache::ImageCache>>,
 }
 
 impl std::fmt::Debug for BootService {
@@ -395,6 +397,7 @@ impl BootService {
             items: items_tx,
             control: control_tx.clone(),
             generation: AtomicU64::new(0),
+            cache: std::sync::OnceLock::new(),
         });
         let journal_dirty = !journal.is_empty();
         let committer = Committer {
@@ -464,7 +467,7 @@ impl BootService {
         }
     }
 
-    /// Handles a boot message from the region (`BootConfig`, `Leases`, `LeasesCommitted`); other messages
+    /// Handles a boot message from the region (`BootConfig`, `Leases`, `LeasesCommitted`, `CacheWanted`); other messages
     /// are ignored. Malformed parts are logged and skipped, never fatal.
     pub fn on_region_message(&self, msg: RegionMsg) {
         match msg {
@@ -493,8 +496,19 @@ impl BootService {
             RegionMsg::LeasesCommitted(c) => {
                 let _ = self.control.send(Control::Committed(c));
             }
+            RegionMsg::CacheWanted(w) => {
+                if let Some(cache) = self.cache.get() {
+                    cache.set_wanted(super::cache::WantedFile::from_cache_wanted(&w));
+                }
+            }
             _ => {}
         }
+    }
+
+    /// Gives the service the image cache, which `CacheWanted` messages then go to (once; a second call
+    /// is ignored).
+    pub fn attach_cache(&self, cache: Arc<super::cache::ImageCache>) {
+        let _ = self.cache.set(cache);
     }
 
     /// The counters so far.

@@ -194,7 +194,8 @@ fn enlist_from_rack(macs: Vec<rack::EnlistMac>) -> Vec<EnlistRequest> {
         .collect()
 }
 
-/// Sends the boot configuration and the leases due on this session; false when the stream is closed.
+/// Sends the boot configuration, the leases due and the image files to hold (when changed) on this
+/// session; false when the stream is closed.
 async fn send_boot(
     session: &mut RackSessionState,
     tx: &mpsc::Sender<Result<RegionMessage, Status>>,
@@ -211,7 +212,30 @@ async fn send_boot(
             return false;
         }
     }
+    if let Some(files) = session.cache_wanted_changed() {
+        let m = region_message::Msg::CacheWanted(cache_wanted_to_rack(&files));
+        if tx.send(msg(m)).await.is_err() {
+            return false;
+        }
+    }
     true
+}
+
+/// The `CacheWanted` message.
+fn cache_wanted_to_rack(files: &[crate::app::prefetch::PrefetchFile]) -> rack::CacheWanted {
+    rack::CacheWanted {
+        files: files
+            .iter()
+            .map(|f| rack::BlobFile {
+                image: f.image.clone(),
+                name: f.file.name.clone(),
+                sha256: f.file.blob.to_hex(),
+                size: f.file.size,
+                kind: f.kind.as_str().to_string(),
+                arch: f.arch.clone(),
+            })
+            .collect(),
+    }
 }
 
 /// Sends every pending power command due on this session; an error status ends the session (revoked,

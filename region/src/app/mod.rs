@@ -9,6 +9,7 @@ pub mod encoded;
 pub mod events;
 pub mod machines;
 pub mod pools;
+pub mod prefetch;
 pub mod rack_session;
 pub mod racks;
 pub mod subnets;

@@ -122,6 +122,8 @@ pub struct RackSessionState {
     last_bmcs: u64,
     /// The boot configuration and leases sent, and the enlistment rate limit.
     boot: BootFeed,
+    /// The image files last told to hold (`CacheWanted`).
+    prefetch: super::prefetch::PrefetchFeed,
 }
 
 impl App {
@@ -166,6 +168,7 @@ impl App {
             last_endpoints: endpoints,
             last_bmcs: 0,
             boot: BootFeed::new(Instant::now()),
+            prefetch: Default::default(),
         };
         (state, welcome)
     }
@@ -461,6 +464,16 @@ impl RackSessionState {
             now: Instant::now(),
         };
         self.boot.config_changed(&st, &self.name, tick)
+    }
+
+    /// The image files the rack should hold, when they changed since last sent (see
+    /// [`super::prefetch::PrefetchFeed::changed`]); nothing before the session is recorded.
+    pub fn cache_wanted_changed(&mut self) -> Option<Vec<super::prefetch::PrefetchFile>> {
+        if !self.recorded() {
+            return None;
+        }
+        let st = crate::locks::read(&self.app.region.state);
+        self.prefetch.changed(&st, &self.name, Instant::now())
     }
 
     /// The leases to send the rack now (see [`BootFeed::leases_due`]): call after
