@@ -242,12 +242,13 @@ impl BlobStore {
         Ok(out)
     }
 
-    /// Removes every blob not in `referenced` and not pinned by an upload in progress; returns those
-    /// removed.
-    pub fn retain(&self, referenced: &BTreeSet<BlobId>) -> Result<Vec<BlobId>, BlobError> {
+    /// Removes every blob for which `referenced` is false and that no upload or copy pins; returns those
+    /// removed. `referenced` is asked after the directory is listed, so a blob stored meanwhile is
+    /// either pinned still or referenced by the state `referenced` reads.
+    pub fn retain(&self, referenced: impl Fn(&BlobId) -> bool) -> Result<Vec<BlobId>, BlobError> {
         let mut removed = Vec::new();
         for b in self.list()? {
-            if referenced.contains(&b) || crate::locks::lock(&self.pinned).contains_key(&b) {
+            if crate::locks::lock(&self.pinned).contains_key(&b) || referenced(&b) {
                 continue;
             }
             let p = self.path(&b);
@@ -341,8 +342,9 @@ impl BlobWriter {
     }
 
     /// Checks size and hash, fsyncs, and renames the file to its name; the blob is verified from then
-    /// on. Any mismatch removes the temporary file.
-    pub fn finish(mut self) -> Result<BlobId, BlobError> {
+    /// on, and pinned (see [`BlobStore::pin`]) from before it has its name until the returned pin is
+    /// dropped. Any mismatch removes the temporary file.
+    pub fn finish(mut self) -> Result<(BlobId, Pin), BlobError> {
         if self.written != self.size {
             return Err(BlobError::Short {
                 size: self.size,
@@ -361,6 +363,7 @@ impl BlobWriter {
             )));
         };
         file.sync_all().map_err(io("syncing", &self.tmp))?;
+        let pin = self.store.pin(got);
         let dest = self.store.path(&got);
         std::fs::rename(&self.tmp, &dest).map_err(io("renaming", &self.tmp))?;
         if let Ok(d) = File::open(&self.store.dir) {
@@ -368,7 +371,7 @@ impl BlobWriter {
         }
         let stamp = Stamp::of(&file.metadata().map_err(io("reading", &dest))?);
         crate::locks::lock(&self.store.verified).insert(got, stamp);
-        Ok(got)
+        Ok((got, pin))
     }
 }
 
@@ -393,7 +396,7 @@ mod tests {
         for c in data.chunks(7) {
             w.write(c).unwrap();
         }
-        w.finish().unwrap()
+        w.finish().unwrap().0
     }
 
     fn tmp_files(dir: &Path) -> usize {
@@ -500,10 +503,10 @@ mod tests {
         let b = put(&s, b"b");
         let c = put(&s, b"c");
         let pin = s.pin(c);
-        let removed = s.retain(&[a].into_iter().collect()).unwrap();
+        let removed = s.retain(|x| *x == a).unwrap();
         assert_eq!(removed, vec![b]);
         drop(pin);
-        assert_eq!(s.retain(&BTreeSet::new()).unwrap().len(), 2);
+        assert_eq!(s.retain(|_| false).unwrap().len(), 2);
         assert!(s.list().unwrap().is_empty());
     }
 

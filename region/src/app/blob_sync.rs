@@ -1,0 +1,312 @@
+//! Blob sync, run by every region (not only the leader): copy each blob an image references that this
+//! region does not hold from a region that does (`BlobService.FetchBlob` over the cluster listener, with
+//! this region's cluster-CA certificate, resuming at the byte where a broken stream stopped), verify and
+//! store it, then record it (`Op::RecordBlobs{held}`); keep checking the copies this region is recorded
+//! as holding (a cheap stamp check every few seconds, a full re-hash of each every
+//! [`REHASH_EVERY`]) and report a missing or corrupt one lost, so it is fetched again; remove blobs no
+//! image references any more.
+//!
+//! Bounded: at most [`FETCHES_IN_FLIGHT`] copies at a time, a failed blob retried after
+//! [`RETRY_AFTER`], checks one blob at a time on a blocking thread.
+
+use super::worker::REGION_ACTOR;
+use super::App;
+use crate::blobs::{BlobError, BlobWriter, CHUNK};
+use crate::command::{op, Command, Internal, Op, Principal};
+use ingot_common::image::BlobId;
+use ingot_common::NodeId;
+use ingot_proto::rack::v1::blob_service_client::BlobServiceClient;
+use ingot_proto::rack::v1::FetchBlobRequest;
+use rand::seq::SliceRandom;
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::transport::ClientTlsConfig;
+
+/// Most blob copies one region runs at once: copies are disk- and network-heavy, and the regions'
+/// Raft traffic must keep its share.
+pub const FETCHES_IN_FLIGHT: usize = 2;
+/// How often the sync looks for work (it is also woken by nothing else: a new image waits at most this).
+const TICK: Duration = Duration::from_millis(500);
+/// How often the copies this region holds are checked (stamp check: one `fstat` each).
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often each held copy is hashed in full again, for corruption under an unchanged stamp.
+pub const REHASH_EVERY: Duration = Duration::from_secs(600);
+/// How long a blob whose copy failed waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// How often blobs no image references are removed.
+const RETAIN_EVERY: Duration = Duration::from_secs(5);
+/// Streams tried for one copy (each resumes where the last stopped, rotating over the holders).
+const FETCH_ATTEMPTS: usize = 8;
+/// Largest `BlobChunk` accepted: a chunk of at most [`CHUNK`] bytes plus its framing.
+pub const MAX_FETCH_MESSAGE: usize = CHUNK + 64 * 1024;
+
+/// A blob to copy: its size and the regions (id, cluster address) recorded as holding it.
+struct Wanted {
+    blob: BlobId,
+    size: u64,
+    sources: Vec<(NodeId, String)>,
+}
+
+/// What to copy now, from the local state: referenced blobs this region is not recorded as holding.
+fn wanted(app: &App) -> Vec<Wanted> {
+    let me = app.region.id;
+    let members = app.region.members();
+    let st = crate::locks::read(&app.region.state);
+    let mut sizes: HashMap<BlobId, u64> = HashMap::new();
+    for f in st.data.images.values().flat_map(|i| i.files.iter()) {
+        sizes.insert(f.blob, f.size);
+    }
+    let mut out = Vec::new();
+    for (blob, size) in sizes {
+        let holders = st.data.blob_holders.get(&blob);
+        if holders.is_some_and(|h| h.contains(&me)) {
+            continue;
+        }
+        let sources = holders
+            .into_iter()
+            .flatten()
+            .filter(|h| **h != me)
+            .filter_map(|h| members.get(h).map(|a| (*h, a.clone())))
+            .collect();
+        out.push(Wanted {
+            blob,
+            size,
+            sources,
+        });
+    }
+    out
+}
+
+/// Proposes that this region now holds `held` and lost `lost` (in bounded batches).
+async fn record(app: &App, held: Vec<BlobId>, lost: Vec<BlobId>) -> Result<(), String> {
+    let half = op::MAX_BLOBS_PER_RECORD / 2;
+    let (mut held, mut lost) = (held, lost);
+    while !held.is_empty() || !lost.is_empty() {
+        let h: Vec<BlobId> = held.drain(..held.len().min(half)).collect();
+        let l: Vec<BlobId> = lost.drain(..lost.len().min(half)).collect();
+        let op = Op::RecordBlobs(op::RecordBlobs {
+            region: app.region.id,
+            held: h,
+            lost: l,
+        });
+        let cmd = Command::new(REGION_ACTOR, Principal::Internal(Internal::Region), op);
+        app.region.write(cmd).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Runs the sync until `shutdown` turns true.
+pub async fn run(app: App, mut shutdown: watch::Receiver<bool>) {
+    let checker = tokio::spawn(check_loop(app.clone(), shutdown.clone()));
+    let mut tasks: JoinSet<(BlobId, Result<(), String>)> = JoinSet::new();
+    let mut in_flight: BTreeSet<BlobId> = BTreeSet::new();
+    let mut failed: HashMap<BlobId, Instant> = HashMap::new();
+    let mut last_retain = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => break,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        while let Some(done) = tasks.try_join_next() {
+            if let Ok((blob, result)) = done {
+                in_flight.remove(&blob);
+                if let Err(e) = result {
+                    tracing::warn!(
+                        "copying blob {blob} to this region failed: {e}; retrying in {} s",
+                        RETRY_AFTER.as_secs()
+                    );
+                    failed.insert(blob, Instant::now());
+                }
+            }
+        }
+        failed.retain(|_, at| at.elapsed() < RETRY_AFTER);
+        for w in wanted(&app) {
+            if in_flight.len() >= FETCHES_IN_FLIGHT {
+                break;
+            }
+            if in_flight.contains(&w.blob) || failed.contains_key(&w.blob) {
+                continue;
+            }
+            in_flight.insert(w.blob);
+            let app = app.clone();
+            tasks.spawn(async move { (w.blob, copy(&app, w).await) });
+        }
+        if last_retain.elapsed() >= RETAIN_EVERY {
+            last_retain = Instant::now();
+            retain(&app).await;
+        }
+    }
+    tasks.abort_all();
+    let _ = checker.await;
+}
+
+/// Removes blobs no image references, judged on state at least as new as the leader's commit index (a
+/// region that restarts behind the log must not remove what newer images reference).
+async fn retain(app: &App) {
+    if app.region.read_barrier(true).await.is_err() {
+        return;
+    }
+    let store = app.blobs.clone();
+    let state = app.region.state.clone();
+    let removed = tokio::task::spawn_blocking(move || {
+        store.retain(|b| {
+            crate::locks::read(&state)
+                .data
+                .images
+                .values()
+                .any(|i| i.files.iter().any(|f| f.blob == *b))
+        })
+    })
+    .await;
+    match removed {
+        Ok(Ok(r)) if !r.is_empty() => {
+            tracing::info!("removed {} blob(s) no image references", r.len())
+        }
+        Ok(Err(e)) => tracing::warn!("{e}"),
+        _ => {}
+    }
+}
+
+/// Copies one blob here and records it (or only records it, when a verified copy is already here).
+async fn copy(app: &App, w: Wanted) -> Result<(), String> {
+    let store = app.blobs.clone();
+    let blob = w.blob;
+    let local = tokio::task::spawn_blocking(move || store.open_verified(&blob))
+        .await
+        .map_err(|e| e.to_string())?;
+    if local.is_ok_and(|v| v.size == w.size) {
+        return record(app, vec![w.blob], Vec::new()).await;
+    }
+    if w.sources.is_empty() {
+        return Err("no other member region is recorded as holding it".into());
+    }
+    let mut sources = w.sources;
+    sources.shuffle(&mut rand::thread_rng());
+    let tls = app.region.peers.tls().clone();
+    let mut writer: Option<BlobWriter> = None;
+    let mut last = String::new();
+    for attempt in 0..FETCH_ATTEMPTS {
+        let w0 = match writer.take() {
+            Some(w0) => w0,
+            None => app
+                .blobs
+                .writer(w.size, Some(w.blob))
+                .map_err(|e| e.to_string())?,
+        };
+        let Some((id, addr)) = sources.get(attempt % sources.len()) else {
+            break;
+        };
+        let (back, result) = pull(&tls, addr, w.blob, w0).await;
+        match result {
+            Ok(()) => {
+                let Some(done) = back else { break };
+                let (_, pin) = tokio::task::spawn_blocking(move || done.finish())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                let recorded = record(app, vec![w.blob], Vec::new()).await;
+                drop(pin);
+                return recorded;
+            }
+            Err(e) => {
+                last = format!("from region {id} ({addr}): {e}");
+                writer = back;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// One `FetchBlob` stream from `addr` into `w`, from `w.written()` on. Returns the writer (none when a
+/// write failed: the copy starts over) and whether the blob is complete.
+async fn pull(
+    tls: &ClientTlsConfig,
+    addr: &str,
+    blob: BlobId,
+    w: BlobWriter,
+) -> (Option<BlobWriter>, Result<(), String>) {
+    let ch = match crate::raft::network::channel(addr, tls) {
+        Ok(c) => c,
+        Err(e) => return (Some(w), Err(e.to_string())),
+    };
+    let mut client = BlobServiceClient::new(ch).max_decoding_message_size(MAX_FETCH_MESSAGE);
+    let req = FetchBlobRequest {
+        sha256: blob.to_hex(),
+        offset: w.written(),
+    };
+    let mut stream = match client.fetch_blob(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return (Some(w), Err(format!("{:?}: {}", s.code(), s.message()))),
+    };
+    let mut w = w;
+    loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => {
+                if chunk.data.len() > CHUNK {
+                    return (Some(w), Err("a chunk larger than 1 MiB".into()));
+                }
+                w = match super::images::write_blocking(w, chunk.data).await {
+                    Ok(w) => w,
+                    Err(e @ BlobError::Overrun { .. }) => {
+                        return (None, Err(format!("the holder sent {e}")))
+                    }
+                    Err(e) => return (None, Err(e.to_string())),
+                };
+            }
+            Ok(None) => return (Some(w), Ok(())),
+            Err(s) => {
+                return (
+                    Some(w),
+                    Err(format!("stream broke ({:?}: {})", s.code(), s.message())),
+                )
+            }
+        }
+    }
+}
+
+/// Checks the copies this region is recorded as holding: every [`CHECK_EVERY`] by stamp, every
+/// [`REHASH_EVERY`] in full; a missing or corrupt one is reported lost (and the sync copies it again).
+async fn check_loop(app: App, mut shutdown: watch::Receiver<bool>) {
+    let mut hashed: HashMap<BlobId, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => return,
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+        }
+        let me = app.region.id;
+        let mine: Vec<BlobId> = crate::locks::read(&app.region.state)
+            .data
+            .blob_holders
+            .iter()
+            .filter(|(_, h)| h.contains(&me))
+            .map(|(b, _)| *b)
+            .collect();
+        hashed.retain(|b, _| mine.contains(b));
+        let mut lost = Vec::new();
+        for b in mine {
+            let store = app.blobs.clone();
+            let full = hashed.get(&b).is_none_or(|t| t.elapsed() >= REHASH_EVERY);
+            if full {
+                store.forget_verification(&b);
+                hashed.insert(b, Instant::now());
+            }
+            match tokio::task::spawn_blocking(move || store.open_verified(&b)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e @ (BlobError::Missing(_) | BlobError::Corrupt { .. }))) => {
+                    tracing::warn!("{e}; reporting it lost");
+                    lost.push(b);
+                }
+                Ok(Err(e)) => tracing::warn!("checking blob {b}: {e}"),
+                Err(e) => tracing::warn!("checking blob {b}: {e}"),
+            }
+        }
+        if !lost.is_empty() {
+            if let Err(e) = record(&app, Vec::new(), lost).await {
+                tracing::warn!("reporting lost blobs failed: {e}; retrying at the next check");
+            }
+        }
+    }
+}
