@@ -22,6 +22,8 @@
 //! With `--dhcp` it runs the DHCP benchmark instead (see [`dhcp`]): Kea's perfdhcp against ingot-rack and
 //! against kea-dhcp4 in the same namespaces, stepping the rate up, and the rack's RSS with many leases.
 //!
+//! With `--image-upload [--size-mib N]` it runs the image upload benchmark instead (see [`upload`]).
+//!
 //! With `--nemesis --minutes N [--seed S]` it runs the nemesis instead (see [`nemesis`]): faults
 //! injected at random under a client workload, then the invariants checked from the record.
 
@@ -41,6 +43,7 @@ mod dhcp_fuzz;
 mod nemesis;
 mod power;
 mod racks;
+mod upload;
 
 #[derive(Parser)]
 #[command(
@@ -180,6 +183,13 @@ struct Args {
     /// --dhcp: distinct MACs driven through ingot-rack for the RSS figure (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     dhcp_leases: u64,
+    /// Run the image upload benchmark instead: one random file streamed to a region, MiB/s and the time
+    /// until a majority (and all) of the regions hold it.
+    #[arg(long)]
+    image_upload: bool,
+    /// --image-upload: file size in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
 }
 
 /// The `p` quantile (0..=1) of sorted samples; zero when there are none.
@@ -472,6 +482,21 @@ async fn main() -> Result<()> {
             let _ = std::fs::remove_dir_all(&dir);
         }
         dhcp::report(&o, &figures?, profile, a.regions);
+        return Ok(());
+    }
+
+    if a.image_upload {
+        let o = upload::UploadOpts {
+            size_mib: a.size_mib.max(1),
+        };
+        let figures = upload::run(&cluster, &o).await;
+        drop(cluster);
+        if figures.is_err() {
+            eprintln!("== keeping {} (region logs)", dir.display());
+        } else if a.dir.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        upload::report(&figures?, profile);
         return Ok(());
     }
 
