@@ -366,8 +366,8 @@ mod tests {
         assert!(s.data.events.iter().any(|e| e.kind == "image.delete"));
     }
 
-    /// Random puts, deletes and records from two regions (and a stranger): `blob_holders` only ever
-    /// names blobs some image references, held by member regions.
+    /// Random puts, deletes and records from two regions (and a stranger), and now and then a region
+    /// removed: `blob_holders` only ever names blobs some image references, held by member regions.
     #[test]
     fn blob_holders_only_name_referenced_blobs() {
         for seed in 0..20u64 {
@@ -376,12 +376,18 @@ mod tests {
             for step in 0..300u64 {
                 let name = format!("img{}", rng.gen_range(0..5));
                 let b = |rng: &mut rand::rngs::StdRng| blob(rng.gen_range(0..8));
-                let c = match rng.gen_range(0..4) {
-                    0 => {
+                let c = match rng.gen_range(0..60) {
+                    0 => admin(
+                        step + 2,
+                        Op::ForgetRegion(op::ForgetRegion {
+                            node_id: rng.gen_range(1..4),
+                        }),
+                    ),
+                    1..15 => {
                         let (k, i) = (rng.gen_range(0..8), rng.gen_range(0..8));
                         admin(step + 2, put(&name, k, i, rng.gen_range(1..4)))
                     }
-                    1 => admin(step + 2, Op::DeleteImage(op::DeleteImage { name })),
+                    15..30 => admin(step + 2, Op::DeleteImage(op::DeleteImage { name })),
                     _ => {
                         let held = (0..rng.gen_range(0..4)).map(|_| b(&mut rng)).collect();
                         let lost = (0..rng.gen_range(0..2)).map(|_| b(&mut rng)).collect();
