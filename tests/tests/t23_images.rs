@@ -5,7 +5,8 @@
 //! disk in a region is never served (FetchBlob there answers NOT_FOUND or the correct bytes), is reported
 //! lost (event `image.blob-lost`) and copied again; a mismatched sha256 in an upload is refused naming
 //! `files[0].sha256`; a non-admin upload is refused; deleting an image a Deploying machine uses is
-//! refused naming the machine.
+//! refused naming the machine; `import-ipxe` uploads the iPXE binaries of a directory (and names the
+//! directory and the package when there are none); a deleted image's blobs leave every region's disk.
 
 use ingot_client::Clients;
 use ingot_proto::rack::v1::blob_service_client::BlobServiceClient;
@@ -393,6 +394,47 @@ async fn images_are_copied_to_every_region_survive_a_kill_and_corruption_is_neve
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains(&m.system_id), "{e:?}");
+
+    // import-ipxe: a directory without iPXE binaries is an error naming it and the package; with
+    // them, a bootloader image of the files present.
+    let empty = tc.dir.join("no-ipxe");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = ingot(
+        &env,
+        &regions[1].endpoint(),
+        &["images", "import-ipxe", "--dir", empty.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(empty.to_str().unwrap()) && err.contains("apt-get install ipxe"),
+        "{err}"
+    );
+    let ipxe = tc.dir.join("ipxe");
+    std::fs::create_dir_all(&ipxe).unwrap();
+    std::fs::write(ipxe.join("undionly.kpxe"), b"fake BIOS iPXE").unwrap();
+    std::fs::write(ipxe.join("snponly.efi"), b"fake UEFI iPXE").unwrap();
+    let out = ok(ingot(
+        &env,
+        &regions[1].endpoint(),
+        &[
+            "--json",
+            "images",
+            "import-ipxe",
+            "--dir",
+            ipxe.to_str().unwrap(),
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["name"], "ipxe", "{v}");
+    assert_eq!(v["kind"], "bootloader", "{v}");
+    let names: Vec<&str> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["undionly.kpxe", "snponly.efi"], "{v}");
 
     // An image nobody uses is deleted, and its blobs leave every live region's disk.
     let out = ok(ingot(
