@@ -11,7 +11,7 @@
 
 use super::worker::REGION_ACTOR;
 use super::App;
-use crate::blobs::{BlobError, BlobWriter, CHUNK};
+use crate::blobs::{BlobError, BlobStore, BlobWriter, Pin, CHUNK};
 use crate::command::{op, Command, Internal, Op, Principal};
 use ingot_common::image::BlobId;
 use ingot_common::NodeId;
@@ -19,10 +19,11 @@ use ingot_proto::rack::v1::blob_service_client::BlobServiceClient;
 use ingot_proto::rack::v1::FetchBlobRequest;
 use rand::seq::SliceRandom;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tonic::transport::ClientTlsConfig;
+use tonic::transport::Channel;
 
 /// Most blob copies one region runs at once: copies are disk- and network-heavy, and the regions'
 /// Raft traffic must keep its share.
@@ -185,32 +186,60 @@ async fn copy(app: &App, w: Wanted) -> Result<(), String> {
     let mut sources = w.sources;
     sources.shuffle(&mut rand::thread_rng());
     let tls = app.region.peers.tls().clone();
+    let connect = move |addr: &str| {
+        crate::raft::network::channel(addr, &tls)
+            .map(|ch| BlobServiceClient::new(ch).max_decoding_message_size(MAX_FETCH_MESSAGE))
+            .map_err(|e| e.to_string())
+    };
+    let pin = fetch(&app.blobs, w.blob, w.size, &sources, &connect).await?;
+    let recorded = record(app, vec![w.blob], Vec::new()).await;
+    drop(pin);
+    recorded
+}
+
+/// Connects to a holder's cluster listener (by address).
+type Connect<'a> = dyn Fn(&str) -> Result<BlobServiceClient<Channel>, String> + Send + Sync + 'a;
+
+/// Copies blob `blob` of `size` bytes from `sources` (tried in turn) into `store`: each stream resumes
+/// at the byte the last one stopped at; a copy that does not verify starts over. The stored blob stays
+/// pinned until the returned pin is dropped (after it is recorded).
+async fn fetch(
+    store: &Arc<BlobStore>,
+    blob: BlobId,
+    size: u64,
+    sources: &[(NodeId, String)],
+    connect: &Connect<'_>,
+) -> Result<Pin, String> {
     let mut writer: Option<BlobWriter> = None;
-    let mut last = String::new();
+    let mut last = String::from("no source");
     for attempt in 0..FETCH_ATTEMPTS {
-        let w0 = match writer.take() {
-            Some(w0) => w0,
-            None => app
-                .blobs
-                .writer(w.size, Some(w.blob))
-                .map_err(|e| e.to_string())?,
-        };
-        let Some((id, addr)) = sources.get(attempt % sources.len()) else {
+        let Some((id, addr)) = sources.get(attempt % sources.len().max(1)) else {
             break;
         };
-        let (back, result) = pull(&tls, addr, w.blob, w0).await;
-        match result {
-            Ok(()) => {
-                let Some(done) = back else { break };
-                let (_, pin) = tokio::task::spawn_blocking(move || done.finish())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                let recorded = record(app, vec![w.blob], Vec::new()).await;
-                drop(pin);
-                return recorded;
+        let w0 = match writer.take() {
+            Some(w0) => w0,
+            None => store.writer(size, Some(blob)).map_err(|e| e.to_string())?,
+        };
+        let (back, result) = match connect(addr) {
+            Ok(mut c) => pull(&mut c, blob, w0).await,
+            Err(e) => (Some(w0), Err(e)),
+        };
+        match (back, result) {
+            (Some(done), Ok(())) if done.written() == size => {
+                match tokio::task::spawn_blocking(move || done.finish()).await {
+                    Ok(Ok((_, pin))) => return Ok(pin),
+                    Ok(Err(e)) => last = format!("from region {id} ({addr}): {e}"),
+                    Err(e) => last = e.to_string(),
+                }
             }
-            Err(e) => {
+            (back, Ok(())) => {
+                let got = back.as_ref().map_or(0, BlobWriter::written);
+                last = format!(
+                    "from region {id} ({addr}): the stream ended after {got} of {size} bytes"
+                );
+                writer = back;
+            }
+            (back, Err(e)) => {
                 last = format!("from region {id} ({addr}): {e}");
                 writer = back;
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -220,19 +249,13 @@ async fn copy(app: &App, w: Wanted) -> Result<(), String> {
     Err(last)
 }
 
-/// One `FetchBlob` stream from `addr` into `w`, from `w.written()` on. Returns the writer (none when a
-/// write failed: the copy starts over) and whether the blob is complete.
+/// One `FetchBlob` stream into `w`, from `w.written()` on. Returns the writer (none when a write failed:
+/// the copy starts over) and whether the stream ended without an error.
 async fn pull(
-    tls: &ClientTlsConfig,
-    addr: &str,
+    client: &mut BlobServiceClient<Channel>,
     blob: BlobId,
     w: BlobWriter,
 ) -> (Option<BlobWriter>, Result<(), String>) {
-    let ch = match crate::raft::network::channel(addr, tls) {
-        Ok(c) => c,
-        Err(e) => return (Some(w), Err(e.to_string())),
-    };
-    let mut client = BlobServiceClient::new(ch).max_decoding_message_size(MAX_FETCH_MESSAGE);
     let req = FetchBlobRequest {
         sha256: blob.to_hex(),
         offset: w.written(),
@@ -308,5 +331,100 @@ async fn check_loop(app: App, mut shutdown: watch::Receiver<bool>) {
                 tracing::warn!("reporting lost blobs failed: {e}; retrying at the next check");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ingot_proto::rack::v1::blob_service_server::{BlobService, BlobServiceServer};
+    use ingot_proto::rack::v1::BlobChunk;
+    use sha2::{Digest, Sha256};
+    use std::sync::Mutex;
+    use tonic::{Request, Response, Status};
+
+    /// Serves `data` from the requested offset; the first stream breaks after one chunk.
+    struct Flaky {
+        data: Vec<u8>,
+        offsets: Arc<Mutex<Vec<u64>>>,
+    }
+
+    type Chunks =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<BlobChunk, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl BlobService for Flaky {
+        type FetchBlobStream = Chunks;
+
+        async fn fetch_blob(
+            &self,
+            req: Request<FetchBlobRequest>,
+        ) -> Result<Response<Chunks>, Status> {
+            let offset = req.into_inner().offset;
+            let first = {
+                let mut o = crate::locks::lock(&self.offsets);
+                o.push(offset);
+                o.len() == 1
+            };
+            let rest = self.data.get(offset as usize..).unwrap_or_default();
+            let mut items: Vec<Result<BlobChunk, Status>> = rest
+                .chunks(CHUNK)
+                .map(|c| {
+                    Ok(BlobChunk {
+                        size: 0,
+                        data: c.to_vec(),
+                    })
+                })
+                .collect();
+            if first {
+                items.truncate(1);
+                items.push(Err(Status::unavailable("connection reset (test)")));
+            }
+            Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+        }
+    }
+
+    /// A stream that breaks after its first chunk is resumed at that byte, and the copy verifies.
+    #[tokio::test]
+    async fn a_broken_stream_resumes_at_the_byte_it_stopped() {
+        let data: Vec<u8> = (0..(2 * CHUNK + 12_345)).map(|i| (i % 253) as u8).collect();
+        let blob = BlobId(Sha256::digest(&data).into());
+        let offsets = Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tonic::transport::Server::builder()
+            .add_service(BlobServiceServer::new(Flaky {
+                data: data.clone(),
+                offsets: offsets.clone(),
+            }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        let server = tokio::spawn(server);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let connect = |addr: &str| {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .map(|e| BlobServiceClient::new(e.connect_lazy()))
+                .map_err(|e| e.to_string())
+        };
+        let sources = vec![(2, addr)];
+        let pin = fetch(&store, blob, data.len() as u64, &sources, &connect)
+            .await
+            .unwrap();
+        drop(pin);
+        assert_eq!(
+            *crate::locks::lock(&offsets),
+            vec![0, CHUNK as u64],
+            "the second stream starts where the first broke"
+        );
+        let v = store.open_verified(&blob).unwrap();
+        assert_eq!(v.size, data.len() as u64);
+        // A blob whose bytes do not verify is refused after every attempt, and nothing is stored.
+        let wrong = BlobId([7; 32]);
+        let e = fetch(&store, wrong, data.len() as u64, &sources, &connect)
+            .await
+            .unwrap_err();
+        assert!(e.contains("hash"), "{e}");
+        assert!(!store.path(&wrong).exists());
+        server.abort();
     }
 }
