@@ -207,7 +207,7 @@ pub async fn start(
             revocation.clone(),
         ))
         .add_service(InterceptedService::new(
-            BlobServiceServer::new(BlobApi { app: app.clone() }),
+            BlobServiceServer::new(BlobApi::new(app.clone())),
             revocation,
         ));
     let raft_rx = rx.clone();

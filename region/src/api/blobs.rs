@@ -1,6 +1,7 @@
 //! `ingot.rack.v1.BlobService` on the cluster listener: a blob's bytes for a member region (copying it)
 //! or a registered, unrevoked rack (caching it). Only a verified copy is ever served; the stream reads
-//! one chunk at a time, so memory per download is a chunk or two whatever the blob's size.
+//! one chunk at a time, so memory per download is a chunk or two whatever the blob's size, and at most
+//! [`MAX_STREAMS`] downloads run at once.
 
 use super::status;
 use crate::app::App;
@@ -10,20 +11,36 @@ use ingot_common::image::BlobId;
 use ingot_common::{pki, DomainError};
 use ingot_proto::rack::v1::blob_service_server::BlobService;
 use ingot_proto::rack::v1::{BlobChunk, FetchBlobRequest};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::SeekFrom;
 use std::pin::Pin;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 /// BlobService over [`App`].
 pub struct BlobApi {
-    /// The application.
-    pub app: App,
+    app: App,
+    /// One permit per download in progress.
+    streams: Arc<Semaphore>,
 }
 
 /// Chunks queued per download ahead of the network: the memory bound of one stream.
 const QUEUED_CHUNKS: usize = 2;
+/// Most downloads one region serves at once (each holds up to [`QUEUED_CHUNKS`] MiB and an open file);
+/// past it a caller gets RESOURCE_EXHAUSTED and asks another region or retries.
+pub const MAX_STREAMS: usize = 128;
+
+impl BlobApi {
+    /// The service for `app`.
+    pub fn new(app: App) -> BlobApi {
+        BlobApi {
+            app,
+            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        }
+    }
+}
 
 impl BlobApi {
     /// Admits the caller of `req`: a member region's certificate (`region-<id>`) or a registered,
@@ -65,24 +82,36 @@ impl BlobService for BlobApi {
                 r.offset, v.size
             ))));
         }
+        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
+            return Err(status(DomainError::exhausted(format!(
+                "this region is serving {MAX_STREAMS} blob downloads already; retry shortly or ask another region"
+            ))));
+        };
         let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
-        let (mut file, size, offset) = (v.file, v.size, r.offset);
-        tokio::task::spawn_blocking(move || {
-            let mut first = true;
-            let mut left = size - offset;
-            if let Err(e) = file.seek(SeekFrom::Start(offset)) {
-                let _ = tx.blocking_send(Err(Status::unavailable(format!(
-                    "reading blob {blob}: {e}"
-                ))));
+        let (size, offset) = (v.size, r.offset);
+        let mut file = tokio::fs::File::from_std(v.file);
+        // An async task: a slow client holds a queued chunk and a permit, never a thread.
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = file.seek(SeekFrom::Start(offset)).await {
+                let _ = tx
+                    .send(Err(Status::unavailable(format!(
+                        "reading blob {blob}: {e}"
+                    ))))
+                    .await;
                 return;
             }
+            let mut first = true;
+            let mut left = size - offset;
             while left > 0 || first {
                 let n = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
                 let mut data = vec![0u8; n];
-                if let Err(e) = file.read_exact(&mut data) {
-                    let _ = tx.blocking_send(Err(Status::unavailable(format!(
-                        "reading blob {blob}: {e}; ask another region"
-                    ))));
+                if let Err(e) = file.read_exact(&mut data).await {
+                    let _ = tx
+                        .send(Err(Status::unavailable(format!(
+                            "reading blob {blob}: {e}; ask another region"
+                        ))))
+                        .await;
                     return;
                 }
                 left -= n as u64;
@@ -91,7 +120,7 @@ impl BlobService for BlobApi {
                     data,
                 };
                 first = false;
-                if tx.blocking_send(Ok(chunk)).is_err() {
+                if tx.send(Ok(chunk)).await.is_err() {
                     return; // the client went away
                 }
             }

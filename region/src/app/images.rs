@@ -19,6 +19,10 @@ use tokio_stream::{Stream, StreamExt};
 /// (the image stays recorded and copying continues). 5 minutes copies a few GiB between regions.
 pub const MAJORITY_WAIT: Duration = Duration::from_secs(300);
 
+/// Longest wait for an upload's next chunk: a stalled client must not hold a temporary file and a
+/// request slot for ever.
+pub const CHUNK_WAIT: Duration = Duration::from_secs(60);
+
 /// An upload's first message: what the image is and which files follow, in order.
 #[derive(Clone, Debug)]
 pub struct UploadHeader {
@@ -187,7 +191,15 @@ impl App {
                 .writer(f.size, f.sha256)
                 .map_err(|e| upload_error(i, e))?;
             while w.written() < f.size {
-                let Some(chunk) = chunks.next().await else {
+                let next = tokio::time::timeout(CHUNK_WAIT, chunks.next()).await;
+                let Ok(next) = next else {
+                    return Err(DomainError::unavailable(format!(
+                        "no chunk of file {i} ('{}') arrived for {} s; nothing was recorded, upload again",
+                        f.name,
+                        CHUNK_WAIT.as_secs()
+                    )));
+                };
+                let Some(chunk) = next else {
                     return Err(upload_error(
                         i,
                         BlobError::Short {
@@ -207,6 +219,12 @@ impl App {
                             f.size - w.written(),
                             f.size
                         ),
+                    ));
+                }
+                if chunk.data.is_empty() {
+                    return Err(DomainError::invalid(
+                        "chunk.data",
+                        "an empty chunk; every chunk carries at least one byte",
                     ));
                 }
                 if chunk.data.len() > CHUNK {
