@@ -91,6 +91,14 @@ pub enum ImagesCmd {
     },
 }
 
+/// What one upload sends: the header's fields and the local files by their name in the image.
+struct UploadSpec {
+    name: String,
+    kind: String,
+    arch: String,
+    files: Vec<(String, PathBuf)>,
+}
+
 /// A file to upload, hashed.
 struct LocalFile {
     name: String,
@@ -228,7 +236,13 @@ pub async fn run(ctx: &Ctx, cmd: ImagesCmd) -> Result<()> {
             if named.is_empty() {
                 bail!("no files: pass --kernel and --initrd (ramdisk), --disk-image (disk) or --file NAME=PATH");
             }
-            let i = upload(ctx, name, kind, arch, named).await?;
+            let spec = UploadSpec {
+                name,
+                kind,
+                arch,
+                files: named,
+            };
+            let i = upload(ctx, spec).await?;
             show(ctx, &i);
         }
         ImagesCmd::ImportIpxe { dir, name } => {
@@ -244,7 +258,13 @@ pub async fn run(ctx: &Ctx, cmd: ImagesCmd) -> Result<()> {
                     dir.display()
                 );
             }
-            let i = upload(ctx, name, "bootloader".into(), "amd64".into(), found).await?;
+            let spec = UploadSpec {
+                name,
+                kind: "bootloader".into(),
+                arch: "amd64".into(),
+                files: found,
+            };
+            let i = upload(ctx, spec).await?;
             show(ctx, &i);
         }
         ImagesCmd::List { kind } => {
@@ -308,13 +328,13 @@ pub async fn run(ctx: &Ctx, cmd: ImagesCmd) -> Result<()> {
 
 /// Hashes the files, then streams them as one upload (header, then each file's chunks in order) with
 /// a progress bar of bytes sent on a terminal.
-async fn upload(
-    ctx: &Ctx,
-    name: String,
-    kind: String,
-    arch: String,
-    named: Vec<(String, PathBuf)>,
-) -> Result<Image> {
+async fn upload(ctx: &Ctx, spec: UploadSpec) -> Result<Image> {
+    let UploadSpec {
+        name,
+        kind,
+        arch,
+        files: named,
+    } = spec;
     let mut files = Vec::new();
     for (n, path) in named {
         let p = path.clone();

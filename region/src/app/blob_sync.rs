@@ -183,15 +183,15 @@ async fn copy(app: &App, w: Wanted) -> Result<(), String> {
     if w.sources.is_empty() {
         return Err("no other member region is recorded as holding it".into());
     }
-    let mut sources = w.sources;
-    sources.shuffle(&mut rand::thread_rng());
+    let mut w = w;
+    w.sources.shuffle(&mut rand::thread_rng());
     let tls = app.region.peers.tls().clone();
     let connect = move |addr: &str| {
         crate::raft::network::channel(addr, &tls)
             .map(|ch| BlobServiceClient::new(ch).max_decoding_message_size(MAX_FETCH_MESSAGE))
             .map_err(|e| e.to_string())
     };
-    let pin = fetch(&app.blobs, w.blob, w.size, &sources, &connect).await?;
+    let pin = fetch(&app.blobs, &w, &connect).await?;
     let recorded = record(app, vec![w.blob], Vec::new()).await;
     drop(pin);
     recorded
@@ -200,16 +200,11 @@ async fn copy(app: &App, w: Wanted) -> Result<(), String> {
 /// Connects to a holder's cluster listener (by address).
 type Connect<'a> = dyn Fn(&str) -> Result<BlobServiceClient<Channel>, String> + Send + Sync + 'a;
 
-/// Copies blob `blob` of `size` bytes from `sources` (tried in turn) into `store`: each stream resumes
-/// at the byte the last one stopped at; a copy that does not verify starts over. The stored blob stays
-/// pinned until the returned pin is dropped (after it is recorded).
-async fn fetch(
-    store: &Arc<BlobStore>,
-    blob: BlobId,
-    size: u64,
-    sources: &[(NodeId, String)],
-    connect: &Connect<'_>,
-) -> Result<Pin, String> {
+/// Copies blob `w.blob` of `w.size` bytes from `w.sources` (tried in turn) into `store`: each stream
+/// resumes at the byte the last one stopped at; a copy that does not verify starts over. The stored blob
+/// stays pinned until the returned pin is dropped (after it is recorded).
+async fn fetch(store: &Arc<BlobStore>, w: &Wanted, connect: &Connect<'_>) -> Result<Pin, String> {
+    let (blob, size, sources) = (w.blob, w.size, &w.sources);
     let mut writer: Option<BlobWriter> = None;
     let mut last = String::from("no source");
     for attempt in 0..FETCH_ATTEMPTS {
@@ -406,10 +401,12 @@ mod tests {
                 .map(|e| BlobServiceClient::new(e.connect_lazy()))
                 .map_err(|e| e.to_string())
         };
-        let sources = vec![(2, addr)];
-        let pin = fetch(&store, blob, data.len() as u64, &sources, &connect)
-            .await
-            .unwrap();
+        let want = |blob| Wanted {
+            blob,
+            size: data.len() as u64,
+            sources: vec![(2, addr.clone())],
+        };
+        let pin = fetch(&store, &want(blob), &connect).await.unwrap();
         drop(pin);
         assert_eq!(
             *crate::locks::lock(&offsets),
@@ -420,9 +417,7 @@ mod tests {
         assert_eq!(v.size, data.len() as u64);
         // A blob whose bytes do not verify is refused after every attempt, and nothing is stored.
         let wrong = BlobId([7; 32]);
-        let e = fetch(&store, wrong, data.len() as u64, &sources, &connect)
-            .await
-            .unwrap_err();
+        let e = fetch(&store, &want(wrong), &connect).await.unwrap_err();
         assert!(e.contains("hash"), "{e}");
         assert!(!store.path(&wrong).exists());
         server.abort();
