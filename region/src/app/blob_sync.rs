@@ -302,25 +302,44 @@ async fn check_loop(app: App, mut shutdown: watch::Receiver<bool>) {
             .filter(|(_, h)| h.contains(&me))
             .map(|(b, _)| *b)
             .collect();
+        let mine: BTreeSet<BlobId> = mine.into_iter().collect();
         hashed.retain(|b, _| mine.contains(b));
-        let mut lost = Vec::new();
-        for b in mine {
-            let store = app.blobs.clone();
-            let full = hashed.get(&b).is_none_or(|t| t.elapsed() >= REHASH_EVERY);
-            if full {
-                store.forget_verification(&b);
-                hashed.insert(b, Instant::now());
-            }
-            match tokio::task::spawn_blocking(move || store.open_verified(&b)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e @ (BlobError::Missing(_) | BlobError::Corrupt { .. }))) => {
-                    tracing::warn!("{e}; reporting it lost");
-                    lost.push(b);
-                }
-                Ok(Err(e)) => tracing::warn!("checking blob {b}: {e}"),
-                Err(e) => tracing::warn!("checking blob {b}: {e}"),
-            }
+        let full: BTreeSet<BlobId> = mine
+            .iter()
+            .filter(|b| hashed.get(b).is_none_or(|t| t.elapsed() >= REHASH_EVERY))
+            .copied()
+            .collect();
+        for b in &full {
+            hashed.insert(*b, Instant::now());
         }
+        // One blocking task per round: a stamp check per blob (an open and an fstat), a full hash for
+        // those due.
+        let store = app.blobs.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let mut lost = Vec::new();
+            for b in mine {
+                if full.contains(&b) {
+                    store.forget_verification(&b);
+                }
+                match store.open_verified(&b) {
+                    Ok(_) => {}
+                    Err(e @ (BlobError::Missing(_) | BlobError::Corrupt { .. })) => {
+                        tracing::warn!("{e}; reporting it lost");
+                        lost.push(b);
+                    }
+                    Err(e) => tracing::warn!("checking blob {b}: {e}"),
+                }
+            }
+            lost
+        })
+        .await;
+        let lost = match checked {
+            Ok(lost) => lost,
+            Err(e) => {
+                tracing::warn!("checking blobs: {e}");
+                continue;
+            }
+        };
         if !lost.is_empty() {
             if let Err(e) = record(&app, Vec::new(), lost).await {
                 tracing::warn!("reporting lost blobs failed: {e}; retrying at the next check");
