@@ -27,6 +27,8 @@
 //! With `--boot-files` it runs the boot-file benchmark instead (see [`boot_files`]): a file over TFTP from
 //! ingot-rack and tftpd-hpa, and over HTTP from the rack and nginx, with the same clients.
 //!
+//! With `--image-upload [--size-mib N]` it runs the image upload benchmark instead (see [`upload`]).
+//!
 //! With `--nemesis --minutes N [--seed S]` it runs the nemesis instead (see [`nemesis`]): faults
 //! injected at random under a client workload, then the invariants checked from the record.
 
@@ -48,6 +50,7 @@ mod nemesis;
 mod power;
 mod racks;
 mod tftp_fuzz;
+mod upload;
 
 #[derive(Parser)]
 #[command(
@@ -196,9 +199,10 @@ struct Args {
     /// with the same clients, and the rack's RSS during the largest HTTP run.
     #[arg(long)]
     boot_files: bool,
-    /// --boot-files: size of the file served, MiB.
-    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    size_mib: u64,
+    /// --boot-files: size of the file served; --image-upload: size of the file uploaded (MiB; default 40
+    /// for --boot-files, 1024 for --image-upload).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    size_mib: Option<u64>,
     /// --boot-files: concurrent TFTP clients, per case.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     boot_tftp_clients: Vec<usize>,
@@ -211,6 +215,10 @@ struct Args {
     /// --boot-files: longest one case may run, seconds (then it is cut and says so).
     #[arg(long, default_value_t = 120)]
     boot_max_seconds: u64,
+    /// Run the image upload benchmark instead: one random file streamed to a region, MiB/s and the time
+    /// until a majority (and all) of the regions hold it.
+    #[arg(long)]
+    image_upload: bool,
 }
 
 /// The `p` quantile (0..=1) of sorted samples; zero when there are none.
@@ -468,7 +476,7 @@ async fn main() -> Result<()> {
             "debug (use --release for real figures)"
         };
         let o = boot_files::BootFilesOpts {
-            size_mib: a.size_mib,
+            size_mib: a.size_mib.unwrap_or(40),
             tftp_clients: a.boot_tftp_clients.clone(),
             http_clients: a.boot_http_clients.clone(),
             http_rounds: a.boot_http_rounds,
@@ -533,6 +541,21 @@ async fn main() -> Result<()> {
             let _ = std::fs::remove_dir_all(&dir);
         }
         dhcp::report(&o, &figures?, profile, a.regions);
+        return Ok(());
+    }
+
+    if a.image_upload {
+        let o = upload::UploadOpts {
+            size_mib: a.size_mib.unwrap_or(1024),
+        };
+        let figures = upload::run(&cluster, &o).await;
+        drop(cluster);
+        if figures.is_err() {
+            eprintln!("== keeping {} (region logs)", dir.display());
+        } else if a.dir.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        upload::report(&figures?, profile);
         return Ok(());
     }
 

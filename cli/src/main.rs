@@ -4,7 +4,7 @@
 //! Layout: this file holds the command tree's root and error reporting; each command group lives in its
 //! own module ([`machines`] with [`actions`], [`allocate`] and [`power`], [`zones`], [`pools`], [`tags`],
 //! [`users`], [`events`], [`settings`], [`watch`], [`agent`], [`racks`], [`subnets`], [`leases`],
-//! [`cluster`], [`dev`]). They share
+//! [`images`], [`cluster`], [`dev`]). They share
 //! leaf modules that import no command module: [`ctx`] (the global flags and the connection), [`target`]
 //! (how a machine argument is resolved), [`output`] (tables, JSON and timestamps) and [`parse`] (sizes,
 //! durations, times and settings). Every API command is
@@ -34,6 +34,7 @@ mod cluster;
 mod ctx;
 mod dev;
 mod events;
+mod images;
 mod leases;
 mod machines;
 mod output;
@@ -104,6 +105,9 @@ enum Command {
     /// DHCP leases on the subnets
     #[command(subcommand)]
     Leases(leases::LeasesCmd),
+    /// Boot images (ramdisks, disk images, iPXE): upload, list, show, delete
+    #[command(subcommand)]
+    Images(images::ImagesCmd),
     /// Region controllers: membership, health, join tokens
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
@@ -128,6 +132,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Racks(c) => racks::run(&ctx, c).await,
         Command::Subnets(c) => subnets::run(&ctx, c).await,
         Command::Leases(c) => leases::run(&ctx, c).await,
+        Command::Images(c) => images::run(&ctx, c).await,
         Command::Cluster(c) => cluster::run(&ctx, c).await,
         Command::Dev(c) => dev::run(&ctx, c).await,
     }

@@ -6,6 +6,7 @@ use crate::{ClientConfig, ClientError};
 use ingot_proto::v1::agent_service_client::AgentServiceClient;
 use ingot_proto::v1::cluster_service_client::ClusterServiceClient;
 use ingot_proto::v1::event_service_client::EventServiceClient;
+use ingot_proto::v1::image_service_client::ImageServiceClient;
 use ingot_proto::v1::machine_service_client::MachineServiceClient;
 use ingot_proto::v1::pool_service_client::PoolServiceClient;
 use ingot_proto::v1::rack_service_client::RackServiceClient;
@@ -46,6 +47,8 @@ pub type TagClient = TagServiceClient<AuthChannel>;
 pub type UserClient = UserServiceClient<AuthChannel>;
 /// `ingot.v1.EventService` client that sends the bearer token.
 pub type EventClient = EventServiceClient<AuthChannel>;
+/// `ingot.v1.ImageService` client that sends the bearer token.
+pub type ImageClient = ImageServiceClient<AuthChannel>;
 /// `ingot.v1.AgentService` client. Agent calls authenticate with the per-boot token inside each
 /// request; the bearer header is sent too but not needed.
 pub type AgentClient = AgentServiceClient<AuthChannel>;
@@ -213,6 +216,12 @@ impl Clients {
     /// The event service (history).
     pub fn events(&self) -> EventClient {
         EventServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The image service (boot images: upload, list, delete).
+    pub fn images(&self) -> ImageClient {
+        ImageServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
     }
 

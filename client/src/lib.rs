@@ -22,8 +22,8 @@ pub mod error;
 pub mod retry;
 
 pub use clients::{
-    AuthChannel, BearerAuth, Clients, ClusterClient, MachineClient, RackClient, SubnetClient,
-    ZoneClient, MAX_MESSAGE_SIZE,
+    AuthChannel, BearerAuth, Clients, ClusterClient, ImageClient, MachineClient, RackClient,
+    SubnetClient, ZoneClient, MAX_MESSAGE_SIZE,
 };
 pub use config::ClientConfig;
 pub use error::ClientError;

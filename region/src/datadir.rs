@@ -9,6 +9,7 @@
 //! bootstrap.json  the bootstrap command until it is applied (first region only)
 //! db/             sled: Raft log, vote, snapshots
 //! run.json        pid, addresses, readiness of the running process (for tools and tests)
+//! blobs/          image files by SHA-256 (0700; `crate::blobs::BlobStore`), copied from other regions
 //! ```
 //!
 //! The directory, `tls/` and `db/` are mode 0700 ([`DataDir::secure`]): `db/` holds the replicated state,

@@ -14,12 +14,14 @@
 //! - [`apply`]: the deterministic state transition, the only code that mutates [`state::State`].
 //! - [`command`]: the command envelope, the one payload of every log entry.
 //! - [`state`]: replicated data and its indexes.
+//! - [`blobs`]: the content-addressed store of image files (`<data dir>/blobs/<sha256>`).
 //! - [`datadir`]: the files of a data directory; [`server`]: the wiring function that starts it all;
 //!   [`locks`]: the one way readers take a lock that a panic may have poisoned.
 
 pub mod api;
 pub mod app;
 pub mod apply;
+pub mod blobs;
 pub mod command;
 pub mod datadir;
 pub mod locks;

@@ -4,8 +4,9 @@
 
 use crate::api::rack_session::RackSessionServer;
 use crate::api::{
-    agent::AgentApi, cluster::ClusterApi, events::EventApi, machines::MachineApi, pools::PoolApi,
-    racks::RackApi, subnets::SubnetApi, tags::TagApi, users::UserApi, zones::ZoneApi,
+    agent::AgentApi, blobs::BlobApi, cluster::ClusterApi, events::EventApi, images::ImageApi,
+    machines::MachineApi, pools::PoolApi, racks::RackApi, subnets::SubnetApi, tags::TagApi,
+    users::UserApi, zones::ZoneApi,
 };
 use crate::app::App;
 use crate::datadir::{DataDir, RegionIdentity};
@@ -14,11 +15,13 @@ use crate::raft::network::{NetworkFactory, Peers, MAX_MESSAGE, MAX_REPLY};
 use crate::raft::service::{refuse_revoked, RaftServer};
 use crate::raft::store::{open_db, LogStore, OpenError, StateMachineStore};
 use crate::raft::{Raft, RaftTuning};
+use ingot_proto::rack::v1::blob_service_server::BlobServiceServer;
 use ingot_proto::rack::v1::rack_session_service_server::RackSessionServiceServer;
 use ingot_proto::raft::v1::raft_service_server::RaftServiceServer;
 use ingot_proto::v1::agent_service_server::AgentServiceServer;
 use ingot_proto::v1::cluster_service_server::ClusterServiceServer;
 use ingot_proto::v1::event_service_server::EventServiceServer;
+use ingot_proto::v1::image_service_server::ImageServiceServer;
 use ingot_proto::v1::machine_service_server::MachineServiceServer;
 use ingot_proto::v1::pool_service_server::PoolServiceServer;
 use ingot_proto::v1::rack_service_server::RackServiceServer;
@@ -66,6 +69,9 @@ pub enum StartError {
     /// The gRPC reflection descriptors are broken (a build problem).
     #[error("gRPC reflection setup failed: {0}")]
     Reflection(String),
+    /// The blob store (image files) could not be opened.
+    #[error(transparent)]
+    Blobs(#[from] crate::blobs::BlobError),
 }
 
 /// The TLS material of a region.
@@ -173,6 +179,7 @@ pub async fn start(
     let app = App {
         region: region.clone(),
         rack_grace_ms: tuning.rack_grace_ms,
+        blobs: Arc::new(crate::blobs::BlobStore::open(dd.root.join("blobs"))?),
     };
 
     // Cluster listener: mutual TLS; only certificates from the cluster CA get past the handshake. Regions
@@ -197,6 +204,10 @@ pub async fn start(
         .add_service(InterceptedService::new(
             RackSessionServiceServer::new(RackSessionServer { app: app.clone() })
                 .max_decoding_message_size(API_MAX_MESSAGE),
+            revocation.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            BlobServiceServer::new(BlobApi::new(app.clone())),
             revocation,
         ));
     let raft_rx = rx.clone();
@@ -225,6 +236,7 @@ pub async fn start(
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
     health.set_serving::<RackServiceServer<RackApi>>().await;
     health.set_serving::<SubnetServiceServer<SubnetApi>>().await;
+    health.set_serving::<ImageServiceServer<ImageApi>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ingot_proto::V1_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -288,6 +300,10 @@ pub async fn start(
                 .max_decoding_message_size(API_MAX_MESSAGE),
         )
         .add_service(
+            ImageServiceServer::new(ImageApi { app: app.clone() })
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
             ClusterServiceServer::new(ClusterApi {
                 app: app.clone(),
                 attempts,
@@ -295,6 +311,11 @@ pub async fn start(
             .max_decoding_message_size(API_MAX_MESSAGE),
         );
     let worker = tokio::spawn(crate::app::worker::run(app.clone(), shutdown.subscribe()));
+    // Every region (not only the leader) copies the image blobs it lacks and checks those it holds.
+    let blob_sync = tokio::spawn(crate::app::blob_sync::run(
+        app.clone(),
+        shutdown.subscribe(),
+    ));
     tokio::spawn(encoded.follow(app));
     let t2 = tokio::spawn(async move {
         if let Err(e) = api_server
@@ -307,7 +328,7 @@ pub async fn start(
     Ok(Running {
         region,
         shutdown,
-        tasks: vec![t1, t2, worker],
+        tasks: vec![t1, t2, worker, blob_sync],
     })
 }
 

@@ -9,8 +9,9 @@
 //! reflection), `t13_peers` (grpcurl and Python grpcio), `t14_cli` (the `ingot` binary and `ingot dev
 //! up`), `t15_lifecycle` (the machine lifecycle, events, tags, users, `Watch`), `t16_allocation`
 //! (concurrent allocation and request semantics), `t17_racks` (rack controllers: failover and refusals)
-//! `t18_power` (power through rack, driver and BMC, with `ingot-sim` and `ipmi_sim`) and `t19_nemesis`
-//! (faults at random under clients, then the invariants checked from the record). Run one with
+//! `t18_power` (power through rack, driver and BMC, with `ingot-sim` and `ipmi_sim`), `t19_nemesis`
+//! (faults at random under clients, then the invariants checked from the record) and `t23_images`
+//! (images copied to every region, a region lost, a corrupted blob). Run one with
 //! `cargo test -p ingot-tests --test all -- t17_racks`.
 //!
 //! This library holds what they share: [`TestCluster`] and test directories, machine and inventory

@@ -16,5 +16,6 @@ mod t19_nemesis;
 mod t20_fuzz;
 mod t21_subnets;
 mod t22_dhcp;
+mod t23_images;
 mod t25_rack_cache;
 mod t26_pxe_boot;

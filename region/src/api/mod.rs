@@ -1,11 +1,14 @@
 //! The region's gRPC services, one per file, thin — authenticate, convert with [`ingot_proto::convert`],
 //! call [`crate::app`], convert back. The client API (`ingot.v1`) is served on the API listener;
-//! [`rack_session`] (`ingot.rack.v1`) on the cluster listener, for rack certificates only. Errors become
+//! [`rack_session`] (`ingot.rack.v1`) on the cluster listener, for rack certificates only; [`blobs`]
+//! (`BlobService`, image files) on the cluster listener too, for member regions and racks. Errors become
 //! gRPC statuses here and only here.
 
 pub mod agent;
+pub mod blobs;
 pub mod cluster;
 pub mod events;
+pub mod images;
 pub mod machines;
 pub mod pools;
 pub mod rack_session;

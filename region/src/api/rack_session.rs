@@ -43,7 +43,7 @@ pub struct RackSessionServer {
 }
 
 /// The rack name in the caller's certificate (CN `rack-<name>`).
-fn caller_rack<T>(req: &Request<T>) -> Result<String, Status> {
+pub(crate) fn caller_rack<T>(req: &Request<T>) -> Result<String, Status> {
     let certs = req.peer_certs().ok_or_else(|| {
         Status::unauthenticated("rack sessions require a rack certificate from the cluster CA")
     })?;

@@ -3,10 +3,12 @@
 
 pub mod agent;
 pub mod alloc;
+pub mod blob_sync;
 pub mod boot;
 pub mod cluster;
 pub mod encoded;
 pub mod events;
+pub mod images;
 pub mod machines;
 pub mod pools;
 pub mod prefetch;
@@ -33,6 +35,8 @@ pub struct App {
     pub region: Arc<Region>,
     /// How long a rack may go without a recorded heartbeat before it counts as dead (ms).
     pub rack_grace_ms: u64,
+    /// This region's copies of image files (`<data dir>/blobs`).
+    pub blobs: Arc<crate::blobs::BlobStore>,
 }
 
 /// The error for a write whose reply is not the kind its operation gives: a bug in this region (apply and

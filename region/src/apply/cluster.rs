@@ -172,9 +172,13 @@ pub(super) fn revoke_certificate(state: &mut State, common_name: &str) {
     }
 }
 
-/// Drops a removed region's record and revokes its certificate.
+/// Drops a removed region's record, its image blob copies (it serves them no more) and revokes its
+/// certificate.
 pub(super) fn forget_region(_ctx: &ApplyCtx, state: &mut State, op: &op::ForgetRegion) -> Response {
     state.data.regions.remove(&op.node_id);
+    for holders in state.data.blob_holders.values_mut() {
+        holders.remove(&op.node_id);
+    }
     revoke_certificate(state, &region_common_name(op.node_id));
     Ok(Reply::Done)
 }

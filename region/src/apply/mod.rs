@@ -21,7 +21,7 @@ mod boot_events;
 pub(crate) mod cluster;
 mod ctx;
 mod events;
-mod images;
+pub(crate) mod images;
 mod leases;
 mod lookup;
 mod machines;

@@ -68,6 +68,13 @@ impl Peers {
         }
     }
 
+    /// The TLS settings towards other regions (this region's certificate, verified against the cluster
+    /// CA), for connections that must not share Raft's channel (blob copies: a long stream on the Raft
+    /// connection would delay heartbeats).
+    pub fn tls(&self) -> &ClientTlsConfig {
+        &self.tls
+    }
+
     /// A client for `id` at `addr`, reusing the channel while the address is unchanged.
     pub fn client(
         &self,
