@@ -89,7 +89,8 @@ struct BootArgs {
     /// UDP port of the ProxyDHCP service PXE clients ask for boot options.
     #[arg(long, default_value_t = 4011)]
     proxy_dhcp_port: u16,
-    /// TCP port of the rack's boot HTTP server, used in the iPXE and UEFI HTTP-boot URLs handed out.
+    /// TCP port of the rack's HTTP boot server (iPXE scripts, kernels, initrds, images), bound on each
+    /// --boot-interface's IPv4 address; the DHCP server hands out URLs with this port.
     #[arg(long, default_value_t = 5248)]
     http_port: u16,
     /// Boot file (TFTP path) for legacy BIOS PXE clients.
@@ -146,12 +147,69 @@ fn start_tftp(
     Ok(())
 }
 
+/// Binds the HTTP boot server on every boot interface's IPv4 address at `port` (failing at once,
+/// naming the interface) and serves scripts and the cache's blobs there until shutdown; one server
+/// (counters, attribution of downloads) for all of them.
+fn start_http(
+    service: &std::sync::Arc<BootService>,
+    dir: &DataDir,
+    ca_pem: &str,
+    interfaces: &[String],
+    port: u16,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    use ingot_rack::boot::http::server::{self, HttpServer, HttpServerParts, HttpSettings};
+    let ca_fingerprint = server::ca_fingerprint(ca_pem).with_context(|| {
+        format!(
+            "{} holds no certificate: register the rack again",
+            dir.ca_path().display()
+        )
+    })?;
+    let cache_dir = dir.root().join("cache");
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cache_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .with_context(|| format!("creating the image cache {}", cache_dir.display()))?;
+    }
+    let cache = std::sync::Arc::new(ingot_rack::boot::cache::ImageCache::new(cache_dir));
+    let http = HttpServer::new(HttpServerParts {
+        intents: service.link().clone(),
+        cache,
+        events: service.events().clone(),
+        ca_fingerprint,
+        settings: HttpSettings::default(),
+    });
+    let mut seen = std::collections::HashSet::new();
+    for interface in interfaces {
+        if !seen.insert(interface.as_str()) {
+            continue;
+        }
+        let listener = server::bind(interface, port)?;
+        tracing::info!(%interface, addr = ?listener.local_addr().ok(), "HTTP boot server listening");
+        let (http, stop, interface) = (http.clone(), shutdown.clone(), interface.clone());
+        tokio::spawn(async move {
+            if let Err(e) = server::run(listener, http, stop).await {
+                tracing::error!(%interface, "HTTP boot server stopped: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
 /// Binds the DHCP sockets (failing at once, naming the interface, if one cannot be), opens the lease
-/// journal and starts the boot service and the server; `None` when no boot interface is given.
+/// journal and starts the boot service, the DHCP server and the HTTP boot server; `None` when no boot
+/// interface is given.
 fn start_boot(
     args: BootArgs,
     dir: &DataDir,
     rack: &str,
+    ca_pem: &str,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<std::sync::Arc<BootService>>> {
     if args.interfaces.is_empty() {
@@ -164,6 +222,7 @@ fn start_boot(
     if let Some(root) = args.tftp_root.clone() {
         start_tftp(root, &args.interfaces, args.tftp_port, shutdown)?;
     }
+    let http_interfaces = args.interfaces.clone();
     let server = Server::bind(&ListenerConfig {
         interfaces: args.interfaces,
         dhcp_port: args.dhcp_port,
@@ -188,6 +247,14 @@ fn start_boot(
         journal,
         shutdown.clone(),
     );
+    start_http(
+        &service,
+        dir,
+        ca_pem,
+        &http_interfaces,
+        args.http_port,
+        shutdown,
+    )?;
     let handler: std::sync::Arc<dyn PacketHandler> = service.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -291,7 +358,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             };
             cfg.validate()?;
             let (tx, rx) = tokio::sync::watch::channel(false);
-            cfg.boot = start_boot(boot, &cfg.dir, &cfg.rack.name, &rx)?;
+            cfg.boot = start_boot(boot, &cfg.dir, &cfg.rack.name, &cfg.tls.ca_pem, &rx)?;
             tokio::spawn(async move {
                 wait_for_signal().await;
                 tracing::info!("signal received, stopping");

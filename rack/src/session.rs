@@ -45,6 +45,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 pub const SERVICES: [&str; 1] = ["power"];
 /// The service a rack with boot interfaces adds in `Hello` (one spelling, shared with the region).
 pub use ingot_common::net::DHCP_SERVICE;
+/// The service a rack with boot interfaces also runs: the HTTP boot server (iPXE scripts, blobs).
+pub const HTTP_SERVICE: &str = "http";
 
 /// Why the session loop could not start. Once started it never fails: it retries until shut down.
 #[derive(Debug, thiserror::Error)]
@@ -701,6 +703,7 @@ fn hello(capacity: u32, dhcp: bool) -> RackMessage {
     let mut services: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
     if dhcp {
         services.push(DHCP_SERVICE.to_string());
+        services.push(HTTP_SERVICE.to_string());
     }
     RackMessage {
         msg: Some(RackMsg::Hello(Hello {

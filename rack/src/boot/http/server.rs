@@ -240,6 +240,61 @@ impl HttpServer {
     }
 }
 
+/// Why the HTTP boot server could not bind.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpBindError {
+    /// The interface list could not be read.
+    #[error("listing network interfaces for the HTTP boot server: {source}")]
+    Interfaces {
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The interface has no IPv4 address (or does not exist).
+    #[error("boot interface {interface} has no IPv4 address: give it the rack's address on that boot network")]
+    NoIpv4 {
+        /// The interface.
+        interface: String,
+    },
+    /// The address is taken or not ours.
+    #[error("binding the HTTP boot server to {addr} ({interface}): {source} (is another server on --http-port?)")]
+    Bind {
+        /// The interface.
+        interface: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A TCP listener on `interface`'s IPv4 address and `port` (the address the DHCP server puts in the
+/// script URLs it hands out on that interface).
+pub fn bind(interface: &str, port: u16) -> Result<TcpListener, HttpBindError> {
+    let all = if_addrs::get_if_addrs().map_err(|source| HttpBindError::Interfaces { source })?;
+    let ip = all
+        .iter()
+        .filter(|i| i.name == interface)
+        .find_map(|i| match &i.addr {
+            if_addrs::IfAddr::V4(v4) => Some(v4.ip),
+            _ => None,
+        })
+        .ok_or_else(|| HttpBindError::NoIpv4 {
+            interface: interface.to_string(),
+        })?;
+    let addr = SocketAddr::new(ip.into(), port);
+    let err = |source| HttpBindError::Bind {
+        interface: interface.to_string(),
+        addr,
+        source,
+    };
+    let socket = tokio::net::TcpSocket::new_v4().map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(1024).map_err(err)
+}
+
 /// Serves `listener` until `shutdown` turns true: each accepted connection on a task of its own, at
 /// most [`HttpSettings::max_connections`] at once. Returns only on shutdown (accept errors are logged
 /// and retried after a short pause: a full file table must not end the server).
