@@ -870,9 +870,6 @@ fn file_body(
     };
     let stream = futures::stream::unfold(state, |mut st| async move {
         if st.left == 0 {
-            if !st.download.finished {
-                st.download.finish();
-            }
             return None;
         }
         let want = st.left.min(st.chunk as u64) as usize;
@@ -913,6 +910,10 @@ fn file_body(
         st.download.sent(n);
         st.pos += n;
         st.left -= n;
+        if st.left == 0 {
+            // hyper stops polling a body once it has its Content-Length: the last chunk is the end.
+            st.download.finish();
+        }
         Some((Ok(Frame::data(bytes)), st))
     });
     StreamBody::new(stream).boxed()
