@@ -16,3 +16,4 @@ mod t19_nemesis;
 mod t20_fuzz;
 mod t21_subnets;
 mod t22_dhcp;
+mod t24_http_boot;

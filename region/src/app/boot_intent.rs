@@ -89,7 +89,7 @@ pub fn decide(st: &State, key: &IntentKey) -> BootIntentAnswer {
                     initrd: None,
                     disk: None,
                     problem: format!(
-                        "no machine has system id '{}': powering off",
+                        "no machine has system id {}: powering off",
                         id.chars().take(64).collect::<String>()
                     ),
                 },
@@ -159,14 +159,14 @@ fn with_ramdisk(
             }
             _ => {
                 a.intent.problem = format!(
-                    "ramdisk image '{}' lacks a kernel or initrd: upload it again with `ingot images upload`",
+                    "ramdisk image {} lacks a kernel or initrd (upload it again: ingot images upload)",
                     img.name
                 );
             }
         },
         None => {
             a.intent.problem = format!(
-                "no ramdisk image for arch {family}: upload one with `ingot images upload NAME --kind ramdisk --arch {family} --kernel K --initrd I`"
+                "no ramdisk image for arch {family} (upload one: ingot images upload NAME --kind ramdisk --arch {family})"
             );
         }
     }
@@ -179,7 +179,7 @@ fn add_disk(st: &State, m: &Machine, a: &mut BootIntentAnswer) {
         append_problem(
             &mut a.intent.problem,
             format!(
-                "machine {} is deploying without a deploy spec: deploy it again",
+                "machine {} is deploying without a deploy spec (deploy it again)",
                 m.system_id
             ),
         );
@@ -199,7 +199,7 @@ fn add_disk(st: &State, m: &Machine, a: &mut BootIntentAnswer) {
         None => append_problem(
             &mut a.intent.problem,
             format!(
-                "no disk image '{name}' to deploy: upload it with `ingot images upload {name} --kind disk --disk-image D`"
+                "no disk image {name} to deploy (upload it: ingot images upload {name} --kind disk)"
             ),
         ),
     }
@@ -450,7 +450,7 @@ mod tests {
             a.intent.problem
         );
         assert!(
-            a.intent.problem.contains("'debian/bookworm'"),
+            a.intent.problem.contains("no disk image debian/bookworm"),
             "{}",
             a.intent.problem
         );
@@ -462,13 +462,13 @@ mod tests {
         assert!(
             a.intent
                 .problem
-                .starts_with("no disk image 'debian/bookworm'"),
+                .starts_with("no disk image debian/bookworm"),
             "{}",
             a.intent.problem
         );
         // An unknown system id powers off, saying why.
         let a = decide(&st, &IntentKey::SystemId("zzz".into()));
         assert_eq!(a.intent.purpose, BootPurpose::PowerOff);
-        assert!(a.intent.problem.contains("'zzz'"));
+        assert!(a.intent.problem.contains("system id zzz"));
     }
 }
