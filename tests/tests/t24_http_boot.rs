@@ -109,18 +109,16 @@ async fn t24_scripts_follow_the_machine_status_and_report_boot_events() {
     let tc = TestCluster::start("t24-http-boot", 1, &[]).await.unwrap();
     let _logs = RackLogsOnPanic(&tc.cluster);
     let http_port = free_tcp_port();
+    #[allow(clippy::needless_update)] // RackBoot grows with the boot path (TFTP's flags)
+    let boot = RackBoot {
+        interfaces: vec!["lo".into()],
+        dhcp_port: Some(free_udp_port()),
+        proxy_dhcp_port: Some(free_udp_port()),
+        http_port: Some(http_port),
+        ..RackBoot::default()
+    };
     tc.cluster
-        .add_boot_rack(
-            "r1",
-            "default",
-            RackBoot {
-                interfaces: vec!["lo".into()],
-                dhcp_port: Some(free_udp_port()),
-                proxy_dhcp_port: Some(free_udp_port()),
-                http_port: Some(http_port),
-                ..RackBoot::default()
-            },
-        )
+        .add_boot_rack("r1", "default", boot)
         .await
         .unwrap();
     let c = tc.clients();
