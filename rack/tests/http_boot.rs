@@ -394,10 +394,11 @@ async fn scripts_and_blobs_over_http() {
 }
 
 #[tokio::test]
-async fn connections_past_the_bound_are_closed_and_idle_ones_time_out() {
+async fn connections_past_the_bound_are_closed_and_idle_or_stalled_ones_time_out() {
     let r = start(HttpSettings {
         max_connections: 2,
         header_timeout: Duration::from_millis(500),
+        write_stall: Duration::from_millis(500),
         ..HttpSettings::default()
     })
     .await;
@@ -425,6 +426,23 @@ async fn connections_past_the_bound_are_closed_and_idle_ones_time_out() {
             "connections not freed"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A client that asks for a large blob and stops reading is cut off after the write stall.
+    {
+        let mut s = tokio::net::TcpStream::connect(r.addr).await.unwrap();
+        let req = format!(
+            "GET /blobs/{}/disk HTTP/1.1\r\nHost: x\r\n\r\n",
+            r.big.blob.to_hex()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while r.server.counters().aborted_downloads == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a stalled download is not cut off"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     let mut idle = tokio::net::TcpStream::connect(r.addr).await.unwrap();
     let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))

@@ -13,7 +13,8 @@
 //! machine on a boot network, so the number of connections is bounded ([`HttpSettings::max_connections`],
 //! further ones are closed at once and counted), a client that sends no complete request head within
 //! [`HttpSettings::header_timeout`] is disconnected (this also ends idle keep-alive connections), request
-//! heads are bounded ([`HttpSettings::max_head_bytes`]), and accepted sockets get `TCP_NODELAY`. Routing
+//! heads are bounded ([`HttpSettings::max_head_bytes`]), a client that stops reading a response is
+//! disconnected after [`HttpSettings::write_stall`], and accepted sockets get `TCP_NODELAY`. Routing
 //! is three prefixes: no router needed.
 //!
 //! Memory per download is independent of the file's size: a body reads [`HttpSettings::chunk_bytes`] at
@@ -83,6 +84,9 @@ pub struct HttpSettings {
     pub max_head_bytes: usize,
     /// Bytes read from a file per chunk of a body.
     pub chunk_bytes: usize,
+    /// A connection whose client accepts no byte of a pending write for this long is closed: a client
+    /// that stops reading mid-download must not hold its connection slot forever.
+    pub write_stall: Duration,
 }
 
 impl Default for HttpSettings {
@@ -92,6 +96,7 @@ impl Default for HttpSettings {
             header_timeout: Duration::from_secs(15),
             max_head_bytes: 16 * 1024,
             chunk_bytes: 128 * 1024,
+            write_stall: Duration::from_secs(30),
         }
     }
 }
@@ -344,7 +349,8 @@ pub async fn run(
                 .header_read_timeout(server.settings.header_timeout)
                 .keep_alive(true)
                 .max_buf_size(server.settings.max_head_bytes.max(8192));
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let io = StallGuard::new(stream, server.settings.write_stall);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {
@@ -360,6 +366,103 @@ pub async fn run(
             unbump(&server.counters.active_connections);
             drop(permit);
         });
+    }
+}
+
+/// A socket whose writes fail with `TimedOut` once one has made no progress for `stall` (reads pass
+/// through: a silent client is the header timeout's job).
+struct StallGuard {
+    inner: tokio::net::TcpStream,
+    stall: Duration,
+    /// Running while a write is pending; reset by any progress.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallGuard {
+    fn new(inner: tokio::net::TcpStream, stall: Duration) -> StallGuard {
+        StallGuard {
+            inner,
+            stall,
+            timer: None,
+        }
+    }
+
+    /// Maps a pending write to an error once it stalled too long.
+    fn check<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future;
+        use std::task::Poll;
+        match r {
+            Poll::Ready(r) => {
+                self.timer = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let stall = self.stall;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client accepted no data for too long",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for StallGuard {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for StallGuard {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, r)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
