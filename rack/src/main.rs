@@ -152,14 +152,13 @@ fn start_tftp(
 /// (counters, attribution of downloads) for all of them.
 fn start_http(
     service: &std::sync::Arc<BootService>,
-    dir: &DataDir,
-    ca_pem: &str,
-    interfaces: &[String],
-    port: u16,
+    cfg: &SessionConfig,
+    args: &BootArgs,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
+    let (dir, interfaces, port) = (&cfg.dir, &args.interfaces, args.http_port);
     use ingot_rack::boot::http::server::{self, HttpServer, HttpServerParts, HttpSettings};
-    let ca_fingerprint = server::ca_fingerprint(ca_pem).with_context(|| {
+    let ca_fingerprint = server::ca_fingerprint(&cfg.tls.ca_pem).with_context(|| {
         format!(
             "{} holds no certificate: register the rack again",
             dir.ca_path().display()
@@ -207,11 +206,10 @@ fn start_http(
 /// interface is given.
 fn start_boot(
     args: BootArgs,
-    dir: &DataDir,
-    rack: &str,
-    ca_pem: &str,
+    cfg: &SessionConfig,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<std::sync::Arc<BootService>>> {
+    let (dir, rack) = (&cfg.dir, cfg.rack.name.as_str());
     if args.interfaces.is_empty() {
         anyhow::ensure!(
             args.tftp_root.is_none(),
@@ -222,18 +220,17 @@ fn start_boot(
     if let Some(root) = args.tftp_root.clone() {
         start_tftp(root, &args.interfaces, args.tftp_port, shutdown)?;
     }
-    let http_interfaces = args.interfaces.clone();
     let server = Server::bind(&ListenerConfig {
-        interfaces: args.interfaces,
+        interfaces: args.interfaces.clone(),
         dhcp_port: args.dhcp_port,
         proxy_dhcp_port: args.proxy_dhcp_port,
     })?;
     let journal = Journal::open(&dir.lease_journal(), journal::MAX_ENTRIES)?;
     let engine = Engine::new(EngineSettings {
         boot_files: BootFiles {
-            bios: args.boot_file_bios,
-            uefi_x64: args.boot_file_uefi,
-            uefi_arm64: args.boot_file_uefi_arm64,
+            bios: args.boot_file_bios.clone(),
+            uefi_x64: args.boot_file_uefi.clone(),
+            uefi_arm64: args.boot_file_uefi_arm64.clone(),
         },
         http_port: args.http_port,
         ..EngineSettings::default()
@@ -247,14 +244,7 @@ fn start_boot(
         journal,
         shutdown.clone(),
     );
-    start_http(
-        &service,
-        dir,
-        ca_pem,
-        &http_interfaces,
-        args.http_port,
-        shutdown,
-    )?;
+    start_http(&service, cfg, &args, shutdown)?;
     let handler: std::sync::Arc<dyn PacketHandler> = service.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -358,7 +348,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             };
             cfg.validate()?;
             let (tx, rx) = tokio::sync::watch::channel(false);
-            cfg.boot = start_boot(boot, &cfg.dir, &cfg.rack.name, &cfg.tls.ca_pem, &rx)?;
+            cfg.boot = start_boot(boot, &cfg, &rx)?;
             tokio::spawn(async move {
                 wait_for_signal().await;
                 tracing::info!("signal received, stopping");
