@@ -306,8 +306,7 @@ async fn scripts_and_blobs_over_http() {
     assert!(
         steps.iter().any(|(m, s, d)| m == MAC1
             && s == "file-finished"
-            && d.starts_with("blob ")
-            && d.contains("97.7 KiB")),
+            && d == "kernel (97.7 KiB) over http"),
         "{steps:?}"
     );
     assert!(

@@ -505,8 +505,8 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
 enum Route {
     /// A script for a MAC or a machine.
     Script(IntentKey),
-    /// A blob by digest.
-    Blob(BlobId),
+    /// A blob by digest, with the file name the URL gave it (for events; the digest alone picks the bytes).
+    Blob(BlobId, Option<String>),
     /// A bootloader file by name (`/boot/snponly.efi`, what UEFI HTTP clients are given).
     Bootloader(String),
     /// Nothing served here.
@@ -567,7 +567,7 @@ fn route(path: &str) -> Route {
             return Route::NotFound;
         }
         return match BlobId::parse("path", sha) {
-            Ok(b) => Route::Blob(b),
+            Ok(b) => Route::Blob(b, name.map(str::to_string)),
             Err(_) => Route::NotFound,
         };
     }
@@ -603,13 +603,13 @@ async fn handle(
         .map(str::to_string);
     let response = match route(path) {
         Route::Script(key) => serve_script(server, base, peer, key, head).await,
-        Route::Blob(blob) => {
+        Route::Blob(blob, name) => {
             serve_blob(
                 server,
                 peer,
                 BlobRequest {
                     blob,
-                    name: None,
+                    name,
                     range,
                     head,
                 },
@@ -712,7 +712,7 @@ async fn serve_script(
 /// A blob request.
 struct BlobRequest {
     blob: BlobId,
-    /// The bootloader file name asked for, when the request named one (for events).
+    /// The file name the URL gave (`kernel`, a bootloader's name), for events.
     name: Option<String>,
     /// The `Range` header, if any.
     range: Option<String>,
@@ -1077,8 +1077,11 @@ mod tests {
         assert_eq!(route("/boot/../etc/passwd"), Route::NotFound);
         let sha = "ab".repeat(32);
         let b = BlobId::parse("x", &sha).expect("sha");
-        assert_eq!(route(&format!("/blobs/{sha}")), Route::Blob(b));
-        assert_eq!(route(&format!("/blobs/{sha}/kernel")), Route::Blob(b));
+        assert_eq!(route(&format!("/blobs/{sha}")), Route::Blob(b, None));
+        assert_eq!(
+            route(&format!("/blobs/{sha}/kernel")),
+            Route::Blob(b, Some("kernel".into()))
+        );
         assert_eq!(route(&format!("/blobs/{sha}/../x")), Route::NotFound);
         assert_eq!(route("/blobs/abc"), Route::NotFound);
         assert_eq!(route("/"), Route::NotFound);
