@@ -71,7 +71,8 @@ pub fn render(ctx: &ScriptContext<'_>, intent: &BootIntent) -> String {
             };
             line(&mut s, &format!("echo Ingot: {}", echo_text(why)));
             line(&mut s, "poweroff || goto idle");
-            // An iPXE built without the poweroff command idles and asks again later.
+            // An iPXE built without the poweroff command (Debian's snponly.efi and ipxe.efi have none;
+            // they do have sleep, chain --replace --autofree, sanboot and exit) idles and asks again.
             idle(&mut s, ctx, RETRY_IDLE_S);
         }
         _ => match ramdisk_lines(ctx, intent) {
