@@ -73,10 +73,15 @@ fn now_ms() -> u64 {
 /// The bounded queue of boot events and its counters (see the module docs). Cheap to share.
 #[derive(Debug, Default)]
 pub struct BootEventSink {
+    /// Events waiting to be sent, oldest first (at most [`QUEUE_MAX`]).
     queue: Mutex<VecDeque<BootEvent>>,
+    /// See [`SinkCounters::queued`].
     queued: AtomicU64,
+    /// See [`SinkCounters::dropped`].
     dropped: AtomicU64,
+    /// See [`SinkCounters::sent`].
     sent: AtomicU64,
+    /// See [`SinkCounters::messages`].
     messages: AtomicU64,
 }
 

@@ -73,15 +73,20 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The session as the link sees it.
 struct Current {
+    /// The session's number (the boot service's), so a late close of an older one changes nothing.
     generation: u64,
+    /// Its outgoing queue.
     tx: mpsc::Sender<RackMessage>,
 }
 
 /// The boot path's link to the current region session (see the module docs).
 #[derive(Default)]
 pub struct RegionLink {
+    /// The session messages go out on, if one is up.
     current: Mutex<Option<Current>>,
+    /// Boot intents waiting for their reply, by request id (at most [`MAX_PENDING_INTENTS`]).
     pending: Mutex<HashMap<u64, oneshot::Sender<proto::BootIntentReply>>>,
+    /// The last request id used.
     next_id: AtomicU64,
 }
 

@@ -124,16 +124,26 @@ pub struct HttpCounters {
     pub not_found: u64,
 }
 
+/// The live counters behind [`HttpCounters`] (each field is the one of the same name there).
 #[derive(Default)]
 struct Counters {
+    /// See [`HttpCounters::requests`].
     requests: AtomicU64,
+    /// See [`HttpCounters::bytes`].
     bytes: AtomicU64,
+    /// See [`HttpCounters::scripts`].
     scripts: AtomicU64,
+    /// See [`HttpCounters::connections`].
     connections: AtomicU64,
+    /// See [`HttpCounters::refused_connections`].
     refused_connections: AtomicU64,
+    /// See [`HttpCounters::active_connections`].
     active_connections: AtomicU64,
+    /// See [`HttpCounters::active_downloads`].
     active_downloads: AtomicU64,
+    /// See [`HttpCounters::aborted_downloads`].
     aborted_downloads: AtomicU64,
+    /// See [`HttpCounters::not_found`].
     not_found: AtomicU64,
 }
 
@@ -152,11 +162,17 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The HTTP boot server's shared state: what every connection answers from.
 pub struct HttpServer {
+    /// Where scripts' answers come from.
     intents: Arc<dyn IntentSource>,
+    /// The only source of blobs.
     cache: Arc<ImageCache>,
+    /// Where scripts served and downloads are reported.
     events: Arc<BootEventSink>,
+    /// The cluster CA's SHA-256, put in every script.
     ca_fingerprint: String,
+    /// Limits.
     settings: HttpSettings,
+    /// Live counters.
     counters: Counters,
     /// Address → the MAC whose script it fetched last, and when.
     clients: Mutex<HashMap<IpAddr, (Mac, Instant)>>,
@@ -372,7 +388,9 @@ pub async fn run(
 /// A socket whose writes fail with `TimedOut` once one has made no progress for `stall` (reads pass
 /// through: a silent client is the header timeout's job).
 struct StallGuard {
+    /// The accepted socket.
     inner: tokio::net::TcpStream,
+    /// How long a pending write may make no progress.
     stall: Duration,
     /// Running while a write is pending; reset by any progress.
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -711,11 +729,13 @@ async fn serve_script(
 
 /// A blob request.
 struct BlobRequest {
+    /// The blob asked for.
     blob: BlobId,
     /// The file name the URL gave (`kernel`, a bootloader's name), for events.
     name: Option<String>,
     /// The `Range` header, if any.
     range: Option<String>,
+    /// A HEAD request: headers only.
     head: bool,
 }
 
@@ -726,7 +746,12 @@ enum RangeAsk {
     /// server ignore it).
     Full,
     /// Bytes `start..=end`.
-    Part { start: u64, end: u64 },
+    Part {
+        /// First byte.
+        start: u64,
+        /// Last byte (inclusive, within the file).
+        end: u64,
+    },
     /// Nothing of the file can satisfy it: 416.
     Unsatisfiable,
 }
@@ -860,11 +885,17 @@ async fn serve_blob(
 /// One body being sent: counts it, and reports its start, its end and (on drop before the end) its
 /// abort as boot events of the MAC that fetched the script from the same address.
 struct Download {
+    /// For counters and events.
     server: Arc<HttpServer>,
+    /// The MAC the download is attributed to (none: not reported).
     mac: Option<Mac>,
+    /// What the events call the file (`kernel`, `blob 1a2b...`).
     label: String,
+    /// Bytes the body carries.
     total: u64,
+    /// Bytes handed to the connection so far.
     sent: u64,
+    /// Whether the last byte was handed over (else dropping it is an abort).
     finished: bool,
 }
 
@@ -957,11 +988,17 @@ fn file_body(
     chunk: usize,
     download: Download,
 ) -> Body {
+    /// The stream's state between chunks.
     struct State {
+        /// The blob, shared (positioned reads: no seek).
         file: Arc<std::fs::File>,
+        /// Offset of the next chunk.
         pos: u64,
+        /// Bytes still to send.
         left: u64,
+        /// Bytes per read.
         chunk: usize,
+        /// Counts and reports this body.
         download: Download,
     }
     let state = State {
