@@ -223,8 +223,11 @@ pub const EVENT_MESSAGES_PER_SECOND: u32 = 2;
 /// A token bucket: `rate` a second, bursts of `rate`.
 #[derive(Debug, Clone)]
 pub struct RateLimit {
+    /// Tokens added per second, and the most held.
     rate: f64,
+    /// Tokens held now.
     tokens: f64,
+    /// When `tokens` was last brought up to date.
     refilled: std::time::Instant,
 }
 
