@@ -110,12 +110,22 @@ async fn start(settings: HttpSettings) -> Running {
     let (initrd, _) = put_blob(dir.path(), "initrd", 10);
     let (big, _) = put_blob(dir.path(), "disk", 16 << 20);
     let events = BootEventSink::new();
+    // The cache serves what it was told about: every blob here is one a region named.
+    let cache = Arc::new(ImageCache::new(dir.path().to_path_buf()));
+    for f in [&kernel, &initrd, &big] {
+        cache.want(&WantedFile {
+            image: "ingot-ramdisk".into(),
+            kind: ImageKind::Ramdisk,
+            arch: "amd64".into(),
+            file: f.clone(),
+        });
+    }
     let server = HttpServer::new(HttpServerParts {
         intents: Arc::new(FakeRegion {
             kernel: kernel.clone(),
-            initrd,
+            initrd: initrd.clone(),
         }),
-        cache: Arc::new(ImageCache::new(dir.path().to_path_buf())),
+        cache,
         events: events.clone(),
         ca_fingerprint: "ab".repeat(32),
         settings,

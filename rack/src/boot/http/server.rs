@@ -1063,6 +1063,21 @@ fn file_body(
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn hostile_paths_and_ranges_never_panic(path in "(/|/boot/|/blobs/|%|%[0-9a-fA-F]{0,2}|.){0,80}",
+                                                range in "(bytes=)?[-0-9, ]{0,40}",
+                                                len in 0u64..1000) {
+            let _ = route(&path);
+            match parse_range(Some(&range), len) {
+                RangeAsk::Part { start, end } => {
+                    proptest::prop_assert!(start <= end && end < len);
+                }
+                RangeAsk::Full | RangeAsk::Unsatisfiable => {}
+            }
+        }
+    }
+
     #[test]
     fn ranges_follow_rfc_9110() {
         let p = |h: &str| parse_range(Some(h), 100);
