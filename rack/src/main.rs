@@ -97,7 +97,8 @@ struct BootArgs {
     /// UDP port of the ProxyDHCP service PXE clients ask for boot options.
     #[arg(long, default_value_t = 4011)]
     proxy_dhcp_port: u16,
-    /// TCP port of the rack's boot HTTP server, used in the iPXE and UEFI HTTP-boot URLs handed out.
+    /// TCP port of the rack's HTTP boot server (iPXE scripts, kernels, initrds, images), bound on each
+    /// --boot-interface's IPv4 address; the DHCP server hands out URLs with this port.
     #[arg(long, default_value_t = 5248)]
     http_port: u16,
     /// Boot file (TFTP path) for legacy BIOS PXE clients.
@@ -178,6 +179,48 @@ fn start_tftp(
     Ok(())
 }
 
+/// Binds the HTTP boot server on every boot interface's IPv4 address at `port` (failing at once,
+/// naming the interface) and serves scripts and the cache's blobs there until shutdown; one server
+/// (counters, attribution of downloads) for all of them.
+fn start_http(
+    service: &std::sync::Arc<BootService>,
+    cfg: &SessionConfig,
+    args: &BootArgs,
+    cache: &std::sync::Arc<ImageCache>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let (dir, interfaces, port) = (&cfg.dir, &args.interfaces, args.http_port);
+    use ingot_rack::boot::http::server::{self, HttpServer, HttpServerParts, HttpSettings};
+    let ca_fingerprint = server::ca_fingerprint(&cfg.tls.ca_pem).with_context(|| {
+        format!(
+            "{} holds no certificate: register the rack again",
+            dir.ca_path().display()
+        )
+    })?;
+    let http = HttpServer::new(HttpServerParts {
+        intents: service.link().clone(),
+        cache: cache.clone(),
+        events: service.events().clone(),
+        ca_fingerprint,
+        settings: HttpSettings::default(),
+    });
+    let mut seen = std::collections::HashSet::new();
+    for interface in interfaces {
+        if !seen.insert(interface.as_str()) {
+            continue;
+        }
+        let listener = server::bind(interface, port)?;
+        tracing::info!(%interface, addr = ?listener.local_addr().ok(), "HTTP boot server listening");
+        let (http, stop, interface) = (http.clone(), shutdown.clone(), interface.clone());
+        tokio::spawn(async move {
+            if let Err(e) = server::run(listener, http, stop).await {
+                tracing::error!(%interface, "HTTP boot server stopped: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
 /// What [`start_boot`] started.
 struct BootStarted {
     /// The DHCP boot service.
@@ -187,15 +230,15 @@ struct BootStarted {
 }
 
 /// Binds the DHCP sockets (failing at once, naming the interface, if one cannot be), opens the lease
-/// journal and starts the boot service (which hands the region's `CacheWanted` to `cache`) and the
-/// server, and TFTP when it has a root; `None` when no boot interface is given.
+/// journal and starts the boot service (which hands the region's `CacheWanted` to `cache`), the
+/// DHCP server, the HTTP boot server, and TFTP when it has a root; `None` when no boot interface is given.
 fn start_boot(
     args: BootArgs,
-    dir: &DataDir,
-    rack: &str,
+    cfg: &SessionConfig,
     cache: &std::sync::Arc<ImageCache>,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<BootStarted>> {
+    let (dir, rack) = (&cfg.dir, cfg.rack.name.as_str());
     if args.interfaces.is_empty() {
         anyhow::ensure!(
             args.tftp_root.is_none(),
@@ -219,9 +262,9 @@ fn start_boot(
     let journal = Journal::open(&dir.lease_journal(), journal::MAX_ENTRIES)?;
     let engine = Engine::new(EngineSettings {
         boot_files: BootFiles {
-            bios: args.boot_file_bios,
-            uefi_x64: args.boot_file_uefi,
-            uefi_arm64: args.boot_file_uefi_arm64,
+            bios: args.boot_file_bios.clone(),
+            uefi_x64: args.boot_file_uefi.clone(),
+            uefi_arm64: args.boot_file_uefi_arm64.clone(),
         },
         http_port: args.http_port,
         ..EngineSettings::default()
@@ -236,6 +279,7 @@ fn start_boot(
         shutdown.clone(),
     );
     service.attach_cache(cache.clone());
+    start_http(&service, cfg, &args, cache, shutdown)?;
     let handler: std::sync::Arc<dyn PacketHandler> = service.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -367,7 +411,7 @@ async fn real_main(cli: Cli) -> Result<()> {
                 cache_dir.unwrap_or_else(|| data_dir.join("cache")),
                 cache_max_bytes,
             )?;
-            if let Some(started) = start_boot(boot, &cfg.dir, &cfg.rack.name, &cache, &rx)? {
+            if let Some(started) = start_boot(boot, &cfg, &cache, &rx)? {
                 cfg.boot = Some(started.service);
                 cfg.tftp = started.tftp;
             }

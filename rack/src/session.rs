@@ -47,6 +47,8 @@ pub const SERVICES: [&str; 1] = ["power"];
 pub use ingot_common::net::DHCP_SERVICE;
 /// The service a rack serving TFTP adds in `Hello`.
 pub use ingot_common::net::TFTP_SERVICE;
+/// The service a rack with boot interfaces also runs: the HTTP boot server (iPXE scripts, blobs).
+pub const HTTP_SERVICE: &str = "http";
 
 /// Why the session loop could not start. Once started it never fails: it retries until shut down.
 #[derive(Debug, thiserror::Error)]
@@ -760,6 +762,7 @@ fn hello(capacity: u32, dhcp: bool, tftp: bool) -> RackMessage {
     let mut services: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
     if dhcp {
         services.push(DHCP_SERVICE.to_string());
+        services.push(HTTP_SERVICE.to_string());
     }
     if tftp {
         services.push(TFTP_SERVICE.to_string());

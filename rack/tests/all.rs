@@ -3,14 +3,16 @@
 //! file's tests with `cargo test -p ingot-rack --test all -- webhook`. The boot path: `boot_service` (commit
 //! batching, held replies, re-sends, the offline journal; no sockets) and `boot_server` (the DHCP sockets in
 //! network namespaces the test creates, as root); `tftp` (the TFTP server on loopback against curl, atftp, tftp-hpa
-//! and a hand-built client); `cache_fetch` (the image cache's
-//! fetcher against in-process regions serving BlobService over mutual TLS).
+//! and a hand-built client); `cache_fetch` (the image cache's fetcher against in-process regions serving
+//! BlobService over mutual TLS); `http_boot` (the HTTP boot server on loopback against curl: scripts, Range,
+//! keep-alive, 50 concurrent downloads, connection bounds).
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
 mod boot_server;
 mod boot_service;
 mod cache_fetch;
 mod failover;
+mod http_boot;
 mod ipmi_peer;
 mod redfish_peer;
 mod tftp;

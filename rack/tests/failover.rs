@@ -801,7 +801,10 @@ async fn the_session_carries_the_boot_messages_and_resends_a_lost_batch() {
     let Some(RackMsg::Hello(h)) = hello.msg else {
         panic!("expected Hello: {hello:?}")
     };
-    assert_eq!(h.services, vec!["power".to_string(), "dhcp".to_string()]);
+    assert_eq!(
+        h.services,
+        vec!["power".to_string(), "dhcp".to_string(), "http".to_string()]
+    );
     s.send(RegionMsg::Welcome(Welcome {
         region_id: 1,
         region_name: "driven".into(),
@@ -869,6 +872,63 @@ async fn the_session_carries_the_boot_messages_and_resends_a_lost_batch() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(log.lock().unwrap().committed.len(), 1);
+
+    // A boot intent goes out on the session and its reply, by id, reaches the asker; boot events follow
+    // in a BootEvents message.
+    let link = svc.link().clone();
+    let mac: ingot_common::Mac = "52:54:00:00:00:07".parse().unwrap();
+    let ask = tokio::spawn(async move {
+        link.boot_intent(
+            &ingot_rack::boot::link::IntentKey::Mac(mac),
+            Duration::from_secs(5),
+        )
+        .await
+    });
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    let req = loop {
+        match tokio::time::timeout_at(until, s2.inbound.message()).await {
+            Ok(Ok(Some(RackMessage {
+                msg: Some(RackMsg::BootIntentRequest(r)),
+            }))) => break r,
+            Ok(Ok(Some(_))) => continue,
+            other => panic!("no BootIntentRequest within 5 s: {other:?}"),
+        }
+    };
+    assert_eq!(req.mac, "52:54:00:00:00:07");
+    s2.send(RegionMsg::BootIntent(Box::new(
+        ingot_proto::rack::v1::BootIntentReply {
+            id: req.id,
+            purpose: "local-disk".into(),
+            system_id: "m7".into(),
+            ..Default::default()
+        },
+    )))
+    .await;
+    let got = ask.await.unwrap().unwrap();
+    assert_eq!(
+        got.intent.purpose,
+        ingot_common::image::BootPurpose::LocalDisk
+    );
+    svc.events().push(
+        mac,
+        ingot_common::image::BootStep::Script,
+        "purpose local-disk",
+    );
+    let events = loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::now() + Duration::from_secs(5),
+            s2.inbound.message(),
+        )
+        .await
+        {
+            Ok(Ok(Some(RackMessage {
+                msg: Some(RackMsg::BootEvents(e)),
+            }))) => break e,
+            Ok(Ok(Some(_))) => continue,
+            other => panic!("no BootEvents within 5 s: {other:?}"),
+        }
+    };
+    assert_eq!(events.events[0].step, "script");
     stop_rack((stop, task)).await;
 }
 

@@ -17,5 +17,6 @@ mod t20_fuzz;
 mod t21_subnets;
 mod t22_dhcp;
 mod t23_images;
+mod t24_http_boot;
 mod t25_rack_cache;
 mod t26_pxe_boot;

@@ -15,12 +15,18 @@
 //!   replays them when a session is back.
 //! - [`journal`] — the fsynced, append-only journal of leases acknowledged while offline.
 //! - [`tftp`] — TFTP (issue 12): a read-only server for the boot files under one root (`codec`, `server`).
+//! - [`http`] — HTTP boot (issue 12): iPXE scripts from the region's boot intents, blobs from the cache.
+//! - [`link`] — the boot path's requests on the region session (boot intents, correlated by id) and
+//!   [`events`] — boot steps batched to the region as machine events.
 
 pub mod cache;
 pub mod dhcp;
 pub mod fetch;
+pub mod events;
+pub mod http;
 pub mod journal;
 pub mod leases;
+pub mod link;
 pub mod service;
 pub mod tftp;
 

@@ -37,9 +37,11 @@
 //!   — the region then refuses the replayed lease and the engine is told, so that client gets a NAK when
 //!   it next renews.
 
-use super::dhcp::engine::{EnlistRequest, Outcome, Outgoing, Via};
+use super::dhcp::engine::{EnlistRequest, Outcome, Outgoing, PxeAnswer, ServerPort, Via};
 use super::dhcp::server::{PacketHandler, ReplySink};
+use super::events::BootEventSink;
 use super::journal::Journal;
+use super::link::RegionLink;
 use super::{BootConfig, ServedSubnet};
 use ingot_common::net::{Cidr, Lease};
 use ingot_common::Mac;
@@ -327,6 +329,10 @@ struct Shared {
 /// hold it in an `Arc`.
 pub struct BootService {
     shared: Arc<Shared>,
+    /// The boot path's other traffic on the session (boot intents for the HTTP server, boot events).
+    link: Arc<RegionLink>,
+    /// Boot steps for the region (DHCP answers to PXE clients here; the HTTP and TFTP servers push too).
+    events: Arc<BootEventSink>,
     settings: ServiceSettings,
     items: mpsc::Sender<Item>,
     control: mpsc::UnboundedSender<Control>,
@@ -353,6 +359,7 @@ pub struct SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.service.set_online(false);
+        self.service.link.closed(self.generation);
         let _ = self.service.control.send(Control::Closed {
             generation: self.generation,
         });
@@ -391,8 +398,13 @@ impl BootService {
         });
         let (items_tx, items) = mpsc::channel(settings.max_outstanding.max(1));
         let (control_tx, control) = mpsc::unbounded_channel();
+        let link = RegionLink::new();
+        let events = BootEventSink::new();
+        tokio::spawn(events.clone().run(link.clone(), shutdown.clone()));
         let service = Arc::new(BootService {
             shared: shared.clone(),
+            link,
+            events,
             settings: settings.clone(),
             items: items_tx,
             control: control_tx.clone(),
@@ -443,6 +455,7 @@ impl BootService {
     pub fn session_opened(self: &Arc<Self>, tx: mpsc::Sender<RackMessage>) -> SessionGuard {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.set_online(true);
+        self.link.opened(generation, tx.clone());
         let _ = self.control.send(Control::Opened { tx, generation });
         SessionGuard {
             service: self.clone(),
@@ -501,6 +514,7 @@ impl BootService {
                     cache.set_wanted(super::cache::WantedFile::from_cache_wanted(&w));
                 }
             }
+            RegionMsg::BootIntent(r) => self.link.on_reply(*r),
             _ => {}
         }
     }
@@ -509,6 +523,16 @@ impl BootService {
     /// is ignored).
     pub fn attach_cache(&self, cache: Arc<super::cache::ImageCache>) {
         let _ = self.cache.set(cache);
+    }
+
+    /// The boot path's link to the region session: the HTTP server asks boot intents through it.
+    pub fn link(&self) -> &Arc<RegionLink> {
+        &self.link
+    }
+
+    /// The boot event sink: the HTTP server (and the TFTP server's transfer callbacks) push steps here.
+    pub fn events(&self) -> &Arc<BootEventSink> {
+        &self.events
     }
 
     /// The counters so far.
@@ -526,6 +550,13 @@ impl BootService {
         let c = &self.shared.counters;
         if let Some(why) = outcome.dropped {
             c.drop_for(why);
+        }
+        if let Some(p) = outcome.pxe {
+            self.events.push(
+                p.mac,
+                ingot_common::image::BootStep::Dhcp,
+                pxe_detail(&p, outcome.commit.as_ref()),
+            );
         }
         if let Some(e) = outcome.enlist {
             if self.items.try_send(Item::Enlist(e)).is_err() {
@@ -562,6 +593,18 @@ impl BootService {
             self.shared.outstanding.fetch_sub(1, Ordering::Relaxed);
             c.drop_for("commit-queue-full");
         }
+    }
+}
+
+/// The detail of a DHCP boot event: the address and subnet (or the boot server's answer) and the client.
+fn pxe_detail(p: &PxeAnswer, lease: Option<&Lease>) -> String {
+    let client = if p.ipxe { "iPXE" } else { "PXE firmware" };
+    match lease {
+        Some(l) => format!("{} on {} to {client}", l.ip, l.subnet),
+        None if p.port == ServerPort::ProxyDhcp => {
+            format!("boot file from the PXE boot server to {client}")
+        }
+        None => format!("boot options to {client}"),
     }
 }
 

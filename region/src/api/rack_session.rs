@@ -7,10 +7,14 @@
 
 use super::status;
 use crate::app::boot::{EnlistRequest, LeasesUpdate, RackBootConfig, ENLIST_PER_MESSAGE};
+use crate::app::boot_intent::{IntentImage, IntentKey};
 use crate::app::rack_session::{PowerCommandResult, RackHello, RackSessionState};
 use crate::app::App;
-use crate::command::op::MAX_LEASES_PER_COMMIT;
+use crate::command::op::{
+    BootEventRecord, MAX_BOOT_EVENTS_PER_OP, MAX_BOOT_EVENT_DETAIL, MAX_LEASES_PER_COMMIT,
+};
 use crate::command::PowerObservation;
+use ingot_common::image::{BootStep, ImageFile};
 use ingot_common::net::{Cidr, ClientArch, Lease};
 use ingot_common::validate::{self, limits};
 use ingot_common::{pki, DomainError, Mac};
@@ -190,6 +194,96 @@ fn enlist_from_rack(macs: Vec<rack::EnlistMac>) -> Vec<EnlistRequest> {
             };
             let arch = e.arch.parse().unwrap_or(ClientArch::Other);
             Some(EnlistRequest { mac, arch, subnet })
+        })
+        .collect()
+}
+
+/// A `BlobFile` of a boot intent: the file and the image it belongs to.
+fn blob_file_to_rack(img: &IntentImage, f: &ImageFile) -> rack::BlobFile {
+    rack::BlobFile {
+        image: img.name.clone(),
+        name: f.name.clone(),
+        sha256: f.blob.to_hex(),
+        size: f.size,
+        kind: img.kind.as_str().to_string(),
+        arch: img.arch.clone(),
+    }
+}
+
+/// Answers a `BootIntentRequest`: the key parsed (a MAC in any notation, or a system id of at most
+/// [`limits::KEY`] bytes), decided by [`RackSessionState::boot_intent`]; a malformed request or a
+/// refusal (rate limit) is an answer with `error` set, naming the field — the rack's script retries.
+fn boot_intent_reply(
+    session: &mut RackSessionState,
+    r: rack::BootIntentRequest,
+) -> rack::BootIntentReply {
+    let id = r.id;
+    let key = if !r.mac.is_empty() {
+        r.mac
+            .parse::<Mac>()
+            .map(IntentKey::Mac)
+            .map_err(|_| DomainError::invalid("boot_intent_request.mac", "not a MAC address"))
+    } else if !r.system_id.is_empty() {
+        validate::bytes("boot_intent_request.system_id", &r.system_id, limits::KEY)
+            .map(|()| IntentKey::SystemId(r.system_id))
+    } else {
+        Err(DomainError::invalid(
+            "boot_intent_request.mac",
+            "a boot intent request names a mac or a system_id",
+        ))
+    };
+    let answer = key.and_then(|k| session.boot_intent(&k));
+    match answer {
+        Ok(a) => {
+            let ramdisk = |f: &Option<ImageFile>| {
+                f.as_ref()
+                    .zip(a.ramdisk.as_ref())
+                    .map(|(f, img)| blob_file_to_rack(img, f))
+            };
+            rack::BootIntentReply {
+                id,
+                system_id: a.intent.system_id.clone().unwrap_or_default(),
+                purpose: a.intent.purpose.as_str().to_string(),
+                kernel: ramdisk(&a.intent.kernel),
+                initrd: ramdisk(&a.intent.initrd),
+                disk: a
+                    .intent
+                    .disk
+                    .as_ref()
+                    .zip(a.disk_image.as_ref())
+                    .map(|(f, img)| blob_file_to_rack(img, f)),
+                problem: a.intent.problem.clone(),
+                error: String::new(),
+            }
+        }
+        Err(e) => rack::BootIntentReply {
+            id,
+            error: e.to_string(),
+            ..Default::default()
+        },
+    }
+}
+
+/// The boot steps of a `BootEvents` message as the log records them: at most
+/// [`MAX_BOOT_EVENTS_PER_OP`] read, details cut to [`MAX_BOOT_EVENT_DETAIL`] bytes; one with a
+/// malformed MAC or an unknown step is dropped (a newer rack's step, or a bug).
+fn boot_events_from_rack(events: Vec<rack::BootEvent>) -> Vec<BootEventRecord> {
+    events
+        .into_iter()
+        .take(MAX_BOOT_EVENTS_PER_OP)
+        .filter_map(|e| {
+            let (Ok(mac), Some(step)) = (e.mac.parse::<Mac>(), BootStep::parse(&e.step)) else {
+                tracing::debug!("malformed boot event dropped (mac or step)");
+                return None;
+            };
+            let mut detail = e.detail;
+            validate::truncate_text(&mut detail, MAX_BOOT_EVENT_DETAIL);
+            Some(BootEventRecord {
+                mac,
+                step,
+                detail,
+                at_ms: e.at_ms,
+            })
         })
         .collect()
 }
@@ -381,8 +475,15 @@ async fn run(
                             }
                         },
                         rack_message::Msg::Hello(_) => {}
-                        // Filled in by the boot-path work (issue 12): answered, recorded.
-                        rack_message::Msg::BootIntentRequest(_) | rack_message::Msg::BootEvents(_) => {}
+                        rack_message::Msg::BootIntentRequest(r) => {
+                            let reply = boot_intent_reply(&mut session, r);
+                            if tx.send(msg(region_message::Msg::BootIntent(Box::new(reply)))).await.is_err() {
+                                break;
+                            }
+                        }
+                        rack_message::Msg::BootEvents(e) => {
+                            session.record_boot_events(boot_events_from_rack(e.events));
+                        }
                         rack_message::Msg::LeaseCommit(c) => {
                             let batch = c.batch;
                             if c.leases.len() > MAX_LEASES_PER_COMMIT {
@@ -573,5 +674,27 @@ mod tests {
         );
         let many = vec![ask("52:54:00:00:00:01", "10.20.0.0/24"); ENLIST_PER_MESSAGE * 3];
         assert_eq!(enlist_from_rack(many).len(), ENLIST_PER_MESSAGE);
+    }
+
+    #[test]
+    fn boot_events_are_parsed_and_bounded_at_the_edge() {
+        let ev = |mac: &str, step: &str, detail: String| rack::BootEvent {
+            mac: mac.into(),
+            step: step.into(),
+            detail,
+            at_ms: 3,
+        };
+        let got = boot_events_from_rack(vec![
+            ev("52-54-00-00-00-01", "script", "d".repeat(100_000)),
+            ev("nope", "dhcp", String::new()),
+            ev("52:54:00:00:00:02", "teleport", String::new()),
+            ev("52:54:00:00:00:03", "file-finished", "kernel".into()),
+        ]);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].detail.len(), MAX_BOOT_EVENT_DETAIL);
+        assert_eq!(got[0].mac.to_string(), "52:54:00:00:00:01");
+        assert_eq!(got[1].step, BootStep::FileFinished);
+        let many = vec![ev("52:54:00:00:00:01", "dhcp", String::new()); MAX_BOOT_EVENTS_PER_OP * 4];
+        assert_eq!(boot_events_from_rack(many).len(), MAX_BOOT_EVENTS_PER_OP);
     }
 }

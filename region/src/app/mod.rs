@@ -5,6 +5,7 @@ pub mod agent;
 pub mod alloc;
 pub mod blob_sync;
 pub mod boot;
+pub mod boot_intent;
 pub mod cluster;
 pub mod encoded;
 pub mod events;

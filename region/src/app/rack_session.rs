@@ -124,6 +124,10 @@ pub struct RackSessionState {
     boot: BootFeed,
     /// The image files last told to hold (`CacheWanted`).
     prefetch: super::prefetch::PrefetchFeed,
+    /// Boot intents answered per second ([`super::boot_intent::INTENTS_PER_SECOND`]).
+    intent_limit: super::boot_intent::RateLimit,
+    /// Boot event messages recorded per second ([`super::boot_intent::EVENT_MESSAGES_PER_SECOND`]).
+    event_limit: super::boot_intent::RateLimit,
 }
 
 impl App {
@@ -169,6 +173,14 @@ impl App {
             last_bmcs: 0,
             boot: BootFeed::new(Instant::now()),
             prefetch: Default::default(),
+            intent_limit: super::boot_intent::RateLimit::new(
+                super::boot_intent::INTENTS_PER_SECOND,
+                Instant::now(),
+            ),
+            event_limit: super::boot_intent::RateLimit::new(
+                super::boot_intent::EVENT_MESSAGES_PER_SECOND,
+                Instant::now(),
+            ),
         };
         (state, welcome)
     }
@@ -547,6 +559,48 @@ impl RackSessionState {
                 tracing::debug!("enlisting PXE-booted machines: {e}");
             }
         });
+    }
+
+    /// What `key` should boot now ([`super::boot_intent::decide`] over this region's state: a script
+    /// must come back within the rack's 3 s, and a state a few milliseconds old decides the same).
+    /// Refused with `Unavailable` past [`super::boot_intent::INTENTS_PER_SECOND`] (the script retries).
+    pub fn boot_intent(
+        &mut self,
+        key: &super::boot_intent::IntentKey,
+    ) -> Result<super::boot_intent::BootIntentAnswer, DomainError> {
+        if !self.intent_limit.take(Instant::now()) {
+            return Err(DomainError::unavailable(
+                "too many boot intents from this rack this second: ask again shortly",
+            ));
+        }
+        let st = crate::locks::read(&self.app.region.state);
+        Ok(super::boot_intent::decide(&st, key))
+    }
+
+    /// Records the rack's boot steps as machine events (at most
+    /// [`op::MAX_BOOT_EVENTS_PER_OP`] per message, details cut at the edge), once the session is
+    /// recorded, on a task of its own; messages past
+    /// [`super::boot_intent::EVENT_MESSAGES_PER_SECOND`] are dropped (boot events are best effort: a
+    /// storm must not fill the log). Returns whether the message was taken.
+    pub fn record_boot_events(&mut self, events: Vec<op::BootEventRecord>) -> bool {
+        if events.is_empty() || !self.recorded() || !self.event_limit.take(Instant::now()) {
+            return false;
+        }
+        let op = Op::RecordBootEvents(op::RecordBootEvents {
+            rack: self.name.clone(),
+            events: events
+                .into_iter()
+                .take(op::MAX_BOOT_EVENTS_PER_OP)
+                .collect(),
+        });
+        let cmd = Command::new(self.actor.as_str(), Principal::Internal(Internal::Rack), op);
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = app.region.write(cmd).await {
+                tracing::debug!("recording boot events: {e}");
+            }
+        });
+        true
     }
 
     /// Ends the session: records when the rack was last heard (its BMCs stay for the grace time after).

@@ -156,6 +156,20 @@ pub struct Outcome {
     pub dropped: Option<&'static str>,
     /// The parse error, when the datagram was malformed.
     pub error: Option<ParseError>,
+    /// A PXE or iPXE client answered with its boot options (an ACK, or a boot server's answer): a
+    /// boot step worth an event.
+    pub pxe: Option<PxeAnswer>,
+}
+
+/// A PXE client's answered step, for boot events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PxeAnswer {
+    /// The client.
+    pub mac: Mac,
+    /// Whether it is iPXE (user class `iPXE`: it asks for its script next) rather than PXE firmware.
+    pub ipxe: bool,
+    /// The port it was answered on (4011: the PXE boot server).
+    pub port: ServerPort,
 }
 
 impl Outcome {
@@ -356,6 +370,16 @@ impl Engine {
             }),
         };
         out.enlist = enlist;
+        if req.is_pxe()
+            && out.reply.is_some()
+            && matches!(req.kind, ClientMessage::Request | ClientMessage::Inform)
+        {
+            out.pxe = Some(PxeAnswer {
+                mac: req.mac,
+                ipxe: req.user_class_ipxe,
+                port: via.port,
+            });
+        }
         out
     }
 

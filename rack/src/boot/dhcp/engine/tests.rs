@@ -548,6 +548,17 @@ fn proxy_mode_answers_pxe_clients_on_both_ports_without_addresses() {
     assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
     assert_eq!(boot_file(&ack).as_deref(), Some("snponly.efi"));
     assert_eq!((out.commit, out.on_refused), (None, None));
+    // The boot server's answer is a boot step; the proxy OFFER before it is not.
+    assert_eq!(
+        out.pxe,
+        Some(PxeAnswer {
+            mac: mac(1),
+            ipxe: false,
+            port: ServerPort::ProxyDhcp
+        })
+    );
+    let out = handle(&mut e, &pxe(discover(mac(1)), 7), via(PROXY), NOW);
+    assert!(out.reply.is_some() && out.pxe.is_none());
 }
 
 #[test]

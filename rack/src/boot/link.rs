@@ -1,0 +1,369 @@
+//! The boot path's own traffic on the region session, besides DHCP's commits: boot intents asked by the
+//! HTTP server (`BootIntentRequest` → `BootIntentReply`, correlated by id) and boot events sent by the
+//! [`super::events::BootEventSink`].
+//!
+//! [`RegionLink`] holds the current session's sender (set and cleared by the boot service as sessions
+//! open and end) and the intents waiting for their reply. Everything is bounded: at most
+//! [`MAX_PENDING_INTENTS`] requests wait at once, each for at most [`INTENT_TIMEOUT`]; a session that
+//! ends fails its waiters at once (the script they serve tells iPXE to ask again), and a reply nobody
+//! waits for any more is dropped.
+
+use super::cache::WantedFile;
+use ingot_common::image::{BlobId, BootIntent, BootPurpose, ImageFile, ImageKind};
+use ingot_common::Mac;
+use ingot_proto::rack::v1 as proto;
+use ingot_proto::rack::v1::rack_message::Msg as RackMsg;
+use ingot_proto::rack::v1::RackMessage;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a script request waits for the region's answer: iPXE's HTTP timeout is longer, and a
+/// script that retries after a few seconds is better than a hung boot.
+pub const INTENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most boot intents waiting for a reply at once (a boot storm of a whole rack of machines is far
+/// fewer; more is a flood, answered with a retry script).
+pub const MAX_PENDING_INTENTS: usize = 1024;
+
+/// Whom a script is for: the URL names a MAC (`/boot/<mac>.ipxe`) or a machine (`/boot/by-id/<id>.ipxe`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntentKey {
+    /// A boot MAC.
+    Mac(Mac),
+    /// A machine's system id (already checked to be a plain token).
+    SystemId(String),
+}
+
+/// A boot intent as the rack uses it: the region's decision plus the image files it names, ready for
+/// the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RackIntent {
+    /// What to boot.
+    pub intent: BootIntent,
+    /// The files the intent names (kernel, initrd, disk), for [`super::cache::ImageCache::want`].
+    pub files: Vec<WantedFile>,
+}
+
+/// Why no boot intent could be had. The script then retries; the text is echoed on the console.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IntentError {
+    /// No region session is up (the rack is starting or cut off).
+    #[error("no region session: the rack cannot ask what to boot right now")]
+    NoSession,
+    /// Too many requests wait already, or the session's outgoing queue is full.
+    #[error("the rack is busy asking the region for other machines")]
+    Busy,
+    /// The region did not answer in time (or the session ended first).
+    #[error("the region did not answer in time")]
+    Timeout,
+    /// The region answered with an error.
+    #[error("the region could not decide: {0}")]
+    Region(String),
+    /// The region's answer does not parse (a newer region, or a bug): names the field.
+    #[error("the region's answer is malformed: {0}")]
+    Malformed(String),
+}
+
+/// Locks a mutex, ignoring poisoning (the maps stay usable if a holder panicked).
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The session as the link sees it.
+struct Current {
+    /// The session's number (the boot service's), so a late close of an older one changes nothing.
+    generation: u64,
+    /// Its outgoing queue.
+    tx: mpsc::Sender<RackMessage>,
+}
+
+/// The boot path's link to the current region session (see the module docs).
+#[derive(Default)]
+pub struct RegionLink {
+    /// The session messages go out on, if one is up.
+    current: Mutex<Option<Current>>,
+    /// Boot intents waiting for their reply, by request id (at most [`MAX_PENDING_INTENTS`]).
+    pending: Mutex<HashMap<u64, oneshot::Sender<proto::BootIntentReply>>>,
+    /// The last request id used.
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for RegionLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegionLink")
+            .field("online", &self.online())
+            .field("pending", &lock(&self.pending).len())
+            .finish()
+    }
+}
+
+impl RegionLink {
+    /// A link with no session yet.
+    pub fn new() -> Arc<RegionLink> {
+        Arc::new(RegionLink::default())
+    }
+
+    /// Session `generation` is up: messages go out on `tx`.
+    pub fn opened(&self, generation: u64, tx: mpsc::Sender<RackMessage>) {
+        *lock(&self.current) = Some(Current { generation, tx });
+    }
+
+    /// Session `generation` ended: nothing goes out until the next one, and every waiting intent fails
+    /// now (its reply would come on a session that no longer exists).
+    pub fn closed(&self, generation: u64) {
+        let mut cur = lock(&self.current);
+        if cur.as_ref().is_some_and(|c| c.generation == generation) {
+            *cur = None;
+            lock(&self.pending).clear();
+        }
+    }
+
+    /// Whether a session is up.
+    pub fn online(&self) -> bool {
+        lock(&self.current).is_some()
+    }
+
+    /// Sends `msg` on the current session without waiting; `false` when there is none or its queue is
+    /// full (the caller keeps or drops the message).
+    pub fn try_send(&self, msg: RackMsg) -> bool {
+        let tx = match lock(&self.current).as_ref() {
+            Some(c) => c.tx.clone(),
+            None => return false,
+        };
+        tx.try_send(RackMessage { msg: Some(msg) }).is_ok()
+    }
+
+    /// Asks the region what `key` should boot, waiting at most `timeout`.
+    pub async fn boot_intent(
+        &self,
+        key: &IntentKey,
+        timeout: Duration,
+    ) -> Result<RackIntent, IntentError> {
+        if !self.online() {
+            return Err(IntentError::NoSession);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = lock(&self.pending);
+            if pending.len() >= MAX_PENDING_INTENTS {
+                return Err(IntentError::Busy);
+            }
+            pending.insert(id, tx);
+        }
+        let (mac, system_id) = match key {
+            IntentKey::Mac(m) => (m.to_string(), String::new()),
+            IntentKey::SystemId(s) => (String::new(), s.clone()),
+        };
+        let req = RackMsg::BootIntentRequest(proto::BootIntentRequest { id, mac, system_id });
+        if !self.try_send(req) {
+            lock(&self.pending).remove(&id);
+            return Err(if self.online() {
+                IntentError::Busy
+            } else {
+                IntentError::NoSession
+            });
+        }
+        let reply = tokio::time::timeout(timeout, rx).await;
+        lock(&self.pending).remove(&id);
+        match reply {
+            Ok(Ok(r)) => intent_from_proto(&r),
+            Ok(Err(_)) | Err(_) => Err(IntentError::Timeout),
+        }
+    }
+
+    /// The region's answer to a request: handed to its waiter, or dropped when nobody waits.
+    pub fn on_reply(&self, reply: proto::BootIntentReply) {
+        if let Some(tx) = lock(&self.pending).remove(&reply.id) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// How many intents wait for a reply (tests, metrics).
+    pub fn pending(&self) -> usize {
+        lock(&self.pending).len()
+    }
+}
+
+/// One image file of a reply in the cache's terms; `field` names it in errors.
+pub fn wanted_from_proto(field: &str, f: &proto::BlobFile) -> Result<WantedFile, String> {
+    let kind = ImageKind::parse(&format!("{field}.kind"), &f.kind).map_err(|e| e.to_string())?;
+    let blob = BlobId::parse(&format!("{field}.sha256"), &f.sha256).map_err(|e| e.to_string())?;
+    ingot_common::image::validate_file_name(&format!("{field}.name"), &f.name)
+        .map_err(|e| e.to_string())?;
+    ingot_common::image::validate_image_name(&format!("{field}.image"), &f.image)
+        .map_err(|e| e.to_string())?;
+    if f.arch.len() > 64 {
+        return Err(format!("{field}.arch: longer than 64 bytes"));
+    }
+    Ok(WantedFile {
+        image: f.image.clone(),
+        kind,
+        arch: f.arch.clone(),
+        file: ImageFile {
+            name: f.name.clone(),
+            blob,
+            size: f.size,
+        },
+    })
+}
+
+/// The region's reply in domain types: an error reply is [`IntentError::Region`], a malformed one
+/// [`IntentError::Malformed`] naming the field.
+pub fn intent_from_proto(r: &proto::BootIntentReply) -> Result<RackIntent, IntentError> {
+    if !r.error.is_empty() {
+        return Err(IntentError::Region(r.error.chars().take(200).collect()));
+    }
+    let purpose = BootPurpose::parse(&r.purpose).ok_or_else(|| {
+        IntentError::Malformed(format!(
+            "purpose: '{}' is no boot purpose",
+            r.purpose.chars().take(32).collect::<String>()
+        ))
+    })?;
+    let mut files = Vec::new();
+    let mut file =
+        |field: &str, f: &Option<proto::BlobFile>| -> Result<Option<ImageFile>, IntentError> {
+            match f {
+                None => Ok(None),
+                Some(f) => {
+                    let w = wanted_from_proto(field, f).map_err(IntentError::Malformed)?;
+                    let out = w.file.clone();
+                    files.push(w);
+                    Ok(Some(out))
+                }
+            }
+        };
+    let kernel = file("kernel", &r.kernel)?;
+    let initrd = file("initrd", &r.initrd)?;
+    let disk = file("disk", &r.disk)?;
+    let system_id = (!r.system_id.is_empty()).then(|| r.system_id.clone());
+    Ok(RackIntent {
+        intent: BootIntent {
+            system_id,
+            purpose,
+            kernel,
+            initrd,
+            disk,
+            problem: r.problem.chars().take(400).collect(),
+        },
+        files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(name: &str, b: char) -> proto::BlobFile {
+        proto::BlobFile {
+            image: "ingot-ramdisk".into(),
+            name: name.into(),
+            sha256: b.to_string().repeat(64),
+            size: 7,
+            kind: "ramdisk".into(),
+            arch: "amd64".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn intents_are_correlated_by_id_and_time_out() {
+        let link = RegionLink::new();
+        let mac: Mac = "52:54:00:00:00:01".parse().expect("mac");
+        assert_eq!(
+            link.boot_intent(&IntentKey::Mac(mac), INTENT_TIMEOUT).await,
+            Err(IntentError::NoSession)
+        );
+        let (tx, mut rx) = mpsc::channel(8);
+        link.opened(1, tx);
+        let l2 = link.clone();
+        let ask = tokio::spawn(async move {
+            l2.boot_intent(&IntentKey::Mac(mac), Duration::from_secs(5))
+                .await
+        });
+        let Some(RackMessage {
+            msg: Some(RackMsg::BootIntentRequest(req)),
+        }) = rx.recv().await
+        else {
+            panic!("no request sent");
+        };
+        assert_eq!(req.mac, "52:54:00:00:00:01");
+        // A reply for another id is dropped; the right one is delivered.
+        link.on_reply(proto::BootIntentReply {
+            id: req.id + 100,
+            ..Default::default()
+        });
+        link.on_reply(proto::BootIntentReply {
+            id: req.id,
+            system_id: "abc123".into(),
+            purpose: "commission".into(),
+            kernel: Some(blob("kernel", 'a')),
+            initrd: Some(blob("initrd", 'b')),
+            ..Default::default()
+        });
+        let got = ask.await.expect("join").expect("intent");
+        assert_eq!(got.intent.purpose, BootPurpose::Commission);
+        assert_eq!(got.intent.system_id.as_deref(), Some("abc123"));
+        assert_eq!(got.files.len(), 2);
+        assert_eq!(link.pending(), 0);
+        // No answer: a timeout, and nothing left waiting.
+        let e = link
+            .boot_intent(&IntentKey::SystemId("x".into()), Duration::from_millis(20))
+            .await;
+        assert_eq!(e, Err(IntentError::Timeout));
+        assert_eq!(link.pending(), 0);
+        // The session ends while a request waits: it fails at once.
+        let l3 = link.clone();
+        let ask = tokio::spawn(async move {
+            l3.boot_intent(&IntentKey::Mac(mac), Duration::from_secs(30))
+                .await
+        });
+        while link.pending() == 0 {
+            tokio::task::yield_now().await;
+        }
+        link.closed(1);
+        assert_eq!(ask.await.expect("join"), Err(IntentError::Timeout));
+        assert!(!link.online());
+    }
+
+    #[test]
+    fn malformed_replies_name_the_field() {
+        let ok = proto::BootIntentReply {
+            id: 1,
+            purpose: "deploy".into(),
+            kernel: Some(blob("kernel", 'a')),
+            ..Default::default()
+        };
+        assert!(intent_from_proto(&ok).is_ok());
+        let mut bad = ok.clone();
+        bad.purpose = "fly".into();
+        assert!(
+            matches!(intent_from_proto(&bad), Err(IntentError::Malformed(m)) if m.starts_with("purpose"))
+        );
+        let mut bad = ok.clone();
+        bad.kernel = Some(proto::BlobFile {
+            sha256: "zz".into(),
+            ..blob("kernel", 'a')
+        });
+        assert!(
+            matches!(intent_from_proto(&bad), Err(IntentError::Malformed(m)) if m.contains("kernel.sha256"))
+        );
+        let mut bad = ok;
+        bad.disk = Some(proto::BlobFile {
+            name: "../etc".into(),
+            ..blob("disk", 'c')
+        });
+        assert!(
+            matches!(intent_from_proto(&bad), Err(IntentError::Malformed(m)) if m.contains("disk.name"))
+        );
+        let err = proto::BootIntentReply {
+            error: "no quorum".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            intent_from_proto(&err),
+            Err(IntentError::Region("no quorum".into()))
+        );
+    }
+}
