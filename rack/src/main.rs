@@ -146,6 +146,7 @@ impl BootArgs {
 fn start_tftp(
     root: std::path::PathBuf,
     cache: &std::sync::Arc<ImageCache>,
+    hook: ingot_rack::boot::tftp::server::TransferHook,
     interfaces: &[String],
     port: u16,
     shutdown: &tokio::sync::watch::Receiver<bool>,
@@ -168,6 +169,7 @@ fn start_tftp(
         tracing::info!(%interface, addr = ?socket.local_addr().ok(), root = %root.display(), "TFTP listening");
         let mut config = TftpConfig::new(&root);
         config.bootloaders = Some(cache.clone());
+        config.on_transfer = Some(hook.clone());
         let (counters, stop) = (counters.clone(), shutdown.clone());
         let interface = interface.clone();
         tokio::spawn(async move {
@@ -251,14 +253,6 @@ fn start_boot(
         dhcp_port: args.dhcp_port,
         proxy_dhcp_port: args.proxy_dhcp_port,
     })?;
-    // TFTP after DHCP's sockets, so a missing interface is reported by DHCP's bind, as before.
-    let tftp_root = args.tftp_root();
-    match &tftp_root {
-        Some(root) => start_tftp(root.clone(), cache, &args.interfaces, args.tftp_port, shutdown)?,
-        None => tracing::info!(
-            "no TFTP: --no-tftp, or no --tftp-root and no {DEFAULT_TFTP_ROOT} (install Debian's ipxe package)"
-        ),
-    }
     let journal = Journal::open(&dir.lease_journal(), journal::MAX_ENTRIES)?;
     let engine = Engine::new(EngineSettings {
         boot_files: BootFiles {
@@ -279,6 +273,21 @@ fn start_boot(
         shutdown.clone(),
     );
     service.attach_cache(cache.clone());
+    // TFTP after DHCP's sockets, so a missing interface is reported by DHCP's bind, as before.
+    let tftp_root = args.tftp_root();
+    match &tftp_root {
+        Some(root) => start_tftp(
+            root.clone(),
+            cache,
+            service.tftp_hook(),
+            &args.interfaces,
+            args.tftp_port,
+            shutdown,
+        )?,
+        None => tracing::info!(
+            "no TFTP: --no-tftp, or no --tftp-root and no {DEFAULT_TFTP_ROOT} (install Debian's ipxe package)"
+        ),
+    }
     start_http(&service, cfg, &args, cache, shutdown)?;
     let handler: std::sync::Arc<dyn PacketHandler> = service.clone();
     let stop = shutdown.clone();

@@ -21,8 +21,8 @@
 
 pub mod cache;
 pub mod dhcp;
-pub mod fetch;
 pub mod events;
+pub mod fetch;
 pub mod http;
 pub mod journal;
 pub mod leases;

@@ -43,6 +43,7 @@ use super::events::BootEventSink;
 use super::journal::Journal;
 use super::link::RegionLink;
 use super::{BootConfig, ServedSubnet};
+use ingot_common::image::BootStep;
 use ingot_common::net::{Cidr, Lease};
 use ingot_common::Mac;
 use ingot_proto::rack::v1 as proto;
@@ -76,6 +77,11 @@ pub trait DhcpEngine: Send {
     fn expire(&mut self, now_ms: u64);
     /// How many leases the engine holds (for metrics).
     fn lease_count(&self) -> usize;
+    /// The MAC holding (or last given) `ip`: who a TFTP client at that address is. `None` by default
+    /// (an engine without a lease table).
+    fn mac_of(&self, _ip: Ipv4Addr) -> Option<Mac> {
+        None
+    }
 }
 
 impl DhcpEngine for super::dhcp::engine::Engine {
@@ -102,6 +108,9 @@ impl DhcpEngine for super::dhcp::engine::Engine {
     }
     fn lease_count(&self) -> usize {
         super::dhcp::engine::Engine::lease_count(self)
+    }
+    fn mac_of(&self, ip: Ipv4Addr) -> Option<Mac> {
+        self.table().lease(ip).map(|l| l.mac)
     }
 }
 
@@ -533,6 +542,48 @@ impl BootService {
     /// The boot event sink: the HTTP server (and the TFTP server's transfer callbacks) push steps here.
     pub fn events(&self) -> &Arc<BootEventSink> {
         &self.events
+    }
+
+    /// The MAC holding (or last given) `ip` in this rack's lease table: who a TFTP or HTTP client at that
+    /// address is, for its boot events.
+    pub fn mac_of(&self, ip: Ipv4Addr) -> Option<Mac> {
+        lock(&self.shared.engine).engine.mac_of(ip)
+    }
+
+    /// The TFTP server's transfer hook: a transfer of a client this rack leased an address to becomes a
+    /// boot event of its MAC (started, finished with bytes, aborted with why). Refusals are not events
+    /// (iPXE probes for files that need not exist); transfers of unknown addresses are only counted by
+    /// the TFTP server.
+    pub fn tftp_hook(self: &Arc<Self>) -> super::tftp::server::TransferHook {
+        use super::tftp::server::{TransferHook, TransferOutcome};
+        let me = Arc::downgrade(self);
+        TransferHook::new(move |e| {
+            let Some(me) = me.upgrade() else { return };
+            let std::net::IpAddr::V4(ip) = e.client.ip() else {
+                return;
+            };
+            let Some(mac) = me.mac_of(ip) else { return };
+            let size = e.size.unwrap_or(0);
+            let (step, detail) = match &e.outcome {
+                TransferOutcome::Started => (
+                    BootStep::FileStarted,
+                    format!("{} ({size} bytes) over tftp", e.file),
+                ),
+                TransferOutcome::Finished => (
+                    BootStep::FileFinished,
+                    format!("{} ({} bytes) over tftp", e.file, e.bytes),
+                ),
+                TransferOutcome::Aborted { reason } => (
+                    BootStep::FileAborted,
+                    format!(
+                        "{} over tftp aborted after {} of {size} bytes: {reason}",
+                        e.file, e.bytes
+                    ),
+                ),
+                TransferOutcome::Refused { .. } => return,
+            };
+            me.events.push(mac, step, detail);
+        })
     }
 
     /// The counters so far.
