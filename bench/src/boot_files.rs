@@ -11,7 +11,7 @@
 //! - **HTTP**: the same file by 1 and 50 concurrent clients (one reqwest client, keep-alive, bodies
 //!   streamed and checked, `--boot-http-rounds` downloads per client) from nginx (a temporary config on
 //!   127.0.0.1, `daemon off`, started and stopped by PID) and from the rack's HTTP server at
-//!   `/blobs/<sha256>` (the file placed in the rack's cache directory `<rack dir>/cache/<sha256>`).
+//!   `/blobs/<sha256>` (the file uploaded as a bootloader image, which the rack prefetches into its cache).
 //!   A rack that does not answer there is skipped with the reason printed. The rack's RSS
 //!   (`/proc/PID/status` VmRSS) is sampled every 50 ms during its 50-client run.
 //!
@@ -538,10 +538,28 @@ pub async fn run(o: &BootFilesOpts) -> Result<BootFilesFigures> {
         .await?;
     let rack_tftp: SocketAddr = ([127, 0, 0, 1], tftp_port).into();
     wait_tftp(rack_tftp, "ingot-rack").await?;
-    // The rack's cache directory (`<rack dir>/cache`), where its HTTP server finds blobs.
-    let cache = rack.dir.join("cache");
-    std::fs::create_dir_all(&cache)?;
-    std::fs::copy(tftp_root.join("boot.bin"), cache.join(&sha))?;
+    // The rack serves only blobs a region told it about: the file is uploaded as a bootloader image, which
+    // every rack holds (prefetched into its verified cache) and serves at /blobs/<sha256>.
+    eprintln!("== uploading it as bootloader image 'bench-boot-files' (the rack prefetches it)");
+    let bin = ingot_launch::resolve_bin_dir(None)?.join("ingot");
+    let out = std::process::Command::new(bin)
+        .arg("--profile")
+        .arg(cluster.env_path())
+        .args([
+            "images",
+            "upload",
+            "bench-boot-files",
+            "--kind",
+            "bootloader",
+            "--file",
+        ])
+        .arg(format!("boot.bin={}", tftp_root.join("boot.bin").display()))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ingot images upload failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut f = BootFilesFigures::default();
     let hpa_addr: SocketAddr = ([127, 0, 0, 1], free_port(true)?).into();
@@ -562,9 +580,16 @@ pub async fn run(o: &BootFilesOpts) -> Result<BootFilesFigures> {
     let nginx = start_nginx(&www, nginx_port, &peers_dir).await;
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/blobs/{sha}");
     let rack_url = format!("http://127.0.0.1:{http_port}/blobs/{sha}");
-    let rack_answers = match download(&reqwest::Client::new(), &rack_url, &want).await {
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("the rack does not serve {rack_url}: {e}")),
+    // Until the prefetch is done (the first open would fetch it anyway): at most 60 s.
+    let t0 = std::time::Instant::now();
+    let rack_answers = loop {
+        match download(&reqwest::Client::new(), &rack_url, &want).await {
+            Ok(_) => break Ok(()),
+            Err(e) if t0.elapsed() > Duration::from_secs(60) => {
+                break Err(format!("the rack does not serve {rack_url}: {e}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
     };
     if let Err(why) = &rack_answers {
         eprintln!("== SKIPPING the rack's HTTP rows: {why}");
