@@ -9,7 +9,7 @@
 //! waits for any more is dropped.
 
 use super::cache::WantedFile;
-use ingot_common::image::{BlobId, BootIntent, BootPurpose, ImageFile, ImageKind};
+use ingot_common::image::{BootIntent, BootPurpose, ImageFile};
 use ingot_common::Mac;
 use ingot_proto::rack::v1 as proto;
 use ingot_proto::rack::v1::rack_message::Msg as RackMsg;
@@ -189,25 +189,7 @@ impl RegionLink {
 
 /// One image file of a reply in the cache's terms; `field` names it in errors.
 pub fn wanted_from_proto(field: &str, f: &proto::BlobFile) -> Result<WantedFile, String> {
-    let kind = ImageKind::parse(&format!("{field}.kind"), &f.kind).map_err(|e| e.to_string())?;
-    let blob = BlobId::parse(&format!("{field}.sha256"), &f.sha256).map_err(|e| e.to_string())?;
-    ingot_common::image::validate_file_name(&format!("{field}.name"), &f.name)
-        .map_err(|e| e.to_string())?;
-    ingot_common::image::validate_image_name(&format!("{field}.image"), &f.image)
-        .map_err(|e| e.to_string())?;
-    if f.arch.len() > 64 {
-        return Err(format!("{field}.arch: longer than 64 bytes"));
-    }
-    Ok(WantedFile {
-        image: f.image.clone(),
-        kind,
-        arch: f.arch.clone(),
-        file: ImageFile {
-            name: f.name.clone(),
-            blob,
-            size: f.size,
-        },
-    })
+    WantedFile::from_rack(f).map_err(|e| format!("{field}.{e}"))
 }
 
 /// The region's reply in domain types: an error reply is [`IntentError::Region`], a malformed one
