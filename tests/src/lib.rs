@@ -811,3 +811,21 @@ impl Drop for RackLogsOnPanic<'_> {
         }
     }
 }
+
+/// `ingot --profile <cluster env> ARGS`, failing the test with its output if it fails.
+pub fn ingot(tc: &TestCluster, args: &[&str]) -> String {
+    let bin = ingot_launch::resolve_bin_dir(None).unwrap().join("ingot");
+    let out = std::process::Command::new(bin)
+        .arg("--profile")
+        .arg(tc.cluster.env_path())
+        .args(args)
+        .output()
+        .expect("run ingot");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ingot {args:?} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}

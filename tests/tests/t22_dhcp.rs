@@ -24,6 +24,7 @@
 //! elsewhere the test is skipped with the reason printed.
 
 use ingot_launch::RackBoot;
+use ingot_tests::ingot;
 use ingot_tests::netns::{self, End, Lab, Netns, NsProcess};
 use ingot_tests::{wait_racks_connected, RackLogsOnPanic, TestCluster};
 use std::collections::BTreeMap;
@@ -381,24 +382,6 @@ impl Client {
 // ---------------------------------------------------------------------------------------------------------
 // The cluster side: one region, racks serving root veth ends, and the `ingot` CLI.
 // ---------------------------------------------------------------------------------------------------------
-
-/// `ingot --profile <cluster env> ARGS`, failing the test with its output if it fails.
-fn ingot(tc: &TestCluster, args: &[&str]) -> String {
-    let bin = ingot_launch::resolve_bin_dir(None).unwrap().join("ingot");
-    let out = Command::new(bin)
-        .arg("--profile")
-        .arg(tc.cluster.env_path())
-        .args(args)
-        .output()
-        .expect("run ingot");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "ingot {args:?} failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
 
 /// The boot flags of a rack serving `ifaces` (its HTTP port picked at random so that racks of parallel
 /// tests do not name the same one).

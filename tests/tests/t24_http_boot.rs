@@ -13,30 +13,13 @@ use ingot_launch::RackBoot;
 use ingot_proto::v1::{
     AllocateRequest, CommissionRequest, Constraints, DeployRequest, MachineStatus,
 };
+use ingot_tests::ingot;
 use ingot_tests::{
     agent_result, boot_token, by_id, machine, ready_machine, small_inventory, wait_racks_connected,
     RackLogsOnPanic, TestCluster,
 };
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// `ingot --profile <cluster env> ARGS`, failing the test with its output if it fails.
-fn ingot(tc: &TestCluster, args: &[&str]) -> String {
-    let bin = ingot_launch::resolve_bin_dir(None).unwrap().join("ingot");
-    let out = Command::new(bin)
-        .arg("--profile")
-        .arg(tc.cluster.env_path())
-        .args(args)
-        .output()
-        .expect("run ingot");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "ingot {args:?} failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
 
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

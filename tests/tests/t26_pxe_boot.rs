@@ -11,6 +11,7 @@
 //! busybox that scripts/install-test-peers.sh unpacks into `$INGOT_PEERS_HOME/pxe`.
 
 use ingot_launch::RackBoot;
+use ingot_tests::ingot;
 use ingot_tests::netns::{self, End, Lab};
 use ingot_tests::{RackLogsOnPanic, TestCluster};
 use std::path::{Path, PathBuf};
@@ -31,24 +32,6 @@ fn pxe_payload() -> Option<(PathBuf, PathBuf)> {
         })?;
     let (k, b) = (dir.join("vmlinuz"), dir.join("busybox"));
     (k.is_file() && b.is_file()).then_some((k, b))
-}
-
-/// `ingot --profile <cluster env> ARGS`, failing the test with its output if it fails.
-fn ingot(tc: &TestCluster, args: &[&str]) -> String {
-    let bin = ingot_launch::resolve_bin_dir(None).unwrap().join("ingot");
-    let out = Command::new(bin)
-        .arg("--profile")
-        .arg(tc.cluster.env_path())
-        .args(args)
-        .output()
-        .expect("run ingot");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "ingot {args:?} failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
 }
 
 /// A gzip'd newc initramfs whose /init prints `INGOT-PXE-MARKER` and the kernel command line, then powers off.

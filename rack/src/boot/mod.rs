@@ -55,3 +55,37 @@ pub struct BootConfig {
     /// Every MAC the cluster knows, with its machine's system id.
     pub known: HashMap<Mac, String>,
 }
+
+/// Why a boot interface's IPv4 address could not be found (each server maps it to its own startup error).
+#[derive(Debug, thiserror::Error)]
+pub enum InterfaceError {
+    /// The interfaces could not be listed.
+    #[error("listing the host's network interfaces failed: {source}")]
+    Interfaces {
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No IPv4 address on the interface (if-addrs lists only interfaces with an address, so this is
+    /// also what a missing interface looks like).
+    #[error("boot interface {interface} has no IPv4 address")]
+    NoIpv4 {
+        /// The interface asked for.
+        interface: String,
+    },
+}
+
+/// The first IPv4 address of `interface`: the rack's address on that boot network, which DHCP names as
+/// its server and TFTP and HTTP bind. One lookup for the three servers.
+pub fn interface_ipv4(interface: &str) -> Result<std::net::Ipv4Addr, InterfaceError> {
+    let all = if_addrs::get_if_addrs().map_err(|source| InterfaceError::Interfaces { source })?;
+    all.iter()
+        .filter(|i| i.name == interface)
+        .find_map(|i| match &i.addr {
+            if_addrs::IfAddr::V4(v4) => Some(v4.ip),
+            _ => None,
+        })
+        .ok_or_else(|| InterfaceError::NoIpv4 {
+            interface: interface.to_string(),
+        })
+}

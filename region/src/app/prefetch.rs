@@ -16,18 +16,6 @@ use ingot_common::MachineStatus;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
-/// Statuses in which a machine network-boots Ingot's ramdisk soon or now: New (enlistment and
-/// commissioning), commissioning, testing, deploying, disk erasing, entering rescue and rescue.
-pub const NETBOOT_STATUSES: [MachineStatus; 7] = [
-    MachineStatus::New,
-    MachineStatus::Commissioning,
-    MachineStatus::Testing,
-    MachineStatus::Deploying,
-    MachineStatus::DiskErasing,
-    MachineStatus::EnteringRescueMode,
-    MachineStatus::RescueMode,
-];
-
 /// Most files one `CacheWanted` lists (the rack reads no more): bootloaders first, then ramdisks, then
 /// disk images.
 pub const MAX_PREFETCH_FILES: usize = 4096;
@@ -57,7 +45,12 @@ pub fn wanted_files(st: &State, rack: &str) -> Vec<PrefetchFile> {
     };
     let mut families: BTreeSet<&str> = BTreeSet::new();
     let mut disks: BTreeSet<String> = BTreeSet::new();
-    for status in NETBOOT_STATUSES {
+    // The statuses that boot the ramdisk are the ones whose boot purpose needs it: one rule
+    // (`boot_intent::purpose_for`) for what a machine boots and what its rack holds ready.
+    let netboot = MachineStatus::ALL
+        .into_iter()
+        .filter(|s| super::boot_intent::purpose_for(*s).needs_ramdisk());
+    for status in netboot {
         let Some(ids) = st.by_zone_status.get(&(zone.to_string(), status)) else {
             continue;
         };
@@ -321,8 +314,17 @@ mod tests {
                 "debian/bookworm:disk"
             ]
         );
-        // Every network-booting status counts.
-        for (i, s) in NETBOOT_STATUSES.into_iter().enumerate() {
+        // Every network-booting status counts (the list, checked against boot_intent's rule).
+        let netboot = [
+            MachineStatus::New,
+            MachineStatus::Commissioning,
+            MachineStatus::Testing,
+            MachineStatus::Deploying,
+            MachineStatus::DiskErasing,
+            MachineStatus::EnteringRescueMode,
+            MachineStatus::RescueMode,
+        ];
+        for (i, s) in netboot.into_iter().enumerate() {
             let mut st = state();
             add(&mut st, &format!("m{i}"), "z1", "arm64", s, None);
             assert!(

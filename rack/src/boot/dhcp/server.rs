@@ -144,16 +144,10 @@ pub struct Server {
 /// interface was reported already (`ENODEV`); here none means no IPv4 address (if-addrs lists only
 /// interfaces with an address).
 fn ipv4_of(interface: &str) -> Result<Ipv4Addr, ServerError> {
-    let all = if_addrs::get_if_addrs().map_err(|source| ServerError::Interfaces { source })?;
-    all.iter()
-        .filter(|i| i.name == interface)
-        .find_map(|i| match &i.addr {
-            if_addrs::IfAddr::V4(v4) => Some(v4.ip),
-            _ => None,
-        })
-        .ok_or_else(|| ServerError::NoIpv4 {
-            interface: interface.to_string(),
-        })
+    crate::boot::interface_ipv4(interface).map_err(|e| match e {
+        crate::boot::InterfaceError::Interfaces { source } => ServerError::Interfaces { source },
+        crate::boot::InterfaceError::NoIpv4 { interface } => ServerError::NoIpv4 { interface },
+    })
 }
 
 /// Maps a socket error at step `what` to the startup error that says what to do.

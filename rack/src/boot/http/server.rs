@@ -293,17 +293,10 @@ pub enum HttpBindError {
 /// A TCP listener on `interface`'s IPv4 address and `port` (the address the DHCP server puts in the
 /// script URLs it hands out on that interface).
 pub fn bind(interface: &str, port: u16) -> Result<TcpListener, HttpBindError> {
-    let all = if_addrs::get_if_addrs().map_err(|source| HttpBindError::Interfaces { source })?;
-    let ip = all
-        .iter()
-        .filter(|i| i.name == interface)
-        .find_map(|i| match &i.addr {
-            if_addrs::IfAddr::V4(v4) => Some(v4.ip),
-            _ => None,
-        })
-        .ok_or_else(|| HttpBindError::NoIpv4 {
-            interface: interface.to_string(),
-        })?;
+    let ip = crate::boot::interface_ipv4(interface).map_err(|e| match e {
+        crate::boot::InterfaceError::Interfaces { source } => HttpBindError::Interfaces { source },
+        crate::boot::InterfaceError::NoIpv4 { interface } => HttpBindError::NoIpv4 { interface },
+    })?;
     let addr = SocketAddr::new(ip.into(), port);
     let err = |source| HttpBindError::Bind {
         interface: interface.to_string(),

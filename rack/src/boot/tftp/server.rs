@@ -363,17 +363,10 @@ pub enum BindError {
 /// on their network; the transfer sockets then bind the same address). Non-blocking, ready for
 /// `UdpSocket::from_std`; needs no runtime.
 pub fn bind(interface: &str, port: u16) -> Result<std::net::UdpSocket, BindError> {
-    let all = if_addrs::get_if_addrs().map_err(|source| BindError::Interfaces { source })?;
-    let ip = all
-        .iter()
-        .filter(|i| i.name == interface)
-        .find_map(|i| match &i.addr {
-            if_addrs::IfAddr::V4(v4) => Some(v4.ip),
-            _ => None,
-        })
-        .ok_or_else(|| BindError::NoIpv4 {
-            interface: interface.to_string(),
-        })?;
+    let ip = crate::boot::interface_ipv4(interface).map_err(|e| match e {
+        crate::boot::InterfaceError::Interfaces { source } => BindError::Interfaces { source },
+        crate::boot::InterfaceError::NoIpv4 { interface } => BindError::NoIpv4 { interface },
+    })?;
     let addr = SocketAddr::new(ip.into(), port);
     let err = |source| BindError::Bind {
         interface: interface.to_string(),
