@@ -1047,16 +1047,19 @@ mod tests {
     }
 
     #[test]
-    fn hello_announces_dhcp_and_tftp_when_served() {
+    fn hello_announces_dhcp_http_and_tftp_when_served() {
         let services = |dhcp, tftp| match hello(4, dhcp, tftp).msg {
             Some(RackMsg::Hello(h)) => h.services,
             other => panic!("not a Hello: {other:?}"),
         };
         assert_eq!(services(false, false), vec!["power"]);
-        assert_eq!(services(true, false), vec!["power", DHCP_SERVICE]);
+        assert_eq!(
+            services(true, false),
+            vec!["power", DHCP_SERVICE, HTTP_SERVICE]
+        );
         assert_eq!(
             services(true, true),
-            vec!["power", DHCP_SERVICE, TFTP_SERVICE]
+            vec!["power", DHCP_SERVICE, HTTP_SERVICE, TFTP_SERVICE]
         );
     }
 

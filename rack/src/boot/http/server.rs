@@ -31,6 +31,7 @@ use crate::boot::events::BootEventSink;
 use crate::boot::link::{IntentError, IntentKey, RackIntent, RegionLink, INTENT_TIMEOUT};
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::StreamExt as _;
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
@@ -95,7 +96,7 @@ impl Default for HttpSettings {
             max_connections: 1024,
             header_timeout: Duration::from_secs(15),
             max_head_bytes: 16 * 1024,
-            chunk_bytes: 128 * 1024,
+            chunk_bytes: 256 * 1024,
             write_stall: Duration::from_secs(30),
         }
     }
@@ -973,7 +974,39 @@ fn size_text(n: u64) -> String {
     }
 }
 
-/// The body of `count` bytes of `file` from `start`, read `chunk` bytes at a time.
+/// Chunks read ahead of the one being written: the next read runs (on a blocking thread) while hyper
+/// writes the current one, so disk reads and socket writes overlap instead of taking turns.
+const READ_AHEAD: usize = 2;
+
+/// Reads `len` bytes of `file` at `pos` on a blocking thread (positioned reads: no seek, the file is
+/// shared by the chunks in flight).
+async fn read_chunk(file: Arc<std::fs::File>, pos: u64, len: usize) -> std::io::Result<Bytes> {
+    let read = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match file.read_at(&mut buf[got..], pos + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if got < len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the cached blob is shorter than its recorded size",
+            ));
+        }
+        Ok(Bytes::from(buf))
+    })
+    .await;
+    read.unwrap_or_else(|e| Err(std::io::Error::other(format!("blob read task failed: {e}"))))
+}
+
+/// The body of `count` bytes of `file` from `start`, read `chunk` bytes at a time, [`READ_AHEAD`] chunks
+/// ahead of the socket: memory per download stays a few chunks whatever the file's size.
 fn file_body(
     file: Arc<std::fs::File>,
     start: u64,
@@ -981,75 +1014,52 @@ fn file_body(
     chunk: usize,
     download: Download,
 ) -> Body {
+    let chunk = chunk.max(4096) as u64;
+    let end = start.saturating_add(count);
+    let pieces = (0..count.div_ceil(chunk)).map(move |i| {
+        let pos = start + i * chunk;
+        (pos, (end - pos).min(chunk) as usize)
+    });
+    let reads = futures::stream::iter(pieces)
+        .map(move |(pos, len)| read_chunk(file.clone(), pos, len))
+        .buffered(READ_AHEAD);
     /// The stream's state between chunks.
-    struct State {
-        /// The blob, shared (positioned reads: no seek).
-        file: Arc<std::fs::File>,
-        /// Offset of the next chunk.
-        pos: u64,
-        /// Bytes still to send.
-        left: u64,
-        /// Bytes per read.
-        chunk: usize,
+    struct State<S> {
+        /// The reads, in order.
+        reads: S,
         /// Counts and reports this body.
         download: Download,
+        /// Bytes still to send; 0 after an error.
+        left: u64,
     }
     let state = State {
-        file,
-        pos: start,
-        left: count,
-        chunk: chunk.max(4096),
+        reads,
         download,
+        left: count,
     };
     let stream = futures::stream::unfold(state, |mut st| async move {
         if st.left == 0 {
             return None;
         }
-        let want = st.left.min(st.chunk as u64) as usize;
-        let (file, pos) = (st.file.clone(), st.pos);
-        let read = tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut buf = vec![0u8; want];
-            let mut got = 0;
-            while got < want {
-                match file.read_at(&mut buf[got..], pos + got as u64) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+        match futures::StreamExt::next(&mut st.reads).await? {
+            Ok(bytes) => {
+                let n = bytes.len() as u64;
+                st.download.sent(n);
+                st.left = st.left.saturating_sub(n);
+                if st.left == 0 {
+                    // hyper stops polling a body once it has its Content-Length: the last chunk is the end.
+                    st.download.finish();
                 }
-            }
-            if got < want {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the cached blob is shorter than its recorded size",
-                ));
-            }
-            Ok(Bytes::from(buf))
-        })
-        .await;
-        let bytes = match read {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                tracing::warn!("reading a cached blob: {e}");
-                return Some((Err(e), State { left: 0, ..st }));
+                Some((Ok(Frame::data(bytes)), st))
             }
             Err(e) => {
-                let e = std::io::Error::other(format!("blob read task failed: {e}"));
-                return Some((Err(e), State { left: 0, ..st }));
+                tracing::warn!("reading a cached blob: {e}");
+                st.left = 0;
+                Some((Err(e), st))
             }
-        };
-        let n = bytes.len() as u64;
-        st.download.sent(n);
-        st.pos += n;
-        st.left -= n;
-        if st.left == 0 {
-            // hyper stops polling a body once it has its Content-Length: the last chunk is the end.
-            st.download.finish();
         }
-        Some((Ok(Frame::data(bytes)), st))
     });
-    StreamBody::new(stream).boxed()
+    BodyExt::boxed(StreamBody::new(stream))
 }
 
 #[cfg(test)]

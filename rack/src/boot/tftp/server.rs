@@ -787,7 +787,9 @@ impl Session {
         let mut last_read = false;
         let mut sent_once: u64 = 0;
         loop {
-            while window_packets.len() < window && !last_read {
+            // One block beyond the window is built ahead: it goes out the moment its ACK arrives (in
+            // lockstep, window 1, the next DATA is then a send, not a read and a send).
+            while window_packets.len() < window + 1 && !last_read {
                 let number = next_unacked + window_packets.len() as u64;
                 match source.packet(number as u16, block_size).await {
                     Ok(p) => {
@@ -810,7 +812,7 @@ impl Session {
                 return End::Done;
             }
             let first = next_unacked;
-            let count = window_packets.len() as u64;
+            let count = window_packets.len().min(window) as u64;
             for number in first..first + count {
                 if number <= sent_once {
                     bump(&self.counters.retransmits);
@@ -819,12 +821,16 @@ impl Session {
             sent_once = sent_once.max(first + count - 1);
             // An ACK of any block in the window (or of the one before it: nothing new arrived) counts.
             let acked = link
-                .exchange(window_packets.make_contiguous(), true, |b| {
-                    (0..=count)
-                        .map(|i| first - 1 + i)
-                        .find(|k| *k as u16 == b)
-                        .filter(|k| *k >= first)
-                })
+                .exchange(
+                    &window_packets.make_contiguous()[..count as usize],
+                    true,
+                    |b| {
+                        (0..=count)
+                            .map(|i| first - 1 + i)
+                            .find(|k| *k as u16 == b)
+                            .filter(|k| *k >= first)
+                    },
+                )
                 .await;
             match acked {
                 Ok(k) => {
