@@ -17,12 +17,12 @@
 //! With `--racks` it runs the rack-controller benchmark instead (see [`racks`]): session failover after a
 //! region SIGKILL, BMC ownership moves after a rack SIGKILL, and the regions' cost per connected rack.
 //!
-//! With `--dhcp-fuzz --cases N [--seed S]` it runs the DHCP fuzzer instead (see [`dhcp_fuzz`]).
+//! With `--dhcp-fuzz --cases N [--seed S]` it runs the DHCP fuzzer instead (see [`fuzz`]).
 //!
 //! With `--dhcp` it runs the DHCP benchmark instead (see [`dhcp`]): Kea's perfdhcp against ingot-rack and
 //! against kea-dhcp4 in the same namespaces, stepping the rate up, and the rack's RSS with many leases.
 //!
-//! With `--tftp-fuzz --cases N [--seed S]` it runs the TFTP fuzzer instead (see [`tftp_fuzz`]).
+//! With `--tftp-fuzz --cases N [--seed S]` it runs the TFTP fuzzer instead (see [`fuzz`]).
 //!
 //! With `--boot-files` it runs the boot-file benchmark instead (see [`boot_files`]): a file over TFTP from
 //! ingot-rack and tftpd-hpa, and over HTTP from the rack and nginx, with the same clients.
@@ -45,11 +45,10 @@ use std::time::{Duration, Instant};
 mod alloc;
 mod boot_files;
 mod dhcp;
-mod dhcp_fuzz;
+mod fuzz;
 mod nemesis;
 mod power;
 mod racks;
-mod tftp_fuzz;
 mod upload;
 
 #[derive(Parser)]
@@ -435,14 +434,16 @@ fn etcd_figures(failovers: usize) -> Result<Vec<(String, String)>> {
 async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let a = Args::parse();
-    if a.dhcp_fuzz {
-        return dhcp_fuzz::run(&dhcp_fuzz::FuzzOpts {
-            cases: a.cases,
-            seed: a.seed.unwrap_or_else(rand::random),
-        });
-    }
-    if a.tftp_fuzz {
-        return tftp_fuzz::run(&tftp_fuzz::FuzzOpts {
+    let fuzzed = if a.dhcp_fuzz {
+        Some(fuzz::Protocol::Dhcp)
+    } else if a.tftp_fuzz {
+        Some(fuzz::Protocol::Tftp)
+    } else {
+        None
+    };
+    if let Some(protocol) = fuzzed {
+        return fuzz::run(&fuzz::FuzzOpts {
+            protocol,
             cases: a.cases,
             seed: a.seed.unwrap_or_else(rand::random),
         });
