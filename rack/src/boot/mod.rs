@@ -27,6 +27,7 @@ pub mod http;
 pub mod journal;
 pub mod leases;
 pub mod link;
+mod rng;
 pub mod service;
 pub mod tftp;
 

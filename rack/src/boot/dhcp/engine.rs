@@ -22,6 +22,7 @@ use super::codec::{
     self, ClientMessage, ClientPacket, ParseError, PxeVendorClass, Reply, ReplyKind, Request,
 };
 use crate::boot::leases::{Availability, LeaseTable};
+use crate::boot::rng::FuzzRng;
 use crate::boot::{BootConfig, ServedSubnet};
 use ingot_common::net::{Cidr, ClientArch, Lease, LeaseState, Subnet, SubnetMode};
 use ingot_common::Mac;
@@ -785,29 +786,6 @@ pub struct FuzzStats {
     pub enlisted: u64,
     /// Replies that did not decode with dhcproto or lacked the request's xid or MAC: must be 0.
     pub bad_replies: u64,
-}
-
-/// A small deterministic generator (splitmix64): the same seed gives the same run on every platform.
-struct FuzzRng(u64);
-
-impl FuzzRng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn byte(&mut self) -> u8 {
-        self.next().to_le_bytes()[0]
-    }
 }
 
 /// The configuration the fuzzer (and the engine's tests) serve: a managed /24 on 10.20.0.0 (rack at

@@ -6,6 +6,7 @@
 
 use super::codec::{self, ErrorCode, Mode, Options, Packet, Request};
 use super::server::{negotiate, MAX_CLIENT_TIMEOUT_S, MAX_WINDOW_BLOCKS, MAX_WINDOW_BYTES};
+use crate::boot::rng::FuzzRng;
 
 /// What a fuzz run saw.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -25,38 +26,9 @@ pub struct FuzzStats {
     pub first_bad: Option<String>,
 }
 
-/// A small deterministic generator (splitmix64): the same seed gives the same run on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn byte(&mut self) -> u8 {
-        self.next().to_le_bytes()[0]
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items
-            .get(self.below(items.len() as u64) as usize)
-            .copied()
-            .unwrap_or_default()
-    }
-}
-
 /// A number as an option value: usually in range, sometimes at or past the edges, sometimes not a
 /// number at all.
-fn value(rng: &mut Rng, timeout: bool) -> String {
+fn value(rng: &mut FuzzRng, timeout: bool) -> String {
     match rng.below(16) {
         0 => rng.next().to_string(),
         1 => format!("{}", rng.below(70_000)),
@@ -74,7 +46,7 @@ fn value(rng: &mut Rng, timeout: bool) -> String {
 
 /// A request-shaped datagram: opcode, a filename, a mode and options (known ones, with odd case and
 /// values, unknown ones, repeats).
-fn request(rng: &mut Rng) -> Vec<u8> {
+fn request(rng: &mut FuzzRng) -> Vec<u8> {
     let mut p = Vec::new();
     p.extend_from_slice(&(1 + rng.below(2) as u16).to_be_bytes());
     let name = rng.pick(&[
@@ -116,7 +88,7 @@ fn request(rng: &mut Rng) -> Vec<u8> {
 }
 
 /// Any packet kind, well formed or nearly.
-fn packet(rng: &mut Rng) -> Vec<u8> {
+fn packet(rng: &mut FuzzRng) -> Vec<u8> {
     match rng.below(6) {
         0 | 1 => request(rng),
         2 => {
@@ -143,7 +115,7 @@ fn packet(rng: &mut Rng) -> Vec<u8> {
     }
 }
 
-fn mutate(rng: &mut Rng, p: &mut Vec<u8>) {
+fn mutate(rng: &mut FuzzRng, p: &mut Vec<u8>) {
     for _ in 0..=rng.below(6) {
         let len = p.len() as u64;
         match rng.below(6) {
@@ -271,7 +243,7 @@ fn check_negotiation(r: &Request, size: u64) -> Result<(), String> {
 
 /// Feeds `cases` datagrams generated from `seed`.
 pub fn fuzz(cases: u64, seed: u64) -> FuzzStats {
-    let mut rng = Rng(seed);
+    let mut rng = FuzzRng(seed);
     let mut stats = FuzzStats::default();
     for _ in 0..cases {
         stats.cases += 1;
