@@ -24,8 +24,8 @@
 //! elsewhere the test is skipped with the reason printed.
 
 use ingot_launch::RackBoot;
-use ingot_tests::ingot;
 use ingot_tests::netns::{self, End, Lab, Netns, NsProcess};
+use ingot_tests::{ingot, norm_mac, wait_new_machine};
 use ingot_tests::{wait_racks_connected, RackLogsOnPanic, TestCluster};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -400,14 +400,6 @@ async fn cluster(name: &str, regions: usize) -> TestCluster {
     TestCluster::start(name, regions, &[&grace]).await.unwrap()
 }
 
-/// A MAC written without separators, lowercase (to compare however a tool prints it).
-fn norm_mac(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_hexdigit())
-        .collect::<String>()
-        .to_lowercase()
-}
-
 /// Every JSON object in `v` (recursively) that has field `key` equal to `value`.
 fn objects_with<'a>(
     v: &'a serde_json::Value,
@@ -466,46 +458,6 @@ fn wait_lease(
             return Err(l);
         }
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// The statuses of the machines with MAC `mac` (any notation), as the API lists them.
-async fn machines_with_mac(tc: &TestCluster, mac: &str) -> Vec<(String, i32)> {
-    let want = norm_mac(mac);
-    let r = tc
-        .clients()
-        .machines()
-        .list_machines(ingot_proto::v1::ListMachinesRequest {
-            page_size: 5000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    r.machines
-        .into_iter()
-        .filter(|m| m.macs.iter().any(|x| norm_mac(x) == want))
-        .map(|m| (m.system_id, m.status))
-        .collect()
-}
-
-/// Polls (every 200 ms, at most `limit`) until a machine with `mac` exists and is New.
-async fn wait_new_machine(tc: &TestCluster, mac: &str, limit: Duration) -> String {
-    let t0 = Instant::now();
-    loop {
-        let ms = machines_with_mac(tc, mac).await;
-        if let Some((id, _)) = ms
-            .iter()
-            .find(|(_, s)| *s == ingot_proto::v1::MachineStatus::New as i32)
-        {
-            assert_eq!(ms.len(), 1, "MAC {mac} enlisted more than once: {ms:?}");
-            return id.clone();
-        }
-        assert!(
-            t0.elapsed() < limit,
-            "no New machine with MAC {mac} after {limit:?} (machines with it: {ms:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -11,8 +11,8 @@
 //! busybox that scripts/install-test-peers.sh unpacks into `$INGOT_PEERS_HOME/pxe`.
 
 use ingot_launch::RackBoot;
-use ingot_tests::ingot;
 use ingot_tests::netns::{self, End, Lab};
+use ingot_tests::{ingot, wait_new_machine};
 use ingot_tests::{RackLogsOnPanic, TestCluster};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,46 +60,6 @@ fn initramfs(dir: &Path, busybox: &Path) -> PathBuf {
         .unwrap();
     assert!(status.success(), "building the initramfs failed");
     out
-}
-
-fn norm_mac(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_hexdigit())
-        .collect::<String>()
-        .to_lowercase()
-}
-
-/// The machine with `mac`, once one exists (polled every 200 ms, at most `limit`).
-async fn machine_with_mac(
-    tc: &TestCluster,
-    mac: &str,
-    limit: Duration,
-) -> ingot_proto::v1::Machine {
-    let t0 = Instant::now();
-    loop {
-        let r = tc
-            .clients()
-            .machines()
-            .list_machines(ingot_proto::v1::ListMachinesRequest {
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if let Some(m) = r
-            .machines
-            .into_iter()
-            .find(|m| m.macs.iter().any(|x| norm_mac(x) == norm_mac(mac)))
-        {
-            return m;
-        }
-        assert!(
-            t0.elapsed() < limit,
-            "no machine with MAC {mac} after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,10 +233,10 @@ async fn uefi_firmware_pxe_boots_an_uploaded_ramdisk_off_the_rack_alone() {
     qemu.stop(Duration::from_secs(5));
 
     // The MAC was enlisted, and its boot steps are its events.
-    let m = machine_with_mac(&tc, &mac, Duration::from_secs(20)).await;
+    let system_id = wait_new_machine(&tc, &mac, Duration::from_secs(20)).await;
     let t1 = Instant::now();
     loop {
-        let events = ingot(&tc, &["events", "list", "--machine", &m.system_id]);
+        let events = ingot(&tc, &["events", "list", "--machine", &system_id]);
         let seen = ["dhcp", "script", "file-finished"].map(|s| events.contains(s));
         if seen.iter().all(|s| *s) {
             break;
@@ -284,7 +244,7 @@ async fn uefi_firmware_pxe_boots_an_uploaded_ramdisk_off_the_rack_alone() {
         assert!(
             t1.elapsed() < Duration::from_secs(15),
             "boot steps missing from the events of {} (dhcp, script, file-finished seen: {seen:?}):\n{events}",
-            m.system_id
+            system_id
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
