@@ -12,32 +12,13 @@
 
 use ingot_launch::RackBoot;
 use ingot_tests::netns::{self, End, Lab};
-use ingot_tests::{wait_racks_connected, RackLogsOnPanic, TestCluster};
+use ingot_tests::{ingot, wait_racks_connected, RackLogsOnPanic, TestCluster};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The rack's address on its boot network (the root end of the veth pair).
 const BOOT_ADDR: &str = "10.25.0.1";
-
-/// Runs the `ingot` CLI with the cluster's profile (and `extra` global flags first); its stdout.
-fn ingot(tc: &TestCluster, extra: &[&str], args: &[&str]) -> String {
-    let bin = ingot_launch::resolve_bin_dir(None).unwrap().join("ingot");
-    let out = Command::new(bin)
-        .arg("--profile")
-        .arg(tc.cluster.env_path())
-        .args(extra)
-        .args(args)
-        .output()
-        .expect("run ingot");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "ingot {args:?} failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
 
 /// SHA-256 of `bytes` as 64 hex digits (coreutils' sha256sum: the test does not share the rack's code).
 fn sha256(dir: &Path, bytes: &[u8]) -> String {
@@ -131,8 +112,9 @@ async fn an_image_survives_its_region_and_a_corrupt_cache_copy() {
     let region1 = tc.cluster.regions()[0].endpoint();
     ingot(
         &tc,
-        &["--endpoint", &region1],
         &[
+            "--endpoint",
+            &region1,
             "images",
             "upload",
             "t25-ramdisk",
