@@ -127,7 +127,7 @@ impl WantedFile {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// The cache was never told about this blob (not wanted, not named by a boot intent).
-    #[error("blob {0} is not one this rack was told to serve")]
+    #[error("blob {0} is not one this rack was told to serve: only files of uploaded images the region names (bootloaders, and the images of machines booting in this rack's zone) are served; check `ingot images show`")]
     Unknown(BlobId),
     /// Fetching or verifying it failed.
     #[error("blob {blob}: {message}")]
