@@ -466,12 +466,7 @@ fn route(path: &str) -> Route {
 }
 
 /// Answers one request.
-async fn handle(
-    server: &Arc<HttpServer>,
-    base: &str,
-    peer: SocketAddr,
-    req: Request<()>,
-) -> Response<Body> {
+async fn handle(server: &Arc<HttpServer>, base: &str, peer: SocketAddr, req: Request<()>) -> Reply {
     bump(&server.counters.requests);
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
@@ -481,19 +476,19 @@ async fn handle(
         );
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
+        return r.into();
     }
     let path = req.uri().path();
     if path.len() > MAX_PATH {
-        return text(StatusCode::URI_TOO_LONG, "path too long\n");
+        return text(StatusCode::URI_TOO_LONG, "path too long\n").into();
     }
     let range = req
         .headers()
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let response = match route(path) {
-        Route::Script(key) => serve_script(server, base, peer, key, head).await,
+    match route(path) {
+        Route::Script(key) => serve_script(server, base, peer, key, head).await.into(),
         Route::Blob(blob, name) => {
             serve_blob(
                 server,
@@ -517,11 +512,10 @@ async fn handle(
                 };
                 serve_blob(server, peer, req).await
             }
-            None => not_found(server),
+            None => not_found(server).into(),
         },
-        Route::NotFound => not_found(server),
-    };
-    response
+        Route::NotFound => not_found(server).into(),
+    }
 }
 
 fn not_found(server: &HttpServer) -> Response<Body> {
@@ -680,17 +674,13 @@ fn parse_range(header: Option<&str>, len: u64) -> RangeAsk {
 }
 
 /// A blob from the cache: 200, 206 or 416, streamed.
-async fn serve_blob(
-    server: &Arc<HttpServer>,
-    peer: SocketAddr,
-    req: BlobRequest,
-) -> Response<Body> {
+async fn serve_blob(server: &Arc<HttpServer>, peer: SocketAddr, req: BlobRequest) -> Reply {
     let cached = match server.cache.open(&req.blob).await {
         Ok(c) => c,
-        Err(CacheError::Unknown(_)) => return not_found(server),
+        Err(CacheError::Unknown(_)) => return not_found(server).into(),
         Err(e @ CacheError::Unavailable { .. }) => {
             tracing::warn!(%peer, "HTTP download refused: {e}");
-            return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+            return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into();
         }
     };
     let len = cached.len;
@@ -704,7 +694,7 @@ async fn serve_blob(
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
-            return r;
+            return r.into();
         }
     };
     let mut plan = None;
@@ -732,10 +722,6 @@ async fn serve_blob(
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
-    if let Some(plan) = plan {
-        r.extensions_mut()
-            .insert(FileSlot(Arc::new(Mutex::new(Some(plan)))));
-    }
     let h = r.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -757,7 +743,10 @@ async fn serve_blob(
             h.insert(header::CONTENT_RANGE, v);
         }
     }
-    r
+    Reply {
+        response: r,
+        file: plan,
+    }
 }
 
 /// One body being sent: counts it, and reports its start, its end and (on drop before the end) its
@@ -858,8 +847,8 @@ fn size_text(n: u64) -> String {
     }
 }
 
-/// The file part of a blob response, carried in the response's extensions from [`serve_blob`] to the
-/// connection, which hands it to the kernel (`sendfile(2)`) instead of copying it through this process.
+/// The file part of a blob response: handed to the kernel (`sendfile(2)`) by the connection instead of
+/// being copied through this process.
 struct FilePlan {
     /// The verified blob, open and pinned (the cache does not evict it while this lives).
     blob: crate::boot::cache::CachedBlob,
@@ -871,9 +860,22 @@ struct FilePlan {
     download: Download,
 }
 
-/// A response extension must be `Clone`: the plan is taken out once, by the connection that writes it.
-#[derive(Clone)]
-struct FileSlot(Arc<Mutex<Option<FilePlan>>>);
+/// An answer: the response (head, and its body when small), and for a blob the file its body comes from.
+struct Reply {
+    /// Status, headers, and the body unless `file` is set.
+    response: Response<Body>,
+    /// The blob bytes to send after the head.
+    file: Option<FilePlan>,
+}
+
+impl From<Response<Body>> for Reply {
+    fn from(response: Response<Body>) -> Reply {
+        Reply {
+            response,
+            file: None,
+        }
+    }
+}
 
 /// Why a connection stops reading requests.
 enum HeadEnd {
@@ -1016,19 +1018,16 @@ async fn send_file(
     Ok(())
 }
 
-/// Writes `response`: the head, then its body (`head_only`: none), or its file with `sendfile(2)`.
+/// Writes `reply`: the head, then its body (`head_only`: none), or its file with `sendfile(2)`.
 async fn write_response(
     server: &HttpServer,
     stream: &mut tokio::net::TcpStream,
-    response: Response<Body>,
+    reply: Reply,
     keep: bool,
     head_only: bool,
 ) -> std::io::Result<()> {
-    let (parts, body) = response.into_parts();
-    let plan = parts
-        .extensions
-        .get::<FileSlot>()
-        .and_then(|s| lock(&s.0).take());
+    let (parts, body) = reply.response.into_parts();
+    let plan = reply.file;
     let bytes = if plan.is_some() {
         Bytes::new()
     } else {
@@ -1093,7 +1092,7 @@ async fn serve_connection(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     "request head too large\n",
                 );
-                let _ = write_response(server, &mut stream, r, false, false).await;
+                let _ = write_response(server, &mut stream, r.into(), false, false).await;
                 return;
             }
             Ok(Err(HeadEnd::Closed | HeadEnd::Io)) | Err(_) => return,
@@ -1104,7 +1103,7 @@ async fn serve_connection(
             Ok(x) => x,
             Err(status) => {
                 let r = text(status, "malformed request\n");
-                let _ = write_response(server, &mut stream, r, false, false).await;
+                let _ = write_response(server, &mut stream, r.into(), false, false).await;
                 return;
             }
         };
