@@ -175,10 +175,8 @@ pub struct BootFeed {
     cursor: Option<u64>,
     /// The subnets whose leases the rack holds, with whether it was active when last checked.
     fed: BTreeMap<Cidr, bool>,
-    /// Enlistment tokens left (refilled at [`ENLIST_PER_SECOND`]).
-    tokens: f64,
-    /// When the tokens were last refilled.
-    refilled: Instant,
+    /// Enlistments allowed ([`ENLIST_PER_SECOND`]).
+    enlist_limit: RateLimit,
     /// MACs this session proposed to enlist, with when (not proposed again for [`ENLIST_AGAIN`]).
     asked: HashMap<Mac, Instant>,
 }
@@ -198,8 +196,7 @@ impl BootFeed {
             sent_at: None,
             cursor: None,
             fed: BTreeMap::new(),
-            tokens: f64::from(ENLIST_PER_SECOND),
-            refilled: now,
+            enlist_limit: RateLimit::new(ENLIST_PER_SECOND, now),
             asked: HashMap::new(),
         }
     }
@@ -291,10 +288,6 @@ impl BootFeed {
         asks: Vec<EnlistRequest>,
         now: Instant,
     ) -> Vec<op::EnlistMac> {
-        let rate = f64::from(ENLIST_PER_SECOND);
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(rate);
-        self.refilled = now;
         self.asked
             .retain(|_, at| now.saturating_duration_since(*at) < ENLIST_AGAIN);
         let mut picked: HashSet<String> = HashSet::new();
@@ -313,7 +306,7 @@ impl BootFeed {
                 tracing::debug!(%rack, mac = %a.mac, subnet = %a.subnet, "enlistment on a subnet the rack does not serve ignored");
                 continue;
             }
-            if self.tokens < 1.0 || out.len() >= op::MAX_ENLIST_PER_OP {
+            if out.len() >= op::MAX_ENLIST_PER_OP || !self.enlist_limit.take(now) {
                 dropped += 1;
                 continue;
             }
@@ -324,7 +317,6 @@ impl BootFeed {
             }) else {
                 continue;
             };
-            self.tokens -= 1.0;
             self.asked.insert(a.mac, now);
             picked.insert(system_id.clone());
             out.push(op::EnlistMac {
@@ -338,6 +330,42 @@ impl BootFeed {
             tracing::debug!(%rack, dropped, "enlistment requests over the rate limit dropped; the rack asks again");
         }
         out
+    }
+}
+
+/// A token bucket: `rate` a second, bursts of `rate` — the limits a rack session puts on what it asks
+/// of the region (enlistments, boot intents, boot event messages).
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    /// Tokens added per second, and the most held.
+    rate: f64,
+    /// Tokens held now.
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    refilled: std::time::Instant,
+}
+
+impl RateLimit {
+    /// A full bucket of `rate` a second.
+    pub fn new(rate: u32, now: std::time::Instant) -> RateLimit {
+        RateLimit {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            refilled: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 

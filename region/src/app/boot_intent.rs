@@ -220,44 +220,10 @@ pub const INTENTS_PER_SECOND: u32 = 200;
 /// at most [`crate::command::op::MAX_BOOT_EVENTS_PER_OP`] events); more are dropped.
 pub const EVENT_MESSAGES_PER_SECOND: u32 = 2;
 
-/// A token bucket: `rate` a second, bursts of `rate`.
-#[derive(Debug, Clone)]
-pub struct RateLimit {
-    /// Tokens added per second, and the most held.
-    rate: f64,
-    /// Tokens held now.
-    tokens: f64,
-    /// When `tokens` was last brought up to date.
-    refilled: std::time::Instant,
-}
-
-impl RateLimit {
-    /// A full bucket of `rate` a second.
-    pub fn new(rate: u32, now: std::time::Instant) -> RateLimit {
-        RateLimit {
-            rate: f64::from(rate),
-            tokens: f64::from(rate),
-            refilled: now,
-        }
-    }
-
-    /// Takes one token if there is one.
-    pub fn take(&mut self, now: std::time::Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::boot::RateLimit;
     use crate::app::zones::tests::machine;
     use ingot_common::image::BlobId;
     use ingot_common::model::DeploySpec;

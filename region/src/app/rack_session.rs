@@ -125,9 +125,9 @@ pub struct RackSessionState {
     /// The image files last told to hold (`CacheWanted`).
     prefetch: super::prefetch::PrefetchFeed,
     /// Boot intents answered per second ([`super::boot_intent::INTENTS_PER_SECOND`]).
-    intent_limit: super::boot_intent::RateLimit,
+    intent_limit: super::boot::RateLimit,
     /// Boot event messages recorded per second ([`super::boot_intent::EVENT_MESSAGES_PER_SECOND`]).
-    event_limit: super::boot_intent::RateLimit,
+    event_limit: super::boot::RateLimit,
 }
 
 impl App {
@@ -173,11 +173,11 @@ impl App {
             last_bmcs: 0,
             boot: BootFeed::new(Instant::now()),
             prefetch: Default::default(),
-            intent_limit: super::boot_intent::RateLimit::new(
+            intent_limit: super::boot::RateLimit::new(
                 super::boot_intent::INTENTS_PER_SECOND,
                 Instant::now(),
             ),
-            event_limit: super::boot_intent::RateLimit::new(
+            event_limit: super::boot::RateLimit::new(
                 super::boot_intent::EVENT_MESSAGES_PER_SECOND,
                 Instant::now(),
             ),
