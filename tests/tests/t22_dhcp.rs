@@ -507,6 +507,18 @@ exit 0
     )
 }
 
+/// Busybox udhcpc in `ns` on eth0, once (`-q -n`: obtain a lease or give up after `tries` DISCOVERs a
+/// second apart), with `script` (see [`udhcpc_script`]); its output, failing the test if it ran longer
+/// than `limit`.
+fn udhcpc_once(ns: &Netns, script: &Path, tries: u32, limit: Duration) -> std::process::Output {
+    let tries = tries.to_string();
+    let script = script.to_str().unwrap();
+    let args = [
+        "-i", "eth0", "-f", "-q", "-n", "-t", &tries, "-T", "1", "-s", script,
+    ];
+    ns.exec_timeout("udhcpc", &args, limit).unwrap()
+}
+
 /// An ISC dhclient script that logs `<reason> <new_ip_address> <server>` lines to `log` and configures
 /// the address on BOUND/RENEW/REBOOT/REBIND.
 fn dhclient_script(dir: &Path, log: &Path, prefix: u8) -> PathBuf {
@@ -636,25 +648,7 @@ fn peers_alone_against_dnsmasq() {
 
     let ulog = dir.join("udhcpc.events");
     let us = udhcpc_script(&dir, &ulog, 24);
-    let out = cl
-        .exec_timeout(
-            "udhcpc",
-            &[
-                "-i",
-                "eth0",
-                "-f",
-                "-q",
-                "-n",
-                "-t",
-                "5",
-                "-T",
-                "1",
-                "-s",
-                us.to_str().unwrap(),
-            ],
-            Duration::from_secs(15),
-        )
-        .unwrap();
+    let out = udhcpc_once(&cl, &us, 5, Duration::from_secs(15));
     let ev = wait_event(&ulog, 0, &["bound"], Duration::from_secs(1))
         .unwrap_or_else(|| panic!("udhcpc not bound: {out:?}"));
     let ip: Ipv4Addr = ev[1].parse().unwrap();
@@ -925,24 +919,7 @@ async fn clients_dora_renew_release_dhcping_relay() {
     // Sticky: the known machine gets the same address again.
     let ulog2 = dir.join("udhcpc2.events");
     let us2 = udhcpc_script(&dir, &ulog2, 24);
-    cl.exec_timeout(
-        "udhcpc",
-        &[
-            "-i",
-            "eth0",
-            "-f",
-            "-q",
-            "-n",
-            "-t",
-            "10",
-            "-T",
-            "1",
-            "-s",
-            us2.to_str().unwrap(),
-        ],
-        Duration::from_secs(20),
-    )
-    .unwrap();
+    udhcpc_once(&cl, &us2, 10, Duration::from_secs(20));
     let ev = wait_event(&ulog2, 0, &["bound"], Duration::from_secs(1)).expect("udhcpc bound again");
     assert_eq!(
         ev[1],
@@ -1029,25 +1006,7 @@ async fn clients_dora_renew_release_dhcping_relay() {
     std::thread::sleep(Duration::from_millis(500));
     let rlog = dir.join("relayed.events");
     let rs = udhcpc_script(&dir, &rlog, 24);
-    let out = c2
-        .exec_timeout(
-            "udhcpc",
-            &[
-                "-i",
-                "eth0",
-                "-f",
-                "-q",
-                "-n",
-                "-t",
-                "10",
-                "-T",
-                "1",
-                "-s",
-                rs.to_str().unwrap(),
-            ],
-            Duration::from_secs(25),
-        )
-        .unwrap();
+    let out = udhcpc_once(&c2, &rs, 10, Duration::from_secs(25));
     let ev = wait_event(&rlog, 0, &["bound"], Duration::from_secs(1))
         .unwrap_or_else(|| panic!("no lease through the relay: {out:?}\n{}", _relay.log_text()));
     let rip: Ipv4Addr = ev[1].parse().unwrap();
@@ -1360,24 +1319,7 @@ async fn ha_secondary_takes_over_without_duplicates() {
     let us = udhcpc_script(&dir, &ulog, 24);
     let umac = "02:24:00:00:00:01";
     hc.set_mac("eth0", umac).unwrap();
-    hc.exec_timeout(
-        "udhcpc",
-        &[
-            "-i",
-            "eth0",
-            "-f",
-            "-q",
-            "-n",
-            "-t",
-            "10",
-            "-T",
-            "1",
-            "-s",
-            us.to_str().unwrap(),
-        ],
-        Duration::from_secs(20),
-    )
-    .unwrap();
+    udhcpc_once(&hc, &us, 10, Duration::from_secs(20));
     let ev = wait_event(&ulog, 0, &["bound"], Duration::from_secs(1))
         .expect("udhcpc bound via the primary");
     got.insert(parse_mac(umac), ev[1].parse().unwrap());
