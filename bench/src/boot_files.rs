@@ -192,19 +192,6 @@ fn tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// VmRSS of `pid` in KiB (0 when unreadable).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Opens a log file for a peer's stdout and stderr.
 fn log(path: &Path) -> Result<(std::process::Stdio, std::process::Stdio)> {
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -314,7 +301,7 @@ async fn http_case(
             // Bounded: at most `max` worth of 50 ms samples, and it ends with the case.
             let samples = max.as_millis() / 50 + 1;
             for _ in 0..samples {
-                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                peak.fetch_max(crate::netns::rss_kib(pid), Ordering::Relaxed);
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -595,7 +582,7 @@ pub async fn run(o: &BootFilesOpts) -> Result<BootFilesFigures> {
         eprintln!("== SKIPPING the rack's HTTP rows: {why}");
     }
     let pid = cluster.rack("bf").map(|r| r.pid).unwrap_or(rack.pid);
-    f.rss_idle_kib = rss_kib(pid);
+    f.rss_idle_kib = crate::netns::rss_kib(pid);
     let top = o.http_clients.iter().copied().max().unwrap_or(0);
     for &clients in &o.http_clients {
         eprintln!("== HTTP, {clients} clients × {} downloads", o.http_rounds);

@@ -1,7 +1,7 @@
 //! `ingot-bench --dhcp`: the rack's DHCP server under ISC Kea's `perfdhcp` (package kea-admin), side by side
 //! with `kea-dhcp4` (memfile lease file on) in the same namespaces, at the same rates, in one run.
 //!
-//! Topology (`tests/src/netns.rs`, included here): the server (ingot-rack, or kea-dhcp4) in the root
+//! Topology (`tests/src/netns.rs`, included as `crate::netns`): the server (ingot-rack, or kea-dhcp4) in the root
 //! namespace serves the root end `ingot-XXXX-bd` (10.32.0.1/14) of a veth pair; perfdhcp runs in its own
 //! namespace on the other end (10.32.0.2/14). perfdhcp acts as a relay (giaddr = its address), so both
 //! servers answer it by unicast. Each rate step uses fresh client MACs (its own base MAC), so every
@@ -19,13 +19,9 @@
 //! `-n`, `-p` and `timeout`; only processes started here are stopped, by PID; the namespace and veth go
 //! on drop.
 
-#[allow(clippy::unwrap_used)]
-#[path = "../../tests/src/netns.rs"]
-mod netns;
-
 use anyhow::{bail, Context, Result};
 use ingot_launch::LocalCluster;
-use netns::{End, Lab, Netns, RootLink};
+use crate::netns::{self, End, Lab, Netns, RootLink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
