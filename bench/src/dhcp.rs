@@ -19,9 +19,9 @@
 //! `-n`, `-p` and `timeout`; only processes started here are stopped, by PID; the namespace and veth go
 //! on drop.
 
+use crate::netns::{self, End, Lab, Netns, RootLink};
 use anyhow::{bail, Context, Result};
 use ingot_launch::LocalCluster;
-use crate::netns::{self, End, Lab, Netns, RootLink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

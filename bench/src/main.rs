@@ -46,12 +46,12 @@ mod alloc;
 mod boot_files;
 mod dhcp;
 mod fuzz;
+mod nemesis;
 /// Network namespaces, veths and process helpers, shared with the test crate (the DHCP benchmark's
 /// topology; `rss_kib` for every RSS figure).
 #[allow(clippy::unwrap_used)]
 #[path = "../../tests/src/netns.rs"]
 mod netns;
-mod nemesis;
 mod power;
 mod racks;
 mod upload;

@@ -294,6 +294,33 @@ fn shown(s: &str) -> String {
     s.chars().take(80).flat_map(char::escape_debug).collect()
 }
 
+/// What a copy of a blob on disk looked like when it was verified (region blob store, rack cache): a
+/// change of any field means the copy is hashed again before it is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Length in bytes.
+    pub len: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i128,
+    /// Inode number (a file replaced by another has a new one).
+    pub ino: u64,
+    /// Device (with the inode, the file's identity).
+    pub dev: u64,
+}
+
+impl FileStamp {
+    /// The stamp of a file's metadata.
+    pub fn of(m: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+        }
+    }
+}
+
 /// Why a machine network-boots: decided by the region from its status, rendered by the rack into an
 /// iPXE script. One vocabulary for the script, the kernel command line, events and the agent.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -21,11 +21,11 @@
 //! multi-GiB hash never stalls the async runtime.
 
 use ingot_common::image::BlobId;
+use ingot_common::image::FileStamp as Stamp;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -90,24 +90,6 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
         what,
         path: path.to_path_buf(),
         source,
-    }
-}
-
-/// A file's identity for verification: verified once per stamp.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    len: u64,
-    mtime_ns: i128,
-    ino: u64,
-}
-
-impl Stamp {
-    fn of(m: &std::fs::Metadata) -> Stamp {
-        Stamp {
-            len: m.len(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-            ino: m.ino(),
-        }
     }
 }
 
@@ -476,8 +458,7 @@ mod tests {
                 .unwrap();
             f.write_all(b"ABCDEFGH").unwrap();
         }
-        let mtime = std::time::UNIX_EPOCH
-            + std::time::Duration::new(m.mtime() as u64, m.mtime_nsec() as u32);
+        let mtime = m.modified().unwrap();
         File::options()
             .write(true)
             .open(s.path(&b))

@@ -35,11 +35,11 @@
 //! - The rack restarts: blobs found in `<dir>` are verified on first use, or at once when wanted.
 
 use super::fetch::BlobFetcher;
+use ingot_common::image::FileStamp as Stamp;
 use ingot_common::image::{BlobId, ImageFile, ImageKind};
 use ingot_common::DomainError;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -228,31 +228,6 @@ struct Counters {
 
 fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
-}
-
-/// What a file on disk looked like when it was verified: a change of any of these means it is hashed
-/// again before it is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    /// Length in bytes.
-    len: u64,
-    /// Modification time, ns since the epoch.
-    mtime_ns: i128,
-    /// Inode number (a file replaced by another has a new one).
-    ino: u64,
-    /// Device (with the inode, the file's identity).
-    dev: u64,
-}
-
-impl Stamp {
-    fn of(m: &std::fs::Metadata) -> Stamp {
-        Stamp {
-            len: m.len(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-            ino: m.ino(),
-            dev: m.dev(),
-        }
-    }
 }
 
 /// A blob file in `<dir>`.
