@@ -19,7 +19,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ingot/v1/subnet.proto",
         "ingot/v1/image.proto",
     ];
-    let internal = ["ingot/raft/v1/raft.proto", "ingot/rack/v1/rack.proto"];
+    let internal = [
+        "ingot/raft/v1/raft.proto",
+        "ingot/rack/v1/agent.proto",
+        "ingot/rack/v1/rack.proto",
+    ];
     println!("cargo:rerun-if-changed=ingot");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
 
@@ -38,6 +42,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .boxed(".ingot.v1.Machine.deploy")
         // The boot intent reply carries three files: boxed, so every session message is not its size.
         .boxed(".ingot.rack.v1.RegionMessage.msg.boot_intent")
+        // Agent calls carry inventories, answers deploy work: boxed for the same reason.
+        .boxed(".ingot.rack.v1.RackMessage.msg.agent_call")
+        .boxed(".ingot.rack.v1.RegionMessage.msg.agent_answer")
         // Same wire format, hand-written so the region can send pre-encoded machines (see src/wire.rs).
         .extern_path(
             ".ingot.v1.ListMachinesResponse",

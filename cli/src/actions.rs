@@ -77,6 +77,14 @@ pub struct DeployArgs {
     /// cloud-init user data to hand to the machine
     #[arg(long, value_name = "FILE")]
     user_data_file: Option<PathBuf>,
+    /// SSH public key for the machine's NoCloud seed (the owner logs in with it); repeat for several. A
+    /// value starting with @ names a file of keys, one per line (e.g. @~/.ssh/id_ed25519.pub)
+    #[arg(long = "ssh-key", value_name = "KEY|@FILE")]
+    ssh_keys: Vec<String>,
+    /// The disk to write the image to (kernel name such as vda, or a serial); default: the smallest disk
+    /// that fits the image
+    #[arg(long, value_name = "DISK")]
+    disk: Option<String>,
     #[command(flatten)]
     common: Common,
     #[command(flatten)]
@@ -90,8 +98,12 @@ pub enum Erase {
     None,
     /// Wipe partition tables and the start and end of each disk
     Quick,
-    /// The drive's secure erase (or an overwrite where it has none)
+    /// Full: overwrite every byte of every disk
+    #[value(alias = "full")]
     Secure,
+    /// Full, by discard (TRIM/UNMAP) where the device supports it, else by overwriting (faster on flash;
+    /// a device whose discard does not zero may keep data readable)
+    Discard,
 }
 
 /// `machines release`.
@@ -451,6 +463,7 @@ pub async fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             .with_context(|| format!("cannot read --user-data-file {}", p.display()))?,
         None => String::new(),
     };
+    let ssh_keys = ssh_keys(&a.ssh_keys)?;
     let clients = ctx.clients()?;
     let m = call_ref(ctx, &sel, |r| {
         let mut c = clients.machines();
@@ -461,11 +474,38 @@ pub async fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             user_data: user_data.clone(),
             comment: a.common.comment.clone().unwrap_or_default(),
             expected_revision: a.common.expected_revision.unwrap_or(0),
+            ssh_keys: ssh_keys.clone(),
+            disk: a.disk.clone().unwrap_or_default(),
         };
         async move { c.deploy(req).await }
     })
     .await?;
     finish(ctx, Action::Deploy, m, &a.wait).await
+}
+
+/// The keys of `--ssh-key`: each value is a key, or `@FILE` for a file of keys (one per line; blank lines
+/// and `#` comments skipped; `~/` is the home directory).
+fn ssh_keys(values: &[String]) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
+    for v in values {
+        let Some(path) = v.strip_prefix('@') else {
+            keys.push(v.trim().to_string());
+            continue;
+        };
+        let path = match path.strip_prefix("~/") {
+            Some(rest) => PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(rest),
+            None => PathBuf::from(path),
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read --ssh-key @{}", path.display()))?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    Ok(keys)
 }
 
 /// `machines release`.
@@ -475,6 +515,7 @@ pub async fn release(ctx: &Ctx, a: ReleaseArgs) -> Result<()> {
         Erase::None => EraseMode::None,
         Erase::Quick => EraseMode::Quick,
         Erase::Secure => EraseMode::Secure,
+        Erase::Discard => EraseMode::Discard,
     } as i32;
     let clients = ctx.clients()?;
     let m = call_ref(ctx, &sel, |r| {

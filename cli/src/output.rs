@@ -1412,6 +1412,7 @@ mod tests {
                 osystem: "ubuntu".into(),
                 distro_series: "noble".into(),
                 user_data: "#cloud-config".into(),
+                ..Default::default()
             })),
             progress_message: "curtin: partitioning".into(),
             progress_percent: 40,

@@ -15,6 +15,7 @@
 //! - [`constraints`]: what an allocation asks for (arch, CPU, memory, storage, tags, zones, pools) and
 //!   which machines fit, with the first unmet constraint in words for dry runs.
 
+pub mod agent;
 pub mod constraints;
 pub mod error;
 pub mod image;

@@ -276,6 +276,10 @@ pub struct BootSession {
     /// `token_hash` when the state is loaded, never written again.
     #[serde(default, rename = "token", skip_serializing)]
     pub legacy_token: String,
+    /// SHA-256 hex of the claim of the agent that looked this boot up first (`AgentLookup.claim`): the
+    /// same agent asking again gets a fresh token, any other claimant is refused. Empty until claimed.
+    #[serde(default)]
+    pub claim_hash: String,
     /// What the boot is for: `commissioning`, `testing`, `deploying`, `erasing`, `rescue`.
     pub purpose: String,
     /// When it started.
@@ -291,6 +295,13 @@ pub struct DeploySpec {
     pub distro_series: String,
     /// cloud-init user data (opaque to Ingot).
     pub user_data: String,
+    /// SSH public keys for the NoCloud seed (and the rescue ramdisk): how the owner logs in.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// The disk to write the image to (kernel name such as `vda`, or a serial); empty: the smallest disk
+    /// that fits, so a machine with a small boot disk and large data disks deploys to the boot disk.
+    #[serde(default)]
+    pub disk: String,
 }
 
 /// How disks are erased when a machine is released.
@@ -301,8 +312,11 @@ pub enum EraseMode {
     None,
     /// Wipe partition tables and the start and end of each disk.
     Quick,
-    /// The drive's secure erase (or overwrite when it has none).
+    /// Full: overwrite every byte of every disk.
     Secure,
+    /// Full, by discard (TRIM/UNMAP) where the device supports it, else by overwriting: faster on flash,
+    /// chosen by the operator, who accepts that a device whose discard does not zero may keep data readable.
+    Discard,
 }
 
 /// The last progress report of a running boot.

@@ -37,6 +37,10 @@ pub mod limits {
     /// cloud-init user data passed to a deployment (MAAS allows more, but it is replicated and kept
     /// with the machine; larger payloads belong behind a URL).
     pub const USER_DATA: usize = 64 * 1024;
+    /// SSH public keys in one deploy request (the NoCloud seed's authorized keys).
+    pub const SSH_KEYS: usize = 32;
+    /// Bytes of one SSH public key line (an RSA 16384-bit key is about 2,800; a certificate more).
+    pub const SSH_KEY: usize = 8 * 1024;
     /// One string of an agent's inventory (CPU model, firmware vendor and version, disk model and
     /// serial, DMI keys and values): DMI strings are at most 255 bytes by the SMBIOS specification.
     pub const INVENTORY_TEXT: usize = 256;
@@ -76,6 +80,28 @@ pub fn bytes(field: &str, s: &str, max: usize) -> Result<(), DomainError> {
         ));
     }
     Ok(())
+}
+
+/// Fails unless `s` is one SSH public key line: `<type> <base64> [comment]`, a known key type, one line,
+/// bounded. The key goes into a NoCloud seed's authorized keys, where a newline would add a second line.
+pub fn ssh_key(field: &str, s: &str) -> Result<(), DomainError> {
+    bytes(field, s, limits::SSH_KEY)?;
+    let mut parts = s.split(' ');
+    let (kind, body) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let known =
+        kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
+    let body_ok = !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+    if known && body_ok && !s.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(
+            field,
+            "not an SSH public key line: expected '<type> <base64> [comment]' on one line, e.g. the contents of ~/.ssh/id_ed25519.pub",
+        ))
+    }
 }
 
 /// Fails unless a list has at most `max` entries, naming the field.

@@ -153,6 +153,8 @@ pub fn machine_to_proto(m: &Machine, include_secrets: bool, full: bool) -> v1::M
                 } else {
                     String::new()
                 },
+                ssh_keys: d.ssh_keys.clone(),
+                disk: d.disk.clone(),
             })
         }),
         progress_message,
@@ -236,6 +238,7 @@ pub fn erase_to_proto(e: EraseMode) -> v1::EraseMode {
         EraseMode::None => v1::EraseMode::None,
         EraseMode::Quick => v1::EraseMode::Quick,
         EraseMode::Secure => v1::EraseMode::Secure,
+        EraseMode::Discard => v1::EraseMode::Discard,
     }
 }
 
@@ -245,6 +248,7 @@ pub fn erase_from_proto(v: i32) -> Option<EraseMode> {
         v1::EraseMode::None => EraseMode::None,
         v1::EraseMode::Quick => EraseMode::Quick,
         v1::EraseMode::Secure => EraseMode::Secure,
+        v1::EraseMode::Discard => EraseMode::Discard,
     })
 }
 

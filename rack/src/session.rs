@@ -953,7 +953,7 @@ async fn session_once(
                     // The boot path's messages: the boot service's (ignored by a rack without boot
                     // interfaces).
                     Some(m @ (RegionMsg::BootConfig(_) | RegionMsg::Leases(_) | RegionMsg::LeasesCommitted(_)
-                        | RegionMsg::BootIntent(_) | RegionMsg::CacheWanted(_))) => {
+                        | RegionMsg::BootIntent(_) | RegionMsg::CacheWanted(_) | RegionMsg::AgentAnswer(_))) => {
                         if let Some(boot) = &cfg.boot {
                             boot.on_region_message(m);
                         }

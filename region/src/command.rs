@@ -134,6 +134,7 @@ pub enum Op {
     DeleteImage(op::DeleteImage),
     RecordBlobs(op::RecordBlobs),
     RecordBootEvents(op::RecordBootEvents),
+    ClaimBoot(op::ClaimBoot),
 }
 
 /// The error field that marks an allocation conflict: a candidate was taken between the proposer's
@@ -227,6 +228,8 @@ pub enum Reply {
     /// The leases of an `Op::CommitLeases` that were refused, each with why; every other lease of the
     /// batch is recorded.
     LeasesCommitted(Vec<RefusedLease>),
+    /// An operation that was refused on purpose and recorded (an event) rather than failed: why.
+    Refused(String),
 }
 
 /// A lease a rack's commit could not record, and why (the rack answers that client with DHCPNAK).

@@ -819,6 +819,8 @@ async fn typed_call(ctx: &Ctx, call: &Call, g: &mut Gen) -> Outcome {
                 user_data: g.string("user_data", Kind::Text),
                 comment: g.string("comment", Kind::Text),
                 expected_revision: g.u64("expected_revision"),
+                ssh_keys: g.list("ssh_keys", |g| g.string("ssh_keys[]", Kind::Text)),
+                disk: g.string("disk", Kind::Text),
             }
         ),
         ("ingot.v1.MachineService", "Release") => unary!(

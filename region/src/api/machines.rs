@@ -381,6 +381,8 @@ impl MachineService for MachineApi {
                 osystem: r.osystem,
                 distro_series: r.distro_series,
                 user_data: r.user_data,
+                ssh_keys: r.ssh_keys,
+                disk: r.disk,
             }),
             ..Default::default()
         };

@@ -531,6 +531,17 @@ async fn run(
                             });
                         }
                         rack_message::Msg::Enlist(e) => session.enlist(enlist_from_rack(e.macs)),
+                        rack_message::Msg::AgentCall(call) => {
+                            let answer = rack::AgentAnswer {
+                                id: call.id,
+                                code: tonic::Code::Unimplemented as u32,
+                                error: "agent calls are not relayed yet".into(),
+                                answer: None,
+                            };
+                            if tx.send(msg(region_message::Msg::AgentAnswer(Box::new(answer)))).await.is_err() {
+                                break;
+                            }
+                        }
                     }
                 }
                 Ok(Some(RackMessage { msg: None })) => {}

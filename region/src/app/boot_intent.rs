@@ -262,6 +262,7 @@ mod tests {
                 osystem: "debian".into(),
                 distro_series: "bookworm".into(),
                 user_data: String::new(),
+                ..Default::default()
             });
             st.put_machine(m);
         }

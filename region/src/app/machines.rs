@@ -291,6 +291,13 @@ impl App {
             Action::Deploy => {
                 if let Some(d) = &args.deploy {
                     validate::bytes("user_data", &d.user_data, validate::limits::USER_DATA)?;
+                    validate::entries("ssh_keys", d.ssh_keys.len(), validate::limits::SSH_KEYS)?;
+                    for (i, k) in d.ssh_keys.iter().enumerate() {
+                        validate::ssh_key(&format!("ssh_keys[{i}]"), k)?;
+                    }
+                    if !d.disk.is_empty() {
+                        validate::name("disk", &d.disk)?;
+                    }
                     for (f, v) in [("osystem", &d.osystem), ("distro_series", &d.distro_series)] {
                         if !v.is_empty() {
                             validate::name(f, v)?;

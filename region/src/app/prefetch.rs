@@ -229,6 +229,7 @@ mod tests {
             osystem: o.into(),
             distro_series: d.into(),
             user_data: String::new(),
+            ..Default::default()
         });
         st.data.machines.insert(id.into(), m.clone());
         st.index(&m);

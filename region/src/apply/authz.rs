@@ -89,6 +89,7 @@ fn rule(op: &Op) -> (Rule<'_>, &'static str) {
             "record which regions hold image blobs",
         ),
         Op::RecordBootEvents(_) => (Rule::Internal(&[I::Rack]), "record network boot steps"),
+        Op::ClaimBoot(_) => (Rule::Internal(&[I::Rack]), "hand boots to in-band agents"),
     }
 }
 

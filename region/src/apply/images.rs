@@ -347,6 +347,7 @@ mod tests {
             osystem: "debian".into(),
             distro_series: "bookworm".into(),
             user_data: String::new(),
+            ..Default::default()
         });
         s.put_machine(m);
         let del = |n: &str| Op::DeleteImage(op::DeleteImage { name: n.into() });

@@ -17,6 +17,7 @@
 
 pub mod alloc;
 pub mod authz;
+pub mod boot_claim;
 mod boot_events;
 pub(crate) mod cluster;
 mod ctx;
@@ -173,6 +174,7 @@ pub fn apply(state: &mut State, cmd: &Command, rev: u64) -> Response {
         Op::DeleteImage(op) => images::delete(ctx, state, op),
         Op::RecordBlobs(op) => images::record_blobs(ctx, state, op),
         Op::RecordBootEvents(op) => boot_events::record(ctx, state, op),
+        Op::ClaimBoot(op) => boot_claim::claim(ctx, state, op),
     }
 }
 

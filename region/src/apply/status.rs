@@ -65,6 +65,7 @@ pub(super) fn transition(
             ingot_common::secret::hash(&boot.token)
         },
         legacy_token: String::new(),
+        claim_hash: String::new(),
         purpose: purpose.to_string(),
         started_ms: now,
     });

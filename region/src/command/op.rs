@@ -432,6 +432,27 @@ pub struct IssueBootToken {
     pub token_hash: String,
 }
 
+/// An in-band agent's lookup, relayed by the rack it booted from: hands the machine's current boot to
+/// the agent that claims it first. The proposer made the token and logs only its hash; apply checks the
+/// rack (registered, unrevoked, the one that leased `mac` an address), the boot (current, booting) and the
+/// claim (none yet, or the same claim again: a retried lookup gets a fresh token). A different claim is
+/// refused with a warning event, not an error, so the event is kept.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ClaimBoot {
+    /// The machine.
+    pub system_id: String,
+    /// The boot claimed: refused if the machine has moved on to another.
+    pub boot_id: String,
+    /// The rack that relayed the lookup.
+    pub rack: String,
+    /// The MAC of the machine that rack leased an address to.
+    pub mac: Mac,
+    /// SHA-256 hex of the agent's claim value.
+    pub claim_hash: String,
+    /// SHA-256 hex of the new token.
+    pub token_hash: String,
+}
+
 /// Creates a boot network; apply checks it against every other subnet (no overlap) and the racks it names.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct CreateSubnet {
