@@ -134,6 +134,9 @@ fn power_command_result(
 /// proposer packs them into shared log entries); past this many the session stops reading from the rack
 /// until one is answered (back-pressure, not a drop).
 const COMMITS_IN_FLIGHT: usize = 256;
+/// Agent calls of one session answered at once (each waits for a read or a write of the log); past it a
+/// call is answered `Unavailable` at once and the agent retries.
+const AGENT_CALLS_IN_FLIGHT: usize = 64;
 /// Longest text of a malformed lease's address echoed back in its refusal.
 const ECHO_MAX: usize = 64;
 
@@ -421,6 +424,7 @@ async fn run(
     let mut applied = session.applied();
     let mut poll = tokio::time::interval(POLL);
     let commits = Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT));
+    let agent_calls = Arc::new(tokio::sync::Semaphore::new(AGENT_CALLS_IN_FLIGHT));
     loop {
         // Cut, superseded, or something to deliver?
         if let Err(cut) = send_due_power_commands(&mut session, &tx).await {
@@ -532,14 +536,29 @@ async fn run(
                         }
                         rack_message::Msg::Enlist(e) => session.enlist(enlist_from_rack(e.macs)),
                         rack_message::Msg::AgentCall(call) => {
-                            let answer = rack::AgentAnswer {
-                                id: call.id,
-                                code: tonic::Code::Unimplemented as u32,
-                                error: "agent calls are not relayed yet".into(),
-                                answer: None,
-                            };
-                            if tx.send(msg(region_message::Msg::AgentAnswer(Box::new(answer)))).await.is_err() {
-                                break;
+                            // Each call on a task of its own (lookups and reports wait for the log), at
+                            // most AGENT_CALLS_IN_FLIGHT at once; the answer goes back by the call's id.
+                            let id = call.id;
+                            let work = super::agent::agent_request_from_rack(*call)
+                                .and_then(|req| session.agent_call(req));
+                            match (work, agent_calls.clone().try_acquire_owned()) {
+                                (Ok(work), Ok(permit)) => {
+                                    let tx = tx.clone();
+                                    tokio::spawn(async move {
+                                        let answer = super::agent::agent_answer(id, work.await);
+                                        drop(permit);
+                                        let _ = tx.send(msg(region_message::Msg::AgentAnswer(Box::new(answer)))).await;
+                                    });
+                                }
+                                (work, _) => {
+                                    let e = work.err().unwrap_or_else(|| DomainError::unavailable(
+                                        "too many agent calls of this rack in flight: ask again shortly",
+                                    ));
+                                    let answer = super::agent::agent_answer(id, Err(e));
+                                    if tx.send(msg(region_message::Msg::AgentAnswer(Box::new(answer)))).await.is_err() {
+                                        break;
+                                    }
+                                }
                             }
                         }
                     }

@@ -128,7 +128,13 @@ pub struct RackSessionState {
     intent_limit: super::boot::RateLimit,
     /// Boot event messages recorded per second ([`super::boot_intent::EVENT_MESSAGES_PER_SECOND`]).
     event_limit: super::boot::RateLimit,
+    /// Agent calls taken per second ([`AGENT_CALLS_PER_SECOND`]).
+    agent_limit: super::boot::RateLimit,
 }
+
+/// Agent calls one rack session relays per second (burst the same): a rack of machines booting at once
+/// makes a few calls each; more is a flood, refused `Unavailable` (the agent retries with backoff).
+pub const AGENT_CALLS_PER_SECOND: u32 = 200;
 
 impl App {
     /// Fails unless rack `name` is registered and not revoked: the check before a session is accepted.
@@ -181,6 +187,7 @@ impl App {
                 super::boot_intent::EVENT_MESSAGES_PER_SECOND,
                 Instant::now(),
             ),
+            agent_limit: super::boot::RateLimit::new(AGENT_CALLS_PER_SECOND, Instant::now()),
         };
         (state, welcome)
     }
@@ -601,6 +608,32 @@ impl RackSessionState {
             }
         });
         true
+    }
+
+    /// Takes an agent's call relayed by this rack: the work to run on a task of its own (it waits for
+    /// reads and writes of the log). Refused `Unavailable` before the session is recorded and past
+    /// [`AGENT_CALLS_PER_SECOND`].
+    pub fn agent_call(
+        &mut self,
+        req: super::agent::AgentRequest,
+    ) -> Result<
+        impl std::future::Future<Output = Result<super::agent::AgentReply, DomainError>>
+            + Send
+            + 'static,
+        DomainError,
+    > {
+        if !self.recorded() {
+            return Err(DomainError::unavailable(
+                "the rack's session is not recorded yet: ask again shortly",
+            ));
+        }
+        if !self.agent_limit.take(Instant::now()) {
+            return Err(DomainError::unavailable(
+                "too many agent calls from this rack this second: ask again shortly",
+            ));
+        }
+        let (app, rack, actor) = (self.app.clone(), self.name.clone(), self.actor.clone());
+        Ok(async move { app.agent_call(&rack, &actor, req).await })
     }
 
     /// Ends the session: records when the rack was last heard (its BMCs stay for the grace time after).
