@@ -287,7 +287,7 @@ impl App {
 }
 
 /// The claim to propose and the work to hand out for a lookup through `rack` by `macs`, read from `st`.
-fn lookup_work(
+pub(crate) fn lookup_work(
     st: &crate::state::State,
     rack: &str,
     macs: &[ingot_common::Mac],

@@ -268,4 +268,25 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.code, ErrorCode::PermissionDenied, "{e}");
     }
+
+    #[test]
+    fn a_lookup_finds_the_machine_by_any_mac_and_names_the_boot_it_claims() {
+        use crate::app::agent::lookup_work;
+        use ingot_common::image::BootPurpose;
+        let (s, _, boot_id) = cluster("r1");
+        let other: Mac = "52:54:00:00:00:99".parse().expect("mac");
+        let mac: Mac = MAC.parse().expect("mac");
+        let (op, work) = lookup_work(&s, "r1", &[other, mac], "claim-aaaaaaaaaaaa").expect("work");
+        assert_eq!(op.boot_id, boot_id);
+        assert_eq!(op.mac, mac);
+        assert_eq!(op.claim_hash, secret::hash("claim-aaaaaaaaaaaa"));
+        assert_eq!(work.purpose, BootPurpose::Commission);
+        assert_eq!(work.system_id, "m1");
+        assert!(work.deploy.is_none());
+
+        let e = lookup_work(&s, "r2", &[mac], "claim-aaaaaaaaaaaa").unwrap_err();
+        assert_eq!(e.code, ErrorCode::PermissionDenied, "{e}");
+        let e = lookup_work(&s, "r1", &[other], "claim-aaaaaaaaaaaa").unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound, "{e}");
+    }
 }
