@@ -278,7 +278,7 @@ pub struct BootSession {
     pub legacy_token: String,
     /// SHA-256 hex of the claim of the agent that looked this boot up first (`AgentLookup.claim`): the
     /// same agent asking again gets a fresh token, any other claimant is refused. Empty until claimed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub claim_hash: String,
     /// What the boot is for: `commissioning`, `testing`, `deploying`, `erasing`, `rescue`.
     pub purpose: String,
@@ -296,11 +296,11 @@ pub struct DeploySpec {
     /// cloud-init user data (opaque to Ingot).
     pub user_data: String,
     /// SSH public keys for the NoCloud seed (and the rescue ramdisk): how the owner logs in.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_keys: Vec<String>,
     /// The disk to write the image to (kernel name such as `vda`, or a serial); empty: the smallest disk
     /// that fits, so a machine with a small boot disk and large data disks deploys to the boot disk.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub disk: String,
 }
 
