@@ -30,10 +30,13 @@ pub enum End {
 
 /// The boot's credentials, from the lookup answer. The token lives only here, in memory, and is never
 /// printed (no Debug).
-struct Session {
-    system_id: String,
-    token: String,
-    heartbeat: Duration,
+pub(crate) struct Session {
+    /// The machine.
+    pub(crate) system_id: String,
+    /// The per-boot token.
+    pub(crate) token: String,
+    /// Between heartbeats.
+    pub(crate) heartbeat: Duration,
 }
 
 /// A claim: 32 random hex characters, made once per run.
@@ -266,7 +269,7 @@ fn stop_of(e: &CallError) -> End {
 
 /// Runs `job` on a blocking thread; meanwhile reports its steps and heartbeats. `Err(End)` when the
 /// region says to stop (the job is told to stop and abandoned).
-async fn supervise<R, F>(
+pub(crate) async fn supervise<R, F>(
     client: &Client<R>,
     s: &Session,
     job: F,
