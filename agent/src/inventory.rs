@@ -57,9 +57,8 @@ pub fn cpu(p: &Platform) -> (String, u32, u32, u32) {
     if sockets.is_empty() {
         // No topology in cpuinfo (many ARM kernels): from /sys/devices/system/cpu.
         for c in p.list("/sys/devices/system/cpu") {
-            if !c
-                .strip_prefix("cpu")
-                .is_some_and(|n| n.parse::<u32>().is_ok())
+            if c.strip_prefix("cpu")
+                .is_none_or(|n| n.parse::<u32>().is_err())
             {
                 continue;
             }

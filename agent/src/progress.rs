@@ -92,11 +92,10 @@ impl Meter {
     /// `done` bytes as a progress line: "<what>: N MiB of M MiB (P%), R MiB/s", and the percent.
     pub fn line(&self, what: &str, done: u64) -> (String, u32) {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        let pct = if self.total == 0 {
-            100
-        } else {
-            (done.saturating_mul(100) / self.total).min(100) as u32
-        };
+        let pct = done
+            .saturating_mul(100)
+            .checked_div(self.total)
+            .map_or(100, |p| p.min(100) as u32);
         (
             format!(
                 "{what}: {} MiB of {} MiB ({pct}%), {:.1} MiB/s",

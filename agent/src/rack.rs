@@ -250,7 +250,7 @@ pub(crate) mod fake {
     /// What the fake answers.
     pub enum Scripted {
         /// This answer.
-        Answer(AgentAnswer),
+        Answer(Box<AgentAnswer>),
         /// A transport failure.
         Down,
     }
@@ -323,7 +323,7 @@ pub(crate) mod fake {
                 .find(|(w, _)| *w == what)
                 .and_then(|(_, q)| q.pop_front());
             match next {
-                Some(Scripted::Answer(a)) => Ok(a),
+                Some(Scripted::Answer(a)) => Ok(*a),
                 Some(Scripted::Down) => Err(TransportError("scripted: down".into())),
                 None => Ok(status(
                     self.default_next
@@ -360,11 +360,11 @@ mod tests {
         rack.push("heartbeat", Scripted::Down);
         rack.push(
             "heartbeat",
-            Scripted::Answer(AgentAnswer {
+            Scripted::Answer(Box::new(AgentAnswer {
                 code: UNAVAILABLE,
                 error: "region not ready".into(),
                 ..Default::default()
-            }),
+            })),
         );
         let c = Client {
             rack,
@@ -375,11 +375,11 @@ mod tests {
         // Refusals are not retried.
         c.rack.push(
             "heartbeat",
-            Scripted::Answer(AgentAnswer {
+            Scripted::Answer(Box::new(AgentAnswer {
                 code: 16,
                 error: "bad token".into(),
                 ..Default::default()
-            }),
+            })),
         );
         let e = c.call(hb()).await.unwrap_err();
         assert_eq!(e.code(), Some(16));

@@ -375,7 +375,7 @@ fn add_gpt<D: Read + Write + Seek>(
     let entries_lba = u64_at(&hdr, 72);
     let count = u32_at(&hdr, 80) as usize;
     let esize = u32_at(&hdr, 84) as usize;
-    if !(1..=1024).contains(&count) || !(128..=1024).contains(&esize) || esize % 8 != 0 {
+    if !(1..=1024).contains(&count) || !(128..=1024).contains(&esize) || !esize.is_multiple_of(8) {
         return Err(SeedError::Table("a GPT with an unusual entry array"));
     }
     let array_len = count * esize;

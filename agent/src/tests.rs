@@ -46,10 +46,10 @@ fn work(purpose: &str) -> AgentWork {
 }
 
 fn work_answer(w: AgentWork) -> Scripted {
-    Scripted::Answer(AgentAnswer {
+    Scripted::Answer(Box::new(AgentAnswer {
         answer: Some(agent_answer::Answer::Work(w)),
         ..Default::default()
-    })
+    }))
 }
 
 fn fake_machine() -> (tempfile::TempDir, Platform) {
@@ -71,7 +71,7 @@ async fn commission_looks_up_reports_inventory_and_follows_the_answer() {
     rack.push("lookup", work_answer(work("commission")));
     rack.push(
         "result report",
-        Scripted::Answer(status(AgentNext::PowerOff)),
+        Scripted::Answer(Box::new(status(AgentNext::PowerOff))),
     );
     let client = Client {
         rack,
@@ -132,11 +132,11 @@ async fn enlist_and_a_refused_lookup_power_off() {
     assert!(client.rack.kinds().is_empty());
     client.rack.push(
         "lookup",
-        Scripted::Answer(AgentAnswer {
+        Scripted::Answer(Box::new(AgentAnswer {
             code: 9,
             error: "machine m-1 is New, not booting for Ingot".into(),
             ..Default::default()
-        }),
+        })),
     );
     let end = flow::run(&client, &p, &args("commission", 5248)).await;
     match end {
@@ -170,7 +170,10 @@ async fn deploy_writes_verifies_seeds_and_reboots_when_told() {
     });
     let rack = FakeRack::default();
     rack.push("lookup", work_answer(w.clone()));
-    rack.push("result report", Scripted::Answer(status(AgentNext::Reboot)));
+    rack.push(
+        "result report",
+        Scripted::Answer(Box::new(status(AgentNext::Reboot))),
+    );
     let client = Client {
         rack,
         backoff: quick(),
@@ -225,8 +228,14 @@ async fn a_heartbeat_saying_stop_ends_a_running_job() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let rack = FakeRack::default();
-    rack.push("heartbeat", Scripted::Answer(status(AgentNext::Continue)));
-    rack.push("heartbeat", Scripted::Answer(status(AgentNext::Stop)));
+    rack.push(
+        "heartbeat",
+        Scripted::Answer(Box::new(status(AgentNext::Continue))),
+    );
+    rack.push(
+        "heartbeat",
+        Scripted::Answer(Box::new(status(AgentNext::Stop))),
+    );
     let client = Client {
         rack,
         backoff: quick(),
@@ -283,8 +292,14 @@ async fn rescue_installs_keys_runs_the_ssh_server_and_heartbeats_until_stopped()
     p.dropbear = script;
     let rack = FakeRack::default();
     rack.push("lookup", work_answer(work("rescue")));
-    rack.push("heartbeat", Scripted::Answer(status(AgentNext::Continue)));
-    rack.push("heartbeat", Scripted::Answer(status(AgentNext::Stop)));
+    rack.push(
+        "heartbeat",
+        Scripted::Answer(Box::new(status(AgentNext::Continue))),
+    );
+    rack.push(
+        "heartbeat",
+        Scripted::Answer(Box::new(status(AgentNext::Stop))),
+    );
     let client = Client {
         rack,
         backoff: quick(),
