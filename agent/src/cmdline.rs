@@ -88,7 +88,14 @@ fn endpoint(param: &'static str, value: &str, scheme: &str) -> Result<Endpoint, 
     let rest = value
         .strip_prefix(scheme)
         .and_then(|r| r.strip_prefix("://"))
-        .ok_or_else(|| invalid(param, value, "must start with the scheme of the rack's URL"))?;
+        .ok_or_else(|| {
+            let why = if scheme == "https" {
+                "must start with https://"
+            } else {
+                "must start with http://"
+            };
+            invalid(param, value, why)
+        })?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains('/') || rest.contains('@') || rest.contains('?') {
         return Err(invalid(

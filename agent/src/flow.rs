@@ -116,7 +116,11 @@ pub async fn run<R: Rack>(client: &Client<R>, p: &Platform, args: &BootArgs) -> 
     let session = Session {
         system_id: work.system_id.clone(),
         token: work.boot_token.clone(),
-        heartbeat: Duration::from_secs(u64::from(work.heartbeat_s.clamp(1, 3600))),
+        // 0 (unset by an older region): the default period.
+        heartbeat: Duration::from_secs(u64::from(match work.heartbeat_s {
+            0 => ingot_common::agent::HEARTBEAT_S,
+            s => s.min(3600),
+        })),
     };
     let purpose = BootPurpose::parse(&work.purpose).unwrap_or(args.purpose);
     if purpose != args.purpose {

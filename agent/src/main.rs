@@ -12,8 +12,10 @@ use ingot_agent::{cmdline, say};
 use std::time::Duration;
 
 fn main() {
-    let root = std::env::var_os("INGOT_AGENT_ROOT").unwrap_or_else(|| "/".into());
-    let mut platform = Platform::new(root);
+    let root = std::env::var_os("INGOT_AGENT_ROOT");
+    // Outside the ramdisk (a root other than `/`), the agent never reboots or powers off the host.
+    let dry = root.as_ref().is_some_and(|r| r != "/");
+    let mut platform = Platform::new(root.unwrap_or_else(|| "/".into()));
     if let Some(d) = std::env::var_os("INGOT_AGENT_DROPBEAR") {
         platform.dropbear = d.into();
     }
@@ -21,7 +23,7 @@ fn main() {
         Ok(end) => end,
         Err(e) => End::Wait(e),
     };
-    finish(end);
+    finish(end, dry);
 }
 
 fn run(platform: &Platform) -> Result<End, String> {
@@ -42,12 +44,17 @@ fn run(platform: &Platform) -> Result<End, String> {
     Ok(rt.block_on(flow::run(&client, platform, &args)))
 }
 
-/// Does what the run ended with; returns only if powering failed.
-fn finish(end: End) {
+/// Does what the run ended with; returns only outside the ramdisk (`dry`).
+fn finish(end: End, dry: bool) {
     let (cmd, why) = match end {
         End::Wait(why) => {
             say!("{why}");
+            if dry {
+                say!("INGOT_AGENT_ROOT is set: exiting instead of waiting");
+                return;
+            }
             say!("waiting (the machine is powered by its BMC or an operator)");
+            rustix::fs::sync();
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }
@@ -56,19 +63,19 @@ fn finish(end: End) {
         End::PowerOff(why) => (rustix::system::RebootCommand::PowerOff, why),
     };
     say!("{why}");
-    say!(
-        "{}",
-        if cmd == rustix::system::RebootCommand::Restart {
-            "rebooting"
-        } else {
-            "powering off"
-        }
-    );
+    let what = if cmd == rustix::system::RebootCommand::Restart {
+        "rebooting"
+    } else {
+        "powering off"
+    };
+    if dry {
+        say!("INGOT_AGENT_ROOT is set: not {what} this host");
+        return;
+    }
+    say!("{what}");
     rustix::fs::sync();
     if let Err(e) = rustix::system::reboot(cmd) {
-        say!(
-            "reboot(2) failed ({e}); is this the ramdisk's PID 1 tree with CAP_SYS_BOOT? Waiting."
-        );
+        say!("reboot(2) failed ({e}): the agent needs CAP_SYS_BOOT; power the machine off by hand. Waiting.");
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
