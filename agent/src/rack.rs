@@ -18,10 +18,26 @@ pub const FAILED_PRECONDITION: u32 = 9;
 /// How long one call may take (connect, TLS, request, answer).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Why one attempt at a call got no answer (retried by [`Client`]).
+/// Why one attempt at a call got no answer.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TransportError(pub String);
+#[error("{message}")]
+pub struct TransportError {
+    /// What failed.
+    pub message: String,
+    /// Whether trying again may help (connection failures, timeouts, HTTP 408/429/5xx); an HTTP 4xx
+    /// refusal of the request itself does not get better by repeating it.
+    pub retry: bool,
+}
+
+impl TransportError {
+    /// A failure worth retrying.
+    pub fn retry(message: impl Into<String>) -> TransportError {
+        TransportError {
+            message: message.into(),
+            retry: true,
+        }
+    }
+}
 
 /// One attempt at one call: the transport, without retries.
 pub trait Rack {
@@ -49,14 +65,15 @@ impl HttpsRack {
         let authority = self.endpoint.authority();
         let tcp = tokio::net::TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
             .await
-            .map_err(|e| TransportError(format!("connecting to the rack at {authority}: {e}")))?;
+            .map_err(|e| {
+                TransportError::retry(format!("connecting to the rack at {authority}: {e}"))
+            })?;
         let name = rustls::pki_types::ServerName::try_from(self.endpoint.host.clone())
-            .map_err(|e| TransportError(format!("rack host {}: {e}", self.endpoint.host)))?;
-        let mut tls = self
-            .tls
-            .connect(name, tcp)
-            .await
-            .map_err(|e| TransportError(format!("TLS with the rack at {authority}: {e}")))?;
+            .map_err(|e| TransportError::retry(format!("rack host {}: {e}", self.endpoint.host)))?;
+        let mut tls =
+            self.tls.connect(name, tcp).await.map_err(|e| {
+                TransportError::retry(format!("TLS with the rack at {authority}: {e}"))
+            })?;
         let head = format!(
             "POST /agent/v1/call HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: ingot-agent\r\n\
              Content-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -64,8 +81,9 @@ impl HttpsRack {
         );
         let mut req = head.into_bytes();
         req.extend_from_slice(&body);
-        let io_err =
-            |e: std::io::Error| TransportError(format!("talking to the rack at {authority}: {e}"));
+        let io_err = |e: std::io::Error| {
+            TransportError::retry(format!("talking to the rack at {authority}: {e}"))
+        };
         tls.write_all(&req).await.map_err(io_err)?;
         tls.flush().await.map_err(io_err)?;
         let mut buf = Vec::with_capacity(4096);
@@ -82,25 +100,30 @@ impl HttpsRack {
                 Err(e) => return Err(io_err(e)),
             }
             if buf.len() > http::MAX_HEAD + http::MAX_CALL_BODY {
-                return Err(TransportError(format!(
+                return Err(TransportError::retry(format!(
                     "the rack at {authority} sent an answer over {} bytes",
                     http::MAX_CALL_BODY
                 )));
             }
         }
         let (head, n) = http::parse_head(&buf).map_err(io_err)?.ok_or_else(|| {
-            TransportError(format!("the rack at {authority} closed before answering"))
+            TransportError::retry(format!("the rack at {authority} closed before answering"))
         })?;
         let body = http::body_of(&head, &buf, n).map_err(io_err)?;
         if head.status != 200 {
             let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
-            return Err(TransportError(format!(
-                "the rack at {authority} answered HTTP {}: {text}",
-                head.status
-            )));
+            return Err(TransportError {
+                message: format!(
+                    "the rack at {authority} answered HTTP {}: {}",
+                    head.status,
+                    text.trim()
+                ),
+                retry: matches!(head.status, 408 | 429 | 500..=599),
+            });
         }
-        AgentAnswer::decode(body.as_slice())
-            .map_err(|e| TransportError(format!("the rack's answer is not an AgentAnswer: {e}")))
+        AgentAnswer::decode(body.as_slice()).map_err(|e| {
+            TransportError::retry(format!("the rack's answer is not an AgentAnswer: {e}"))
+        })
     }
 }
 
@@ -108,7 +131,7 @@ impl Rack for HttpsRack {
     async fn call(&self, call: &AgentCall) -> Result<AgentAnswer, TransportError> {
         match tokio::time::timeout(CALL_TIMEOUT, self.exchange(call.encode_to_vec())).await {
             Ok(r) => r,
-            Err(_) => Err(TransportError(format!(
+            Err(_) => Err(TransportError::retry(format!(
                 "the rack at {} did not answer within {}s",
                 self.endpoint.authority(),
                 CALL_TIMEOUT.as_secs()
@@ -130,6 +153,14 @@ pub enum CallError {
         /// The last failure.
         last: String,
     },
+    /// The rack refused the HTTP request itself (a version mismatch or a bug: repeating it would not help).
+    #[error("{what}: {error}; the agent and the rack may be of different versions")]
+    Http {
+        /// The call.
+        what: &'static str,
+        /// The rack's HTTP status and text.
+        error: String,
+    },
     /// The rack or region refused the call.
     #[error("{what}: refused (code {code}): {error}")]
     Refused {
@@ -147,7 +178,7 @@ impl CallError {
     pub fn code(&self) -> Option<u32> {
         match self {
             CallError::Refused { code, .. } => Some(*code),
-            CallError::GaveUp { .. } => None,
+            CallError::GaveUp { .. } | CallError::Http { .. } => None,
         }
     }
 }
@@ -218,7 +249,13 @@ impl<R: Rack> Client<R> {
                     "unavailable: {}",
                     a.error.chars().take(256).collect::<String>()
                 ),
-                Err(e) => e.0,
+                Err(e) if !e.retry => {
+                    return Err(CallError::Http {
+                        what,
+                        error: e.message,
+                    })
+                }
+                Err(e) => e.message,
             };
             let spent = started.elapsed();
             if spent + wait > self.backoff.budget {
@@ -253,6 +290,8 @@ pub(crate) mod fake {
         Answer(Box<AgentAnswer>),
         /// A transport failure.
         Down,
+        /// An HTTP refusal of the request (not retried).
+        HttpRefused,
     }
 
     /// The fake rack.
@@ -324,7 +363,11 @@ pub(crate) mod fake {
                 .and_then(|(_, q)| q.pop_front());
             match next {
                 Some(Scripted::Answer(a)) => Ok(*a),
-                Some(Scripted::Down) => Err(TransportError("scripted: down".into())),
+                Some(Scripted::Down) => Err(TransportError::retry("scripted: down")),
+                Some(Scripted::HttpRefused) => Err(TransportError {
+                    message: "HTTP 415: Content-Type must be application/x-protobuf".into(),
+                    retry: false,
+                }),
                 None => Ok(status(
                     self.default_next
                         .lock()
@@ -384,6 +427,11 @@ mod tests {
         let e = c.call(hb()).await.unwrap_err();
         assert_eq!(e.code(), Some(16));
         assert_eq!(c.rack.kinds().len(), 4);
+        // So are HTTP refusals of the request itself.
+        c.rack.push("heartbeat", Scripted::HttpRefused);
+        let e = c.call(hb()).await.unwrap_err();
+        assert!(matches!(e, CallError::Http { .. }), "{e}");
+        assert_eq!(c.rack.kinds().len(), 5);
         // Always down: the budget ends it.
         for _ in 0..1000 {
             c.rack.push("heartbeat", Scripted::Down);
