@@ -182,6 +182,14 @@ fn deploy_plan(args: &BootArgs, work: &AgentWork) -> Result<deploy::Plan, String
     if !d.path.starts_with('/') || d.path.contains(char::is_whitespace) || d.path.len() > 512 {
         return Err("the deploy work's blob path is not an absolute path".into());
     }
+    if let Some(named) = args.image.as_deref() {
+        if !named.eq_ignore_ascii_case(&d.sha256) {
+            crate::say!(
+                "the boot script named image {named}, the region's answer {}: writing the region's",
+                d.sha256
+            );
+        }
+    }
     Ok(deploy::Plan {
         rack: args.rack.clone(),
         path: d.path.clone(),
@@ -285,6 +293,8 @@ where
     let (ctl, mut watch) = progress::channel();
     let mut handle = tokio::task::spawn_blocking(move || job(&ctl));
     let mut beat = tokio::time::interval(s.heartbeat);
+    // A call that took long (retries) is followed by one heartbeat, not a burst of the missed ones.
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     beat.tick().await;
     let stop = |end: End, watch: &progress::Watch| {
         watch
@@ -428,6 +438,7 @@ async fn rescue<R: Rack>(client: &Client<R>, p: &Platform, s: &Session, keys: &[
         s.heartbeat.as_secs()
     );
     let mut beat = tokio::time::interval(s.heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     beat.tick().await;
     let mut restarts = 0u32;
     loop {

@@ -147,6 +147,23 @@ pub(crate) mod tests {
         (ca_der.clone(), vec![leaf, ca_der], key)
     }
 
+    /// A `rack-r1` leaf from `ca` with parameters changed by `edit`.
+    fn odd_leaf(ca: &ClusterCa, edit: impl FnOnce(&mut rcgen::CertificateParams)) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "rack-r1");
+        p.is_ca = rcgen::IsCa::ExplicitNoCa;
+        p.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        edit(&mut p);
+        let ca_key = rcgen::KeyPair::from_pem(&ca.key_pem).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.signed_by(&key, &issuer).unwrap().der().to_vec()
+    }
+
     fn verify(pin: &[u8], presented: &[Vec<u8>]) -> Result<ServerCertVerified, Error> {
         let v = RackVerifier::new(Sha256::digest(pin).into());
         let leaf = CertificateDer::from(presented[0].clone());
@@ -194,6 +211,27 @@ pub(crate) mod tests {
         };
         let (_, admin_chain, _) = chain(&ca, &admin);
         assert!(verify(&ca_der, &admin_chain).is_err());
+        // webpki's checks other than the name stay in force: an expired rack certificate, and one without
+        // serverAuth, are refused even from the pinned CA.
+        let expired = odd_leaf(&ca, |p| {
+            p.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+            p.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        });
+        assert!(matches!(
+            verify(&ca_der, &[expired, ca_der.clone()]),
+            Err(Error::InvalidCertificate(CertificateError::Expired))
+                | Err(Error::InvalidCertificate(
+                    CertificateError::ExpiredContext { .. }
+                ))
+        ));
+        let client_only = odd_leaf(&ca, |p| {
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        });
+        let e = verify(&ca_der, &[client_only, ca_der.clone()]).unwrap_err();
+        assert!(
+            !e.to_string().contains("rack-"),
+            "refused by webpki, not the CN check: {e}"
+        );
         // The CA itself as the leaf is refused by webpki (a CA is not an end entity).
         assert!(verify(&ca_der, &[ca_der.clone(), ca_der.clone()]).is_err());
     }
