@@ -26,6 +26,9 @@ pub enum End {
     Reboot(String),
     /// Power off now.
     PowerOff(String),
+    /// Exit with a failure: the ramdisk's /init runs the agent again a few times, then powers off (the
+    /// rack was unreachable, or the command line unusable).
+    Exit(String),
 }
 
 /// The boot's credentials, from the lookup answer. The token lives only here, in memory, and is never
@@ -111,7 +114,12 @@ pub async fn run<R: Rack>(client: &Client<R>, p: &Platform, args: &BootArgs) -> 
                 "this machine is not booting for Ingot: {e}; powering off"
             ))
         }
-        Err(e) => return End::Wait(format!("{e}; the region's deadline will mark the machine failed")),
+        Err(e @ CallError::GaveUp { .. }) => return End::Exit(e.to_string()),
+        Err(e) => {
+            return End::Wait(format!(
+                "{e}; the region's deadline will mark the machine failed"
+            ))
+        }
     };
     let session = Session {
         system_id: work.system_id.clone(),

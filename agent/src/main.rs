@@ -21,7 +21,7 @@ fn main() {
     }
     let end = match run(&platform) {
         Ok(end) => end,
-        Err(e) => End::Wait(e),
+        Err(e) => End::Exit(e),
     };
     finish(end, dry);
 }
@@ -44,7 +44,7 @@ fn run(platform: &Platform) -> Result<End, String> {
     Ok(rt.block_on(flow::run(&client, platform, &args)))
 }
 
-/// Does what the run ended with; returns only outside the ramdisk (`dry`).
+/// Does what the run ended with; returns only outside the ramdisk (`dry`), exits on [`End::Exit`].
 fn finish(end: End, dry: bool) {
     let (cmd, why) = match end {
         End::Wait(why) => {
@@ -58,6 +58,13 @@ fn finish(end: End, dry: bool) {
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }
+        }
+        End::Exit(why) => {
+            say!("{why}");
+            say!(
+                "exiting with a failure (the ramdisk's init runs the agent again, then powers off)"
+            );
+            std::process::exit(1);
         }
         End::Reboot(why) => (rustix::system::RebootCommand::Restart, why),
         End::PowerOff(why) => (rustix::system::RebootCommand::PowerOff, why),

@@ -143,13 +143,13 @@ async fn enlist_and_a_refused_lookup_power_off() {
         End::PowerOff(why) => assert!(why.contains("not booting for Ingot"), "{why}"),
         other => panic!("{other:?}"),
     }
-    // An unreachable rack: the agent waits (the region's deadline handles the machine).
+    // An unreachable rack: the agent exits with a failure (the ramdisk's init retries it, then powers off).
     for _ in 0..200 {
         client.rack.push("lookup", Scripted::Down);
     }
     let end = flow::run(&client, &p, &args("test", 5248)).await;
     assert!(
-        matches!(end, End::Wait(ref w) if w.contains("unreachable")),
+        matches!(end, End::Exit(ref w) if w.contains("unreachable")),
         "{end:?}"
     );
 }
@@ -438,7 +438,7 @@ async fn the_agent_talks_to_a_real_https_rack_pinned_by_the_ca_fingerprint() {
     };
     let end = flow::run(&client, &p, &a).await;
     match end {
-        End::Wait(why) => assert!(why.contains("ingot.ca"), "{why}"),
+        End::Exit(why) => assert!(why.contains("ingot.ca"), "{why}"),
         other => panic!("{other:?}"),
     }
     // A region certificate of the right CA is not a rack.
@@ -452,7 +452,7 @@ async fn the_agent_talks_to_a_real_https_rack_pinned_by_the_ca_fingerprint() {
     };
     let end = flow::run(&client, &p, &a).await;
     match end {
-        End::Wait(why) => assert!(why.contains("rack-"), "{why}"),
+        End::Exit(why) => assert!(why.contains("rack-"), "{why}"),
         other => panic!("{other:?}"),
     }
 }
