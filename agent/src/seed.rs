@@ -1,6 +1,8 @@
 //! The cloud-init NoCloud seed of a deployed machine: a 16 MiB FAT filesystem labelled `CIDATA` holding
-//! `meta-data` and `user-data`, in a new partition appended after the deployed image's last partition
-//! (1 MiB aligned), so the image itself is written untouched and verified before the seed is added.
+//! `meta-data` and `user-data`, in a new partition after the deployed image's last partition, so the image
+//! itself is written untouched and verified before the seed is added. The partition sits at the end of the
+//! disk (its last 1 MiB-aligned 16 MiB), not right after the image: the image's last partition (a cloud
+//! image's root) can still grow into the space between at first boot (cloud-init's growpart).
 //!
 //! MBR: the first free primary slot, type 0x0c (FAT32 LBA). GPT: the first free entry (type "Microsoft
 //! basic data", name `CIDATA`); the backup table moves to the end of the disk (the image was smaller than
@@ -326,15 +328,8 @@ fn add_mbr<D: Read + Write + Seek>(
     let slot = (0..4)
         .find(|i| entry(&mbr, *i).0 == 0)
         .ok_or(SeedError::NoSlot)?;
-    let start = align_up(end * sector, ALIGN);
-    let stop = start + SEED_BYTES;
     let limit = disk_bytes.min(u64::from(u32::MAX) * sector);
-    if stop > limit {
-        return Err(SeedError::NoRoom {
-            end: stop,
-            disk: limit,
-        });
-    }
+    let start = place(align_up(end * sector, ALIGN), limit)?;
     let e = 446 + 16 * slot;
     let mut rec = [0u8; 16];
     // CHS fields say "use LBA" (the maximum), as every current partitioner writes them.
@@ -350,6 +345,19 @@ fn add_mbr<D: Read + Write + Seek>(
         start,
         len: SEED_BYTES,
     })
+}
+
+/// Where the seed starts: the last aligned [`SEED_BYTES`] before `limit` (the usable end of the disk), if
+/// that is at or after `first` (the aligned end of the image's partitions).
+fn place(first: u64, limit: u64) -> Result<u64, SeedError> {
+    let start = (limit.saturating_sub(SEED_BYTES) / ALIGN) * ALIGN;
+    if limit < SEED_BYTES || start < first {
+        return Err(SeedError::NoRoom {
+            end: first + SEED_BYTES,
+            disk: limit,
+        });
+    }
+    Ok(start)
 }
 
 fn header_crc(h: &mut [u8]) -> u32 {
@@ -397,14 +405,11 @@ fn add_gpt<D: Read + Write + Seek>(
     let array_sectors = (array_len as u64).div_ceil(sector);
     let backup_entries = disk_last - array_sectors;
     let last_usable = backup_entries - 1;
-    let start = align_up((last_used + 1) * sector, ALIGN);
+    let start = place(
+        align_up((last_used + 1) * sector, ALIGN),
+        (last_usable + 1) * sector,
+    )?;
     let stop = start + SEED_BYTES;
-    if stop > (last_usable + 1) * sector {
-        return Err(SeedError::NoRoom {
-            end: stop,
-            disk: (last_usable + 1) * sector,
-        });
-    }
     let old_backup = u64_at(&hdr, 32);
     let e = slot * esize;
     let rec = &mut entries[e..e + esize];
@@ -554,13 +559,13 @@ pub(crate) mod tests {
             p,
             Placed {
                 number: 2,
-                start: 2 << 20,
+                start: 48 << 20,
                 len: SEED_BYTES
             }
         );
         let m = read_at(&mut f, 0, 512).unwrap();
         assert_eq!(m[446 + 16 + 4], 0x0c);
-        assert_eq!(u32_at(&m, 446 + 16 + 8), 4096);
+        assert_eq!(u32_at(&m, 446 + 16 + 8), 98304);
         assert_eq!(u32_at(&m, 446 + 16 + 12), 32768);
         // The first partition is untouched.
         assert_eq!(u32_at(&m, 446 + 8), 2048);
@@ -576,7 +581,7 @@ pub(crate) mod tests {
         if let Ok(out) = Command::new("sfdisk").arg("-d").arg(&path).output() {
             let d = String::from_utf8_lossy(&out.stdout);
             assert!(
-                d.contains("start=        4096, size=       32768, type=c"),
+                d.contains("start=       98304, size=       32768, type=c"),
                 "{d}"
             );
         }
@@ -639,7 +644,7 @@ pub(crate) mod tests {
             p,
             Placed {
                 number: 2,
-                start: 3 << 20,
+                start: 47 << 20,
                 len: SEED_BYTES
             }
         );
@@ -667,7 +672,7 @@ pub(crate) mod tests {
         let d = String::from_utf8_lossy(&d.stdout);
         assert!(
             d.contains(
-                "start=        6144, size=       32768, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
+                "start=       96256, size=       32768, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
             ),
             "{d}"
         );
