@@ -205,6 +205,33 @@ mod tests {
         }
     }
 
+    /// BLKDISCARD on a real block device: `INGOT_AGENT_LOOP=loopN cargo test -p ingot-agent -- --ignored
+    /// discards_a_real` with /dev/loopN attached (losetup) to a file full of non-zero bytes.
+    #[test]
+    #[ignore = "needs root and a loop device (INGOT_AGENT_LOOP)"]
+    fn discards_a_real_loop_device() {
+        let Ok(name) = std::env::var("INGOT_AGENT_LOOP") else {
+            return;
+        };
+        let p = Platform::new("/");
+        let bytes = p.number(format!("/sys/block/{name}/size")).unwrap() * 512;
+        let d = BlockDisk {
+            name: name.clone(),
+            bytes,
+            sector: 512,
+            rotational: false,
+            model: String::new(),
+            serial: String::new(),
+            bus: "",
+            discard: true,
+            partitions: vec![],
+        };
+        let (ctl, _w) = crate::progress::channel();
+        assert_eq!(disk(&p, &d, EraseMode::Discard, &ctl).unwrap(), "discarded");
+        let v = std::fs::read(p.dev(&name)).unwrap();
+        assert!(v.iter().all(|b| *b == 0));
+    }
+
     #[test]
     fn quick_ranges_clamp_to_the_disk() {
         let d = BlockDisk {
