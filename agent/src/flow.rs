@@ -310,10 +310,15 @@ where
             .store(true, std::sync::atomic::Ordering::Relaxed);
         Err(end)
     };
+    let mut steps_open = true;
     loop {
         tokio::select! {
-            step = watch.rx.recv() => {
-                let Some(step) = step else { continue };
+            step = watch.rx.recv(), if steps_open => {
+                let Some(step) = step else {
+                    // The job returned (and dropped its side): its handle is about to be ready.
+                    steps_open = false;
+                    continue;
+                };
                 crate::say!("{} [{}%]", step.message, step.percent);
                 let call = agent_call::Call::Progress(ReportProgressRequest {
                     system_id: s.system_id.clone(),
