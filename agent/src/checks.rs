@@ -12,7 +12,7 @@ const DISK_READ: u64 = 16 << 20;
 /// Most memory tested.
 const MAX_MEMORY: u64 = 256 << 20;
 
-/// Reads the first and last [`DISK_READ`] bytes of `d`; returns MiB/s.
+/// Reads the first and last 16 MiB of `d`; returns MiB/s.
 pub fn disk(p: &Platform, d: &BlockDisk) -> Result<f64, String> {
     let path = p.dev(&d.name);
     let mut f =

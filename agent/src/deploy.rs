@@ -99,7 +99,7 @@ fn connect(rack: &Endpoint, path: &str, from: u64) -> std::io::Result<Download<T
 }
 
 /// Streams the image onto `dev` (positioned nowhere in particular) and returns its SHA-256 (hex). Resumes
-/// with `Range` after a broken connection; gives up after [`STALL_BUDGET`] without progress.
+/// with `Range` after a broken connection; gives up after five minutes without progress.
 pub fn stream<D: Write + Seek>(
     plan: &Plan,
     dev: &mut D,

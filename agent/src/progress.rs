@@ -89,7 +89,7 @@ impl Meter {
         }
     }
 
-    /// `done` bytes as a progress line: "<what>: N MiB of M MiB (P%), R MiB/s", and the percent.
+    /// `done` bytes as a progress line: "`what`: N MiB of M MiB (P%), R MiB/s", and the percent.
     pub fn line(&self, what: &str, done: u64) -> (String, u32) {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let pct = done
