@@ -340,6 +340,16 @@ pub(crate) mod tests {
         break_first: usize,
         cut: usize,
     ) -> (Endpoint, Arc<AtomicUsize>) {
+        serve_with(body, break_first, cut, true)
+    }
+
+    /// [`serve`], optionally ignoring Range (answering 200 with the whole blob, as some servers do).
+    fn serve_with(
+        body: Vec<u8>,
+        break_first: usize,
+        cut: usize,
+        honour_range: bool,
+    ) -> (Endpoint, Arc<AtomicUsize>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let n = Arc::new(AtomicUsize::new(0));
@@ -362,12 +372,15 @@ pub(crate) mod tests {
                     let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
                     continue;
                 }
-                let from: usize = req
-                    .split("Range: bytes=")
-                    .nth(1)
-                    .and_then(|r| r.split('-').next())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
+                let from: usize = if !honour_range {
+                    0
+                } else {
+                    req.split("Range: bytes=")
+                        .nth(1)
+                        .and_then(|r| r.split('-').next())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                };
                 let part = &body[from..];
                 let head = if from > 0 {
                     format!(
@@ -429,6 +442,20 @@ pub(crate) mod tests {
             steps.push(s.message);
         }
         assert!(steps.iter().any(|s| s.contains("verified")), "{steps:?}");
+    }
+
+    #[test]
+    fn a_server_that_ignores_range_is_resumed_by_skipping() {
+        let t = tempfile::tempdir().unwrap();
+        machine(t.path());
+        let p = Platform::new(t.path());
+        let img = image(6 << 20);
+        let (rack, requests) = serve_with(img.clone(), 1, (9 << 20) / 2, false);
+        let (ctl, _watch) = crate::progress::channel();
+        run(&p, &plan(rack, &img, "vda"), &ctl).unwrap();
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        let written = std::fs::read(t.path().join("dev/vda")).unwrap();
+        assert_eq!(&written[512..img.len()], &img[512..]);
     }
 
     #[test]

@@ -491,3 +491,84 @@ async fn rescue<R: Rack>(client: &Client<R>, p: &Platform, s: &Session, keys: &[
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ingot_proto::rack::v1::DeployWork;
+
+    #[test]
+    fn deploy_work_from_the_rack_is_checked_before_use() {
+        let args = crate::cmdline::parse(&format!(
+            "ingot.purpose=deploy ingot.rack=http://10.0.0.2:5248 ingot.ca={} ingot.mac=52:54:00:00:00:01",
+            "ab".repeat(32)
+        ))
+        .unwrap();
+        let good = DeployWork {
+            sha256: "AB".repeat(32),
+            size: 10,
+            path: "/blobs/ab/disk".into(),
+            ..Default::default()
+        };
+        let mut w = AgentWork {
+            system_id: "m-1".into(),
+            boot_id: "b-1".into(),
+            hostname: "h".into(),
+            deploy: Some(good.clone()),
+            ..Default::default()
+        };
+        let plan = deploy_plan(&args, &w).unwrap();
+        assert_eq!(plan.sha256, "ab".repeat(32));
+        assert!(plan.seed.meta_data.contains("m-1-b-1"));
+        for bad in [
+            DeployWork {
+                sha256: "xyz".into(),
+                ..good.clone()
+            },
+            DeployWork {
+                path: "blobs/ab".into(),
+                ..good.clone()
+            },
+            DeployWork {
+                path: "/blobs/ab HTTP/1.1\r\nHost: evil".into(),
+                ..good.clone()
+            },
+            DeployWork {
+                path: format!("/{}", "a".repeat(600)),
+                ..good.clone()
+            },
+        ] {
+            w.deploy = Some(bad);
+            assert!(deploy_plan(&args, &w).is_err());
+        }
+        w.deploy = None;
+        assert!(deploy_plan(&args, &w)
+            .unwrap_err()
+            .contains("no deploy work"));
+    }
+
+    #[test]
+    fn the_regions_word_maps_to_an_end() {
+        assert!(matches!(
+            end_of(AgentNext::Reboot as i32, "", "done"),
+            End::Reboot(_)
+        ));
+        assert!(matches!(
+            end_of(AgentNext::PowerOff as i32, "", "done"),
+            End::PowerOff(_)
+        ));
+        assert!(
+            matches!(end_of(AgentNext::Wait as i32, "m", "done"), End::Wait(ref w) if w == "done (m)")
+        );
+        assert!(
+            matches!(end_of(AgentNext::Stop as i32, "", "done"), End::Wait(ref w) if w.contains("boot is over"))
+        );
+        assert!(matches!(
+            end_of(AgentNext::Continue as i32, "", "done"),
+            End::Wait(_)
+        ));
+        assert!(matches!(end_of(99, "", "done"), End::Wait(_)));
+        assert_eq!(new_claim().len(), 32);
+        assert_ne!(new_claim(), new_claim());
+    }
+}
