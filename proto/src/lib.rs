@@ -24,6 +24,7 @@ pub mod v1 {
 /// Rack controller <-> region protocols.
 pub mod rack {
     /// `ingot.rack.v1`: the rack session (hello, heartbeats, commands, results).
+    #[allow(clippy::large_enum_variant)] // generated: AgentAnswer's oneof holds the AgentWork message
     pub mod v1 {
         tonic::include_proto!("ingot.rack.v1");
     }
