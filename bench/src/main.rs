@@ -47,11 +47,9 @@ mod boot_files;
 mod dhcp;
 mod fuzz;
 mod nemesis;
-/// Network namespaces, veths and process helpers, shared with the test crate (the DHCP benchmark's
-/// topology; `rss_kib` for every RSS figure).
-#[allow(clippy::unwrap_used)]
-#[path = "../../tests/src/netns.rs"]
-mod netns;
+/// Network namespaces, veths and process helpers, shared with the tests and `ingot dev up` (the DHCP
+/// benchmark's topology; `rss_kib` for every RSS figure).
+use ingot_launch::netns;
 mod power;
 mod racks;
 mod upload;

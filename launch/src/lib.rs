@@ -15,6 +15,10 @@
 //!   ([`LocalClusterOptions::proxied`]).
 //! - [`nemesis`]: the nemesis run — clients, faults (SIGKILL, SIGSTOP, cut links) and the checks of its
 //!   record — shared by the whole-stack test `t19_nemesis` and `ingot-bench --nemesis`.
+//! - [`netns`]: network namespaces, veth pairs, bridges, taps and processes inside a namespace (the one
+//!   home of this harness: the tests re-export it as `ingot_tests::netns`, the benchmark uses it).
+//! - [`vmlab`]: real machines on a laptop — QEMU VMs behind `ipmi_sim` BMCs on a bridge in a namespace
+//!   ([`vmlab::VmLab`]), for `ingot dev up --vms`, the end-to-end test and `ingot-bench --e2e`.
 //! - `process`: the plumbing they share — signalling a pid only after checking `/proc/PID/cmdline`, log
 //!   tails, atomic file writes.
 //!
@@ -38,10 +42,12 @@
 
 mod cluster;
 pub mod nemesis;
+pub mod netns;
 mod process;
 mod proxy;
 mod rack;
 mod simulator;
+pub mod vmlab;
 
 pub use cluster::{
     is_region_process, resolve_bin_dir, LocalCluster, LocalClusterOptions, LocalRegion, Progress,
