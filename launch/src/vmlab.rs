@@ -135,7 +135,7 @@ pub struct LabVm {
     pub dir: PathBuf,
     /// The raw disk file.
     pub disk: PathBuf,
-    /// The serial console's file.
+    /// The serial console's file (appended across power cycles).
     pub serial_log: PathBuf,
     /// Its tap in the namespace.
     pub tap: String,
@@ -379,8 +379,11 @@ impl VmLab {
             "-nographic".into(),
             "-monitor".into(),
             "none".into(),
+            // Appended: the console survives power cycles (a new QEMU), so a test sees every boot.
+            "-chardev".into(),
+            format!("file,id=ser0,path={},append=on", serial_log.display()),
             "-serial".into(),
-            format!("file:{}", serial_log.display()),
+            "chardev:ser0".into(),
             "-netdev".into(),
             format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
             "-drive".into(),
