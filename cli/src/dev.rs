@@ -689,7 +689,7 @@ fn summary(ctx: &Ctx, cluster: &LocalCluster, state: &str) {
             "  tail -f {}   # its serial console",
             v.serial_log.display()
         );
-        outln!("  ingot machines allocate --cpu {} && ingot machines deploy {n} --os ingot --series test --wait", v.spec.cpus);
+        outln!("  ingot machines allocate --cpus {} && ingot machines deploy {n} --os ingot --series test --wait", v.spec.cpus);
         outln!("  ingot machines release {n} --erase quick --wait");
         outln!("  ingot events list --machine {n}");
     }
