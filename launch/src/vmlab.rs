@@ -25,7 +25,7 @@
 use crate::netns::{self, delete_netns, End, Lab, Netns, RootLink};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::net::UdpSocket;
+use std::net::{TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -617,16 +617,24 @@ fn write_exec(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Two consecutive free UDP ports on 127.0.0.1 (the BMC's LAN channel and its VM-codec channel).
+/// A free UDP port `p` on 127.0.0.1 whose TCP `p + 1` is free too (the BMC's LAN channel, and its
+/// VM-codec serial channel, a TCP listener).
 fn free_port_pair() -> Result<u16> {
     for _ in 0..50 {
         let a = UdpSocket::bind("127.0.0.1:0")?;
         let p = a.local_addr()?.port();
-        if p < u16::MAX && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
             return Ok(p);
         }
     }
-    bail!("no two consecutive free UDP ports on 127.0.0.1")
+    bail!("no free UDP port p with TCP p+1 free on 127.0.0.1")
+}
+
+/// Whether ipmi_sim holds both of its ports: UDP `port` and the TCP listener on `port + 1` (binding
+/// either fails). Only binds, never connects: a connection to the VM-codec port would look like a VM.
+fn bmc_listening(port: u16) -> bool {
+    UdpSocket::bind(("127.0.0.1", port)).is_err()
+        && TcpListener::bind(("127.0.0.1", port + 1)).is_err()
 }
 
 /// Writes the BMC's configuration in `dir` and starts `ipmi_sim` (own process group: it outlives `ingot
@@ -671,14 +679,16 @@ fn start_bmc(dir: &Path, startcmd: &Path) -> Result<(u16, u32, Child)> {
             .process_group(0)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        // Up when its port is taken (bind fails) and it still runs.
+        // Up when both its ports are taken and it still runs a moment later (it binds the UDP port
+        // first and exits if the TCP one is taken).
         let t0 = Instant::now();
         let up = loop {
             if !matches!(child.try_wait(), Ok(None)) {
                 break false;
             }
-            if UdpSocket::bind(("127.0.0.1", port)).is_err() {
-                break true;
+            if bmc_listening(port) {
+                std::thread::sleep(Duration::from_millis(200));
+                break matches!(child.try_wait(), Ok(None)) && bmc_listening(port);
             }
             if t0.elapsed() > BMC_READY {
                 break false;
