@@ -291,6 +291,7 @@ pub fn missing_peers(firmware: Firmware) -> Vec<String> {
 /// A running lab. Dropping it stops every VM and BMC and deletes the namespace, unless [`VmLab::keep`].
 #[derive(Debug)]
 pub struct VmLab {
+    /// What the lab holds (also in `DIR/vmlab.json`).
     record: LabRecord,
     /// The BMCs this process started (reaped on stop).
     bmcs: Vec<Child>,

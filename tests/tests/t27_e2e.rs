@@ -212,15 +212,29 @@ fn check_inventory(vm: &LabVm, m: &Value) {
 /// What the flow of one VM hands back: its phases' wall times.
 type Phases = Vec<(&'static str, Duration)>;
 
-/// The whole flow of one VM, through the CLI only. `kill`: SIGKILL the region the rack's session is on
-/// while the machine is Deploying (returns which it killed through the closure).
-fn flow(
-    tc: &TestCluster,
-    vm: &LabVm,
-    id: &str,
+/// One VM's run through the flow.
+struct Flow<'a> {
+    /// The cluster.
+    tc: &'a TestCluster,
+    /// The VM.
+    vm: &'a LabVm,
+    /// Its machine's system id.
+    id: &'a str,
+    /// Allocate it by system id as well as by constraints (several alike VMs run at once).
     pin: bool,
-    kill: Option<&(dyn Fn() -> String + Sync)>,
-) -> Phases {
+    /// SIGKILLs the region the rack's session is on, while the machine is Deploying; says which.
+    kill: Option<&'a (dyn Fn() -> String + Sync)>,
+}
+
+/// The whole flow of one VM, through the CLI only.
+fn flow(f: Flow<'_>) -> Phases {
+    let Flow {
+        tc,
+        vm,
+        id,
+        pin,
+        kill,
+    } = f;
     let mut phases = Phases::new();
     let t = Instant::now();
     ingot(tc, &["machines", "commission", id]);
@@ -498,7 +512,15 @@ async fn run(e: E2e) {
                 .map(|(vm, id)| {
                     let tc = &tc;
                     let pin = e.vms > 1;
-                    s.spawn(move || flow(tc, vm, id, pin, kill))
+                    s.spawn(move || {
+                        flow(Flow {
+                            tc,
+                            vm,
+                            id,
+                            pin,
+                            kill,
+                        })
+                    })
                 })
                 .collect();
             handles
