@@ -301,14 +301,36 @@ fn flow(f: Flow<'_>) -> Phases {
     let t = Instant::now();
     ingot(tc, &deploy);
     if let Some(kill) = kill {
-        let (_, took) = wait_status(tc, vm, id, "deploying", "deploy starts");
-        // Let the boot get going (the ramdisk on its way or the image being written), then kill.
-        std::thread::sleep(Duration::from_secs(5));
+        wait_status(tc, vm, id, "deploying", "deploy starts");
+        // Kill in the thick of it: once the agent reports progress (the image being written), or 60 s
+        // into Deploying (the machine booting the ramdisk), whichever comes first.
+        let t1 = Instant::now();
+        let mut status = String::from("deploying");
+        while t1.elapsed() < Duration::from_secs(60) {
+            let m: Value = ingot_try(tc, &["--json", "machines", "show", id])
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(Value::Null);
+            status = m["status"].as_str().unwrap_or("deploying").to_string();
+            let progress = m["progress"]["percent"].as_u64().unwrap_or(0) > 0
+                || !m["progress"]["message"].as_str().unwrap_or("").is_empty();
+            if progress || status != "deploying" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
         let which = kill();
         eprintln!(
-            "{}: SIGKILLed {which} (the rack's session) {:?} into Deploying",
+            "{}: SIGKILLed {which} (the rack's session) {:?} into Deploying (status then: {status})",
             vm.name,
-            took + Duration::from_secs(5)
+            t.elapsed()
+        );
+        assert_eq!(
+            status,
+            "deploying",
+            "{}: the region kill was meant to land while Deploying\n{}",
+            vm.name,
+            seen(tc, vm, id)
         );
     }
     wait_status(tc, vm, id, "deployed", "deploy");
