@@ -153,13 +153,14 @@ pub async fn run(o: &E2eOpts) -> Result<()> {
         ],
     )?;
     let mut setup = Vec::new();
-    for args in [
-        vec!["images", "import-ipxe"],
-        vec!["images", "build-ramdisk", "--upload", "ingot-ramdisk"],
-        vec!["images", "build-test-image", "--upload", "ingot/test"],
-    ] {
+    let out = o.dir.join("images");
+    std::fs::create_dir_all(&out)?;
+    let builds = ingot_launch::vmlab::image_commands(&out);
+    let import = vec!["images".to_string(), "import-ipxe".to_string()];
+    for args in std::iter::once(&import).chain(builds.iter().map(|c| &c.args)) {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let t = Instant::now();
-        ingot(&cluster, &args)?;
+        ingot(&cluster, &a)?;
         setup.push((args.join(" "), t.elapsed()));
     }
     let vm = lab.vms()[0].clone();

@@ -366,16 +366,11 @@ async fn start_vms(reporter: &Reporter, cluster: &LocalCluster, vms: &Vms) -> Re
     )?;
     reporter.on(Progress::Step("importing iPXE (images import-ipxe)".into()));
     ingot_sub(cluster, &["images", "import-ipxe"])?;
-    for (what, args) in [
-        (
-            "the ramdisk",
-            ["images", "build-ramdisk", "--upload", "ingot-ramdisk"],
-        ),
-        (
-            "the test image",
-            ["images", "build-test-image", "--upload", "ingot/test"],
-        ),
-    ] {
+    let out = dir.join("images");
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    for c in vmlab::image_commands(&out) {
+        let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+        let what = c.what;
         reporter.on(Progress::Step(format!(
             "building and uploading {what} (ingot {})",
             args.join(" ")
@@ -384,7 +379,7 @@ async fn start_vms(reporter: &Reporter, cluster: &LocalCluster, vms: &Vms) -> Re
             Ok(_) => reporter.line(format!("✓ {what} uploaded (ingot {})", args.join(" "))),
             Err(e) => reporter.line(format!(
                 "WARNING: {what} is missing, so the VMs cannot {} yet: {e:#}",
-                if what == "the ramdisk" {
+                if c.args.iter().any(|a| a == vmlab::RAMDISK_IMAGE) {
                     "enlist, commission or deploy"
                 } else {
                     "deploy `--os ingot --series test`"

@@ -262,6 +262,52 @@ impl LabRecord {
     }
 }
 
+/// The ramdisk image a lab's machines boot to enlist, commission, deploy and erase.
+pub const RAMDISK_IMAGE: &str = "ingot-ramdisk";
+/// The disk image a lab's machines are deployed with (`--os ingot --series test`): it prints
+/// `INGOT-DISK-BOOTED hostname=<hostname>` on the serial console when it boots from the disk.
+pub const TEST_IMAGE: &str = "ingot/test";
+
+/// One `ingot` command putting a lab's boot images in place (after `images import-ipxe`).
+#[derive(Debug, Clone)]
+pub struct ImageCommand {
+    /// What it makes, for messages (`the ramdisk`, `the test image`).
+    pub what: &'static str,
+    /// The `ingot` arguments.
+    pub args: Vec<String>,
+}
+
+/// The commands building and uploading [`RAMDISK_IMAGE`] and [`TEST_IMAGE`], writing their files under
+/// `out` (not the current directory): `images build-ramdisk --upload ingot-ramdisk` and `images
+/// build-test-image --upload ingot/test`.
+pub fn image_commands(out: &Path) -> Vec<ImageCommand> {
+    let p = |name: &str| out.join(name).display().to_string();
+    vec![
+        ImageCommand {
+            what: "the ramdisk",
+            args: vec![
+                "images".into(),
+                "build-ramdisk".into(),
+                "--out".into(),
+                p("ramdisk"),
+                "--upload".into(),
+                RAMDISK_IMAGE.into(),
+            ],
+        },
+        ImageCommand {
+            what: "the test image",
+            args: vec![
+                "images".into(),
+                "build-test-image".into(),
+                "--out".into(),
+                p("ingot-test.img"),
+                "--upload".into(),
+                TEST_IMAGE.into(),
+            ],
+        },
+    ]
+}
+
 /// What is missing for a lab of `firmware` VMs (root, QEMU, OpenIPMI, the firmware files); empty when it
 /// can run.
 pub fn missing_peers(firmware: Firmware) -> Vec<String> {
