@@ -30,6 +30,7 @@
 //!   `rack.log`, the stdout and stderr of its `ingot-rack register` and `ingot-rack run` processes.
 //! - `DIR/sim/`: the simulator's directory (`machines.json`, `control.url`, `sim.log`, `process.json`,
 //!   `token`).
+//! - `DIR/vmlab/` (`ingot dev up --vms`): a [`vmlab::VmLab`]'s record (`vmlab.json`) and its VMs' files.
 //! - `DIR/cluster.json`: names, pids, addresses and data directories of regions and racks, so
 //!   [`LocalCluster::load`] can reattach later (`ingot dev down`, `ingot dev up` on an existing directory).
 //!
