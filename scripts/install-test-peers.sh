@@ -27,6 +27,7 @@
 #
 # Rust tests run with plain `cargo test` (no cargo-nextest): nothing to download, and cargo's closing lines are
 # what CI reads. Idempotent: a second run prints "ok" lines and changes nothing. Registries used: PyPI, Debian.
+# `--vms`: only the VM lab's apt packages (for `ingot dev up --vms`).
 # Knobs: INGOT_PEERS_HOME, INGOT_VENV_PYTHON (interpreter used to create the venv; default python3).
 set -euo pipefail
 
@@ -70,6 +71,21 @@ apt_ensure() {
 }
 
 venv_works() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1 && [ -x "$VENV/bin/pip" ]; }
+
+# --vms: only what `ingot dev up --vms` needs (QEMU with SeaBIOS's iPXE ROMs, OVMF, iPXE, OpenIPMI's ipmi_sim),
+# then stop. No service is started by the install (the same refusing policy-rc.d as below).
+if [ "${1:-}" = "--vms" ]; then
+  VM_PEERS=(qemu-system-x86 ipxe-qemu ovmf ipxe openipmi ipmitool iproute2)
+  POLICY=/usr/sbin/policy-rc.d
+  if [ "$(id -u)" -eq 0 ] && [ ! -e "$POLICY" ]; then
+    printf '#!/bin/sh\n# install-test-peers.sh: no services started while the test peers install\nexit 101\n' >"$POLICY"
+    chmod 755 "$POLICY"
+    trap 'rm -f "$POLICY"' EXIT
+  fi
+  apt_ensure "${VM_PEERS[@]}" || { say "installing the VM lab's peers failed"; exit 1; }
+  say "ok: VM lab peers (${VM_PEERS[*]})"
+  exit 0
+fi
 
 # 0. IPMI peers from Debian
 apt_ensure openipmi ipmitool

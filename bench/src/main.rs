@@ -45,13 +45,12 @@ use std::time::{Duration, Instant};
 mod alloc;
 mod boot_files;
 mod dhcp;
+mod e2e;
 mod fuzz;
 mod nemesis;
-/// Network namespaces, veths and process helpers, shared with the test crate (the DHCP benchmark's
-/// topology; `rss_kib` for every RSS figure).
-#[allow(clippy::unwrap_used)]
-#[path = "../../tests/src/netns.rs"]
-mod netns;
+/// Network namespaces, veths and process helpers, shared with the tests and `ingot dev up` (the DHCP
+/// benchmark's topology; `rss_kib` for every RSS figure).
+use ingot_launch::netns;
 mod power;
 mod racks;
 mod upload;
@@ -223,6 +222,14 @@ struct Args {
     /// until a majority (and all) of the regions hold it.
     #[arg(long)]
     image_upload: bool,
+    /// Run the end-to-end benchmark instead (root, QEMU, OpenIPMI, the image builders): one QEMU VM (TCG)
+    /// behind ipmi_sim through commission, allocate, deploy and its first disk boot, with the wall time of
+    /// each phase from the machine's events and its serial console.
+    #[arg(long)]
+    e2e: bool,
+    /// --e2e: the VM's firmware (bios or uefi).
+    #[arg(long, default_value = "bios", value_parser = |s: &str| s.parse::<ingot_launch::vmlab::Firmware>())]
+    e2e_firmware: ingot_launch::vmlab::Firmware,
 }
 
 /// The `p` quantile (0..=1) of sorted samples; zero when there are none.
@@ -474,6 +481,23 @@ async fn main() -> Result<()> {
         std::env::temp_dir().join(format!("ingot-bench-{}", std::process::id()))
     });
     let _ = std::fs::remove_dir_all(&dir);
+    if a.e2e {
+        let r = e2e::run(&e2e::E2eOpts {
+            dir: dir.clone(),
+            firmware: a.e2e_firmware,
+            regions: a.regions,
+        })
+        .await;
+        if r.is_err() {
+            eprintln!(
+                "== keeping {} (cluster, rack, VM and BMC logs)",
+                dir.display()
+            );
+        } else if a.dir.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return r;
+    }
     if a.boot_files {
         let bin = ingot_launch::resolve_bin_dir(None)?;
         let profile = if bin.ends_with("release") && !cfg!(debug_assertions) {

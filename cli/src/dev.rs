@@ -1,14 +1,19 @@
 //! `ingot dev up|down`: a local development cluster of real `ingot-region` and `ingot-rack` processes
 //! that keeps running after `ingot` exits, described by `DIR/env` and `DIR/cluster.json`. Racks are
-//! enrolled like real ones (enrollment token, `ingot-rack register`, `ingot-rack run`).
+//! enrolled like real ones (enrollment token, `ingot-rack register`, `ingot-rack run`). With `--vms N`,
+//! real machines too: QEMU VMs behind `ipmi_sim` BMCs in a network namespace (`ingot_launch::vmlab`,
+//! recorded in `DIR/vmlab/`), a rack serving DHCP/TFTP/HTTP on their segment, the boot images, and the
+//! VMs enlisted with their MACs and IPMI BMCs; `ingot dev down` stops them too.
 
 use crate::ctx::Ctx;
 use crate::output::print_json;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
+use ingot_launch::vmlab::{self, Firmware, LabRecord, VmLab, VmLabOptions, VmSpec};
 use ingot_launch::{
-    LocalCluster, LocalClusterOptions, LocalRack, LocalRegion, Progress, StopOutcome, CLUSTER_FILE,
+    LocalCluster, LocalClusterOptions, LocalRack, LocalRegion, Progress, RackBoot, StopOutcome,
+    CLUSTER_FILE,
 };
 use serde_json::json;
 use std::io::IsTerminal;
@@ -16,6 +21,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const DEFAULT_DIR: &str = ".ingot-dev";
+/// The VM lab's directory inside the cluster directory.
+const VMLAB_DIR: &str = "vmlab";
+/// The rack serving the VMs' segment, and its zone (the VMs' machines are in it).
+const VM_RACK: &str = "rack-vms";
+/// The zone of the VM rack and the VMs.
+const VM_ZONE: &str = "vms";
 
 /// The `dev` subcommands.
 #[derive(Subcommand, Debug)]
@@ -52,8 +63,26 @@ pub enum DevCmd {
         /// Extra flag for `ingot-sim run`, e.g. --sim-arg=--power-delay-ms=2000 (repeatable)
         #[arg(long = "sim-arg", value_name = "FLAG", allow_hyphen_values = true)]
         sim_args: Vec<String>,
+        /// Number of real machines: QEMU VMs (TCG) with blank disks behind their own ipmi_sim BMCs, on a
+        /// bridge in a network namespace served by a rack (DHCP/TFTP/HTTP), enlisted with the ipmi power
+        /// driver (0: none; needs root, QEMU and OpenIPMI, installed when missing)
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=16))]
+        vms: u64,
+        /// The VMs' firmware
+        #[arg(long, default_value = "bios", value_parser = parse_firmware)]
+        vm_firmware: Firmware,
+        /// Each VM's memory, MiB
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(256..=65536))]
+        vm_memory_mib: u32,
+        /// Each VM's CPUs
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+        vm_cpus: u32,
+        /// Each VM's blank disk, GiB (a sparse file)
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        vm_disk_gib: u64,
     },
-    /// Stop the local cluster recorded in DIR, racks and regions (SIGTERM, then SIGKILL after 10 s)
+    /// Stop the local cluster recorded in DIR: its VMs and their BMCs (and their namespace), the simulator,
+    /// racks and regions (SIGTERM, then SIGKILL)
     Down {
         /// Cluster directory
         #[arg(long, default_value = DEFAULT_DIR)]
@@ -77,6 +106,11 @@ pub async fn run(ctx: &Ctx, cmd: DevCmd) -> Result<()> {
             rack_args,
             sims,
             sim_args,
+            vms,
+            vm_firmware,
+            vm_memory_mib,
+            vm_cpus,
+            vm_disk_gib,
         } => {
             let opts = LocalClusterOptions {
                 dir,
@@ -91,7 +125,16 @@ pub async fn run(ctx: &Ctx, cmd: DevCmd) -> Result<()> {
                 count: sims as usize,
                 args: sim_args,
             };
-            up(ctx, opts, racks as usize, zones as usize, sims).await
+            let vms = Vms {
+                count: vms as usize,
+                spec: VmSpec {
+                    firmware: vm_firmware,
+                    memory_mib: vm_memory_mib,
+                    cpus: vm_cpus,
+                    disk_mib: vm_disk_gib * 1024,
+                },
+            };
+            up(ctx, opts, racks as usize, zones as usize, sims, vms).await
         }
         DevCmd::Down { dir, purge } => down(ctx, &dir, purge).await,
     }
@@ -166,6 +209,197 @@ struct Sims {
     args: Vec<String>,
 }
 
+/// `--vm-firmware`.
+fn parse_firmware(s: &str) -> Result<Firmware, String> {
+    s.parse()
+}
+
+/// The VMs `dev up --vms` adds.
+struct Vms {
+    /// How many (0: none).
+    count: usize,
+    /// Their hardware.
+    spec: VmSpec,
+}
+
+/// Installs QEMU, OVMF, iPXE and OpenIPMI when missing, with the test command's installer
+/// (`scripts/install-test-peers.sh --vms`), found next to the source tree this `ingot` was built from.
+fn ensure_vm_peers(reporter: &Reporter, firmware: Firmware) -> Result<()> {
+    let missing = vmlab::missing_peers(firmware);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !ingot_launch::netns::is_root() {
+        bail!(
+            "--vms needs root (network namespaces, taps; missing: {}): run `sudo ingot dev up --vms ...`",
+            missing.join(", ")
+        );
+    }
+    let script = [
+        std::env::current_exe().ok().and_then(|e| {
+            e.ancestors()
+                .nth(3)
+                .map(|p| p.join("scripts/install-test-peers.sh"))
+        }),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-test-peers.sh")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.is_file());
+    let Some(script) = script else {
+        bail!(
+            "--vms needs {}; install them: apt-get install qemu-system-x86 ipxe-qemu ovmf ipxe openipmi ipmitool",
+            missing.join(", ")
+        );
+    };
+    reporter.on(Progress::Step(format!(
+        "installing {} ({} --vms)",
+        missing.join(", "),
+        script.display()
+    )));
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("--vms")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    let still = vmlab::missing_peers(firmware);
+    if !out.status.success() || !still.is_empty() {
+        bail!(
+            "installing the VM peers failed ({}; still missing: {}): {}{}",
+            out.status,
+            still.join(", "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    reporter.line(format!("✓ installed {}", missing.join(", ")));
+    Ok(())
+}
+
+/// Runs this `ingot` binary against the cluster (`--profile DIR/env`), returning its stdout; an error
+/// with its output if it fails.
+fn ingot_sub(cluster: &LocalCluster, args: &[&str]) -> Result<String> {
+    let exe = std::env::current_exe().context("cannot find the ingot executable")?;
+    let out = std::process::Command::new(exe)
+        .arg("--profile")
+        .arg(cluster.env_path())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run ingot {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "`ingot {}` failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Adds the VM lab: the VMs and their BMCs (left running), the rack on their segment, its subnet, the
+/// boot images, and the VMs' machines (New).
+async fn start_vms(reporter: &Reporter, cluster: &LocalCluster, vms: &Vms) -> Result<()> {
+    let dir = cluster.dir().join(VMLAB_DIR);
+    if vms.count == 0 {
+        return Ok(());
+    }
+    if LabRecord::load(&dir)?.is_some() {
+        reporter.line(format!(
+            "note: {} already holds a VM lab; --vms is ignored (`ingot dev down` removes it)",
+            dir.display()
+        ));
+        return Ok(());
+    }
+    ensure_vm_peers(reporter, vms.spec.firmware)?;
+    reporter.on(Progress::Step(format!(
+        "creating {} {} VMs with their BMCs",
+        vms.count,
+        vms.spec.firmware.name()
+    )));
+    let lab = VmLab::create(&VmLabOptions {
+        dir: dir.clone(),
+        vms: vms.count,
+        vm: vms.spec,
+        subnet_octet: None,
+    })
+    .context("creating the VM lab failed")?;
+    // From here on `ingot dev down` stops it from its record.
+    let rec = lab.keep();
+    reporter.line(format!(
+        "✓ {} VMs on {} (namespace {}, boot interface {} {})",
+        rec.vms.len(),
+        rec.cidr(),
+        rec.netns,
+        rec.root_link,
+        rec.root_addr()
+    ));
+    cluster
+        .add_boot_rack_with_progress(
+            VM_RACK,
+            VM_ZONE,
+            RackBoot {
+                interfaces: vec![rec.root_link.clone()],
+                ..RackBoot::default()
+            },
+            |p| reporter.on(p),
+        )
+        .await
+        .with_context(|| format!("adding rack {VM_RACK} on {} failed", rec.root_link))?;
+    reporter.on(Progress::Step(format!("creating subnet {}", rec.cidr())));
+    ingot_sub(
+        cluster,
+        &[
+            "subnets",
+            "create",
+            &rec.cidr(),
+            "--gateway",
+            &rec.root_ip(),
+            "--dynamic",
+            &rec.dynamic_range(),
+            "--primary",
+            VM_RACK,
+        ],
+    )?;
+    reporter.on(Progress::Step("importing iPXE (images import-ipxe)".into()));
+    ingot_sub(cluster, &["images", "import-ipxe"])?;
+    let out = dir.join("images");
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    for c in vmlab::image_commands(&out) {
+        let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+        let what = c.what;
+        reporter.on(Progress::Step(format!(
+            "building and uploading {what} (ingot {})",
+            args.join(" ")
+        )));
+        match ingot_sub(cluster, &args) {
+            Ok(_) => reporter.line(format!("✓ {what} uploaded (ingot {})", args.join(" "))),
+            Err(e) => reporter.line(format!(
+                "WARNING: {what} is missing, so the VMs cannot {} yet: {e:#}",
+                if c.args.iter().any(|a| a == vmlab::RAMDISK_IMAGE) {
+                    "enlist, commission or deploy"
+                } else {
+                    "deploy `--os ingot --series test`"
+                }
+            )),
+        }
+    }
+    reporter.on(Progress::Step("enlisting the VMs".into()));
+    for vm in &rec.vms {
+        let args = vm.create_args(VM_ZONE);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        ingot_sub(cluster, &a)?;
+    }
+    reporter.line(format!(
+        "✓ {} VMs enlisted (New) with their IPMI BMCs, in zone {VM_ZONE}",
+        rec.vms.len()
+    ));
+    Ok(())
+}
+
 /// Starts the simulator (unless running or not wanted) and enlists its machines.
 async fn start_sims(
     reporter: &Reporter,
@@ -218,6 +452,7 @@ async fn up(
     racks: usize,
     zones: usize,
     sims: Sims,
+    vms: Vms,
 ) -> Result<()> {
     let reporter = Reporter::new();
     if opts.dir.join(CLUSTER_FILE).exists() {
@@ -232,7 +467,9 @@ async fn up(
             .map(|r| r.name)
             .collect();
         let sim_down = sims.count > 0 && !cluster.is_sim_running();
-        if stopped.is_empty() && stopped_racks.is_empty() && !sim_down {
+        let lab_wanted =
+            vms.count > 0 && LabRecord::load(&cluster.dir().join(VMLAB_DIR))?.is_none();
+        if stopped.is_empty() && stopped_racks.is_empty() && !sim_down && !lab_wanted {
             reporter.done();
             if !ctx.json() {
                 outln!(
@@ -272,6 +509,10 @@ async fn up(
             zs.push("default".into());
         }
         let r = start_sims(&reporter, &cluster, &sims, zs).await;
+        let r = match r {
+            Ok(()) => start_vms(&reporter, &cluster, &vms).await,
+            Err(e) => Err(e),
+        };
         reporter.done();
         r?;
         summary(ctx, &cluster, "restarted");
@@ -311,6 +552,13 @@ async fn up(
             cluster.dir().display()
         )));
     }
+    if let Err(e) = start_vms(&reporter, &cluster, &vms).await {
+        reporter.done();
+        return Err(e.context(format!(
+            "the regions, racks and VMs started so far keep running: `ingot dev down --dir {}` stops them",
+            cluster.dir().display()
+        )));
+    }
     reporter.done();
     summary(ctx, &cluster, "started");
     Ok(())
@@ -341,6 +589,9 @@ fn rack_json(r: &LocalRack) -> serde_json::Value {
 fn summary(ctx: &Ctx, cluster: &LocalCluster, state: &str) {
     let regions = cluster.regions();
     let racks = cluster.racks();
+    let lab = LabRecord::load(&cluster.dir().join(VMLAB_DIR))
+        .ok()
+        .flatten();
     if ctx.json() {
         print_json(&json!({
             "state": state,
@@ -355,6 +606,25 @@ fn summary(ctx: &Ctx, cluster: &LocalCluster, state: &str) {
                 "machines": s.machines.len(),
                 "control_url": s.control_url,
                 "log": s.log,
+            })),
+            "vms": lab.as_ref().map(|l| json!({
+                "netns": l.netns,
+                "boot_interface": l.root_link,
+                "subnet": l.cidr(),
+                "rack": VM_RACK,
+                "zone": VM_ZONE,
+                "machines": l.vms.iter().map(|v| json!({
+                    "name": v.name,
+                    "mac": v.mac,
+                    "firmware": v.spec.firmware.name(),
+                    "memory_mib": v.spec.memory_mib,
+                    "cpus": v.spec.cpus,
+                    "disk": v.disk,
+                    "disk_mib": v.spec.disk_mib,
+                    "serial_log": v.serial_log,
+                    "bmc": format!("127.0.0.1:{}", v.bmc_port),
+                    "bmc_pid": v.bmc_pid,
+                })).collect::<Vec<_>>(),
             })),
         }));
         return;
@@ -385,6 +655,20 @@ fn summary(ctx: &Ctx, cluster: &LocalCluster, state: &str) {
         }
         outln!("{}", crate::output::render(&t));
     }
+    if let Some(l) = &lab {
+        outln!();
+        let mut t = crate::output::table(["VM", "MAC", "FIRMWARE", "BMC (IPMI)", "SERIAL"]);
+        for v in &l.vms {
+            t.add_row(vec![
+                v.name.clone(),
+                v.mac.clone(),
+                v.spec.firmware.name().to_string(),
+                format!("127.0.0.1:{}", v.bmc_port),
+                v.serial_log.display().to_string(),
+            ]);
+        }
+        outln!("{}", crate::output::render(&t));
+    }
     outln!();
     outln!("Endpoints: {}", cluster.endpoints().join(","));
     outln!();
@@ -393,6 +677,17 @@ fn summary(ctx: &Ctx, cluster: &LocalCluster, state: &str) {
     outln!("  ingot cluster list");
     outln!("  ingot racks list");
     outln!("  ingot machines list");
+    if let Some(v) = lab.as_ref().and_then(|l| l.vms.first()) {
+        let n = &v.name;
+        outln!("  ingot machines commission {n} --wait      # a QEMU VM: PXE boot, real inventory");
+        outln!(
+            "  tail -f {}   # its serial console",
+            v.serial_log.display()
+        );
+        outln!("  ingot machines allocate --cpus {} && ingot machines deploy {n} --os ingot --series test --wait", v.spec.cpus);
+        outln!("  ingot machines release {n} --erase quick --wait");
+        outln!("  ingot events list --machine {n}");
+    }
     if let Some(s) = cluster.sim().filter(|s| !s.machines.is_empty()) {
         let first = &s.machines[0].hostname;
         outln!("  ingot machines commission {first} --wait      # a simulated machine: Redfish BMC + agent");
@@ -402,7 +697,7 @@ fn summary(ctx: &Ctx, cluster: &LocalCluster, state: &str) {
             s.dir.display(),
             s.log.display()
         );
-    } else {
+    } else if lab.is_none() {
         outln!("  ingot machines create --mac 52:54:00:00:00:01");
     }
     outln!(
@@ -435,6 +730,39 @@ async fn down(ctx: &Ctx, dir: &Path, purge: bool) -> Result<()> {
     // One JSON line per process, racks and regions apart.
     let mut regions = Vec::new();
     let mut racks = Vec::new();
+    let mut vms = Vec::new();
+    // The VMs first: their BMCs would otherwise keep answering a rack that is gone.
+    let lab = vmlab::stop_recorded(&dir.join(VMLAB_DIR))
+        .with_context(|| format!("stopping the VM lab in {}", dir.join(VMLAB_DIR).display()))?;
+    for p in &lab.processes {
+        if !ctx.json() {
+            outln!(
+                "{} (pid {}): {}",
+                p.what,
+                p.pid,
+                if p.stopped {
+                    "stopped"
+                } else {
+                    "STILL RUNNING"
+                }
+            );
+        }
+        vms.push(json!({ "name": p.what, "pid": p.pid, "stopped": p.stopped }));
+    }
+    if let Some((ns, gone)) = &lab.netns {
+        if !ctx.json() {
+            outln!(
+                "namespace {ns}: {}",
+                if *gone { "deleted" } else { "STILL THERE" }
+            );
+        }
+        if !gone && purge {
+            bail!("namespace {ns} is still there; not purging");
+        }
+    }
+    if purge && lab.processes.iter().any(|p| !p.stopped) {
+        bail!("a VM process is still running; not purging");
+    }
     if dir.join(CLUSTER_FILE).exists() {
         let cluster = LocalCluster::load(dir)?;
         if let Some(s) = cluster.sim() {
@@ -497,7 +825,14 @@ async fn down(ctx: &Ctx, dir: &Path, purge: bool) -> Result<()> {
         }
     }
     if ctx.json() {
-        print_json(&json!({ "dir": dir, "regions": regions, "racks": racks, "purged": purged }));
+        print_json(&json!({
+            "dir": dir,
+            "regions": regions,
+            "racks": racks,
+            "vms": vms,
+            "netns": lab.netns.map(|(n, gone)| json!({ "name": n, "deleted": gone })),
+            "purged": purged,
+        }));
     }
     Ok(())
 }

@@ -15,6 +15,10 @@
 //!   ([`LocalClusterOptions::proxied`]).
 //! - [`nemesis`]: the nemesis run — clients, faults (SIGKILL, SIGSTOP, cut links) and the checks of its
 //!   record — shared by the whole-stack test `t19_nemesis` and `ingot-bench --nemesis`.
+//! - [`netns`]: network namespaces, veth pairs, bridges, taps and processes inside a namespace (the one
+//!   home of this harness: the tests re-export it as `ingot_tests::netns`, the benchmark uses it).
+//! - [`vmlab`]: real machines on a laptop — QEMU VMs behind `ipmi_sim` BMCs on a bridge in a namespace
+//!   ([`vmlab::VmLab`]), for `ingot dev up --vms`, the end-to-end test and `ingot-bench --e2e`.
 //! - `process`: the plumbing they share — signalling a pid only after checking `/proc/PID/cmdline`, log
 //!   tails, atomic file writes.
 //!
@@ -26,6 +30,7 @@
 //!   `rack.log`, the stdout and stderr of its `ingot-rack register` and `ingot-rack run` processes.
 //! - `DIR/sim/`: the simulator's directory (`machines.json`, `control.url`, `sim.log`, `process.json`,
 //!   `token`).
+//! - `DIR/vmlab/` (`ingot dev up --vms`): a [`vmlab::VmLab`]'s record (`vmlab.json`) and its VMs' files.
 //! - `DIR/cluster.json`: names, pids, addresses and data directories of regions and racks, so
 //!   [`LocalCluster::load`] can reattach later (`ingot dev down`, `ingot dev up` on an existing directory).
 //!
@@ -38,10 +43,12 @@
 
 mod cluster;
 pub mod nemesis;
+pub mod netns;
 mod process;
 mod proxy;
 mod rack;
 mod simulator;
+pub mod vmlab;
 
 pub use cluster::{
     is_region_process, resolve_bin_dir, LocalCluster, LocalClusterOptions, LocalRegion, Progress,

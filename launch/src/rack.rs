@@ -201,6 +201,17 @@ impl LocalCluster {
         self.add_rack_full(name, zone, boot, |_| {}).await
     }
 
+    /// [`LocalCluster::add_boot_rack`], reporting each step to `progress` (`ingot dev up --vms`).
+    pub async fn add_boot_rack_with_progress(
+        &self,
+        name: &str,
+        zone: &str,
+        boot: RackBoot,
+        progress: impl FnMut(Progress) + Send,
+    ) -> Result<LocalRack> {
+        self.add_rack_full(name, zone, boot, progress).await
+    }
+
     /// [`LocalCluster::add_rack`], reporting each step to `progress`.
     pub async fn add_rack_with_progress(
         &self,
