@@ -75,7 +75,8 @@ venv_works() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys' >
 # --vms: only what `ingot dev up --vms` needs (QEMU with SeaBIOS's iPXE ROMs, OVMF, iPXE, OpenIPMI's ipmi_sim),
 # then stop. No service is started by the install (the same refusing policy-rc.d as below).
 if [ "${1:-}" = "--vms" ]; then
-  VM_PEERS=(qemu-system-x86 ipxe-qemu ovmf ipxe openipmi ipmitool iproute2)
+  # radvd: the lab's IPv6 router advertisements (else iPXE waits ~15 s per network boot).
+  VM_PEERS=(qemu-system-x86 ipxe-qemu ovmf ipxe openipmi ipmitool iproute2 radvd)
   POLICY=/usr/sbin/policy-rc.d
   if [ "$(id -u)" -eq 0 ] && [ ! -e "$POLICY" ]; then
     printf '#!/bin/sh\n# install-test-peers.sh: no services started while the test peers install\nexit 101\n' >"$POLICY"
@@ -92,7 +93,7 @@ apt_ensure openipmi ipmitool
 
 # 0b. DHCP / PXE peers from Debian, with their services kept from starting on the host.
 DHCP_PEERS=(udhcpc busybox isc-dhcp-client dhcping isc-dhcp-relay dnsmasq-base kea-admin kea-dhcp4-server nmap
-  tcpdump qemu-system-x86 ipxe-qemu ovmf iproute2)
+  tcpdump qemu-system-x86 ipxe-qemu ovmf iproute2 radvd)
 POLICY=/usr/sbin/policy-rc.d
 policy_added=0
 dhcp_missing=0

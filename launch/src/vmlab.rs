@@ -221,6 +221,10 @@ pub struct LabRecord {
     pub octet: u8,
     /// The VMs.
     pub vms: Vec<LabVm>,
+    /// The lab's IPv6 router advertisement daemon (`radvd` in the namespace), if one runs: see
+    /// [`start_router_adverts`].
+    #[serde(default)]
+    pub radvd_pid: Option<u32>,
 }
 
 impl LabRecord {
@@ -341,6 +345,8 @@ pub struct VmLab {
     record: LabRecord,
     /// The BMCs this process started (reaped on stop).
     bmcs: Vec<Child>,
+    /// The router advertisement daemon this process started (reaped on stop).
+    router: Option<Child>,
     /// `None` once kept.
     netns: Option<Netns>,
     /// `None` once kept (it goes with the namespace).
@@ -382,11 +388,15 @@ impl VmLab {
                 root_link: link.name.clone(),
                 octet,
                 vms: Vec::new(),
+                radvd_pid: None,
             },
             bmcs: Vec::new(),
+            router: None,
             netns: Some(ns),
             link: Some(link),
         };
+        lab.router = start_router_adverts(&lab, octet)?;
+        lab.record.radvd_pid = lab.router.as_ref().map(Child::id);
         lab.record.save()?;
         for k in 1..=opts.vms {
             lab.add_vm(k, opts.vm)?;
@@ -518,6 +528,7 @@ impl VmLab {
         }
         // The BMCs run in their own process groups and are not reaped by us any more.
         self.bmcs.clear();
+        self.router = None;
         self.record.clone()
     }
 }
@@ -532,7 +543,7 @@ impl Drop for VmLab {
                 stop_pid(pid, &vm.disk, Duration::from_secs(1));
             }
         }
-        for c in &mut self.bmcs {
+        for c in self.bmcs.iter_mut().chain(self.router.as_mut()) {
             let _ = c.kill();
             let t0 = Instant::now();
             while t0.elapsed() < STOP_GRACE && matches!(c.try_wait(), Ok(None)) {
@@ -590,6 +601,17 @@ pub fn stop_recorded(dir: &Path) -> Result<LabStopReport> {
             });
         }
     }
+    if let Some(pid) = rec.radvd_pid {
+        let conf = rec.dir.join(RADVD_CONF);
+        if is_process_with(pid, &conf) {
+            let stopped = stop_pid(pid, &conf, STOP_GRACE);
+            report.processes.push(StoppedLabProcess {
+                what: "radvd".into(),
+                pid,
+                stopped,
+            });
+        }
+    }
     let gone = delete_netns(&rec.netns);
     report.netns = Some((rec.netns.clone(), gone));
     // The veth went with the namespace; a half-made lab may have left the root end alone.
@@ -600,6 +622,53 @@ pub fn stop_recorded(dir: &Path) -> Result<LabStopReport> {
             .status();
     }
     Ok(report)
+}
+
+/// The router advertisement daemon's configuration, in the lab's directory.
+const RADVD_CONF: &str = "radvd.conf";
+
+/// Plays the segment's IPv6 router: a ULA prefix `fd00:N::/64` on the bridge and `radvd` advertising
+/// it (not as a default route). iPXE configures IPv4 (DHCP) and IPv6 (autoconfiguration) together and
+/// waits for both: on a segment without router advertisements it sits ~15 s per network boot before it
+/// uses its DHCP lease — four times in a commission, deploy and release. A data center's router does
+/// this on a real provisioning network. Without `radvd` installed the lab runs all the same, slower
+/// (said once on stderr); returns the daemon.
+fn start_router_adverts(lab: &VmLab, octet: u8) -> Result<Option<Child>> {
+    let Some(ns) = lab.netns.as_ref() else {
+        return Ok(None);
+    };
+    let Some(radvd) = netns::tool("radvd") else {
+        eprintln!(
+            "note: radvd is not installed: each network boot of a lab VM waits ~15 s for IPv6 \
+             autoconfiguration (apt-get install radvd)"
+        );
+        return Ok(None);
+    };
+    ns.ip(&["-6", "addr", "add", &format!("fd00:{octet}::1/64"), "dev", "br0", "nodad"])?;
+    // radvd refuses to advertise on a host that does not forward IPv6; this is the namespace's own.
+    netns::run(ns.command("sysctl").args(["-qw", "net.ipv6.conf.all.forwarding=1"]))?;
+    let conf = lab.record.dir.join(RADVD_CONF);
+    std::fs::write(
+        &conf,
+        format!(
+            "interface br0 {{\n  AdvSendAdvert on;\n  MinRtrAdvInterval 3;\n  MaxRtrAdvInterval 10;\n  \
+             AdvDefaultLifetime 0;\n  prefix fd00:{octet}::/64 {{ AdvOnLink on; AdvAutonomous on; }};\n}};\n"
+        ),
+    )
+    .with_context(|| format!("writing {}", conf.display()))?;
+    let conf_s = conf.display().to_string();
+    let pid_file = lab.record.dir.join("radvd.pid").display().to_string();
+    let log = lab.record.dir.join("radvd.log");
+    let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let child = ns
+        .command(radvd)
+        .args(["--nodaemon", "--config", &conf_s, "--pidfile", &pid_file, "--logmethod", "stderr"])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting radvd in {}", ns.name))?;
+    Ok(Some(child))
 }
 
 /// Whether `pid` runs and one of its arguments contains `needle` (a path of this lab).
@@ -788,6 +857,7 @@ mod tests {
             root_link: "ingot-abcd-vm".into(),
             octet: 27,
             vms: vec![vm.clone()],
+            radvd_pid: None,
         };
         assert_eq!(rec.cidr(), "10.27.0.0/24");
         assert_eq!(rec.root_addr(), "10.27.0.1/24");
