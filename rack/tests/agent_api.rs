@@ -659,4 +659,117 @@ async fn a_hundred_agents_at_once_all_get_their_answers() {
         (c.answered, c.connections, c.refused_connections),
         (100, 100, 0)
     );
+
+    // Random bodies on one kept-alive connection: each is refused (400) or, when it happens to decode
+    // as a call, relayed and answered (200); the connection and the server live on.
+    use rand::{Rng, RngCore};
+    let mut c = Client::connect(&r).await;
+    let mut rng = rand::thread_rng();
+    for _ in 0..50 {
+        let mut body = vec![0u8; rng.gen_range(0..2048)];
+        rng.fill_bytes(&mut body);
+        let resp = c.raw(&post(&body)).await.expect("an answer");
+        assert!([200, 400].contains(&resp.status), "{}", resp.text());
+    }
+    assert_eq!(r.api.counters().connections, 101);
+}
+
+fn curl_present() -> bool {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    let msg = "curl is not installed: install it with scripts/install-test-peers.sh";
+    if std::env::var_os("CI").is_some() || std::env::var_os("INGOT_REQUIRE_PEERS").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("skipping: {msg}");
+    false
+}
+
+#[tokio::test]
+async fn curl_posts_a_call_and_reads_the_answer() {
+    if !curl_present() {
+        return;
+    }
+    let r = start(settings()).await;
+    let (tx, rx) = mpsc::channel(64);
+    let _session = r.svc.session_opened(tx);
+    let _answered = answer_all(r.svc.clone(), rx);
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("call.bin");
+    let out = dir.path().join("answer.bin");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&body, heartbeat().encode_to_vec()).unwrap();
+    std::fs::write(&ca, &r.ca_pem).unwrap();
+    let url = format!("https://{}{CALL_PATH}", r.addr);
+    // With -k (curl checks the name against the rack certificate, which has none).
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-k",
+            "--http1.1",
+            "-H",
+            "Content-Type: application/x-protobuf",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()))
+        .arg("-o")
+        .arg(&out)
+        .args(["-w", "%{http_code} %{num_connects}\n", &url])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.trim(), "200 1");
+    let a = proto::AgentAnswer::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+    assert_eq!(a.code, 0);
+    let Some(proto::agent_answer::Answer::Status(s)) = a.answer else {
+        panic!("{a:?}");
+    };
+    assert_eq!(s.message, "from 127.0.0.1");
+    // A body over the limit, sent by curl: 413 on its Content-Length.
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![0u8; 300 * 1024]).unwrap();
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args([
+            "-H",
+            "Content-Type: application/x-protobuf",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", big.display()))
+        .arg(&url)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "413");
+    // curl with the CA as its trust root fails only on the name (the rack certificate has no SANs).
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&ca)
+        .args([
+            "-H",
+            "Content-Type: application/x-protobuf",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", body.display()))
+        .arg(&url)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("name") || stderr.contains("subject") || stderr.contains("SAN"),
+        "{stderr}"
+    );
 }

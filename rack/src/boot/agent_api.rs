@@ -66,6 +66,10 @@ pub const PROTOBUF: &str = "application/x-protobuf";
 pub const MAX_BODY: usize = 256 * 1024;
 /// hyper's read buffer per connection (its minimum is 8 KiB): bounds a request head.
 const READ_BUF: usize = 16 * 1024;
+/// How long a closing connection reads and drops what its client still sends ([`linger`]).
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes a closing connection reads and drops ([`linger`]): a refused body of a few times the limit.
+const LINGER_BYTES: usize = 1024 * 1024;
 
 /// Limits of the agent API; [`Default`] holds the production values.
 #[derive(Debug, Clone)]
@@ -547,18 +551,38 @@ async fn serve_connection(
         .keep_alive(true)
         .header_read_timeout(None)
         .max_buf_size(READ_BUF);
-    let conn = builder.serve_connection(io, service);
+    let conn = builder.serve_connection(io, service).without_shutdown();
     tokio::select! {
-        r = conn => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, "agent API connection ended: {e}");
-            }
-        }
+        r = conn => match r {
+            Ok(parts) => linger(parts.io.into_inner().inner).await,
+            Err(e) => tracing::debug!(%peer, "agent API connection ended: {e}"),
+        },
         _ = clock.expired(read_timeout, api.settings.idle_timeout) => {
             bump(&api.counters.timeouts);
         }
         _ = stopped(&mut stop) => {}
     }
+}
+
+/// Ends a connection whose HTTP exchange is over the polite way: TLS close_notify and a TCP FIN, then
+/// whatever the client still sends is read and dropped (at most [`LINGER_BYTES`], for at most
+/// [`LINGER`]) before the socket closes — so a client still sending a refused body (413) reads the
+/// refusal instead of a reset that discards it.
+async fn linger(mut tls: tokio_rustls::server::TlsStream<TcpStream>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(LINGER, tls.shutdown()).await;
+    let (mut tcp, _) = tls.into_inner();
+    let drain = async {
+        let mut buf = [0u8; 8192];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// A response of `status` with one prost message or text.
