@@ -449,6 +449,8 @@ pub enum BootStep {
     FileFinished,
     /// A file download was aborted (client gone, timeout, verification failed).
     FileAborted,
+    /// The machine's in-band agent asked who it is (a lookup relayed by the rack), with the outcome.
+    AgentLookup,
 }
 
 impl BootStep {
@@ -460,16 +462,18 @@ impl BootStep {
             BootStep::FileStarted => "file-started",
             BootStep::FileFinished => "file-finished",
             BootStep::FileAborted => "file-aborted",
+            BootStep::AgentLookup => "agent-lookup",
         }
     }
 
     /// Every step.
-    pub const ALL: [BootStep; 5] = [
+    pub const ALL: [BootStep; 6] = [
         BootStep::Dhcp,
         BootStep::Script,
         BootStep::FileStarted,
         BootStep::FileFinished,
         BootStep::FileAborted,
+        BootStep::AgentLookup,
     ];
 
     /// Parses the spelling of [`BootStep::as_str`].

@@ -101,6 +101,11 @@ struct BootArgs {
     /// --boot-interface's IPv4 address; the DHCP server hands out URLs with this port.
     #[arg(long, default_value_t = 5248)]
     http_port: u16,
+    /// TCP port of the rack's agent API (HTTPS with the rack's own certificate: `POST /agent/v1/call`,
+    /// the in-band agent's calls relayed to the region), bound on each --boot-interface's IPv4 address;
+    /// ramdisk scripts tell the agent `ingot.agent=https://<address>:<port>`.
+    #[arg(long, default_value_t = ingot_rack::boot::agent_api::DEFAULT_AGENT_PORT)]
+    agent_port: u16,
     /// Boot file (TFTP path) for legacy BIOS PXE clients.
     #[arg(long, default_value = "undionly.kpxe")]
     boot_file_bios: String,
@@ -204,6 +209,7 @@ fn start_http(
         cache: cache.clone(),
         events: service.events().clone(),
         ca_fingerprint,
+        agent_port: args.agent_port,
         settings: HttpSettings::default(),
     });
     let mut seen = std::collections::HashSet::new();
@@ -223,6 +229,46 @@ fn start_http(
     Ok(())
 }
 
+/// Binds the agent API on every boot interface's IPv4 address at --agent-port (failing at once, naming
+/// the interface) and relays agents' calls to the region through the boot service's link until shutdown;
+/// one API (counters, rate limit) for all of them. TLS with the rack's own certificate and key.
+fn start_agent_api(
+    service: &std::sync::Arc<BootService>,
+    cfg: &SessionConfig,
+    args: &BootArgs,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    use ingot_rack::boot::agent_api::{self, AgentApi, AgentApiParts, AgentApiSettings};
+    let tls = agent_api::server_tls(&cfg.tls).with_context(|| {
+        format!(
+            "the agent API's TLS identity from {} and {}",
+            cfg.dir.cert_path().display(),
+            cfg.dir.key_path().display()
+        )
+    })?;
+    let api = AgentApi::new(AgentApiParts {
+        link: service.link().clone(),
+        events: service.events().clone(),
+        tls,
+        settings: AgentApiSettings::default(),
+    });
+    let mut seen = std::collections::HashSet::new();
+    for interface in &args.interfaces {
+        if !seen.insert(interface.as_str()) {
+            continue;
+        }
+        let listener = agent_api::bind(interface, args.agent_port)?;
+        tracing::info!(%interface, addr = ?listener.local_addr().ok(), "agent API listening");
+        let (api, stop, interface) = (api.clone(), shutdown.clone(), interface.clone());
+        tokio::spawn(async move {
+            if let Err(e) = agent_api::run(listener, api, stop).await {
+                tracing::error!(%interface, "agent API stopped: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
 /// What [`start_boot`] started.
 struct BootStarted {
     /// The DHCP boot service.
@@ -233,7 +279,7 @@ struct BootStarted {
 
 /// Binds the DHCP sockets (failing at once, naming the interface, if one cannot be), opens the lease
 /// journal and starts the boot service (which hands the region's `CacheWanted` to `cache`), the
-/// DHCP server, the HTTP boot server, and TFTP when it has a root; `None` when no boot interface is given.
+/// DHCP server, the HTTP boot server, the agent API, and TFTP when it has a root; `None` when no boot interface is given.
 fn start_boot(
     args: BootArgs,
     cfg: &SessionConfig,
@@ -289,6 +335,7 @@ fn start_boot(
         ),
     }
     start_http(&service, cfg, &args, cache, shutdown)?;
+    start_agent_api(&service, cfg, &args, shutdown)?;
     let handler: std::sync::Arc<dyn PacketHandler> = service.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -5,9 +5,11 @@
 //! network namespaces the test creates, as root); `tftp` (the TFTP server on loopback against curl, atftp, tftp-hpa
 //! and a hand-built client); `cache_fetch` (the image cache's fetcher against in-process regions serving
 //! BlobService over mutual TLS); `http_boot` (the HTTP boot server on loopback against curl: scripts, Range,
-//! keep-alive, 50 concurrent downloads, connection bounds).
+//! keep-alive, 50 concurrent downloads, connection bounds); `agent_api` (the agent API over TLS on loopback:
+//! calls relayed through a boot service whose session is a channel, refusals, bounds, curl).
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed assertion
 
+mod agent_api;
 mod boot_server;
 mod boot_service;
 mod cache_fetch;

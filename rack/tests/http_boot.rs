@@ -158,6 +158,7 @@ async fn start(settings: HttpSettings) -> Running {
         cache,
         events: events.clone(),
         ca_fingerprint: "ab".repeat(32),
+        agent_port: 5249,
         settings,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -266,7 +267,7 @@ async fn scripts_and_blobs_over_http() {
     assert_eq!(code, 200, "{script}");
     assert!(script.starts_with("#!ipxe\n"), "{script}");
     let kernel_line = format!(
-        "kernel {base}/blobs/{}/kernel initrd=initrd ingot.purpose=commission ingot.rack={base} ingot.ca={} ingot.mac={MAC1} ingot.system_id=abc123 ",
+        "kernel {base}/blobs/{}/kernel initrd=initrd ingot.purpose=commission ingot.rack={base} ingot.agent=https://127.0.0.1:5249 ingot.ca={} ingot.mac={MAC1} ingot.system_id=abc123 ",
         r.kernel.blob.to_hex(),
         "ab".repeat(32)
     );

@@ -16,9 +16,11 @@
 //! - [`journal`] — the fsynced, append-only journal of leases acknowledged while offline.
 //! - [`tftp`] — TFTP (issue 12): a read-only server for the boot files under one root (`codec`, `server`).
 //! - [`http`] — HTTP boot (issue 12): iPXE scripts from the region's boot intents, blobs from the cache.
-//! - [`link`] — the boot path's requests on the region session (boot intents, correlated by id) and
-//!   [`events`] — boot steps batched to the region as machine events.
+//! - [`link`] — the boot path's requests on the region session (boot intents and agent calls, correlated
+//!   by id) and [`events`] — boot steps batched to the region as machine events.
+//! - [`agent_api`] — the in-band agent's HTTPS API (issue 13): calls relayed to the region over the link.
 
+pub mod agent_api;
 pub mod cache;
 pub mod dhcp;
 pub mod events;

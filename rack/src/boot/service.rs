@@ -489,7 +489,8 @@ impl BootService {
         }
     }
 
-    /// Handles a boot message from the region (`BootConfig`, `Leases`, `LeasesCommitted`, `CacheWanted`); other messages
+    /// Handles a boot message from the region (`BootConfig`, `Leases`, `LeasesCommitted`, `CacheWanted`,
+    /// `BootIntent` and `AgentAnswer` for the link's waiters); other messages
     /// are ignored. Malformed parts are logged and skipped, never fatal.
     pub fn on_region_message(&self, msg: RegionMsg) {
         match msg {
@@ -524,6 +525,7 @@ impl BootService {
                 }
             }
             RegionMsg::BootIntent(r) => self.link.on_reply(*r),
+            RegionMsg::AgentAnswer(a) => self.link.on_agent_answer(*a),
             _ => {}
         }
     }

@@ -7,8 +7,8 @@
 //! [`echo_text`] replaced every character iPXE gives a meaning to (`$ | & # " ' \ ;` and controls) — so a
 //! hostile string in an intent can neither end a line nor start a second command.
 //!
-//! The script carries what the ramdisk's agent needs to find and trust its rack — the rack's URL, the
-//! SHA-256 fingerprint of the cluster CA certificate, the MAC and system id — and never a secret: anyone
+//! The script carries what the ramdisk's agent needs to find and trust its rack — the rack's URL and its
+//! agent API's URL (`ingot.agent`, HTTPS with the rack's certificate), the SHA-256 fingerprint of the cluster CA certificate, the MAC and system id — and never a secret: anyone
 //! on the boot network can fetch any MAC's script. The agent proves its boot with a per-boot token it
 //! asks for separately (the agent issue).
 
@@ -35,6 +35,9 @@ pub const RETRY_IDLE_S: u32 = 300;
 pub struct ScriptContext<'a> {
     /// The rack's HTTP base URL as the machine reaches it, e.g. `http://10.20.0.1:5248` (no trailing `/`).
     pub base: &'a str,
+    /// The rack's agent API base URL on the same address, e.g. `https://10.20.0.1:5249` (no trailing
+    /// `/`): where the ramdisk's agent makes its calls (`ingot.agent`).
+    pub agent: &'a str,
     /// SHA-256 of the cluster CA certificate's DER, lowercase hex: lets the agent verify regions and the
     /// rack over TLS without a secret in the script.
     pub ca_fingerprint: &'a str,
@@ -157,9 +160,10 @@ fn ramdisk_lines(ctx: &ScriptContext<'_>, intent: &BootIntent) -> Result<Vec<Str
         );
     }
     let mut cmdline = format!(
-        "initrd={FILE_INITRD} ingot.purpose={} ingot.rack={} ingot.ca={} ingot.mac={}",
+        "initrd={FILE_INITRD} ingot.purpose={} ingot.rack={} ingot.agent={} ingot.ca={} ingot.mac={}",
         intent.purpose.as_str(),
         url(ctx.base),
+        url(ctx.agent),
         plain_token(ctx.ca_fingerprint).unwrap_or("none"),
         ctx.mac
             .map_or_else(|| MAC_SETTING.to_string(), |m| m.to_string())
@@ -245,11 +249,13 @@ mod tests {
     use proptest::prelude::*;
 
     const BASE: &str = "http://10.20.0.1:5248";
+    const AGENT: &str = "https://10.20.0.1:5249";
     const SELF_URL: &str = "http://10.20.0.1:5248/boot/52:54:00:00:00:01.ipxe";
 
     fn ctx() -> ScriptContext<'static> {
         ScriptContext {
             base: BASE,
+            agent: AGENT,
             ca_fingerprint: "ab12",
             mac: Some("52:54:00:00:00:01".parse().expect("mac")),
             script_url: SELF_URL,
@@ -295,7 +301,7 @@ mod tests {
             let k = kernel_line(&s);
             let expected = format!(
                 "kernel {BASE}/blobs/{}/kernel initrd=initrd ingot.purpose={} ingot.rack={BASE} \
-                 ingot.ca=ab12 ingot.mac=52:54:00:00:00:01 ingot.system_id=abc123 \
+                 ingot.agent={AGENT} ingot.ca=ab12 ingot.mac=52:54:00:00:00:01 ingot.system_id=abc123 \
                  console=tty0 console=ttyS0,115200 || goto idle",
                 "11".repeat(32),
                 p.as_str()
@@ -440,12 +446,23 @@ mod tests {
             system_id in ".{0,80}",
             problem in "(.|\n|\r|\\$\\{|\\|\\||&&){0,300}",
             purpose in 0usize..8,
+            agent in "(.|\n|\\$\\{| \\|\\| ){0,60}",
         ) {
             let p = BootPurpose::ALL[purpose];
             let mut i = intent(p);
             i.system_id = Some(system_id.clone());
             let s = render(&ctx(), &i);
             check_script(&s, &system_id);
+            // Even a hostile agent URL (the rack builds it from its own address) stays one argument.
+            let c = ScriptContext { agent: &agent, ..ctx() };
+            let s = render(&c, &i);
+            check_script(&s, &agent);
+            if p.needs_ramdisk() && p != BootPurpose::Deploy {
+                let k = kernel_line(&s);
+                let arg = k.split(' ').find(|a| a.starts_with("ingot.agent="));
+                prop_assert!(arg.is_some(), "{k}");
+                prop_assert!(k.contains(" ingot.ca=ab12 "), "{k}");
+            }
             if plain_token(&system_id).is_none() && p.needs_ramdisk() {
                 prop_assert!(!s.contains("ingot.system_id"));
             }

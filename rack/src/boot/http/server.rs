@@ -174,6 +174,8 @@ pub struct HttpServer {
     events: Arc<BootEventSink>,
     /// The cluster CA's SHA-256, put in every script.
     ca_fingerprint: String,
+    /// The agent API's port, put in every ramdisk script (`ingot.agent`).
+    agent_port: u16,
     /// Limits.
     settings: HttpSettings,
     /// Live counters.
@@ -200,6 +202,9 @@ pub struct HttpServerParts {
     pub events: Arc<BootEventSink>,
     /// SHA-256 of the cluster CA certificate's DER, lowercase hex ([`ca_fingerprint`]).
     pub ca_fingerprint: String,
+    /// The TCP port of the rack's agent API (`--agent-port`), on the same addresses as this server:
+    /// scripts tell the agent `ingot.agent=https://<address>:<port>`.
+    pub agent_port: u16,
     /// Limits.
     pub settings: HttpSettings,
 }
@@ -220,6 +225,7 @@ impl HttpServer {
             cache: parts.cache,
             events: parts.events,
             ca_fingerprint: parts.ca_fingerprint,
+            agent_port: parts.agent_port,
             settings: parts.settings,
             counters: Counters::default(),
             clients: Mutex::new(HashMap::new()),
@@ -265,12 +271,15 @@ impl HttpServer {
     }
 }
 
-/// Why the HTTP boot server could not bind.
+/// Why the HTTP boot server (or another TCP server of the boot path, such as the agent API) could not
+/// bind.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpBindError {
     /// The interface list could not be read.
-    #[error("listing network interfaces for the HTTP boot server: {source}")]
+    #[error("listing network interfaces for the {server}: {source}")]
     Interfaces {
+        /// Which server was binding.
+        server: &'static str,
         /// The OS error.
         #[source]
         source: std::io::Error,
@@ -282,8 +291,14 @@ pub enum HttpBindError {
         interface: String,
     },
     /// The address is taken or not ours.
-    #[error("binding the HTTP boot server to {addr} ({interface}): {source} (is another server on --http-port?)")]
+    #[error(
+        "binding the {server} to {addr} ({interface}): {source} (is another server on {flag}?)"
+    )]
     Bind {
+        /// Which server was binding.
+        server: &'static str,
+        /// The flag that chose the port.
+        flag: &'static str,
         /// The interface.
         interface: String,
         /// The address.
@@ -297,12 +312,27 @@ pub enum HttpBindError {
 /// A TCP listener on `interface`'s IPv4 address and `port` (the address the DHCP server puts in the
 /// script URLs it hands out on that interface).
 pub fn bind(interface: &str, port: u16) -> Result<TcpListener, HttpBindError> {
+    bind_tcp(interface, port, ("HTTP boot server", "--http-port"))
+}
+
+/// A TCP listener on `interface`'s IPv4 address and `port` for the server and flag `who` names (in
+/// errors: `("agent API", "--agent-port")`).
+pub fn bind_tcp(
+    interface: &str,
+    port: u16,
+    who: (&'static str, &'static str),
+) -> Result<TcpListener, HttpBindError> {
+    let (server, flag) = who;
     let ip = crate::boot::interface_ipv4(interface).map_err(|e| match e {
-        crate::boot::InterfaceError::Interfaces { source } => HttpBindError::Interfaces { source },
+        crate::boot::InterfaceError::Interfaces { source } => {
+            HttpBindError::Interfaces { server, source }
+        }
         crate::boot::InterfaceError::NoIpv4 { interface } => HttpBindError::NoIpv4 { interface },
     })?;
     let addr = SocketAddr::new(ip.into(), port);
     let err = |source| HttpBindError::Bind {
+        server,
+        flag,
         interface: interface.to_string(),
         addr,
         source,
@@ -349,8 +379,11 @@ pub async fn run(
         let server = server.clone();
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
-            let base = base_url(local);
-            serve_connection(&server, stream, peer, &base, &mut stop).await;
+            let urls = Urls {
+                base: base_url(local),
+                agent: agent_url(local, server.agent_port),
+            };
+            serve_connection(&server, stream, peer, &urls, &mut stop).await;
             unbump(&server.counters.active_connections);
             drop(permit);
         });
@@ -362,11 +395,28 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|v| *v).await.is_ok();
 }
 
+/// The rack's URLs as a client on one connection reaches them (the address it connected to).
+struct Urls {
+    /// This server's base URL ([`base_url`]).
+    base: String,
+    /// The agent API's base URL on the same address ([`agent_url`]).
+    agent: String,
+}
+
 /// `http://<address>:<port>` of the socket a client reached: the host every URL in its script uses.
 fn base_url(local: SocketAddr) -> String {
     match local {
         SocketAddr::V4(a) => format!("http://{}:{}", a.ip(), a.port()),
         SocketAddr::V6(a) => format!("http://[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+/// `https://<address>:<agent port>`: the agent API on the address the client reached this server at
+/// (both listen on every boot interface's address).
+fn agent_url(local: SocketAddr, agent_port: u16) -> String {
+    match local {
+        SocketAddr::V4(a) => format!("https://{}:{agent_port}", a.ip()),
+        SocketAddr::V6(a) => format!("https://[{}]:{agent_port}", a.ip()),
     }
 }
 
@@ -466,7 +516,12 @@ fn route(path: &str) -> Route {
 }
 
 /// Answers one request.
-async fn handle(server: &Arc<HttpServer>, base: &str, peer: SocketAddr, req: Request<()>) -> Reply {
+async fn handle(
+    server: &Arc<HttpServer>,
+    urls: &Urls,
+    peer: SocketAddr,
+    req: Request<()>,
+) -> Reply {
     bump(&server.counters.requests);
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
@@ -488,7 +543,7 @@ async fn handle(server: &Arc<HttpServer>, base: &str, peer: SocketAddr, req: Req
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     match route(path) {
-        Route::Script(key) => serve_script(server, base, peer, key, head).await.into(),
+        Route::Script(key) => serve_script(server, urls, peer, key, head).await.into(),
         Route::Blob(blob, name) => {
             serve_blob(
                 server,
@@ -526,12 +581,13 @@ fn not_found(server: &HttpServer) -> Response<Body> {
 /// The script for `key`: the region's intent rendered, or a script that retries.
 async fn serve_script(
     server: &Arc<HttpServer>,
-    base: &str,
+    urls: &Urls,
     peer: SocketAddr,
     key: IntentKey,
     head: bool,
 ) -> Response<Body> {
     bump(&server.counters.scripts);
+    let base = &urls.base;
     let script_url = match &key {
         IntentKey::Mac(m) => format!("{base}/boot/{m}.ipxe"),
         IntentKey::SystemId(id) => format!("{base}/boot/by-id/{id}.ipxe"),
@@ -542,6 +598,7 @@ async fn serve_script(
     };
     let ctx = ScriptContext {
         base,
+        agent: &urls.agent,
         ca_fingerprint: &server.ca_fingerprint,
         mac,
         script_url: &script_url,
@@ -1075,7 +1132,7 @@ async fn serve_connection(
     server: &Arc<HttpServer>,
     mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    base: &str,
+    urls: &Urls,
     stop: &mut watch::Receiver<bool>,
 ) {
     let max = server.settings.max_head_bytes.max(1024);
@@ -1108,7 +1165,7 @@ async fn serve_connection(
             }
         };
         let head_only = req.method() == Method::HEAD;
-        let response = handle(server, base, peer, req).await;
+        let response = handle(server, urls, peer, req).await;
         if let Err(e) = write_response(server, &mut stream, response, keep, head_only).await {
             tracing::debug!(%peer, "HTTP connection ended: {e}");
             return;
