@@ -520,6 +520,7 @@ pub async fn run(o: &BootFilesOpts) -> Result<BootFilesFigures> {
                 http_port: Some(http_port),
                 tftp_root: Some(tftp_root.clone()),
                 tftp_port: Some(tftp_port),
+                agent_port: Some(free_port(false)?),
             },
         )
         .await?;

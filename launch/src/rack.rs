@@ -74,6 +74,9 @@ pub struct RackBoot {
     /// `--tftp-port` when not 69.
     #[serde(default)]
     pub tftp_port: Option<u16>,
+    /// `--agent-port` when not 5249 (the in-band agents' HTTPS API).
+    #[serde(default)]
+    pub agent_port: Option<u16>,
 }
 
 impl RackBoot {
@@ -89,6 +92,7 @@ impl RackBoot {
             ("--proxy-dhcp-port", self.proxy_dhcp_port),
             ("--http-port", self.http_port),
             ("--tftp-port", self.tftp_port),
+            ("--agent-port", self.agent_port),
         ] {
             if let Some(p) = port {
                 a.push(flag.to_string());

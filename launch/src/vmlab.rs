@@ -644,9 +644,20 @@ fn start_router_adverts(lab: &VmLab, octet: u8) -> Result<Option<Child>> {
         );
         return Ok(None);
     };
-    ns.ip(&["-6", "addr", "add", &format!("fd00:{octet}::1/64"), "dev", "br0", "nodad"])?;
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("fd00:{octet}::1/64"),
+        "dev",
+        "br0",
+        "nodad",
+    ])?;
     // radvd refuses to advertise on a host that does not forward IPv6; this is the namespace's own.
-    netns::run(ns.command("sysctl").args(["-qw", "net.ipv6.conf.all.forwarding=1"]))?;
+    netns::run(
+        ns.command("sysctl")
+            .args(["-qw", "net.ipv6.conf.all.forwarding=1"]),
+    )?;
     let conf = lab.record.dir.join(RADVD_CONF);
     std::fs::write(
         &conf,
@@ -662,7 +673,15 @@ fn start_router_adverts(lab: &VmLab, octet: u8) -> Result<Option<Child>> {
     let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let child = ns
         .command(radvd)
-        .args(["--nodaemon", "--config", &conf_s, "--pidfile", &pid_file, "--logmethod", "stderr"])
+        .args([
+            "--nodaemon",
+            "--config",
+            &conf_s,
+            "--pidfile",
+            &pid_file,
+            "--logmethod",
+            "stderr",
+        ])
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)

@@ -21,3 +21,4 @@ mod t24_http_boot;
 mod t25_rack_cache;
 mod t26_pxe_boot;
 mod t27_e2e;
+mod t29_agent_process;
