@@ -370,9 +370,8 @@ async fn an_agent_process_commissions_deploys_and_erases_through_its_rack() {
     .await
     .unwrap_or_else(|e| panic!("{e}; agent:\n{log}"));
     let disk = std::fs::read(root.join("dev/vda")).unwrap();
-    assert_eq!(
-        &disk[446 + 16..446 + 16 + 16] != &[0u8; 16][..],
-        true,
+    assert!(
+        disk[446 + 16..446 + 16 + 16] != [0u8; 16],
         "no seed partition in the MBR"
     );
     assert_eq!(
