@@ -20,3 +20,4 @@ mod t23_images;
 mod t24_http_boot;
 mod t25_rack_cache;
 mod t26_pxe_boot;
+mod t28_image_builders;

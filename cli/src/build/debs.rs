@@ -45,56 +45,87 @@ impl Debs {
         Ok(Debs { cache })
     }
 
-    /// The .deb of `pkg`'s candidate version, downloaded unless the cache has it.
-    pub(crate) fn fetch(&self, pkg: &str, steps: &Steps) -> Result<PathBuf> {
+    /// The .debs of the packages' candidate versions, downloaded (in one `apt-get download`) unless
+    /// the cache has them. In the order asked.
+    pub(crate) fn fetch(&self, pkgs: &[&str], steps: &Steps) -> Result<Vec<PathBuf>> {
         let show = run(
-            Command::new("apt-cache").args(["show", "--no-all-versions", pkg]),
+            Command::new("apt-cache")
+                .args(["show", "--no-all-versions"])
+                .args(pkgs),
             &format!(
-                "apt-cache found no package {pkg}: run apt-get update (as root), or check the name"
+                "apt-cache found no package among {}: run apt-get update (as root), or check the names",
+                pkgs.join(" ")
             ),
         )?;
-        let field = |name: &str| {
-            show.lines()
-                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-        };
-        let (Some(version), Some(arch)) = (field("Version:"), field("Architecture:")) else {
-            bail!("apt-cache show {pkg} printed no Version/Architecture: run apt-get update");
-        };
-        let file = self
-            .cache
-            .join(format!("{pkg}_{}_{arch}.deb", version.replace(':', "%3a")));
-        if file.is_file() {
-            steps.step(format!("{pkg} {version}: cached"));
-            return Ok(file);
+        // One stanza per package: Package, Version, Architecture.
+        let mut found: Vec<(String, String, String)> = Vec::new();
+        for stanza in show.split("\n\n") {
+            let field = |name: &str| {
+                stanza
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            };
+            if let (Some(p), Some(v), Some(a)) =
+                (field("Package:"), field("Version:"), field("Architecture:"))
+            {
+                found.push((p, v, a));
+            }
         }
-        steps.step(format!("apt-get download {pkg} ({version})"));
-        run(
-            Command::new("apt-get")
-                .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
-                .arg(format!("{pkg}={version}"))
-                .current_dir(&self.cache),
-            &format!(
-                "apt-get download {pkg} failed: run apt-get update, check the apt sources reach the Debian registry{}",
-                if pkg.starts_with("linux-image") { ", or pass --kernel-package" } else { "" }
-            ),
-        )?;
-        if !file.is_file() {
-            bail!(
-                "apt-get download {pkg} succeeded but {} is not there",
-                file.display()
-            );
+        let mut files = Vec::new();
+        let mut missing = Vec::new();
+        for pkg in pkgs {
+            let Some((_, version, arch)) = found.iter().find(|(p, _, _)| p == pkg) else {
+                bail!("apt-cache show {pkg} printed no Version/Architecture: run apt-get update, or check the name");
+            };
+            let file = self
+                .cache
+                .join(format!("{pkg}_{}_{arch}.deb", version.replace(':', "%3a")));
+            if !file.is_file() {
+                missing.push(format!("{pkg}={version}"));
+            }
+            files.push(file);
         }
-        Ok(file)
+        if missing.is_empty() {
+            steps.step(format!("cached: {}", pkgs.join(" ")));
+        } else {
+            steps.step(format!("apt-get download {}", missing.join(" ")));
+            let kernel = pkgs.iter().any(|p| p.starts_with("linux-image"));
+            run(
+                Command::new("apt-get")
+                    .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+                    .args(&missing)
+                    .current_dir(&self.cache),
+                &format!(
+                    "apt-get download {} failed: run apt-get update and check the apt sources reach the Debian registry{}",
+                    missing.join(" "),
+                    if kernel { ", or pass --kernel-package" } else { "" }
+                ),
+            )?;
+        }
+        for f in &files {
+            if !f.is_file() {
+                bail!(
+                    "apt-get download succeeded but {} is not there",
+                    f.display()
+                );
+            }
+        }
+        Ok(files)
     }
 
-    /// Downloads `pkg` and unpacks it under `root` (`dpkg-deb -x`: files only, no scripts run).
-    pub(crate) fn unpack(&self, pkg: &str, root: &Path, steps: &Steps) -> Result<()> {
-        let deb = self.fetch(pkg, steps)?;
-        std::fs::create_dir_all(root)?;
-        run(
-            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(root),
-            "dpkg-deb is Debian's package tool: install dpkg",
-        )?;
+    /// Downloads each (package, directory) pair's package and unpacks it there (`dpkg-deb -x`: files
+    /// only, no maintainer scripts run).
+    pub(crate) fn unpack(&self, what: &[(&str, &Path)], steps: &Steps) -> Result<()> {
+        let pkgs: Vec<&str> = what.iter().map(|(p, _)| *p).collect();
+        let debs = self.fetch(&pkgs, steps)?;
+        for (deb, (pkg, root)) in debs.iter().zip(what) {
+            steps.step(format!("unpacking {pkg}"));
+            std::fs::create_dir_all(root)?;
+            run(
+                Command::new("dpkg-deb").arg("-x").arg(deb).arg(root),
+                "dpkg-deb is Debian's package tool: install dpkg",
+            )?;
+        }
         Ok(())
     }
 }

@@ -23,6 +23,7 @@ pub(crate) const CONSOLE: &str = "console=tty0 console=ttyS0,115200";
 pub const MARKER: &str = "INGOT-DISK-BOOTED";
 /// Modules of the test image's initrd: its disk (virtio, SATA, NVMe) and the FAT of a CIDATA seed.
 const TEST_MODULES: &[&str] = &[
+    "crc32c_generic",
     "virtio_pci",
     "virtio_blk",
     "virtio_scsi",
@@ -117,10 +118,10 @@ struct BootImage<'a> {
 
 /// Downloads and unpacks the boot loaders' packages under `root`.
 fn loaders(debs: &Debs, root: &Path, steps: &Steps) -> Result<()> {
-    for p in ["syslinux-common", "systemd-boot-efi"] {
-        debs.unpack(p, root, steps)?;
-    }
-    Ok(())
+    debs.unpack(
+        &[("syslinux-common", root), ("systemd-boot-efi", root)],
+        steps,
+    )
 }
 
 /// Writes the image: table, FAT boot partition, syslinux, then the root filesystem if any.
@@ -256,7 +257,7 @@ pub(super) fn build_test(args: &TestImageArgs, steps: &Steps) -> Result<Built> {
         tree.version
     ));
     let bb = work.0.join("busybox");
-    debs.unpack("busybox-static", &bb, steps)?;
+    debs.unpack(&[("busybox-static", &bb)], steps)?;
     ramdisk::add_busybox(&mut a, &bb)?;
     a.file("init", test_init_script().into_bytes(), 0o755)?;
     let initrd = ramdisk::gzip(&a)?;

@@ -72,7 +72,6 @@ pub fn depends(elf: &[u8]) -> Vec<String> {
         .filter_map(|kv| kv.strip_prefix(b"depends="))
         .flat_map(|v| {
             String::from_utf8_lossy(v)
-                .into_owned()
                 .split(',')
                 .map(str::to_string)
                 .collect::<Vec<_>>()
@@ -292,7 +291,7 @@ mod tests {
         elf.extend_from_slice(shstr);
         let info_off = elf.len();
         elf.extend_from_slice(modinfo);
-        while elf.len() % 8 != 0 {
+        while !elf.len().is_multiple_of(8) {
             elf.push(0);
         }
         let shoff = elf.len();

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 /// Intel, Broadcom, Mellanox, Realtek NICs), plus FAT (the agent's cloud-init seed) and ext4. Names a
 /// kernel lacks are skipped; each one's dependencies come along.
 pub(super) const RAMDISK_MODULES: &[&str] = &[
+    // crc32c first: libcrc32c (bnx2x, ext4) asks the crypto API for it at load time (a softdep).
+    "crc32c_generic",
+    "crc32c_intel",
     "virtio_pci",
     "virtio_blk",
     "virtio_scsi",
@@ -271,7 +274,7 @@ pub(super) fn gzip(a: &Archive) -> Result<Vec<u8>> {
     }
     let mut enc = flate2::GzBuilder::new()
         .mtime(0)
-        .write(Vec::new(), flate2::Compression::best());
+        .write(Vec::new(), flate2::Compression::default());
     enc.write_all(&raw)?;
     Ok(enc.finish()?)
 }
@@ -311,7 +314,7 @@ pub(super) fn kernel(
     steps: &Steps,
 ) -> Result<(PathBuf, ModuleTree)> {
     let pkg = debs::kernel_package(explicit)?;
-    debs.unpack(&pkg, root, steps)?;
+    debs.unpack(&[(&pkg, root)], steps)?;
     let tree = ModuleTree::open(root)?;
     let vmlinuz = root.join(format!("boot/vmlinuz-{}", tree.version));
     if !vmlinuz.is_file() {
@@ -353,21 +356,24 @@ pub(super) fn build(args: &RamdiskArgs, steps: &Steps) -> Result<Built> {
             missing.join(" ")
         }
     ));
+    // busybox, dropbear and the packages of the libraries dropbear links (found there first, then
+    // on the host). libc6 is the host's: the agent links it too, and it is the newest.
     let bb = work.0.join("busybox");
-    debs.unpack("busybox-static", &bb, steps)?;
-    add_busybox(&mut a, &bb)?;
-    // dropbear and the packages of the libraries it links (found there first, then on the host).
     let db = work.0.join("dropbear");
-    debs.unpack("dropbear-bin", &db, steps)?;
+    let deps: Vec<(String, PathBuf)> = debs::depends("dropbear-bin")?
+        .into_iter()
+        .filter(|d| d != "libc6")
+        .map(|d| {
+            let r = work.0.join(format!("dep-{d}"));
+            (d, r)
+        })
+        .collect();
+    let mut what: Vec<(&str, &Path)> = vec![("busybox-static", &bb), ("dropbear-bin", &db)];
+    what.extend(deps.iter().map(|(d, r)| (d.as_str(), r.as_path())));
+    debs.unpack(&what, steps)?;
+    add_busybox(&mut a, &bb)?;
     let mut roots = vec![db.clone()];
-    for dep in debs::depends("dropbear-bin")? {
-        if dep == "libc6" {
-            continue; // the host's C library: the agent links it too, and it is newest
-        }
-        let r = work.0.join(format!("dep-{dep}"));
-        debs.unpack(&dep, &r, steps)?;
-        roots.push(r);
-    }
+    roots.extend(deps.iter().map(|(_, r)| r.clone()));
     steps.step("adding dropbear, ingot-agent and their libraries");
     add_binary(
         &mut a,
