@@ -149,7 +149,6 @@ fn with_cidata(src: &Path, dst: &Path, hostname: &str) {
     .unwrap();
     {
         let fs = fatfs::FileSystem::new(&mut vol, fatfs::FsOptions::new()).unwrap();
-        let root = fs.root_dir();
         for (name, text) in [
             (
                 "meta-data",
@@ -157,7 +156,7 @@ fn with_cidata(src: &Path, dst: &Path, hostname: &str) {
             ),
             ("user-data", "#cloud-config\n".to_string()),
         ] {
-            let mut f = root.create_file(name).unwrap();
+            let mut f = fs.root_dir().create_file(name).unwrap();
             f.write_all(text.as_bytes()).unwrap();
         }
         fs.unmount().unwrap();
