@@ -307,6 +307,40 @@ fn debian_config(tree: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The Debian archive this machine's apt uses (the first deb source that is not the security archive),
+/// from deb822 `.sources` files or one-line `sources.list` entries.
+fn host_mirror() -> Option<String> {
+    let mut texts = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut files: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        texts.extend(files.iter().filter_map(|f| {
+            let ext = f.extension()?.to_str()?;
+            (ext == "sources" || ext == "list").then(|| std::fs::read_to_string(f).ok())?
+        }));
+    }
+    texts.extend(std::fs::read_to_string("/etc/apt/sources.list").ok());
+    mirror_in(&texts)
+}
+
+/// The first non-security `deb` URI in apt source texts (deb822 or one-line format).
+fn mirror_in(texts: &[String]) -> Option<String> {
+    let uris = texts.iter().flat_map(|t| {
+        t.lines()
+            .filter_map(|l| {
+                let l = l.trim();
+                if let Some(u) = l.strip_prefix("URIs:") {
+                    return u.split_whitespace().next().map(str::to_string);
+                }
+                let mut w = l.split_whitespace().filter(|w| !w.starts_with('['));
+                (w.next() == Some("deb")).then(|| w.next().map(str::to_string))?
+            })
+            .collect::<Vec<_>>()
+    });
+    uris.into_iter()
+        .find(|u| !u.trim_end_matches('/').ends_with("-security"))
+}
+
 /// The newest file in `dir` whose name starts with `prefix`.
 fn newest(dir: &Path, prefix: &str) -> Result<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -364,9 +398,10 @@ pub(super) fn build_debian(args: &DebianArgs, steps: &Steps) -> Result<Built> {
     ])
     .arg(&args.suite)
     .arg(&tree);
-    if let Some(m) = &args.mirror {
-        cmd.arg(m);
-    }
+    match args.mirror.clone().or_else(host_mirror) {
+        Some(m) => cmd.arg(m),
+        None => bail!("no Debian mirror in this machine's apt sources: pass --mirror URL"),
+    };
     debs::run(
         &mut cmd,
         "mmdebstrap failed: it needs root (or user namespaces) and the Debian mirror",
@@ -421,6 +456,21 @@ mod tests {
         assert!(s.contains("/mnt/meta-data"));
         assert!(s.contains("s/.*\"\\{0,1\\}local-hostname"), "{s}");
         assert!(s.trim_end().ends_with("while true; do sleep 3600; done"));
+    }
+
+    #[test]
+    fn mirror_comes_from_the_apt_sources() {
+        let deb822 = "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: x\n\nTypes: deb\nURIs: http://mirror.example/debian\n".to_string();
+        assert_eq!(
+            mirror_in(&[deb822]).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        let list = "# c\ndeb [arch=amd64] http://m.example/debian bookworm main\n".to_string();
+        assert_eq!(
+            mirror_in(&[list]).as_deref(),
+            Some("http://m.example/debian")
+        );
+        assert!(mirror_in(&["deb-src http://x/ y z".to_string()]).is_none());
     }
 
     #[test]
