@@ -10,7 +10,8 @@
 //! cpio, syslinux + mtools, qemu-system-x86_64 and OVMF. Downloaded packages are cached in
 //! ~/.cache/ingot/debs, so only the first run downloads (~85 MiB).
 
-use ingot_tests::{host_tool, test_dir};
+use ingot_tests::{host_tool, ingot as ingot_in, test_dir, TestCluster};
+use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -55,24 +56,46 @@ fn sh(dir: &Path, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn t28_ramdisk_holds_init_agent_dropbear_and_drivers_in_load_order() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t28_ramdisk_holds_init_agent_dropbear_and_drivers_in_load_order() {
     if !tools(&["apt-get", "apt-cache", "dpkg-deb", "cpio", "zcat", "ldd"]) {
         return;
     }
-    let dir = test_dir("t28-ramdisk");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join("rd");
+    let tc = TestCluster::start("t28-ramdisk", 1, &[]).await.unwrap();
+    let out = tc.dir.join("rd");
     // A small dynamically linked program stands in for the agent: its libraries must come along.
     let agent = host_tool("true").unwrap();
-    ingot(&[
-        "images",
-        "build-ramdisk",
-        "--out",
-        out.to_str().unwrap(),
-        "--agent",
-        agent.to_str().unwrap(),
-    ]);
+    // Built, then uploaded through `images upload`'s code (--upload).
+    let shown = ingot_in(
+        &tc,
+        &[
+            "--json",
+            "images",
+            "build-ramdisk",
+            "--out",
+            out.to_str().unwrap(),
+            "--agent",
+            agent.to_str().unwrap(),
+            "--upload",
+            "ingot-ramdisk",
+        ],
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&shown).unwrap_or_else(|e| panic!("{e}: {shown}"));
+    assert_eq!(v["kind"], "ramdisk", "{v}");
+    for f in v["files"].as_array().unwrap() {
+        let local = std::fs::read(out.join(f["name"].as_str().unwrap())).unwrap();
+        let sha: String = Sha256::digest(&local)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(f["sha256"], sha.as_str(), "{v}");
+    }
+    assert_eq!(
+        v["files"].as_array().unwrap().len(),
+        2,
+        "kernel and initrd: {v}"
+    );
     let kernel = std::fs::read(out.join("kernel")).unwrap();
     assert!(kernel.len() > 1 << 20, "a kernel image");
     assert_eq!(
@@ -124,7 +147,6 @@ fn t28_ramdisk_holds_init_agent_dropbear_and_drivers_in_load_order() {
     assert!(pos("virtio_pci_modern_dev") < pos("virtio_pci"), "{order}");
     let init = sh(&out, "zcat initrd | cpio -i --quiet --to-stdout init");
     assert!(init.contains("/usr/bin/ingot-agent") && init.contains("udhcpc -i"));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Copies the image at `src` to `dst` with an 8 MiB FAT partition labelled CIDATA appended in MBR slot
