@@ -366,7 +366,7 @@ pub(super) fn build_debian(args: &DebianArgs, steps: &Steps) -> Result<Built> {
     let mmdebstrap = match which("mmdebstrap") {
         Some(p) => p,
         None => {
-            if unsafe_is_root() {
+            if is_root() {
                 steps.step("apt-get install mmdebstrap (Debian's tool for the root filesystem)");
                 debs::run(
                     Command::new("apt-get").args([
@@ -431,7 +431,7 @@ pub(super) fn build_debian(args: &DebianArgs, steps: &Steps) -> Result<Built> {
 }
 
 /// Whether this process runs as root (reads /proc/self/status: no unsafe code).
-fn unsafe_is_root() -> bool {
+fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -162,7 +162,21 @@ impl WorkDir {
 }
 
 impl Drop for WorkDir {
+    /// Removes the directory, unless something is still mounted under it (a failed mmdebstrap can
+    /// leave its /proc or /dev mounts behind: deleting through them would reach the host's files).
     fn drop(&mut self) {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let me = self.0.display().to_string();
+        let busy = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .any(|m| m == me || m.starts_with(&format!("{me}/")));
+        if busy {
+            eprintln!(
+                "left {me} in place: something is still mounted under it (umount -R it, then remove it)"
+            );
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
