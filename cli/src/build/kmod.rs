@@ -359,6 +359,51 @@ mod tests {
     }
 
     #[test]
+    fn tree_resolves_compressed_modules_and_skips_builtin_and_absent() {
+        if std::process::Command::new("xz")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: xz not installed (apt-get install xz-utils)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let kdir = dir.path().join("lib/modules/6.99-test");
+        std::fs::create_dir_all(kdir.join("kernel/drivers/x")).unwrap();
+        let a = fake_module(b"depends=b,c\0");
+        let b = fake_module(b"depends=\0");
+        std::fs::write(kdir.join("kernel/drivers/x/a.ko"), &a).unwrap();
+        std::fs::write(kdir.join("kernel/drivers/x/b.ko"), &b).unwrap();
+        let st = std::process::Command::new("xz")
+            .arg(kdir.join("kernel/drivers/x/a.ko"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::write(kdir.join("modules.builtin"), "kernel/lib/c.ko\n").unwrap();
+        let tree = ModuleTree::open(dir.path()).unwrap();
+        assert_eq!(tree.version, "6.99-test");
+        let (mods, missing) = tree.resolve(&["a", "zz"]).unwrap();
+        let got: Vec<(&str, &str)> = mods
+            .iter()
+            .map(|m| (m.name.as_str(), m.rel.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("b", "kernel/drivers/x/b.ko"),
+                ("a", "kernel/drivers/x/a.ko")
+            ]
+        );
+        assert_eq!(mods[1].data, a, "decompressed");
+        assert_eq!(
+            missing,
+            ["zz"],
+            "c is built in: nothing to load, not missing"
+        );
+    }
+
+    #[test]
     fn module_names() {
         assert_eq!(module_name("nls_iso8859-1.ko.xz").unwrap(), "nls_iso8859_1");
         assert_eq!(module_name("e1000e.ko").unwrap(), "e1000e");
