@@ -301,7 +301,7 @@ fn debian_config(tree: &Path) -> Result<()> {
     )?;
     put(
         "etc/cloud/cloud.cfg.d/90_ingot.cfg",
-        "# Written by `ingot images build-debian`: the agent writes a NoCloud seed (label CIDATA).\ndatasource_list: [ NoCloud, None ]\n",
+        "# Written by `ingot images build-debian`: the agent writes a NoCloud seed (label CIDATA).\ndatasource_list: [ NoCloud, None ]\nmanage_etc_hosts: true\n",
     )?;
     put("etc/hostname", "debian\n")?;
     Ok(())
@@ -394,7 +394,7 @@ pub(super) fn build_debian(args: &DebianArgs, steps: &Steps) -> Result<Built> {
     let mut cmd = Command::new(mmdebstrap);
     cmd.args([
         "--variant=important",
-        "--include=linux-image-amd64,systemd-sysv,udev,cloud-init,openssh-server,ifupdown,isc-dhcp-client,e2fsprogs,sudo",
+        "--include=linux-image-amd64,systemd-sysv,udev,cloud-init,openssh-server,ifupdown,isc-dhcp-client,e2fsprogs,sudo,locales",
     ])
     .arg(&args.suite)
     .arg(&tree);
