@@ -11,8 +11,9 @@
 use super::debs::{self, Debs};
 use super::mbr::{self, Partition};
 use super::ramdisk::{self, WorkDir};
-use super::{fat, mib, sha256_hex, Built, DebianArgs, Steps, TestImageArgs};
+use super::{fat, mib, Built, DebianArgs, Steps, TestImageArgs};
 use anyhow::{bail, Context, Result};
+use sha2::Digest;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -102,11 +103,15 @@ fn loader_files(title: &str, options: &str) -> [(String, Vec<u8>); 2] {
 
 /// What goes into a bootable image.
 struct BootImage<'a> {
+    /// The image file to write (made as `<out>.part`, renamed when complete).
     out: &'a Path,
+    /// Image size in bytes.
     size: u64,
     /// The ext4 tree of partition 2 (Debian image), or None (test image: one partition).
     root: Option<&'a Path>,
+    /// The kernel (vmlinuz) for the boot partition.
     kernel: Vec<u8>,
+    /// The initrd for the boot partition.
     initrd: Vec<u8>,
     /// Kernel command line.
     cmdline: String,
@@ -168,11 +173,9 @@ fn write_image(b: &BootImage<'_>, steps: &Steps) -> Result<()> {
         mib(boot.len())
     ));
     fat::write(&tmp, &boot, "INGOT-BOOT", &files)?;
-    let disk_id = u32::from_le_bytes(
-        sha256_hex(&b.initrd).as_bytes()[..4]
-            .try_into()
-            .unwrap_or([1, 2, 3, 4]),
-    );
+    // The disk signature: from the initrd's digest, so a rebuild keeps it.
+    let digest = sha2::Sha256::digest(&b.initrd);
+    let disk_id = u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]]);
     let table = mbr::encode(&boot_code, disk_id, &parts)?;
     {
         let mut f = std::fs::OpenOptions::new().write(true).open(&tmp)?;

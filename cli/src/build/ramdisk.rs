@@ -150,9 +150,13 @@ exit 0
 }
 
 /// A work directory removed when dropped (also on errors).
-pub(super) struct WorkDir(pub(super) PathBuf);
+pub(super) struct WorkDir(
+    /// The directory: `$TMPDIR/ingot-<what>-<pid>`.
+    pub(super) PathBuf,
+);
 
 impl WorkDir {
+    /// A fresh, empty work directory for one build.
     pub(super) fn new(what: &str) -> Result<WorkDir> {
         let p = std::env::temp_dir().join(format!("ingot-{what}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
@@ -293,31 +297,41 @@ pub(super) fn gzip(a: &Archive) -> Result<Vec<u8>> {
     Ok(enc.finish()?)
 }
 
-/// Adds a binary (stripped when `strip` works on it) at `at` and the libraries it links.
-fn add_binary(a: &mut Archive, bin: &Path, at: &str, roots: &[PathBuf], work: &Path) -> Result<()> {
-    let stripped = work.join(format!("stripped-{}", at.replace('/', "_")));
-    let ok = std::process::Command::new("strip")
-        .arg("--strip-unneeded")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(bin)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let data = if ok {
-        std::fs::read(&stripped)?
-    } else {
-        std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?
-    };
-    a.file(at, data, 0o755)?;
-    for lib in debs::shared_libs(bin, roots)? {
-        if a.contains(&lib.at) {
-            continue;
+/// Where the libraries of the binaries added to a ramdisk are looked up, and where stripped copies go.
+struct Binaries<'a> {
+    /// Unpacked packages searched before the host (their paths become the ramdisk's).
+    roots: &'a [PathBuf],
+    /// Scratch directory for the stripped copies.
+    work: &'a Path,
+}
+
+impl Binaries<'_> {
+    /// Adds a binary (stripped when `strip` works on it) at `at` and the libraries it links.
+    fn add(&self, a: &mut Archive, bin: &Path, at: &str) -> Result<()> {
+        let stripped = self.work.join(format!("stripped-{}", at.replace('/', "_")));
+        let ok = std::process::Command::new("strip")
+            .arg("--strip-unneeded")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(bin)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let data = if ok {
+            std::fs::read(&stripped)?
+        } else {
+            std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?
+        };
+        a.file(at, data, 0o755)?;
+        for lib in debs::shared_libs(bin, self.roots)? {
+            if a.contains(&lib.at) {
+                continue;
+            }
+            let data = std::fs::read(&lib.from)
+                .with_context(|| format!("reading {}", lib.from.display()))?;
+            a.file(&lib.at, data, 0o755)?;
         }
-        let data =
-            std::fs::read(&lib.from).with_context(|| format!("reading {}", lib.from.display()))?;
-        a.file(&lib.at, data, 0o755)?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Downloads and unpacks the kernel package under `root`; returns the vmlinuz path and module tree.
@@ -389,18 +403,16 @@ pub(super) fn build(args: &RamdiskArgs, steps: &Steps) -> Result<Built> {
     let mut roots = vec![db.clone()];
     roots.extend(deps.iter().map(|(_, r)| r.clone()));
     steps.step("adding dropbear, ingot-agent and their libraries");
-    add_binary(
-        &mut a,
-        &db.join("usr/sbin/dropbear"),
-        "usr/sbin/dropbear",
-        &roots,
-        &work.0,
-    )?;
+    let bins = Binaries {
+        roots: &roots,
+        work: &work.0,
+    };
+    bins.add(&mut a, &db.join("usr/sbin/dropbear"), "usr/sbin/dropbear")?;
     let key = db.join("usr/bin/dropbearkey");
     if key.is_file() {
-        add_binary(&mut a, &key, "usr/bin/dropbearkey", &roots, &work.0)?;
+        bins.add(&mut a, &key, "usr/bin/dropbearkey")?;
     }
-    add_binary(&mut a, &agent, "usr/bin/ingot-agent", &roots, &work.0)?;
+    bins.add(&mut a, &agent, "usr/bin/ingot-agent")?;
     a.file("init", init_script().into_bytes(), 0o755)?;
     a.file("etc/udhcpc.script", udhcpc_script().into_bytes(), 0o755)?;
     steps.step("writing the initramfs (cpio newc, gzip)");
