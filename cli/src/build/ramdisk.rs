@@ -413,6 +413,8 @@ pub(super) fn build(args: &RamdiskArgs, steps: &Steps) -> Result<Built> {
         bins.add(&mut a, &key, "usr/bin/dropbearkey")?;
     }
     bins.add(&mut a, &agent, "usr/bin/ingot-agent")?;
+    // dropbear -R keeps the host keys it generates here.
+    a.dir("etc/dropbear", 0o700)?;
     a.file("init", init_script().into_bytes(), 0o755)?;
     a.file("etc/udhcpc.script", udhcpc_script().into_bytes(), 0o755)?;
     steps.step("writing the initramfs (cpio newc, gzip)");
