@@ -1,6 +1,7 @@
 //! The image builders (issue 13), from Debian packages only: `ingot images build-ramdisk` makes a kernel
 //! and a gzip'd newc initramfs whose listing (GNU cpio) has /init, the agent, dropbear and the virtio
-//! disk driver with its dependencies in load order; `ingot images build-test-image` makes a raw disk
+//! disk driver with its dependencies in load order, uploads them with `--upload`, and boots them under
+//! QEMU to a DHCP lease and the agent's run; `ingot images build-test-image` makes a raw disk
 //! image that boots under QEMU with SeaBIOS (syslinux) and with OVMF (systemd-boot), and prints
 //! `INGOT-DISK-BOOTED hostname=<name> cidata=<yes|no>` on the serial console — with the hostname read
 //! from a cloud-init NoCloud partition (label CIDATA) when one is added after the image's partition,
@@ -147,6 +148,70 @@ async fn t28_ramdisk_holds_init_agent_dropbear_and_drivers_in_load_order() {
     assert!(pos("virtio_pci_modern_dev") < pos("virtio_pci"), "{order}");
     let init = sh(&out, "zcat initrd | cpio -i --quiet --to-stdout init");
     assert!(init.contains("/usr/bin/ingot-agent") && init.contains("udhcpc -i"));
+
+    // Booted (QEMU, user-mode network restricted to the VM: slirp's own DHCP, nothing leaves QEMU):
+    // drivers load, the boot NIC gets its lease, the agent runs ("true" exits 0).
+    if host_tool("qemu-system-x86_64").is_none() {
+        return;
+    }
+    let log = tc.dir.join("ramdisk.log");
+    let mac = "52:54:00:28:00:01";
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-nographic",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .arg("-kernel")
+        .arg(out.join("kernel"))
+        .arg("-initrd")
+        .arg(out.join("initrd"))
+        .arg("-append")
+        .arg(format!("console=ttyS0,115200 ingot.mac={mac}"))
+        .arg("-nic")
+        .arg(format!("user,restrict=on,model=virtio-net-pci,mac={mac}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut text = String::new();
+    while started.elapsed() < BOOT_LIMIT && !text.contains("ingot-ramdisk: agent finished") {
+        std::thread::sleep(Duration::from_millis(500));
+        text = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    child.kill().ok();
+    child.wait().ok();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ingot-ramdisk:"))
+        .collect();
+    eprintln!(
+        "t28: ramdisk boot after {:.0?}: {lines:?}",
+        started.elapsed()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ingot-ramdisk: eth0 10.0.2.15/24, agent starting")),
+        "no DHCP lease on the boot NIC: {lines:?}\n{}",
+        &text[text.len().saturating_sub(3000)..]
+    );
+    assert!(
+        lines.contains(&"ingot-ramdisk: agent finished"),
+        "{lines:?}"
+    );
 }
 
 /// Copies the image at `src` to `dst` with an 8 MiB FAT partition labelled CIDATA appended in MBR slot
