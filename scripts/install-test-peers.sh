@@ -22,6 +22,10 @@
 #                no nginx-light), started by the bench on 127.0.0.1 and stopped by PID — never as services (the
 #                same refusing policy-rc.d is put in place for their install) — and ipxe (Debian's iPXE
 #                binaries in /usr/lib/ipxe: ingot-rack's default TFTP root)
+#                the image builders (`ingot images build-*`, t28_image_builders): syslinux + syslinux-common + mtools
+#                (syslinux's installer works on the image file through mtools), e2fsprogs (mkfs.ext4 -d) and
+#                mmdebstrap (build-debian only); the builders download everything that goes into an image
+#                (kernel, busybox-static, dropbear-bin, systemd-boot-efi) with `apt-get download` themselves
 #   env file     ${INGOT_PEERS_HOME}/env exporting INGOT_PEER_PYTHON, INGOT_PEER_GRPCURL, INGOT_PEER_SUSHY,
 #                INGOT_PEER_IPMI_SIM, INGOT_PEER_IPMITOOL and INGOT_PEER_PXE; `source` it.
 #
@@ -146,6 +150,15 @@ else
   rm -rf "$PXE/deb" "$PXE/x"
   say "ok: PXE payload $PXE/vmlinuz ($kpkg) and $PXE/busybox (static)"
 fi
+# 0f. The image builders' host tools (t28_image_builders): syslinux's installer and mtools, which it drives, for
+# the BIOS boot sector of `ingot images build-test-image`/`build-debian`; mkfs.ext4 (-d) and mmdebstrap for
+# build-debian. No services in these packages.
+IMAGE_TOOLS=(syslinux syslinux-common mtools e2fsprogs mmdebstrap)
+apt_ensure "${IMAGE_TOOLS[@]}" || { say "installing the image builders' tools failed"; exit 1; }
+for b in syslinux mcopy mkfs.ext4 mmdebstrap; do
+  PATH=$PATH:/usr/sbin:/sbin command -v "$b" >/dev/null || { say "$b not found after installing the image builders' tools"; exit 1; }
+done
+say "ok: image builder tools (syslinux, mtools, mkfs.ext4, mmdebstrap)"
 # 0d. Boot-file peers from Debian: servers the bench starts itself, so their services must not start here.
 NGINX_PKG=nginx-light
 apt-cache show nginx-light >/dev/null 2>&1 || NGINX_PKG=nginx

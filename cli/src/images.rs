@@ -89,6 +89,12 @@ pub enum ImagesCmd {
         #[arg(long, default_value = "ipxe")]
         name: String,
     },
+    /// Build Ingot's deploy ramdisk (kernel + initrd) from Debian packages; --upload NAME uploads it
+    BuildRamdisk(crate::build::RamdiskArgs),
+    /// Build a small bootable test disk image (BIOS and UEFI) that prints INGOT-DISK-BOOTED on serial
+    BuildTestImage(crate::build::TestImageArgs),
+    /// Build a Debian disk image with cloud-init (mmdebstrap; minutes, needs the Debian mirror)
+    BuildDebian(crate::build::DebianArgs),
 }
 
 /// What one upload sends: the header's fields and the local files by their name in the image.
@@ -267,6 +273,30 @@ pub async fn run(ctx: &Ctx, cmd: ImagesCmd) -> Result<()> {
             let i = upload(ctx, spec).await?;
             show(ctx, &i);
         }
+        ImagesCmd::BuildRamdisk(args) => {
+            let upload_as = args.upload.clone();
+            let quiet = ctx.json();
+            let built =
+                tokio::task::spawn_blocking(move || crate::build::build_ramdisk(&args, quiet))
+                    .await??;
+            upload_built(ctx, upload_as, built).await?;
+        }
+        ImagesCmd::BuildTestImage(args) => {
+            let upload_as = args.upload.clone();
+            let quiet = ctx.json();
+            let built =
+                tokio::task::spawn_blocking(move || crate::build::build_test_image(&args, quiet))
+                    .await??;
+            upload_built(ctx, upload_as, built).await?;
+        }
+        ImagesCmd::BuildDebian(args) => {
+            let upload_as = args.upload.clone();
+            let quiet = ctx.json();
+            let built =
+                tokio::task::spawn_blocking(move || crate::build::build_debian(&args, quiet))
+                    .await??;
+            upload_built(ctx, upload_as, built).await?;
+        }
         ImagesCmd::List { kind } => {
             let clients = ctx.clients()?;
             let req = ListImagesRequest {
@@ -320,6 +350,36 @@ pub async fn run(ctx: &Ctx, cmd: ImagesCmd) -> Result<()> {
                 print_json(&json!({ "deleted": name }));
             } else {
                 outln!("deleted image {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a build: prints where the files are, and uploads them as image `name` when one is given.
+async fn upload_built(ctx: &Ctx, name: Option<String>, built: crate::build::Built) -> Result<()> {
+    match name {
+        Some(name) => {
+            let spec = UploadSpec {
+                name,
+                kind: built.kind.into(),
+                arch: "amd64".into(),
+                files: built.files,
+            };
+            let i = upload(ctx, spec).await?;
+            show(ctx, &i);
+        }
+        None if ctx.json() => {
+            let files: Vec<_> = built
+                .files
+                .iter()
+                .map(|(n, p)| json!({"name": n, "path": p.display().to_string()}))
+                .collect();
+            print_json(&json!({ "kind": built.kind, "files": files }));
+        }
+        None => {
+            for (n, p) in &built.files {
+                outln!("{n}: {}", p.display());
             }
         }
     }

@@ -4,7 +4,7 @@
 //! Layout: this file holds the command tree's root and error reporting; each command group lives in its
 //! own module ([`machines`] with [`actions`], [`allocate`] and [`power`], [`zones`], [`pools`], [`tags`],
 //! [`users`], [`events`], [`settings`], [`watch`], [`agent`], [`racks`], [`subnets`], [`leases`],
-//! [`images`], [`cluster`], [`dev`]). They share
+//! [`images`] with the image builders in [`build`], [`cluster`], [`dev`]). They share
 //! leaf modules that import no command module: [`ctx`] (the global flags and the connection), [`target`]
 //! (how a machine argument is resolved), [`output`] (tables, JSON and timestamps) and [`parse`] (sizes,
 //! durations, times and settings). Every API command is
@@ -30,6 +30,7 @@ macro_rules! outln {
 mod actions;
 mod agent;
 mod allocate;
+mod build;
 mod cluster;
 mod ctx;
 mod dev;

@@ -10,8 +10,9 @@
 //! up`), `t15_lifecycle` (the machine lifecycle, events, tags, users, `Watch`), `t16_allocation`
 //! (concurrent allocation and request semantics), `t17_racks` (rack controllers: failover and refusals)
 //! `t18_power` (power through rack, driver and BMC, with `ingot-sim` and `ipmi_sim`), `t19_nemesis`
-//! (faults at random under clients, then the invariants checked from the record) and `t23_images`
-//! (images copied to every region, a region lost, a corrupted blob). Run one with
+//! (faults at random under clients, then the invariants checked from the record), `t23_images`
+//! (images copied to every region, a region lost, a corrupted blob) and `t28_image_builders` (`ingot images
+//! build-ramdisk` and `build-test-image`, the image booted under QEMU BIOS and UEFI). Run one with
 //! `cargo test -p ingot-tests --test all -- t17_racks`.
 //!
 //! This library holds what they share: [`TestCluster`] and test directories, machine and inventory
@@ -204,6 +205,28 @@ pub fn peer(var: &str) -> Option<PathBuf> {
         }
         None => {
             eprintln!("SKIPPED: {var} not found; run scripts/install-test-peers.sh to run this real-peer test");
+            None
+        }
+    }
+}
+
+/// A host program for real-peer tests, found on PATH (or in /usr/sbin, /sbin), with [`peer`]'s policy:
+/// missing under CI (or INGOT_REQUIRE_PEERS) the test fails; elsewhere it is skipped with the reason.
+pub fn host_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    match found {
+        Some(p) => Some(p),
+        None if std::env::var_os("CI").is_some()
+            || std::env::var_os("INGOT_REQUIRE_PEERS").is_some() =>
+        {
+            panic!("{name} is not installed: run scripts/install-test-peers.sh (CI must run real-peer tests)")
+        }
+        None => {
+            eprintln!("SKIPPED: {name} not installed; run scripts/install-test-peers.sh to run this real-peer test");
             None
         }
     }

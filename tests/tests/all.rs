@@ -21,4 +21,5 @@ mod t24_http_boot;
 mod t25_rack_cache;
 mod t26_pxe_boot;
 mod t27_e2e;
+mod t28_image_builders;
 mod t29_agent_process;
