@@ -99,6 +99,32 @@ pub fn meminfo_kib(p: &Platform, key: &str) -> Option<u64> {
     })
 }
 
+/// The machine's installed memory in MiB: the online memory blocks the kernel manages
+/// (`/sys/devices/system/memory/memoryN`, each `block_size_bytes`), which count what the firmware handed
+/// over, holes and the kernel's own reservations included — what an operator means by "1 GiB of RAM".
+/// `MemTotal` leaves out the kernel's reservations (a 1,024 MiB VM shows ~960 MiB), so it is only the
+/// fallback when the memory blocks are not exposed.
+pub fn installed_memory_mib(p: &Platform) -> u64 {
+    let blocks = p
+        .read("/sys/devices/system/memory/block_size_bytes")
+        .and_then(|t| u64::from_str_radix(t.trim().trim_start_matches("0x"), 16).ok())
+        .filter(|b| *b > 0)
+        .map(|size| {
+            let online = p
+                .list("/sys/devices/system/memory")
+                .into_iter()
+                .filter(|n| n.starts_with("memory") && n[6..].parse::<u64>().is_ok())
+                .filter(|n| {
+                    p.read(format!("/sys/devices/system/memory/{n}/online"))
+                        .is_none_or(|t| t.trim() == "1")
+                })
+                .count() as u64;
+            online.saturating_mul(size) >> 20
+        })
+        .filter(|mib| *mib > 0);
+    blocks.unwrap_or_else(|| meminfo_kib(p, "MemTotal").unwrap_or(0) / 1024)
+}
+
 /// Reads the machine's inventory.
 pub fn collect(p: &Platform) -> Inventory {
     let (cpu_model, threads, sockets, cores) = cpu(p);
@@ -168,7 +194,7 @@ pub fn collect(p: &Platform) -> Inventory {
     Inventory {
         cpu_count: threads,
         cpu_model: cut(&cpu_model, MAX_TEXT),
-        memory_mib: meminfo_kib(p, "MemTotal").unwrap_or(0) / 1024,
+        memory_mib: installed_memory_mib(p),
         disks,
         nics,
         firmware,
@@ -190,6 +216,13 @@ mod tests {
         assert_eq!(inv.cpu_count, 2);
         assert_eq!(inv.cpu_model, "QEMU Virtual CPU version 2.5+");
         assert_eq!(inv.memory_mib, 2000);
+        // With the kernel's memory blocks: what is installed, not MemTotal.
+        put(t.path(), "sys/devices/system/memory/block_size_bytes", "8000000\n");
+        for i in 0..16 {
+            put(t.path(), &format!("sys/devices/system/memory/memory{i}/online"), "1\n");
+        }
+        put(t.path(), "sys/devices/system/memory/memory16/online", "0\n");
+        assert_eq!(collect(&p).memory_mib, 2048);
         assert_eq!(inv.dmi["cpu_sockets"], "1");
         assert_eq!(inv.dmi["cpu_cores"], "2");
         assert_eq!(inv.dmi["cpu_threads"], "2");
