@@ -501,6 +501,8 @@ async fn run(e: E2e) {
     // The region the rack's session is on, SIGKILLed on demand (the one-VM variants).
     let handle = tokio::runtime::Handle::current();
     let killer = || {
+        // Called on a plain thread: the clients' channels spawn on the test's runtime.
+        let _rt = handle.enter();
         let c = tc.clients();
         let r = handle
             .block_on(ingot_tests::rack_status(&c, "r1"))
