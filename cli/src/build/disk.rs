@@ -304,7 +304,7 @@ fn debian_config(tree: &Path) -> Result<()> {
     )?;
     put(
         "etc/cloud/cloud.cfg.d/90_ingot.cfg",
-        "# Written by `ingot images build-debian`: the agent writes a NoCloud seed (label CIDATA).\ndatasource_list: [ NoCloud, None ]\nmanage_etc_hosts: true\n",
+        "# Written by `ingot images build-debian`: the agent writes a NoCloud seed (label CIDATA).\ndatasource_list: [ NoCloud, None ]\nmanage_etc_hosts: true\n# Always present (en_US.UTF-8 would have to be generated first).\nlocale: C.UTF-8\n",
     )?;
     put("etc/hostname", "debian\n")?;
     Ok(())
