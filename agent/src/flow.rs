@@ -229,6 +229,9 @@ async fn report_result<R: Rack>(
             (false, why.chars().take(1024).collect())
         }
     };
+    // Everything written reaches the disks before the region hears of it: the answer may be a BMC power
+    // cycle, which would cut short writes still in the page cache.
+    rustix::fs::sync();
     let call = agent_call::Call::Result(ReportResultRequest {
         system_id: s.system_id.clone(),
         boot_token: s.token.clone(),

@@ -217,9 +217,17 @@ mod tests {
         assert_eq!(inv.cpu_model, "QEMU Virtual CPU version 2.5+");
         assert_eq!(inv.memory_mib, 2000);
         // With the kernel's memory blocks: what is installed, not MemTotal.
-        put(t.path(), "sys/devices/system/memory/block_size_bytes", "8000000\n");
+        put(
+            t.path(),
+            "sys/devices/system/memory/block_size_bytes",
+            "8000000\n",
+        );
         for i in 0..16 {
-            put(t.path(), &format!("sys/devices/system/memory/memory{i}/online"), "1\n");
+            put(
+                t.path(),
+                &format!("sys/devices/system/memory/memory{i}/online"),
+                "1\n",
+            );
         }
         put(t.path(), "sys/devices/system/memory/memory16/online", "0\n");
         assert_eq!(collect(&p).memory_mib, 2048);

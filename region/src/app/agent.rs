@@ -382,17 +382,17 @@ pub(crate) fn lookup_work(
 }
 
 /// What the agent does after a report that left `m` as it is: go on while the boot's work runs; once it
-/// ended (`result`): reboot into the deployed disk (Deployed), stay up (rescue), wait for the BMC when a
-/// rack drives the machine's power (the status change queued `off`), else power off.
+/// ended (`result`): stay up (rescue), wait for the BMC when a rack drives the machine's power (the status
+/// change queued its steps), else reboot into the deployed disk (Deployed) or power off.
 fn verdict_after_report(m: &Machine, result: bool) -> AgentVerdict {
     let next = if !result || m.status == MachineStatus::RescueMode {
         AgentNext::Continue
-    } else if m.status == MachineStatus::Deployed {
-        // The agent reboots into the deployed disk itself, after syncing (the BMC only set the next
-        // boot device): a BMC power cycle could cut the last writes short.
-        AgentNext::Reboot
     } else if crate::apply::queue::rack_driven(&m.power.driver) {
+        // The status change queued the power steps (off; boot-disk + cycle for Deployed): the agent
+        // synced before reporting, and waits for them.
         AgentNext::Wait
+    } else if m.status == MachineStatus::Deployed {
+        AgentNext::Reboot
     } else {
         AgentNext::PowerOff
     };

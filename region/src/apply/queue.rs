@@ -4,8 +4,8 @@
 //! Lifecycle steps drive BMCs through the same queue an operator's `ingot machines power` uses: entering a
 //! status that boots the machine queues `boot-pxe` then `cycle`; Releasing queues `off` and completes when
 //! it succeeds; leaving rescue queues `boot-disk` then `cycle`; a finished deployment queues `boot-disk`
-//! (the in-band agent reboots the machine itself once the image is synced, so the reboot never races
-//! the last writes); finishing commissioning, testing or an erase (and aborting one) queues `off`. A status move returns its `PowerPlan` and whoever moved the machine
+//! then `cycle` (the in-band agent syncs every write before it reports, and a cold start lets UEFI
+//! firmware find the new disk's boot loader, which a warm reboot does not); finishing commissioning, testing or an erase (and aborting one) queues `off`. A status move returns its `PowerPlan` and whoever moved the machine
 //! queues it with `follow` in the same log entry, so a status and its power work are never
 //! half-recorded. A failed step fails the status with the driver's reason (an `unsupported` boot-device
 //! step only warns: many BMCs cannot set it and boot from the network anyway); a newer status cancels the
@@ -236,7 +236,7 @@ fn plan(from: MachineStatus, to: MachineStatus) -> (&'static [PowerAction], bool
         }
         Releasing => (&[Off], true),
         ExitingRescueMode => (&[BootDisk, Cycle], true),
-        Deployed if from == Deploying => (&[BootDisk], false),
+        Deployed if from == Deploying => (&[BootDisk, Cycle], false),
         // Work that booted the machine ended without leaving it to an owner: power it off.
         Ready | New | FailedCommissioning | FailedTesting | FailedDiskErasing
             if matches!(from, Commissioning | Testing | DiskErasing) =>
@@ -401,7 +401,7 @@ mod tests {
             (&[BootDisk, Cycle][..], true)
         );
         assert_eq!(plan(Ready, Allocated).0.len(), 0);
-        assert_eq!(plan(Deploying, Deployed), (&[BootDisk][..], false));
+        assert_eq!(plan(Deploying, Deployed), (&[BootDisk, Cycle][..], false));
         assert_eq!(plan(Allocated, Deployed).0.len(), 0);
     }
 }
