@@ -244,11 +244,11 @@ fn which(tool: &str) -> Option<PathBuf> {
 
 /// Builds the test image.
 pub(super) fn build_test(args: &TestImageArgs, steps: &Steps) -> Result<Built> {
-    let debs = Debs::new(args.cache.as_deref())?;
+    let debs = Debs::new(args.debs.cache.as_deref())?;
     let work = WorkDir::new("test-image")?;
     let (vmlinuz, tree) = ramdisk::kernel(
         &debs,
-        args.kernel_package.as_deref(),
+        args.debs.kernel_package.as_deref(),
         &work.0.join("kernel"),
         steps,
     )?;

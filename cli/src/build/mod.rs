@@ -24,6 +24,18 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Where the kernel of a built image comes from: the Debian package and the .deb cache (the flags
+/// `build-ramdisk` and `build-test-image` share).
+#[derive(Args, Debug)]
+pub struct KernelDebs {
+    /// The kernel package (default: the one `linux-image-amd64` depends on)
+    #[arg(long, value_name = "PKG")]
+    pub kernel_package: Option<String>,
+    /// Where downloaded .deb files are kept (default: ~/.cache/ingot/debs)
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
 /// `ingot images build-ramdisk`.
 #[derive(Args, Debug)]
 pub struct RamdiskArgs {
@@ -33,12 +45,8 @@ pub struct RamdiskArgs {
     /// The ingot-agent binary to put in the ramdisk (default: `ingot-agent` next to this `ingot`)
     #[arg(long, value_name = "PATH")]
     pub agent: Option<PathBuf>,
-    /// The kernel package (default: the one `linux-image-amd64` depends on)
-    #[arg(long, value_name = "PKG")]
-    pub kernel_package: Option<String>,
-    /// Where downloaded .deb files are kept (default: ~/.cache/ingot/debs)
-    #[arg(long, value_name = "DIR")]
-    pub cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub debs: KernelDebs,
     /// Upload the result as ramdisk image NAME (kind ramdisk, arch amd64), e.g. ingot-ramdisk
     #[arg(long, value_name = "NAME")]
     pub upload: Option<String>,
@@ -53,12 +61,8 @@ pub struct TestImageArgs {
     /// Image size in MiB (one FAT32 partition fills it; at least 34)
     #[arg(long, default_value_t = 64)]
     pub size_mib: u64,
-    /// The kernel package (default: the one `linux-image-amd64` depends on)
-    #[arg(long, value_name = "PKG")]
-    pub kernel_package: Option<String>,
-    /// Where downloaded .deb files are kept (default: ~/.cache/ingot/debs)
-    #[arg(long, value_name = "DIR")]
-    pub cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub debs: KernelDebs,
     /// Upload the result as disk image NAME (osystem/series, e.g. ingot/test)
     #[arg(long, value_name = "NAME")]
     pub upload: Option<String>,

@@ -368,10 +368,10 @@ pub(super) fn build(args: &RamdiskArgs, steps: &Steps) -> Result<Built> {
             agent.display()
         );
     }
-    let debs = Debs::new(args.cache.as_deref())?;
+    let debs = Debs::new(args.debs.cache.as_deref())?;
     let work = WorkDir::new("ramdisk")?;
     let kroot = work.0.join("kernel");
-    let (vmlinuz, tree) = kernel(&debs, args.kernel_package.as_deref(), &kroot, steps)?;
+    let (vmlinuz, tree) = kernel(&debs, args.debs.kernel_package.as_deref(), &kroot, steps)?;
     let mut a = Archive::new();
     base(&mut a)?;
     steps.step(format!("kernel {}: resolving modules", tree.version));
